@@ -1,0 +1,12 @@
+"""latis_cli: the `latis` command. Commands are imported only when run."""
+
+from __future__ import annotations
+
+__all__ = ["main"]
+
+
+def main() -> None:
+    """Run the `latis` command line."""
+    from ._app import app
+
+    app()

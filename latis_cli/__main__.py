@@ -1,0 +1,3 @@
+from latis_cli import main
+
+main()

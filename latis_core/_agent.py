@@ -1,0 +1,113 @@
+"""The `Agent` adapter interface: what a unit needs from the agent it wraps.
+
+An adapter is two small classes::
+
+    class MyAgent(Agent):
+        info = AgentInfo("mine", "1.0")
+
+        async def open_session(self, session_id, options):
+            return MySession()
+
+    class MySession(AgentSession):
+        async def prompt(self, text, reply):
+            async for piece in produce(text):
+                await reply.send(piece)                 # one chunk
+            if await reply.ask("Write the file?", options=("yes", "no")) == "yes":
+                ...
+
+The unit does the protocol: ids, sequence numbers, state, replay, backpressure.
+Cancellation is trio's: when the controller cancels a prompt, `prompt` gets
+`trio.Cancelled` at its next checkpoint; clean up in `finally` (with a
+shielded, bounded scope if that must await). Any other exception ends the
+prompt with an `agent_error`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+from ._messages import AgentInfo
+
+__all__ = ["Agent", "AgentSession", "Reply", "SessionNotFound"]
+
+
+class SessionNotFound(LookupError):
+    """`Agent.resume_session` has no such session to load."""
+
+
+class Reply(Protocol):
+    """How an agent answers a prompt (given to `AgentSession.prompt`)."""
+
+    @property
+    def session_id(self) -> str:
+        """The session this prompt belongs to."""
+        ...
+
+    async def send(
+        self, text: str = "", *, kind: str | None = None, data: dict[str, Any] | None = None
+    ) -> None:
+        """Send one chunk: text, or with `kind` a typed chunk (a tool call, a plan, ...).
+
+        Waits when the controller reads slower than the agent writes. A
+        cancel point on every call; it lets other tasks run at least every
+        64 calls.
+        """
+        ...
+
+    async def ask(
+        self, question: str, *, options: Sequence[str] = (), kind: str | None = None
+    ) -> str:
+        """Ask the human; return the answer (one of `options`, if given).
+
+        The session's state is `waiting` until the answer comes.
+        """
+        ...
+
+
+class AgentSession(abc.ABC):
+    """One conversation with the agent."""
+
+    @abc.abstractmethod
+    async def prompt(self, text: str, reply: Reply) -> None:
+        """Answer `text` through `reply`. Returning ends the prompt as complete."""
+
+    async def aclose(self) -> None:  # noqa: B027 (optional hook)
+        """Release what the session holds; called once, when it is destroyed."""
+
+
+class Agent(abc.ABC):
+    """An agent adapter: opens sessions.
+
+    A subclass sets `info`, and `capabilities` if it has any to announce. An
+    adapter that can be selected by name (`latis-unit --agent NAME`) is
+    registered in the `latis.agents` entry-point group, and is built with
+    `from_options` from `-o KEY=VALUE` options.
+    """
+
+    info: ClassVar[AgentInfo] = AgentInfo("agent", "")
+    capabilities: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str]) -> Agent:
+        """Build the agent from text options.
+
+        Raises:
+            ValueError: an option is unknown or its value is not valid.
+        """
+        if options:
+            raise ValueError(f"{cls.info.name} agent takes no options, got {sorted(options)}")
+        return cls()
+
+    @abc.abstractmethod
+    async def open_session(self, session_id: str, options: Mapping[str, Any]) -> AgentSession:
+        """Start a session; `options` come from `session.create`."""
+
+    async def resume_session(self, session_id: str) -> AgentSession:
+        """Load a session this unit does not hold (say, after the unit restarted).
+
+        Raises:
+            SessionNotFound: there is no such session (the default).
+        """
+        raise SessionNotFound(session_id)

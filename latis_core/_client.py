@@ -1,0 +1,374 @@
+"""The library API: talk to a unit from a script or a notebook.
+
+    async with latis_core.connect_local() as unit:
+        session = await unit.create_session()
+        async for chunk in session.prompt("hello there"):
+            print(chunk.text, end="")
+
+`connect` does the same over any `trio.abc.Stream`; `latis_core.blocking`
+wraps all of it for code that is not async.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from trio.lowlevel import checkpoint
+
+from ._errors import ConnectError, RemoteProtocolError
+from ._frames import DEFAULT_MAX_FRAME
+from ._messages import (
+    Ack,
+    AgentInfo,
+    Hello,
+    InputReply,
+    InputRequest,
+    PromptSend,
+    RequestId,
+    ResponseCancelled,
+    ResponseChunk,
+    ResponseComplete,
+    SessionCreate,
+    SessionDestroy,
+    SessionResume,
+    StateGet,
+    StateSubscribe,
+    StateUpdate,
+)
+from ._peer import CANCEL_TIMEOUT, QUEUE_LIMIT, Peer, ReplyStream, open_peer
+
+__all__ = [
+    "PromptStream",
+    "Session",
+    "StateStream",
+    "UnitClient",
+    "connect",
+    "connect_local",
+    "unit_command",
+]
+
+#: Answers an agent's question: gets the request, returns the answer.
+InputHandler = Callable[[InputRequest], Awaitable[str]]
+
+
+class PromptStream(ReplyStream):
+    """The answer to one prompt: `ResponseChunk`s, and `InputRequest`s when the
+    agent asks something (answer with `reply`, or pass `on_input` to `prompt`).
+
+    Iteration ends when the prompt completes or is cancelled (`outcome` says
+    which); an `error` from the unit raises `RequestError`. Chunks are checked
+    for gaps by their sequence numbers. Leaving early, or cancelling the task
+    that iterates, cancels the prompt on the unit.
+    """
+
+    __slots__ = ("_next_seq", "_on_input", "pending")
+
+    def __init__(
+        self, peer: Peer, w: Any, on_input: InputHandler | None = None, first_seq: int = 0
+    ) -> None:
+        super().__init__(peer, w)
+        self._on_input = on_input
+        self._next_seq = first_seq
+        #: The question the agent waits on an answer to, if any.
+        self.pending: InputRequest | None = None
+
+    @property
+    def outcome(self) -> str | None:
+        """"complete" or "cancelled" once iteration has ended normally, else None."""
+        final = self.final
+        if type(final) is ResponseComplete:
+            return "complete"
+        if type(final) is ResponseCancelled:
+            return "cancelled"
+        return None
+
+    async def __anext__(self) -> ResponseChunk | InputRequest:
+        while True:
+            try:
+                ev = await super().__anext__()
+            except StopAsyncIteration:
+                self._check_count()
+                raise
+            if type(ev) is ResponseChunk:
+                if ev.seq != self._next_seq:
+                    await self.aclose()
+                    raise RemoteProtocolError(
+                        f"chunk {ev.seq} of prompt {self.id!r} came after chunk "
+                        f"{self._next_seq - 1}: chunks are missing",
+                        request_id=self.id,
+                    )
+                self._next_seq += 1
+                return ev
+            self.pending = ev
+            if self._on_input is None:
+                return ev  # type: ignore[no-any-return]
+            await self.reply(await self._on_input(ev))
+
+    def _check_count(self) -> None:
+        sent = getattr(self.final, "chunks", None)
+        if sent is not None and sent != self._next_seq:
+            raise RemoteProtocolError(
+                f"the unit sent {sent} chunks for prompt {self.id!r}, "
+                f"{self._next_seq} arrived",
+                request_id=self.id,
+            )
+
+    async def reply(self, text: str) -> None:
+        """Answer the agent's pending question."""
+        pending = self.pending
+        if pending is None:
+            raise RuntimeError("the agent has asked nothing that waits for an answer")
+        self.pending = None
+        self._peer.send_nowait(InputReply(self.id, pending.input, text))
+        await checkpoint()
+
+    async def text(self) -> str:
+        """Read the rest of the answer and return its text (plain chunks only).
+
+        Raises:
+            RuntimeError: the agent asked a question and no `on_input` was given.
+        """
+        parts = []
+        async for ev in self:
+            if type(ev) is InputRequest:
+                await self.aclose()
+                raise RuntimeError(
+                    f"the agent asked {ev.question!r}: pass on_input to prompt() to answer"
+                )
+            if ev.kind is None:
+                parts.append(ev.text)
+        return "".join(parts)
+
+
+class StateStream(ReplyStream):
+    """`StateUpdate`s: a snapshot first, then one per change. Leave it to unsubscribe."""
+
+    __slots__ = ()
+
+
+class Session:
+    """A session on a unit: send it prompts."""
+
+    def __init__(self, unit: UnitClient, session_id: str, state: str | None = None) -> None:
+        self.unit = unit
+        #: The session id the unit gave.
+        self.id = session_id
+        #: Its state when this handle was made.
+        self.initial_state = state
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} on {self.unit.name}>"
+
+    def prompt(self, text: str, *, on_input: InputHandler | None = None) -> PromptStream:
+        """Send `text`; return the stream of its answer.
+
+        Args:
+            text: the prompt.
+            on_input: called when the agent asks something; returns the answer.
+                Without it the `InputRequest` is yielded, for `reply`.
+        """
+        peer = self.unit.peer
+        msg = PromptSend(peer.next_id(), self.id, text)
+        return PromptStream(peer, peer._start(msg), on_input)
+
+    async def reattach(
+        self,
+        prompt_id: RequestId,
+        *,
+        after: int | None = None,
+        on_input: InputHandler | None = None,
+    ) -> PromptStream:
+        """Pick up prompt `prompt_id` of this session again (after a reconnect).
+
+        The unit sends its chunks after seq `after` (all with None), then the
+        rest as it comes, or its end if it has finished.
+        """
+        peer = self.unit.peer
+        w = peer._expect(prompt_id)
+        try:
+            await peer.request(SessionResume(peer.next_id(), self.id, prompt_id, after))
+        except BaseException:
+            peer._abandon(w, cancel=False)
+            raise
+        return PromptStream(peer, w, on_input, 0 if after is None else after + 1)
+
+    async def state(self) -> str:
+        """Return the session's state: idle, busy or waiting."""
+        update = await self.unit.state(self.id)
+        return update.sessions[self.id]
+
+    async def destroy(self) -> None:
+        """End the session (cancelling its prompt, if one runs)."""
+        peer = self.unit.peer
+        await peer.request(SessionDestroy(peer.next_id(), self.id))
+
+
+class UnitClient:
+    """A connection to one unit. Made by `connect` or `connect_local`."""
+
+    def __init__(self, peer: Peer) -> None:
+        #: The multiplexed connection underneath.
+        self.peer = peer
+
+    def __repr__(self) -> str:
+        return f"<UnitClient {self.name} ({self.agent.name})>"
+
+    @property
+    def hello(self) -> Hello:
+        """The unit's `hello`."""
+        return self.peer.remote
+
+    @property
+    def name(self) -> str:
+        """The unit's name."""
+        return self.hello.unit or ""
+
+    @property
+    def agent(self) -> AgentInfo:
+        """The agent behind the unit."""
+        return self.hello.agent or AgentInfo("unknown")
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What the unit announced it can do."""
+        return self.hello.capabilities
+
+    async def create_session(self, **options: Any) -> Session:
+        """Open a new session; `options` go to the agent."""
+        peer = self.peer
+        ack = await peer.request(SessionCreate(peer.next_id(), options or None))
+        assert isinstance(ack, Ack)
+        return Session(self, ack.data["session"], ack.data.get("state"))
+
+    async def resume_session(self, session_id: str) -> Session:
+        """Return a handle to an existing session, checked with the unit."""
+        peer = self.peer
+        ack = await peer.request(SessionResume(peer.next_id(), session_id))
+        assert isinstance(ack, Ack)
+        return Session(self, session_id, ack.data.get("state"))
+
+    async def state(self, session: str | None = None) -> StateUpdate:
+        """Return the unit's state and its sessions' (or one session's)."""
+        peer = self.peer
+        update = await peer.request(StateGet(peer.next_id(), session))
+        assert isinstance(update, StateUpdate)
+        return update
+
+    def subscribe(self, session: str | None = None) -> StateStream:
+        """Follow state changes of the unit (or of one session)."""
+        peer = self.peer
+        return StateStream(peer, peer._start(StateSubscribe(peer.next_id(), session)))
+
+    async def ping(self) -> float:
+        """Return a round trip to the unit, in seconds."""
+        return await self.peer.ping()
+
+
+@asynccontextmanager
+async def connect(
+    stream: trio.abc.Stream,
+    *,
+    name: str | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    handshake_timeout: float = 10.0,
+    keepalive: float | None = None,
+    keepalive_timeout: float = 10.0,
+    queue_limit: int = QUEUE_LIMIT,
+    cancel_timeout: float = CANCEL_TIMEOUT,
+    label: str = "unit",
+) -> AsyncIterator[UnitClient]:
+    """Speak to the unit at the other end of `stream` (closed on exit).
+
+    Args:
+        stream: any byte stream to a unit.
+        name: this controller's name, sent in `hello`.
+        max_frame: the largest payload we accept.
+        handshake_timeout: seconds to wait for the unit's `hello`.
+        keepalive: seconds of silence before a `ping`, or None.
+        keepalive_timeout: seconds without an answer before the unit counts as gone.
+        queue_limit: replies queued per request before reading pauses.
+        cancel_timeout: seconds a cancelled prompt waits for its end.
+        label: names the unit in error messages.
+
+    Raises:
+        ConnectError: the handshake failed.
+    """
+    async with open_peer(
+        stream,
+        hello=Hello(name=name),
+        max_frame=max_frame,
+        handshake_timeout=handshake_timeout,
+        keepalive=keepalive,
+        keepalive_timeout=keepalive_timeout,
+        queue_limit=queue_limit,
+        cancel_timeout=cancel_timeout,
+        label=label,
+    ) as peer:
+        yield UnitClient(peer)
+
+
+def unit_command(
+    agent: str = "echo", options: Mapping[str, str] | None = None, *, args: Sequence[str] = ()
+) -> list[str]:
+    """Return the command line of a `latis-unit --stdio` for this Python.
+
+    Args:
+        agent: the agent's name.
+        options: the agent's options (`-o KEY=VALUE`).
+        args: more arguments for `latis-unit`.
+    """
+    argv = [sys.executable, "-m", "latis_core._unit_cli", "--stdio", "--agent", agent]
+    for key, value in (options or {}).items():
+        argv += ["-o", f"{key}={value}"]
+    return argv + list(args)
+
+
+@asynccontextmanager
+async def connect_local(
+    argv: Sequence[str] | None = None,
+    *,
+    agent: str = "echo",
+    options: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stderr: int | None = None,
+    grace: float = 5.0,
+    **kwargs: Any,
+) -> AsyncIterator[UnitClient]:
+    """Start a unit as a child process and speak to it over its stdin/stdout.
+
+    Args:
+        argv: the unit's command line; by default a `latis-unit --stdio`
+            of this Python with `agent` and `options`.
+        agent: the agent, when `argv` is not given.
+        options: its options, when `argv` is not given.
+        env, cwd, stderr, grace: as for `latis_transports.open_local`.
+        **kwargs: as for `connect`.
+
+    Raises:
+        ConnectError: the unit could not be started, or the handshake failed.
+    """
+    from latis_transports.local import open_local
+
+    if argv is None:
+        argv = unit_command(agent, options)
+    kwargs.setdefault("label", f"local unit {argv[0]!r}" if argv else "local unit")
+    async with open_local(argv, env=env, cwd=cwd, stderr=stderr, grace=grace) as stream:
+        try:
+            async with connect(stream, **kwargs) as unit:
+                yield unit
+        except ConnectError as exc:
+            code = await _exit_code(stream.process)
+            if code is None:
+                raise
+            raise ConnectError(f"{exc} (the unit exited with code {code})") from exc
+
+
+async def _exit_code(process: trio.Process) -> int | None:
+    with trio.move_on_after(0.5):
+        await process.wait()
+    return process.returncode

@@ -1,0 +1,278 @@
+"""The codec: messages to JSON payloads and back, through one cattrs converter.
+
+`encode` turns a message into a UTF-8 JSON object with its `type` first.
+`decode` turns a payload into a message, or raises `RemoteProtocolError`
+saying which message, which field and what was expected. The converter is
+strict: a string is never turned into a number, nor a number into a string,
+and JSON `true` is not an integer. Unknown fields are ignored.
+
+The hottest message, `response.chunk`, has hand-written hooks registered on
+the same converter (a generic hook costs ~2.5 µs a message; these ~0.5 µs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import cattrs
+import orjson
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ._errors import ErrorCode, RemoteProtocolError
+from ._messages import MESSAGE_TYPES, Hello, Message, RequestId, ResponseChunk
+
+__all__ = ["converter", "decode", "encode", "encode_chunk"]
+
+_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _kind(value: object) -> str:
+    return _NAMES.get(type(value), type(value).__name__)
+
+
+class WrongKind(TypeError):
+    """A JSON value of the wrong kind for its field."""
+
+    def __init__(self, expected: str, value: object) -> None:
+        super().__init__(f"expected {expected}, got {_kind(value)}")
+        self.expected = expected
+        self.value = value
+
+
+def _strict(cls: type, expected: str) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _: Any) -> Any:
+        if type(value) is not cls:
+            raise WrongKind(expected, value)
+        return value
+
+    return hook
+
+
+def _float(value: Any, _: Any) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise WrongKind("a number", value)
+
+
+def _request_id(value: Any, _: Any) -> RequestId:
+    if type(value) is int or type(value) is str:
+        return value  # type: ignore[no-any-return]
+    raise WrongKind("an integer or a string", value)
+
+
+def _request_id_or_none(value: Any, _: Any) -> RequestId | None:
+    if value is None or type(value) is int or type(value) is str:
+        return value  # type: ignore[no-any-return]
+    raise WrongKind("an integer, a string or null", value)
+
+
+def _object(value: Any, _: Any) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise WrongKind("an object", value)
+    return value
+
+
+def _string_map(value: Any, _: Any) -> dict[str, str]:
+    if type(value) is not dict:
+        raise WrongKind("an object of strings", value)
+    for item in value.values():
+        if type(item) is not str:
+            raise WrongKind("an object of strings", item)
+    return value
+
+
+def _string_tuple(value: Any, _: Any) -> tuple[str, ...]:
+    if type(value) is not list:
+        raise WrongKind("an array of strings", value)
+    for item in value:
+        if type(item) is not str:
+            raise WrongKind("an array of strings", item)
+    return tuple(value)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(omit_if_default=True, detailed_validation=True)
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(int, _strict(int, "an integer"))
+    conv.register_structure_hook(bool, _strict(bool, "a boolean"))
+    conv.register_structure_hook(float, _float)
+    conv.register_structure_hook(RequestId, _request_id)
+    conv.register_structure_hook(RequestId | None, _request_id_or_none)
+    for generic, hook in (
+        (dict[str, Any], _object),
+        (dict[str, str], _string_map),
+        (tuple[str, ...], _string_tuple),
+    ):
+        conv.register_structure_hook_func(lambda t, g=generic: t == g, hook)
+    conv.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
+
+    # The structure hook of an attrs class indexes a dict: check it is one first.
+    def attrs_hook_factory(cls: type) -> Callable[[Any, Any], Any]:
+        inner = make_dict_structure_fn(cls, conv)
+
+        def hook(value: Any, _: Any) -> Any:
+            if type(value) is not dict:
+                raise WrongKind("an object", value)
+            return inner(value, cls)
+
+        return hook
+
+    conv.register_structure_hook_factory(attrs.has, attrs_hook_factory)
+
+    # The handshake fields are always on the wire, even at their defaults.
+    conv.register_unstructure_hook(
+        Hello,
+        make_dict_unstructure_fn(
+            Hello,
+            conv,
+            _cattrs_omit_if_default=True,
+            id=override(omit_if_default=False),
+            protocol=override(omit_if_default=False),
+            role=override(omit_if_default=False),
+        ),
+    )
+    conv.register_unstructure_hook(ResponseChunk, _unstructure_chunk)
+    conv.register_structure_hook(ResponseChunk, _structure_chunk)
+    return conv
+
+
+def _unstructure_chunk(msg: ResponseChunk) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": msg.id, "seq": msg.seq, "text": msg.text}
+    if msg.kind is not None:
+        out["kind"] = msg.kind
+    if msg.data is not None:
+        out["data"] = msg.data
+    return out
+
+
+def _structure_chunk(value: Any, _: Any) -> ResponseChunk:
+    # The fast path checks every field; anything odd goes to the generic hook,
+    # which finds and names the fault.
+    if type(value) is dict:
+        id_ = value.get("id")
+        seq = value.get("seq")
+        text = value.get("text", "")
+        kind = value.get("kind")
+        data = value.get("data")
+        if (
+            (type(id_) is int or type(id_) is str)
+            and type(seq) is int
+            and type(text) is str
+            and (kind is None or type(kind) is str)
+            and (data is None or type(data) is dict)
+        ):
+            return ResponseChunk(id_, seq, text, kind, data)
+    return _generic_chunk(value, ResponseChunk)
+
+
+#: The one converter for messages (and, later, for config and state).
+converter = _make_converter()
+_generic_chunk = make_dict_structure_fn(ResponseChunk, converter)
+_unstructure = converter.unstructure
+_hooks: dict[str, tuple[type[Message], Callable[[Any, Any], Any]]] = {
+    name: (cls, converter.get_structure_hook(cls)) for name, cls in MESSAGE_TYPES.items()
+}
+_dumps = orjson.dumps
+_loads = orjson.loads
+
+
+def encode(msg: Message) -> bytes:
+    """Return the JSON payload of `msg`, `type` first."""
+    if type(msg) is ResponseChunk:
+        return encode_chunk(msg)
+    out = {"type": msg.TYPE}
+    out.update(_unstructure(msg))
+    return _dumps(out)
+
+
+def encode_chunk(msg: ResponseChunk) -> bytes:
+    """`encode` for the hottest message (what its registered hook does, inline)."""
+    if msg.kind is None and msg.data is None:
+        return _dumps({"type": "response.chunk", "id": msg.id, "seq": msg.seq, "text": msg.text})
+    out: dict[str, Any] = {"type": "response.chunk"}
+    out.update(_unstructure_chunk(msg))
+    return _dumps(out)
+
+
+def decode(payload: bytes | bytearray | memoryview) -> Message:
+    """Return the message in `payload`.
+
+    Raises:
+        RemoteProtocolError: `bad_frame` (not UTF-8), `bad_message` (not JSON,
+            not an object, no `type`, a field of the wrong kind) or
+            `unknown_type`, with the request id when one could be read.
+    """
+    try:
+        obj = _loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise _undecodable(payload, exc) from None
+    if type(obj) is not dict:
+        raise RemoteProtocolError(f"a message must be a JSON object, got {_kind(obj)}")
+    name = obj.get("type")
+    try:
+        cls, hook = _hooks[name]  # type: ignore[index]
+    except (KeyError, TypeError):
+        raise _untyped(obj) from None
+    try:
+        return hook(obj, cls)  # type: ignore[no-any-return]
+    except Exception as exc:  # every structuring failure, by design
+        raise _invalid(name, obj, exc) from None
+
+
+def _request_id_of(obj: dict[str, Any]) -> RequestId | None:
+    rid = obj.get("id")
+    return rid if type(rid) is int or type(rid) is str else None
+
+
+def _undecodable(payload: bytes | bytearray | memoryview, exc: Exception) -> RemoteProtocolError:
+    try:
+        bytes(payload).decode("utf-8")
+    except UnicodeDecodeError as uexc:
+        return RemoteProtocolError(
+            f"payload is not UTF-8 text (bad byte at offset {uexc.start})", ErrorCode.BAD_FRAME
+        )
+    return RemoteProtocolError(f"payload is not JSON: {exc}")
+
+
+def _untyped(obj: dict[str, Any]) -> RemoteProtocolError:
+    rid = _request_id_of(obj)
+    if "type" not in obj:
+        return RemoteProtocolError("message has no 'type' field", request_id=rid)
+    name = obj["type"]
+    if type(name) is not str:
+        return RemoteProtocolError(
+            f"field 'type' must be a string, got {_kind(name)}", request_id=rid
+        )
+    return RemoteProtocolError(
+        f"unknown message type {name!r}", ErrorCode.UNKNOWN_TYPE, request_id=rid
+    )
+
+
+def _describe(exc: BaseException, _type: Any = None) -> str:
+    if isinstance(exc, WrongKind):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    return f"invalid value ({exc})"
+
+
+def _invalid(name: str, obj: dict[str, Any], exc: Exception) -> RemoteProtocolError:
+    if isinstance(exc, cattrs.BaseValidationError):
+        problems = cattrs.transform_error(exc, path="$", format_exception=_describe)
+    else:
+        problems = [_describe(exc)]
+    return RemoteProtocolError(
+        f"{name}: " + "; ".join(problems), request_id=_request_id_of(obj), message_type=name
+    )

@@ -1,0 +1,145 @@
+"""Error codes of the wire protocol and the exceptions latis raises.
+
+Our exception hierarchy::
+
+    LatisError
+    ├── ProtocolError            a message broke the protocol (carries .code)
+    │   ├── LocalProtocolError   we were about to break it: a bug or a misuse
+    │   └── RemoteProtocolError  the other side broke it
+    ├── RequestError             the other side answered a request with `error`
+    └── TransportError           the bytes could not get through
+        ├── ConnectError         a connection could not be opened
+        └── ConnectionClosed     an open connection ended
+
+A caller's own mistakes (a bad argument, a call after close) stay `TypeError`,
+`ValueError` or trio's `ClosedResourceError`, as in trio and attrs.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "ConnectError",
+    "ConnectionClosed",
+    "ErrorCode",
+    "LatisError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RequestError",
+    "TransportError",
+]
+
+
+class ErrorCode(enum.StrEnum):
+    """The `code` of an `error` message. The values are PROTOCOL.md's."""
+
+    #: A frame that is not text: its payload is not valid UTF-8, or the
+    #: connection ended in the middle of a frame.
+    BAD_FRAME = "bad_frame"
+    #: A frame's declared length is over the receiver's limit. Fatal: the
+    #: receiver answers and closes the connection without reading the payload.
+    FRAME_TOO_LARGE = "frame_too_large"
+    #: The payload is not JSON, not an object, has no `type`, has a field of the
+    #: wrong kind, or is a message the sender's role may not send.
+    BAD_MESSAGE = "bad_message"
+    #: The payload's `type` is not a message type of this protocol.
+    UNKNOWN_TYPE = "unknown_type"
+    #: A request came before the `hello` handshake finished.
+    HANDSHAKE_REQUIRED = "handshake_required"
+    #: The two sides speak different protocol versions. Fatal.
+    VERSION_MISMATCH = "version_mismatch"
+    #: Both sides claim the same role in `hello` (two units, or two cmdrs). Fatal.
+    ROLE_MISMATCH = "role_mismatch"
+    #: A request names a session the unit does not have.
+    UNKNOWN_SESSION = "unknown_session"
+    #: A reply names a request that is not in flight, or a resume names a
+    #: prompt the unit no longer has.
+    UNKNOWN_REQUEST = "unknown_request"
+    #: A prompt was sent to a session that is still answering another one.
+    SESSION_BUSY = "session_busy"
+    #: The sender failed to prove who it is (listeners only).
+    UNAUTHORIZED = "unauthorized"
+    #: A limit was reached: too many sessions, or a replay asked for chunks the
+    #: unit no longer keeps.
+    LIMIT_REACHED = "limit_reached"
+    #: The agent behind the unit failed while handling the request.
+    AGENT_ERROR = "agent_error"
+    #: Anything else that went wrong inside the sender: a bug.
+    INTERNAL = "internal"
+
+
+#: Errors after which the connection is closed; after any other error the
+#: connection keeps serving (one bad message costs one error, nothing more).
+FATAL_CODES = frozenset(
+    {ErrorCode.FRAME_TOO_LARGE, ErrorCode.VERSION_MISMATCH, ErrorCode.ROLE_MISMATCH}
+)
+
+
+class LatisError(Exception):
+    """Base class of every error latis raises on purpose."""
+
+
+class ProtocolError(LatisError):
+    """A message broke the protocol.
+
+    Attributes:
+        code: the `ErrorCode` that answers it on the wire.
+        request_id: the id of the request it belongs to, or None.
+        message_type: the offending message's `type`, when it could be read.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: ErrorCode = ErrorCode.BAD_MESSAGE,
+        request_id: object = None,
+        message_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+        self.message_type = message_type
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to break the protocol: a bug in latis or a misuse of it."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side broke the protocol."""
+
+
+class RequestError(LatisError):
+    """The other side answered a request with an `error` message.
+
+    Attributes:
+        code: the error code as sent (an `ErrorCode` when it is one we know).
+        request_id: the id of the request that failed.
+    """
+
+    def __init__(self, code: str, message: str, request_id: object = None) -> None:
+        super().__init__(f"{code}: {message}")
+        try:
+            self.code: ErrorCode | str = ErrorCode(code)
+        except ValueError:
+            self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class TransportError(LatisError):
+    """The bytes could not get through."""
+
+
+class ConnectError(TransportError):
+    """A connection to a unit could not be opened."""
+
+
+class ConnectionClosed(TransportError):
+    """The connection ended (closed by either side, broken, or gone silent)."""

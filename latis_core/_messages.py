@@ -1,0 +1,321 @@
+"""Every message of the protocol, one frozen attrs class per `type`.
+
+Each class names its wire `type` in `TYPE`. Field names are the JSON keys;
+a field that defaults to None (or an empty container) is left out on the wire
+when it has that value. PROTOCOL.md describes each field; the docstrings here
+are the short form.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar, TypeAlias
+
+import attrs
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "AgentInfo",
+    "Error",
+    "Hello",
+    "InputReply",
+    "InputRequest",
+    "Message",
+    "Ping",
+    "Pong",
+    "PromptCancel",
+    "PromptSend",
+    "RequestId",
+    "ResponseCancelled",
+    "ResponseChunk",
+    "ResponseComplete",
+    "Role",
+    "SessionCreate",
+    "SessionDestroy",
+    "SessionResume",
+    "State",
+    "StateGet",
+    "StateSubscribe",
+    "StateUpdate",
+]
+
+#: The protocol version this library speaks.
+PROTOCOL_VERSION = 1
+
+#: A request id: a JSON integer or string, chosen by the sender of the request.
+RequestId: TypeAlias = int | str
+
+
+class Role(enum.StrEnum):
+    """Which end of a connection a side is."""
+
+    #: The controller: sends requests, gets replies.
+    CMDR = "cmdr"
+    #: A unit: serves an agent's sessions.
+    UNIT = "unit"
+
+
+class State(enum.StrEnum):
+    """The state of a session, or of a unit (the busiest of its sessions)."""
+
+    #: Nothing running.
+    IDLE = "idle"
+    #: A prompt is being answered.
+    BUSY = "busy"
+    #: The agent asked the human something and waits for the answer.
+    WAITING = "waiting"
+    #: The session was destroyed (only in `state.update`, once).
+    CLOSED = "closed"
+
+
+_frozen = attrs.frozen(slots=True, cache_hash=False)
+
+
+@_frozen
+class AgentInfo:
+    """The agent behind a unit."""
+
+    name: str
+    version: str = ""
+
+
+@_frozen
+class Hello:
+    """First message each way. cmdr sends it; the unit answers with its own."""
+
+    TYPE: ClassVar[str] = "hello"
+    id: RequestId = 0
+    protocol: int = PROTOCOL_VERSION
+    role: str = Role.CMDR.value
+    #: The unit's name (unit's hello), or the controller's (cmdr's hello).
+    unit: str | None = None
+    name: str | None = None
+    agent: AgentInfo | None = None
+    capabilities: tuple[str, ...] = ()
+    #: The largest frame payload the sender accepts, in bytes.
+    max_frame: int | None = None
+    #: Proof of identity, for listeners that ask for one.
+    auth: dict[str, Any] | None = None
+
+
+@_frozen
+class SessionCreate:
+    """Open a new session on the unit's agent."""
+
+    TYPE: ClassVar[str] = "session.create"
+    id: RequestId
+    #: Agent-specific options (for example a working directory or a model).
+    options: dict[str, Any] | None = None
+
+
+@_frozen
+class SessionResume:
+    """Reattach to an existing session, and optionally to its last prompt.
+
+    With `prompt`, the prompt sent with that request id is reattached: the
+    unit sends its chunks after `seq` (all of them if `seq` is None), then
+    the rest live, under that id.
+    """
+
+    TYPE: ClassVar[str] = "session.resume"
+    id: RequestId
+    session: str
+    prompt: RequestId | None = None
+    seq: int | None = None
+
+
+@_frozen
+class SessionDestroy:
+    """End a session, cancelling its prompt if one runs."""
+
+    TYPE: ClassVar[str] = "session.destroy"
+    id: RequestId
+    session: str
+
+
+@_frozen
+class Ack:
+    """The answer to `session.*`: `data` holds at least `session` and `state`."""
+
+    TYPE: ClassVar[str] = "ack"
+    id: RequestId
+    data: dict[str, Any] = attrs.field(factory=dict)
+
+
+@_frozen
+class PromptSend:
+    """Send text to a session; answered by chunks and one final message."""
+
+    TYPE: ClassVar[str] = "prompt.send"
+    id: RequestId
+    session: str
+    text: str
+
+
+@_frozen
+class PromptCancel:
+    """Cancel the streamed request `id` (a prompt or a state subscription). No reply."""
+
+    TYPE: ClassVar[str] = "prompt.cancel"
+    id: RequestId
+
+
+@_frozen
+class ResponseChunk:
+    """One piece of a prompt's answer. `seq` counts 0, 1, 2, ... per prompt."""
+
+    TYPE: ClassVar[str] = "response.chunk"
+    id: RequestId
+    seq: int
+    text: str = ""
+    #: None for plain text; otherwise what the chunk is ("tool_call", "plan", ...).
+    kind: str | None = None
+    #: Structured content of a non-text chunk.
+    data: dict[str, Any] | None = None
+
+
+@_frozen
+class ResponseComplete:
+    """The prompt finished. `chunks` is how many chunks it sent in all."""
+
+    TYPE: ClassVar[str] = "response.complete"
+    id: RequestId
+    chunks: int | None = None
+    data: dict[str, Any] | None = None
+
+
+@_frozen
+class ResponseCancelled:
+    """The streamed request was cancelled. `chunks` is how many were sent first."""
+
+    TYPE: ClassVar[str] = "response.cancelled"
+    id: RequestId
+    chunks: int | None = None
+
+
+@_frozen
+class StateGet:
+    """Ask for the unit's state and its sessions' (or one session's)."""
+
+    TYPE: ClassVar[str] = "state.get"
+    id: RequestId
+    session: str | None = None
+
+
+@_frozen
+class StateSubscribe:
+    """Like `state.get`, then one more `state.update` at every change."""
+
+    TYPE: ClassVar[str] = "state.subscribe"
+    id: RequestId
+    session: str | None = None
+
+
+@_frozen
+class StateUpdate:
+    """The unit's state, and its sessions' (all, or those that changed)."""
+
+    TYPE: ClassVar[str] = "state.update"
+    id: RequestId
+    state: str
+    sessions: dict[str, str] = attrs.field(factory=dict)
+
+
+@_frozen
+class InputRequest:
+    """The agent asks the human something in the middle of prompt `id`."""
+
+    TYPE: ClassVar[str] = "input.request"
+    id: RequestId
+    #: Numbers the questions of one prompt: 0, 1, 2, ...
+    input: int
+    question: str
+    #: The answers to choose from, if the question has a fixed set.
+    options: tuple[str, ...] = ()
+    #: "question" (free text) or "permission" (one of `options`).
+    kind: str | None = None
+
+
+@_frozen
+class InputReply:
+    """The human's answer to question `input` of prompt `id`. No reply."""
+
+    TYPE: ClassVar[str] = "input.reply"
+    id: RequestId
+    input: int
+    text: str
+
+
+@_frozen
+class Ping:
+    """Are you there? Either side may send it."""
+
+    TYPE: ClassVar[str] = "ping"
+    id: RequestId
+
+
+@_frozen
+class Pong:
+    """The answer to `ping`, with its id."""
+
+    TYPE: ClassVar[str] = "pong"
+    id: RequestId
+
+
+@_frozen
+class Error:
+    """A request failed, or a message was refused. `id` is None when unknown."""
+
+    TYPE: ClassVar[str] = "error"
+    id: RequestId | None
+    code: str
+    message: str
+
+
+Message: TypeAlias = (
+    Hello
+    | SessionCreate
+    | SessionResume
+    | SessionDestroy
+    | Ack
+    | PromptSend
+    | PromptCancel
+    | ResponseChunk
+    | ResponseComplete
+    | ResponseCancelled
+    | StateGet
+    | StateSubscribe
+    | StateUpdate
+    | InputRequest
+    | InputReply
+    | Ping
+    | Pong
+    | Error
+)
+
+#: Every message class, by its wire `type`.
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        SessionCreate,
+        SessionResume,
+        SessionDestroy,
+        Ack,
+        PromptSend,
+        PromptCancel,
+        ResponseChunk,
+        ResponseComplete,
+        ResponseCancelled,
+        StateGet,
+        StateSubscribe,
+        StateUpdate,
+        InputRequest,
+        InputReply,
+        Ping,
+        Pong,
+        Error,
+    )
+}

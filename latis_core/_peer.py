@@ -1,0 +1,603 @@
+"""The peer: one multiplexed connection, from the side that sends requests.
+
+Any number of requests are in flight on one connection. Each has a waiter
+holding its replies in a bounded queue. Reading follows a leader/follower
+scheme when the link allows it (`Link.can_lead`): a task that waits for a
+reply reads the stream itself, and hands every frame that is not its own to
+the waiter it belongs to, waking it directly. When nobody waits, an idle
+reader task owns the stream, for pings from the other side and for the end
+of the stream. On other links the idle reader does all the reading.
+
+Backpressure: when a waiter's queue is over `queue_limit`, reading stops
+until its consumer catches up. The other side then blocks on its writes.
+
+Writes never block and never cut a frame (see `_link`); a streamed request
+that is left early, or whose scope is cancelled, sends `prompt.cancel`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Self
+
+import trio
+from trio.lowlevel import (
+    Abort,
+    Task,
+    checkpoint,
+    checkpoint_if_cancelled,
+    current_task,
+    reschedule,
+    wait_task_rescheduled,
+)
+
+from ._connection import CLOSED, NEED_DATA, Connection, Violation
+from ._errors import (
+    ConnectError,
+    ConnectionClosed,
+    LatisError,
+    RemoteProtocolError,
+    RequestError,
+)
+from ._frames import DEFAULT_MAX_FRAME
+from ._link import SPIN, Interrupted, Link, open_link
+from ._messages import (
+    Error,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    PromptCancel,
+    RequestId,
+    ResponseCancelled,
+    Role,
+)
+
+__all__ = ["Peer", "ReplyStream", "open_peer"]
+
+log = logging.getLogger("latis.peer")
+
+#: Replies queued for one request before reading pauses.
+QUEUE_LIMIT = 4096
+#: Seconds a cancelled stream waits for the other side to end it.
+CANCEL_TIMEOUT = 5.0
+
+
+class _Waiter:
+    """One request in flight: its queued replies and the task waiting for them."""
+
+    __slots__ = ("discard", "events", "final", "id", "over", "reading", "task")
+
+    def __init__(self, rid: RequestId) -> None:
+        self.id = rid
+        self.events: deque[Any] = deque()
+        #: The task parked until an event arrives, if any.
+        self.task: Task | None = None
+        #: Whether this waiter's task leads and waits in read().
+        self.reading = False
+        self.final = False
+        self.discard = False
+        self.over = False
+
+
+class Peer:
+    """One connection to a unit (or any side that answers requests).
+
+    Made by `open_peer`; the library's `UnitClient` wraps one. All methods
+    must be called from the trio thread that opened it.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        link: Link,
+        *,
+        queue_limit: int = QUEUE_LIMIT,
+        cancel_timeout: float = CANCEL_TIMEOUT,
+        label: str = "unit",
+    ) -> None:
+        self.conn = conn
+        self.link = link
+        self.queue_limit = queue_limit
+        self.cancel_timeout = cancel_timeout
+        #: Names the other side in error messages.
+        self.label = label
+        self._waiters: dict[RequestId, _Waiter] = {}
+        self._parked: dict[_Waiter, None] = {}
+        self._leader: _Waiter | None = None
+        self._reader_task: Task | None = None
+        self._reader_scope: trio.CancelScope | None = None
+        self._over = 0
+        self._error: LatisError | None = None
+        self._thread = threading.get_ident()
+        self._token = trio.lowlevel.current_trio_token()
+
+    # ---- public ----------------------------------------------------------------
+
+    @property
+    def remote(self) -> Hello:
+        """The other side's `hello`."""
+        hello = self.conn.their_hello
+        if hello is None:
+            raise RuntimeError("the handshake has not finished")
+        return hello
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended."""
+        return self._error is not None
+
+    def next_id(self) -> int:
+        """Return a fresh request id."""
+        return self.conn.next_id()
+
+    async def request(self, msg: Message) -> Message:
+        """Send request `msg` and return its final reply.
+
+        Raises:
+            RequestError: the other side answered with `error`.
+            ConnectionClosed: the connection ended first.
+            LocalProtocolError: `msg` may not be sent now (a bug).
+        """
+        if self.link.buffered > self.queue_limit:
+            await self.link.wait_drained()
+        w = self._start(msg)
+        try:
+            ev = await self._next_event(w)
+        except BaseException:
+            self._abandon(w, cancel=False)
+            raise
+        if type(ev) is Error:
+            raise RequestError(ev.code, ev.message, ev.id)
+        return ev  # type: ignore[no-any-return]
+
+    def stream(self, msg: Message) -> ReplyStream:
+        """Send streamed request `msg`; return the iterator of its replies."""
+        return ReplyStream(self, self._start(msg))
+
+    def send_nowait(self, msg: Message) -> None:
+        """Send a message that gets no reply (`prompt.cancel`, `input.reply`)."""
+        self._raise_if_closed()
+        self._write(self.conn.send(msg))
+
+    async def ping(self) -> float:
+        """Send `ping`; return the round trip in seconds."""
+        start = time.perf_counter()
+        await self.request(Ping(self.conn.next_id()))
+        return time.perf_counter() - start
+
+    # ---- requests --------------------------------------------------------------
+
+    def _raise_if_closed(self) -> None:
+        if self._error is not None:
+            raise ConnectionClosed(str(self._error)) from self._error
+
+    def _start(self, msg: Message) -> _Waiter:
+        self._raise_if_closed()
+        frame = self.conn.send(msg)
+        w = _Waiter(msg.id)
+        self._waiters[msg.id] = w
+        self._write(frame)
+        return w
+
+    def _expect(self, rid: RequestId) -> _Waiter:
+        # For a reply stream that a request opens under another id (resume).
+        w = _Waiter(rid)
+        self._waiters[rid] = w
+        return w
+
+    async def _next_event(self, w: _Waiter) -> Any:
+        """Return w's next reply, waiting (and reading, when it may) as needed."""
+        events = w.events
+        while not events:
+            if self._error is not None:
+                raise ConnectionClosed(
+                    f"{self._error} (request {w.id!r} was in flight)"
+                ) from self._error
+            if self._leader is None and self.link.can_lead and not self._over:
+                await self._lead(w)
+            else:
+                await self._park(w)
+        ev = events.popleft()
+        if w.over and len(events) <= self.queue_limit // 2:
+            w.over = False
+            self._unpause()
+        if isinstance(ev, BaseException):
+            raise ev
+        return ev
+
+    def _abandon(self, w: _Waiter, *, cancel: bool) -> None:
+        """Stop caring for w's replies; with `cancel`, ask the other side to stop."""
+        if w.over:
+            w.over = False
+            self._unpause()
+        w.events.clear()
+        if w.final:
+            return
+        w.discard = True
+        if cancel and self._error is None and self.conn.in_flight(w.id):
+            self._write(self.conn.send(PromptCancel(w.id)))
+
+    # ---- waiting and reading -------------------------------------------------------
+
+    async def _park(self, w: _Waiter) -> None:
+        w.task = current_task()
+        self._parked[w] = None
+
+        def abort(_: Any) -> Abort:
+            w.task = None
+            self._parked.pop(w, None)
+            return Abort.SUCCEEDED
+
+        await wait_task_rescheduled(abort)
+
+    def _wake(self, w: _Waiter) -> None:
+        task = w.task
+        if task is not None:
+            w.task = None
+            del self._parked[w]
+            reschedule(task)
+        elif w.reading:
+            # w leads and waits in read() (the idle reader got w's event first,
+            # in the moment w took over): stop its read.
+            w.reading = False
+            self.link.interrupt()
+
+    async def _lead(self, w: _Waiter) -> None:
+        self._leader = w
+        if self._reader_scope is not None:
+            # Synchronously unregisters the idle reader from the fd.
+            self._reader_scope.cancel()
+        read = self.link.read
+        try:
+            while not w.events and self._error is None and not self._over:
+                w.reading = True
+                try:
+                    data = await read(SPIN)
+                except Interrupted:
+                    continue
+                finally:
+                    w.reading = False
+                self._feed(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(ConnectionClosed(f"connection to {self.label} broke: {exc}"), exc)
+        finally:
+            self._leader = None
+            self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        if self._error is not None:
+            for w in list(self._parked):
+                self._wake(w)
+        elif self._over:
+            return
+        elif self._parked:
+            self._wake(next(iter(self._parked)))
+            return
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        task = self._reader_task
+        if task is not None:
+            self._reader_task = None
+            reschedule(task)
+
+    def _unpause(self) -> None:
+        self._over -= 1
+        if not self._over and self._leader is None:
+            self._pass_lead()
+
+    async def _idle_reader(self) -> None:
+        read = self.link.read
+        try:
+            while self._error is None:
+                if self._leader is not None or self._over:
+                    self._reader_task = current_task()
+
+                    def abort(_: Any) -> Abort:
+                        self._reader_task = None
+                        return Abort.SUCCEEDED
+
+                    await wait_task_rescheduled(abort)
+                    continue
+                with trio.CancelScope() as scope:
+                    self._reader_scope = scope
+                    data = await read()
+                self._reader_scope = None
+                if not scope.cancelled_caught:
+                    self._feed(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(ConnectionClosed(f"connection to {self.label} broke: {exc}"), exc)
+        finally:
+            self._reader_scope = None
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        conn = self.conn
+        waiters = self._waiters
+        conn.receive_data(data)
+        while True:
+            ev = conn.next_event()
+            if ev is NEED_DATA:
+                return
+            if ev is CLOSED:
+                self._fail(ConnectionClosed(f"{self.label} closed the connection"))
+                return
+            cls = type(ev)
+            if cls is Violation:
+                self._on_violation(ev)  # type: ignore[arg-type]
+                if self._error is not None:
+                    return
+                continue
+            if cls is Ping:
+                self._write(conn.send(Pong(ev.id)))  # type: ignore[union-attr]
+                continue
+            rid = ev.id  # type: ignore[union-attr]
+            w = waiters.get(rid)
+            if w is None:
+                if cls is Error:
+                    log.warning("error from %s: %s: %s", self.label, ev.code, ev.message)  # type: ignore[union-attr]
+                continue  # a keep-alive pong, or a reply we stopped caring for
+            if not conn.in_flight(rid):
+                w.final = True
+                del waiters[rid]
+            if w.discard:
+                continue
+            w.events.append(ev)
+            if not w.over and len(w.events) > self.queue_limit:
+                w.over = True
+                self._over += 1
+            self._wake(w)
+
+    def _on_violation(self, v: Violation) -> None:
+        log.warning("%s broke the protocol: %s: %s", self.label, v.code, v.message)
+        if v.reply is not None:
+            self._write(self.conn.send(v.reply))
+        exc = RemoteProtocolError(v.message, v.code, v.id)
+        w = self._waiters.get(v.id) if v.id is not None else None
+        if w is not None and not w.discard:
+            # The reply was unreadable: that request fails, the others go on.
+            w.events.append(exc)
+            self._wake(w)
+            w.discard = True
+            if self.conn.in_flight(w.id):
+                self._cancel_if_streamed(w)
+        if v.fatal:
+            self._fail(exc)
+
+    def _cancel_if_streamed(self, w: _Waiter) -> None:
+        try:
+            self._write(self.conn.send(PromptCancel(w.id)))
+        except LatisError:
+            pass  # not a streamed request: its one reply will be dropped
+
+    def _write(self, frame: bytes) -> None:
+        try:
+            self.link.write(frame)
+        except trio.BrokenResourceError as exc:
+            self.conn.send_failed()
+            self._fail(ConnectionClosed(f"connection to {self.label} broke: {exc}"), exc)
+
+    def _fail(self, exc: LatisError, cause: BaseException | None = None) -> None:
+        if self._error is not None:
+            return
+        if cause is not None:
+            exc.__cause__ = cause
+        self._error = exc
+        for w in list(self._waiters.values()):
+            self._wake(w)
+        for w in list(self._parked):
+            self._wake(w)
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        self._wake_reader()
+
+    # ---- closing ---------------------------------------------------------------
+
+    async def _keepalive(self) -> None:
+        conn = self.conn
+        try:
+            self._write(conn.handle_timer(trio.current_time()))
+            while self._error is None:
+                deadline = conn.get_timer()
+                if deadline is None:
+                    return
+                await trio.sleep_until(deadline)
+                frame = conn.handle_timer(trio.current_time())
+                if frame:
+                    self._write(frame)
+        except ConnectionClosed as exc:
+            self._fail(ConnectionClosed(f"{self.label} went silent: {exc}"))
+
+    def _abandon_from_gc(self, w: _Waiter) -> None:
+        if threading.get_ident() == self._thread:
+            self._abandon(w, cancel=True)
+        else:
+            try:
+                self._token.run_sync_soon(self._abandon_quietly, w)
+            except trio.RunFinishedError:
+                pass
+
+    def _abandon_quietly(self, w: _Waiter) -> None:
+        try:
+            self._abandon(w, cancel=True)
+        except LatisError:
+            pass
+
+
+class ReplyStream:
+    """The replies to one streamed request, as an async iterator.
+
+    Iteration ends at the request's final reply: normally for
+    `response.complete` or `response.cancelled` (see `final`), with
+    `RequestError` for `error`. Leaving early (`aclose`, the end of an
+    `async with`, or dropping the iterator) or cancelling the task while it
+    waits sends `prompt.cancel`; `aclose` and cancellation then wait up to
+    `Peer.cancel_timeout` for the request's end.
+    """
+
+    __slots__ = ("__weakref__", "_count", "_peer", "_w", "final")
+
+    def __init__(self, peer: Peer, w: _Waiter) -> None:
+        self._peer = peer
+        self._w = w
+        self._count = 0
+        #: The final reply, once iteration has ended.
+        self.final: Message | None = None
+
+    @property
+    def id(self) -> RequestId:
+        """The request id."""
+        return self._w.id
+
+    @property
+    def done(self) -> bool:
+        """Whether the final reply has been taken (or the stream abandoned)."""
+        return self.final is not None or self._w.discard
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Any:
+        w = self._w
+        if self.final is not None or (w.discard and not w.events):
+            raise StopAsyncIteration
+        try:
+            if w.events:
+                # A batch is here already: stay a cancel point, and let others
+                # run once every 64 replies (a full checkpoint per reply would
+                # cost more than everything else per chunk).
+                self._count += 1
+                if self._count & 63:
+                    await checkpoint_if_cancelled()
+                else:
+                    await checkpoint()
+            ev = await self._peer._next_event(w)
+        except trio.Cancelled:
+            await self._cancel_and_wait()
+            raise
+        if w.final and not w.events:
+            self.final = ev
+            if type(ev) is Error:
+                raise RequestError(ev.code, ev.message, ev.id)
+            raise StopAsyncIteration
+        return ev
+
+    async def aclose(self) -> None:
+        """Stop the request (unless it has ended) and wait for its end."""
+        await self._cancel_and_wait()
+        await checkpoint()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _cancel_and_wait(self) -> None:
+        w = self._w
+        if self.final is not None or w.discard:
+            return
+        peer = self._peer
+        if not w.final and peer._error is None and peer.conn.in_flight(w.id):
+            peer._write(peer.conn.send(PromptCancel(w.id)))
+        # Wait (bounded) for the final reply, so the other side has really
+        # stopped; replies before it are dropped.
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + peer.cancel_timeout
+            try:
+                while not (w.final and not w.events):
+                    ev = await peer._next_event(w)
+                    if w.final and not w.events and type(ev) is not Error:
+                        self.final = ev
+            except LatisError:
+                pass
+        peer._abandon(w, cancel=False)
+
+    def __del__(self) -> None:
+        try:
+            w = self._w
+        except AttributeError:
+            return
+        if self.final is None and not w.final and not w.discard:
+            self._peer._abandon_from_gc(w)
+
+
+@asynccontextmanager
+async def open_peer(
+    stream: trio.abc.Stream,
+    *,
+    hello: Hello | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    handshake_timeout: float = 10.0,
+    keepalive: float | None = None,
+    keepalive_timeout: float = 10.0,
+    queue_limit: int = QUEUE_LIMIT,
+    cancel_timeout: float = CANCEL_TIMEOUT,
+    label: str = "unit",
+) -> AsyncIterator[Peer]:
+    """Run the cmdr side of a connection over `stream`, handshake first.
+
+    Args:
+        stream: the byte stream to the unit; closed on exit.
+        hello: our `hello` (its id, protocol and role are fixed).
+        max_frame: the largest payload we accept.
+        handshake_timeout: seconds to wait for the unit's `hello`.
+        keepalive: seconds of silence before a `ping`; None for none.
+        keepalive_timeout: seconds to wait for an answer to it.
+        queue_limit: replies queued per request before reading pauses.
+        cancel_timeout: seconds a cancelled stream waits for its end.
+        label: names the other side in error messages.
+
+    Raises:
+        ConnectError: the handshake failed (with the unit's reason).
+    """
+    hello = hello or Hello()
+    hello = Hello(
+        0,
+        hello.protocol,
+        Role.CMDR.value,
+        hello.unit,
+        hello.name,
+        hello.agent,
+        hello.capabilities,
+        max_frame,
+        hello.auth,
+    )
+    conn = Connection(
+        Role.CMDR, max_frame=max_frame, keepalive=keepalive, keepalive_timeout=keepalive_timeout
+    )
+    async with trio.open_nursery() as nursery:
+        link = open_link(stream, nursery)
+        peer = Peer(conn, link, queue_limit=queue_limit, cancel_timeout=cancel_timeout, label=label)
+        nursery.start_soon(peer._idle_reader)
+        try:
+            await _handshake(peer, hello, handshake_timeout)
+            if keepalive is not None:
+                nursery.start_soon(peer._keepalive)
+            yield peer
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + cancel_timeout
+                await link.flush()
+                peer._fail(ConnectionClosed("the connection was closed"))
+                nursery.cancel_scope.cancel()
+                await link.aclose()
+
+
+async def _handshake(peer: Peer, hello: Hello, timeout: float) -> None:
+    with trio.move_on_after(timeout) as scope:
+        try:
+            reply = await peer.request(hello)
+        except RequestError as exc:
+            raise ConnectError(f"{peer.label} refused the handshake: {exc}") from exc
+        except ConnectionClosed as exc:
+            raise ConnectError(f"{peer.label} closed the connection during the handshake") from exc
+    if scope.cancelled_caught:
+        raise ConnectError(f"no hello from {peer.label} within {timeout:g} s")
+    if peer.conn.their_hello is None:
+        raise ConnectError(f"{peer.label} answered hello with {reply.TYPE}")

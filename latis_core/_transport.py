@@ -1,0 +1,50 @@
+"""The transport interface: how a byte stream to a unit is made.
+
+A transport moves bytes and knows nothing of messages. Every dialer and
+listener, built in or from a plugin (entry-point group `latis.transports`),
+has this shape; the protocol runs over the streams they yield, unchanged.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+import trio
+
+__all__ = ["Dialer", "Listener"]
+
+
+@runtime_checkable
+class Dialer(Protocol):
+    """Opens a byte stream to one unit (cmdr dials out).
+
+    `async with dialer.connect() as stream:` yields a `trio.abc.Stream`; leaving
+    the block closes it and releases whatever the dialer started (a process, an
+    SSH channel). Failing to connect raises `ConnectError`.
+    """
+
+    def connect(self) -> AbstractAsyncContextManager[trio.abc.Stream]:
+        """Open the stream."""
+        ...
+
+    def describe(self) -> str:
+        """Say how this dialer reaches its unit, for messages (`ssh: user@host`)."""
+        ...
+
+
+@runtime_checkable
+class Listener(Protocol):
+    """Accepts units that dial in (units behind NAT, ephemeral boxes).
+
+    `async with listener.listen() as accepting:` yields a
+    `trio.abc.Listener[trio.abc.Stream]`; each accepted stream carries one unit.
+    """
+
+    def listen(self) -> AbstractAsyncContextManager[trio.abc.Listener[trio.abc.Stream]]:
+        """Start listening."""
+        ...
+
+    def describe(self) -> str:
+        """Say where this listener listens, for messages (`tcp: 0.0.0.0:7447`)."""
+        ...

@@ -1,0 +1,725 @@
+"""The unit server: an agent's sessions, served over any number of connections.
+
+`Unit` holds the agent, its sessions and their prompts; it outlives any one
+connection, so a controller that reconnects can resume a session and the rest
+of a prompt's answer (`session.resume` with `prompt` and `seq`). `serve`
+answers one connection. Quick requests (ping, state, cancel, input replies)
+are answered inline by the connection's reader; work that involves the agent
+runs as a task in the unit's nursery.
+
+A prompt's chunks are written corked: they leave in large writes whenever the
+agent yields. Each prompt keeps the chunks it sent (up to `replay_limit`
+bytes) for a controller that lost them with its connection. While no
+controller is attached and that log is full, the agent waits: nothing is
+dropped, nothing grows without bound.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import trio
+from trio.lowlevel import checkpoint, checkpoint_if_cancelled
+
+from ._agent import Agent, AgentSession, SessionNotFound
+from ._connection import CLOSED, NEED_DATA, Connection, Violation
+from ._errors import ErrorCode, LocalProtocolError
+from ._frames import DEFAULT_MAX_FRAME
+from ._link import HIGH_WATER, SPIN, Link, open_link
+from ._messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Error,
+    Hello,
+    InputReply,
+    InputRequest,
+    Message,
+    Ping,
+    Pong,
+    PromptCancel,
+    PromptSend,
+    RequestId,
+    ResponseCancelled,
+    ResponseChunk,
+    ResponseComplete,
+    Role,
+    SessionCreate,
+    SessionDestroy,
+    SessionResume,
+    State,
+    StateGet,
+    StateSubscribe,
+    StateUpdate,
+)
+
+__all__ = ["Unit", "open_unit", "serve_unit"]
+
+log = logging.getLogger("latis.unit")
+
+#: Bytes of chunks each prompt keeps for replay (8 MiB).
+REPLAY_LIMIT = 8 * 1024 * 1024
+#: Sessions a unit holds at most.
+MAX_SESSIONS = 1000
+#: What a chunk costs in the replay log beyond its text (an estimate).
+_CHUNK_OVERHEAD = 48
+
+UNIT_CAPABILITIES = ("session.resume", "prompt.cancel", "state.subscribe", "input")
+
+
+class _Session:
+    __slots__ = ("agent_session", "closing", "id", "last_run", "run", "state")
+
+    def __init__(self, sid: str, agent_session: AgentSession) -> None:
+        self.id = sid
+        self.agent_session = agent_session
+        self.state = State.IDLE
+        self.run: _Run | None = None
+        self.last_run: _Run | None = None
+        self.closing = False
+
+
+class _Run:
+    """A prompt being answered (or the last one answered) in a session.
+
+    It is also the `Reply` its agent answers through.
+    """
+
+    __slots__ = (
+        "_answer",
+        "_answered",
+        "_attached",
+        "_sends",
+        "done",
+        "final",
+        "first_seq",
+        "id",
+        "inputs",
+        "log",
+        "log_bytes",
+        "pending",
+        "scope",
+        "seq",
+        "session",
+        "sink",
+        "text",
+        "unit",
+    )
+
+    def __init__(self, unit: Unit, session: _Session, rid: RequestId, text: str) -> None:
+        self.unit = unit
+        self.session = session
+        self.id = rid
+        self.text = text
+        #: The connection the chunks go to, or None while no controller is attached.
+        self.sink: _Served | None = None
+        self.seq = 0
+        self.log: deque[ResponseChunk] = deque()
+        self.log_bytes = 0
+        self.first_seq = 0
+        self.scope = trio.CancelScope()
+        self.final: Message | None = None
+        self.done = trio.Event()
+        self.inputs = 0
+        self.pending: InputRequest | None = None
+        self._answer = ""
+        self._answered: trio.Event | None = None
+        self._attached: trio.Event | None = None
+        self._sends = 0
+
+    # ---- the Reply interface ------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self.session.id
+
+    async def send(
+        self, text: str = "", *, kind: str | None = None, data: dict[str, Any] | None = None
+    ) -> None:
+        if type(text) is not str:
+            raise TypeError(f"a chunk's text must be a str, got {type(text).__name__}")
+        msg = ResponseChunk(self.id, self.seq, text, kind, data)
+        self.seq += 1
+        self.log.append(msg)
+        self.log_bytes += len(text) + _CHUNK_OVERHEAD if data is None else _cost(msg)
+        sink = self.sink
+        if sink is not None:
+            if not sink.closed:
+                try:
+                    sink.link.cork(sink.conn.send(msg))
+                except trio.BrokenResourceError:
+                    sink.closed = True
+            if self.log_bytes > self.unit.replay_limit:
+                self._trim()
+            if sink.link.buffered > HIGH_WATER:
+                await sink.link.wait_drained()
+                return
+        elif self.log_bytes > self.unit.replay_limit:
+            # Nobody reads and the log is full: wait for a controller.
+            self._attached = trio.Event()
+            await self._attached.wait()
+            return
+        self._sends += 1
+        if self._sends & 63:
+            await checkpoint_if_cancelled()
+        else:
+            await checkpoint()
+
+    async def ask(
+        self, question: str, *, options: Sequence[str] = (), kind: str | None = None
+    ) -> str:
+        if self.pending is not None:
+            raise RuntimeError("the agent already waits for an answer")
+        request = InputRequest(self.id, self.inputs, question, tuple(options), kind)
+        self.inputs += 1
+        self.pending = request
+        answered = self._answered = trio.Event()
+        unit = self.unit
+        unit._set_state(self.session, State.WAITING)
+        if self.sink is not None:
+            self.sink.send(request)
+        try:
+            await answered.wait()
+        finally:
+            self.pending = None
+            self._answered = None
+            if not self.session.closing:
+                unit._set_state(self.session, State.BUSY)
+        return self._answer
+
+    # ---- for the unit -------------------------------------------------------------
+
+    def answer(self, number: int, text: str) -> None:
+        pending = self.pending
+        if pending is None or pending.input != number or self._answered is None:
+            # A reply that crossed a cancel, or a second answer: nothing waits for it.
+            log.debug("ignored input.reply %r for prompt %r", number, self.id)
+            return
+        self._answer = text
+        self._answered.set()
+
+    def _trim(self) -> None:
+        limit = self.unit.replay_limit
+        entries = self.log
+        while self.log_bytes > limit and len(entries) > 1:
+            self.log_bytes -= _cost(entries.popleft())
+            self.first_seq += 1
+
+    async def main(self) -> None:
+        final: Message
+        try:
+            with self.scope:
+                await self.session.agent_session.prompt(self.text, self)
+        except trio.Cancelled:
+            self._finish(ResponseCancelled(self.id, self.seq))
+            raise
+        except Exception as exc:
+            log.exception("the agent failed on prompt %r", self.id)
+            final = Error(self.id, ErrorCode.AGENT_ERROR.value, f"{type(exc).__name__}: {exc}")
+        else:
+            if self.scope.cancelled_caught:
+                final = ResponseCancelled(self.id, self.seq)
+            else:
+                final = ResponseComplete(self.id, self.seq)
+        self._finish(final)
+
+    def _finish(self, final: Message) -> None:
+        self.final = final
+        session = self.session
+        session.run = None
+        session.last_run = self
+        if not session.closing:
+            self.unit._set_state(session, State.IDLE)
+        sink = self.sink
+        if sink is not None:
+            sink.runs.pop(self.id, None)
+            sink.send(final)
+        self.done.set()
+
+    def attach(self, served: _Served, after: int | None) -> Error | None:
+        """Send `served` the chunks after seq `after`, then the rest live."""
+        start = 0 if after is None else after + 1
+        if start < self.first_seq:
+            return Error(
+                self.id,
+                ErrorCode.LIMIT_REACHED.value,
+                f"chunks {start} to {self.first_seq - 1} of prompt {self.id!r} are no longer "
+                f"kept (the replay limit is {self.unit.replay_limit} bytes)",
+            )
+        old = self.sink
+        if old is not None and old is not served:
+            old.runs.pop(self.id, None)
+            old.send(
+                Error(
+                    self.id,
+                    ErrorCode.UNKNOWN_REQUEST.value,
+                    f"prompt {self.id!r} was reattached on another connection",
+                )
+            )
+        for msg in itertools.islice(self.log, max(0, start - self.first_seq), None):
+            served.cork(msg)
+        if self.final is not None:
+            served.send(self.final)
+            return None
+        self.sink = served
+        served.runs[self.id] = self
+        if self.pending is not None:
+            served.send(self.pending)
+        if self._attached is not None:
+            self._attached.set()
+            self._attached = None
+        return None
+
+
+def _cost(msg: ResponseChunk) -> int:
+    size = len(msg.text) + _CHUNK_OVERHEAD
+    if msg.data is not None:
+        size += len(orjson.dumps(msg.data))
+    return size
+
+
+class _Served:
+    """One connection to a controller."""
+
+    __slots__ = ("__weakref__", "closed", "conn", "link", "runs", "subs", "unit")
+
+    def __init__(self, unit: Unit, link: Link, conn: Connection) -> None:
+        self.unit = unit
+        self.link = link
+        self.conn = conn
+        #: The prompts whose chunks go to this connection, by request id.
+        self.runs: dict[RequestId, _Run] = {}
+        #: State subscriptions: request id to session filter (None: all).
+        self.subs: dict[RequestId, str | None] = {}
+        self.closed = False
+
+    def send(self, msg: Message) -> None:
+        """Write `msg` now (after whatever is queued)."""
+        self._put(msg, self.link.write)
+
+    def cork(self, msg: Message) -> None:
+        """Queue `msg`; it leaves with the next batch."""
+        self._put(msg, self.link.cork)
+
+    def _put(self, msg: Message, put: Callable[[bytes], None]) -> None:
+        if self.closed:
+            return
+        try:
+            frame = self.conn.send(msg)
+        except LocalProtocolError as exc:
+            log.error("not sent: %s", exc)
+            return
+        try:
+            put(frame)
+        except trio.BrokenResourceError:
+            self.closed = True
+
+    async def run(self) -> None:
+        """Read and answer requests until the stream ends or must close."""
+        conn = self.conn
+        read = self.link.read
+        handlers = _HANDLERS
+        while True:
+            try:
+                # The next request often follows within microseconds: spin first.
+                data = await read(SPIN)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            conn.receive_data(data)
+            while True:
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    break
+                if ev is CLOSED:
+                    return
+                handlers[type(ev)](self, ev)
+                if conn.closed:
+                    return
+
+    def detach(self) -> None:
+        self.closed = True
+        for run in self.runs.values():
+            if run.sink is self:
+                run.sink = None
+        self.runs.clear()
+        self.subs.clear()
+        self.unit._subscribers.discard(self)
+
+
+class Unit:
+    """An agent and its sessions, served to any number of connections.
+
+    Made by `open_unit`, which owns the tasks that answer prompts.
+
+    Args:
+        agent: the adapter that does the work.
+        name: the unit's name in its `hello` (default: the host name).
+        max_sessions: sessions held at most; more get `limit_reached`.
+        replay_limit: bytes of chunks each prompt keeps for replay.
+        max_frame: the largest payload accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        nursery: trio.Nursery,
+        *,
+        name: str | None = None,
+        max_sessions: int = MAX_SESSIONS,
+        replay_limit: int = REPLAY_LIMIT,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.agent = agent
+        self.name = name or socket.gethostname()
+        self.max_sessions = max_sessions
+        self.replay_limit = replay_limit
+        self.max_frame = max_frame
+        self.sessions: dict[str, _Session] = {}
+        self._nursery = nursery
+        self._subscribers: set[_Served] = set()
+        self._busy = 0
+        self._waiting = 0
+        self._opening = 0
+        capabilities = dict.fromkeys(UNIT_CAPABILITIES + tuple(agent.capabilities))
+        self.capabilities = tuple(capabilities)
+
+    @property
+    def state(self) -> State:
+        """`waiting` if any session waits for input, else `busy` if any is busy, else `idle`."""
+        if self._waiting:
+            return State.WAITING
+        if self._busy:
+            return State.BUSY
+        return State.IDLE
+
+    async def serve(
+        self, stream: trio.abc.Stream, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve one connection until it ends; then close `stream`.
+
+        The unit's sessions and running prompts stay: another connection may
+        resume them.
+        """
+        async with trio.open_nursery() as nursery:
+            link = open_link(stream, nursery)
+            served = _Served(self, link, Connection(Role.UNIT, max_frame=self.max_frame))
+            task_status.started()
+            try:
+                await served.run()
+            finally:
+                served.detach()
+                with trio.CancelScope(shield=True) as scope:
+                    # Let a last error (say, frame_too_large) reach the controller.
+                    scope.deadline = trio.current_time() + 5
+                    await link.flush()
+                    nursery.cancel_scope.cancel()
+                    await link.aclose()
+
+    # ---- state ---------------------------------------------------------------------
+
+    def _set_state(self, session: _Session, new: State) -> None:
+        old = session.state
+        if old is new:
+            return
+        if old is State.BUSY:
+            self._busy -= 1
+        elif old is State.WAITING:
+            self._waiting -= 1
+        if new is State.BUSY:
+            self._busy += 1
+        elif new is State.WAITING:
+            self._waiting += 1
+        session.state = new
+        self._publish(session)
+
+    def _publish(self, session: _Session) -> None:
+        if not self._subscribers:
+            return
+        state = self.state.value
+        change = {session.id: session.state.value}
+        for served in list(self._subscribers):
+            for rid, only in served.subs.items():
+                if only is None or only == session.id:
+                    served.send(StateUpdate(rid, state, change))
+
+    def _snapshot(self, rid: RequestId, only: str | None) -> StateUpdate:
+        if only is not None:
+            sessions = {only: self.sessions[only].state.value}
+        else:
+            sessions = {sid: s.state.value for sid, s in self.sessions.items()}
+        return StateUpdate(rid, self.state.value, sessions)
+
+    # ---- work that involves the agent ------------------------------------------------
+
+    async def _create(self, served: _Served, msg: SessionCreate) -> None:
+        try:
+            sid = secrets.token_urlsafe(9)
+            try:
+                agent_session = await self.agent.open_session(sid, msg.options or {})
+            except Exception as exc:
+                log.exception("the agent could not open a session")
+                served.send(
+                    Error(msg.id, ErrorCode.AGENT_ERROR.value, f"{type(exc).__name__}: {exc}")
+                )
+                return
+            self.sessions[sid] = session = _Session(sid, agent_session)
+        finally:
+            self._opening -= 1
+        self._publish(session)
+        served.send(Ack(msg.id, {"session": sid, "state": session.state.value}))
+
+    async def _destroy(self, served: _Served, msg: SessionDestroy, session: _Session) -> None:
+        run = session.run
+        if run is not None:
+            run.scope.cancel()
+            await run.done.wait()
+        try:
+            await session.agent_session.aclose()
+        except Exception:
+            log.exception("the agent failed to close session %s", session.id)
+        self._set_state(session, State.CLOSED)
+        del self.sessions[session.id]
+        served.send(Ack(msg.id, {"session": session.id, "state": State.CLOSED.value}))
+
+    async def _resume(self, served: _Served, msg: SessionResume) -> None:
+        session = self.sessions.get(msg.session)
+        if session is None:
+            try:
+                agent_session = await self.agent.resume_session(msg.session)
+            except SessionNotFound:
+                failure = Error(
+                    msg.id, ErrorCode.UNKNOWN_SESSION.value, f"no session {msg.session!r}"
+                )
+            except Exception as exc:
+                log.exception("the agent could not resume session %s", msg.session)
+                failure = Error(
+                    msg.id, ErrorCode.AGENT_ERROR.value, f"{type(exc).__name__}: {exc}"
+                )
+            else:
+                failure = None
+                session = self.sessions.setdefault(msg.session, _Session(msg.session, agent_session))
+            if failure is not None:
+                served.send(failure)
+                if msg.prompt is not None:
+                    served.send(Error(msg.prompt, failure.code, failure.message))
+                return
+        assert session is not None
+        data: dict[str, Any] = {"session": session.id, "state": session.state.value}
+        run = None
+        if msg.prompt is not None:
+            for candidate in (session.run, session.last_run):
+                if candidate is not None and candidate.id == msg.prompt:
+                    run = candidate
+                    break
+            if run is not None:
+                data["prompt"] = {"id": run.id, "seq": run.seq, "done": run.final is not None}
+        served.send(Ack(msg.id, data))
+        if msg.prompt is None:
+            return
+        if run is None:
+            served.send(
+                Error(
+                    msg.prompt,
+                    ErrorCode.UNKNOWN_REQUEST.value,
+                    f"session {session.id!r} has no prompt {msg.prompt!r} to reattach",
+                )
+            )
+            return
+        failure = run.attach(served, msg.seq)
+        if failure is not None:
+            served.send(failure)
+
+
+# ---- handlers: one per message type a controller may send (a fixed table) ---------------
+
+
+def _on_hello(s: _Served, msg: Hello) -> None:
+    unit = s.unit
+    s.send(
+        Hello(
+            msg.id,
+            PROTOCOL_VERSION,
+            Role.UNIT.value,
+            unit=unit.name,
+            agent=unit.agent.info,
+            capabilities=unit.capabilities,
+            max_frame=unit.max_frame,
+        )
+    )
+
+
+def _on_ping(s: _Served, msg: Ping) -> None:
+    s.send(Pong(msg.id))
+
+
+def _on_pong(s: _Served, msg: Pong) -> None:
+    pass
+
+
+def _on_error(s: _Served, msg: Error) -> None:
+    log.warning("cmdr reported %s: %s (request %r)", msg.code, msg.message, msg.id)
+
+
+def _on_violation(s: _Served, v: Violation) -> None:
+    log.warning("refused a message: %s: %s", v.code, v.message)
+    if v.reply is not None:
+        s.send(v.reply)
+
+
+def _known_session(s: _Served, rid: RequestId, sid: str | None) -> _Session | None:
+    session = s.unit.sessions.get(sid) if sid is not None else None
+    if session is None or session.closing:
+        s.send(Error(rid, ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}"))
+        return None
+    return session
+
+
+def _on_state_get(s: _Served, msg: StateGet) -> None:
+    if msg.session is not None and _known_session(s, msg.id, msg.session) is None:
+        return
+    s.send(s.unit._snapshot(msg.id, msg.session))
+
+
+def _on_state_subscribe(s: _Served, msg: StateSubscribe) -> None:
+    if msg.session is not None and _known_session(s, msg.id, msg.session) is None:
+        return
+    s.subs[msg.id] = msg.session
+    s.unit._subscribers.add(s)
+    s.send(s.unit._snapshot(msg.id, msg.session))
+
+
+def _on_prompt_cancel(s: _Served, msg: PromptCancel) -> None:
+    run = s.runs.get(msg.id)
+    if run is not None:
+        run.scope.cancel()
+    elif msg.id in s.subs:
+        del s.subs[msg.id]
+        s.send(ResponseCancelled(msg.id))
+    # Otherwise it crossed the prompt's end on the wire: nothing to do.
+
+
+def _on_input_reply(s: _Served, msg: InputReply) -> None:
+    run = s.runs.get(msg.id)
+    if run is not None:
+        run.answer(msg.input, msg.text)
+
+
+def _on_session_create(s: _Served, msg: SessionCreate) -> None:
+    unit = s.unit
+    if len(unit.sessions) + unit._opening >= unit.max_sessions:
+        s.send(
+            Error(
+                msg.id,
+                ErrorCode.LIMIT_REACHED.value,
+                f"this unit holds at most {unit.max_sessions} sessions",
+            )
+        )
+        return
+    unit._opening += 1
+    unit._nursery.start_soon(unit._create, s, msg)
+
+
+def _on_session_destroy(s: _Served, msg: SessionDestroy) -> None:
+    session = _known_session(s, msg.id, msg.session)
+    if session is not None:
+        session.closing = True
+        s.unit._nursery.start_soon(s.unit._destroy, s, msg, session)
+
+
+def _on_session_resume(s: _Served, msg: SessionResume) -> None:
+    s.unit._nursery.start_soon(s.unit._resume, s, msg)
+
+
+def _on_prompt_send(s: _Served, msg: PromptSend) -> None:
+    session = _known_session(s, msg.id, msg.session)
+    if session is None:
+        return
+    if session.run is not None:
+        s.send(
+            Error(
+                msg.id,
+                ErrorCode.SESSION_BUSY.value,
+                f"session {session.id!r} is answering prompt {session.run.id!r}",
+            )
+        )
+        return
+    unit = s.unit
+    run = _Run(unit, session, msg.id, msg.text)
+    run.sink = s
+    s.runs[msg.id] = run
+    session.run = run
+    session.last_run = None
+    unit._set_state(session, State.BUSY)
+    unit._nursery.start_soon(run.main)
+
+
+_HANDLERS: dict[type, Callable[[_Served, Any], None]] = {
+    Hello: _on_hello,
+    Ping: _on_ping,
+    Pong: _on_pong,
+    Error: _on_error,
+    Violation: _on_violation,
+    StateGet: _on_state_get,
+    StateSubscribe: _on_state_subscribe,
+    PromptCancel: _on_prompt_cancel,
+    InputReply: _on_input_reply,
+    SessionCreate: _on_session_create,
+    SessionDestroy: _on_session_destroy,
+    SessionResume: _on_session_resume,
+    PromptSend: _on_prompt_send,
+}
+
+
+@asynccontextmanager
+async def open_unit(
+    agent: Agent,
+    *,
+    name: str | None = None,
+    max_sessions: int = MAX_SESSIONS,
+    replay_limit: int = REPLAY_LIMIT,
+    max_frame: int = DEFAULT_MAX_FRAME,
+) -> AsyncIterator[Unit]:
+    """Host `agent` as a unit; leaving the block cancels its running prompts.
+
+    Serve connections with `await unit.serve(stream)` (one per connection).
+    """
+    async with trio.open_nursery() as nursery:
+        unit = Unit(
+            agent,
+            nursery,
+            name=name,
+            max_sessions=max_sessions,
+            replay_limit=replay_limit,
+            max_frame=max_frame,
+        )
+        try:
+            yield unit
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def serve_unit(
+    stream: trio.abc.Stream,
+    agent: Agent,
+    *,
+    name: str | None = None,
+    max_sessions: int = MAX_SESSIONS,
+    replay_limit: int = REPLAY_LIMIT,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `agent` on one stream until it ends; then cancel what still runs.
+
+    The whole protocol: handshake, sessions, prompts, cancel, state, input.
+    """
+    async with open_unit(
+        agent, name=name, max_sessions=max_sessions, replay_limit=replay_limit, max_frame=max_frame
+    ) as unit:
+        await unit.serve(stream, task_status=task_status)

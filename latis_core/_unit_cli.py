@@ -1,0 +1,140 @@
+"""`latis-unit`: serve an agent over the latis protocol.
+
+    latis-unit --stdio --agent echo -o delay=0.1
+
+With `--stdio` the protocol runs on stdin and stdout; logs go to stderr only,
+and the unit exits by itself when stdin reaches EOF (a remote unit over ssh
+relies on it: closing the channel does not always signal the process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+EPILOG = """\
+examples:
+  latis-unit --stdio                          echo agent on stdin/stdout
+  latis-unit --stdio --agent echo -o delay=0.2 -o ask="Go on?"
+  latis-unit --stdio --name build-box --max-sessions 10
+
+exit status: 0 when stdin ends, 1 on a failure, 2 on a usage error.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latis-unit",
+        description="Serve an agent over the latis protocol.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--stdio", action="store_true", help="speak the protocol on stdin and stdout"
+    )
+    parser.add_argument("--agent", default="echo", help="the agent adapter (default: echo)")
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option for the agent (repeatable)",
+    )
+    parser.add_argument("--name", help="the unit's name in its hello (default: the host name)")
+    parser.add_argument("--max-sessions", type=int, default=1000, metavar="N")
+    parser.add_argument(
+        "--max-frame", type=int, default=16 * 1024 * 1024, metavar="BYTES",
+        help="the largest frame accepted (default: 16 MiB)",
+    )
+    parser.add_argument(
+        "--replay-limit", type=int, default=8 * 1024 * 1024, metavar="BYTES",
+        help="bytes of each prompt's chunks kept for replay (default: 8 MiB)",
+    )
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def _options(pairs: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            parser.error(f"option {pair!r} is not KEY=VALUE")
+        options[key] = value
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `latis-unit`; return its exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from ._version import __version__
+
+        print(f"latis-unit {__version__}")
+        return 0
+    if not args.stdio:
+        parser.error("say how to serve: --stdio")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="latis-unit %(levelname)s %(name)s: %(message)s",
+    )
+    from ._registry import make_agent
+
+    try:
+        agent = make_agent(args.agent, _options(args.option, parser))
+    except (LookupError, ValueError) as exc:
+        parser.error(str(exc).strip("'\""))
+    import trio
+
+    from ._unit import serve_unit
+
+    stream = _take_stdio()
+    try:
+        trio.run(
+            lambda: serve_unit(
+                stream,
+                agent,
+                name=args.name,
+                max_sessions=args.max_sessions,
+                max_frame=args.max_frame,
+                replay_limit=args.replay_limit,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        logging.getLogger("latis.unit").exception("the unit failed")
+        return 1
+    return 0
+
+
+def _take_stdio() -> object:
+    """Move the protocol off fds 0 and 1, and point those at /dev/null and stderr.
+
+    Whatever the agent (or a library) prints then lands in the log, not in
+    the middle of a frame, and nothing else can read the controller's bytes.
+    """
+    import trio
+
+    rfd = os.dup(0)
+    wfd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return trio.StapledStream(trio.lowlevel.FdStream(wfd), trio.lowlevel.FdStream(rfd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
