@@ -1,0 +1,9 @@
+"""Shared fixtures. Tests use loopback and child processes only."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# helpers.py sits beside the tests.
+sys.path.insert(0, str(Path(__file__).parent))
