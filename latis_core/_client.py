@@ -188,9 +188,12 @@ class Session:
         rest as it comes, or its end if it has finished.
         """
         peer = self.unit.peer
+        rid = peer.next_id()
+        if rid == prompt_id:
+            rid = peer.next_id()
         w = peer._expect(prompt_id)
         try:
-            await peer.request(SessionResume(peer.next_id(), self.id, prompt_id, after))
+            await peer.request(SessionResume(rid, self.id, prompt_id, after))
         except BaseException:
             peer._abandon(w, cancel=False)
             raise

@@ -212,8 +212,14 @@ class Connection:
         return dict(self._received)
 
     def next_id(self) -> int:
-        """Return a request id not used before on this connection."""
+        """Return a request id not used before on this connection, nor in flight.
+
+        (A prompt reattached by `session.resume` keeps the id it was sent
+        with on another connection; new ids step around it.)
+        """
         rid = self._next_id
+        while rid in self._sent:
+            rid += 1
         self._next_id = rid + 1
         return rid
 

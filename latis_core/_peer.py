@@ -46,6 +46,7 @@ from ._errors import (
 )
 from ._frames import DEFAULT_MAX_FRAME
 from ._link import SPIN, Interrupted, Link, open_link
+from ._util import unwrap_group
 from ._messages import (
     Error,
     Hello,
@@ -571,22 +572,25 @@ async def open_peer(
     conn = Connection(
         Role.CMDR, max_frame=max_frame, keepalive=keepalive, keepalive_timeout=keepalive_timeout
     )
-    async with trio.open_nursery() as nursery:
-        link = open_link(stream, nursery)
-        peer = Peer(conn, link, queue_limit=queue_limit, cancel_timeout=cancel_timeout, label=label)
-        nursery.start_soon(peer._idle_reader)
-        try:
-            await _handshake(peer, hello, handshake_timeout)
-            if keepalive is not None:
-                nursery.start_soon(peer._keepalive)
-            yield peer
-        finally:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + cancel_timeout
-                await link.flush()
-                peer._fail(ConnectionClosed("the connection was closed"))
-                nursery.cancel_scope.cancel()
-                await link.aclose()
+    with unwrap_group():
+        async with trio.open_nursery() as nursery:
+            link = open_link(stream, nursery)
+            peer = Peer(
+                conn, link, queue_limit=queue_limit, cancel_timeout=cancel_timeout, label=label
+            )
+            nursery.start_soon(peer._idle_reader)
+            try:
+                await _handshake(peer, hello, handshake_timeout)
+                if keepalive is not None:
+                    nursery.start_soon(peer._keepalive)
+                yield peer
+            finally:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + cancel_timeout
+                    await link.flush()
+                    peer._fail(ConnectionClosed("the connection was closed"))
+                    nursery.cancel_scope.cancel()
+                    await link.aclose()
 
 
 async def _handshake(peer: Peer, hello: Hello, timeout: float) -> None:
@@ -597,6 +601,8 @@ async def _handshake(peer: Peer, hello: Hello, timeout: float) -> None:
             raise ConnectError(f"{peer.label} refused the handshake: {exc}") from exc
         except ConnectionClosed as exc:
             raise ConnectError(f"{peer.label} closed the connection during the handshake") from exc
+        except RemoteProtocolError as exc:
+            raise ConnectError(f"{peer.label} broke the handshake: {exc.code}: {exc}") from exc
     if scope.cancelled_caught:
         raise ConnectError(f"no hello from {peer.label} within {timeout:g} s")
     if peer.conn.their_hello is None:

@@ -34,6 +34,7 @@ from ._connection import CLOSED, NEED_DATA, Connection, Violation
 from ._errors import ErrorCode, LocalProtocolError
 from ._frames import DEFAULT_MAX_FRAME
 from ._link import HIGH_WATER, SPIN, Link, open_link
+from ._util import unwrap_group
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -690,19 +691,20 @@ async def open_unit(
 
     Serve connections with `await unit.serve(stream)` (one per connection).
     """
-    async with trio.open_nursery() as nursery:
-        unit = Unit(
-            agent,
-            nursery,
-            name=name,
-            max_sessions=max_sessions,
-            replay_limit=replay_limit,
-            max_frame=max_frame,
-        )
-        try:
-            yield unit
-        finally:
-            nursery.cancel_scope.cancel()
+    with unwrap_group():
+        async with trio.open_nursery() as nursery:
+            unit = Unit(
+                agent,
+                nursery,
+                name=name,
+                max_sessions=max_sessions,
+                replay_limit=replay_limit,
+                max_frame=max_frame,
+            )
+            try:
+                yield unit
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 async def serve_unit(

@@ -1,0 +1,688 @@
+#!/usr/bin/env python
+"""latis benchmarks: one table, every row measured side by side in one run.
+
+    python benchmarks/bench.py            # full run (~1 minute)
+    python benchmarks/bench.py --quick    # short run (~10 s)
+    python benchmarks/bench.py --json     # also print the numbers as JSON (last line)
+
+See benchmarks/README.md for what each row measures and its target. This is a
+measurement script: it never asserts on a number, it marks targets ✓ or ✗.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, ExitStack
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+import latis_core
+from latis_core import EchoAgent, ResponseChunk
+from latis_transports import socket_stream_pair
+
+HERE = Path(__file__).resolve().parent
+CHILDREN = str(HERE / "_children.py")
+sys.path.insert(0, str(HERE))
+import _children  # noqa: E402  (the execnet sources)
+
+#: The request of every round-trip row.
+PAYLOAD = b"x" * 100
+#: ~100 bytes of text for the codec rows.
+TEXT = ("The quick brown fox jumps over the lazy dog; " * 3)[:100]
+#: The words of the streaming prompt: one chunk each, repeated by the echo agent.
+WORDS = ["latency%d" % i for i in range(10)]
+KiB = 1024
+ROUNDS = 3
+
+perf_ns = time.perf_counter_ns
+
+
+class Config:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        #: Round trips measured per row per round (after `rt_warmup`).
+        self.rt_iters = 1000 if quick else 5000
+        self.rt_warmup = 200 if quick else 500
+        #: Messages per streaming run, and runs of each streaming row.
+        self.stream_n = 200_000
+        self.stream_runs = 1 if quick else 3
+        #: Codec: batches of `codec_batch` encode+decode pairs.
+        self.codec_batches = 60 if quick else 300
+        self.codec_batch = 1000
+        #: Idle connections and idle sessions for the memory rows.
+        self.mem_n = 1000
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---- round trips ---------------------------------------------------------------------
+
+
+async def timed_loop(one: Callable[[], Awaitable[Any]], n: int) -> list[int]:
+    times = []
+    append = times.append
+    for _ in range(n):
+        t0 = perf_ns()
+        await one()
+        append(perf_ns() - t0)
+    return times
+
+
+def blocking_loop(one: Callable[[], Any], n: int) -> list[int]:
+    times = []
+    append = times.append
+    for _ in range(n):
+        t0 = perf_ns()
+        one()
+        append(perf_ns() - t0)
+    return times
+
+
+async def setup_f1(nursery: trio.Nursery) -> Callable[[], Awaitable[None]]:
+    """F1: 100 B ping-pong over a trio socket pair, echo task in the same process."""
+    a, b = socket_stream_pair()
+
+    async def echo() -> None:
+        async with b:
+            while True:
+                data = await b.receive_some(65536)
+                if not data:
+                    return
+                await b.send_all(data)
+
+    nursery.start_soon(echo)
+    size = len(PAYLOAD)
+
+    async def one() -> None:
+        await a.send_all(PAYLOAD)
+        got = 0
+        while got < size:
+            got += len(await a.receive_some(65536))
+
+    one.close = a.aclose  # type: ignore[attr-defined]
+    return one
+
+
+async def setup_f2(nursery: trio.Nursery) -> Callable[[], Awaitable[None]]:
+    """F2: 100 B round trip over pipes to a child running a blocking echo loop."""
+    proc = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            [sys.executable, CHILDREN, "pipe-echo"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+    )
+    send_all = proc.stdin.send_all
+    receive_some = proc.stdout.receive_some
+    size = len(PAYLOAD)
+
+    async def one() -> None:
+        await send_all(PAYLOAD)
+        got = 0
+        while got < size:
+            got += len(await receive_some(65536))
+
+    one.close = proc.stdin.aclose  # type: ignore[attr-defined]
+    return one
+
+
+class ZmqPeer:
+    """pyzmq REQ (here, blocking) to a REP echo in a child, over ipc://."""
+
+    def __init__(self, tmpdir: str) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.REQ)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVTIMEO, 30_000)
+        self.sock.setsockopt(zmq.SNDTIMEO, 30_000)
+        address = f"ipc://{tmpdir}/bench-zmq.ipc"
+        self.sock.bind(address)
+        self.proc = subprocess.Popen([sys.executable, CHILDREN, "zmq-rep", address])
+        send, recv = self.sock.send, self.sock.recv
+
+        def one() -> None:
+            send(PAYLOAD)
+            recv()
+
+        self.one = one
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.sock.send(b"")
+                self.sock.recv()
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+        self.ctx.term()
+
+
+class ExecnetPeer:
+    """execnet popen gateway: a channel echo, and a channel that streams."""
+
+    def __init__(self) -> None:
+        import execnet
+
+        self.group = execnet.Group()
+        self.gw = self.group.makegateway(f"popen//python={sys.executable}")
+        self.echo = self.gw.remote_exec(_children.EXECNET_ECHO)
+        self.streamer = self.gw.remote_exec(_children.EXECNET_STREAM)
+        send, receive = self.echo.send, self.echo.receive
+
+        def one() -> None:
+            send(PAYLOAD)
+            receive()
+
+        self.one = one
+
+    def stream(self, n: int, size: int) -> float:
+        """Stream n messages of size bytes from the child; return the seconds taken."""
+        receive = self.streamer.receive
+        t0 = time.perf_counter()
+        self.streamer.send((n, size))
+        for _ in range(n):
+            receive()
+        end = receive()
+        elapsed = time.perf_counter() - t0
+        if end is not None:
+            raise RuntimeError("execnet stream: too many messages")
+        return elapsed
+
+    def close(self) -> None:
+        for ch in (self.echo, self.streamer):
+            try:
+                ch.send(None)
+            except Exception:
+                pass
+        self.group.terminate(timeout=5)
+
+
+# ---- streaming ---------------------------------------------------------------------------
+
+
+def chunk_frame_size() -> int:
+    """Bytes on the wire of a typical chunk of the streaming prompt."""
+    msg = ResponseChunk(7, 123_456, WORDS[0] + " ")
+    return len(latis_core.encode_frame(latis_core.encode(msg)))
+
+
+async def setup_raw_stream(nursery: trio.Nursery, n: int, size: int) -> Callable[[], Awaitable[float]]:
+    """F4: a child writes n messages of size bytes (one os.write each) into a pipe."""
+    proc = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            [sys.executable, CHILDREN, "pipe-stream", str(n), str(size)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+    )
+    total = n * size
+
+    async def run() -> float:
+        receive_some = proc.stdout.receive_some
+        t0 = time.perf_counter()
+        await proc.stdin.send_all(b"g")
+        got = 0
+        while got < total:
+            data = await receive_some(1 << 20)
+            if not data:
+                raise RuntimeError("raw stream child ended early")
+            got += len(data)
+        return time.perf_counter() - t0
+
+    run.close = proc.stdin.aclose  # type: ignore[attr-defined]
+    return run
+
+
+async def latis_stream(session: latis_core.Session, text: str, expected: int) -> float:
+    t0 = time.perf_counter()
+    count = 0
+    async for _chunk in session.prompt(text):
+        count += 1
+    elapsed = time.perf_counter() - t0
+    if count != expected:
+        raise RuntimeError(f"latis stream: {count} chunks, expected {expected}")
+    return elapsed
+
+
+# ---- codec -------------------------------------------------------------------------------
+
+
+def codec_rows(cfg: Config) -> dict[str, list[float]]:
+    """Per-batch µs per encode+decode pair, for latis, raw orjson and stdlib json."""
+    msg = ResponseChunk(12_345, 678, TEXT)
+    as_dict = {"type": "response.chunk", "id": 12_345, "seq": 678, "text": TEXT}
+    encode, decode = latis_core.encode, latis_core.decode
+    if decode(encode(msg)) != msg:
+        raise RuntimeError("codec: the chunk did not survive encode+decode")
+    odumps, oloads = orjson.dumps, orjson.loads
+    jdumps, jloads = json.dumps, json.loads
+    cases: dict[str, Callable[[], Any]] = {
+        "F3": lambda: oloads(odumps(as_dict)),
+        "codec_latis": lambda: decode(encode(msg)),
+        "codec_json": lambda: jloads(jdumps(as_dict)),
+    }
+    batch = cfg.codec_batch
+    loop = range(batch)
+    out: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(cfg.codec_batches):  # interleaved, batch by batch
+        for name, fn in cases.items():
+            t0 = perf_ns()
+            for _ in loop:
+                fn()
+            out[name].append((perf_ns() - t0) / batch / 1000)
+    return out
+
+
+# ---- memory ------------------------------------------------------------------------------
+
+SIDES = ("cmdr", "unit", "sockets", "other")
+
+
+def _side(tb: tracemalloc.Traceback) -> str:
+    # Frames are oldest first: the innermost latis frame names the side.
+    for frame in reversed(tb):
+        f = frame.filename
+        if f.endswith(("_peer.py", "_client.py")):
+            return "cmdr"
+        if f.endswith(("_unit.py", "_echo.py", "_agent.py")):
+            return "unit"
+        if f.endswith(("memory.py", "socket.py")):
+            return "sockets"
+    return "other"
+
+
+class Meter:
+    """Python heap (tracemalloc, split by side) or RSS, at marked points."""
+
+    def __init__(self, trace: bool) -> None:
+        self.trace = trace
+        self.marks: dict[str, Any] = {}
+
+    def mark(self, name: str) -> None:
+        gc.collect()
+        if self.trace:
+            snap = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)]
+            )
+            self.marks[name] = snap
+        else:
+            with open("/proc/self/statm") as f:
+                self.marks[name] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def rss_delta(self, a: str, b: str) -> int:
+        return self.marks[b] - self.marks[a]
+
+    def heap_delta(self, a: str, b: str) -> dict[str, int]:
+        sides = dict.fromkeys(SIDES, 0)
+        for stat in self.marks[b].compare_to(self.marks[a], "traceback"):
+            sides[_side(stat.traceback)] += stat.size_diff
+        sides["total"] = sum(sides[s] for s in SIDES)
+        return sides
+
+
+async def _hold_connection(
+    unit: latis_core.Unit, nursery: trio.Nursery, stack: AsyncExitStack, pair: Any
+) -> latis_core.UnitClient:
+    a, b = pair
+    await nursery.start(unit.serve, b)
+    return await stack.enter_async_context(latis_core.connect(a))
+
+
+async def mem_connections(n: int, meter: Meter) -> None:
+    """n idle connections to one in-process unit, one session each."""
+    async with latis_core.open_unit(EchoAgent(), max_sessions=n + 10) as unit:
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            # Warm-up: one connection and session made (and kept) before the
+            # baseline, so one-off allocations (read buffer, caches) are not counted.
+            client = await _hold_connection(unit, nursery, stack, socket_stream_pair())
+            keep = [await client.create_session()]
+            meter.mark("start")
+            pairs = [socket_stream_pair() for _ in range(n)]
+            meter.mark("sockets")
+            for _a, b in pairs:
+                await nursery.start(unit.serve, b)
+            meter.mark("served")
+            for a, _b in pairs:
+                client = await stack.enter_async_context(latis_core.connect(a))
+                keep.append(await client.create_session())
+            meter.mark("connected")
+            await stack.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def mem_sessions(n: int, meter: Meter) -> None:
+    """n idle sessions over one connection to an in-process unit."""
+    async with latis_core.open_unit(EchoAgent(), max_sessions=n + 10) as unit:
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            client = await _hold_connection(unit, nursery, stack, socket_stream_pair())
+            keep = [await client.create_session()]
+            meter.mark("start")
+            for _ in range(n):
+                keep.append(await client.create_session())
+            meter.mark("sessions")
+            await stack.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def memory_rows(cfg: Config) -> dict[str, Any]:
+    n = cfg.mem_n
+    out: dict[str, Any] = {}
+    # RSS first, without tracemalloc (whose own bookkeeping would inflate it).
+    rss = Meter(trace=False)
+    trio.run(mem_connections, n, rss)
+    out["conn_rss"] = rss.rss_delta("start", "connected") / n
+    rss = Meter(trace=False)
+    trio.run(mem_sessions, n, rss)
+    out["session_rss"] = rss.rss_delta("start", "sessions") / n
+    # Then the Python heap, split by side.
+    tracemalloc.start(40)
+    try:
+        heap = Meter(trace=True)
+        trio.run(mem_connections, n, heap)
+        out["conn_heap"] = {k: v / n for k, v in heap.heap_delta("start", "connected").items()}
+        out["conn_phases"] = {
+            "sockets": heap.heap_delta("start", "sockets")["total"] / n,
+            "served": heap.heap_delta("sockets", "served")["total"] / n,
+            "connected": heap.heap_delta("served", "connected")["total"] / n,
+        }
+        heap = Meter(trace=True)
+        trio.run(mem_sessions, n, heap)
+        out["session_heap"] = {k: v / n for k, v in heap.heap_delta("start", "sessions").items()}
+    finally:
+        tracemalloc.stop()
+    return out
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+
+async def measure_processes(cfg: Config, tmpdir: str) -> dict[str, Any]:
+    """Round trips (interleaved, ROUNDS times) and streaming, in one trio run."""
+    frame_size = chunk_frame_size()
+    repeat = math.ceil(cfg.stream_n / len(WORDS))
+    stream_n = repeat * len(WORDS)
+    prompt = " ".join(WORDS)
+    results: dict[str, Any] = {"frame_size": frame_size, "stream_n": stream_n}
+    with ExitStack() as blocking:
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            log("starting children and connections")
+            f1 = await setup_f1(nursery)
+            stack.push_async_callback(f1.close)  # type: ignore[attr-defined]
+            f2 = await setup_f2(nursery)
+            stack.push_async_callback(f2.close)  # type: ignore[attr-defined]
+
+            a, b = socket_stream_pair()
+            await nursery.start(functools.partial(latis_core.serve_unit, b, EchoAgent()))
+            in_proc = await stack.enter_async_context(latis_core.connect(a))
+            local = await stack.enter_async_context(
+                latis_core.connect_local(options={"repeat": str(repeat)})
+            )
+            zmq_peer = ZmqPeer(tmpdir)
+            blocking.callback(zmq_peer.close)
+            ex = ExecnetPeer()
+            blocking.callback(ex.close)
+
+            async def run_blocking(fn: Callable[[], Any], n: int) -> list[int]:
+                return blocking_loop(fn, n)
+
+            rows: list[tuple[str, Callable[[int], Awaitable[list[int]]]]] = [
+                ("F1", functools.partial(timed_loop, f1)),
+                ("rt_latis_socketpair", functools.partial(timed_loop, in_proc.ping)),
+                ("F2", functools.partial(timed_loop, f2)),
+                ("rt_latis_pipes", functools.partial(timed_loop, local.ping)),
+                ("rt_zmq", functools.partial(run_blocking, zmq_peer.one)),
+                ("rt_execnet", functools.partial(run_blocking, ex.one)),
+            ]
+            rt: dict[str, list[float]] = {name: [] for name, _ in rows}
+            for r in range(ROUNDS):
+                log(f"round trips, run {r + 1}/{ROUNDS}")
+                for name, loop in rows:
+                    await loop(cfg.rt_warmup)
+                    times = await loop(cfg.rt_iters)
+                    rt[name].append(statistics.median(times) / 1000)
+            results["rt"] = rt
+
+            log(f"streaming {stream_n} messages of ~{frame_size} B")
+            raw = await setup_raw_stream(nursery, stream_n, frame_size)
+            stack.push_async_callback(raw.close)  # type: ignore[attr-defined]
+            session = await local.create_session()
+            await latis_stream(session, " ".join(WORDS[:3]), 3 * repeat)  # warm-up
+            ex.stream(1000, frame_size)
+            streams: dict[str, list[float]] = {"F4": [], "stream_latis": [], "stream_execnet": []}
+            for r in range(cfg.stream_runs):
+                log(f"streaming, run {r + 1}/{cfg.stream_runs}")
+                streams["F4"].append(stream_n / await raw())
+                streams["stream_latis"].append(
+                    stream_n / await latis_stream(session, prompt, stream_n)
+                )
+                streams["stream_execnet"].append(stream_n / ex.stream(stream_n, frame_size))
+            results["stream"] = streams
+            log("closing children")
+    return results
+
+
+def run_all(cfg: Config) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="latis-bench-") as tmpdir:
+        proc = trio.run(measure_processes, cfg, tmpdir)
+    log("codec")
+    codec = codec_rows(cfg)
+    log(f"memory: {cfg.mem_n} idle connections, {cfg.mem_n} idle sessions")
+    mem = memory_rows(cfg)
+    return {"proc": proc, "codec": codec, "mem": mem}
+
+
+# ---- the table ---------------------------------------------------------------------------
+
+
+def build_rows(cfg: Config, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    proc, codec, mem = raw["proc"], raw["codec"], raw["mem"]
+    rt = proc["rt"]
+    med = {name: statistics.median(runs) for name, runs in rt.items()}
+    rows: list[dict[str, Any]] = []
+
+    def row(id_: str, what: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+        r = {"id": id_, "what": what, "value": value, "unit": unit}
+        r.update(extra)
+        rows.append(r)
+        return r
+
+    # Round trips.
+    per_run_f2 = [lat / f2 for lat, f2 in zip(rt["rt_latis_pipes"], rt["F2"], strict=True)]
+    per_run_f1 = [lat / f1 for lat, f1 in zip(rt["rt_latis_socketpair"], rt["F1"], strict=True)]
+    row("F1", "floor: trio socket pair ping-pong, 100 B, one process",
+        med["F1"], "µs", runs=rt["F1"])
+    row("F2", "floor: trio pipes to a child's blocking echo loop, 100 B",
+        med["F2"], "µs", runs=rt["F2"])
+    row("rt_latis_socketpair", "latis unit.ping(), in-process unit over a socket pair",
+        med["rt_latis_socketpair"], "µs", runs=rt["rt_latis_socketpair"],
+        floor="F1", ratio=statistics.median(per_run_f1), ratio_runs=per_run_f1)
+    ratio_f2 = statistics.median(per_run_f2)
+    beats = med["rt_latis_pipes"] < med["rt_zmq"] and med["rt_latis_pipes"] < med["rt_execnet"]
+    row("rt_latis_pipes", "latis unit.ping(), latis-unit --stdio over pipes",
+        med["rt_latis_pipes"], "µs", runs=rt["rt_latis_pipes"],
+        floor="F2", ratio=ratio_f2, ratio_runs=per_run_f2,
+        target="≤ 2.5x F2, < zmq, < execnet", ok=ratio_f2 <= 2.5 and beats)
+    for id_, what in (
+        ("rt_zmq", "pyzmq REQ/REP over ipc:// to a child, 100 B"),
+        ("rt_execnet", "execnet popen gateway channel echo, 100 B"),
+    ):
+        per_run = [x / f2 for x, f2 in zip(rt[id_], rt["F2"], strict=True)]
+        row(id_, what, med[id_], "µs", runs=rt[id_],
+            floor="F2", ratio=statistics.median(per_run), ratio_runs=per_run)
+
+    # Codec.
+    cmed = {name: statistics.median(v) for name, v in codec.items()}
+    row("F3", "floor: orjson dumps+loads of the chunk dict (no latis)", cmed["F3"], "µs")
+    row("codec_latis", "latis encode+decode of a response.chunk (~100 B text)",
+        cmed["codec_latis"], "µs", floor="F3", ratio=cmed["codec_latis"] / cmed["F3"],
+        target="< 5 µs", ok=cmed["codec_latis"] < 5.0)
+    row("codec_json", "stdlib json dumps+loads of the same dict",
+        cmed["codec_json"], "µs", floor="F3", ratio=cmed["codec_json"] / cmed["F3"],
+        note=f"latis codec is {cmed['codec_json'] / cmed['codec_latis']:.1f}x faster")
+
+    # Streaming (higher is better: the ratio is the share of the floor reached).
+    st = proc["stream"]
+    smed = {name: statistics.median(v) for name, v in st.items()}
+    n, size = proc["stream_n"], proc["frame_size"]
+    row("F4", f"floor: raw pipe from a child, {n} x {size} B, one os.write each",
+        smed["F4"], "msg/s", runs=st["F4"])
+    row("stream_latis", f"latis chunks from latis-unit --stdio ({n} chunks, {size} B frames)",
+        smed["stream_latis"], "msg/s", runs=st["stream_latis"],
+        floor="F4", ratio=smed["stream_latis"] / smed["F4"],
+        target="≥ 300,000 chunks/s", ok=smed["stream_latis"] >= 300_000)
+    row("stream_execnet", f"execnet channel from a child, {n} x {size} B",
+        smed["stream_execnet"], "msg/s", runs=st["stream_execnet"],
+        floor="F4", ratio=smed["stream_execnet"] / smed["F4"])
+
+    # Memory.
+    ch, sh = mem["conn_heap"], mem["session_heap"]
+    row("mem_conn_cmdr", "idle connection + 1 session: cmdr side (connect + Session)",
+        ch["cmdr"] / KiB, "KiB", target="≤ 12 KiB", ok=ch["cmdr"] <= 12 * KiB,
+        note="Python heap (tracemalloc)")
+    row("mem_conn_unit", "idle connection + 1 session: unit side (serve + session)",
+        ch["unit"] / KiB, "KiB", note="Python heap (tracemalloc)")
+    row("mem_conn_total", "idle connection + 1 session: both sides + socket objects",
+        ch["total"] / KiB, "KiB",
+        note=f"sockets {ch['sockets'] / KiB:.2f}, unattributed {ch['other'] / KiB:.2f} KiB")
+    row("mem_conn_rss", "idle connection + 1 session: RSS growth, whole process",
+        mem["conn_rss"] / KiB, "KiB", note="both sides; no tracemalloc")
+    row("mem_session", "extra idle session on one connection: both sides",
+        sh["total"] / KiB, "KiB",
+        note=f"cmdr {sh['cmdr'] / KiB:.2f}, unit {sh['unit'] / KiB:.2f} KiB; "
+             f"RSS {mem['session_rss'] / KiB:.2f} KiB")
+    return rows
+
+
+def fmt_value(value: float, unit: str) -> str:
+    if unit == "µs":
+        return f"{value:.2f} µs" if value < 10 else f"{value:.1f} µs"
+    if unit == "msg/s":
+        return f"{value / 1000:,.0f} k/s"
+    if unit == "KiB":
+        return f"{value:.2f} KiB"
+    return f"{value:g} {unit}"
+
+
+def fmt_runs(r: dict[str, Any]) -> str:
+    runs = r.get("runs")
+    if not runs or len(runs) < 2:
+        return ""
+    if r["unit"] == "msg/s":
+        return " ".join(f"{x / 1000:.0f}k" for x in runs)
+    return " ".join(f"{x:.1f}" for x in runs)
+
+
+def render(cfg: Config, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str:
+    mode = "quick" if cfg.quick else "full"
+    head = (
+        f"latis benchmarks ({mode}: round trips {ROUNDS} interleaved runs x {cfg.rt_iters}, "
+        f"streaming {cfg.stream_runs} run(s), memory over {cfg.mem_n}) | "
+        f"Python {platform.python_version()}, trio {trio.__version__}, "
+        f"latis {latis_core.__version__}, {os.cpu_count()} CPUs"
+    )
+    cols = ("row", "what", "median", "runs", "x floor", "target", "ok")
+    table = []
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}x {r['floor']}" if "ratio" in r else ""
+        ok = "" if "ok" not in r else ("✓" if r["ok"] else "✗")
+        table.append(
+            (r["id"], r["what"], fmt_value(r["value"], r["unit"]), fmt_runs(r), ratio,
+             r.get("target", ""), ok)
+        )
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    lines = [head, ""]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    lines.append(line(cols))
+    lines.append("  ".join("-" * w for w in widths))
+    groups = {"F2": "rt", "F3": "codec", "F4": "stream", "mem_conn_cmdr": "mem"}
+    for r, cells in zip(rows, table, strict=True):
+        if r["id"] in groups:
+            lines.append("")
+        lines.append(line(cells))
+    lines.append("")
+    by_id = {r["id"]: r for r in rows}
+    lat = by_id["rt_latis_pipes"]
+    lines.append(
+        "latis over pipes / F2, per run: "
+        + "  ".join(f"{x:.2f}x" for x in lat["ratio_runs"])
+        + f"   (zmq/F2: {by_id['rt_zmq']['ratio']:.2f}x, "
+        f"execnet/F2: {by_id['rt_execnet']['ratio']:.2f}x)"
+    )
+    lines.append(
+        "latis in-process / F1, per run: "
+        + "  ".join(f"{x:.2f}x" for x in by_id["rt_latis_socketpair"]["ratio_runs"])
+    )
+    notes = [f"{r['id']}: {r['note']}" for r in rows if r.get("note")]
+    lines.extend(notes)
+    phases = raw["mem"]["conn_phases"]
+    lines.append(
+        "mem_conn phases (heap per connection): socket pair "
+        f"{phases['sockets'] / KiB:.2f} KiB, unit.serve started {phases['served'] / KiB:.2f} KiB, "
+        f"connect + handshake + session {phases['connected'] / KiB:.2f} KiB"
+    )
+    targets = [r for r in rows if "ok" in r]
+    met = sum(1 for r in targets if r["ok"])
+    lines.append(f"targets met: {met}/{len(targets)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (~10 s)")
+    parser.add_argument(
+        "--json", action="store_true", help="also print the numbers as one JSON line, last"
+    )
+    args = parser.parse_args(argv)
+    cfg = Config(args.quick)
+    started = time.perf_counter()
+    raw = run_all(cfg)
+    rows = build_rows(cfg, raw)
+    print(render(cfg, rows, raw))
+    log(f"done in {time.perf_counter() - started:.1f} s")
+    if args.json:
+        doc = {
+            "mode": "quick" if cfg.quick else "full",
+            "python": platform.python_version(),
+            "trio": trio.__version__,
+            "latis": latis_core.__version__,
+            "rows": {r.pop("id"): r for r in rows},
+            "raw": {"codec_median_us": {k: statistics.median(v) for k, v in raw["codec"].items()},
+                    "mem": raw["mem"]},
+        }
+        print(json.dumps(doc, ensure_ascii=False))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

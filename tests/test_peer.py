@@ -1,0 +1,312 @@
+"""The multiplexed peer: concurrency, backpressure, failures, cancellation, closing."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import trio
+import trio.testing
+
+import latis_core
+from latis_core import ConnectError, ConnectionClosed, EchoAgent, ErrorCode, FrameDecoder
+from latis_transports import socket_stream_pair
+
+Handler = Callable[["FakeUnit", dict[str, Any]], Awaitable[None]]
+
+
+class FakeUnit:
+    """A unit that speaks raw frames, so a test can make it misbehave."""
+
+    def __init__(self, stream: trio.abc.Stream, handler: Handler | None = None) -> None:
+        self.stream = stream
+        self.handler = handler
+        self.received: list[dict[str, Any]] = []
+
+    async def send(self, obj: dict[str, Any] | bytes) -> None:
+        payload = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+        await self.stream.send_all(struct.pack(">I", len(payload)) + payload)
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # one side closed the stream on purpose
+
+    async def _run(self) -> None:
+        decoder = FrameDecoder()
+        while data := await self.stream.receive_some(65536):
+            decoder.feed(data)
+            while (payload := decoder.next_frame()) is not None:
+                msg = orjson.loads(payload)
+                self.received.append(msg)
+                if self.handler is not None:
+                    await self.handler(self, msg)
+                elif msg["type"] == "hello":
+                    await self.send({"type": "hello", "id": 0, "protocol": 1, "role": "unit"})
+
+
+async def answer_hello(unit: FakeUnit, msg: dict[str, Any]) -> bool:
+    if msg["type"] == "hello":
+        await unit.send({"type": "hello", "id": 0, "protocol": 1, "role": "unit", "unit": "fake"})
+        return True
+    return False
+
+
+def count_tasks() -> int:
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    return walk(trio.lowlevel.current_root_task())
+
+
+class TestConcurrency:
+    @pytest.mark.parametrize("kind", ["fd", "generic"])
+    async def test_many_requests_in_flight(self, kind: str) -> None:
+        """A hundred requests of different kinds in flight at once each get their own reply."""
+        if kind == "fd":
+            ours, theirs = socket_stream_pair()
+        else:
+            ours, theirs = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent())
+            async with latis_core.connect(ours) as unit:
+                sessions = {i: await unit.create_session() for i in range(1, 100, 3)}
+                results: dict[int, str] = {}
+
+                async def one(i: int) -> None:
+                    if i % 3 == 0:
+                        assert await unit.ping() > 0
+                        results[i] = "pong"
+                    elif i % 3 == 1:
+                        results[i] = await sessions[i].prompt(f"w{i} x{i}").text()
+                    else:
+                        results[i] = (await unit.state()).state
+
+                async with trio.open_nursery() as inner:
+                    for i in range(100):
+                        inner.start_soon(one, i)
+                for i, got in results.items():
+                    assert got == ("pong", f"w{i} x{i}", "idle")[i % 3] or (
+                        i % 3 == 2 and got == "busy"
+                    )
+                assert len(results) == 100
+            nursery.cancel_scope.cancel()
+
+    async def test_request_is_a_checkpoint(self) -> None:
+        """Awaiting a request always lets other tasks run and honours cancellation."""
+        ours, theirs = socket_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent())
+            async with latis_core.connect(ours) as unit:
+                with trio.testing.assert_checkpoints():
+                    await unit.ping()
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await unit.ping()
+                assert scope.cancelled_caught
+                assert await unit.ping() > 0  # a cancelled request leaves the connection usable
+            nursery.cancel_scope.cancel()
+
+
+class TestBackpressure:
+    async def test_an_unread_stream_pauses_reading(self) -> None:
+        """Replies pile up for one request only to its limit; then reading waits for its reader."""
+        ours, theirs = socket_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent(repeat=2000))
+            async with latis_core.connect(ours, queue_limit=50) as unit:
+                session = await unit.create_session()
+                stream = session.prompt("a b c d e f g h i j")
+                await stream.__anext__()
+                await trio.sleep(0.2)  # the unit fills the socket and waits
+                with trio.move_on_after(0.5) as scope:
+                    await unit.ping()  # stuck behind the unread chunks: head-of-line
+                assert scope.cancelled_caught
+                assert len(stream._w.events) <= 50 + 2000, "the queue grew without bound"
+                assert unit.peer._over == 1
+                assert len([c async for c in stream]) == 20000 - 1
+                assert await unit.ping() > 0
+            nursery.cancel_scope.cancel()
+
+
+class TestFailures:
+    async def test_unreadable_reply_fails_only_its_request(self) -> None:
+        """A malformed reply fails the request it names; the unit hears why; others go on."""
+        ours, theirs = socket_stream_pair()
+
+        async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
+            if await answer_hello(unit, msg):
+                return
+            if msg["type"] == "ping" and msg["id"] == 1:
+                await unit.send({"type": "pong", "id": 1, "extra": "ignored"})
+            elif msg["type"] == "ping":
+                await unit.send({"type": "pong", "id": "wrong kind" and msg["id"], "x": 1})
+            elif msg["type"] == "state.get":
+                await unit.send({"type": "state.update", "id": msg["id"], "state": 3})
+
+        fake = FakeUnit(theirs, handler)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fake.run)
+            async with latis_core.connect(ours) as unit:
+                await unit.ping()
+                with pytest.raises(latis_core.RemoteProtocolError) as info:
+                    await unit.state()
+                assert info.value.code == ErrorCode.BAD_MESSAGE
+                assert "state.update: expected a string, got an integer @ $.state" in str(info.value)
+                await unit.ping()
+                await trio.testing.wait_all_tasks_blocked()
+                errors = [m for m in fake.received if m["type"] == "error"]
+                assert [e["code"] for e in errors] == ["bad_message"]
+            nursery.cancel_scope.cancel()
+
+    async def test_unit_closing_fails_requests_in_flight(self) -> None:
+        """When the unit goes away, waiting requests fail with ConnectionClosed, and so do new ones."""
+        ours, theirs = socket_stream_pair()
+
+        async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
+            if not await answer_hello(unit, msg) and msg["type"] == "ping":
+                await unit.stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(FakeUnit(theirs, handler).run)
+            async with latis_core.connect(ours, label="unit box-7") as unit:
+                with pytest.raises(ConnectionClosed) as info:
+                    await unit.ping()
+                assert "unit box-7 closed the connection" in str(info.value)
+                assert unit.peer.closed
+                with pytest.raises(ConnectionClosed):
+                    await unit.state()
+            nursery.cancel_scope.cancel()
+
+    async def test_keepalive_notices_a_silent_unit(self) -> None:
+        """With keep-alive on, a unit that stops answering is declared gone."""
+        ours, theirs = socket_stream_pair()
+
+        async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
+            await answer_hello(unit, msg)  # and never a pong
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(FakeUnit(theirs, handler).run)
+            async with latis_core.connect(ours, keepalive=0.05, keepalive_timeout=0.1) as unit:
+                with trio.fail_after(5):
+                    while not unit.peer.closed:
+                        await trio.sleep(0.01)
+                with pytest.raises(ConnectionClosed) as info:
+                    await unit.state()
+                assert "went silent" in str(info.value)
+            nursery.cancel_scope.cancel()
+
+    async def test_keepalive_keeps_a_live_unit(self) -> None:
+        """Keep-alive pings to a unit that answers them change nothing."""
+        ours, theirs = socket_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent())
+            async with latis_core.connect(ours, keepalive=0.02, keepalive_timeout=1) as unit:
+                await trio.sleep(0.2)
+                assert not unit.peer.closed
+                assert await unit.ping() > 0
+            nursery.cancel_scope.cancel()
+
+    async def test_prompt_over_the_units_frame_limit(self) -> None:
+        """A prompt too big for the unit's announced limit fails here, before it is sent."""
+        ours, theirs = socket_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: latis_core.serve_unit(theirs, EchoAgent(), max_frame=1000)
+            )
+            async with latis_core.connect(ours) as unit:
+                session = await unit.create_session()
+                with pytest.raises(latis_core.LocalProtocolError) as info:
+                    session.prompt("x" * 2000)
+                assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+                assert await session.prompt("small").text() == "small"
+            nursery.cancel_scope.cancel()
+
+
+class TestHandshake:
+    async def test_refused(self) -> None:
+        """A unit that refuses the hello gives a ConnectError with its reason."""
+        ours, theirs = socket_stream_pair()
+
+        async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
+            await unit.send(
+                {"type": "error", "id": 0, "code": "version_mismatch", "message": "I speak 9"}
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(FakeUnit(theirs, handler).run)
+            with pytest.raises(ConnectError, match="version_mismatch: I speak 9"):
+                async with latis_core.connect(ours):
+                    pass
+            nursery.cancel_scope.cancel()
+
+    async def test_silent(self) -> None:
+        """A unit that never answers the hello gives a ConnectError after the timeout."""
+        ours, theirs = socket_stream_pair()
+
+        async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
+            pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(FakeUnit(theirs, handler).run)
+            with pytest.raises(ConnectError, match="no hello from unit within 0.2 s"):
+                async with latis_core.connect(ours, handshake_timeout=0.2):
+                    pass
+            nursery.cancel_scope.cancel()
+
+    async def test_wrong_role(self) -> None:
+        """A peer that answers as a cmdr is refused."""
+        ours, theirs = socket_stream_pair()
+
+        async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
+            if msg["type"] == "hello":
+                await unit.send({"type": "hello", "id": 0, "protocol": 1, "role": "cmdr"})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(FakeUnit(theirs, handler).run)
+            with pytest.raises(ConnectError, match="role_mismatch"):
+                async with latis_core.connect(ours, handshake_timeout=2):
+                    pass
+            nursery.cancel_scope.cancel()
+
+
+class TestClosing:
+    async def test_no_task_is_left_behind(self) -> None:
+        """Leaving `connect` ends every task the connection started, and closes the stream."""
+        ours, theirs = socket_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent(delay=0.05))
+            await trio.testing.wait_all_tasks_blocked()
+            before = count_tasks()
+            async with latis_core.connect(ours) as unit:
+                session = await unit.create_session()
+                stream = session.prompt("a b c d e f")
+                await stream.__anext__()
+                assert count_tasks() > before
+            with trio.fail_after(5):
+                while count_tasks() > before - 1:  # the unit's server ends too (EOF)
+                    await trio.sleep(0.01)
+            with pytest.raises(trio.ClosedResourceError):
+                await ours.send_all(b"x")
+            assert unit.peer.closed
+            nursery.cancel_scope.cancel()
+
+    async def test_cancelled_stream_waits_for_its_end(self) -> None:
+        """A cancelled prompt stream waits (bounded) until the unit has ended the prompt."""
+        ours, theirs = socket_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent(delay=0.01))
+            async with latis_core.connect(ours) as unit:
+                session = await unit.create_session()
+                stream = session.prompt("a b c d e f g h")
+                with trio.CancelScope() as scope:
+                    async for _ in stream:
+                        scope.cancel()
+                assert stream.outcome == "cancelled"
+                assert not unit.peer.conn.in_flight(stream.id)
+                assert (await unit.state()).state == "idle"
+            nursery.cancel_scope.cancel()
