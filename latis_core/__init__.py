@@ -8,76 +8,83 @@
             print(chunk.text, end="")
 
 For code that is not async (a notebook, a script), see `latis_core.blocking`.
+
+Names are imported on first use, so that importing one part (the sans-IO
+core, say) does not import trio, and the CLI starts fast.
 """
 
 from __future__ import annotations
 
-from ._agent import Agent as Agent
-from ._agent import AgentSession as AgentSession
-from ._agent import Reply as Reply
-from ._agent import SessionNotFound as SessionNotFound
-from ._client import PromptStream as PromptStream
-from ._client import Session as Session
-from ._client import StateStream as StateStream
-from ._client import UnitClient as UnitClient
-from ._client import connect as connect
-from ._client import connect_local as connect_local
-from ._client import unit_command as unit_command
-from ._codec import decode as decode
-from ._codec import encode as encode
-from ._connection import CLOSED as CLOSED
-from ._connection import NEED_DATA as NEED_DATA
-from ._connection import Connection as Connection
-from ._connection import Violation as Violation
-from ._echo import EchoAgent as EchoAgent
-from ._errors import ConnectError as ConnectError
-from ._errors import ConnectionClosed as ConnectionClosed
-from ._errors import ErrorCode as ErrorCode
-from ._errors import LatisError as LatisError
-from ._errors import LocalProtocolError as LocalProtocolError
-from ._errors import ProtocolError as ProtocolError
-from ._errors import RemoteProtocolError as RemoteProtocolError
-from ._errors import RequestError as RequestError
-from ._errors import TransportError as TransportError
-from ._frames import DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME
-from ._frames import FrameDecoder as FrameDecoder
-from ._frames import encode_frame as encode_frame
-from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
-from ._messages import Ack as Ack
-from ._messages import AgentInfo as AgentInfo
-from ._messages import Error as Error
-from ._messages import Hello as Hello
-from ._messages import InputReply as InputReply
-from ._messages import InputRequest as InputRequest
-from ._messages import Message as Message
-from ._messages import Ping as Ping
-from ._messages import Pong as Pong
-from ._messages import PromptCancel as PromptCancel
-from ._messages import PromptSend as PromptSend
-from ._messages import RequestId as RequestId
-from ._messages import ResponseCancelled as ResponseCancelled
-from ._messages import ResponseChunk as ResponseChunk
-from ._messages import ResponseComplete as ResponseComplete
-from ._messages import Role as Role
-from ._messages import SessionCreate as SessionCreate
-from ._messages import SessionDestroy as SessionDestroy
-from ._messages import SessionResume as SessionResume
-from ._messages import State as State
-from ._messages import StateGet as StateGet
-from ._messages import StateSubscribe as StateSubscribe
-from ._messages import StateUpdate as StateUpdate
-from ._peer import Peer as Peer
-from ._peer import ReplyStream as ReplyStream
-from ._peer import open_peer as open_peer
-from ._registry import agent_names as agent_names
-from ._registry import load_agent as load_agent
-from ._registry import make_agent as make_agent
-from ._transport import Dialer as Dialer
-from ._transport import Listener as Listener
-from ._unit import Unit as Unit
-from ._unit import open_unit as open_unit
-from ._unit import serve_unit as serve_unit
-from ._version import __version__ as __version__
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._agent import Agent as Agent
+    from ._agent import AgentSession as AgentSession
+    from ._agent import Reply as Reply
+    from ._agent import SessionNotFound as SessionNotFound
+    from ._client import PromptStream as PromptStream
+    from ._client import Session as Session
+    from ._client import StateStream as StateStream
+    from ._client import UnitClient as UnitClient
+    from ._client import connect as connect
+    from ._client import connect_local as connect_local
+    from ._client import unit_command as unit_command
+    from ._codec import decode as decode
+    from ._codec import encode as encode
+    from ._connection import CLOSED as CLOSED
+    from ._connection import NEED_DATA as NEED_DATA
+    from ._connection import Connection as Connection
+    from ._connection import Violation as Violation
+    from ._echo import EchoAgent as EchoAgent
+    from ._errors import ConnectError as ConnectError
+    from ._errors import ConnectionClosed as ConnectionClosed
+    from ._errors import ErrorCode as ErrorCode
+    from ._errors import LatisError as LatisError
+    from ._errors import LocalProtocolError as LocalProtocolError
+    from ._errors import ProtocolError as ProtocolError
+    from ._errors import RemoteProtocolError as RemoteProtocolError
+    from ._errors import RequestError as RequestError
+    from ._errors import TransportError as TransportError
+    from ._frames import DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME
+    from ._frames import FrameDecoder as FrameDecoder
+    from ._frames import encode_frame as encode_frame
+    from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
+    from ._messages import Ack as Ack
+    from ._messages import AgentInfo as AgentInfo
+    from ._messages import Error as Error
+    from ._messages import Hello as Hello
+    from ._messages import InputReply as InputReply
+    from ._messages import InputRequest as InputRequest
+    from ._messages import Message as Message
+    from ._messages import Ping as Ping
+    from ._messages import Pong as Pong
+    from ._messages import PromptCancel as PromptCancel
+    from ._messages import PromptSend as PromptSend
+    from ._messages import RequestId as RequestId
+    from ._messages import ResponseCancelled as ResponseCancelled
+    from ._messages import ResponseChunk as ResponseChunk
+    from ._messages import ResponseComplete as ResponseComplete
+    from ._messages import Role as Role
+    from ._messages import SessionCreate as SessionCreate
+    from ._messages import SessionDestroy as SessionDestroy
+    from ._messages import SessionResume as SessionResume
+    from ._messages import State as State
+    from ._messages import StateGet as StateGet
+    from ._messages import StateSubscribe as StateSubscribe
+    from ._messages import StateUpdate as StateUpdate
+    from ._peer import Peer as Peer
+    from ._peer import ReplyStream as ReplyStream
+    from ._peer import open_peer as open_peer
+    from ._registry import agent_names as agent_names
+    from ._registry import load_agent as load_agent
+    from ._registry import make_agent as make_agent
+    from ._transport import Dialer as Dialer
+    from ._transport import Listener as Listener
+    from ._unit import Unit as Unit
+    from ._unit import open_unit as open_unit
+    from ._unit import serve_unit as serve_unit
+    from ._version import __version__ as __version__
 
 __all__ = [
     "CLOSED",
@@ -148,17 +155,93 @@ __all__ = [
     "unit_command",
 ]
 
+_WHERE: dict[str, str] = {
+    "Agent": "._agent",
+    "AgentSession": "._agent",
+    "Reply": "._agent",
+    "SessionNotFound": "._agent",
+    "PromptStream": "._client",
+    "Session": "._client",
+    "StateStream": "._client",
+    "UnitClient": "._client",
+    "connect": "._client",
+    "connect_local": "._client",
+    "unit_command": "._client",
+    "decode": "._codec",
+    "encode": "._codec",
+    "CLOSED": "._connection",
+    "NEED_DATA": "._connection",
+    "Connection": "._connection",
+    "Violation": "._connection",
+    "EchoAgent": "._echo",
+    "ConnectError": "._errors",
+    "ConnectionClosed": "._errors",
+    "ErrorCode": "._errors",
+    "LatisError": "._errors",
+    "LocalProtocolError": "._errors",
+    "ProtocolError": "._errors",
+    "RemoteProtocolError": "._errors",
+    "RequestError": "._errors",
+    "TransportError": "._errors",
+    "DEFAULT_MAX_FRAME": "._frames",
+    "FrameDecoder": "._frames",
+    "encode_frame": "._frames",
+    "PROTOCOL_VERSION": "._messages",
+    "Ack": "._messages",
+    "AgentInfo": "._messages",
+    "Error": "._messages",
+    "Hello": "._messages",
+    "InputReply": "._messages",
+    "InputRequest": "._messages",
+    "Message": "._messages",
+    "Ping": "._messages",
+    "Pong": "._messages",
+    "PromptCancel": "._messages",
+    "PromptSend": "._messages",
+    "RequestId": "._messages",
+    "ResponseCancelled": "._messages",
+    "ResponseChunk": "._messages",
+    "ResponseComplete": "._messages",
+    "Role": "._messages",
+    "SessionCreate": "._messages",
+    "SessionDestroy": "._messages",
+    "SessionResume": "._messages",
+    "State": "._messages",
+    "StateGet": "._messages",
+    "StateSubscribe": "._messages",
+    "StateUpdate": "._messages",
+    "Peer": "._peer",
+    "ReplyStream": "._peer",
+    "open_peer": "._peer",
+    "agent_names": "._registry",
+    "load_agent": "._registry",
+    "make_agent": "._registry",
+    "Dialer": "._transport",
+    "Listener": "._transport",
+    "Unit": "._unit",
+    "open_unit": "._unit",
+    "serve_unit": "._unit",
+    "__version__": "._version",
+}
 
-def _fixup_module_metadata() -> None:
+
+def __getattr__(name: str) -> Any:
+    try:
+        where = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module 'latis_core' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(where, __name__), name)
     # Tracebacks and reprs say latis_core.ConnectError, not latis_core._errors.ConnectError.
-    for name in __all__:
-        obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith("latis_core._") and hasattr(obj, "__qualname__"):
-            try:
-                obj.__module__ = "latis_core"
-            except (AttributeError, TypeError):
-                pass
+    # (Not for attrs classes: their string annotations resolve in their own module.)
+    if (isinstance(value, type) or callable(value)) and not hasattr(value, "__attrs_attrs__"):
+        try:
+            if getattr(value, "__module__", "").startswith("latis_core._"):
+                value.__module__ = __name__
+        except (AttributeError, TypeError):
+            pass
+    globals()[name] = value
+    return value
 
 
-_fixup_module_metadata()
-del _fixup_module_metadata
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

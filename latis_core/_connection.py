@@ -260,7 +260,11 @@ class Connection:
             return self._violation(
                 exc.code, exc.message, exc.request_id, answer=exc.message_type != Error.TYPE
             )
-        if type(msg) is ResponseChunk and self._sent.get(msg.id) is PromptSend:
+        if (
+            type(msg) is ResponseChunk
+            and self._sent.get(msg.id) is PromptSend
+            and self.their_hello is not None
+        ):
             return msg  # the common case, checked in full below
         return self._check_received(msg)
 
@@ -272,6 +276,8 @@ class Connection:
             return msg
         if self.their_hello is None:
             return self._before_handshake(msg)
+        if cls is Hello:
+            return self._violation(ErrorCode.BAD_MESSAGE, "hello was already exchanged", msg.id)
         if cls in self._replies_in:
             kind = self._sent.get(msg.id)
             if kind is None:
@@ -292,10 +298,6 @@ class Connection:
                 msg.id,
             )
         if cls in self._requests_in:
-            if cls is Hello:
-                return self._violation(
-                    ErrorCode.BAD_MESSAGE, "hello was already exchanged", msg.id
-                )
             return self._open_received(msg)
         if cls in self._notes_in:
             return msg
@@ -394,7 +396,7 @@ class Connection:
         if self._failed:
             raise LocalProtocolError("the connection has failed; nothing more can be sent")
         cls = type(msg)
-        if cls is ResponseChunk and self._received.get(msg.id) is PromptSend:
+        if cls is ResponseChunk and self._received.get(msg.id) is PromptSend and self._hello_sent:
             return encode_frame(encode_chunk(msg), self.their_max_frame)
         frame = encode_frame(encode(msg), self.their_max_frame)
         if cls is Error:

@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         agent = make_agent(args.agent, _options(args.option, parser))
     except (LookupError, ValueError) as exc:
-        parser.error(str(exc).strip("'\""))
+        parser.error(str(exc.args[0]) if exc.args else str(exc))
     import trio
 
     from ._unit import serve_unit

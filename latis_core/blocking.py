@@ -36,7 +36,7 @@ __all__ = [
     "connect_local",
 ]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 #: Replies fetched from the trio thread in one hop, at most.
 BATCH = 256
@@ -74,12 +74,12 @@ class Portal:
         """Run `await afn(*args)` in the trio thread; return its result."""
         return trio.from_thread.run(afn, *args, trio_token=self._token)
 
-    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+    def run_sync(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run `fn(*args)` in the trio thread; return its result."""
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
 
     @contextmanager
-    def wrap(self, acm: AbstractAsyncContextManager[T]) -> Iterator[T]:
+    def wrap(self, acm: AbstractAsyncContextManager[_T]) -> Iterator[_T]:
         """Enter `acm` in a task of the trio thread; exit it when the block ends."""
         value, leave, left, box = self.run(self._nursery.start, self._host, acm)
         try:
@@ -90,7 +90,7 @@ class Portal:
                 raise box[0]
 
     async def _host(
-        self, acm: AbstractAsyncContextManager[T], *, task_status: trio.TaskStatus[Any]
+        self, acm: AbstractAsyncContextManager[_T], *, task_status: trio.TaskStatus[Any]
     ) -> None:
         leave, left, box = trio.Event(), trio.Event(), []
         try:
@@ -173,6 +173,9 @@ class _Iterator:
         fetched = self._portal.run_sync(cancel)
         if fetched is not None:
             self._portal.run(fetched.wait)
+        if not self._stream.done:
+            # The fetch had finished before the interrupt: the request still runs.
+            self._portal.run(self._stream.aclose)
         self._done = True
 
     def close(self) -> None:

@@ -1,0 +1,96 @@
+"""The blocking facade, from plain code and from inside a running asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from latis_core import ErrorCode, InputRequest, RequestError, blocking
+
+
+def test_prompt_streams_without_async() -> None:
+    """A script with no event loop streams a prompt chunk by chunk."""
+    with blocking.connect_local() as unit:
+        assert unit.agent.name == "echo"
+        session = unit.create_session()
+        stream = session.prompt("one two three")
+        assert [chunk.text for chunk in stream] == ["one ", "two ", "three"]
+        assert stream.outcome == "complete"
+        assert unit.ping() > 0
+
+
+def test_works_inside_a_running_asyncio_loop() -> None:
+    """Called from a thread running an asyncio loop (as in a notebook cell), it works."""
+
+    def cell() -> str:
+        with blocking.connect_local(options={"ask": "Go?"}) as unit:
+            session = unit.create_session()
+            text = session.prompt("the plan", on_input=lambda q: "go").text()
+            session.destroy()
+            return text
+
+    async def notebook() -> str:
+        assert asyncio.get_running_loop().is_running()
+        return cell()
+
+    assert asyncio.run(notebook()) == "go the plan"
+
+
+def test_questions_without_a_callback() -> None:
+    """Without on_input, the question is yielded and answered with reply()."""
+    with blocking.connect_local(options={"ask": "Name?"}) as unit:
+        stream = unit.create_session().prompt("hi")
+        question = next(stream)
+        assert isinstance(question, InputRequest) and question.question == "Name?"
+        stream.reply("ann")
+        assert [c.text for c in stream] == ["ann ", "hi"]
+
+
+def test_errors_keep_their_type() -> None:
+    """An error from the unit is the same exception as in the async API."""
+    with blocking.connect_local() as unit:
+        with pytest.raises(RequestError) as info:
+            unit.resume_session("nope")
+        assert info.value.code == ErrorCode.UNKNOWN_SESSION
+
+
+def test_closing_a_stream_cancels_the_prompt() -> None:
+    """Closing a stream early (or leaving its `with`) cancels the prompt on the unit."""
+    with blocking.connect_local(options={"delay": "0.05"}) as unit:
+        session = unit.create_session()
+        with session.prompt("a b c d e f g h i j") as stream:
+            next(stream)
+        assert stream.outcome == "cancelled"
+        assert session.state() == "idle"
+
+
+def test_state_subscription() -> None:
+    """A state subscription yields a snapshot, then changes."""
+    with blocking.connect_local() as unit:
+        session = unit.create_session()
+        with unit.subscribe() as updates:
+            assert next(updates).sessions == {session.id: "idle"}
+            session.prompt("x").text()
+            assert next(updates).state == "busy"
+            assert next(updates).state == "idle"
+
+
+def test_ctrl_c_cancels_the_prompt() -> None:
+    """Ctrl-C while a prompt streams cancels it on the unit, then raises KeyboardInterrupt."""
+    with blocking.connect_local(options={"delay": "0.1"}) as unit:
+        session = unit.create_session()
+        stream = session.prompt(" ".join(["word"] * 100))
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            for _ in stream:
+                pass
+        assert time.monotonic() - started < 5
+        assert session.state() == "idle"
+        assert unit.ping() > 0
