@@ -79,7 +79,7 @@ async def _run(body: str, agent: str, options: dict[str, str], as_json: bool) ->
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_on_sigint, sigs, scope)
                     async for event in stream:
-                        if type(event) is latis_core.InputRequest:
+                        if isinstance(event, latis_core.InputRequest):
                             answer = await _ask(event, as_json)
                             await stream.reply(answer)
                             continue

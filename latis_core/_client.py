@@ -134,7 +134,7 @@ class PromptStream(ReplyStream):
         """
         parts = []
         async for ev in self:
-            if type(ev) is InputRequest:
+            if isinstance(ev, InputRequest):
                 await self.aclose()
                 raise RuntimeError(
                     f"the agent asked {ev.question!r}: pass on_input to prompt() to answer"

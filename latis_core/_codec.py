@@ -68,13 +68,13 @@ def _float(value: Any, _: Any) -> float:
 
 def _request_id(value: Any, _: Any) -> RequestId:
     if type(value) is int or type(value) is str:
-        return value  # type: ignore[no-any-return]
+        return value
     raise WrongKind("an integer or a string", value)
 
 
 def _request_id_or_none(value: Any, _: Any) -> RequestId | None:
     if value is None or type(value) is int or type(value) is str:
-        return value  # type: ignore[no-any-return]
+        return value
     raise WrongKind("an integer, a string or null", value)
 
 
@@ -102,6 +102,10 @@ def _string_tuple(value: Any, _: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _equals(target: Any) -> Callable[[Any], bool]:
+    return lambda candidate: bool(candidate == target)
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(omit_if_default=True, detailed_validation=True)
     conv.register_structure_hook(str, _strict(str, "a string"))
@@ -115,12 +119,12 @@ def _make_converter() -> cattrs.Converter:
         (dict[str, str], _string_map),
         (tuple[str, ...], _string_tuple),
     ):
-        conv.register_structure_hook_func(lambda t, g=generic: t == g, hook)
-    conv.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
+        conv.register_structure_hook_func(_equals(generic), hook)
+    conv.register_unstructure_hook_func(_equals(tuple[str, ...]), list)
 
     # The structure hook of an attrs class indexes a dict: check it is one first.
     def attrs_hook_factory(cls: type) -> Callable[[Any, Any], Any]:
-        inner = make_dict_structure_fn(cls, conv)
+        inner: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv)
 
         def hook(value: Any, _: Any) -> Any:
             if type(value) is not dict:
@@ -220,15 +224,15 @@ def decode(payload: bytes | bytearray | memoryview) -> Message:
         raise _undecodable(payload, exc) from None
     if type(obj) is not dict:
         raise RemoteProtocolError(f"a message must be a JSON object, got {_kind(obj)}")
-    name = obj.get("type")
+    name: Any = obj.get("type")
     try:
-        cls, hook = _hooks[name]  # type: ignore[index]
+        cls, hook = _hooks[name]
     except (KeyError, TypeError):
         raise _untyped(obj) from None
     try:
         return hook(obj, cls)  # type: ignore[no-any-return]
     except Exception as exc:  # every structuring failure, by design
-        raise _invalid(name, obj, exc) from None
+        raise _invalid(cls.TYPE, obj, exc) from None
 
 
 def _request_id_of(obj: dict[str, Any]) -> RequestId | None:

@@ -100,7 +100,7 @@ class Link:
         """Bytes queued and not yet written."""
         return len(self._out)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Queue `data` after everything queued before; try to send it now.
 
         Raises:
@@ -108,7 +108,7 @@ class Link:
         """
         self.cork(data)
 
-    def cork(self, data: bytes) -> None:
+    def cork(self, data: bytes | memoryview) -> None:
         """Queue `data`; the flush task sends it once the caller yields.
 
         Raises:
@@ -153,7 +153,7 @@ class Link:
     async def _flush(self) -> None:
         raise NotImplementedError
 
-    async def read(self, spin: int = 0) -> bytes | memoryview:
+    async def read(self, spin: int = 0) -> bytes | bytearray | memoryview:
         """Wait for bytes and return them; empty at end of stream. A checkpoint.
 
         Args:
@@ -195,7 +195,7 @@ class FdLink(Link):
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._out or self.error is not None:
             self.cork(data)
             return
@@ -241,7 +241,7 @@ class FdLink(Link):
         if self._in_wait:
             trio.lowlevel.notify_closing(self._rfd)
 
-    def read_nowait(self) -> bytes | memoryview | None:
+    def read_nowait(self) -> bytes | bytearray | memoryview | None:
         """Return the bytes that are there (empty at EOF), or None if there are none."""
         buf, view = _scratch()
         try:
@@ -252,7 +252,7 @@ class FdLink(Link):
             raise trio.BrokenResourceError(f"read failed: {exc}") from exc
         return view[:size]
 
-    async def read(self, spin: int = 0) -> bytes | memoryview:
+    async def read(self, spin: int = 0) -> bytes | bytearray | memoryview:
         await checkpoint_if_cancelled()
         read_nowait = self.read_nowait
         for _ in range(spin):
@@ -309,7 +309,7 @@ class StreamLink(Link):
             self._flushing = False
             self._wake_drained()
 
-    async def read(self, spin: int = 0) -> bytes | memoryview:
+    async def read(self, spin: int = 0) -> bytes | bytearray | memoryview:
         return await self.stream.receive_some(READ_SIZE)
 
 

@@ -70,10 +70,9 @@ class State(enum.StrEnum):
     CLOSED = "closed"
 
 
-_frozen = attrs.frozen(slots=True, cache_hash=False)
 
 
-@_frozen
+@attrs.frozen
 class AgentInfo:
     """The agent behind a unit."""
 
@@ -81,7 +80,7 @@ class AgentInfo:
     version: str = ""
 
 
-@_frozen
+@attrs.frozen
 class Hello:
     """First message each way. cmdr sends it; the unit answers with its own."""
 
@@ -100,7 +99,7 @@ class Hello:
     auth: dict[str, Any] | None = None
 
 
-@_frozen
+@attrs.frozen
 class SessionCreate:
     """Open a new session on the unit's agent."""
 
@@ -110,7 +109,7 @@ class SessionCreate:
     options: dict[str, Any] | None = None
 
 
-@_frozen
+@attrs.frozen
 class SessionResume:
     """Reattach to an existing session, and optionally to its last prompt.
 
@@ -126,7 +125,7 @@ class SessionResume:
     seq: int | None = None
 
 
-@_frozen
+@attrs.frozen
 class SessionDestroy:
     """End a session, cancelling its prompt if one runs."""
 
@@ -135,7 +134,7 @@ class SessionDestroy:
     session: str
 
 
-@_frozen
+@attrs.frozen
 class Ack:
     """The answer to `session.*`: `data` holds at least `session` and `state`."""
 
@@ -144,7 +143,7 @@ class Ack:
     data: dict[str, Any] = attrs.field(factory=dict)
 
 
-@_frozen
+@attrs.frozen
 class PromptSend:
     """Send text to a session; answered by chunks and one final message."""
 
@@ -154,7 +153,7 @@ class PromptSend:
     text: str
 
 
-@_frozen
+@attrs.frozen
 class PromptCancel:
     """Cancel the streamed request `id` (a prompt or a state subscription). No reply."""
 
@@ -162,7 +161,7 @@ class PromptCancel:
     id: RequestId
 
 
-@_frozen
+@attrs.frozen
 class ResponseChunk:
     """One piece of a prompt's answer. `seq` counts 0, 1, 2, ... per prompt."""
 
@@ -176,7 +175,7 @@ class ResponseChunk:
     data: dict[str, Any] | None = None
 
 
-@_frozen
+@attrs.frozen
 class ResponseComplete:
     """The prompt finished. `chunks` is how many chunks it sent in all."""
 
@@ -186,7 +185,7 @@ class ResponseComplete:
     data: dict[str, Any] | None = None
 
 
-@_frozen
+@attrs.frozen
 class ResponseCancelled:
     """The streamed request was cancelled. `chunks` is how many were sent first."""
 
@@ -195,7 +194,7 @@ class ResponseCancelled:
     chunks: int | None = None
 
 
-@_frozen
+@attrs.frozen
 class StateGet:
     """Ask for the unit's state and its sessions' (or one session's)."""
 
@@ -204,7 +203,7 @@ class StateGet:
     session: str | None = None
 
 
-@_frozen
+@attrs.frozen
 class StateSubscribe:
     """Like `state.get`, then one more `state.update` at every change."""
 
@@ -213,7 +212,7 @@ class StateSubscribe:
     session: str | None = None
 
 
-@_frozen
+@attrs.frozen
 class StateUpdate:
     """The unit's state, and its sessions' (all, or those that changed)."""
 
@@ -223,7 +222,7 @@ class StateUpdate:
     sessions: dict[str, str] = attrs.field(factory=dict)
 
 
-@_frozen
+@attrs.frozen
 class InputRequest:
     """The agent asks the human something in the middle of prompt `id`."""
 
@@ -238,7 +237,7 @@ class InputRequest:
     kind: str | None = None
 
 
-@_frozen
+@attrs.frozen
 class InputReply:
     """The human's answer to question `input` of prompt `id`. No reply."""
 
@@ -248,7 +247,7 @@ class InputReply:
     text: str
 
 
-@_frozen
+@attrs.frozen
 class Ping:
     """Are you there? Either side may send it."""
 
@@ -256,7 +255,7 @@ class Ping:
     id: RequestId
 
 
-@_frozen
+@attrs.frozen
 class Pong:
     """The answer to `ping`, with its id."""
 
@@ -264,7 +263,7 @@ class Pong:
     id: RequestId
 
 
-@_frozen
+@attrs.frozen
 class Error:
     """A request failed, or a message was refused. `id` is None when unknown."""
 

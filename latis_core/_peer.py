@@ -46,7 +46,6 @@ from ._errors import (
 )
 from ._frames import DEFAULT_MAX_FRAME
 from ._link import SPIN, Interrupted, Link, open_link
-from ._util import unwrap_group
 from ._messages import (
     Error,
     Hello,
@@ -55,9 +54,9 @@ from ._messages import (
     Pong,
     PromptCancel,
     RequestId,
-    ResponseCancelled,
     Role,
 )
+from ._util import unwrap_group
 
 __all__ = ["Peer", "ReplyStream", "open_peer"]
 
@@ -178,7 +177,7 @@ class Peer:
         if self._error is not None:
             raise ConnectionClosed(str(self._error)) from self._error
 
-    def _start(self, msg: Message) -> _Waiter:
+    def _start(self, msg: Any) -> _Waiter:
         self._raise_if_closed()
         frame = self.conn.send(msg)
         w = _Waiter(msg.id)
@@ -317,12 +316,12 @@ class Peer:
         finally:
             self._reader_scope = None
 
-    def _feed(self, data: bytes | memoryview) -> None:
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
         conn = self.conn
         waiters = self._waiters
         conn.receive_data(data)
         while True:
-            ev = conn.next_event()
+            ev: Any = conn.next_event()
             if ev is NEED_DATA:
                 return
             if ev is CLOSED:
@@ -330,18 +329,18 @@ class Peer:
                 return
             cls = type(ev)
             if cls is Violation:
-                self._on_violation(ev)  # type: ignore[arg-type]
+                self._on_violation(ev)
                 if self._error is not None:
                     return
                 continue
             if cls is Ping:
-                self._write(conn.send(Pong(ev.id)))  # type: ignore[union-attr]
+                self._write(conn.send(Pong(ev.id)))
                 continue
-            rid = ev.id  # type: ignore[union-attr]
+            rid = ev.id
             w = waiters.get(rid)
             if w is None:
                 if cls is Error:
-                    log.warning("error from %s: %s: %s", self.label, ev.code, ev.message)  # type: ignore[union-attr]
+                    log.warning("error from %s: %s: %s", self.label, ev.code, ev.message)
                 continue  # a keep-alive pong, or a reply we stopped caring for
             if not conn.in_flight(rid):
                 w.final = True
@@ -593,8 +592,8 @@ async def open_peer(
                     await link.aclose()
 
 
-async def _handshake(peer: Peer, hello: Hello, timeout: float) -> None:
-    with trio.move_on_after(timeout) as scope:
+async def _handshake(peer: Peer, hello: Hello, limit: float) -> None:
+    with trio.move_on_after(limit) as scope:
         try:
             reply = await peer.request(hello)
         except RequestError as exc:
@@ -604,6 +603,6 @@ async def _handshake(peer: Peer, hello: Hello, timeout: float) -> None:
         except RemoteProtocolError as exc:
             raise ConnectError(f"{peer.label} broke the handshake: {exc.code}: {exc}") from exc
     if scope.cancelled_caught:
-        raise ConnectError(f"no hello from {peer.label} within {timeout:g} s")
+        raise ConnectError(f"no hello from {peer.label} within {limit:g} s")
     if peer.conn.their_hello is None:
         raise ConnectError(f"{peer.label} answered hello with {reply.TYPE}")

@@ -34,7 +34,6 @@ from ._connection import CLOSED, NEED_DATA, Connection, Violation
 from ._errors import ErrorCode, LocalProtocolError
 from ._frames import DEFAULT_MAX_FRAME
 from ._link import HIGH_WATER, SPIN, Link, open_link
-from ._util import unwrap_group
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -60,6 +59,7 @@ from ._messages import (
     StateSubscribe,
     StateUpdate,
 )
+from ._util import unwrap_group
 
 __all__ = ["Unit", "open_unit", "serve_unit"]
 
@@ -401,7 +401,10 @@ class Unit:
         return State.IDLE
 
     async def serve(
-        self, stream: trio.abc.Stream, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        stream: trio.abc.Stream,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve one connection until it ends; then close `stream`.
 
@@ -491,6 +494,7 @@ class Unit:
 
     async def _resume(self, served: _Served, msg: SessionResume) -> None:
         session = self.sessions.get(msg.session)
+        failure: Error | None
         if session is None:
             try:
                 agent_session = await self.agent.resume_session(msg.session)
@@ -505,7 +509,8 @@ class Unit:
                 )
             else:
                 failure = None
-                session = self.sessions.setdefault(msg.session, _Session(msg.session, agent_session))
+                session = _Session(msg.session, agent_session)
+                session = self.sessions.setdefault(msg.session, session)
             if failure is not None:
                 served.send(failure)
                 if msg.prompt is not None:

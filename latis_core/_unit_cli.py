@@ -14,6 +14,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import trio
 
 __all__ = ["main"]
 
@@ -89,13 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="latis-unit %(levelname)s %(name)s: %(message)s",
     )
+    import trio
+
     from ._registry import make_agent
 
     try:
         agent = make_agent(args.agent, _options(args.option, parser))
     except (LookupError, ValueError) as exc:
         parser.error(str(exc.args[0]) if exc.args else str(exc))
-    import trio
 
     from ._unit import serve_unit
 
@@ -119,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _take_stdio() -> object:
+def _take_stdio() -> trio.abc.Stream:
     """Move the protocol off fds 0 and 1, and point those at /dev/null and stderr.
 
     Whatever the agent (or a library) prints then lands in the log, not in

@@ -92,7 +92,8 @@ class Portal:
     async def _host(
         self, acm: AbstractAsyncContextManager[_T], *, task_status: trio.TaskStatus[Any]
     ) -> None:
-        leave, left, box = trio.Event(), trio.Event(), []
+        leave, left = trio.Event(), trio.Event()
+        box: list[Exception] = []
         try:
             async with acm as value:
                 task_status.started((value, leave, left, box))
@@ -235,7 +236,7 @@ class BlockingPromptStream(_Iterator):
         """Read the rest of the answer and return its text (plain chunks only)."""
         parts = []
         for item in self:
-            if type(item) is InputRequest:
+            if isinstance(item, InputRequest):
                 self.close()
                 raise RuntimeError(
                     f"the agent asked {item.question!r}: pass on_input to prompt() to answer"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import types
 
+import latis_transports
 import pytest
 
 import latis_core
 import latis_core.blocking
-import latis_transports
 
 
 @pytest.mark.parametrize("module", [latis_core, latis_core.blocking, latis_transports])

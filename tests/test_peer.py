@@ -10,10 +10,10 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from latis_transports import socket_stream_pair
 
 import latis_core
 from latis_core import ConnectError, ConnectionClosed, EchoAgent, ErrorCode, FrameDecoder
-from latis_transports import socket_stream_pair
 
 Handler = Callable[["FakeUnit", dict[str, Any]], Awaitable[None]]
 
@@ -156,7 +156,8 @@ class TestFailures:
                 with pytest.raises(latis_core.RemoteProtocolError) as info:
                     await unit.state()
                 assert info.value.code == ErrorCode.BAD_MESSAGE
-                assert "state.update: expected a string, got an integer @ $.state" in str(info.value)
+                expected = "state.update: expected a string, got an integer @ $.state"
+                assert expected in str(info.value)
                 await unit.ping()
                 await trio.testing.wait_all_tasks_blocked()
                 errors = [m for m in fake.received if m["type"] == "error"]
@@ -164,7 +165,7 @@ class TestFailures:
             nursery.cancel_scope.cancel()
 
     async def test_unit_closing_fails_requests_in_flight(self) -> None:
-        """When the unit goes away, waiting requests fail with ConnectionClosed, and so do new ones."""
+        """When the unit goes away, waiting and new requests fail with ConnectionClosed."""
         ours, theirs = socket_stream_pair()
 
         async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:

@@ -9,11 +9,11 @@ import sys
 import pytest
 import trio
 import trio.testing
+from latis_transports import LocalDialer, open_local, socket_stream_pair
 
 import latis_core
 from latis_core import ConnectError
 from latis_core._link import FdLink, open_link
-from latis_transports import LocalDialer, open_local, socket_stream_pair
 
 IGNORE_TERM = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

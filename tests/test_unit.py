@@ -7,16 +7,18 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from latis_transports import socket_stream_pair
 
 import latis_core
 from latis_core import Agent, AgentSession, EchoAgent, ErrorCode, Reply, RequestError
-from latis_transports import socket_stream_pair
 
 WORDS = "one two three four five six seven eight nine ten"
 
 
 @asynccontextmanager
-async def dial(unit: latis_core.Unit, nursery: trio.Nursery) -> AsyncIterator[latis_core.UnitClient]:
+async def dial(
+    unit: latis_core.Unit, nursery: trio.Nursery
+) -> AsyncIterator[latis_core.UnitClient]:
     """A new connection to `unit`, served in `nursery`."""
     ours, theirs = socket_stream_pair()
     nursery.start_soon(unit.serve, theirs)

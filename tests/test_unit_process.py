@@ -6,10 +6,10 @@ import struct
 
 import pytest
 import trio
+from wire import HELLO, frame, raw_unit
 
 import latis_core
 from latis_core import ErrorCode, InputRequest, RequestError, ResponseChunk
-from wire import HELLO, frame, raw_unit
 
 WORDS = "one two three four five six seven eight nine ten"
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 import trio
+from latis_transports import ProcessStream, open_local
 
 from latis_core import FrameDecoder, unit_command
-from latis_transports import ProcessStream, open_local
 
 HELLO = {"type": "hello", "id": 0, "protocol": 1, "role": "cmdr"}
 
