@@ -18,10 +18,11 @@ from typing import Any
 import attrs
 import cattrs
 import orjson
+from cattrs.errors import AttributeValidationNote
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._errors import ErrorCode, RemoteProtocolError
-from ._messages import MESSAGE_TYPES, Hello, Message, RequestId, ResponseChunk
+from ._messages import MESSAGE_TYPES, AgentInfo, Hello, Message, RequestId, ResponseChunk
 
 __all__ = ["converter", "decode", "encode", "encode_chunk"]
 
@@ -38,6 +39,23 @@ _NAMES = {
 
 def _kind(value: object) -> str:
     return _NAMES.get(type(value), type(value).__name__)
+
+
+#: Fields sent (and required) even though the class gives them a default.
+_ALWAYS_SENT: dict[type, tuple[str, ...]] = {
+    AgentInfo: ("version",),  # before Hello, which holds one
+    Hello: ("id", "protocol", "role"),
+}
+
+
+def _missing(cls: type, name: str) -> cattrs.ClassValidationError:
+    # Shaped like cattrs' own errors, so the path to the field is reported.
+    exc = KeyError(name)
+    exc.__notes__ = [
+        AttributeValidationNote(f"Structuring class {cls.__qualname__} @ attribute {name}",
+                                name, Any)
+    ]
+    return cattrs.ClassValidationError(f"While structuring {cls.__name__}", [exc], cls)
 
 
 class WrongKind(TypeError):
@@ -125,28 +143,28 @@ def _make_converter() -> cattrs.Converter:
     # The structure hook of an attrs class indexes a dict: check it is one first.
     def attrs_hook_factory(cls: type) -> Callable[[Any, Any], Any]:
         inner: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv)
+        # Fields with a default for our convenience that the wire must carry.
+        required = _ALWAYS_SENT.get(cls, ())
 
         def hook(value: Any, _: Any) -> Any:
             if type(value) is not dict:
                 raise WrongKind("an object", value)
-            return inner(value, cls)
+            result = inner(value, cls)
+            for name in required:
+                if name not in value:
+                    raise _missing(cls, name)
+            return result
 
         return hook
 
     conv.register_structure_hook_factory(attrs.has, attrs_hook_factory)
 
-    # The handshake fields are always on the wire, even at their defaults.
-    conv.register_unstructure_hook(
-        Hello,
-        make_dict_unstructure_fn(
-            Hello,
-            conv,
-            _cattrs_omit_if_default=True,
-            id=override(omit_if_default=False),
-            protocol=override(omit_if_default=False),
-            role=override(omit_if_default=False),
-        ),
-    )
+    # Some fields are always on the wire, even at their defaults.
+    for cls, names in _ALWAYS_SENT.items():
+        keep: dict[str, Any] = {name: override(omit_if_default=False) for name in names}
+        conv.register_unstructure_hook(
+            cls, make_dict_unstructure_fn(cls, conv, _cattrs_omit_if_default=True, **keep)
+        )
     conv.register_unstructure_hook(ResponseChunk, _unstructure_chunk)
     conv.register_structure_hook(ResponseChunk, _structure_chunk)
     return conv

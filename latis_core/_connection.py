@@ -39,6 +39,7 @@ from ._errors import (
 )
 from ._frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from ._messages import (
+    MESSAGE_TYPES,
     PROTOCOL_VERSION,
     Ack,
     Error,
@@ -117,7 +118,7 @@ REPLIES: Final[dict[type[Any], tuple[frozenset[type[Any]], frozenset[type[Any]]]
 }
 
 #: What each role may send: requests, notes about a request in flight, replies.
-_REQUESTS: Final = {
+_REQUESTS: Final[dict[Role, frozenset[type[Any]]]] = {
     Role.CMDR: frozenset(
         {Hello, SessionCreate, SessionResume, SessionDestroy, PromptSend, StateGet,
          StateSubscribe, Ping}
@@ -135,6 +136,14 @@ _REPLY_TYPES: Final = {
          InputRequest, Pong, Error}
     ),
 }
+
+
+_REQUEST_NAMES: Final = frozenset(
+    cls.TYPE for role in Role for cls in _REQUESTS[role]
+)
+_KNOWN_NAMES: Final = frozenset(MESSAGE_TYPES)
+#: The smallest frame limit a side may announce: room for any hello.
+MIN_MAX_FRAME = 1024
 
 
 class Connection:
@@ -158,6 +167,8 @@ class Connection:
         keepalive: float | None = None,
         keepalive_timeout: float = 10.0,
     ) -> None:
+        if max_frame < MIN_MAX_FRAME:
+            raise ValueError(f"max_frame must be at least {MIN_MAX_FRAME} bytes")
         self.our_role = Role(role)
         self.their_role = Role.UNIT if self.our_role is Role.CMDR else Role.CMDR
         self.max_frame = max_frame
@@ -261,8 +272,13 @@ class Connection:
             msg = decode(payload)
         except RemoteProtocolError as exc:
             rid: Any = exc.request_id
+            kind = exc.message_type
             return self._violation(
-                exc.code, exc.message, rid, answer=exc.message_type != Error.TYPE
+                exc.code,
+                exc.message,
+                rid,
+                answer=kind != Error.TYPE,
+                about_request=kind is None or kind in _REQUEST_NAMES or kind not in _KNOWN_NAMES,
             )
         if (
             type(msg) is ResponseChunk
@@ -284,7 +300,12 @@ class Connection:
         if self.their_hello is None:
             return self._before_handshake(msg)
         if cls is Hello:
-            return self._violation(ErrorCode.BAD_MESSAGE, "hello was already exchanged", msg.id)
+            return self._violation(
+                ErrorCode.BAD_MESSAGE,
+                "hello was already exchanged",
+                msg.id,
+                about_request=self.our_role is Role.UNIT,
+            )
         if cls in self._replies_in:
             kind = self._sent.get(msg.id)
             if kind is None:
@@ -292,6 +313,7 @@ class Connection:
                     ErrorCode.UNKNOWN_REQUEST,
                     f"{cls.TYPE} for request {msg.id!r}, which is not in flight",
                     msg.id,
+                    about_request=False,
                 )
             more, final = REPLIES[kind]
             if cls in more:
@@ -303,6 +325,7 @@ class Connection:
                 ErrorCode.BAD_MESSAGE,
                 f"{cls.TYPE} is not a reply to {kind.TYPE} (request {msg.id!r})",
                 msg.id,
+                about_request=False,
             )
         if cls in self._requests_in:
             return self._open_received(msg)
@@ -312,6 +335,7 @@ class Connection:
             ErrorCode.BAD_MESSAGE,
             f"{cls.TYPE} is not sent by a {self.their_role.value}",
             getattr(msg, "id", None),
+            about_request=cls.TYPE in _REQUEST_NAMES,
         )
 
     def _open_received(self, msg: Any) -> Any:
@@ -354,6 +378,10 @@ class Connection:
             return self._violation(
                 ErrorCode.BAD_MESSAGE, "hello from the unit before cmdr's hello", rid
             )
+        if msg.id != 0:
+            return self._violation(
+                ErrorCode.BAD_MESSAGE, f"hello has id 0, not {msg.id!r}", None
+            )
         if msg.protocol != PROTOCOL_VERSION:
             return self._violation(
                 ErrorCode.VERSION_MISMATCH,
@@ -368,6 +396,12 @@ class Connection:
                 f"{msg.role!r}",
                 rid,
             )
+        if msg.max_frame is not None and msg.max_frame < MIN_MAX_FRAME:
+            return self._violation(
+                ErrorCode.BAD_MESSAGE,
+                f"max_frame {msg.max_frame} is under the minimum of {MIN_MAX_FRAME} bytes",
+                rid,
+            )
         self.their_hello = msg
         if msg.max_frame is not None:
             self.their_max_frame = msg.max_frame
@@ -378,16 +412,24 @@ class Connection:
         return msg
 
     def _violation(
-        self, code: ErrorCode, message: str, rid: RequestId | None, *, answer: bool = True
+        self,
+        code: ErrorCode,
+        message: str,
+        rid: RequestId | None,
+        *,
+        answer: bool = True,
+        about_request: bool = True,
     ) -> Violation:
         fatal = code in FATAL_CODES
         if fatal:
             self._closed = True
         if not answer:
             return Violation(code, message, rid, fatal, None)
-        # Answering with an id the sender has in flight for another request
-        # would end that request: such a reply goes without an id.
-        reply_id = None if rid in self._received else rid
+        # An error's id names a request of the side that gets it. So it goes
+        # without one when the offending message was a reply or a note (their
+        # ids are ours, or name a request of theirs that is fine), and when
+        # the sender has that id in flight for another request.
+        reply_id = rid if about_request and rid not in self._received else None
         return Violation(code, message, rid, fatal, Error(reply_id, code.value, message))
 
     # ---- sending --------------------------------------------------------------

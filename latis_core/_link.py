@@ -132,7 +132,7 @@ class Link:
 
     async def flush(self) -> None:
         """Wait until everything queued is written (or the stream fails)."""
-        while self._out and self.error is None:
+        while (self._out or self._flushing) and self.error is None:
             if self._drained is None:
                 self._drained = trio.Event()
             await self._drained.wait()
@@ -140,7 +140,7 @@ class Link:
 
     def _wake_drained(self, force: bool = False) -> None:
         event = self._drained
-        if event is not None and (force or len(self._out) <= LOW_WATER):
+        if event is not None and (force or not self._flushing or len(self._out) <= LOW_WATER):
             self._drained = None
             event.set()
 

@@ -88,8 +88,9 @@ class Hello:
     id: RequestId = 0
     protocol: int = PROTOCOL_VERSION
     role: str = Role.CMDR.value
-    #: The unit's name (unit's hello), or the controller's (cmdr's hello).
+    #: The unit's name (in the unit's hello).
     unit: str | None = None
+    #: The controller's name (in cmdr's hello).
     name: str | None = None
     agent: AgentInfo | None = None
     capabilities: tuple[str, ...] = ()

@@ -45,7 +45,7 @@ from ._errors import (
     RequestError,
 )
 from ._frames import DEFAULT_MAX_FRAME
-from ._link import SPIN, Interrupted, Link, open_link
+from ._link import HIGH_WATER, SPIN, Interrupted, Link, open_link
 from ._messages import (
     Error,
     Hello,
@@ -144,7 +144,7 @@ class Peer:
             ConnectionClosed: the connection ended first.
             LocalProtocolError: `msg` may not be sent now (a bug).
         """
-        if self.link.buffered > self.queue_limit:
+        if self.link.buffered > HIGH_WATER:
             await self.link.wait_drained()
         w = self._start(msg)
         try:

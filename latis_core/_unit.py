@@ -151,12 +151,13 @@ class _Run:
         self.log.append(msg)
         self.log_bytes += len(text) + _CHUNK_OVERHEAD if data is None else _cost(msg)
         sink = self.sink
+        if sink is not None and sink.closed:
+            self.sink = sink = None  # its controller is gone: keep everything for a resume
         if sink is not None:
-            if not sink.closed:
-                try:
-                    sink.link.cork(sink.conn.send(msg))
-                except trio.BrokenResourceError:
-                    sink.closed = True
+            try:
+                sink.link.cork(sink.conn.send(msg))
+            except trio.BrokenResourceError:
+                sink.closed = True
             if self.log_bytes > self.unit.replay_limit:
                 self._trim()
             if sink.link.buffered > HIGH_WATER:
@@ -205,6 +206,7 @@ class _Run:
             return
         self._answer = text
         self._answered.set()
+        self._answered = None
 
     def _trim(self) -> None:
         limit = self.unit.replay_limit
@@ -246,7 +248,15 @@ class _Run:
 
     def attach(self, served: _Served, after: int | None) -> Error | None:
         """Send `served` the chunks after seq `after`, then the rest live."""
+        if served.closed:
+            return None  # it went away while the resume was being answered
         start = 0 if after is None else after + 1
+        if after is not None and not -1 <= after < self.seq:
+            return Error(
+                self.id,
+                ErrorCode.BAD_MESSAGE.value,
+                f"seq {after} is not a chunk of prompt {self.id!r} (it has sent {self.seq})",
+            )
         if start < self.first_seq:
             return Error(
                 self.id,
@@ -340,7 +350,15 @@ class _Served:
                     break
                 if ev is CLOSED:
                     return
-                handlers[type(ev)](self, ev)
+                try:
+                    handlers[type(ev)](self, ev)
+                except Exception as exc:
+                    log.exception("failed to handle %s", ev)
+                    rid = getattr(ev, "id", None)
+                    if rid in conn.requests_received:
+                        self.send(
+                            Error(rid, ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}")
+                        )
                 if conn.closed:
                     return
 
@@ -484,18 +502,28 @@ class Unit:
         if run is not None:
             run.scope.cancel()
             await run.done.wait()
-        try:
-            await session.agent_session.aclose()
-        except Exception:
-            log.exception("the agent failed to close session %s", session.id)
+        await _close_quietly(session.agent_session, session.id)
         self._set_state(session, State.CLOSED)
         del self.sessions[session.id]
+        for subscriber in list(self._subscribers):
+            for rid, only in list(subscriber.subs.items()):
+                if only == session.id:
+                    del subscriber.subs[rid]
+                    subscriber.send(ResponseCancelled(rid))
         served.send(Ack(msg.id, {"session": session.id, "state": State.CLOSED.value}))
 
     async def _resume(self, served: _Served, msg: SessionResume) -> None:
         session = self.sessions.get(msg.session)
-        failure: Error | None
-        if session is None:
+        failure: Error | None = None
+        if session is not None and session.closing:
+            failure = Error(msg.id, ErrorCode.UNKNOWN_SESSION.value, f"no session {msg.session!r}")
+        elif session is None and len(self.sessions) + self._opening >= self.max_sessions:
+            failure = Error(
+                msg.id,
+                ErrorCode.LIMIT_REACHED.value,
+                f"this unit holds at most {self.max_sessions} sessions",
+            )
+        elif session is None:
             try:
                 agent_session = await self.agent.resume_session(msg.session)
             except SessionNotFound:
@@ -508,14 +536,18 @@ class Unit:
                     msg.id, ErrorCode.AGENT_ERROR.value, f"{type(exc).__name__}: {exc}"
                 )
             else:
-                failure = None
-                session = _Session(msg.session, agent_session)
-                session = self.sessions.setdefault(msg.session, session)
-            if failure is not None:
-                served.send(failure)
-                if msg.prompt is not None:
-                    served.send(Error(msg.prompt, failure.code, failure.message))
-                return
+                if msg.session in self.sessions:
+                    # Another resume loaded it first: keep that one.
+                    await _close_quietly(agent_session, msg.session)
+                else:
+                    self.sessions[msg.session] = _Session(msg.session, agent_session)
+                    self._publish(self.sessions[msg.session])
+                session = self.sessions[msg.session]
+        if failure is not None:
+            served.send(failure)
+            if msg.prompt is not None:
+                served.send(Error(msg.prompt, failure.code, failure.message))
+            return
         assert session is not None
         data: dict[str, Any] = {"session": session.id, "state": session.state.value}
         run = None
@@ -541,6 +573,13 @@ class Unit:
         failure = run.attach(served, msg.seq)
         if failure is not None:
             served.send(failure)
+
+
+async def _close_quietly(agent_session: AgentSession, sid: str) -> None:
+    try:
+        await agent_session.aclose()
+    except Exception:
+        log.exception("the agent failed to close session %s", sid)
 
 
 # ---- handlers: one per message type a controller may send (a fixed table) ---------------

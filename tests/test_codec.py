@@ -181,10 +181,21 @@ class TestOmitted:
 
     def test_missing_optional_fields(self) -> None:
         """Optional fields left out decode to their defaults."""
-        assert decode(payload(type="hello")) == Hello()
+        assert decode(payload(type="hello", id=0, protocol=1, role="cmdr")) == Hello()
         assert decode(payload(type="response.chunk", id=1, seq=0)) == ResponseChunk(1, 0, "")
         assert decode(payload(type="ack", id=1)) == Ack(1, {})
         assert decode(payload(type="state.update", id=1, state="idle")) == StateUpdate(1, "idle")
+
+    def test_handshake_fields_are_required(self) -> None:
+        """hello's id, protocol and role, and agent.version, must be on the wire."""
+        for missing in ("id", "protocol", "role"):
+            fields = {"id": 0, "protocol": 1, "role": "cmdr"}
+            del fields[missing]
+            with pytest.raises(RemoteProtocolError, match=rf"missing @ \$\.{missing}"):
+                decode(payload(type="hello", **fields))
+        with pytest.raises(RemoteProtocolError, match=r"missing @ \$\.agent\.version"):
+            decode(payload(type="hello", id=0, protocol=1, role="unit", agent={"name": "x"}))
+        assert b'"version":""' in encode(Hello(agent=AgentInfo("x")))
 
     def test_null_optional_fields(self) -> None:
         """null in an optional field is the same as leaving it out."""
@@ -203,7 +214,15 @@ class TestUnknownFields:
 
     def test_ignored_in_nested(self) -> None:
         """Unknown fields of a nested object are ignored too."""
-        got = decode(payload(type="hello", agent={"name": "a", "future": 1}))
+        got = decode(
+            payload(
+                type="hello",
+                id=0,
+                protocol=1,
+                role="cmdr",
+                agent={"name": "a", "version": "", "future": 1},
+            )
+        )
         assert got == Hello(agent=AgentInfo("a"))
 
     def test_ignored_in_chunk(self) -> None:
@@ -325,14 +344,14 @@ BAD: list[tuple[bytes, ErrorCode, Any, tuple[str, ...]]] = [
         ("ack", "$.data", "an object", "a string"),
     ),
     (
-        b'{"type":"hello","id":0,"capabilities":{"stream":true}}',
+        b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","capabilities":{"stream":true}}',
         ErrorCode.BAD_MESSAGE,
         0,
         ("hello", "$.capabilities", "an array of strings", "an object"),
     ),
     # A string for a list of strings; a list holding a non-string.
     (
-        b'{"type":"hello","id":0,"capabilities":"stream"}',
+        b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","capabilities":"stream"}',
         ErrorCode.BAD_MESSAGE,
         0,
         ("hello", "$.capabilities", "an array of strings", "a string"),
@@ -377,25 +396,25 @@ BAD: list[tuple[bytes, ErrorCode, Any, tuple[str, ...]]] = [
     ),
     # A nested object of the wrong kind, or with a bad field.
     (
-        b'{"type":"hello","id":0,"agent":"echo"}',
+        b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","agent":"echo"}',
         ErrorCode.BAD_MESSAGE,
         0,
         ("hello", "$.agent", "an object", "a string"),
     ),
     (
-        b'{"type":"hello","id":0,"agent":["echo"]}',
+        b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","agent":["echo"]}',
         ErrorCode.BAD_MESSAGE,
         0,
         ("hello", "$.agent", "an object", "an array"),
     ),
     (
-        b'{"type":"hello","id":0,"agent":{"name":1}}',
+        b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","agent":{"name":1}}',
         ErrorCode.BAD_MESSAGE,
         0,
         ("hello", "$.agent.name", "a string", "an integer"),
     ),
     (
-        b'{"type":"hello","id":"h","agent":{}}',
+        b'{"type":"hello","id":"h","protocol":1,"role":"cmdr","agent":{}}',
         ErrorCode.BAD_MESSAGE,
         "h",
         ("hello", "$.agent.name", "missing"),

@@ -157,7 +157,7 @@ class TestFrameDecoder:
 
 class TestOversized:
     def test_refused_at_header(self) -> None:
-        """An oversized length is refused once its 4 header bytes are fed; its payload is never stored."""
+        """An oversized length is refused at its 4th header byte; its payload is never kept."""
         decoder = FrameDecoder(max_size=1024)
         good = encode_frame(b"before")
         decoder.feed(good)

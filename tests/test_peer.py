@@ -217,7 +217,7 @@ class TestFailures:
         ours, theirs = socket_stream_pair()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                lambda: latis_core.serve_unit(theirs, EchoAgent(), max_frame=1000)
+                lambda: latis_core.serve_unit(theirs, EchoAgent(), max_frame=1024)
             )
             async with latis_core.connect(ours) as unit:
                 session = await unit.create_session()

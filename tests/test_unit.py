@@ -277,3 +277,120 @@ class TestDestroy:
                 assert agent.cancelled.is_set()
                 assert unit.sessions == {}
             nursery.cancel_scope.cancel()
+
+
+class SlowSend(trio.abc.HalfCloseableStream):
+    """A stream whose writes take a while and are lost if cancelled (like TLS's)."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(0.05)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class TestEdges:
+    async def test_last_error_reaches_a_slow_stream(self) -> None:
+        """Replies queued behind a slow write, and the fatal error last, all arrive before close."""
+        left, right = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, SlowSend(right), EchoAgent())
+            hello = latis_core.encode(latis_core.Hello())
+            ping = latis_core.encode(latis_core.Ping(1))
+            await left.send_all(latis_core.encode_frame(hello) + latis_core.encode_frame(ping))
+            await trio.sleep(0.01)  # the pong is being written when the bad frame comes
+            await left.send_all((64 << 20).to_bytes(4, "big"))  # 64 MiB: over the limit
+            decoder = latis_core.FrameDecoder()
+            received = []
+            with trio.fail_after(5):
+                while data := await left.receive_some():
+                    decoder.feed(data)
+                    while (payload := decoder.next_frame()) is not None:
+                        received.append(latis_core.decode(payload))
+            assert [type(m).__name__ for m in received] == ["Hello", "Pong", "Error"]
+            assert received[-1].code == "frame_too_large"
+            nursery.cancel_scope.cancel()
+
+    async def test_resume_of_a_session_being_destroyed(self) -> None:
+        """A session that is being destroyed cannot be resumed."""
+        agent = Gate()
+        async with latis_core.open_unit(agent) as unit, trio.open_nursery() as nursery:
+            async with dial(unit, nursery) as client:
+                session = await client.create_session()
+                stream = session.prompt(WORDS)
+                agent.open.release()
+                await stream.__anext__()
+                unit.sessions[session.id].closing = True  # as destroy does, first
+                with pytest.raises(RequestError) as info:
+                    await client.resume_session(session.id)
+                assert info.value.code == ErrorCode.UNKNOWN_SESSION
+            nursery.cancel_scope.cancel()
+
+    async def test_subscription_to_a_destroyed_session_ends(self) -> None:
+        """Following one session ends (after its `closed` update) when it is destroyed."""
+        async with latis_core.open_unit(EchoAgent()) as unit, trio.open_nursery() as nursery:
+            async with dial(unit, nursery) as client:
+                session = await client.create_session()
+                updates = client.subscribe(session.id)
+                assert (await updates.__anext__()).sessions == {session.id: "idle"}
+                await session.destroy()
+                assert [u.sessions async for u in updates] == [{session.id: "closed"}]
+                assert updates.final == latis_core.ResponseCancelled(updates.id)
+            nursery.cancel_scope.cancel()
+
+    async def test_second_answer_is_ignored(self) -> None:
+        """Two answers to one question: the first counts, the second is ignored."""
+        async with latis_core.open_unit(EchoAgent(ask="?")) as unit, trio.open_nursery() as n:
+            async with dial(unit, n) as client:
+                session = await client.create_session()
+                stream = session.prompt("end")
+                question = await stream.__anext__()
+                for answer in ("first", "second"):
+                    reply = latis_core.InputReply(stream.id, question.input, answer)
+                    client.peer.send_nowait(reply)
+                assert await stream.text() == "first end"
+            n.cancel_scope.cancel()
+
+    @pytest.mark.parametrize("after", [-5, 10, 99])
+    async def test_reattach_after_a_seq_that_does_not_exist(self, after: int) -> None:
+        """Reattaching after a seq the prompt never sent is refused, naming it."""
+        async with latis_core.open_unit(EchoAgent()) as unit, trio.open_nursery() as nursery:
+            async with dial(unit, nursery) as client:
+                session = await client.create_session()
+                stream = session.prompt(WORDS)
+                await stream.text()
+                again = await session.reattach(stream.id, after=after)
+                with pytest.raises(RequestError) as info:
+                    await again.text()
+                assert info.value.code == ErrorCode.BAD_MESSAGE
+                assert f"seq {after} is not a chunk" in info.value.message
+            nursery.cancel_scope.cancel()
+
+    async def test_resume_does_not_attach_a_closed_connection(self) -> None:
+        """A resume answered after its connection closed leaves the prompt detached."""
+        agent = Gate()
+        async with latis_core.open_unit(agent) as unit, trio.open_nursery() as nursery:
+            async with dial(unit, nursery) as client:
+                session = await client.create_session()
+                stream = session.prompt(WORDS)
+                await trio.testing.wait_all_tasks_blocked()
+            run = unit.sessions[session.id].run
+            assert run is not None and run.sink is None
+            served = type("Closed", (), {"closed": True})()
+            assert run.attach(served, None) is None  # type: ignore[arg-type]
+            assert run.sink is None
+            assert stream.id == run.id
+            nursery.cancel_scope.cancel()
