@@ -2,7 +2,8 @@
 
 Each child is as plain as it can be, so that what it costs is the floor:
 blocking `os.read`/`os.write` loops, no trio, no latis. Every child exits by
-itself when its stdin reaches EOF (or, for the zmq one, on an empty message).
+itself when its stdin reaches EOF (the zmq one also on an empty message), so
+none outlives the benchmark, however it ends.
 
 Roles:
     pipe-echo                 echo stdin to stdout until EOF (the F2 child)
@@ -78,8 +79,23 @@ def pipe_stream(n: int, size: int) -> None:
     # EOF on stdin: done.
 
 
+def _exit_on_eof() -> None:
+    # The REP loop blocks in recv: a thread ends the process when stdin closes
+    # (the benchmark ended, or died), so no child outlives it.
+    import threading
+
+    def watch() -> None:
+        while os.read(0, 4096):
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def zmq_rep(address: str) -> None:
     import zmq
+
+    _exit_on_eof()
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REP)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """latis benchmarks: one table, every row measured side by side in one run.
 
-    python benchmarks/bench.py            # full run (~1 minute)
-    python benchmarks/bench.py --quick    # short run (~10 s)
+    python benchmarks/bench.py            # full run (~30 s)
+    python benchmarks/bench.py --quick    # short run (~15 s)
     python benchmarks/bench.py --json     # also print the numbers as JSON (last line)
 
 See benchmarks/README.md for what each row measures and its target. This is a
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.util
+import inspect
 import json
 import math
 import os
@@ -31,10 +33,10 @@ from typing import Any
 
 import orjson
 import trio
+from latis_transports import socket_stream_pair
 
 import latis_core
 from latis_core import EchoAgent, ResponseChunk
-from latis_transports import socket_stream_pair
 
 HERE = Path(__file__).resolve().parent
 CHILDREN = str(HERE / "_children.py")
@@ -46,7 +48,7 @@ PAYLOAD = b"x" * 100
 #: ~100 bytes of text for the codec rows.
 TEXT = ("The quick brown fox jumps over the lazy dog; " * 3)[:100]
 #: The words of the streaming prompt: one chunk each, repeated by the echo agent.
-WORDS = ["latency%d" % i for i in range(10)]
+WORDS = [f"latency{i}" for i in range(10)]
 KiB = 1024
 ROUNDS = 3
 
@@ -57,8 +59,8 @@ class Config:
     def __init__(self, quick: bool) -> None:
         self.quick = quick
         #: Round trips measured per row per round (after `rt_warmup`).
-        self.rt_iters = 1000 if quick else 5000
-        self.rt_warmup = 200 if quick else 500
+        self.rt_iters = 1000 if quick else 10_000
+        self.rt_warmup = 200 if quick else 1000
         #: Messages per streaming run, and runs of each streaming row.
         self.stream_n = 200_000
         self.stream_runs = 1 if quick else 3
@@ -69,8 +71,28 @@ class Config:
         self.mem_n = 1000
 
 
+_T0 = time.perf_counter()
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process
+    and its reaped children): their difference over a run is what other
+    processes took, the noise."""
+    import resource
+
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    ours = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        ours += usage.ru_utime + usage.ru_stime
+    return busy, ours
+
+
 def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+    print(f"[bench {time.perf_counter() - _T0:5.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 # ---- round trips ---------------------------------------------------------------------
@@ -158,7 +180,9 @@ class ZmqPeer:
         self.sock.setsockopt(zmq.SNDTIMEO, 30_000)
         address = f"ipc://{tmpdir}/bench-zmq.ipc"
         self.sock.bind(address)
-        self.proc = subprocess.Popen([sys.executable, CHILDREN, "zmq-rep", address])
+        self.proc = subprocess.Popen(
+            [sys.executable, CHILDREN, "zmq-rep", address], stdin=subprocess.PIPE
+        )
         send, recv = self.sock.send, self.sock.recv
 
         def one() -> None:
@@ -174,6 +198,8 @@ class ZmqPeer:
                 self.sock.recv()
         except Exception:
             pass
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # the child exits on EOF too
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -232,7 +258,9 @@ def chunk_frame_size() -> int:
     return len(latis_core.encode_frame(latis_core.encode(msg)))
 
 
-async def setup_raw_stream(nursery: trio.Nursery, n: int, size: int) -> Callable[[], Awaitable[float]]:
+async def setup_raw_stream(
+    nursery: trio.Nursery, n: int, size: int
+) -> Callable[[], Awaitable[float]]:
     """F4: a child writes n messages of size bytes (one os.write each) into a pipe."""
     proc = await nursery.start(
         functools.partial(
@@ -302,57 +330,88 @@ def codec_rows(cfg: Config) -> dict[str, list[float]]:
 
 # ---- memory ------------------------------------------------------------------------------
 
-SIDES = ("cmdr", "unit", "sockets", "other")
+#: Frames kept per allocation while attributing memory to a side (more is slower).
+TRACE_FRAMES = 10
 
 
-def _side(tb: tracemalloc.Traceback) -> str:
-    # Frames are oldest first: the innermost latis frame names the side.
+def _holder_lines() -> tuple[str, set[int]]:
+    """This file, and the lines of the scenarios that hold connections and sessions."""
+    lines: set[int] = set()
+    for fn in (mem_connections, mem_sessions):
+        source, first = inspect.getsourcelines(fn)
+        lines.update(range(first, first + len(source)))
+    return inspect.getsourcefile(mem_connections) or __file__, lines
+
+
+def _side(tb: tracemalloc.Traceback, holder: tuple[str, set[int]]) -> str:
+    # Frames are oldest first: the innermost frame we recognise names the side.
+    # The scenario code that holds the connections and the Session handles (as
+    # a controller's code would) counts as the cmdr side; trio's own run loop,
+    # and anything else with neither side's code on its stack, as "other".
+    path, lines = holder
     for frame in reversed(tb):
         f = frame.filename
-        if f.endswith(("_peer.py", "_client.py")):
-            return "cmdr"
         if f.endswith(("_unit.py", "_echo.py", "_agent.py")):
             return "unit"
-        if f.endswith(("memory.py", "socket.py")):
-            return "sockets"
+        if f.endswith(("_peer.py", "_client.py")):
+            return "cmdr"
+        if f == path and frame.lineno in lines:
+            return "cmdr"
     return "other"
 
 
-class Meter:
-    """Python heap (tracemalloc, split by side) or RSS, at marked points."""
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def __init__(self, trace: bool) -> None:
-        self.trace = trace
-        self.marks: dict[str, Any] = {}
+
+class Meter:
+    """Memory at marked points: RSS (no tracemalloc) or the Python heap.
+
+    In heap mode, `trace_from(name)` restarts tracemalloc with tracebacks, so that
+    the snapshot taken at the next mark holds exactly the blocks allocated
+    since and still alive, each with the code that allocated it. Tracebacks
+    slow allocation down a lot, so only the phase that needs a split has them.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.marks: dict[str, int] = {}
+        self.split: dict[str, dict[str, int]] = {}
+        self._traced_since: str | None = None
 
     def mark(self, name: str) -> None:
         gc.collect()
-        if self.trace:
-            snap = tracemalloc.take_snapshot().filter_traces(
-                [tracemalloc.Filter(False, tracemalloc.__file__)]
-            )
-            self.marks[name] = snap
-        else:
-            with open("/proc/self/statm") as f:
-                self.marks[name] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        if self.mode == "rss":
+            self.marks[name] = _rss()
+            return
+        if self._traced_since is not None:
+            snap = tracemalloc.take_snapshot()
+            tracemalloc.stop()  # (the sums below would be traced too, and slow)
+            sides = {"cmdr": 0, "unit": 0, "other": 0}
+            holder = _holder_lines()
+            for stat in snap.statistics("traceback"):
+                sides[_side(stat.traceback, holder)] += stat.size
+            sides["total"] = sum(sides.values())
+            self.split[f"{self._traced_since}..{name}"] = sides
+            self.marks[name] = self.marks[self._traced_since] + sides["total"]
+            self._traced_since = None
+            del snap
+            gc.collect()
+            tracemalloc.start(1)
+            return
+        self.marks[name] = tracemalloc.get_traced_memory()[0]
 
-    def rss_delta(self, a: str, b: str) -> int:
+    def trace_from(self, name: str) -> None:
+        """Mark `name`, and attribute what is allocated until the next mark."""
+        self.mark(name)
+        if self.mode == "heap":
+            tracemalloc.stop()
+            tracemalloc.start(TRACE_FRAMES)
+            self._traced_since = name
+
+    def delta(self, a: str, b: str) -> int:
         return self.marks[b] - self.marks[a]
-
-    def heap_delta(self, a: str, b: str) -> dict[str, int]:
-        sides = dict.fromkeys(SIDES, 0)
-        for stat in self.marks[b].compare_to(self.marks[a], "traceback"):
-            sides[_side(stat.traceback)] += stat.size_diff
-        sides["total"] = sum(sides[s] for s in SIDES)
-        return sides
-
-
-async def _hold_connection(
-    unit: latis_core.Unit, nursery: trio.Nursery, stack: AsyncExitStack, pair: Any
-) -> latis_core.UnitClient:
-    a, b = pair
-    await nursery.start(unit.serve, b)
-    return await stack.enter_async_context(latis_core.connect(a))
 
 
 async def mem_connections(n: int, meter: Meter) -> None:
@@ -361,14 +420,16 @@ async def mem_connections(n: int, meter: Meter) -> None:
         async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
             # Warm-up: one connection and session made (and kept) before the
             # baseline, so one-off allocations (read buffer, caches) are not counted.
-            client = await _hold_connection(unit, nursery, stack, socket_stream_pair())
+            a, b = socket_stream_pair()
+            await nursery.start(unit.serve, b)
+            client = await stack.enter_async_context(latis_core.connect(a))
             keep = [await client.create_session()]
             meter.mark("start")
             pairs = [socket_stream_pair() for _ in range(n)]
             meter.mark("sockets")
             for _a, b in pairs:
                 await nursery.start(unit.serve, b)
-            meter.mark("served")
+            meter.trace_from("served")
             for a, _b in pairs:
                 client = await stack.enter_async_context(latis_core.connect(a))
                 keep.append(await client.create_session())
@@ -381,9 +442,11 @@ async def mem_sessions(n: int, meter: Meter) -> None:
     """n idle sessions over one connection to an in-process unit."""
     async with latis_core.open_unit(EchoAgent(), max_sessions=n + 10) as unit:
         async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
-            client = await _hold_connection(unit, nursery, stack, socket_stream_pair())
+            a, b = socket_stream_pair()
+            await nursery.start(unit.serve, b)
+            client = await stack.enter_async_context(latis_core.connect(a))
             keep = [await client.create_session()]
-            meter.mark("start")
+            meter.trace_from("start")
             for _ in range(n):
                 keep.append(await client.create_session())
             meter.mark("sessions")
@@ -391,32 +454,28 @@ async def mem_sessions(n: int, meter: Meter) -> None:
             nursery.cancel_scope.cancel()
 
 
+def mem_child(kind: str, n: int) -> dict[str, Any]:
+    """Run one memory scenario in this (fresh) process; return its marks."""
+    scenario = mem_connections if kind.endswith("conn") else mem_sessions
+    mode = kind.split("-")[0]
+    if mode == "heap":
+        tracemalloc.start(1)
+    meter = Meter(mode)
+    trio.run(scenario, n, meter)
+    return {"marks": meter.marks, "split": meter.split}
+
+
 def memory_rows(cfg: Config) -> dict[str, Any]:
-    n = cfg.mem_n
+    """Each scenario in a fresh process: RSS is not blurred by memory freed earlier."""
     out: dict[str, Any] = {}
-    # RSS first, without tracemalloc (whose own bookkeeping would inflate it).
-    rss = Meter(trace=False)
-    trio.run(mem_connections, n, rss)
-    out["conn_rss"] = rss.rss_delta("start", "connected") / n
-    rss = Meter(trace=False)
-    trio.run(mem_sessions, n, rss)
-    out["session_rss"] = rss.rss_delta("start", "sessions") / n
-    # Then the Python heap, split by side.
-    tracemalloc.start(40)
-    try:
-        heap = Meter(trace=True)
-        trio.run(mem_connections, n, heap)
-        out["conn_heap"] = {k: v / n for k, v in heap.heap_delta("start", "connected").items()}
-        out["conn_phases"] = {
-            "sockets": heap.heap_delta("start", "sockets")["total"] / n,
-            "served": heap.heap_delta("sockets", "served")["total"] / n,
-            "connected": heap.heap_delta("served", "connected")["total"] / n,
-        }
-        heap = Meter(trace=True)
-        trio.run(mem_sessions, n, heap)
-        out["session_heap"] = {k: v / n for k, v in heap.heap_delta("start", "sessions").items()}
-    finally:
-        tracemalloc.stop()
+    for kind in ("rss-conn", "rss-sessions", "heap-conn", "heap-sessions"):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--mem-child", kind, "--mem-n", str(cfg.mem_n)],
+            stdout=subprocess.PIPE,
+            check=True,
+            timeout=300,
+        )
+        out[kind] = json.loads(proc.stdout)
     return out
 
 
@@ -516,67 +575,172 @@ def build_rows(cfg: Config, raw: dict[str, Any]) -> list[dict[str, Any]]:
     # Round trips.
     per_run_f2 = [lat / f2 for lat, f2 in zip(rt["rt_latis_pipes"], rt["F2"], strict=True)]
     per_run_f1 = [lat / f1 for lat, f1 in zip(rt["rt_latis_socketpair"], rt["F1"], strict=True)]
-    row("F1", "floor: trio socket pair ping-pong, 100 B, one process",
-        med["F1"], "µs", runs=rt["F1"])
-    row("F2", "floor: trio pipes to a child's blocking echo loop, 100 B",
-        med["F2"], "µs", runs=rt["F2"])
-    row("rt_latis_socketpair", "latis unit.ping(), in-process unit over a socket pair",
-        med["rt_latis_socketpair"], "µs", runs=rt["rt_latis_socketpair"],
-        floor="F1", ratio=statistics.median(per_run_f1), ratio_runs=per_run_f1)
+    row(
+        "F1",
+        "floor: trio socket pair ping-pong, 100 B, one process",
+        med["F1"],
+        "µs",
+        runs=rt["F1"],
+    )
+    row(
+        "F2",
+        "floor: trio pipes to a child's blocking echo loop, 100 B",
+        med["F2"],
+        "µs",
+        runs=rt["F2"],
+    )
+    row(
+        "rt_latis_socketpair",
+        "latis unit.ping(), in-process unit over a socket pair",
+        med["rt_latis_socketpair"],
+        "µs",
+        runs=rt["rt_latis_socketpair"],
+        floor="F1",
+        ratio=statistics.median(per_run_f1),
+        ratio_runs=per_run_f1,
+    )
     ratio_f2 = statistics.median(per_run_f2)
     beats = med["rt_latis_pipes"] < med["rt_zmq"] and med["rt_latis_pipes"] < med["rt_execnet"]
-    row("rt_latis_pipes", "latis unit.ping(), latis-unit --stdio over pipes",
-        med["rt_latis_pipes"], "µs", runs=rt["rt_latis_pipes"],
-        floor="F2", ratio=ratio_f2, ratio_runs=per_run_f2,
-        target="≤ 2.5x F2, < zmq, < execnet", ok=ratio_f2 <= 2.5 and beats)
+    row(
+        "rt_latis_pipes",
+        "latis unit.ping(), latis-unit --stdio over pipes",
+        med["rt_latis_pipes"],
+        "µs",
+        runs=rt["rt_latis_pipes"],
+        floor="F2",
+        ratio=ratio_f2,
+        ratio_runs=per_run_f2,
+        target="≤ 2.5x F2, < zmq, < execnet",
+        ok=ratio_f2 <= 2.5 and beats,
+    )
     for id_, what in (
         ("rt_zmq", "pyzmq REQ/REP over ipc:// to a child, 100 B"),
         ("rt_execnet", "execnet popen gateway channel echo, 100 B"),
     ):
         per_run = [x / f2 for x, f2 in zip(rt[id_], rt["F2"], strict=True)]
-        row(id_, what, med[id_], "µs", runs=rt[id_],
-            floor="F2", ratio=statistics.median(per_run), ratio_runs=per_run)
+        row(
+            id_,
+            what,
+            med[id_],
+            "µs",
+            runs=rt[id_],
+            floor="F2",
+            ratio=statistics.median(per_run),
+            ratio_runs=per_run,
+        )
 
     # Codec.
     cmed = {name: statistics.median(v) for name, v in codec.items()}
     row("F3", "floor: orjson dumps+loads of the chunk dict (no latis)", cmed["F3"], "µs")
-    row("codec_latis", "latis encode+decode of a response.chunk (~100 B text)",
-        cmed["codec_latis"], "µs", floor="F3", ratio=cmed["codec_latis"] / cmed["F3"],
-        target="< 5 µs", ok=cmed["codec_latis"] < 5.0)
-    row("codec_json", "stdlib json dumps+loads of the same dict",
-        cmed["codec_json"], "µs", floor="F3", ratio=cmed["codec_json"] / cmed["F3"],
-        note=f"latis codec is {cmed['codec_json'] / cmed['codec_latis']:.1f}x faster")
+    row(
+        "codec_latis",
+        "latis encode+decode of a response.chunk (~100 B text)",
+        cmed["codec_latis"],
+        "µs",
+        floor="F3",
+        ratio=cmed["codec_latis"] / cmed["F3"],
+        target="< 5 µs",
+        ok=cmed["codec_latis"] < 5.0,
+    )
+    row(
+        "codec_json",
+        "stdlib json dumps+loads of the same dict",
+        cmed["codec_json"],
+        "µs",
+        floor="F3",
+        ratio=cmed["codec_json"] / cmed["F3"],
+        note=f"latis codec is {cmed['codec_json'] / cmed['codec_latis']:.1f}x faster",
+    )
 
     # Streaming (higher is better: the ratio is the share of the floor reached).
     st = proc["stream"]
     smed = {name: statistics.median(v) for name, v in st.items()}
     n, size = proc["stream_n"], proc["frame_size"]
-    row("F4", f"floor: raw pipe from a child, {n} x {size} B, one os.write each",
-        smed["F4"], "msg/s", runs=st["F4"])
-    row("stream_latis", f"latis chunks from latis-unit --stdio ({n} chunks, {size} B frames)",
-        smed["stream_latis"], "msg/s", runs=st["stream_latis"],
-        floor="F4", ratio=smed["stream_latis"] / smed["F4"],
-        target="≥ 300,000 chunks/s", ok=smed["stream_latis"] >= 300_000)
-    row("stream_execnet", f"execnet channel from a child, {n} x {size} B",
-        smed["stream_execnet"], "msg/s", runs=st["stream_execnet"],
-        floor="F4", ratio=smed["stream_execnet"] / smed["F4"])
+    row(
+        "F4",
+        f"floor: raw pipe from a child, {n} x {size} B, one os.write each",
+        smed["F4"],
+        "msg/s",
+        runs=st["F4"],
+    )
+    row(
+        "stream_latis",
+        f"latis chunks from latis-unit --stdio ({n} chunks, {size} B frames)",
+        smed["stream_latis"],
+        "msg/s",
+        runs=st["stream_latis"],
+        floor="F4",
+        ratio=smed["stream_latis"] / smed["F4"],
+        target="≥ 300,000 chunks/s",
+        ok=smed["stream_latis"] >= 300_000,
+    )
+    row(
+        "stream_execnet",
+        f"execnet channel from a child, {n} x {size} B",
+        smed["stream_execnet"],
+        "msg/s",
+        runs=st["stream_execnet"],
+        floor="F4",
+        ratio=smed["stream_execnet"] / smed["F4"],
+    )
 
-    # Memory.
-    ch, sh = mem["conn_heap"], mem["session_heap"]
-    row("mem_conn_cmdr", "idle connection + 1 session: cmdr side (connect + Session)",
-        ch["cmdr"] / KiB, "KiB", target="≤ 12 KiB", ok=ch["cmdr"] <= 12 * KiB,
-        note="Python heap (tracemalloc)")
-    row("mem_conn_unit", "idle connection + 1 session: unit side (serve + session)",
-        ch["unit"] / KiB, "KiB", note="Python heap (tracemalloc)")
-    row("mem_conn_total", "idle connection + 1 session: both sides + socket objects",
-        ch["total"] / KiB, "KiB",
-        note=f"sockets {ch['sockets'] / KiB:.2f}, unattributed {ch['other'] / KiB:.2f} KiB")
-    row("mem_conn_rss", "idle connection + 1 session: RSS growth, whole process",
-        mem["conn_rss"] / KiB, "KiB", note="both sides; no tracemalloc")
-    row("mem_session", "extra idle session on one connection: both sides",
-        sh["total"] / KiB, "KiB",
-        note=f"cmdr {sh['cmdr'] / KiB:.2f}, unit {sh['unit'] / KiB:.2f} KiB; "
-             f"RSS {mem['session_rss'] / KiB:.2f} KiB")
+    # Memory (per connection or per session; heap = tracemalloc, RSS = whole process).
+    n = cfg.mem_n
+    hc, hs = mem["heap-conn"], mem["heap-sessions"]
+    marks = hc["marks"]
+    sockets = (marks["sockets"] - marks["start"]) / n
+    served = (marks["served"] - marks["sockets"]) / n
+    split = {k: v / n for k, v in hc["split"]["served..connected"].items()}
+    cmdr = split["cmdr"]
+    unit_side = served + split["unit"]
+    total = sockets + served + split["total"]
+    rc = mem["rss-conn"]["marks"]
+    rss_conn = (rc["connected"] - rc["start"]) / n
+    rs = mem["rss-sessions"]["marks"]
+    rss_session = (rs["sessions"] - rs["start"]) / n
+    sess = {k: v / n for k, v in hs["split"]["start..sessions"].items()}
+    row(
+        "mem_conn_cmdr",
+        "idle connection + 1 session: cmdr side (connect() + Session)",
+        cmdr / KiB,
+        "KiB",
+        target="≤ 12 KiB",
+        ok=cmdr <= 12 * KiB,
+    )
+    row(
+        "mem_conn_unit",
+        "idle connection + 1 session: unit side (unit.serve + session)",
+        unit_side / KiB,
+        "KiB",
+        target="≤ 12 KiB",
+        ok=unit_side <= 12 * KiB,
+        note=f"unit.serve started {served / KiB:.2f} KiB + handshake and session "
+        f"{split['unit'] / KiB:.2f} KiB",
+    )
+    row(
+        "mem_conn_total",
+        "idle connection + 1 session: both sides + socket pair, heap",
+        total / KiB,
+        "KiB",
+        note=f"cmdr {cmdr / KiB:.2f} + unit {unit_side / KiB:.2f} + socket pair objects "
+        f"{sockets / KiB:.2f} + not attributable (trio internals) "
+        f"{split['other'] / KiB:.2f} KiB",
+    )
+    row(
+        "mem_conn_rss",
+        "idle connection + 1 session: both sides, RSS growth",
+        rss_conn / KiB,
+        "KiB",
+        note="fresh process, no tracemalloc; excludes kernel socket buffers",
+    )
+    row(
+        "mem_session",
+        "extra idle session on one connection: both sides, heap",
+        sess["total"] / KiB,
+        "KiB",
+        note=f"cmdr {sess['cmdr'] / KiB:.2f} + unit {sess['unit'] / KiB:.2f} + other "
+        f"{sess['other'] / KiB:.2f} KiB; RSS growth {rss_session / KiB:.2f} KiB",
+    )
     return rows
 
 
@@ -603,9 +767,11 @@ def render(cfg: Config, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str:
     mode = "quick" if cfg.quick else "full"
     head = (
         f"latis benchmarks ({mode}: round trips {ROUNDS} interleaved runs x {cfg.rt_iters}, "
-        f"streaming {cfg.stream_runs} run(s), memory over {cfg.mem_n}) | "
+        f"streaming {cfg.stream_runs} run(s), memory over {cfg.mem_n})\n"
         f"Python {platform.python_version()}, trio {trio.__version__}, "
-        f"latis {latis_core.__version__}, {os.cpu_count()} CPUs"
+        f"latis {latis_core.__version__}, {os.cpu_count()} CPUs; other processes kept "
+        f"{raw['others_cores']:.2f} of a core busy on average during the run "
+        "(noise: see README)"
     )
     cols = ("row", "what", "median", "runs", "x floor", "target", "ok")
     table = []
@@ -613,8 +779,15 @@ def render(cfg: Config, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str:
         ratio = f"{r['ratio']:.2f}x {r['floor']}" if "ratio" in r else ""
         ok = "" if "ok" not in r else ("✓" if r["ok"] else "✗")
         table.append(
-            (r["id"], r["what"], fmt_value(r["value"], r["unit"]), fmt_runs(r), ratio,
-             r.get("target", ""), ok)
+            (
+                r["id"],
+                r["what"],
+                fmt_value(r["value"], r["unit"]),
+                fmt_runs(r),
+                ratio,
+                r.get("target", ""),
+                ok,
+            )
         )
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
     lines = [head, ""]
@@ -644,28 +817,50 @@ def render(cfg: Config, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str:
     )
     notes = [f"{r['id']}: {r['note']}" for r in rows if r.get("note")]
     lines.extend(notes)
-    phases = raw["mem"]["conn_phases"]
-    lines.append(
-        "mem_conn phases (heap per connection): socket pair "
-        f"{phases['sockets'] / KiB:.2f} KiB, unit.serve started {phases['served'] / KiB:.2f} KiB, "
-        f"connect + handshake + session {phases['connected'] / KiB:.2f} KiB"
-    )
     targets = [r for r in rows if "ok" in r]
     met = sum(1 for r in targets if r["ok"])
     lines.append(f"targets met: {met}/{len(targets)}")
     return "\n".join(lines)
 
 
+def _only_interrupts(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_interrupts(e) for e in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short run (~10 s)")
+    parser.add_argument("--quick", action="store_true", help="a short run (~15 s)")
     parser.add_argument(
         "--json", action="store_true", help="also print the numbers as one JSON line, last"
     )
+    parser.add_argument("--mem-child", help=argparse.SUPPRESS)
+    parser.add_argument("--mem-n", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.mem_child:
+        print(json.dumps(mem_child(args.mem_child, args.mem_n)))
+        return 0
+    missing = [m for m in ("zmq", "execnet") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"bench.py needs {' and '.join(missing)} for the peer rows: pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     cfg = Config(args.quick)
     started = time.perf_counter()
-    raw = run_all(cfg)
+    cpu0 = cpu_seconds()
+    try:
+        raw = run_all(cfg)
+    except BaseException as exc:
+        if _only_interrupts(exc):
+            log("interrupted (child processes ended)")
+            return 130
+        raise
+    cpu1 = cpu_seconds()
+    wall = time.perf_counter() - started
+    raw["others_cores"] = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / wall
     rows = build_rows(cfg, raw)
     print(render(cfg, rows, raw))
     log(f"done in {time.perf_counter() - started:.1f} s")
@@ -676,8 +871,14 @@ def main(argv: list[str] | None = None) -> int:
             "trio": trio.__version__,
             "latis": latis_core.__version__,
             "rows": {r.pop("id"): r for r in rows},
-            "raw": {"codec_median_us": {k: statistics.median(v) for k, v in raw["codec"].items()},
-                    "mem": raw["mem"]},
+            "raw": {
+                "proc": raw["proc"],
+                "codec_median_us": {k: statistics.median(v) for k, v in raw["codec"].items()},
+                "codec_batches": cfg.codec_batches,
+                "codec_batch": cfg.codec_batch,
+                "mem": raw["mem"],
+                "others_cores": raw["others_cores"],
+            },
         }
         print(json.dumps(doc, ensure_ascii=False))
     sys.stdout.flush()

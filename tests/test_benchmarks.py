@@ -1,0 +1,53 @@
+"""benchmarks/bench.py runs and prints every row (no timing is checked here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ROWS = [
+    "F1",
+    "F2",
+    "rt_latis_socketpair",
+    "rt_latis_pipes",
+    "rt_zmq",
+    "rt_execnet",
+    "F3",
+    "codec_latis",
+    "codec_json",
+    "F4",
+    "stream_latis",
+    "stream_execnet",
+    "mem_conn_cmdr",
+    "mem_conn_unit",
+    "mem_conn_total",
+    "mem_conn_rss",
+    "mem_session",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_bench_quick_prints_every_row() -> None:
+    pytest.importorskip("zmq")
+    pytest.importorskip("execnet")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.rstrip("\n").splitlines()
+    table = "\n".join(lines[:-1])
+    for name in ROWS:
+        assert f"\n{name} " in table, f"row {name} missing from:\n{table}"
+    doc = json.loads(lines[-1])
+    assert set(ROWS) <= set(doc["rows"])
