@@ -270,6 +270,10 @@ class UnitClient:
         """Return a round trip to the unit, in seconds."""
         return await self.peer.ping()
 
+    async def aclose(self) -> None:
+        """Close the connection now (leaving `connect`'s block does it too)."""
+        await self.peer.aclose()
+
 
 @asynccontextmanager
 async def connect(

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
@@ -116,6 +116,9 @@ class Peer:
         self._error: LatisError | None = None
         self._thread = threading.get_ident()
         self._token = trio.lowlevel.current_trio_token()
+        self._closing = False
+        # One scope per task of ours: aclose() ends them, not the caller's block.
+        self._scopes: list[trio.CancelScope] = []
 
     # ---- public ----------------------------------------------------------------
 
@@ -164,6 +167,22 @@ class Peer:
         """Send a message that gets no reply (`prompt.cancel`, `input.reply`)."""
         self._raise_if_closed()
         self._write(self.conn.send(msg))
+
+    async def aclose(self) -> None:
+        """Close the connection: what is queued is sent (within `cancel_timeout`),
+        requests in flight fail with `ConnectionClosed`, the stream is closed and
+        every task of the connection ends. Idempotent."""
+        if self._closing:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closing = True
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.cancel_timeout
+            await self.link.flush()
+            self._fail(ConnectionClosed("the connection was closed"))
+            for task_scope in self._scopes:
+                task_scope.cancel()
+            await self.link.aclose()
 
     async def ping(self) -> float:
         """Send `ping`; return the round trip in seconds."""
@@ -398,6 +417,16 @@ class Peer:
 
     # ---- closing ---------------------------------------------------------------
 
+    def _spawn(self, nursery: trio.Nursery, fn: Callable[[], Awaitable[None]]) -> None:
+        scope = trio.CancelScope()
+        self._scopes.append(scope)
+
+        async def run() -> None:
+            with scope:
+                await fn()
+
+        nursery.start_soon(run)
+
     async def _keepalive(self) -> None:
         conn = self.conn
         try:
@@ -577,19 +606,15 @@ async def open_peer(
             peer = Peer(
                 conn, link, queue_limit=queue_limit, cancel_timeout=cancel_timeout, label=label
             )
-            nursery.start_soon(peer._idle_reader)
+            peer._spawn(nursery, peer._idle_reader)
             try:
                 await _handshake(peer, hello, handshake_timeout)
                 if keepalive is not None:
-                    nursery.start_soon(peer._keepalive)
+                    peer._spawn(nursery, peer._keepalive)
                 yield peer
             finally:
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + cancel_timeout
-                    await link.flush()
-                    peer._fail(ConnectionClosed("the connection was closed"))
-                    nursery.cancel_scope.cancel()
-                    await link.aclose()
+                await peer.aclose()
+                nursery.cancel_scope.cancel()
 
 
 async def _handshake(peer: Peer, hello: Hello, limit: float) -> None:

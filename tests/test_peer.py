@@ -296,6 +296,30 @@ class TestClosing:
             assert unit.peer.closed
             nursery.cancel_scope.cancel()
 
+    async def test_aclose_inside_the_block(self) -> None:
+        """aclose() ends the connection's tasks and fails what is in flight; exit stays clean."""
+        ours, theirs = socket_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent(delay=1))
+            await trio.testing.wait_all_tasks_blocked()
+            before = count_tasks()
+            async with latis_core.connect(ours, keepalive=0.5) as unit:
+                session = await unit.create_session()
+                stream = session.prompt("a b c")
+                await unit.aclose()
+                await unit.aclose()  # twice is fine
+                with pytest.raises(ConnectionClosed):
+                    await stream.__anext__()
+                with pytest.raises(ConnectionClosed):
+                    await unit.ping()
+                with trio.fail_after(5):
+                    while count_tasks() > before - 1:
+                        await trio.sleep(0.01)
+                await trio.sleep(0.01)  # the caller's own block is not cancelled
+                reached_the_end = True
+            assert reached_the_end
+            nursery.cancel_scope.cancel()
+
     async def test_cancelled_stream_waits_for_its_end(self) -> None:
         """A cancelled prompt stream waits (bounded) until the unit has ended the prompt."""
         ours, theirs = socket_stream_pair()
