@@ -9,7 +9,7 @@ are the short form.
 from __future__ import annotations
 
 import enum
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, get_args
 
 import attrs
 
@@ -296,26 +296,4 @@ Message: TypeAlias = (
 )
 
 #: Every message class, by its wire `type`.
-MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        Hello,
-        SessionCreate,
-        SessionResume,
-        SessionDestroy,
-        Ack,
-        PromptSend,
-        PromptCancel,
-        ResponseChunk,
-        ResponseComplete,
-        ResponseCancelled,
-        StateGet,
-        StateSubscribe,
-        StateUpdate,
-        InputRequest,
-        InputReply,
-        Ping,
-        Pong,
-        Error,
-    )
-}
+MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in get_args(Message)}
