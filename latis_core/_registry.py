@@ -15,14 +15,39 @@ from typing import Any
 
 from ._agent import Agent
 
-__all__ = ["agent_names", "load_agent", "make_agent", "plugin_names"]
+__all__ = [
+    "agent_names",
+    "load_agent",
+    "load_provisioner",
+    "load_transport",
+    "make_agent",
+    "plugin_names",
+    "provisioner_names",
+    "transport_names",
+]
 
 _BUILTIN_AGENTS = {"echo": "latis_core._echo:EchoAgent"}
+_BUILTIN_TRANSPORTS = {"local": "latis_transports.local", "unix": "latis_transports.unix"}
+_BUILTIN_PROVISIONERS = {
+    "process": "latis_provisioners.process:ProcessProvisioner",
+    "container": "latis_provisioners.container:ContainerProvisioner",
+}
 
 
 def _load(target: str) -> Any:
     module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    loaded = importlib.import_module(module)
+    return getattr(loaded, attr) if attr else loaded
+
+
+def _find(group: str, name: str, builtins: Mapping[str, str], what: str) -> Any:
+    if name in builtins:
+        return _load(builtins[name])
+    for ep in entry_points(group=group):
+        if ep.name == name:
+            return ep.load()
+    known = sorted(set(builtins) | set(plugin_names(group)))
+    raise LookupError(f"unknown {what} {name!r} (known: {', '.join(known)})")
 
 
 def plugin_names(group: str) -> list[str]:
@@ -41,12 +66,35 @@ def load_agent(name: str) -> type[Agent]:
     Raises:
         LookupError: no agent has that name (the message lists those that do).
     """
-    if name in _BUILTIN_AGENTS:
-        return _load(_BUILTIN_AGENTS[name])  # type: ignore[no-any-return]
-    for ep in entry_points(group="latis.agents"):
-        if ep.name == name:
-            return ep.load()  # type: ignore[no-any-return]
-    raise LookupError(f"unknown agent {name!r} (known: {', '.join(agent_names())})")
+    return _find("latis.agents", name, _BUILTIN_AGENTS, "agent")  # type: ignore[no-any-return]
+
+
+def transport_names() -> list[str]:
+    """Every transport type that can be named in config."""
+    return sorted(set(_BUILTIN_TRANSPORTS) | set(plugin_names("latis.transports")))
+
+
+def load_transport(name: str) -> Any:
+    """Return the transport module registered as `name` (with DIALER and/or LISTENER).
+
+    Raises:
+        LookupError: no transport has that name (the message lists those that do).
+    """
+    return _find("latis.transports", name, _BUILTIN_TRANSPORTS, "transport")
+
+
+def provisioner_names() -> list[str]:
+    """Every provisioner type that can be named in config."""
+    return sorted(set(_BUILTIN_PROVISIONERS) | set(plugin_names("latis.provisioners")))
+
+
+def load_provisioner(name: str) -> Any:
+    """Return the provisioner class registered as `name`.
+
+    Raises:
+        LookupError: no provisioner has that name (the message lists those that do).
+    """
+    return _find("latis.provisioners", name, _BUILTIN_PROVISIONERS, "provisioner")
 
 
 def make_agent(name: str, options: Mapping[str, str] | None = None) -> Agent:

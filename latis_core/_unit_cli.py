@@ -1,10 +1,15 @@
 """`latis-unit`: serve an agent over the latis protocol.
 
     latis-unit --stdio --agent echo -o delay=0.1
+    latis-unit --listen unix:/run/user/1000/latis/box.sock
 
 With `--stdio` the protocol runs on stdin and stdout; logs go to stderr only,
 and the unit exits by itself when stdin reaches EOF (a remote unit over ssh
 relies on it: closing the channel does not always signal the process).
+
+With `--listen` it serves any number of controllers, one after another or at
+once, and its sessions outlive each connection (a controller that restarts
+resumes them). It runs until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import trio
+
+    from ._agent import Agent
 
 __all__ = ["main"]
 
@@ -26,6 +33,7 @@ examples:
   latis-unit --stdio                          echo agent on stdin/stdout
   latis-unit --stdio --agent echo -o delay=0.2 -o ask="Go on?"
   latis-unit --stdio --name build-box --max-sessions 10
+  latis-unit --listen unix:/tmp/box.sock      serve controllers on a unix socket (0600)
 
 exit status: 0 when stdin ends, 1 on a failure, 2 on a usage error.
 """
@@ -40,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--stdio", action="store_true", help="speak the protocol on stdin and stdout"
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="ADDRESS",
+        help="serve controllers that connect to ADDRESS (unix:PATH)",
     )
     parser.add_argument("--agent", default="echo", help="the agent adapter (default: echo)")
     parser.add_argument(
@@ -86,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"latis-unit {__version__}")
         return 0
-    if not args.stdio:
-        parser.error("say how to serve: --stdio")
+    if args.stdio == bool(args.listen):
+        parser.error("say how to serve: --stdio, or --listen ADDRESS (one of them)")
+    if args.listen and not args.listen.startswith("unix:"):
+        parser.error(f"cannot listen on {args.listen!r}: known addresses are unix:PATH")
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
@@ -104,24 +119,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ._unit import serve_unit
 
-    stream = _take_stdio()
+    limits = {
+        "name": args.name,
+        "max_sessions": args.max_sessions,
+        "max_frame": args.max_frame,
+        "replay_limit": args.replay_limit,
+    }
     try:
-        trio.run(
-            lambda: serve_unit(
-                stream,
-                agent,
-                name=args.name,
-                max_sessions=args.max_sessions,
-                max_frame=args.max_frame,
-                replay_limit=args.replay_limit,
-            )
-        )
+        if args.stdio:
+            stream = _take_stdio()
+            trio.run(lambda: serve_unit(stream, agent, **limits))
+        else:
+            trio.run(_listen, args.listen.removeprefix("unix:"), agent, limits)
     except KeyboardInterrupt:
         return 130
     except Exception:
         logging.getLogger("latis.unit").exception("the unit failed")
         return 1
     return 0
+
+
+async def _listen(path: str, agent: Agent, limits: dict[str, Any]) -> None:
+    import signal
+
+    import trio
+
+    from latis_transports.unix import listen_unix
+
+    from ._unit import open_unit
+
+    log = logging.getLogger("latis.unit")
+    async with open_unit(agent, **limits) as unit, listen_unix(path) as listener:
+        log.info("listening on unix:%s", path)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, unit.serve, [listener])
+                async for signum in signals:
+                    log.info("stopping on signal %d", signum)
+                    nursery.cancel_scope.cancel()
+                    break
 
 
 def _take_stdio() -> trio.abc.Stream:

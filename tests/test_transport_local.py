@@ -91,6 +91,7 @@ async def test_pipes_take_the_fast_path() -> None:
 def test_dialer_describes_itself() -> None:
     """A local dialer says which command it runs."""
     dialer = LocalDialer(["latis-unit", "--stdio", "--name", "my box"])
+    assert LocalDialer().describe() == "local: the unit's own process"
     assert dialer.describe() == "local: latis-unit --stdio --name 'my box'"
     assert isinstance(dialer, latis_core.Dialer)
 

@@ -144,23 +144,38 @@ async def _end(stream: ProcessStream, process: trio.Process, grace: float) -> No
 
 @attrs.frozen
 class LocalDialer:
-    """Dial a unit by starting it as a local process.
+    """Dial a unit by starting it as a local process, over its stdin and stdout.
+
+    As a unit's `dial` in config, `local` with no `command` means the unit
+    that the unit's own provisioner runs on this machine (reached through its
+    socket); with a `command`, that command is started for each connection.
 
     Attributes:
-        argv: the unit's command line, e.g. `("latis-unit", "--stdio")`.
-        env: its whole environment, or None for ours.
+        command: the unit's command line, e.g. `["latis-unit", "--stdio"]`.
+        env: extra environment variables for it (added to ours).
         cwd: its working directory, or None for ours.
         grace: seconds it gets to exit by itself when the connection ends.
     """
 
-    argv: tuple[str, ...] = attrs.field(converter=tuple)
-    env: Mapping[str, str] | None = None
+    command: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda c: None if c is None else tuple(c)
+    )
+    env: dict[str, str] | None = None
     cwd: str | None = None
     grace: float = 5.0
 
     def connect(self) -> AbstractAsyncContextManager[ProcessStream]:
-        return open_local(self.argv, env=self.env, cwd=self.cwd, grace=self.grace)
+        if not self.command:
+            raise ValueError("a local dialer needs a command to start")
+        env = {**os.environ, **self.env} if self.env else None
+        return open_local(self.command, env=env, cwd=self.cwd, grace=self.grace)
 
     def describe(self) -> str:
-        return f"local: {shlex.join(self.argv)}"
+        if not self.command:
+            return "local: the unit's own process"
+        return f"local: {shlex.join(self.command)}"
+
+
+#: This module's dialer, for the `latis.transports` registry.
+DIALER = LocalDialer
 

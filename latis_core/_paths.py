@@ -1,0 +1,91 @@
+"""Where latis keeps things on this machine (XDG through platformdirs).
+
+| what | where | override |
+|---|---|---|
+| user config | `user_config_dir/config.toml` | `LATIS_CONFIG` (a file), `--config` |
+| state (SQLite: units, sessions, transcripts) | `user_data_dir/latis.db` | |
+| daemon socket, pid and lock; unit sockets | `user_runtime_dir` (0700), else `/tmp/latis-UID` | |
+| daemon and unit logs | `user_log_dir` | |
+
+`LATIS_HOME`, when set, puts all of them under one folder (`config.toml`,
+`data/`, `run/`, `log/`): tests and side-by-side installs use it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+
+__all__ = ["Paths", "paths"]
+
+
+@attrs.frozen
+class Paths:
+    """The folders latis uses."""
+
+    config_file: Path
+    data_dir: Path
+    run_dir: Path
+    log_dir: Path
+
+    @property
+    def state_file(self) -> Path:
+        """The SQLite database."""
+        return self.data_dir / "latis.db"
+
+    @property
+    def socket(self) -> Path:
+        """The daemon's unix socket."""
+        return self.run_dir / "cmdr.sock"
+
+    @property
+    def units_dir(self) -> Path:
+        """Where provisioned units keep their sockets (one folder each)."""
+        return self.run_dir / "units"
+
+    def private_run_dir(self) -> Path:
+        """`run_dir`, created with mode 0700 (and checked: ours, not open to others)."""
+        make_private_dir(self.run_dir)
+        return self.run_dir
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` (0700) if needed; refuse one that others may write or read.
+
+    Raises:
+        PermissionError: it belongs to another user, or its mode lets others in.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to uid {info.st_uid}, not to us")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def paths() -> Paths:
+    """The folders for this user, from `LATIS_HOME` or the platform's conventions."""
+    home = os.environ.get("LATIS_HOME")
+    if home:
+        base = Path(home)
+        return Paths(base / "config.toml", base / "data", base / "run", base / "log")
+    import platformdirs
+
+    runtime = Path(platformdirs.user_runtime_dir("latis"))
+    if not _usable_runtime(runtime):
+        runtime = Path(f"/tmp/latis-{os.getuid()}")
+    return Paths(
+        Path(platformdirs.user_config_dir("latis")) / "config.toml",
+        Path(platformdirs.user_data_dir("latis")),
+        runtime,
+        Path(platformdirs.user_log_dir("latis")),
+    )
+
+
+def _usable_runtime(path: Path) -> bool:
+    # XDG_RUNTIME_DIR may be unset (platformdirs then guesses /run/user/UID,
+    # which may not exist on a server or in a container).
+    parent = path.parent
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)

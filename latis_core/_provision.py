@@ -1,0 +1,159 @@
+"""The provisioner interface: how units are created, started, stopped and destroyed.
+
+A provisioner manages the life of one unit (a process, a container, a VM, a
+cloud instance) and nothing else: reaching the unit is a transport's job. Every
+method is idempotent (`start` on a running unit does nothing, `destroy` of a
+unit that is gone does nothing), and whatever the provisioner makes (a pid, a
+container id, an instance id) it records in `Resources`, so that a controller
+that restarts finds it again.
+
+Built-in provisioners and plugins register in the entry-point group
+`latis.provisioners`; each is a class with an attrs `Options` class (its
+config table) and a constructor `(options, context)`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+import attrs
+
+from ._transport import Dialer
+
+__all__ = [
+    "MemoryResources",
+    "ProvisionContext",
+    "ProvisionError",
+    "ProvisionState",
+    "ProvisionStatus",
+    "Provisioner",
+    "Resources",
+]
+
+
+class ProvisionError(Exception):
+    """A provisioner could not do what was asked (the message says why, naming the unit)."""
+
+
+class ProvisionState(enum.StrEnum):
+    """Where a provisioned unit is in its life."""
+
+    #: Nothing exists (never created, or destroyed).
+    ABSENT = "absent"
+    #: Created, not running (a container created, a process not yet started).
+    CREATED = "created"
+    #: Running.
+    RUNNING = "running"
+    #: Was running, is not now (stopped, or exited).
+    STOPPED = "stopped"
+
+
+@attrs.frozen
+class ProvisionStatus:
+    """What `Provisioner.status` found."""
+
+    state: ProvisionState
+    #: A short human detail: "pid 4242", "container 3f2a…, exited (137)".
+    detail: str = ""
+
+
+class Resources(Protocol):
+    """Where a provisioner records what it made, for one unit (kept in state)."""
+
+    def get(self, kind: str) -> str | None:
+        """The value recorded under `kind` ("pid", "container"), or None."""
+        ...
+
+    def set(self, kind: str, value: str) -> None:
+        """Record `value` under `kind` (replacing any)."""
+        ...
+
+    def clear(self) -> None:
+        """Forget everything recorded for this unit."""
+        ...
+
+
+class MemoryResources:
+    """`Resources` in a dict: for tests and for units that need no state."""
+
+    def __init__(self, initial: Mapping[str, str] | None = None) -> None:
+        self.values: dict[str, str] = dict(initial or {})
+
+    def get(self, kind: str) -> str | None:
+        return self.values.get(kind)
+
+    def set(self, kind: str, value: str) -> None:
+        self.values[kind] = value
+
+    def clear(self) -> None:
+        self.values.clear()
+
+
+@attrs.frozen
+class ProvisionContext:
+    """What the controller gives a provisioner about the unit it manages.
+
+    Attributes:
+        unit: the unit's name.
+        agent: the agent the unit runs (`latis-unit --agent`).
+        agent_options: the agent's options (`-o KEY=VALUE`).
+        run_dir: a private directory (mode 0700) for this unit's sockets.
+        log_dir: where the unit's log file goes.
+        resources: where to record what is made.
+    """
+
+    unit: str
+    agent: str
+    agent_options: Mapping[str, str]
+    run_dir: Path
+    log_dir: Path
+    resources: Resources
+
+    def unit_args(self, listen: str) -> list[str]:
+        """The arguments of `latis-unit` for this unit, listening on `listen`."""
+        args = ["--listen", listen, "--name", self.unit, "--agent", self.agent]
+        for key, value in self.agent_options.items():
+            args += ["-o", f"{key}={value}"]
+        return args
+
+    def ensure_run_dir(self) -> Path:
+        """Create `run_dir` (0700) if needed and return it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.run_dir, 0o700)
+        return self.run_dir
+
+
+@runtime_checkable
+class Provisioner(Protocol):
+    """Manages the life of one unit. Every method is idempotent.
+
+    Errors are `ProvisionError` with a message that names the unit and says
+    what failed (and the tool's own message, for CLI-driven back ends).
+    """
+
+    #: The attrs class of this provisioner's options (its config table).
+    Options: ClassVar[type]
+
+    async def create(self) -> None:
+        """Make the unit exist, not necessarily running."""
+
+    async def start(self) -> None:
+        """Make the unit run (creating it first if needed); return once it can be dialed."""
+
+    async def stop(self) -> None:
+        """Stop the unit; keep what `start` needs to start it again."""
+
+    async def destroy(self) -> None:
+        """Stop the unit and remove everything it had; forget its resources."""
+
+    async def status(self) -> ProvisionStatus:
+        """Look at the unit now."""
+        ...
+
+    def dialer(self) -> Dialer | None:
+        """How to reach the unit this provisioner runs, if it knows (else None)."""
+        ...
