@@ -1,4 +1,4 @@
-"""latis_cli: the `latis` command. Commands are imported only when run."""
+"""latis_cli: the `latis` command. Commands import their heavy modules when run."""
 
 from __future__ import annotations
 
@@ -9,4 +9,4 @@ def main() -> None:
     """Run the `latis` command line."""
     from ._app import app
 
-    app()
+    app.meta()

@@ -1,4 +1,4 @@
-"""`latis prompt`: send a prompt to a unit and stream the answer."""
+"""`latis prompt` and `latis attach`: stream an answer through the daemon."""
 
 from __future__ import annotations
 
@@ -6,132 +6,233 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from cyclopts import Parameter
 
-#: Exit statuses (see CLI.md): 0 ok, 1 error, 3 cancelled, 6 unit unreachable, 130 Ctrl-C.
-EXIT_ERROR = 1
-EXIT_CANCELLED = 3
-EXIT_UNREACHABLE = 6
-EXIT_INTERRUPTED = 130
+from ._cmdr import CANCELLED, CMDR_UNREACHABLE, ERROR, INTERRUPTED, OK, UNIT_UNREACHABLE, USAGE
+
+if TYPE_CHECKING:
+    import latis_core
 
 
 def prompt(
     text: str = "-",
     *,
-    agent: str = "echo",
-    option: Annotated[tuple[str, ...], Parameter(name=["--option", "-o"])] = (),
+    unit: Annotated[str, Parameter(name=["--unit", "-u"])] = "local",
+    session: Annotated[str | None, Parameter(name=["--session", "-s"])] = None,
     file: Path | None = None,
+    detach: bool = False,
     json_output: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
-    """Send a prompt to a local unit and stream its answer as it comes.
+    """Send a prompt and stream the answer as it comes.
 
-    Ctrl-C cancels the prompt on the unit (a second Ctrl-C exits at once).
-    When the agent asks a question, it is asked here and the answer sent back.
+    The prompt runs in the daemon (started on first use): with `--detach` the
+    command returns at once and the prompt goes on; `latis attach SESSION`
+    follows it later. Ctrl-C cancels the prompt on the unit (a second Ctrl-C
+    exits at once). When the agent asks something, the question is asked
+    here and the answer sent back.
 
     Examples
     --------
     ```
     latis prompt "hello there"
     echo "hello there" | latis prompt
-    latis prompt --file task.md
-    latis prompt --agent echo -o delay=0.2 "slow words"
+    latis prompt --file task.md --unit box
+    latis prompt --session Zk3x9 "and then?"
+    latis prompt --detach "a long task"; latis attach SESSION
     latis prompt --json "hello" | jq .
     ```
 
     Args:
         text: the prompt; "-" (the default) reads it from stdin.
-        agent: the agent adapter of the local unit.
-        option: an agent option, KEY=VALUE (repeatable).
+        unit: the unit to open a new session on.
+        session: an existing session to prompt instead.
         file: read the prompt from this file.
+        detach: send the prompt and return; it runs on.
         json_output: print one JSON object per event (NDJSON).
     """
     if file is not None:
         body = file.read_text()
     elif text == "-":
+        if sys.stdin.isatty():
+            print("latis: give the prompt as an argument, with --file, or on stdin",
+                  file=sys.stderr)
+            return USAGE
         body = sys.stdin.read()
     else:
         body = text
-    options = {}
-    for pair in option:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            print(f"latis: option {pair!r} is not KEY=VALUE", file=sys.stderr)
-            return 2
-        options[key] = value
     import trio
 
-    return trio.run(_run, body, agent, options, json_output)
+    return trio.run(_run_prompt, body, unit, session, detach, json_output)
 
 
-async def _run(body: str, agent: str, options: dict[str, str], as_json: bool) -> int:
+def attach(
+    session: str,
+    *,
+    after: int = -1,
+    json_output: Annotated[bool, Parameter(name="--json")] = False,
+) -> int:
+    """Follow a session's last prompt: what was missed first, then live.
+
+    Ctrl-C cancels the prompt on the unit; to stop following without
+    cancelling, close the terminal or kill this command (the prompt runs on).
+
+    Examples
+    --------
+    ```
+    latis attach Zk3x9kQp2Lm8
+    latis attach Zk3x9kQp2Lm8 --after 41     # only chunks after seq 41
+    ```
+
+    Args:
+        session: the session id.
+        after: show only the chunks after this sequence number.
+        json_output: print one JSON object per event (NDJSON).
+    """
+    import trio
+
+    return trio.run(_run_attach, session, after, json_output)
+
+
+async def _run_prompt(
+    body: str, unit: str, session_id: str | None, detach: bool, as_json: bool
+) -> int:
+    import latis_core
+
+    from ._cmdr import open_cmdr
+    from ._console import progress
+
+    async def work(cmdr: latis_core.UnitClient) -> int:
+        if session_id is None:
+            from ._cmdr import call
+
+            with progress(f"bringing unit {unit!r} up") as say:
+                await call(cmdr, "unit.up", say, unit=unit)
+            session = await cmdr.create_session(unit=unit)
+            print(f"session {session.id} on unit {unit}", file=sys.stderr)
+        else:
+            session = await cmdr.resume_session(session_id)
+        stream = session.prompt(body)
+        if detach:
+            await cmdr.ping()  # the daemon has the prompt: it runs on without us
+            if as_json:
+                print(json.dumps({"session": session.id, "detached": True}))
+            else:
+                print(f"detached: latis attach {session.id}", file=sys.stderr)
+            await cmdr.aclose()
+            return OK
+        return await _stream(stream, as_json)
+
+    return await _with_cmdr(work)
+
+
+async def _run_attach(session_id: str, after: int, as_json: bool) -> int:
+    import latis_core
+
+    async def work(cmdr: latis_core.UnitClient) -> int:
+        from ._cmdr import call
+
+        info = await call(cmdr, "session.get", session=session_id)
+        last = info.get("last_prompt") if info else None
+        if not last:
+            print(f"latis: session {session_id} has no prompt to follow", file=sys.stderr)
+            return ERROR
+        session = latis_core.Session(cmdr, session_id)
+        stream = await session.reattach(last["id"], after=None if after < 0 else after)
+        return await _stream(stream, as_json)
+
+    return await _with_cmdr(work)
+
+
+async def _with_cmdr(work: Any) -> int:
+    import latis_core
+
+    from ._cmdr import CmdrUnreachable, open_cmdr
+
+    try:
+        async with open_cmdr() as cmdr:
+            return int(await work(cmdr))
+    except CmdrUnreachable as exc:
+        print(f"latis: {exc}", file=sys.stderr)
+        return CMDR_UNREACHABLE
+    except latis_core.RequestError as exc:
+        print(f"latis: {exc.message}", file=sys.stderr)
+        if exc.code in ("unreachable", "provision_failed"):
+            return UNIT_UNREACHABLE
+        return ERROR
+    except latis_core.LatisError as exc:
+        print(f"latis: {exc}", file=sys.stderr)
+        return ERROR
+
+
+async def _stream(stream: latis_core.PromptStream, as_json: bool) -> int:
+    """Print a prompt's answer as it comes; Ctrl-C cancels it; questions are asked here."""
     import trio
 
     import latis_core
 
     out = sys.stdout
-    try:
-        async with latis_core.connect_local(agent=agent, options=options) as unit:
-            session = await unit.create_session()
-            stream = session.prompt(body)
-            with trio.CancelScope() as scope, trio.open_signal_receiver(signal.SIGINT) as sigs:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_on_sigint, sigs, scope)
-                    async for event in stream:
-                        if isinstance(event, latis_core.InputRequest):
-                            answer = await _ask(event, as_json)
-                            await stream.reply(answer)
-                            continue
-                        if as_json:
-                            out.write(json.dumps(_event(event)) + "\n")
-                        else:
-                            out.write(event.text)
-                        out.flush()
-                    nursery.cancel_scope.cancel()
-            if scope.cancelled_caught:
-                _finish(out, as_json, "cancelled")
-                return EXIT_CANCELLED
-            _finish(out, as_json, stream.outcome or "complete")
-            return 0
-    except latis_core.ConnectError as exc:
-        print(f"latis: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except latis_core.LatisError as exc:
-        print(f"latis: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_sigint() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    if interrupted:
+                        raise SystemExit(INTERRUPTED)
+                    interrupted = True
+                    print("\nlatis: cancelling (Ctrl-C again to quit)", file=sys.stderr)
+                    stream._peer.send_nowait(latis_core.PromptCancel(stream.id))
+
+            nursery.start_soon(on_sigint)
+            try:
+                async for event in stream:
+                    if isinstance(event, latis_core.InputRequest):
+                        await stream.reply(await _ask(event, as_json))
+                        continue
+                    if as_json:
+                        out.write(json.dumps(_chunk_json(event)) + "\n")
+                    elif event.kind is None:
+                        out.write(event.text)
+                    out.flush()
+            finally:
+                nursery.cancel_scope.cancel()
+    outcome = stream.outcome or "complete"
+    if as_json:
+        out.write(json.dumps({"type": "outcome", "outcome": outcome}) + "\n")
+    else:
+        out.write("\n")
+    out.flush()
+    if interrupted:
+        return INTERRUPTED
+    return CANCELLED if outcome == "cancelled" else OK
 
 
-async def _on_sigint(sigs: object, scope: object) -> None:
-    async for _ in sigs:  # type: ignore[attr-defined]
-        if scope.cancel_called:  # type: ignore[attr-defined]
-            raise SystemExit(EXIT_INTERRUPTED)
-        print("\nlatis: cancelling (Ctrl-C again to quit)", file=sys.stderr)
-        scope.cancel()  # type: ignore[attr-defined]
+def _chunk_json(event: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": "chunk", "seq": event.seq, "text": event.text}
+    if event.kind is not None:
+        data["kind"] = event.kind
+    if event.data is not None:
+        data["data"] = event.data
+    return data
 
 
-def _event(event: object) -> dict[str, object]:
-    from latis_core import encode
-
-    return json.loads(encode(event))  # type: ignore[arg-type, no-any-return]
-
-
-async def _ask(request: object, as_json: bool) -> str:
+async def _ask(request: Any, as_json: bool) -> str:
     import trio
 
-    question = request.question  # type: ignore[attr-defined]
-    options = request.options  # type: ignore[attr-defined]
+    question = request.question
+    options = request.options
+    if as_json:
+        print(json.dumps({"type": "input", "input": request.input, "question": question,
+                          "options": list(options)}), flush=True)
     if not sys.stdin.isatty():
-        raise SystemExit(
-            f"latis: the agent asks {question!r}, but stdin is not a terminal to answer on"
-        )
+        line = await trio.to_thread.run_sync(sys.stdin.readline)
+        if not line:
+            raise SystemExit(
+                f"latis: the agent asks {question!r}, and stdin has no answer"
+            )
+        return line.rstrip("\n")
     hint = f" [{'/'.join(options)}]" if options else ""
     return await trio.to_thread.run_sync(input, f"\n{question}{hint} ")
-
-
-def _finish(out: object, as_json: bool, outcome: str) -> None:
-    if as_json:
-        out.write(json.dumps({"type": "outcome", "outcome": outcome}) + "\n")  # type: ignore[attr-defined]
-    else:
-        out.write("\n")  # type: ignore[attr-defined]
-    out.flush()  # type: ignore[attr-defined]

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
     from ._messages import Ack as Ack
     from ._messages import AgentInfo as AgentInfo
+    from ._messages import Call as Call
     from ._messages import Error as Error
     from ._messages import Hello as Hello
     from ._messages import InputReply as InputReply
@@ -94,6 +95,7 @@ __all__ = [
     "Ack",
     "Agent",
     "AgentInfo",
+    "Call",
     "AgentSession",
     "ConnectError",
     "Connection",
@@ -189,6 +191,7 @@ _WHERE: dict[str, str] = {
     "PROTOCOL_VERSION": "._messages",
     "Ack": "._messages",
     "AgentInfo": "._messages",
+    "Call": "._messages",
     "Error": "._messages",
     "Hello": "._messages",
     "InputReply": "._messages",

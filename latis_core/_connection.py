@@ -42,6 +42,7 @@ from ._messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     Ack,
+    Call,
     Error,
     Hello,
     InputReply,
@@ -115,18 +116,22 @@ REPLIES: Final[dict[type[Any], tuple[frozenset[type[Any]], frozenset[type[Any]]]
     StateGet: (frozenset(), frozenset({StateUpdate, Error})),
     StateSubscribe: (frozenset({StateUpdate}), frozenset({ResponseCancelled, Error})),
     Ping: (frozenset(), frozenset({Pong, Error})),
+    Call: (frozenset({ResponseChunk}), frozenset({Ack, ResponseCancelled, Error})),
 }
 
 #: What each role may send: requests, notes about a request in flight, replies.
 _REQUESTS: Final[dict[Role, frozenset[type[Any]]]] = {
     Role.CMDR: frozenset(
         {Hello, SessionCreate, SessionResume, SessionDestroy, PromptSend, StateGet,
-         StateSubscribe, Ping}
+         StateSubscribe, Ping, Call}
     ),
     Role.UNIT: frozenset({Ping}),
 }
 _NOTES: Final = {
-    Role.CMDR: {PromptCancel: (PromptSend, StateSubscribe), InputReply: (PromptSend,)},
+    Role.CMDR: {
+        PromptCancel: (PromptSend, StateSubscribe, Call),
+        InputReply: (PromptSend,),
+    },
     Role.UNIT: {},
 }
 _REPLY_TYPES: Final = {

@@ -68,6 +68,12 @@ class ErrorCode(enum.StrEnum):
     AGENT_ERROR = "agent_error"
     #: Anything else that went wrong inside the sender: a bug.
     INTERNAL = "internal"
+    #: (cmdr daemon) No unit of that name in config.
+    UNKNOWN_UNIT = "unknown_unit"
+    #: (cmdr daemon) The unit could not be reached (not connected, or the dial failed).
+    UNREACHABLE = "unreachable"
+    #: (cmdr daemon) The unit's provisioner failed (create, start, stop or destroy).
+    PROVISION_FAILED = "provision_failed"
 
 
 #: Errors after which the connection is closed; after any other error the

@@ -18,6 +18,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "AgentInfo",
+    "Call",
     "Error",
     "Hello",
     "InputReply",
@@ -265,6 +266,21 @@ class Pong:
 
 
 @attrs.frozen
+class Call:
+    """Run a management method of a controller daemon (not of a unit).
+
+    Answered by `ack` (its `data` is the result), after any number of
+    `response.chunk`s with `kind` "progress" for long work. A unit answers
+    `unknown_type`: it has no methods.
+    """
+
+    TYPE: ClassVar[str] = "call"
+    id: RequestId
+    method: str
+    params: dict[str, Any] | None = None
+
+
+@attrs.frozen
 class Error:
     """A request failed, or a message was refused. `id` is None when unknown."""
 
@@ -292,6 +308,7 @@ Message: TypeAlias = (
     | InputReply
     | Ping
     | Pong
+    | Call
     | Error
 )
 

@@ -117,6 +117,7 @@ class Peer:
         self._thread = threading.get_ident()
         self._token = trio.lowlevel.current_trio_token()
         self._closing = False
+        self._closed = trio.Event()
         # One scope per task of ours: aclose() ends them, not the caller's block.
         self._scopes: list[trio.CancelScope] = []
 
@@ -134,6 +135,10 @@ class Peer:
     def closed(self) -> bool:
         """Whether the connection has ended."""
         return self._error is not None
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended."""
+        await self._closed.wait()
 
     def next_id(self) -> int:
         """Return a fresh request id."""
@@ -407,6 +412,7 @@ class Peer:
         if cause is not None:
             exc.__cause__ = cause
         self._error = exc
+        self._closed.set()
         for w in list(self._waiters.values()):
             self._wake(w)
         for w in list(self._parked):
@@ -469,12 +475,13 @@ class ReplyStream:
     `Peer.cancel_timeout` for the request's end.
     """
 
-    __slots__ = ("__weakref__", "_count", "_peer", "_w", "final")
+    __slots__ = ("__weakref__", "_count", "_keep", "_peer", "_w", "final")
 
     def __init__(self, peer: Peer, w: _Waiter) -> None:
         self._peer = peer
         self._w = w
         self._count = 0
+        self._keep = False
         #: The final reply, once iteration has ended.
         self.final: Message | None = None
 
@@ -516,8 +523,19 @@ class ReplyStream:
             raise StopAsyncIteration
         return ev
 
+    def detach(self) -> None:
+        """From now on, leaving or cancelling stops following, not the request.
+
+        For a controller that owns the request and may stop (or restart)
+        while the request should run on: it re-attaches later.
+        """
+        self._keep = True
+
     async def aclose(self) -> None:
-        """Stop the request (unless it has ended) and wait for its end."""
+        """Stop the request (unless it has ended) and wait for its end.
+
+        After `detach`, only stop following it.
+        """
         await self._cancel_and_wait()
         await checkpoint()
 
@@ -532,6 +550,9 @@ class ReplyStream:
         if self.final is not None or w.discard:
             return
         peer = self._peer
+        if self._keep:
+            peer._abandon(w, cancel=False)
+            return
         if not w.final and peer._error is None and peer.conn.in_flight(w.id):
             peer._write(peer.conn.send(PromptCancel(w.id)))
         # Wait (bounded) for the final reply, so the other side has really
@@ -552,7 +573,7 @@ class ReplyStream:
             w = self._w
         except AttributeError:
             return
-        if self.final is None and not w.final and not w.discard:
+        if self.final is None and not w.final and not w.discard and not self._keep:
             self._peer._abandon_from_gc(w)
 
 

@@ -21,7 +21,7 @@ import logging
 import secrets
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,13 +30,14 @@ import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._agent import Agent, AgentSession, SessionNotFound
-from ._connection import CLOSED, NEED_DATA, Connection, Violation
-from ._errors import ErrorCode, LocalProtocolError
+from ._connection import Connection, Violation
+from ._errors import ErrorCode
 from ._frames import DEFAULT_MAX_FRAME
-from ._link import HIGH_WATER, SPIN, Link, open_link
+from ._link import HIGH_WATER, Link
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
+    Call,
     Error,
     Hello,
     InputReply,
@@ -59,6 +60,7 @@ from ._messages import (
     StateSubscribe,
     StateUpdate,
 )
+from ._server import ServerConnection, serve_stream
 from ._util import unwrap_group
 
 __all__ = ["Unit", "open_unit", "serve_unit"]
@@ -296,71 +298,16 @@ def _cost(msg: ResponseChunk) -> int:
     return size
 
 
-class _Served:
+class _Served(ServerConnection):
     """One connection to a controller."""
 
-    __slots__ = ("__weakref__", "closed", "conn", "link", "runs", "subs", "unit")
-
     def __init__(self, unit: Unit, link: Link, conn: Connection) -> None:
+        super().__init__(link, conn)
         self.unit = unit
-        self.link = link
-        self.conn = conn
         #: The prompts whose chunks go to this connection, by request id.
         self.runs: dict[RequestId, _Run] = {}
         #: State subscriptions: request id to session filter (None: all).
         self.subs: dict[RequestId, str | None] = {}
-        self.closed = False
-
-    def send(self, msg: Message) -> None:
-        """Write `msg` now (after whatever is queued)."""
-        self._put(msg, self.link.write)
-
-    def cork(self, msg: Message) -> None:
-        """Queue `msg`; it leaves with the next batch."""
-        self._put(msg, self.link.cork)
-
-    def _put(self, msg: Message, put: Callable[[bytes], None]) -> None:
-        if self.closed:
-            return
-        try:
-            frame = self.conn.send(msg)
-        except LocalProtocolError as exc:
-            log.error("not sent: %s", exc)
-            return
-        try:
-            put(frame)
-        except trio.BrokenResourceError:
-            self.closed = True
-
-    async def run(self) -> None:
-        """Read and answer requests until the stream ends or must close."""
-        conn = self.conn
-        read = self.link.read
-        handlers = _HANDLERS
-        while True:
-            try:
-                # The next request often follows within microseconds: spin first.
-                data = await read(SPIN)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            conn.receive_data(data)
-            while True:
-                ev = conn.next_event()
-                if ev is NEED_DATA:
-                    break
-                if ev is CLOSED:
-                    return
-                try:
-                    handlers[type(ev)](self, ev)
-                except Exception as exc:
-                    log.exception("failed to handle %s", ev)
-                    rid = getattr(ev, "id", None)
-                    if rid in conn.requests_received:
-                        self.send(
-                            Error(rid, ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}")
-                        )
-                if conn.closed:
-                    return
 
     def detach(self) -> None:
         self.closed = True
@@ -429,20 +376,15 @@ class Unit:
         The unit's sessions and running prompts stay: another connection may
         resume them.
         """
-        async with trio.open_nursery() as nursery:
-            link = open_link(stream, nursery)
-            served = _Served(self, link, Connection(Role.UNIT, max_frame=self.max_frame))
+        async def started(_: ServerConnection) -> None:
             task_status.started()
-            try:
-                await served.run()
-            finally:
-                served.detach()
-                with trio.CancelScope(shield=True) as scope:
-                    # Let a last error (say, frame_too_large) reach the controller.
-                    scope.deadline = trio.current_time() + 5
-                    await link.flush()
-                    nursery.cancel_scope.cancel()
-                    await link.aclose()
+
+        await serve_stream(
+            stream,
+            lambda link, conn, nursery: _Served(self, link, conn),
+            max_frame=self.max_frame,
+            started=started,
+        )
 
     # ---- state ---------------------------------------------------------------------
 
@@ -705,7 +647,18 @@ def _on_prompt_send(s: _Served, msg: PromptSend) -> None:
     unit._nursery.start_soon(run.main)
 
 
-_HANDLERS: dict[type, Callable[[_Served, Any], None]] = {
+def _on_call(s: _Served, msg: Call) -> None:
+    s.send(
+        Error(
+            msg.id,
+            ErrorCode.UNKNOWN_TYPE.value,
+            f"unit {s.unit.name!r} has no method {msg.method!r}: call is for a cmdr daemon",
+        )
+    )
+
+
+_Served.HANDLERS = {
+    Call: _on_call,
     Hello: _on_hello,
     Ping: _on_ping,
     Pong: _on_pong,

@@ -7,3 +7,5 @@ from pathlib import Path
 
 # helpers.py sits beside the tests.
 sys.path.insert(0, str(Path(__file__).parent))
+
+from podman_image import podman  # noqa: E402,F401 (a fixture for every test module)

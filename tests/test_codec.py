@@ -10,6 +10,7 @@ import pytest
 from latis_core import (
     Ack,
     AgentInfo,
+    Call,
     Error,
     ErrorCode,
     Hello,
@@ -81,6 +82,8 @@ EXAMPLES: list[Message] = [
     Ping(8),
     Ping(-(2**63)),
     Pong("eight"),
+    Call(9, "unit.up", {"unit": "box"}),
+    Call("ten", "status"),
     Error(None, "bad_message", "no type"),
     Error(9, "agent_error", "the agent crashed"),
 ]

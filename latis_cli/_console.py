@@ -1,0 +1,69 @@
+"""Output: rich consoles made on first use, colour only where it belongs.
+
+Colour goes to a terminal only: never when the stream is not a TTY, when
+`NO_COLOR` is set (non-empty), with `--no-color`/`LATIS_NO_COLOR`, or with
+`TERM=dumb`; `FORCE_COLOR` forces it on. Data goes to stdout, messages and
+progress to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def _colour(stream: Any) -> bool | None:
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    if os.environ.get("NO_COLOR") or os.environ.get("LATIS_NO_COLOR"):
+        return False
+    if os.environ.get("TERM") == "dumb" or not stream.isatty():
+        return False
+    return None  # rich decides (it is a terminal)
+
+
+@cache
+def out() -> Console:
+    """The console for data (stdout)."""
+    from rich.console import Console
+
+    colour = _colour(sys.stdout)
+    return Console(no_color=colour is False, force_terminal=colour, highlight=False)
+
+
+@cache
+def err() -> Console:
+    """The console for messages and progress (stderr)."""
+    from rich.console import Console
+
+    colour = _colour(sys.stderr)
+    return Console(stderr=True, no_color=colour is False, force_terminal=colour, highlight=False)
+
+
+def fail(message: str) -> None:
+    """Say what went wrong, on stderr."""
+    err().print(f"[bold red]latis:[/] {message}" if _colour(sys.stderr) is not False
+                else f"latis: {message}", markup=_colour(sys.stderr) is not False)
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def progress(title: str) -> Iterator[Any]:
+    """A spinner with a changing message on stderr (on a terminal only); yields `update(text)`."""
+    if not sys.stderr.isatty():
+        yield lambda text: None
+        return
+    with err().status(title) as status:
+        yield lambda text: status.update(text)

@@ -1,0 +1,787 @@
+"""The controller (cmdr): units, their provisioners and connections, sessions, prompts.
+
+`open_controller(config, state)` owns everything it starts: a task per
+connected unit (holding its connection, reconnecting with backoff while the
+unit should be up), and a task per running prompt (a *pump*) that reads the
+unit's answer, writes it to state in batches, and publishes it to whoever
+follows the prompt. A prompt belongs to the controller, not to the code that
+started it: that code may stop following (a CLI that detaches) and come back
+(`follow` replays what it missed from state, then goes on live).
+
+Messages for a unit or a session go over that unit's live connection,
+whichever way it was made. Leaving the controller's block stops its tasks;
+units that run by themselves (a process, a container) keep running, and so
+do their prompts: a controller that starts again re-attaches to them and
+picks every running prompt up at the last chunk it stored.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from ._client import PromptStream, Session, UnitClient, connect
+from ._config import Config, UnitConfig
+from ._errors import ConnectError, ConnectionClosed, ErrorCode, LatisError, RequestError
+from ._messages import InputReply, InputRequest, PromptCancel, ResponseChunk, State
+from ._paths import Paths, paths as default_paths
+from ._provision import ProvisionContext, ProvisionError, Provisioner
+from ._registry import load_provisioner, load_transport
+from ._state import State as StateDB
+from ._transport import Dialer
+
+__all__ = ["Controller", "PromptRecord", "UnitRuntime", "open_controller"]
+
+log = logging.getLogger("latis.cmdr")
+
+_T = TypeVar("_T")
+
+#: Events of a running prompt kept in memory for followers; older ones come from state.
+WINDOW = 4096
+#: Backoff between reconnection attempts, in seconds (doubling up to the last).
+BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class UnitNotConnected(ConnectError):
+    """A request for a unit that has no live connection."""
+
+
+@attrs.define(eq=False)
+class UnitRuntime:
+    """One unit as the controller holds it."""
+
+    name: str
+    config: UnitConfig
+    provisioner: Provisioner | None
+    dialer: Dialer | None
+    #: "disconnected", "connecting", "connected" or "unreachable".
+    state: str = "disconnected"
+    error: str | None = None
+    client: UnitClient | None = None
+    since: float = attrs.field(factory=time.time)
+    _stop: trio.Event | None = None
+    _done: trio.Event | None = None
+    _connected: trio.Event = attrs.field(factory=trio.Event)
+
+    def how(self) -> str:
+        """How this unit is meant to be reached, for messages."""
+        parts = []
+        if self.provisioner is not None and self.config.provisioner is not None:
+            parts.append(f"started by the {self.config.provisioner.type} provisioner")
+        if self.dialer is not None:
+            parts.append(f"dialed at {self.dialer.describe()}")
+        for listener in self.config.accept:
+            parts.append(f"dialing in on {listener.type}")
+        return ", ".join(parts) or "no way configured"
+
+
+@attrs.define(eq=False)
+class PromptRecord:
+    """A prompt the controller runs, and what it has produced so far."""
+
+    id: int
+    session: str
+    unit: str
+    text: str
+    request_id: Any
+    #: The chunks, questions and end, in order: (kind, payload) with kind
+    #: "chunk" (a ResponseChunk), "input" (an InputRequest) or "end" (a dict).
+    events: list[tuple[str, Any]] = attrs.field(factory=list)
+    #: Index in the whole event sequence of events[0] (older ones were dropped).
+    first: int = 0
+    #: Chunks stored in state: the next seq.
+    next_seq: int = 0
+    end: dict[str, Any] | None = None
+    stream: PromptStream | None = None
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def publish(self, new: list[tuple[str, Any]]) -> None:
+        self.events.extend(new)
+        if len(self.events) > WINDOW:
+            drop = len(self.events) - WINDOW
+            del self.events[:drop]
+            self.first += drop
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
+
+
+class Controller:
+    """Units, sessions and prompts. Made by `open_controller`."""
+
+    def __init__(
+        self, config: Config, state: StateDB, paths: Paths, nursery: trio.Nursery
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.paths = paths
+        self._nursery = nursery
+        self._db_limiter = trio.CapacityLimiter(1)
+        self.units: dict[str, UnitRuntime] = {}
+        self.prompts: dict[int, PromptRecord] = {}
+        self._state_listeners: list[Callable[[str, str], None]] = []
+        for name, unit_config in config.units.items():
+            self.units[name] = self._runtime(name, unit_config)
+
+    # ---- state (SQLite, in a worker thread, one call at a time) ---------------------
+
+    async def db(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a state method in the worker thread."""
+        return await trio.to_thread.run_sync(
+            functools.partial(fn, *args), limiter=self._db_limiter
+        )
+
+    # ---- units ------------------------------------------------------------------------
+
+    def _runtime(self, name: str, unit_config: UnitConfig) -> UnitRuntime:
+        # Known to state from the start: status lists it, its resources have a home.
+        self.state.upsert_unit(
+            name,
+            unit_config.provisioner.type if unit_config.provisioner else None,
+            _describe_config(unit_config),
+        )
+        provisioner = None
+        if unit_config.provisioner is not None:
+            cls = load_provisioner(unit_config.provisioner.type)
+            context = ProvisionContext(
+                unit=name,
+                agent=unit_config.agent,
+                agent_options=dict(unit_config.agent_options),
+                run_dir=self.paths.units_dir / name,
+                log_dir=self.paths.log_dir,
+                resources=self.state.resources(name),
+            )
+            provisioner = cls(unit_config.provisioner.options, context)
+        dialer: Dialer | None = None
+        if unit_config.dial is not None:
+            dialer = unit_config.dial.options  # a DIALER instance
+            if getattr(dialer, "command", "") is None:
+                # `local` with no command: the unit the provisioner runs.
+                dialer = provisioner.dialer() if provisioner is not None else None
+        return UnitRuntime(name, unit_config, provisioner, dialer)
+
+    def reload(self, config: Config) -> list[str]:
+        """Take a new config: add its new units, update or drop those not connected.
+
+        Returns the names of the units added.
+        """
+        added = []
+        for name, unit_config in config.units.items():
+            rt = self.units.get(name)
+            if rt is None:
+                added.append(name)
+            elif rt.config == unit_config or rt.client is not None:
+                continue
+            self.units[name] = self._runtime(name, unit_config)
+        for name in [n for n in self.units if n not in config.units]:
+            if self.units[name].client is None:
+                del self.units[name]
+        self.config = config
+        return added
+
+    def add_address(self, address: str, name: str | None = None) -> str:
+        """Add a unit reached at `address` (`unix:PATH`, `local:COMMAND`) for this run only.
+
+        Returns its name (given, or made from the address).
+
+        Raises:
+            ValueError: the address is not one latis knows how to dial.
+        """
+        import shlex
+
+        from ._config import PluginConfig
+
+        kind, sep, rest = address.partition(":")
+        if not sep or not rest:
+            raise ValueError(f"{address!r} is neither a unit nor an address (unix:PATH, "
+                             f"local:COMMAND)")
+        module = load_transport(kind)
+        dialer_class = getattr(module, "DIALER", None)
+        if dialer_class is None:
+            raise ValueError(f"transport {kind!r} cannot dial")
+        if kind == "unix":
+            table: dict[str, Any] = {"path": rest}
+        elif kind == "local":
+            table = {"command": shlex.split(rest)}
+        else:
+            raise ValueError(f"cannot make a unit from {address!r} yet (known: unix:, local:)")
+        unit_name = name or f"{kind}-{len(self.units) + 1}"
+        unit_config = UnitConfig(
+            name=unit_name,
+            dial=PluginConfig(type=kind, options=dialer_class(**table), table=table),
+        )
+        self.units[unit_name] = self._runtime(unit_name, unit_config)
+        return unit_name
+
+    def unit(self, name: str) -> UnitRuntime:
+        """The unit called `name`.
+
+        Raises:
+            LookupError: no such unit in config (the message lists those there are).
+        """
+        try:
+            return self.units[name]
+        except KeyError:
+            raise LookupError(
+                f"no unit {name!r} in config (units: {', '.join(sorted(self.units))})"
+            ) from None
+
+    async def up(self, name: str, progress: Callable[[str], None] | None = None) -> UnitRuntime:
+        """Provision the unit if it has a provisioner, start it, and connect to it."""
+        rt = self.unit(name)
+        say = progress or (lambda _: None)
+        if rt.state == "connected" and rt.client is not None and not rt.client.peer.closed:
+            return rt
+        config = rt.config
+        if rt.provisioner is not None:
+            say(f"starting unit {name!r} ({config.provisioner.type if config.provisioner else ''})")
+            try:
+                await rt.provisioner.start()
+            except ProvisionError as exc:
+                await self._set_connection(rt, "unreachable", str(exc))
+                raise
+            if rt.dialer is None:
+                rt.dialer = rt.provisioner.dialer()
+        if rt.dialer is None:
+            raise UnitNotConnected(
+                f"unit {name!r} cannot be dialed ({rt.how()}): it must dial in"
+            )
+        say(f"connecting to unit {name!r} ({rt.dialer.describe()})")
+        await self._connect(rt)
+        say(f"unit {name!r} is up")
+        return rt
+
+    async def _connect(self, rt: UnitRuntime) -> None:
+        if rt._done is not None and not rt._done.is_set():
+            # A connection task exists (maybe reconnecting): wait for it.
+            await _wait_connected(rt, self.config.daemon.handshake_timeout * 2)
+            return
+        rt._stop = trio.Event()
+        rt._done = trio.Event()
+        rt._connected = trio.Event()
+        first: list[BaseException] = []
+        await self._nursery.start(self._hold, rt, first)
+        if first:
+            raise first[0]
+
+    async def _hold(
+        self, rt: UnitRuntime, first: list[BaseException], *, task_status: Any
+    ) -> None:
+        """Hold the unit's connection until `down`; reconnect if it drops."""
+        assert rt._stop is not None and rt._done is not None
+        attempt = 0
+        started = False
+        try:
+            while not rt._stop.is_set():
+                await self._set_connection(rt, "connecting")
+                try:
+                    assert rt.dialer is not None
+                    async with rt.dialer.connect() as stream, connect(
+                        stream,
+                        name="cmdr",
+                        label=f"unit {rt.name!r}",
+                        handshake_timeout=self.config.daemon.handshake_timeout,
+                    ) as client:
+                        rt.client = client
+                        attempt = 0
+                        await self._set_connection(rt, "connected")
+                        await self._restore(rt, client)
+                        rt._connected.set()
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await _first_of(rt._stop.wait, client.peer.wait_closed)
+                except (ConnectError, ConnectionClosed, OSError, RequestError) as exc:
+                    message = str(exc)
+                    log.warning("unit %s: %s", rt.name, message)
+                    rt.client = None
+                    await self._set_connection(rt, "unreachable", message)
+                    if not started:
+                        first.append(
+                            exc if isinstance(exc, LatisError) else ConnectError(message)
+                        )
+                        started = True
+                        task_status.started()
+                        return
+                finally:
+                    rt.client = None
+                    rt._connected = trio.Event()
+                if rt._stop.is_set():
+                    break
+                # The connection dropped while the unit should be up: try again.
+                delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                attempt += 1
+                with trio.move_on_after(delay):
+                    await rt._stop.wait()
+        finally:
+            rt.client = None
+            # Only `down` records "disconnected": when the controller itself
+            # stops, the state keeps saying the unit was up, so that the next
+            # controller re-attaches to it.
+            if rt._stop.is_set() and rt.state != "unreachable":
+                with trio.CancelScope(shield=True):
+                    await self._set_connection(rt, "disconnected")
+            rt._done.set()
+
+    async def _set_connection(self, rt: UnitRuntime, state: str, error: str | None = None) -> None:
+        rt.state = state
+        rt.error = error
+        rt.since = time.time()
+        transport = rt.dialer.describe() if rt.dialer is not None else ""
+        await self.db(self.state.set_connection, rt.name, state, transport, error)
+
+    async def down(self, name: str) -> None:
+        """Disconnect from the unit and stop it (if it has a provisioner)."""
+        rt = self.unit(name)
+        await self._disconnect(rt)
+        if rt.provisioner is not None:
+            await rt.provisioner.stop()
+
+    async def _disconnect(self, rt: UnitRuntime) -> None:
+        if rt._stop is not None:
+            rt._stop.set()
+        if rt._done is not None:
+            await rt._done.wait()
+        await self._set_connection(rt, "disconnected")
+
+    async def destroy(self, name: str) -> None:
+        """Disconnect, destroy what the provisioner made, and forget the unit's state."""
+        rt = self.unit(name)
+        await self._disconnect(rt)
+        if rt.provisioner is not None:
+            await rt.provisioner.destroy()
+        for sid in [s.id for s in await self.db(self.state.list_sessions, name)]:
+            await self.db(self.state.close_session, sid)
+        await self.db(self.state.mark_unit_destroyed, name)
+
+    async def reconnect_known(self) -> None:
+        """Connect again to the units that were connected when the last controller stopped."""
+        for rt in self.units.values():
+            row = await self.db(self.state.get_connection, rt.name)
+            if row is None or row.state not in ("connected", "connecting"):
+                continue
+            try:
+                await self.up(rt.name)
+            except (LatisError, ProvisionError, OSError) as exc:
+                log.warning("could not re-attach to unit %s: %s", rt.name, exc)
+
+    async def status(self) -> list[dict[str, Any]]:
+        """What runs where: one entry per unit."""
+        out = []
+        for rt in self.units.values():
+            entry: dict[str, Any] = {
+                "unit": rt.name,
+                "provisioner": rt.config.provisioner.type if rt.config.provisioner else None,
+                "connection": rt.state,
+                "how": rt.how(),
+                "error": rt.error,
+                "since": rt.since,
+            }
+            if rt.provisioner is not None:
+                try:
+                    found = await rt.provisioner.status()
+                    entry["provision"] = found.state.value
+                    entry["provision_detail"] = found.detail
+                except (ProvisionError, OSError) as exc:
+                    entry["provision"] = "unknown"
+                    entry["provision_detail"] = str(exc)
+            if rt.client is not None:
+                entry["agent"] = {"name": rt.client.agent.name, "version": rt.client.agent.version}
+                entry["capabilities"] = list(rt.client.capabilities)
+            sessions = await self.db(self.state.list_sessions, rt.name)
+            entry["sessions"] = [{"id": s.id, "state": s.state} for s in sessions]
+            out.append(entry)
+        return out
+
+    def _client(self, rt: UnitRuntime) -> UnitClient:
+        client = rt.client
+        if client is None or client.peer.closed:
+            raise UnitNotConnected(
+                f"unit {rt.name!r} is not connected ({rt.how()}; state: {rt.state}"
+                + (f", {rt.error}" if rt.error else "")
+                + f"): run `latis unit up {rt.name}`"
+            )
+        return client
+
+    # ---- sessions -------------------------------------------------------------------
+
+    async def create_session(
+        self, unit: str, options: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Open a session on `unit` (bringing the unit up first if needed)."""
+        rt = self.unit(unit)
+        if rt.client is None or rt.client.peer.closed:
+            await self.up(unit)
+        session = await self._client(rt).create_session(**dict(options or {}))
+        await self.db(self.state.add_session, session.id, unit, "idle")
+        self._notify(session.id, "idle")
+        return {"session": session.id, "unit": unit, "state": "idle"}
+
+    async def session_unit(self, sid: str) -> UnitRuntime:
+        """The unit a session lives on.
+
+        Raises:
+            RequestError: (unknown_session) no open session has that id.
+        """
+        row = await self.db(self.state.get_session, sid)
+        if row is None or row.state == "closed" or row.unit not in self.units:
+            raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
+        return self.units[row.unit]
+
+    async def destroy_session(self, sid: str) -> None:
+        """End a session (cancelling its prompt, if one runs)."""
+        rt = await self.session_unit(sid)
+        try:
+            await Session(self._client(rt), sid).destroy()
+        except RequestError as exc:
+            if exc.code != ErrorCode.UNKNOWN_SESSION:
+                raise
+        await self.db(self.state.close_session, sid)
+        self._notify(sid, State.CLOSED.value)
+
+    # ---- prompts ------------------------------------------------------------------------
+
+    async def start_prompt(self, sid: str, text: str) -> PromptRecord:
+        """Send a prompt; the controller runs it until its end, whoever follows it."""
+        rt = await self.session_unit(sid)
+        if rt.client is None or rt.client.peer.closed:
+            await self.up(rt.name)
+        client = self._client(rt)
+        stream = Session(client, sid).prompt(text)
+        stream.detach()  # the prompt belongs to the unit until it ends, not to this task
+        prompt_id = await self.db(self.state.add_prompt, sid, text, stream.id)
+        record = PromptRecord(prompt_id, sid, rt.name, text, stream.id, stream=stream)
+        self.prompts[prompt_id] = record
+        await self._set_session(sid, "busy")
+        self._nursery.start_soon(self._pump, record)
+        return record
+
+    async def _pump(self, record: PromptRecord) -> None:
+        stream = record.stream
+        assert stream is not None
+        events = stream._w.events
+        try:
+            while True:
+                try:
+                    first = await stream.__anext__()
+                except StopAsyncIteration:
+                    break
+                batch = [first]
+                while events and len(batch) < 4096 and not stream.done:
+                    try:
+                        batch.append(await stream.__anext__())
+                    except StopAsyncIteration:
+                        break
+                await self._take(record, batch)
+                if stream.final is not None:
+                    break
+            final = stream.final
+            end = {"outcome": stream.outcome or "complete", "chunks": record.next_seq}
+            if final is not None and getattr(final, "chunks", None) is not None:
+                end["chunks"] = final.chunks
+            await self._finish(record, end)
+        except RequestError as exc:
+            await self._finish(
+                record,
+                {"outcome": "error", "code": str(exc.code), "message": exc.message,
+                 "chunks": record.next_seq},
+            )
+        except ConnectionClosed:
+            # The unit's connection dropped: the prompt goes on there; a
+            # reconnection re-attaches it at the last stored chunk.
+            log.info("prompt %s: connection to unit %s lost", record.id, record.unit)
+            record.stream = None
+        except LatisError as exc:
+            await self._finish(
+                record,
+                {"outcome": "error", "code": "internal", "message": str(exc),
+                 "chunks": record.next_seq},
+            )
+
+    async def _take(self, record: PromptRecord, batch: list[Any]) -> None:
+        rows = []
+        published: list[tuple[str, Any]] = []
+        for ev in batch:
+            if type(ev) is ResponseChunk:
+                rows.append((ev.seq, ev.text, ev.kind, ev.data))
+                published.append(("chunk", ev))
+            elif type(ev) is InputRequest:
+                if rows:
+                    await self.db(self.state.add_chunks, record.id, rows)
+                    record.next_seq = rows[-1][0] + 1
+                    rows = []
+                await self.db(
+                    self.state.add_input,
+                    record.id,
+                    ev.input,
+                    ev.question,
+                    list(ev.options),
+                    ev.kind,
+                )
+                await self._set_session(record.session, "waiting")
+                published.append(("input", ev))
+        if rows:
+            await self.db(self.state.add_chunks, record.id, rows)
+            record.next_seq = rows[-1][0] + 1
+        record.publish(published)
+
+    async def _finish(self, record: PromptRecord, end: dict[str, Any]) -> None:
+        error = None
+        if end["outcome"] == "error":
+            error = f"{end.get('code')}: {end.get('message')}"
+        state = {"complete": "complete", "cancelled": "cancelled"}.get(end["outcome"], "error")
+        with trio.CancelScope(shield=True):
+            await self.db(self.state.end_prompt, record.id, state, end.get("chunks", 0), error)
+            row = await self.db(self.state.get_session, record.session)
+            if row is not None and row.state != "closed":
+                await self._set_session(record.session, "idle")
+        record.end = end
+        record.stream = None
+        record.publish([("end", end)])
+        self.prompts.pop(record.id, None)
+
+    async def _set_session(self, sid: str, state: str) -> None:
+        await self.db(self.state.set_session_state, sid, state)
+        self._notify(sid, state)
+
+    def _notify(self, sid: str, state: str) -> None:
+        for listener in list(self._state_listeners):
+            listener(sid, state)
+
+    def add_state_listener(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call `listener(session, state)` at every session state change; returns a remover."""
+        self._state_listeners.append(listener)
+        return lambda: self._state_listeners.remove(listener)
+
+    async def get_prompt(self, prompt_id: int) -> PromptRecord | None:
+        """The running record of a prompt, or None if it is not running here."""
+        await trio.lowlevel.checkpoint()
+        return self.prompts.get(prompt_id)
+
+    async def cancel(self, prompt_id: int) -> None:
+        """Cancel a running prompt on its unit (its pump sees the end)."""
+        record = self.prompts.get(prompt_id)
+        await trio.lowlevel.checkpoint()
+        if record is None or record.stream is None:
+            return
+        rt = self.units[record.unit]
+        client = rt.client
+        if client is not None and client.peer.conn.in_flight(record.stream.id):
+            client.peer.send_nowait(PromptCancel(record.stream.id))
+
+    async def answer(self, prompt_id: int, number: int, text: str) -> None:
+        """Answer question `number` of a running prompt."""
+        record = self.prompts.get(prompt_id)
+        if record is None or record.stream is None:
+            raise RequestError(
+                ErrorCode.UNKNOWN_REQUEST.value, f"prompt {prompt_id} is not running"
+            )
+        client = self._client(self.units[record.unit])
+        client.peer.send_nowait(InputReply(record.stream.id, number, text))
+        await self.db(self.state.answer_input, prompt_id, number, text)
+        await self._set_session(record.session, "busy")
+
+    async def follow(self, prompt_id: int, after: int = -1) -> AsyncIterator[tuple[str, Any]]:
+        """The prompt's events after chunk `after`: from state first, then live, to its end.
+
+        Yields ("chunk", ResponseChunk), ("input", InputRequest) and last
+        ("end", dict). Never holds the prompt back: a follower that falls
+        behind the in-memory window reads what it missed from state.
+        """
+        seq = after
+        index: int | None = None  # the next event to read, counted from the prompt's start
+        while True:
+            record = self.prompts.get(prompt_id)
+            if record is None:
+                async for event in self._replay(prompt_id, seq):
+                    if event[0] == "chunk":
+                        seq = event[1].seq
+                    yield event
+                    if event[0] == "end":
+                        return
+                if prompt_id not in self.prompts:
+                    return
+                continue
+            if index is None or index < record.first:
+                # Behind the window: the chunks before it come from state.
+                window = _window_seq(record)
+                if seq + 1 < window:
+                    for row in await self.db(self.state.chunks, prompt_id, seq):
+                        if row.seq >= window:
+                            break
+                        seq = row.seq
+                        yield ("chunk", _chunk(record.request_id, row))
+                    if index is None:
+                        for pending in await self.db(self.state.pending_inputs, prompt_id):
+                            yield ("input", _question(record.request_id, pending))
+                index = record.first
+                continue
+            changed = record.changed
+            for kind, payload in record.events[index - record.first :]:
+                index += 1
+                if kind == "chunk":
+                    if payload.seq > seq:
+                        seq = payload.seq
+                        yield ("chunk", payload)
+                else:
+                    yield (kind, payload)
+                    if kind == "end":
+                        return
+            await changed.wait()
+
+    async def _replay(self, prompt_id: int, seq: int) -> AsyncIterator[tuple[str, Any]]:
+        """A prompt that does not run here: its stored chunks, then its end."""
+        while True:
+            prompt = await self.db(self.state.get_prompt, prompt_id)
+            if prompt is None:
+                raise RequestError(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
+            for row in await self.db(self.state.chunks, prompt_id, seq):
+                seq = row.seq
+                yield ("chunk", _chunk(prompt.request_id, row))
+            if prompt.state != "running":
+                yield ("end", _end_of(prompt))
+                return
+            if prompt_id in self.prompts:
+                return  # re-attached meanwhile: the caller follows it live
+            # Running on a unit we are not attached to: attach (which picks
+            # the prompt up), or look again soon.
+            await self._reattach_for(prompt.session)
+            if prompt_id not in self.prompts:
+                await trio.sleep(0.2)
+
+    # ---- after a restart ------------------------------------------------------------------
+
+    async def _restore(self, rt: UnitRuntime, client: UnitClient) -> None:
+        """Resume the unit's open sessions and re-attach its running prompts."""
+        for row in await self.db(self.state.list_sessions, rt.name):
+            try:
+                await client.resume_session(row.id)
+            except RequestError as exc:
+                log.warning("session %s on unit %s is gone: %s", row.id, rt.name, exc)
+                await self._lose_session(row.id, f"the unit lost the session: {exc.message}")
+        for prompt in await self.db(self.state.running_prompts):
+            session = await self.db(self.state.get_session, prompt.session)
+            if session is None or session.unit != rt.name or prompt.id in self.prompts:
+                continue
+            last = await self.db(self.state.last_seq, prompt.id)
+            record = PromptRecord(
+                prompt.id, prompt.session, rt.name, prompt.text, prompt.request_id,
+                next_seq=last + 1,
+            )
+            try:
+                record.stream = await Session(client, prompt.session).reattach(
+                    prompt.request_id, after=last if last >= 0 else None
+                )
+                record.stream.detach()
+            except RequestError as exc:
+                await self._finish(
+                    record,
+                    {"outcome": "error", "code": str(exc.code), "message": exc.message,
+                     "chunks": last + 1},
+                )
+                continue
+            self.prompts[prompt.id] = record
+            self._nursery.start_soon(self._pump, record)
+
+    async def _reattach_for(self, sid: str) -> None:
+        row = await self.db(self.state.get_session, sid)
+        if row is None or row.unit not in self.units:
+            return
+        rt = self.units[row.unit]
+        if rt.client is not None and not rt.client.peer.closed:
+            return
+        try:
+            await self.up(rt.name)
+        except (LatisError, ProvisionError, OSError) as exc:
+            log.warning("could not re-attach to unit %s: %s", rt.name, exc)
+
+    async def _lose_session(self, sid: str, why: str) -> None:
+        for prompt in await self.db(self.state.prompts, sid):
+            if prompt.state == "running":
+                stored = await self.db(self.state.last_seq, prompt.id) + 1
+                await self.db(
+                    self.state.end_prompt, prompt.id, "error", stored, f"unknown_session: {why}"
+                )
+        await self.db(self.state.close_session, sid)
+        self._notify(sid, State.CLOSED.value)
+
+
+def _window_seq(record: PromptRecord) -> int:
+    """The seq of the first chunk still in memory (or the next one, if none is)."""
+    for kind, payload in record.events:
+        if kind == "chunk":
+            return int(payload.seq)
+    return record.next_seq
+
+
+def _chunk(request_id: Any, row: Any) -> ResponseChunk:
+    return ResponseChunk(request_id, row.seq, row.text, row.kind, row.data)
+
+
+def _question(request_id: Any, row: Any) -> InputRequest:
+    return InputRequest(request_id, row.number, row.question, tuple(row.options or ()), row.kind)
+
+
+def _end_of(prompt: Any) -> dict[str, Any]:
+    end: dict[str, Any] = {"outcome": prompt.state, "chunks": prompt.chunks or 0}
+    if prompt.state == "error" and prompt.error:
+        code, _, message = prompt.error.partition(": ")
+        end.update(code=code, message=message)
+    return end
+
+
+def _describe_config(config: UnitConfig) -> dict[str, Any]:
+    return {
+        "agent": config.agent,
+        "agent_options": dict(config.agent_options),
+        "provisioner": config.provisioner.table | {"type": config.provisioner.type}
+        if config.provisioner else None,
+        "dial": config.dial.table | {"type": config.dial.type} if config.dial else None,
+        "accept": [a.table | {"type": a.type} for a in config.accept],
+    }
+
+
+async def _first_of(*waits: Callable[[], Any]) -> None:
+    async with trio.open_nursery() as nursery:
+        for wait in waits:
+
+            async def run(wait: Callable[[], Any] = wait) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+
+
+async def _wait_connected(rt: UnitRuntime, limit: float) -> None:
+    with trio.move_on_after(limit):
+        await rt._connected.wait()
+    if rt.client is None:
+        raise UnitNotConnected(
+            f"unit {rt.name!r} is not connected ({rt.how()}; state: {rt.state}"
+            + (f", {rt.error}" if rt.error else "") + ")"
+        )
+
+
+@asynccontextmanager
+async def open_controller(
+    config: Config, state: StateDB, *, paths: Paths | None = None
+) -> AsyncIterator[Controller]:
+    """Run a controller over `config` and `state`; leaving stops its tasks.
+
+    Units with a provisioner keep running after the block; their prompts too.
+    """
+    from ._util import unwrap_group
+
+    with unwrap_group():
+        async with trio.open_nursery() as nursery:
+            controller = Controller(config, state, paths or default_paths(), nursery)
+            try:
+                yield controller
+            finally:
+                nursery.cancel_scope.cancel()

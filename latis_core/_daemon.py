@@ -1,0 +1,599 @@
+"""The cmdr daemon: a controller served over a unix socket to CLIs and scripts.
+
+The daemon speaks the latis protocol in the unit role, so any latis client
+(`latis_core.connect`) can use it as if it were one unit in front of all
+units:
+
+- `session.create` takes the unit in `options.unit` (default "local") and
+  brings the unit up if needed; the session id is the unit's own.
+- `prompt.send` runs the prompt in the controller: it goes on when the client
+  goes away. `prompt.cancel` cancels it on the unit; closing the connection
+  only stops following it.
+- `session.resume` with `prompt` (a prompt id of the daemon, from `call`
+  `session.get`) and `seq` replays what the client missed from state, then
+  follows the prompt live.
+- `call` runs a management method (`status`, `unit.up`, ...); long ones send
+  progress as `response.chunk`s with kind "progress" before their `ack`.
+
+The socket is created with mode 0600 in a 0700 directory, and a connection
+from another uid is refused (SO_PEERCRED) before a single byte is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._config import Config, load_config
+from ._connection import Connection, Violation
+from ._controller import Controller, UnitNotConnected, open_controller
+from ._errors import ErrorCode, LatisError, RequestError
+from ._frames import DEFAULT_MAX_FRAME
+from ._link import HIGH_WATER, Link
+from ._messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    AgentInfo,
+    Call,
+    Error,
+    Hello,
+    InputReply,
+    InputRequest,
+    Ping,
+    Pong,
+    PromptCancel,
+    PromptSend,
+    RequestId,
+    ResponseCancelled,
+    ResponseChunk,
+    ResponseComplete,
+    Role,
+    SessionCreate,
+    SessionDestroy,
+    SessionResume,
+    StateGet,
+    StateSubscribe,
+    StateUpdate,
+)
+from ._paths import Paths, paths
+from ._provision import ProvisionError
+from ._server import ServerConnection, serve_stream
+from ._state import State
+from ._version import __version__
+
+__all__ = ["Daemon", "DaemonRunning", "run_daemon", "serve_daemon"]
+
+log = logging.getLogger("latis.daemon")
+
+CAPABILITIES = ("cmdr", "call", "session.resume", "prompt.cancel", "state.subscribe", "input")
+
+
+class DaemonRunning(LatisError):
+    """Another daemon already holds this user's lock."""
+
+
+def peer_uid(stream: trio.abc.Stream) -> int | None:
+    """The uid of the process at the other end of a unix socket stream (SO_PEERCRED)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class Daemon:
+    """The daemon's shared part: the controller, and who follows which state."""
+
+    def __init__(self, controller: Controller, paths: Paths, stop: trio.Event) -> None:
+        self.controller = controller
+        self.paths = paths
+        self.stop = stop
+        self.session_states: dict[str, str] = {}
+        self.subscribers: set[_Client] = set()
+        controller.add_state_listener(self._on_state)
+
+    async def load_states(self) -> None:
+        ctl = self.controller
+        for row in await ctl.db(ctl.state.list_sessions):
+            self.session_states[row.id] = row.state
+
+    @property
+    def overall(self) -> str:
+        states = set(self.session_states.values())
+        for state in ("waiting", "busy"):
+            if state in states:
+                return state
+        return "idle"
+
+    def _on_state(self, sid: str, state: str) -> None:
+        if state == "closed":
+            self.session_states.pop(sid, None)
+        else:
+            self.session_states[sid] = state
+        overall = self.overall
+        for client in list(self.subscribers):
+            for rid, only in client.subs.items():
+                if only is None or only == sid:
+                    client.send(StateUpdate(rid, overall, {sid: state}))
+
+    async def serve(self, stream: trio.abc.Stream) -> None:
+        """Serve one client connection (refusing other users)."""
+        uid = peer_uid(stream)
+        if uid is not None and uid != os.getuid():
+            log.warning("refused a connection from uid %d", uid)
+            await stream.aclose()
+            return
+        await serve_stream(
+            stream,
+            lambda link, conn, nursery: _Client(self, link, conn, nursery),
+            max_frame=DEFAULT_MAX_FRAME,
+        )
+
+
+class _Client(ServerConnection):
+    """One client of the daemon (a CLI, a script)."""
+
+    def __init__(self, daemon: Daemon, link: Link, conn: Connection, nursery: trio.Nursery):
+        super().__init__(link, conn)
+        self.daemon = daemon
+        self.ctl = daemon.controller
+        self.nursery = nursery
+        #: Request id -> the daemon's prompt id, for the prompts this client follows.
+        self.prompts: dict[RequestId, int] = {}
+        #: Request id -> the scope of a call in progress (so it can be cancelled).
+        self.calls: dict[RequestId, trio.CancelScope] = {}
+        self.subs: dict[RequestId, str | None] = {}
+
+    def detach(self) -> None:
+        super().detach()
+        self.daemon.subscribers.discard(self)
+
+    def spawn(self, rid: RequestId, work: Callable[[], Awaitable[Any]]) -> None:
+        """Run `work` for request `rid`; its errors become the request's `error`."""
+
+        async def run() -> None:
+            try:
+                await work()
+            except RequestError as exc:
+                self.send(Error(rid, str(exc.code), exc.message))
+            except LookupError as exc:
+                self.send(Error(rid, ErrorCode.UNKNOWN_UNIT.value, str(exc.args[0])))
+            except UnitNotConnected as exc:
+                self.send(Error(rid, ErrorCode.UNREACHABLE.value, str(exc)))
+            except ProvisionError as exc:
+                self.send(Error(rid, ErrorCode.PROVISION_FAILED.value, str(exc)))
+            except LatisError as exc:
+                code = getattr(exc, "code", None) or ErrorCode.UNREACHABLE
+                self.send(Error(rid, str(code), str(exc)))
+            except Exception as exc:  # a bug: answer it, log it, keep serving the others
+                log.exception("request %r failed", rid)
+                self.send(Error(rid, ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}"))
+
+        self.nursery.start_soon(run)
+
+    async def forward(self, rid: RequestId, prompt_id: int, after: int) -> None:
+        """Send prompt `prompt_id`'s events to this client under `rid`, to the end."""
+        self.prompts[rid] = prompt_id
+        link = self.link
+        try:
+            async for kind, payload in self.ctl.follow(prompt_id, after):
+                if self.closed:
+                    return
+                if kind == "chunk":
+                    self.cork(ResponseChunk(rid, payload.seq, payload.text, payload.kind,
+                                            payload.data))
+                    if link.buffered > HIGH_WATER:
+                        await link.wait_drained()
+                elif kind == "input":
+                    self.send(InputRequest(rid, payload.input, payload.question,
+                                           payload.options, payload.kind))
+                else:
+                    self.send(_final(rid, payload))
+                    return
+        finally:
+            self.prompts.pop(rid, None)
+
+
+# ---- handlers (a fixed table: message class -> function) -------------------------------
+
+
+def _on_hello(c: _Client, msg: Hello) -> None:
+    c.send(
+        Hello(
+            msg.id,
+            PROTOCOL_VERSION,
+            Role.UNIT.value,
+            unit="cmdr",
+            agent=AgentInfo("latis-cmdr", __version__),
+            capabilities=CAPABILITIES,
+            max_frame=DEFAULT_MAX_FRAME,
+        )
+    )
+
+
+def _on_ping(c: _Client, msg: Ping) -> None:
+    c.send(Pong(msg.id))
+
+
+def _on_quiet(c: _Client, msg: Any) -> None:
+    if type(msg) is Error:
+        log.warning("client reported %s: %s", msg.code, msg.message)
+
+
+def _on_violation(c: _Client, v: Violation) -> None:
+    log.warning("refused a message: %s: %s", v.code, v.message)
+    if v.reply is not None:
+        c.send(v.reply)
+
+
+def _on_session_create(c: _Client, msg: SessionCreate) -> None:
+    options = dict(msg.options or {})
+    unit = options.pop("unit", "local")
+
+    async def work() -> None:
+        with trio.CancelScope(shield=True):
+            data = await c.ctl.create_session(str(unit), options)
+        c.daemon.session_states[data["session"]] = "idle"
+        c.send(Ack(msg.id, data))
+
+    c.spawn(msg.id, work)
+
+
+def _on_session_destroy(c: _Client, msg: SessionDestroy) -> None:
+    async def work() -> None:
+        with trio.CancelScope(shield=True):
+            await c.ctl.destroy_session(msg.session)
+        c.send(Ack(msg.id, {"session": msg.session, "state": "closed"}))
+
+    c.spawn(msg.id, work)
+
+
+def _on_session_resume(c: _Client, msg: SessionResume) -> None:
+    async def work() -> None:
+        try:
+            rt = await c.ctl.session_unit(msg.session)
+        except RequestError as exc:
+            if msg.prompt is not None:
+                c.send(Error(msg.prompt, str(exc.code), exc.message))
+            raise
+        state = c.daemon.session_states.get(msg.session, "idle")
+        data: dict[str, Any] = {"session": msg.session, "unit": rt.name, "state": state}
+        if msg.prompt is None:
+            c.send(Ack(msg.id, data))
+            return
+        prompt = await c.ctl.db(c.ctl.state.get_prompt, msg.prompt)
+        if prompt is None or prompt.session != msg.session:
+            c.send(Ack(msg.id, data))
+            c.send(Error(msg.prompt, ErrorCode.UNKNOWN_REQUEST.value,
+                         f"session {msg.session!r} has no prompt {msg.prompt!r}"))
+            return
+        data["prompt"] = {"id": prompt.id, "done": prompt.state != "running"}
+        c.send(Ack(msg.id, data))
+        await c.forward(msg.prompt, prompt.id, -1 if msg.seq is None else msg.seq)
+
+    c.spawn(msg.id, work)
+
+
+def _on_prompt_send(c: _Client, msg: PromptSend) -> None:
+    async def work() -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                record = await c.ctl.start_prompt(msg.session, msg.text)
+        except LatisError:
+            raise
+        await c.forward(msg.id, record.id, -1)
+
+    c.spawn(msg.id, work)
+
+
+def _on_prompt_cancel(c: _Client, msg: PromptCancel) -> None:
+    rid = msg.id
+    if rid in c.prompts:
+        c.nursery.start_soon(c.ctl.cancel, c.prompts[rid])
+    elif rid in c.subs:
+        del c.subs[rid]
+        c.send(ResponseCancelled(rid))
+    elif rid in c.calls:
+        c.calls[rid].cancel()
+
+
+def _on_input_reply(c: _Client, msg: InputReply) -> None:
+    prompt_id = c.prompts.get(msg.id)
+    if prompt_id is None:
+        return
+
+    async def answer() -> None:
+        with contextlib.suppress(LatisError):
+            await c.ctl.answer(prompt_id, msg.input, msg.text)
+
+    c.nursery.start_soon(answer)
+
+
+def _snapshot(c: _Client, rid: RequestId, only: str | None) -> StateUpdate | Error:
+    states = c.daemon.session_states
+    if only is not None:
+        if only not in states:
+            return Error(rid, ErrorCode.UNKNOWN_SESSION.value, f"no session {only!r}")
+        return StateUpdate(rid, c.daemon.overall, {only: states[only]})
+    return StateUpdate(rid, c.daemon.overall, dict(states))
+
+
+def _on_state_get(c: _Client, msg: StateGet) -> None:
+    c.send(_snapshot(c, msg.id, msg.session))
+
+
+def _on_state_subscribe(c: _Client, msg: StateSubscribe) -> None:
+    first = _snapshot(c, msg.id, msg.session)
+    if type(first) is StateUpdate:
+        c.subs[msg.id] = msg.session
+        c.daemon.subscribers.add(c)
+    c.send(first)
+
+
+def _on_call(c: _Client, msg: Call) -> None:
+    method = _METHODS.get(msg.method)
+    if method is None:
+        c.send(Error(msg.id, ErrorCode.UNKNOWN_TYPE.value,
+                     f"no method {msg.method!r} (methods: {', '.join(sorted(_METHODS))})"))
+        return
+    params = dict(msg.params or {})
+
+    async def work() -> None:
+        with trio.CancelScope() as scope:
+            c.calls[msg.id] = scope
+            try:
+                data = await method(c, msg.id, params)
+            finally:
+                c.calls.pop(msg.id, None)
+        if scope.cancelled_caught:
+            c.send(ResponseCancelled(msg.id))
+        else:
+            c.send(Ack(msg.id, data))
+
+    c.spawn(msg.id, work)
+
+
+_Client.HANDLERS = {
+    Hello: _on_hello,
+    Ping: _on_ping,
+    Pong: _on_quiet,
+    Error: _on_quiet,
+    Violation: _on_violation,
+    SessionCreate: _on_session_create,
+    SessionDestroy: _on_session_destroy,
+    SessionResume: _on_session_resume,
+    PromptSend: _on_prompt_send,
+    PromptCancel: _on_prompt_cancel,
+    InputReply: _on_input_reply,
+    StateGet: _on_state_get,
+    StateSubscribe: _on_state_subscribe,
+    Call: _on_call,
+}
+
+
+def _final(rid: RequestId, end: dict[str, Any]) -> Any:
+    outcome = end.get("outcome")
+    if outcome == "complete":
+        return ResponseComplete(rid, end.get("chunks"))
+    if outcome == "cancelled":
+        return ResponseCancelled(rid, end.get("chunks"))
+    return Error(rid, str(end.get("code") or ErrorCode.AGENT_ERROR.value),
+                 str(end.get("message") or "the prompt failed"))
+
+
+# ---- methods of `call` ---------------------------------------------------------------------
+
+Method = Callable[[_Client, RequestId, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def _param(params: dict[str, Any], name: str) -> str:
+    value = params.get(name)
+    if not isinstance(value, str) or not value:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, f"params.{name}: expected a string")
+    return value
+
+
+async def _status(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    ctl = c.ctl
+    return {
+        "daemon": {
+            "pid": os.getpid(),
+            "version": __version__,
+            "socket": str(c.daemon.paths.socket),
+            "config": str(ctl.config.source) if ctl.config.source else None,
+        },
+        "units": await ctl.status(),
+    }
+
+
+def _progress(c: _Client, rid: RequestId) -> Callable[[str], None]:
+    seq = 0
+
+    def say(text: str) -> None:
+        nonlocal seq
+        c.send(ResponseChunk(rid, seq, text, "progress"))
+        seq += 1
+
+    return say
+
+
+async def _unit_up(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    name = _param(params, "unit")
+    with trio.CancelScope(shield=True):
+        rt = await c.ctl.up(name, _progress(c, rid))
+    return {"unit": name, "connection": rt.state}
+
+
+async def _unit_down(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    name = _param(params, "unit")
+    with trio.CancelScope(shield=True):
+        await c.ctl.down(name)
+    return {"unit": name, "connection": "disconnected"}
+
+
+async def _unit_destroy(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    name = _param(params, "unit")
+    with trio.CancelScope(shield=True):
+        await c.ctl.destroy(name)
+    return {"unit": name, "destroyed": True}
+
+
+async def _config_reload(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    source = c.ctl.config.source
+    config = load_config(source) if source is not None else load_config()
+    added = c.ctl.reload(config)
+    return {"units": sorted(c.ctl.units), "added": added}
+
+
+async def _agents(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    units = []
+    for rt in c.ctl.units.values():
+        entry: dict[str, Any] = {"unit": rt.name, "adapter": rt.config.agent,
+                                 "connection": rt.state}
+        if rt.client is not None:
+            entry["agent"] = {"name": rt.client.agent.name, "version": rt.client.agent.version}
+            entry["capabilities"] = list(rt.client.capabilities)
+        units.append(entry)
+    await trio.lowlevel.checkpoint()
+    return {"units": units}
+
+
+async def _session_get(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    sid = _param(params, "session")
+    ctl = c.ctl
+    row = await ctl.db(ctl.state.get_session, sid)
+    if row is None:
+        raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
+    last = await ctl.db(ctl.state.last_prompt, sid)
+    return {
+        "session": sid,
+        "unit": row.unit,
+        "state": row.state,
+        "last_prompt": {"id": last.id, "state": last.state} if last is not None else None,
+    }
+
+
+async def _unit_connect(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    target = _param(params, "target")
+    name = params.get("name")
+    ctl = c.ctl
+    if target not in ctl.units:
+        target = ctl.add_address(target, name if isinstance(name, str) else None)
+    with trio.CancelScope(shield=True):
+        rt = await ctl.up(target, _progress(c, rid))
+    return {"unit": target, "connection": rt.state, "how": rt.how()}
+
+
+async def _daemon_stop(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    c.daemon.stop.set()
+    await trio.lowlevel.checkpoint()
+    return {"stopping": True, "pid": os.getpid()}
+
+
+_METHODS: dict[str, Method] = {
+    "status": _status,
+    "unit.up": _unit_up,
+    "unit.down": _unit_down,
+    "unit.destroy": _unit_destroy,
+    "config.reload": _config_reload,
+    "agents.list": _agents,
+    "session.get": _session_get,
+    "unit.connect": _unit_connect,
+    "daemon.stop": _daemon_stop,
+}
+
+
+# ---- running the daemon ------------------------------------------------------------------------
+
+
+def _lock(run_dir: Path) -> Any:
+    """Take this user's daemon lock for as long as the process lives; write our pid."""
+    handle = open(run_dir / "cmdr.pid", "a+")  # noqa: SIM115 (held open: the lock)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise DaemonRunning(f"a cmdr daemon already runs (pid {pid})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+async def serve_daemon(
+    config: Config,
+    *,
+    paths_: Paths | None = None,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until SIGTERM, SIGINT or `call daemon.stop`.
+
+    Units that run by themselves keep running when it stops; their prompts too.
+    """
+    from latis_transports.unix import listen_unix
+
+    where = paths_ or paths()
+    run_dir = where.private_run_dir()
+    lock = _lock(run_dir)
+    try:
+        state = State(config.daemon.state or where.state_file)
+        try:
+            async with open_controller(config, state, paths=where) as ctl, listen_unix(
+                where.socket
+            ) as listener:
+                stop = trio.Event()
+                daemon = Daemon(ctl, where, stop)
+                await daemon.load_states()
+                log.info("cmdr %s listening on %s (pid %d)", __version__, where.socket,
+                         os.getpid())
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(trio.serve_listeners, daemon.serve, [listener])
+                        nursery.start_soon(ctl.reconnect_known)
+                        nursery.start_soon(_stop_on_signal, signals, stop)
+                        task_status.started(daemon)
+                        await stop.wait()
+                        log.info("stopping")
+                        nursery.cancel_scope.cancel()
+        finally:
+            state.close()
+    finally:
+        lock.close()
+
+
+async def _stop_on_signal(signals: Any, stop: trio.Event) -> None:
+    async for _ in signals:
+        stop.set()
+        return
+
+
+def run_daemon(config_path: str | None = None) -> int:
+    """`latis daemon run`: serve in the foreground; return the exit status."""
+    logging.basicConfig(
+        level=os.environ.get("LATIS_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s latis-cmdr %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(config_path)
+        trio.run(lambda: serve_daemon(config))
+    except DaemonRunning as exc:
+        log.error("%s", exc)
+        return 1
+    except LatisError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

@@ -1,0 +1,123 @@
+"""The serving side of a connection: what a unit and the cmdr daemon share.
+
+`ServerConnection` reads requests and dispatches each through a fixed table
+(message class -> handler: never a lookup by name), answers with `send` (now)
+or `cork` (with the next batch), and turns a handler's failure into an
+`internal` error for that request while the connection goes on.
+`serve_stream` runs one over a stream and closes it cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import trio
+
+from ._connection import CLOSED, NEED_DATA, Connection
+from ._errors import ErrorCode, LocalProtocolError
+from ._link import SPIN, Link, open_link
+from ._messages import Error, Message, Role
+
+__all__ = ["ServerConnection", "serve_stream"]
+
+log = logging.getLogger("latis.server")
+
+Handler = Callable[[Any, Any], None]
+
+
+class ServerConnection:
+    """One connection, served in the unit role."""
+
+    #: Message class -> handler(connection, message). Set by subclasses.
+    HANDLERS: Mapping[type, Handler] = {}
+
+    def __init__(self, link: Link, conn: Connection) -> None:
+        self.link = link
+        self.conn = conn
+        self.closed = False
+
+    def send(self, msg: Message) -> None:
+        """Write `msg` now (after whatever is queued)."""
+        self._put(msg, self.link.write)
+
+    def cork(self, msg: Message) -> None:
+        """Queue `msg`; it leaves with the next batch."""
+        self._put(msg, self.link.cork)
+
+    def _put(self, msg: Message, put: Callable[[bytes], None]) -> None:
+        if self.closed:
+            return
+        try:
+            frame = self.conn.send(msg)
+        except LocalProtocolError as exc:
+            log.error("not sent: %s", exc)
+            return
+        try:
+            put(frame)
+        except trio.BrokenResourceError:
+            self.closed = True
+
+    async def run(self) -> None:
+        """Read and answer requests until the stream ends or must close."""
+        conn = self.conn
+        read = self.link.read
+        handlers = self.HANDLERS
+        while True:
+            try:
+                # The next request often follows within microseconds: spin first.
+                data = await read(SPIN)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            conn.receive_data(data)
+            while True:
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    break
+                if ev is CLOSED:
+                    return
+                try:
+                    handlers[type(ev)](self, ev)
+                except Exception as exc:
+                    log.exception("failed to handle %s", ev)
+                    rid = getattr(ev, "id", None)
+                    if rid in conn.requests_received:
+                        self.send(
+                            Error(rid, ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}")
+                        )
+                if conn.closed:
+                    return
+
+    def detach(self) -> None:
+        """Called once the connection has ended; subclasses let go of it here."""
+        self.closed = True
+
+
+async def serve_stream(
+    stream: trio.abc.Stream,
+    make: Callable[[Link, Connection, trio.Nursery], ServerConnection],
+    *,
+    max_frame: int,
+    started: Callable[[ServerConnection], Awaitable[None]] | None = None,
+) -> None:
+    """Serve one connection over `stream` until it ends, then close `stream`.
+
+    `make(link, conn, nursery)` builds the connection object; tasks it starts
+    in `nursery` end with the connection.
+    """
+    async with trio.open_nursery() as nursery:
+        link = open_link(stream, nursery)
+        served = make(link, Connection(Role.UNIT, max_frame=max_frame), nursery)
+        if started is not None:
+            await started(served)
+        try:
+            await served.run()
+        finally:
+            served.detach()
+            with trio.CancelScope(shield=True) as scope:
+                # Let a last error (say, frame_too_large) reach the controller.
+                scope.deadline = trio.current_time() + 5
+                await link.flush()
+                nursery.cancel_scope.cancel()
+                await link.aclose()

@@ -1,0 +1,1140 @@
+"""The controller's state: one SQLite file (`Paths.state_file`, `latis.db`).
+
+What is kept: the units and what their provisioners made (`resources`), how each
+unit is connected, its sessions, and every prompt with its full streamed reply
+(the transcript: chunks in `seq` order) and the questions the agent asked.
+
+**Who opens it.** The daemon opens it with `State(path)` and is the only writer.
+CLI processes read the same file at the same time through
+`State.open_readonly(path)`, which never creates or changes anything.
+
+**Durability.** The file is in WAL mode (`journal_mode=WAL`): readers see the
+last committed transaction and never wait for the writer, and the writer never
+waits for readers. `synchronous=NORMAL`: a commit is written to the WAL before
+it returns, but the WAL is synced to disk only at checkpoints. So a crash of a
+process (the daemon killed with SIGKILL, say) loses nothing that was
+committed; a power loss or an OS crash may lose the last few commits (the file
+is still consistent, just older). Every method that writes is one transaction:
+after a crash it happened entirely or not at all. A busy timeout (5 s) lets a
+reader and the writer wait for each other's brief locks (a checkpoint, a
+migration) instead of failing.
+
+**Threads.** The connection is opened with `check_same_thread=False`: the
+daemon calls `State` from worker threads (`trio.to_thread.run_sync`), one call
+at a time. A lock makes each call whole even if two threads call at once.
+
+**Schema.** `PRAGMA user_version` holds the schema version; `MIGRATIONS[i]`
+takes a file from version i to i + 1 (version 1 is the initial schema). At
+open, the missing ones are applied in one transaction, after the file is
+copied (SQLite's backup API) to `latis.db.bak-v{old}` if it had data. A file
+from a newer latis is refused and left untouched.
+
+**Identity.** A unit's name is not its identity: `mark_unit_destroyed` ends
+one life of a unit, and a unit added later under the same name is a new row
+(a new `id`) that starts clean, with no resources, connection or sessions of
+the old one. The old unit's sessions and transcripts stay, closed, for history.
+Methods take the unit's name and mean the live unit of that name.
+
+A new file (and its backups) is created with mode 0600, new folders 0700:
+transcripts may hold secrets.
+
+Timestamps are unix seconds (`time.time()`, REAL).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeAlias
+from urllib.parse import quote
+
+import attrs
+import orjson
+
+from ._messages import RequestId
+from ._messages import State as SessionState
+
+__all__ = [
+    "ChunkIn",
+    "ChunkRow",
+    "ConnectionRow",
+    "ConnectionState",
+    "InputRow",
+    "PromptRow",
+    "PromptState",
+    "SessionRow",
+    "State",
+    "StateError",
+    "TranscriptEntry",
+    "UnitResources",
+    "UnitRow",
+]
+
+#: How long a connection waits for another's lock before failing, in seconds.
+BUSY_TIMEOUT = 5.0
+
+#: A chunk as `State.add_chunks` takes it: (seq, text, kind, data).
+ChunkIn: TypeAlias = tuple[int, str, str | None, Mapping[str, Any] | None]
+
+_SCHEMA_V1 = """
+CREATE TABLE units (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    provisioner TEXT,
+    config TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    destroyed_at REAL
+);
+CREATE UNIQUE INDEX units_live_name ON units (name) WHERE destroyed_at IS NULL;
+
+CREATE TABLE resources (
+    unit INTEGER NOT NULL REFERENCES units (id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (unit, kind)
+) WITHOUT ROWID;
+
+CREATE TABLE connections (
+    unit INTEGER PRIMARY KEY REFERENCES units (id) ON DELETE CASCADE,
+    state TEXT NOT NULL
+        CHECK (state IN ('connected', 'disconnected', 'unreachable', 'connecting')),
+    transport TEXT NOT NULL DEFAULT '',
+    since REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    error TEXT
+);
+
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    unit INTEGER NOT NULL REFERENCES units (id),
+    state TEXT NOT NULL CHECK (state IN ('idle', 'busy', 'waiting', 'closed')),
+    created_at REAL NOT NULL,
+    closed_at REAL
+);
+CREATE INDEX sessions_unit ON sessions (unit);
+
+CREATE TABLE prompts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session TEXT NOT NULL REFERENCES sessions (id),
+    request_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'running'
+        CHECK (state IN ('running', 'complete', 'cancelled', 'error')),
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    chunks INTEGER,
+    error TEXT
+);
+CREATE INDEX prompts_session ON prompts (session, id);
+CREATE INDEX prompts_running ON prompts (id) WHERE state = 'running';
+
+CREATE TABLE chunks (
+    prompt INTEGER NOT NULL REFERENCES prompts (id),
+    seq INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    kind TEXT,
+    data TEXT,
+    PRIMARY KEY (prompt, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE inputs (
+    prompt INTEGER NOT NULL REFERENCES prompts (id),
+    number INTEGER NOT NULL,
+    question TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '[]',
+    kind TEXT,
+    answer TEXT,
+    asked_at REAL NOT NULL,
+    answered_at REAL,
+    PRIMARY KEY (prompt, number)
+) WITHOUT ROWID;
+"""
+
+#: `MIGRATIONS[i]` takes the schema from version i to i + 1. Append only: never
+#: edit one that has shipped. Each statement ends with `;` at the end of a line.
+MIGRATIONS: list[str] = [_SCHEMA_V1]
+
+
+class StateError(Exception):
+    """The state file cannot be used as asked (the message says which file and why)."""
+
+
+class ConnectionState(enum.StrEnum):
+    """How the controller is connected to a unit."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    #: Not connected, and not trying (the unit is down, or was never reached).
+    DISCONNECTED = "disconnected"
+    #: Was connected; the unit stopped answering (missed heartbeats).
+    UNREACHABLE = "unreachable"
+
+
+class PromptState(enum.StrEnum):
+    """Where a prompt is: running, or how it ended."""
+
+    RUNNING = "running"
+    #: `response.complete`.
+    COMPLETE = "complete"
+    #: `response.cancelled`, or its session closed while it ran.
+    CANCELLED = "cancelled"
+    #: `error`.
+    ERROR = "error"
+
+
+@attrs.frozen
+class UnitRow:
+    """A unit. `id` tells apart units that had the same name at different times."""
+
+    id: int
+    name: str
+    #: The provisioner's type ("process", "container"), or None for a unit
+    #: that is only dialed or accepted.
+    provisioner: str | None
+    config: dict[str, Any]
+    created_at: float
+    updated_at: float
+    destroyed_at: float | None
+
+
+@attrs.frozen
+class ConnectionRow:
+    """How a unit is connected."""
+
+    unit: str
+    state: ConnectionState
+    #: What carries it, for people: "unix:/run/…/u1.sock", "dial ssh://host".
+    transport: str
+    #: When `state` last changed.
+    since: float
+    #: When `set_connection` was last called for the unit (a heartbeat, say).
+    last_seen: float
+    error: str | None
+
+
+@attrs.frozen
+class SessionRow:
+    """A session of a unit (its id is the unit's session id)."""
+
+    id: str
+    unit: str
+    state: SessionState
+    created_at: float
+    closed_at: float | None
+    #: `UnitRow.id` of the unit it belongs to.
+    unit_id: int
+
+
+@attrs.frozen
+class PromptRow:
+    """A prompt sent to a session, and how it ended."""
+
+    id: int
+    session: str
+    #: The id the prompt was sent with on the unit's connection.
+    request_id: RequestId
+    text: str
+    state: PromptState
+    started_at: float
+    ended_at: float | None
+    #: How many chunks the unit said the prompt produced (None while it runs).
+    chunks: int | None
+    #: "code: message" for a prompt that ended in an error.
+    error: str | None
+
+
+@attrs.frozen
+class ChunkRow:
+    """One chunk of a reply."""
+
+    prompt: int
+    seq: int
+    text: str
+    kind: str | None
+    data: dict[str, Any] | None
+
+
+@attrs.frozen
+class InputRow:
+    """A question the agent asked during a prompt, and the answer if there is one."""
+
+    prompt: int
+    number: int
+    question: str
+    options: tuple[str, ...]
+    kind: str | None
+    answer: str | None
+    asked_at: float
+    answered_at: float | None
+
+
+@attrs.frozen
+class TranscriptEntry:
+    """One prompt of a session's transcript, with its reply and questions."""
+
+    prompt: PromptRow
+    chunks: list[ChunkRow]
+    inputs: list[InputRow]
+
+    @property
+    def answer(self) -> str:
+        """The answer's text: the chunks without a `kind`, in order."""
+        return "".join(chunk.text for chunk in self.chunks if chunk.kind is None)
+
+
+class State:
+    """The controller's state in one SQLite file. See the module's docstring.
+
+    Use `State(path)` in the daemon (creates, migrates, writes) and
+    `State.open_readonly(path)` anywhere else. Both are context managers.
+
+    Raises:
+        StateError: the file is not a database, is not latis's, comes from a
+            newer latis, or (read-only) is missing or not yet migrated.
+    """
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.readonly = False
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _create_private(self.path)
+        self._conn: sqlite3.Connection | None = _connect(str(self.path), uri=False)
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open_readonly(cls, path: str | Path, *, clock: Callable[[], float] = time.time) -> State:
+        """Open an existing state file for reading only (a CLI beside the daemon).
+
+        Raises:
+            StateError: there is no file at `path` (nothing is created), or its
+                schema is not the one this code knows.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise StateError(
+                f"no latis state at {path} (the daemon creates it when it first starts)"
+            )
+        self = cls.__new__(cls)
+        self.path = path
+        self.readonly = True
+        self._clock = clock
+        self._lock = threading.RLock()
+        uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+        self._conn = _connect(uri, uri=True)
+        try:
+            version = self._version()
+            known = len(MIGRATIONS)
+            if version != known:
+                newer = "a newer latis" if version > known else "an older latis"
+                raise StateError(
+                    f"{path} has schema version {version}, from {newer}; this latis "
+                    f"reads version {known}"
+                    + ("" if version > known else " (start the daemon to migrate it)")
+                )
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    # -- opening, closing ---------------------------------------------------
+
+    def _open(self) -> None:
+        db = self._db()
+        version = self._version()
+        known = len(MIGRATIONS)
+        if version > known:
+            raise StateError(
+                f"{self.path} has schema version {version}, from a newer latis; this "
+                f"latis knows up to version {known} and will not touch it"
+            )
+        if version == 0 and self._has_tables():
+            raise StateError(
+                f"{self.path} is an SQLite database, but not latis state "
+                "(it has tables and no schema version); not touching it"
+            )
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StateError(f"{self.path}: cannot use WAL mode here (got {mode!r})")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        if version < known:
+            if version > 0:
+                self._backup(self.path.with_name(f"{self.path.name}.bak-v{version}"))
+            self._migrate(known)
+
+    def _version(self) -> int:
+        try:
+            return int(self._db().execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path} is not a latis state database: {exc}") from exc
+
+    def _has_tables(self) -> bool:
+        row = self._db().execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        return bool(row[0])
+
+    def _backup(self, target: Path) -> None:
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        _create_private(partial)
+        copy = sqlite3.connect(partial)
+        try:
+            self._db().backup(copy)
+        finally:
+            copy.close()
+        os.replace(partial, target)
+
+    def _migrate(self, target: int) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Again under the write lock: another process may have migrated it.
+            version = self._version()
+            if version > target:
+                raise StateError(
+                    f"{self.path} was migrated to schema version {version} by a newer "
+                    f"latis while we opened it; this latis knows up to version {target}"
+                )
+            for script in MIGRATIONS[version:target]:
+                for statement in _statements(script):
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {int(target)}")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StateError(
+                    f"{self.path}: migrating the schema to version {target} failed, "
+                    f"nothing was changed: {exc}"
+                ) from exc
+            raise
+
+    def close(self) -> None:
+        """Close the file. Safe to call twice."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        how = "read-only" if self.readonly else "read-write"
+        return f"<State {str(self.path)!r} {how}{'' if self._conn else ' closed'}>"
+
+    @property
+    def schema_version(self) -> int:
+        """The file's schema version."""
+        with self._lock:
+            return self._version()
+
+    def check(self) -> str:
+        """SQLite's `integrity_check`, then a foreign key check: "ok" when both pass."""
+        with self._lock:
+            db = self._db()
+            rows = [str(row[0]) for row in db.execute("PRAGMA integrity_check")]
+            result = "\n".join(rows)
+            if result != "ok":
+                return result
+            bad = db.execute("PRAGMA foreign_key_check").fetchall()
+            if bad:
+                return "\n".join(
+                    f"foreign key: row {rowid} of {table} names a missing {parent}"
+                    for table, rowid, parent, _ in bad
+                )
+            return "ok"
+
+    # -- transactions -------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StateError(f"the state at {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: take the write lock up front)."""
+        with self._lock:
+            if self.readonly:
+                raise StateError(f"the state at {self.path} was opened read-only")
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """Several reads from one snapshot."""
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                if db.in_transaction:
+                    db.execute("COMMIT")
+
+    def _live_unit_id(self, db: sqlite3.Connection, name: str) -> int | None:
+        row = db.execute(
+            "SELECT id FROM units WHERE name = ? AND destroyed_at IS NULL", (name,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _need_unit(self, db: sqlite3.Connection, name: str) -> int:
+        unit_id = self._live_unit_id(db, name)
+        if unit_id is None:
+            raise StateError(f"unit {name!r} is not in the state (upsert_unit adds it)")
+        return unit_id
+
+    # -- units --------------------------------------------------------------
+
+    def upsert_unit(self, name: str, provisioner: str | None, config: Mapping[str, Any]) -> UnitRow:
+        """Add the unit, or update the live unit of that name; return its row."""
+        now = self._clock()
+        encoded = _dumps(config)
+        with self._write() as db:
+            unit_id = self._live_unit_id(db, name)
+            if unit_id is None:
+                cursor = db.execute(
+                    "INSERT INTO units (name, provisioner, config, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (name, provisioner, encoded, now, now),
+                )
+                unit_id = int(cursor.lastrowid or 0)
+            else:
+                db.execute(
+                    "UPDATE units SET provisioner = ?, config = ?, updated_at = ? WHERE id = ?",
+                    (provisioner, encoded, now, unit_id),
+                )
+            row = db.execute(f"{_UNIT_SELECT} WHERE id = ?", (unit_id,)).fetchone()
+        return _unit_row(row)
+
+    def get_unit(self, name: str) -> UnitRow | None:
+        """The live unit of that name, or None."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(f"{_UNIT_SELECT} WHERE name = ? AND destroyed_at IS NULL", (name,))
+                .fetchone()
+            )
+        return None if row is None else _unit_row(row)
+
+    def list_units(self, include_destroyed: bool = False) -> list[UnitRow]:
+        """The live units by name (and destroyed ones too, oldest first, if asked)."""
+        where = "" if include_destroyed else " WHERE destroyed_at IS NULL"
+        with self._lock:
+            rows = self._db().execute(f"{_UNIT_SELECT}{where} ORDER BY name, id").fetchall()
+        return [_unit_row(row) for row in rows]
+
+    def mark_unit_destroyed(self, name: str) -> bool:
+        """End the live unit of that name; False if there is none.
+
+        Its resources and connection are forgotten; its sessions are closed
+        (their prompts still running end as cancelled) and kept for history.
+        A unit added later under the same name starts clean.
+        """
+        now = self._clock()
+        with self._write() as db:
+            unit_id = self._live_unit_id(db, name)
+            if unit_id is None:
+                return False
+            db.execute("DELETE FROM resources WHERE unit = ?", (unit_id,))
+            db.execute("DELETE FROM connections WHERE unit = ?", (unit_id,))
+            sessions = [
+                str(row[0])
+                for row in db.execute(
+                    "SELECT id FROM sessions WHERE unit = ? AND state != 'closed'", (unit_id,)
+                )
+            ]
+            for session in sessions:
+                _close_session(db, session, now)
+            db.execute(
+                "UPDATE units SET destroyed_at = ?, updated_at = ? WHERE id = ?",
+                (now, now, unit_id),
+            )
+        return True
+
+    # -- resources ----------------------------------------------------------
+
+    def resources(self, unit: str) -> UnitResources:
+        """Where the live unit's provisioner records what it makes (`Resources`).
+
+        Raises:
+            StateError: there is no live unit of that name.
+        """
+        with self._lock:
+            unit_id = self._need_unit(self._db(), unit)
+        return UnitResources(self, unit, unit_id)
+
+    def list_resources(self, unit: str) -> dict[str, str]:
+        """Everything recorded for the live unit (empty if there is no such unit)."""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT r.kind, r.value FROM resources r JOIN units u ON u.id = r.unit"
+                    " WHERE u.name = ? AND u.destroyed_at IS NULL ORDER BY r.kind",
+                    (unit,),
+                )
+                .fetchall()
+            )
+        return {str(kind): str(value) for kind, value in rows}
+
+    # -- connections --------------------------------------------------------
+
+    def set_connection(
+        self,
+        unit: str,
+        state: ConnectionState | str,
+        transport: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record how the live unit is connected now.
+
+        `since` moves only when the state changes; `last_seen` always.
+        `transport` None keeps the one recorded; `error` is replaced (None clears it).
+
+        Raises:
+            StateError: there is no live unit of that name.
+            ValueError: `state` is not a `ConnectionState`.
+        """
+        state = ConnectionState(state)
+        now = self._clock()
+        with self._write() as db:
+            unit_id = self._need_unit(db, unit)
+            db.execute(
+                "INSERT INTO connections (unit, state, transport, since, last_seen, error)"
+                " VALUES (?1, ?2, coalesce(?3, ''), ?4, ?4, ?5)"
+                " ON CONFLICT (unit) DO UPDATE SET"
+                "  since = CASE WHEN state = excluded.state THEN since ELSE excluded.since END,"
+                "  state = excluded.state,"
+                "  transport = coalesce(?3, transport),"
+                "  last_seen = excluded.last_seen,"
+                "  error = excluded.error",
+                (unit_id, state.value, transport, now, error),
+            )
+
+    def get_connection(self, unit: str) -> ConnectionRow | None:
+        """How the live unit is connected, or None if nothing was recorded."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT u.name, c.state, c.transport, c.since, c.last_seen, c.error"
+                    " FROM connections c JOIN units u ON u.id = c.unit"
+                    " WHERE u.name = ? AND u.destroyed_at IS NULL",
+                    (unit,),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        name, state, transport, since, last_seen, error = row
+        return ConnectionRow(name, ConnectionState(state), transport, since, last_seen, error)
+
+    # -- sessions -----------------------------------------------------------
+
+    def add_session(
+        self, id: str, unit: str, state: SessionState | str = SessionState.IDLE
+    ) -> SessionRow:
+        """Record a new session of the live unit.
+
+        Raises:
+            StateError: no live unit of that name, or the session id is taken.
+        """
+        state = SessionState(state)
+        now = self._clock()
+        with self._write() as db:
+            unit_id = self._need_unit(db, unit)
+            taken = db.execute("SELECT unit FROM sessions WHERE id = ?", (id,)).fetchone()
+            if taken is not None:
+                raise StateError(f"session {id!r} is already recorded")
+            closed_at = now if state is SessionState.CLOSED else None
+            db.execute(
+                "INSERT INTO sessions (id, unit, state, created_at, closed_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (id, unit_id, state.value, now, closed_at),
+            )
+        return SessionRow(id, unit, state, now, closed_at, unit_id)
+
+    def set_session_state(self, id: str, state: SessionState | str) -> None:
+        """Record the session's state. `closed` is `close_session`; a closed
+        session stays closed (later states are ignored).
+
+        Raises:
+            StateError: no such session.
+        """
+        state = SessionState(state)
+        if state is SessionState.CLOSED:
+            self.close_session(id)
+            return
+        with self._write() as db:
+            _need_session(db, id)
+            db.execute(
+                "UPDATE sessions SET state = ? WHERE id = ? AND state != 'closed'",
+                (state.value, id),
+            )
+
+    def close_session(self, id: str) -> None:
+        """Close the session (again: nothing); its running prompts end as cancelled.
+
+        Raises:
+            StateError: no such session.
+        """
+        now = self._clock()
+        with self._write() as db:
+            _need_session(db, id)
+            _close_session(db, id, now)
+
+    def get_session(self, id: str) -> SessionRow | None:
+        """The session, or None."""
+        with self._lock:
+            row = self._db().execute(f"{_SESSION_SELECT} WHERE s.id = ?", (id,)).fetchone()
+        return None if row is None else _session_row(row)
+
+    def list_sessions(
+        self, unit: str | None = None, include_closed: bool = False
+    ) -> list[SessionRow]:
+        """Sessions, oldest first: of the live unit `unit`, or of every unit."""
+        where: list[str] = []
+        args: list[Any] = []
+        if unit is not None:
+            where.append("u.name = ? AND u.destroyed_at IS NULL")
+            args.append(unit)
+        if not include_closed:
+            where.append("s.state != 'closed'")
+        sql = _SESSION_SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._db().execute(sql + " ORDER BY s.created_at, s.rowid", args).fetchall()
+        return [_session_row(row) for row in rows]
+
+    # -- prompts ------------------------------------------------------------
+
+    def add_prompt(self, session: str, text: str, request_id: RequestId) -> int:
+        """Record a prompt sent to the session (running); return its id.
+
+        Raises:
+            StateError: no such session, or it is closed.
+        """
+        now = self._clock()
+        with self._write() as db:
+            if _need_session(db, session) == SessionState.CLOSED:
+                raise StateError(f"session {session!r} is closed")
+            cursor = db.execute(
+                "INSERT INTO prompts (session, request_id, text, started_at) VALUES (?, ?, ?, ?)",
+                (session, _dumps(request_id), text, now),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def end_prompt(
+        self,
+        prompt_id: int,
+        state: PromptState | str,
+        chunks: int | None,
+        error: str | None = None,
+    ) -> bool:
+        """Record how a running prompt ended. The first end counts: False if it
+        had already ended.
+
+        Raises:
+            StateError: no such prompt.
+            ValueError: `state` is not an end (`running`, or not a `PromptState`).
+        """
+        state = PromptState(state)
+        if state is PromptState.RUNNING:
+            raise ValueError("end_prompt needs the state a prompt ended in, not 'running'")
+        now = self._clock()
+        with self._write() as db:
+            _need_prompt(db, prompt_id)
+            cursor = db.execute(
+                "UPDATE prompts SET state = ?, ended_at = ?, chunks = ?, error = ?"
+                " WHERE id = ? AND state = 'running'",
+                (state.value, now, chunks, error, prompt_id),
+            )
+            return cursor.rowcount == 1
+
+    def get_prompt(self, id: int) -> PromptRow | None:
+        """The prompt, or None."""
+        with self._lock:
+            row = self._db().execute(f"{_PROMPT_SELECT} WHERE id = ?", (id,)).fetchone()
+        return None if row is None else _prompt_row(row)
+
+    def prompts(self, session: str) -> list[PromptRow]:
+        """The session's prompts, in the order they were sent."""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(f"{_PROMPT_SELECT} WHERE session = ? ORDER BY id", (session,))
+                .fetchall()
+            )
+        return [_prompt_row(row) for row in rows]
+
+    def running_prompts(self) -> list[PromptRow]:
+        """Every prompt still running, oldest first (to resume after a restart)."""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(f"{_PROMPT_SELECT} WHERE state = 'running' ORDER BY id")
+                .fetchall()
+            )
+        return [_prompt_row(row) for row in rows]
+
+    def last_prompt(self, session: str) -> PromptRow | None:
+        """The session's latest prompt, or None."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(f"{_PROMPT_SELECT} WHERE session = ? ORDER BY id DESC LIMIT 1", (session,))
+                .fetchone()
+            )
+        return None if row is None else _prompt_row(row)
+
+    # -- chunks -------------------------------------------------------------
+
+    def add_chunks(self, prompt_id: int, rows: Sequence[ChunkIn]) -> None:
+        """Record chunks of a prompt's reply, all in one transaction.
+
+        `rows` are (seq, text, kind, data). A `seq` already recorded keeps its
+        first chunk (a replayed chunk is not an error).
+
+        Raises:
+            StateError: no such prompt.
+        """
+        if not rows:
+            return
+        dumps = orjson.dumps
+        values = [
+            (prompt_id, seq, text, kind, None if data is None else dumps(data).decode())
+            for seq, text, kind, data in rows
+        ]
+        with self._write() as db:
+            _need_prompt(db, prompt_id)
+            db.executemany(
+                "INSERT INTO chunks (prompt, seq, text, kind, data) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (prompt, seq) DO NOTHING",
+                values,
+            )
+
+    def chunks(self, prompt_id: int, after: int = -1) -> list[ChunkRow]:
+        """The prompt's chunks with `seq` > `after`, in order."""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT prompt, seq, text, kind, data FROM chunks"
+                    " WHERE prompt = ? AND seq > ? ORDER BY seq",
+                    (prompt_id, after),
+                )
+                .fetchall()
+            )
+        return [_chunk_row(row) for row in rows]
+
+    def last_seq(self, prompt_id: int) -> int:
+        """The highest `seq` recorded for the prompt, or -1 if none."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT max(seq) FROM chunks WHERE prompt = ?", (prompt_id,))
+                .fetchone()
+            )
+        return -1 if row[0] is None else int(row[0])
+
+    # -- inputs -------------------------------------------------------------
+
+    def add_input(
+        self,
+        prompt_id: int,
+        number: int,
+        question: str,
+        options: Sequence[str] = (),
+        kind: str | None = None,
+    ) -> None:
+        """Record a question the agent asked. Asked again (after a reattach),
+        the first record stays, with its answer if it has one.
+
+        Raises:
+            StateError: no such prompt.
+        """
+        now = self._clock()
+        with self._write() as db:
+            _need_prompt(db, prompt_id)
+            db.execute(
+                "INSERT INTO inputs (prompt, number, question, options, kind, asked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (prompt, number) DO NOTHING",
+                (prompt_id, number, question, _dumps(list(options)), kind, now),
+            )
+
+    def answer_input(self, prompt_id: int, number: int, text: str) -> bool:
+        """Record the answer to a question. The first answer counts: False if
+        it was already answered.
+
+        Raises:
+            StateError: no such question.
+        """
+        now = self._clock()
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE inputs SET answer = ?, answered_at = ?"
+                " WHERE prompt = ? AND number = ? AND answer IS NULL",
+                (text, now, prompt_id, number),
+            )
+            if cursor.rowcount == 1:
+                return True
+            asked = db.execute(
+                "SELECT 1 FROM inputs WHERE prompt = ? AND number = ?", (prompt_id, number)
+            ).fetchone()
+            if asked is None:
+                raise StateError(f"prompt {prompt_id} has no question {number}")
+            return False
+
+    def pending_inputs(self, prompt_id: int) -> list[InputRow]:
+        """The prompt's unanswered questions, in order (none once it ended)."""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    f"{_INPUT_SELECT} WHERE i.prompt = ? AND i.answer IS NULL"
+                    " AND (SELECT state FROM prompts WHERE id = i.prompt) = 'running'"
+                    " ORDER BY i.number",
+                    (prompt_id,),
+                )
+                .fetchall()
+            )
+        return [_input_row(row) for row in rows]
+
+    # -- transcript ---------------------------------------------------------
+
+    def transcript(self, session_id: str) -> list[TranscriptEntry]:
+        """The session's prompts in order, each with its chunks and questions
+        (read from one snapshot).
+
+        Raises:
+            StateError: no such session.
+        """
+        with self._read() as db:
+            _need_session(db, session_id)
+            prompts = [
+                _prompt_row(row)
+                for row in db.execute(
+                    f"{_PROMPT_SELECT} WHERE session = ? ORDER BY id", (session_id,)
+                )
+            ]
+            chunks: dict[int, list[ChunkRow]] = {prompt.id: [] for prompt in prompts}
+            for row in db.execute(
+                "SELECT c.prompt, c.seq, c.text, c.kind, c.data FROM prompts p"
+                " JOIN chunks c ON c.prompt = p.id WHERE p.session = ?"
+                " ORDER BY c.prompt, c.seq",
+                (session_id,),
+            ):
+                chunks[row[0]].append(_chunk_row(row))
+            inputs: dict[int, list[InputRow]] = {prompt.id: [] for prompt in prompts}
+            for row in db.execute(
+                f"{_INPUT_SELECT} JOIN prompts p ON p.id = i.prompt WHERE p.session = ?"
+                " ORDER BY i.prompt, i.number",
+                (session_id,),
+            ):
+                inputs[row[0]].append(_input_row(row))
+        return [TranscriptEntry(p, chunks[p.id], inputs[p.id]) for p in prompts]
+
+
+class UnitResources:
+    """`Resources` (latis_core._provision) for one unit, kept in the state file.
+
+    Bound to one life of the unit: once it is destroyed, `get` finds nothing
+    and `set` raises `StateError`, even if a unit of the same name was added since.
+    """
+
+    def __init__(self, state: State, unit: str, unit_id: int) -> None:
+        self.state = state
+        self.unit = unit
+        self.unit_id = unit_id
+
+    def get(self, kind: str) -> str | None:
+        with self.state._lock:
+            row = (
+                self.state._db()
+                .execute(
+                    "SELECT value FROM resources WHERE unit = ? AND kind = ?",
+                    (self.unit_id, kind),
+                )
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
+
+    def set(self, kind: str, value: str) -> None:
+        with self.state._write() as db:
+            row = db.execute(
+                "SELECT destroyed_at FROM units WHERE id = ?", (self.unit_id,)
+            ).fetchone()
+            if row is None or row[0] is not None:
+                raise StateError(
+                    f"unit {self.unit!r} was destroyed; cannot record its {kind} {value!r}"
+                )
+            db.execute(
+                "INSERT INTO resources (unit, kind, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (unit, kind) DO UPDATE SET value = excluded.value",
+                (self.unit_id, kind, value),
+            )
+
+    def clear(self) -> None:
+        with self.state._write() as db:
+            db.execute("DELETE FROM resources WHERE unit = ?", (self.unit_id,))
+
+    def __repr__(self) -> str:
+        return f"<UnitResources {self.unit!r} (unit id {self.unit_id})>"
+
+
+# -- helpers -----------------------------------------------------------------
+
+_UNIT_SELECT = (
+    "SELECT id, name, provisioner, config, created_at, updated_at, destroyed_at FROM units"
+)
+_SESSION_SELECT = (
+    "SELECT s.id, u.name, s.state, s.created_at, s.closed_at, s.unit"
+    " FROM sessions s JOIN units u ON u.id = s.unit"
+)
+_PROMPT_SELECT = (
+    "SELECT id, session, request_id, text, state, started_at, ended_at, chunks, error FROM prompts"
+)
+_INPUT_SELECT = (
+    "SELECT i.prompt, i.number, i.question, i.options, i.kind, i.answer, i.asked_at,"
+    " i.answered_at FROM inputs i"
+)
+
+
+def _connect(target: str, *, uri: bool) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(
+            target,
+            timeout=BUSY_TIMEOUT,
+            isolation_level=None,  # we BEGIN and COMMIT ourselves
+            check_same_thread=False,  # worker threads, one call at a time (and a lock)
+            uri=uri,
+        )
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open the latis state {target}: {exc}") from exc
+    return db
+
+
+def _create_private(path: Path) -> None:
+    """Create `path` empty with mode 0600 if it does not exist (transcripts are
+    private; SQLite gives the -wal and -shm files the same mode)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StateError(f"cannot create the latis state {path}: {exc}") from exc
+    os.close(fd)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script, one at a time."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"a migration ends with an incomplete statement: {buffer.strip()!r}")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _need_session(db: sqlite3.Connection, id: str) -> SessionState:
+    row = db.execute("SELECT state FROM sessions WHERE id = ?", (id,)).fetchone()
+    if row is None:
+        raise StateError(f"no session {id!r} in the state")
+    return SessionState(row[0])
+
+
+def _need_prompt(db: sqlite3.Connection, id: int) -> None:
+    if db.execute("SELECT 1 FROM prompts WHERE id = ?", (id,)).fetchone() is None:
+        raise StateError(f"no prompt {id} in the state")
+
+
+def _close_session(db: sqlite3.Connection, id: str, now: float) -> None:
+    db.execute(
+        "UPDATE prompts SET state = 'cancelled', ended_at = ?,"
+        " chunks = (SELECT count(*) FROM chunks WHERE prompt = prompts.id)"
+        " WHERE session = ? AND state = 'running'",
+        (now, id),
+    )
+    db.execute(
+        "UPDATE sessions SET state = 'closed', closed_at = ? WHERE id = ? AND state != 'closed'",
+        (now, id),
+    )
+
+
+def _unit_row(row: Any) -> UnitRow:
+    id, name, provisioner, config, created_at, updated_at, destroyed_at = row
+    return UnitRow(
+        id, name, provisioner, orjson.loads(config), created_at, updated_at, destroyed_at
+    )
+
+
+def _session_row(row: Any) -> SessionRow:
+    id, unit, state, created_at, closed_at, unit_id = row
+    return SessionRow(id, unit, SessionState(state), created_at, closed_at, unit_id)
+
+
+def _prompt_row(row: Any) -> PromptRow:
+    id, session, request_id, text, state, started_at, ended_at, chunks, error = row
+    return PromptRow(
+        id,
+        session,
+        orjson.loads(request_id),
+        text,
+        PromptState(state),
+        started_at,
+        ended_at,
+        chunks,
+        error,
+    )
+
+
+def _chunk_row(row: Any) -> ChunkRow:
+    prompt, seq, text, kind, data = row
+    return ChunkRow(prompt, seq, text, kind, None if data is None else orjson.loads(data))
+
+
+def _input_row(row: Any) -> InputRow:
+    prompt, number, question, options, kind, answer, asked_at, answered_at = row
+    return InputRow(
+        prompt,
+        number,
+        question,
+        tuple(orjson.loads(options)),
+        kind,
+        answer,
+        asked_at,
+        answered_at,
+    )

@@ -1,0 +1,428 @@
+"""The `process` provisioner: a `latis-unit` as a detached process on this machine.
+
+The unit listens on `RUN_DIR/unit.sock` (`latis-unit --listen unix:...`) in a
+session of its own, so it outlives the controller that started it, and no
+signal meant for the controller's terminal reaches it; its output is appended
+to `LOG_DIR/UNIT.log`. A pid is only ever signalled once it is known to be
+our unit: a child this process started (for this socket) and has not reaped,
+or a process whose command line in /proc names our socket. So a recorded pid
+that the system has since given to another process is left alone.
+
+Resources: `socket` (from `create` on), `pid` (while started), `exit` (how
+the last run ended, once stopped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import trio
+from latis_transports.unix import UnixDialer
+
+from latis_core._provision import (
+    ProvisionContext,
+    ProvisionError,
+    ProvisionState,
+    ProvisionStatus,
+)
+
+__all__ = ["ProcessOptions", "ProcessProvisioner"]
+
+#: The name of the unit's socket in its run dir.
+SOCKET_NAME = "unit.sock"
+#: The longest path a unix socket may have (sun_path, less its NUL).
+MAX_SOCKET_PATH = 107
+#: How many lines of the unit's log an error shows.
+LOG_TAIL_LINES = 20
+#: How often readiness and exits are polled, in seconds.
+POLL = 0.02
+
+
+def _default_command() -> list[str]:
+    return [sys.executable, "-m", "latis_core._unit_cli"]
+
+
+@attrs.define
+class ProcessOptions:
+    """The `process` provisioner's config table.
+
+    Attributes:
+        command: the unit's command, to which `--listen unix:SOCKET --name UNIT
+            --agent AGENT [-o K=V]...` are added; by default this Python's
+            `latis-unit`.
+        env: variables added to the inherited environment.
+        cwd: the unit's working directory (default: the controller's).
+        ready_timeout: seconds `start` waits for the socket to answer.
+        stop_timeout: seconds `stop` waits after SIGTERM before SIGKILL.
+    """
+
+    command: list[str] = attrs.field(factory=_default_command)
+    env: dict[str, str] = attrs.field(factory=dict)
+    cwd: str | None = None
+    ready_timeout: float = 15.0
+    stop_timeout: float = 10.0
+
+
+# --- helpers (the container provisioner uses them too) -------------------------------
+
+
+def socket_path_problem(path: Path) -> str | None:
+    """Why `path` cannot be a unix socket's path, or None if it can."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        return (
+            f"the socket path {str(path)!r} is longer than {MAX_SOCKET_PATH} bytes"
+            " (the limit of a unix socket's): use a shorter run dir"
+        )
+    return None
+
+
+async def socket_answers(path: Path) -> bool:
+    """Whether something accepts connections on the unix socket at `path`.
+
+    Raises:
+        PermissionError: a socket is there, but we may not connect to it.
+    """
+    try:
+        stream = await trio.open_unix_socket(os.fspath(path))
+    except PermissionError:
+        raise
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
+def read_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of the file at `path` after byte `offset` ('' if none)."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(offset, size - 64 * 1024))
+            data = file.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace").rstrip()
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def describe_exit(returncode: int | None) -> str:
+    """'exit status 3', 'killed by SIGKILL', or 'exit status unknown'."""
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exit status {returncode}"
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The command line of `pid`, or None if it is gone (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+        # The state letter follows the command name, in parentheses that may hold anything.
+        close = stat.rindex(b")")
+        if stat[close + 2 : close + 3] in (b"Z", b"X"):
+            return None
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            raw = file.read()
+    except (OSError, ValueError):
+        return None
+    return [os.fsdecode(arg) for arg in raw.split(b"\0") if arg]
+
+
+@attrs.define
+class _Child:
+    """A unit this process started: its socket, and its exit status once reaped."""
+
+    socket: Path
+    returncode: int | None = None
+
+
+#: The units this process started, by pid. Only these are ever waited for, so no
+#: other child's exit status is taken from its owner; and until one is reaped its
+#: pid cannot be reused, so it is known to be ours without looking at /proc (where
+#: a process that execs or exits shows an empty command line for a moment).
+_CHILDREN: dict[int, _Child] = {}
+
+
+class _DetachedPopen(subprocess.Popen[bytes]):
+    """A child that is meant to outlive us: dropping it neither warns nor waits.
+
+    Its exit status is collected with `os.waitpid` (`ProcessProvisioner._reap`).
+    """
+
+    def __del__(self) -> None:
+        pass
+
+
+def _spawn(argv: list[str], env: dict[str, str], cwd: str | None, log: Path) -> tuple[int, int]:
+    """Start `argv` detached, its output appended to `log`; return its pid and the
+    log's size before it started."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        offset = os.lseek(fd, 0, os.SEEK_END)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"--- {stamp} latis: starting {subprocess.list2cmdline(argv)}\n".encode())
+        process = _DetachedPopen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            env=env,
+            cwd=cwd,
+            close_fds=True,
+            # A session and process group of its own: it outlives the controller,
+            # and no signal sent to the controller's group or terminal reaches it.
+            start_new_session=True,
+        )
+    finally:
+        os.close(fd)
+    return process.pid, offset
+
+
+class ProcessProvisioner:
+    """Runs a unit as a detached `latis-unit --listen unix:RUN_DIR/unit.sock`."""
+
+    Options = ProcessOptions
+
+    def __init__(self, options: ProcessOptions, context: ProvisionContext) -> None:
+        self.options = options
+        self.context = context
+        #: The unit's socket.
+        self.socket: Path = context.run_dir / SOCKET_NAME
+        #: The unit's log file.
+        self.log: Path = context.log_dir / f"{context.unit}.log"
+        self._lock = trio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<ProcessProvisioner unit={self.context.unit!r} socket={str(self.socket)!r}>"
+
+    def _error(self, message: str) -> ProvisionError:
+        return ProvisionError(f"process provisioner for unit {self.context.unit!r}: {message}")
+
+    # --- what is recorded
+
+    def _recorded_pid(self) -> int | None:
+        value = self.context.resources.get("pid")
+        try:
+            return int(value) if value else None
+        except ValueError:
+            return None
+
+    def _record(self, **values: str | None) -> None:
+        """Replace what is recorded with `values` (a None is left out)."""
+        resources = self.context.resources
+        resources.clear()
+        for kind, value in values.items():
+            if value is not None:
+                resources.set(kind, value)
+
+    # --- what runs
+
+    def _reap(self, pid: int) -> int | None:
+        """The exit status of `pid` if it is a unit this process started that has
+        exited, else None (running, or not our child: those are never waited for)."""
+        child = _CHILDREN.get(pid)
+        if child is None:
+            return None
+        if child.returncode is None:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if done == pid:
+                child.returncode = os.waitstatus_to_exitcode(status)
+        return child.returncode
+
+    def _is_ours(self, pid: int) -> bool:
+        """Whether `pid` is alive and is our unit: a child we started for this socket
+        that has not exited, or a process whose command line names our socket."""
+        child = _CHILDREN.get(pid)
+        if child is not None and child.socket == self.socket:
+            return self._reap(pid) is None
+        if child is not None and self._reap(pid) is not None:
+            return False
+        argv = _cmdline(pid)
+        return argv is not None and f"unix:{self.socket}" in argv
+
+    def _forget(self, pid: int) -> None:
+        """Drop a reaped child from `_CHILDREN` (once its pid is no longer recorded)."""
+        child = _CHILDREN.get(pid)
+        if child is not None and child.returncode is not None:
+            del _CHILDREN[pid]
+
+    async def _wait_gone(self, pid: int, seconds: float) -> bool:
+        """Wait up to `seconds` for our unit `pid` to be gone; say whether it is."""
+        deadline = trio.current_time() + seconds
+        while self._is_ours(pid):
+            if trio.current_time() >= deadline:
+                return False
+            await trio.sleep(POLL)
+        return True
+
+    async def _terminate(self, pid: int) -> int | None:
+        """SIGTERM our unit, wait, then SIGKILL its process group; return its exit status
+        (None if unknown). A pid that is not our unit's is never signalled."""
+        if not self._is_ours(pid):
+            return self._reap(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not await self._wait_gone(pid, self.options.stop_timeout) and self._is_ours(pid):
+            # Still ours, so it still leads its own session: its pid is its group's id.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            await self._wait_gone(pid, 5.0)
+        return self._reap(pid)
+
+    # --- the work (callers hold the lock)
+
+    async def _create(self) -> None:
+        """Make the run and log dirs and record the socket (nothing runs yet)."""
+        problem = socket_path_problem(self.socket)
+        if problem:
+            raise self._error(problem)
+        self.context.ensure_run_dir()
+        self.context.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.context.resources.get("socket") is None:
+            self._record(socket=str(self.socket))
+
+    async def _start(self) -> None:
+        """Start the unit unless ours already runs; return once its socket answers."""
+        await self._create()
+        running = self._recorded_pid()
+        if running is not None and self._is_ours(running):
+            # Ours runs already (perhaps still starting): wait for it, start nothing.
+            await self._wait_ready(running, offset=None)
+            return
+        argv = [*self.options.command, *self.context.unit_args(listen=f"unix:{self.socket}")]
+        env = {**os.environ, **self.options.env}
+        try:
+            pid, offset = await trio.to_thread.run_sync(
+                _spawn, argv, env, self.options.cwd, self.log
+            )
+        except OSError as exc:
+            raise self._error(
+                f"cannot run {subprocess.list2cmdline(argv)}: {exc.strerror or exc}"
+            ) from exc
+        _CHILDREN[pid] = _Child(self.socket)
+        self._record(socket=str(self.socket), pid=str(pid))
+        await self._wait_ready(pid, offset=offset)
+
+    async def _wait_ready(self, pid: int, offset: int | None) -> None:
+        """Wait until the socket answers. If `pid` exits first, or time runs out (the
+        unit is then stopped, if this call started it), raise ProvisionError."""
+        deadline = trio.current_time() + self.options.ready_timeout
+        while True:
+            try:
+                if await socket_answers(self.socket):
+                    return
+            except PermissionError as exc:
+                await self._give_up(pid, offset)
+                raise self._error(
+                    f"may not connect to {self.socket}: {exc.strerror or exc}"
+                ) from exc
+            if not self._is_ours(pid):
+                how = describe_exit(self._reap(pid))
+                self._record(socket=str(self.socket), exit=how)
+                self._forget(pid)
+                raise self._error(
+                    f"the unit (pid {pid}) exited before it listened ({how})"
+                    + self._log_tail(offset)
+                )
+            if trio.current_time() >= deadline:
+                await self._give_up(pid, offset)
+                raise self._error(
+                    f"the unit (pid {pid}) did not answer on {self.socket} within"
+                    f" {self.options.ready_timeout:g} s" + self._log_tail(offset)
+                )
+            await trio.sleep(POLL)
+
+    async def _give_up(self, pid: int, offset: int | None) -> None:
+        """Stop a unit that did not come up, if this call started it."""
+        if offset is not None:
+            how = describe_exit(await self._terminate(pid))
+            self._record(socket=str(self.socket), exit=f"failed to start, {how}")
+            self._forget(pid)
+
+    def _log_tail(self, offset: int | None) -> str:
+        tail = read_tail(self.log, offset or 0)
+        # Our own header line says nothing the message does not.
+        lines = [line for line in tail.splitlines() if not line.startswith("--- ")]
+        if not lines:
+            return f"; its log ({self.log}) says nothing"
+        return f"; the end of its log ({self.log}):\n" + "\n".join(lines)
+
+    async def _stop(self) -> None:
+        """SIGTERM the unit, SIGKILL it after `stop_timeout`; forget its pid."""
+        pid = self._recorded_pid()
+        if pid is None:
+            return
+        how = describe_exit(await self._terminate(pid))
+        self._record(socket=str(self.socket), exit=how)
+        self._forget(pid)
+
+    async def _destroy(self) -> None:
+        """Stop the unit, remove its run dir and forget everything about it."""
+        await self._stop()
+        run_dir = self.context.run_dir
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(run_dir, ignore_errors=True))
+        self.context.resources.clear()
+
+    # --- the interface: one call at a time per provisioner
+
+    async def create(self) -> None:
+        """Make the unit exist, not running (idempotent)."""
+        async with self._lock:
+            await self._create()
+
+    async def start(self) -> None:
+        """Make the unit run, creating it first if needed; return once it can be dialed."""
+        async with self._lock:
+            await self._start()
+
+    async def stop(self) -> None:
+        """Stop the unit; keep what `start` needs (idempotent)."""
+        async with self._lock:
+            await self._stop()
+
+    async def destroy(self) -> None:
+        """Stop the unit, remove all it had and forget its resources (idempotent)."""
+        async with self._lock:
+            await self._destroy()
+
+    async def status(self) -> ProvisionStatus:
+        """RUNNING ("pid N"); STOPPED (a pid or a stop recorded, nothing runs);
+        CREATED (created, never started); ABSENT (nothing recorded)."""
+        resources = self.context.resources
+        pid = self._recorded_pid()
+        if pid is not None:
+            if self._is_ours(pid):
+                return ProvisionStatus(ProvisionState.RUNNING, f"pid {pid}")
+            how = describe_exit(self._reap(pid))
+            return ProvisionStatus(ProvisionState.STOPPED, f"pid {pid} is gone ({how})")
+        how_ = resources.get("exit")
+        if how_ is not None:
+            return ProvisionStatus(ProvisionState.STOPPED, f"stopped ({how_})")
+        if resources.get("socket") is not None:
+            return ProvisionStatus(ProvisionState.CREATED, "not started")
+        return ProvisionStatus(ProvisionState.ABSENT)
+
+    def dialer(self) -> UnixDialer:
+        """Dial the unit's socket."""
+        return UnixDialer(self.socket)
