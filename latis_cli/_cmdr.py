@@ -7,7 +7,6 @@ lock file, and the daemon itself holds a second lock for its whole life.
 from __future__ import annotations
 
 import fcntl
-import os
 import subprocess
 import sys
 import time
@@ -107,10 +106,10 @@ def _listening(path: str) -> bool:
 async def open_cmdr(autostart: bool = True) -> AsyncIterator[UnitClient]:
     """Connect to the daemon (starting it first if it is not running)."""
     import trio
+    from latis_transports.unix import open_unix
 
     import latis_core
     from latis_core._paths import paths
-    from latis_transports.unix import open_unix
 
     socket_path = str(paths().socket)
     if not _listening(socket_path):

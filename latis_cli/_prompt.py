@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from cyclopts import Parameter
 
-from ._cmdr import CANCELLED, CMDR_UNREACHABLE, ERROR, INTERRUPTED, OK, UNIT_UNREACHABLE, USAGE
+from ._cmdr import CANCELLED, ERROR, INTERRUPTED, OK, USAGE
 
 if TYPE_CHECKING:
     import latis_core
@@ -62,9 +62,9 @@ def prompt(
         body = sys.stdin.read()
     else:
         body = text
-    import trio
+    from ._run import run_with_cmdr
 
-    return trio.run(_run_prompt, body, unit, session, detach, json_output)
+    return run_with_cmdr(lambda cmdr: _run_prompt(cmdr, body, unit, session, detach, json_output))
 
 
 def attach(
@@ -90,80 +90,56 @@ def attach(
         after: show only the chunks after this sequence number.
         json_output: print one JSON object per event (NDJSON).
     """
-    import trio
+    from ._run import run_with_cmdr
 
-    return trio.run(_run_attach, session, after, json_output)
+    return run_with_cmdr(lambda cmdr: _run_attach(cmdr, session, after, json_output))
 
 
 async def _run_prompt(
-    body: str, unit: str, session_id: str | None, detach: bool, as_json: bool
+    cmdr: latis_core.UnitClient,
+    body: str,
+    unit: str,
+    session_id: str | None,
+    detach: bool,
+    as_json: bool,
+) -> int:
+    from ._cmdr import call
+    from ._console import progress
+
+    if session_id is None:
+        with progress(f"bringing unit {unit!r} up") as say:
+            await call(cmdr, "unit.up", say, unit=unit)
+        session = await cmdr.create_session(unit=unit)
+        print(f"session {session.id} on unit {unit}", file=sys.stderr)
+    else:
+        session = await cmdr.resume_session(session_id)
+    stream = session.prompt(body)
+    if detach:
+        await cmdr.ping()  # the daemon has the prompt: it runs on without us
+        if as_json:
+            print(json.dumps({"session": session.id, "detached": True}))
+        else:
+            print(f"detached: latis attach {session.id}", file=sys.stderr)
+        await cmdr.aclose()
+        return OK
+    return await _stream(stream, as_json)
+
+
+async def _run_attach(
+    cmdr: latis_core.UnitClient, session_id: str, after: int, as_json: bool
 ) -> int:
     import latis_core
 
-    from ._cmdr import open_cmdr
-    from ._console import progress
+    from ._cmdr import call
 
-    async def work(cmdr: latis_core.UnitClient) -> int:
-        if session_id is None:
-            from ._cmdr import call
-
-            with progress(f"bringing unit {unit!r} up") as say:
-                await call(cmdr, "unit.up", say, unit=unit)
-            session = await cmdr.create_session(unit=unit)
-            print(f"session {session.id} on unit {unit}", file=sys.stderr)
-        else:
-            session = await cmdr.resume_session(session_id)
-        stream = session.prompt(body)
-        if detach:
-            await cmdr.ping()  # the daemon has the prompt: it runs on without us
-            if as_json:
-                print(json.dumps({"session": session.id, "detached": True}))
-            else:
-                print(f"detached: latis attach {session.id}", file=sys.stderr)
-            await cmdr.aclose()
-            return OK
-        return await _stream(stream, as_json)
-
-    return await _with_cmdr(work)
-
-
-async def _run_attach(session_id: str, after: int, as_json: bool) -> int:
-    import latis_core
-
-    async def work(cmdr: latis_core.UnitClient) -> int:
-        from ._cmdr import call
-
-        info = await call(cmdr, "session.get", session=session_id)
-        last = info.get("last_prompt") if info else None
-        if not last:
-            print(f"latis: session {session_id} has no prompt to follow", file=sys.stderr)
-            return ERROR
-        session = latis_core.Session(cmdr, session_id)
-        stream = await session.reattach(last["id"], after=None if after < 0 else after)
-        return await _stream(stream, as_json)
-
-    return await _with_cmdr(work)
-
-
-async def _with_cmdr(work: Any) -> int:
-    import latis_core
-
-    from ._cmdr import CmdrUnreachable, open_cmdr
-
-    try:
-        async with open_cmdr() as cmdr:
-            return int(await work(cmdr))
-    except CmdrUnreachable as exc:
-        print(f"latis: {exc}", file=sys.stderr)
-        return CMDR_UNREACHABLE
-    except latis_core.RequestError as exc:
-        print(f"latis: {exc.message}", file=sys.stderr)
-        if exc.code in ("unreachable", "provision_failed"):
-            return UNIT_UNREACHABLE
+    info = await call(cmdr, "session.get", session=session_id)
+    last = info.get("last_prompt") if info else None
+    if not last:
+        print(f"latis: session {session_id} has no prompt to follow", file=sys.stderr)
         return ERROR
-    except latis_core.LatisError as exc:
-        print(f"latis: {exc}", file=sys.stderr)
-        return ERROR
+    session = latis_core.Session(cmdr, session_id)
+    stream = await session.reattach(last["id"], after=None if after < 0 else after)
+    return await _stream(stream, as_json)
 
 
 async def _stream(stream: latis_core.PromptStream, as_json: bool) -> int:
@@ -228,11 +204,12 @@ async def _ask(request: Any, as_json: bool) -> str:
         print(json.dumps({"type": "input", "input": request.input, "question": question,
                           "options": list(options)}), flush=True)
     if not sys.stdin.isatty():
-        line = await trio.to_thread.run_sync(sys.stdin.readline)
+        line: str = await trio.to_thread.run_sync(sys.stdin.readline)
         if not line:
             raise SystemExit(
                 f"latis: the agent asks {question!r}, and stdin has no answer"
             )
         return line.rstrip("\n")
     hint = f" [{'/'.join(options)}]" if options else ""
-    return await trio.to_thread.run_sync(input, f"\n{question}{hint} ")
+    answer: str = await trio.to_thread.run_sync(input, f"\n{question}{hint} ")
+    return answer

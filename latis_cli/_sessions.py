@@ -173,7 +173,7 @@ def show(
             print(f"latis: no session {session!r}", file=sys.stderr)
             return ERROR
         entries = state.transcript(session)
-    prompts = []
+    prompts: list[dict[str, Any]] = []
     for entry in entries:
         prompts.append({
             "prompt": entry.prompt.id,

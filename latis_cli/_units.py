@@ -141,7 +141,7 @@ def list_units(*, json_output: Annotated[bool, Parameter(name="--json")] = False
     except ConfigError as exc:
         print(f"latis: {exc}", file=sys.stderr)
         return ERROR
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, unit in sorted(config.units.items()):
         rows.append(
             {

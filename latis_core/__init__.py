@@ -32,10 +32,21 @@ if TYPE_CHECKING:
     from ._client import unit_command as unit_command
     from ._codec import decode as decode
     from ._codec import encode as encode
+    from ._config import Config as Config
+    from ._config import ConfigError as ConfigError
+    from ._config import DaemonConfig as DaemonConfig
+    from ._config import PluginConfig as PluginConfig
+    from ._config import UnitConfig as UnitConfig
+    from ._config import default_config as default_config
+    from ._config import find_config as find_config
+    from ._config import load_config as load_config
+    from ._config import parse_config as parse_config
     from ._connection import CLOSED as CLOSED
     from ._connection import NEED_DATA as NEED_DATA
     from ._connection import Connection as Connection
     from ._connection import Violation as Violation
+    from ._controller import Controller as Controller
+    from ._controller import open_controller as open_controller
     from ._echo import EchoAgent as EchoAgent
     from ._errors import ConnectError as ConnectError
     from ._errors import ConnectionClosed as ConnectionClosed
@@ -74,12 +85,22 @@ if TYPE_CHECKING:
     from ._messages import StateGet as StateGet
     from ._messages import StateSubscribe as StateSubscribe
     from ._messages import StateUpdate as StateUpdate
+    from ._paths import Paths as Paths
+    from ._paths import paths as paths
     from ._peer import Peer as Peer
     from ._peer import ReplyStream as ReplyStream
     from ._peer import open_peer as open_peer
+    from ._provision import MemoryResources as MemoryResources
+    from ._provision import ProvisionContext as ProvisionContext
+    from ._provision import Provisioner as Provisioner
+    from ._provision import ProvisionError as ProvisionError
+    from ._provision import ProvisionState as ProvisionState
+    from ._provision import ProvisionStatus as ProvisionStatus
+    from ._provision import Resources as Resources
     from ._registry import agent_names as agent_names
     from ._registry import load_agent as load_agent
     from ._registry import make_agent as make_agent
+    from ._state import StateStore as StateStore
     from ._transport import Dialer as Dialer
     from ._transport import Listener as Listener
     from ._unit import Unit as Unit
@@ -94,40 +115,70 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "Agent",
+    "agent_names",
     "AgentInfo",
-    "Call",
     "AgentSession",
+    "Call",
+    "Config",
+    "ConfigError",
+    "connect",
+    "connect_local",
     "ConnectError",
     "Connection",
     "ConnectionClosed",
+    "Controller",
+    "DaemonConfig",
+    "decode",
+    "default_config",
     "Dialer",
     "EchoAgent",
+    "encode",
+    "encode_frame",
     "Error",
     "ErrorCode",
+    "find_config",
     "FrameDecoder",
     "Hello",
     "InputReply",
     "InputRequest",
     "LatisError",
     "Listener",
+    "load_agent",
+    "load_config",
     "LocalProtocolError",
+    "make_agent",
+    "MemoryResources",
     "Message",
+    "open_controller",
+    "open_peer",
+    "open_unit",
+    "parse_config",
+    "paths",
+    "Paths",
     "Peer",
     "Ping",
+    "PluginConfig",
     "Pong",
     "PromptCancel",
     "PromptSend",
     "PromptStream",
     "ProtocolError",
+    "ProvisionContext",
+    "Provisioner",
+    "ProvisionError",
+    "ProvisionState",
+    "ProvisionStatus",
     "RemoteProtocolError",
-    "ReplyStream",
     "Reply",
+    "ReplyStream",
     "RequestError",
     "RequestId",
+    "Resources",
     "ResponseCancelled",
     "ResponseChunk",
     "ResponseComplete",
     "Role",
+    "serve_unit",
     "Session",
     "SessionCreate",
     "SessionDestroy",
@@ -135,29 +186,41 @@ __all__ = [
     "SessionResume",
     "State",
     "StateGet",
+    "StateStore",
     "StateStream",
     "StateSubscribe",
     "StateUpdate",
     "TransportError",
     "Unit",
+    "unit_command",
     "UnitClient",
+    "UnitConfig",
     "Violation",
     "__version__",
-    "agent_names",
-    "connect",
-    "connect_local",
-    "decode",
-    "encode",
-    "encode_frame",
-    "load_agent",
-    "make_agent",
-    "open_peer",
-    "open_unit",
-    "serve_unit",
-    "unit_command",
 ]
 
 _WHERE: dict[str, str] = {
+    "Config": "._config",
+    "UnitConfig": "._config",
+    "PluginConfig": "._config",
+    "DaemonConfig": "._config",
+    "ConfigError": "._config",
+    "load_config": "._config",
+    "parse_config": "._config",
+    "find_config": "._config",
+    "default_config": "._config",
+    "Controller": "._controller",
+    "open_controller": "._controller",
+    "StateStore": "._state",
+    "Provisioner": "._provision",
+    "ProvisionContext": "._provision",
+    "ProvisionError": "._provision",
+    "ProvisionState": "._provision",
+    "ProvisionStatus": "._provision",
+    "Resources": "._provision",
+    "MemoryResources": "._provision",
+    "Paths": "._paths",
+    "paths": "._paths",
     "Agent": "._agent",
     "AgentSession": "._agent",
     "Reply": "._agent",

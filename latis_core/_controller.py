@@ -31,8 +31,9 @@ from ._client import PromptStream, Session, UnitClient, connect
 from ._config import Config, UnitConfig
 from ._errors import ConnectError, ConnectionClosed, ErrorCode, LatisError, RequestError
 from ._messages import InputReply, InputRequest, PromptCancel, ResponseChunk, State
-from ._paths import Paths, paths as default_paths
-from ._provision import ProvisionContext, ProvisionError, Provisioner
+from ._paths import Paths
+from ._paths import paths as default_paths
+from ._provision import ProvisionContext, Provisioner, ProvisionError
 from ._registry import load_provisioner, load_transport
 from ._state import State as StateDB
 from ._transport import Dialer
@@ -160,7 +161,7 @@ class Controller:
             provisioner = cls(unit_config.provisioner.options, context)
         dialer: Dialer | None = None
         if unit_config.dial is not None:
-            dialer = unit_config.dial.options  # a DIALER instance
+            dialer = unit_config.dial.options  # type: ignore[assignment]  # a DIALER
             if getattr(dialer, "command", "") is None:
                 # `local` with no command: the unit the provisioner runs.
                 dialer = provisioner.dialer() if provisioner is not None else None
@@ -304,7 +305,7 @@ class Controller:
                     await self._set_connection(rt, "unreachable", message)
                     if not started:
                         first.append(
-                            exc if isinstance(exc, LatisError) else ConnectError(message)
+                            UnitNotConnected(f"unit {rt.name!r} ({rt.how()}): {message}")
                         )
                         started = True
                         task_status.started()
@@ -481,10 +482,9 @@ class Controller:
                 await self._take(record, batch)
                 if stream.final is not None:
                     break
-            final = stream.final
-            end = {"outcome": stream.outcome or "complete", "chunks": record.next_seq}
-            if final is not None and getattr(final, "chunks", None) is not None:
-                end["chunks"] = final.chunks
+            chunks = getattr(stream.final, "chunks", None)
+            end = {"outcome": stream.outcome or "complete",
+                   "chunks": record.next_seq if chunks is None else chunks}
             await self._finish(record, end)
         except RequestError as exc:
             await self._finish(

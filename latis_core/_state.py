@@ -1138,3 +1138,7 @@ def _input_row(row: Any) -> InputRow:
         asked_at,
         answered_at,
     )
+
+
+#: The name `latis_core` exports `State` under (`latis_core.State` is the session-state enum).
+StateStore = State

@@ -143,7 +143,6 @@ async def _listen(path: str, agent: Agent, limits: dict[str, Any]) -> None:
     import signal
 
     import trio
-
     from latis_transports.unix import listen_unix
 
     from ._unit import open_unit

@@ -99,6 +99,9 @@ def home() -> Iterator[Home]:
     try:
         yield here
     finally:
+        # Shown by pytest only when the test fails: what the daemon and units said.
+        for log in sorted((path / "log").glob("*.log")):
+            print(f"---- {log.name}\n{log.read_text(errors='replace')[-4000:]}")
         here.run("daemon", "stop", timeout=30)
         for pid in _pids_under(path):
             try:

@@ -142,6 +142,10 @@ async def _end(stream: ProcessStream, process: trio.Process, grace: float) -> No
     await stream.receive_stream.aclose()
 
 
+def _command(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
 @attrs.frozen
 class LocalDialer:
     """Dial a unit by starting it as a local process, over its stdin and stdout.
@@ -157,9 +161,7 @@ class LocalDialer:
         grace: seconds it gets to exit by itself when the connection ends.
     """
 
-    command: tuple[str, ...] | None = attrs.field(
-        default=None, converter=lambda c: None if c is None else tuple(c)
-    )
+    command: tuple[str, ...] | None = attrs.field(default=None, converter=_command)
     env: dict[str, str] | None = None
     cwd: str | None = None
     grace: float = 5.0

@@ -68,6 +68,14 @@ def _in_use(path: str) -> bool:
     return True
 
 
+def _prepare(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if os.path.exists(path):
+        if _in_use(path):
+            raise OSError(errno.EADDRINUSE, f"something already listens on {path}")
+        os.unlink(path)
+
+
 @asynccontextmanager
 async def listen_unix(path: str | os.PathLike[str]) -> AsyncIterator[trio.SocketListener]:
     """Listen on a unix socket at `path` (mode 0600); remove it on exit.
@@ -78,11 +86,7 @@ async def listen_unix(path: str | os.PathLike[str]) -> AsyncIterator[trio.Socket
         OSError: (EADDRINUSE) another process listens there.
     """
     path = os.fspath(path)
-    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if os.path.exists(path):
-        if _in_use(path):
-            raise OSError(errno.EADDRINUSE, f"something already listens on {path}")
-        os.unlink(path)
+    await trio.to_thread.run_sync(_prepare, path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:

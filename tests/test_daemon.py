@@ -1,0 +1,253 @@
+"""The controller and the cmdr daemon in-process, with real unit processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from latis_transports import open_unix
+
+import latis_core
+from latis_core import ErrorCode, RequestError
+from latis_core._config import parse_config
+from latis_core._daemon import Daemon, DaemonRunning, serve_daemon
+from latis_core._paths import paths
+from latis_core._state import State
+
+WORDS = " ".join(f"w{i}" for i in range(30))
+CONFIG = """
+[units.slow]
+agent_options = { delay = "0.02" }
+[units.slow.provisioner]
+type = "process"
+[units.fast.provisioner]
+type = "process"
+[units.gone.dial]
+type = "unix"
+path = "/nonexistent/unit.sock"
+"""
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ld", dir="/tmp"))
+    monkeypatch.setenv("LATIS_HOME", str(path))
+    try:
+        yield path
+    finally:
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if str(path).encode() in f.read():
+                        os.kill(int(entry), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@asynccontextmanager
+async def controller(home: Path) -> AsyncIterator[latis_core.Controller]:
+    config = parse_config(CONFIG)
+    with State(paths().state_file) as state:
+        async with latis_core.open_controller(config, state) as ctl:
+            yield ctl
+
+
+@asynccontextmanager
+async def daemon(home: Path) -> AsyncIterator[Daemon]:
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(serve_daemon, parse_config(CONFIG))
+        yield running
+        running.stop.set()
+
+
+@asynccontextmanager
+async def client(home: Path) -> AsyncIterator[latis_core.UnitClient]:
+    async with open_unix(paths().socket) as stream, latis_core.connect(stream) as unit:
+        yield unit
+
+
+async def call(unit: latis_core.UnitClient, method: str, **params: Any) -> Any:
+    peer = unit.peer
+    reply = await peer.request(latis_core.Call(peer.next_id(), method, params or None))
+    return reply.data  # type: ignore[union-attr]
+
+
+async def collect(ctl: latis_core.Controller, prompt_id: int, after: int = -1) -> list[Any]:
+    return [event async for event in ctl.follow(prompt_id, after)]
+
+
+class TestController:
+    async def test_prompt_is_stored_and_replayed(self, home: Path) -> None:
+        """A prompt's chunks go to state as they come; a late follower gets them all."""
+        async with controller(home) as ctl:
+            data = await ctl.create_session("fast")
+            record = await ctl.start_prompt(data["session"], WORDS)
+            live = await collect(ctl, record.id)
+            assert "".join(e[1].text for e in live if e[0] == "chunk") == WORDS
+            assert live[-1] == ("end", {"outcome": "complete", "chunks": 30})
+            late = await collect(ctl, record.id, after=24)
+            assert [e[1].seq for e in late if e[0] == "chunk"] == [25, 26, 27, 28, 29]
+            [entry] = ctl.state.transcript(data["session"])
+            assert (entry.prompt.state, len(entry.chunks)) == ("complete", 30)
+
+    async def test_two_followers_and_a_cancel(self, home: Path) -> None:
+        """Two followers see the same prompt; a cancel ends it for both, on the unit too."""
+        async with controller(home) as ctl:
+            sid = (await ctl.create_session("slow"))["session"]
+            record = await ctl.start_prompt(sid, WORDS)
+            seen: dict[int, list[Any]] = {}
+
+            async def follow(n: int) -> None:
+                seen[n] = await collect(ctl, record.id)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(follow, 1)
+                nursery.start_soon(follow, 2)
+                await trio.sleep(0.15)
+                await ctl.cancel(record.id)
+            assert seen[1] == seen[2]
+            assert seen[1][-1][1]["outcome"] == "cancelled"
+            assert 0 < seen[1][-1][1]["chunks"] < 30
+            assert ctl.state.get_session(sid).state == "idle"  # type: ignore[union-attr]
+
+    async def test_prompts_outlive_the_controller(self, home: Path) -> None:
+        """A controller that stops mid-prompt leaves it running; the next one finishes it."""
+        async with controller(home) as ctl:
+            sid = (await ctl.create_session("slow"))["session"]
+            record = await ctl.start_prompt(sid, WORDS)
+            await trio.sleep(0.2)
+        async with controller(home) as ctl:
+            await ctl.reconnect_known()
+            events = await collect(ctl, record.id)
+            chunks = [e[1] for e in events if e[0] == "chunk"]
+            assert [c.seq for c in chunks] == list(range(30))
+            assert "".join(c.text for c in chunks) == WORDS
+            assert events[-1][1]["outcome"] == "complete"
+
+    async def test_a_unit_not_connected_says_how_it_was_meant_to_connect(
+        self, home: Path
+    ) -> None:
+        """A unit that cannot be reached gives an error naming how it is dialed."""
+        async with controller(home) as ctl:
+            with pytest.raises(latis_core.ConnectError) as info:
+                await ctl.create_session("gone")
+            assert str(info.value).startswith(
+                "unit 'gone' (dialed at unix: /nonexistent/unit.sock): cannot connect"
+            )
+            assert ctl.unit("gone").state == "unreachable"
+            with pytest.raises(LookupError, match="no unit 'nope' in config"):
+                ctl.unit("nope")
+
+
+class TestDaemon:
+    async def test_socket_and_folder_are_private(self, home: Path) -> None:
+        """The daemon's socket is 0600, in a 0700 folder of ours."""
+        async with daemon(home):
+            where = paths()
+            assert stat.S_IMODE(os.stat(where.run_dir).st_mode) == 0o700
+            assert stat.S_IMODE(os.stat(where.socket).st_mode) == 0o600
+
+    async def test_another_user_is_refused(self, home: Path) -> None:
+        """A connection from another uid is closed before a byte is read (SO_PEERCRED)."""
+        if os.getuid() != 0:
+            pytest.skip("needs root to act as another user")
+        # An interpreter that user may run (ours may sit in root's 0700 home).
+        python = "/usr/bin/python3"
+        if not os.access(python, os.X_OK):
+            pytest.skip("no /usr/bin/python3 for the other user to run")
+        async with daemon(home):
+            where = paths()
+            hello = latis_core.encode_frame(latis_core.encode(latis_core.Hello()))
+            code = (
+                "import socket\n"
+                "s = socket.socket(socket.AF_UNIX)\n"
+                "try:\n"
+                f"    s.connect({str(where.socket)!r})\n"
+                "except PermissionError:\n"
+                "    print('EACCES'); raise SystemExit\n"
+                "try:\n"
+                f"    s.sendall({hello!r})\n"
+                "    print('read', repr(s.recv(100)))\n"
+                "except (BrokenPipeError, ConnectionResetError):\n"
+                "    print('closed')\n"
+            )
+
+            async def as_nobody() -> str:
+                result = await trio.to_thread.run_sync(
+                    lambda: subprocess.run(
+                        [python, "-c", code], capture_output=True, text=True, timeout=30,
+                        user=65534, group=65534, cwd="/",
+                    )
+                )
+                assert not result.stderr, result.stderr
+                return result.stdout.strip()
+
+            # The folder (0700) and the socket (0600) keep others out ...
+            assert await as_nobody() == "EACCES"
+            # ... and with the door open on purpose, the uid check refuses them.
+            for folder in (home, where.run_dir):
+                os.chmod(folder, 0o755)
+            os.chmod(where.socket, 0o666)
+            assert await as_nobody() in ("closed", "read b''")
+            async with client(home) as unit:  # we still get in
+                assert unit.name == "cmdr"
+
+    async def test_a_second_daemon_is_refused(self, home: Path) -> None:
+        """Only one daemon runs per user: a second one stops at once and says who runs."""
+        async with daemon(home):
+            with pytest.raises(DaemonRunning, match=f"pid {os.getpid()}"):
+                await serve_daemon(parse_config(CONFIG))
+
+    async def test_sessions_and_prompts_through_the_daemon(self, home: Path) -> None:
+        """Any latis client can use the daemon as one unit in front of all units."""
+        async with daemon(home), client(home) as unit:
+            assert unit.agent.name == "latis-cmdr"
+            assert "cmdr" in unit.capabilities
+            session = await unit.create_session(unit="fast")
+            assert await session.prompt("through the daemon").text() == "through the daemon"
+            info = await call(unit, "session.get", session=session.id)
+            assert info["unit"] == "fast" and info["last_prompt"]["state"] == "complete"
+            again = await session.reattach(info["last_prompt"]["id"])
+            assert await again.text() == "through the daemon"
+            state = await unit.state()
+            assert state.sessions == {session.id: "idle"}
+
+    async def test_errors_have_codes(self, home: Path) -> None:
+        """Unknown units, methods and unreachable units get their own error codes."""
+        async with daemon(home), client(home) as unit:
+            cases = [
+                (unit.create_session(unit="nope"), ErrorCode.UNKNOWN_UNIT, "no unit 'nope'"),
+                (unit.create_session(unit="gone"), ErrorCode.UNREACHABLE, "nonexistent"),
+                (call(unit, "nonsense"), ErrorCode.UNKNOWN_TYPE, "methods: agents.list"),
+                (call(unit, "unit.up"), ErrorCode.BAD_MESSAGE, "params.unit"),
+            ]
+            for awaitable, code, says in cases:
+                with pytest.raises(RequestError) as info:
+                    await awaitable
+                assert info.value.code == code
+                assert says in info.value.message
+            assert await unit.ping() > 0
+
+    async def test_a_bad_client_does_not_hurt_the_others(self, home: Path) -> None:
+        """A client that sends garbage gets errors; another client is served meanwhile."""
+        async with daemon(home), client(home) as good:
+            async with await trio.open_unix_socket(str(paths().socket)) as bad:
+                await bad.send_all(struct.pack(">I", 5) + b"{oops")
+                await bad.send_all(struct.pack(">I", 1 << 30))
+                with trio.fail_after(5):
+                    data = await bad.receive_some()
+                assert b"bad_message" in data or b"frame_too_large" in data
+            session = await good.create_session(unit="fast")
+            assert await session.prompt("still here").text() == "still here"
