@@ -60,20 +60,30 @@ def new(
 ) -> int:
     """Open a session on a unit (bringing the unit up first if needed); print its id.
 
+    `--connector` names the way to reach the unit: a transport (`local`,
+    `unix`, ...: the unit must be reached that way), or an address to
+    connect to first (`unix:PATH`, `local:COMMAND`).
+
     Examples
     --------
     ```
     latis session new
     latis session new --unit box
+    latis session new --unit box --connector local
     latis session new --connector unix:/run/shared/unit.sock
     SID=$(latis session new --json | jq -r .session)
     ```
 
     Args:
         unit: the unit.
-        connector: connect to a unit at this address first (unix:PATH, local:COMMAND).
+        connector: a transport name, or an address (unix:PATH, local:COMMAND).
         json_output: print a JSON object.
     """
+    if connector is not None and ":" not in connector:
+        problem = _check_connector(unit, connector)
+        if problem:
+            print(f"latis: {problem}", file=sys.stderr)
+            return ERROR
 
     async def work(cmdr: Any) -> int:
         from ._cmdr import call
@@ -81,7 +91,7 @@ def new(
 
         target = unit
         with progress(f"bringing unit {unit!r} up") as say:
-            if connector is not None:
+            if connector is not None and ":" in connector:
                 data = await call(cmdr, "unit.connect", say, target=connector)
                 target = data["unit"]
             else:
@@ -94,6 +104,25 @@ def new(
         return OK
 
     return run_with_cmdr(work)
+
+
+def _check_connector(unit: str, connector: str) -> str | None:
+    """Why `unit` cannot be reached through transport `connector` (None if it can)."""
+    import os
+
+    from latis_core._config import ConfigError, load_config
+
+    try:
+        config = load_config(os.environ.get("LATIS_CONFIG") or None)
+        unit_config = config.unit(unit)
+    except (ConfigError, LookupError) as exc:
+        return str(exc.args[0]) if isinstance(exc, LookupError) else str(exc)
+    ways = [unit_config.dial.type] if unit_config.dial else []
+    ways += [listener.type for listener in unit_config.accept]
+    if connector not in ways:
+        return (f"unit {unit!r} is reached by {', '.join(ways) or 'nothing'}, not {connector}"
+                f" (use --connector ADDRESS to connect to another unit)")
+    return None
 
 
 @session_app.command(name="list")
@@ -300,7 +329,8 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
     for u in units:
         states = list(u["sessions"].values())
         busy = sum(1 for s in states if s in ("busy", "waiting"))
+        seen = "now" if pid and u["connection"] == "connected" else _ago(u["last_seen"])
         table.add_row(u["unit"], u["provisioner"] or "-", u["connection"], str(len(states)),
-                      str(busy), _ago(u["last_seen"]))
+                      str(busy), seen)
     out().print(table)
     return OK

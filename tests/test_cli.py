@@ -271,6 +271,16 @@ class TestOutputAndErrors:
         result = home.ok("prompt", "--unit", "asker", "the plan", input="yes indeed\n")
         assert result.stdout == "yes indeed the plan\n"
 
+    def test_connector(self, home: Home) -> None:
+        """--connector checks the way a unit is reached, or connects to an address."""
+        assert home.ok("session", "new", "--connector", "local").stdout.strip()
+        wrong = home.run("session", "new", "--connector", "ssh")
+        assert wrong.returncode == 1
+        assert "unit 'local' is reached by local, not ssh" in wrong.stderr
+        socket = home.path / "run" / "units" / "local" / "unit.sock"
+        via = home.json("session", "new", "--connector", f"unix:{socket}")
+        assert via["unit"].startswith("unix-")
+
     def test_unknown_unit(self, home: Home) -> None:
         """A unit that is not in config: exit 1, and the message lists the units there are."""
         result = home.run("prompt", "--unit", "nope", "x")
