@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """latis benchmarks: one table, every row measured side by side in one run.
 
-    python benchmarks/bench.py            # full run (~30 s)
-    python benchmarks/bench.py --quick    # short run (~15 s)
+    python benchmarks/bench.py            # full run (~70 s)
+    python benchmarks/bench.py --quick    # short run (~30 s)
     python benchmarks/bench.py --json     # also print the numbers as JSON (last line)
 
 See benchmarks/README.md for what each row measures and its target. This is a
@@ -69,6 +69,11 @@ class Config:
         self.codec_batch = 1000
         #: Idle connections and idle sessions for the memory rows.
         self.mem_n = 1000
+        #: Rounds of the whole-process rows (start-up, prompts), after one warm-up round.
+        self.start_runs = 5 if quick else 30
+        #: Prompt round trips measured per in-process prompt row per round.
+        self.prompt_iters = 100 if quick else 500
+        self.prompt_warmup = 20 if quick else 50
 
 
 _T0 = time.perf_counter()
@@ -479,6 +484,411 @@ def memory_rows(cfg: Config) -> dict[str, Any]:
     return out
 
 
+# ---- start-up, and a prompt through the CLI and the daemon ----------------------------------
+
+#: The prompt of the prompt rows (the echo agent answers it back).
+PROMPT_TEXT = "hello there"
+
+#: The reference of the start-up rows: a minimal cyclopts app, three commands with
+#: one option and a one-line docstring each, cyclopts' defaults otherwise.
+MINI_APP = '''\
+"""A minimal three-command cyclopts app."""
+
+from cyclopts import App
+
+app = App(name="mini")
+
+
+@app.command
+def greet(*, name: str = "world") -> None:
+    """Greet someone."""
+    print(f"hello {name}")
+
+
+@app.command
+def count(*, upto: int = 3) -> None:
+    """Count up to a number."""
+    print(*range(1, upto + 1))
+
+
+@app.command
+def check(*, strict: bool = False) -> None:
+    """Check the things."""
+    print("ok (strict)" if strict else "ok")
+
+
+if __name__ == "__main__":
+    app()
+'''
+
+#: Row prompt_lib_proc: the same prompt through the library, as a whole process.
+LIB_PROMPT = f"""\
+import trio
+
+import latis_core
+
+
+async def main() -> None:
+    async with latis_core.connect_local() as unit:
+        session = await unit.create_session()
+        print(await session.prompt({PROMPT_TEXT!r}).text())
+
+
+trio.run(main)
+"""
+
+
+def latis_argv() -> list[str]:
+    """How to run `latis`: the script beside sys.executable (what users run) when it
+    runs this same Python, else `python -m latis_cli`."""
+    script = Path(sys.executable).with_name("latis")
+    try:
+        with open(script, "rb") as f:
+            first = f.readline()
+    except OSError:
+        first = b""
+    if first.startswith(b"#!") and os.access(script, os.X_OK):
+        shebang = first[2:].decode(errors="replace").split()
+        if shebang and os.path.realpath(shebang[0]) == os.path.realpath(sys.executable):
+            return [str(script)]
+    return [sys.executable, "-m", "latis_cli"]
+
+
+def _proc_cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of a process and its reaped children, from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LatisHome:
+    """An isolated LATIS_HOME in a short folder under /tmp (unit socket paths are
+    limited to 107 bytes), with the daemon running and the `local` unit up.
+
+    Leaving it (also on Ctrl-C, which is ignored meanwhile) stops the daemon,
+    ends the unit processes whose command line names the folder, and removes it.
+    """
+
+    def __init__(self, latis: list[str]) -> None:
+        self.latis = latis
+        self.path = tempfile.mkdtemp(prefix="lb", dir="/tmp" if os.path.isdir("/tmp") else None)
+        self.env = {k: v for k, v in os.environ.items() if k != "LATIS_CONFIG"}
+        self.env["LATIS_HOME"] = self.path
+
+    def __enter__(self) -> LatisHome:
+        try:
+            for args, expect in (
+                (["daemon", "start"], ""),
+                (["unit", "up", "local"], ""),
+                (["status"], "connected"),
+            ):
+                if self.run([*self.latis, *args], expect) is None:
+                    raise RuntimeError(f"latis {' '.join(args)} did not end within 60 s")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, name: str, text: str) -> str:
+        path = os.path.join(self.path, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def run(self, argv: list[str], expect: str = "", timeout: float = 60.0) -> float | None:
+        """Run a whole process in the home (cwd and env); return its wall time in s,
+        or None if it was still running after `timeout` s (then it is killed)."""
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                argv,
+                cwd=self.path,  # (no ./latis.toml of the caller's folder)
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0 or expect not in proc.stdout:
+            raise RuntimeError(
+                f"{' '.join(argv)}: exit {proc.returncode}, expected {expect!r} in its "
+                f"output\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}"
+            )
+        return elapsed
+
+    def socket(self) -> str:
+        """The daemon's unix socket."""
+        from latis_core._paths import paths
+
+        old = os.environ.get("LATIS_HOME")
+        os.environ["LATIS_HOME"] = self.path
+        try:
+            return str(paths().socket)
+        finally:
+            if old is None:
+                del os.environ["LATIS_HOME"]
+            else:
+                os.environ["LATIS_HOME"] = old
+
+    def daemon_pid(self) -> int | None:
+        """The daemon's pid, checked to be a process with this LATIS_HOME."""
+        pidfile = os.path.join(self.path, "run", "cmdr.pid")
+        try:
+            with open(pidfile) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if f"LATIS_HOME={self.path}".encode() in environ else None
+
+    def unit_pids(self) -> list[int]:
+        """Processes (not this one) whose command line names the folder: the units."""
+        needle = (self.path + "/").encode()
+        me = os.getpid()
+        return [
+            int(d)
+            for d in os.listdir("/proc")
+            if d.isdigit() and int(d) != me and needle in _proc_cmdline(int(d))
+        ]
+
+    def helper_cpu(self) -> float:
+        """CPU seconds the daemon and the units have used (not reaped by us, so not
+        in our rusage: the noise figure takes them out)."""
+        pids = set(self.unit_pids())
+        daemon = self.daemon_pid()
+        if daemon is not None:
+            pids.add(daemon)
+        return sum(_proc_cpu(pid) for pid in pids)
+
+    def close(self) -> None:
+        import shutil
+        import signal
+
+        try:
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            old = None
+        try:
+            daemon = self.daemon_pid()
+            try:
+                subprocess.run(
+                    [*self.latis, "daemon", "stop"],
+                    cwd=self.path,
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=30,
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                log(f"latis daemon stop: {exc}")
+            pids = self.unit_pids()
+            if daemon is not None and _alive(daemon) and self.daemon_pid() == daemon:
+                pids.append(daemon)
+            for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + wait
+                while (pids := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if not pids:
+                    break
+            if pids:
+                log(f"could not end processes {pids} of {self.path}")
+            shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+
+
+#: Seconds a prompt may take before it counts as hung (in-process rows).
+PROMPT_HANG_S = 3.0
+#: Hung prompts through the daemon tolerated in one run (each followed by a new connection).
+MAX_HUNG = 10
+
+
+class DaemonConnection:
+    """A connection to the daemon and a session on unit `local`, renewed when a
+    prompt through it hangs (its answer never comes back: see the README)."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.stack: AsyncExitStack | None = None
+        self.session: latis_core.Session | None = None
+        #: Prompts that hung: first prompts on a new connection, and measured ones.
+        self.hung = 0
+
+    async def open(self) -> None:
+        """Connect, make the session, and see its first prompt answered."""
+        from latis_transports.unix import open_unix
+
+        while True:
+            await self.aclose()
+            self.stack = stack = AsyncExitStack()
+            stream = await stack.enter_async_context(open_unix(self.socket_path))
+            cmdr = await stack.enter_async_context(
+                latis_core.connect(stream, name="latis-bench", label="cmdr")
+            )
+            with trio.move_on_after(PROMPT_HANG_S):
+                session = await cmdr.create_session(unit="local")
+                text = await session.prompt(PROMPT_TEXT).text()
+                if text.strip() != PROMPT_TEXT:
+                    raise RuntimeError(f"the daemon answered {text!r}")
+                self.session = session
+                return
+            self.count_hang("a first prompt")
+
+    def count_hang(self, what: str) -> None:
+        self.hung += 1
+        log(f"{what} through the daemon hung ({PROMPT_HANG_S:g} s): new connection")
+        if self.hung > MAX_HUNG:
+            raise RuntimeError(f"prompts through the daemon hung {self.hung} times")
+
+    async def aclose(self) -> None:
+        self.session = None
+        if self.stack is not None:
+            stack, self.stack = self.stack, None
+            await stack.aclose()  # (not in a scope of its own: it holds a nursery)
+
+
+async def prompt_loop(
+    get: Callable[[], latis_core.Session], n: int, on_hang: Callable[[], Awaitable[None]]
+) -> list[int]:
+    """n prompt round trips (ns each); a hung one is not counted, and `on_hang` runs."""
+    times: list[int] = []
+    append = times.append
+    while len(times) < n:
+        session = get()
+        with trio.move_on_after(PROMPT_HANG_S) as scope:
+            t0 = perf_ns()
+            await session.prompt(PROMPT_TEXT).text()
+            append(perf_ns() - t0)
+        if scope.cancelled_caught:
+            await on_hang()
+    return times
+
+
+async def measure_prompts(cfg: Config, socket_path: str) -> dict[str, Any]:
+    """One prompt round trip, in-process: to a latis-unit --stdio, and through the daemon."""
+    async with latis_core.connect_local() as unit:
+        direct = await unit.create_session()
+        if (await direct.prompt(PROMPT_TEXT).text()).strip() != PROMPT_TEXT:
+            raise RuntimeError("latis-unit --stdio did not echo the prompt")
+        daemon = DaemonConnection(socket_path)
+        try:  # (closed inside connect_local's block: its connections nest in there)
+            await daemon.open()
+
+            async def direct_hung() -> None:
+                raise RuntimeError("a prompt to latis-unit --stdio hung")
+
+            async def daemon_hung() -> None:
+                daemon.count_hang("a prompt")
+                await daemon.open()
+
+            def via() -> latis_core.Session:
+                assert daemon.session is not None
+                return daemon.session
+
+            rows: dict[str, tuple[Callable[[], latis_core.Session], Any]] = {
+                "prompt_lib": (lambda: direct, direct_hung),
+                "prompt_daemon": (via, daemon_hung),
+            }
+            out: dict[str, list[float]] = {name: [] for name in rows}
+            for r in range(ROUNDS):
+                log(f"prompt round trips in-process, run {r + 1}/{ROUNDS}")
+                for name, (get, on_hang) in rows.items():
+                    await prompt_loop(get, cfg.prompt_warmup, on_hang)
+                    times = await prompt_loop(get, cfg.prompt_iters, on_hang)
+                    out[name].append(statistics.median(times) / 1000)
+        finally:
+            await daemon.aclose()
+    return {"us": out, "daemon_hung": daemon.hung}
+
+
+#: A measured whole process still running after max(HANG_S, 10 x its warm-up run)
+#: seconds counts as hung: it is killed, counted and left out of the medians.
+HANG_S = 3.0
+#: The same for the warm-up round (Python may compile bytecode then).
+WARMUP_HANG_S = 10.0
+
+
+def cli_rows(cfg: Config) -> dict[str, Any]:
+    """Start-up and prompts as whole processes (interleaved, round by round), then
+    prompts in-process; all with one daemon in an isolated LATIS_HOME."""
+    latis = latis_argv()
+    log(f"start-up and prompts: daemon and local unit up ({' '.join(latis)})")
+    with LatisHome(latis) as home:
+        mini = home.write("mini_app.py", MINI_APP)
+        lib = home.write("lib_prompt.py", LIB_PROMPT)
+        py = sys.executable
+        cases = [
+            ("F5", [py, "-c", "pass"], ""),
+            ("start_cyclopts", [py, mini, "--help"], "greet"),
+            ("start_latis_help", [*latis, "--help"], "latis"),
+            ("start_latis_status", [*latis, "status"], "local"),
+            ("prompt_lib_proc", [py, lib], PROMPT_TEXT),
+            ("prompt_cli", [*latis, "prompt", PROMPT_TEXT], PROMPT_TEXT),
+        ]
+        # Per round, ms; None where the run hung.
+        whole: dict[str, list[float | None]] = {name: [] for name, _, _ in cases}
+        limit: dict[str, float] = {}
+        for r in range(cfg.start_runs + 1):  # round 0 warms up
+            if r % 10 == 1 or r == cfg.start_runs:
+                log(f"whole processes, round {r}/{cfg.start_runs}")
+            for name, argv, expect in cases:
+                timeout = limit.get(name, WARMUP_HANG_S)
+                elapsed = home.run(argv, expect, timeout=timeout)
+                if elapsed is None:
+                    log(f"{name}: hung, killed after {timeout:.1f} s")
+                if r == 0:
+                    limit[name] = max(HANG_S, 10 * elapsed) if elapsed else HANG_S
+                else:
+                    whole[name].append(None if elapsed is None else elapsed * 1000)
+        for name, runs in whole.items():
+            if all(x is None for x in runs):
+                raise RuntimeError(f"{name}: every run hung")
+        prompts = trio.run(measure_prompts, cfg, home.socket())
+        helper_cpu = home.helper_cpu()
+        log("stopping the daemon and the unit")
+    return {
+        "whole_ms": whole,
+        "hang_after_s": limit,
+        "prompts": prompts,
+        "latis": latis,
+        "helper_cpu": helper_cpu,
+    }
+
+
 # ---- the run -----------------------------------------------------------------------------
 
 
@@ -554,7 +964,8 @@ def run_all(cfg: Config) -> dict[str, Any]:
     codec = codec_rows(cfg)
     log(f"memory: {cfg.mem_n} idle connections, {cfg.mem_n} idle sessions")
     mem = memory_rows(cfg)
-    return {"proc": proc, "codec": codec, "mem": mem}
+    cli = cli_rows(cfg)
+    return {"proc": proc, "codec": codec, "mem": mem, "cli": cli}
 
 
 # ---- the table ---------------------------------------------------------------------------
@@ -741,6 +1152,139 @@ def build_rows(cfg: Config, raw: dict[str, Any]) -> list[dict[str, Any]]:
         note=f"cmdr {sess['cmdr'] / KiB:.2f} + unit {sess['unit'] / KiB:.2f} + other "
         f"{sess['other'] / KiB:.2f} KiB; RSS growth {rss_session / KiB:.2f} KiB",
     )
+
+    # Start-up and prompts as whole processes: wall time, interleaved rounds. The
+    # ratios are medians of the per-round ratios; "F5 + x ms" is the time over
+    # python's own start-up.
+    cli = raw["cli"]
+    rounds = cli["whole_ms"]  # per round; None where the run hung
+    whole = {name: [x for x in v if x is not None] for name, v in rounds.items()}
+    wmed = {name: statistics.median(v) for name, v in whole.items()}
+
+    def per_round(a: str, b: str) -> list[float]:
+        pairs = zip(rounds[a], rounds[b], strict=True)
+        return [x / y for x, y in pairs if x is not None and y is not None]
+
+    def hung(name: str) -> dict[str, Any]:
+        n = len(rounds[name]) - len(whole[name])
+        if not n:
+            return {}
+        return {
+            "hung": n,
+            "hung_note": f"{n} of {len(rounds[name])} runs hung, killed after "
+            f"{cli['hang_after_s'][name]:.1f} s and left out",
+        }
+
+    def iqr(values: list[float]) -> str:
+        if len(values) < 2:
+            return ""
+        q1, _, q3 = statistics.quantiles(values, n=4)
+        return f", IQR {q1:.2f}–{q3:.2f}"
+
+    def over_f5(name: str) -> str:
+        return f"F5 + {wmed[name] - wmed['F5']:.1f} ms"
+
+    row(
+        "F5",
+        "floor: python -c pass, whole process, wall time",
+        wmed["F5"],
+        "ms",
+        runs=whole["F5"],
+        **hung("F5"),
+    )
+    app_f5 = per_round("start_cyclopts", "F5")
+    row(
+        "start_cyclopts",
+        "minimal cyclopts app (3 commands, 1 option each): --help",
+        wmed["start_cyclopts"],
+        "ms",
+        runs=whole["start_cyclopts"],
+        **hung("start_cyclopts"),
+        floor="F5",
+        ratio=statistics.median(app_f5),
+        note=over_f5("start_cyclopts"),
+    )
+    for id_, what, limit in (
+        ("start_latis_help", "latis --help", 1.15),
+        ("start_latis_status", "latis status (daemon running, local unit up)", 1.5),
+    ):
+        per = per_round(id_, "start_cyclopts")
+        ratio = statistics.median(per)
+        row(
+            id_,
+            what,
+            wmed[id_],
+            "ms",
+            runs=whole[id_],
+            **hung(id_),
+            floor="start_cyclopts",
+            ratio=ratio,
+            ratio_runs=per,
+            target=f"≤ {limit:g}x the cyclopts app",
+            ok=ratio <= limit,
+            note=f"{ratio:.2f}x the cyclopts app (per round{iqr(per)}); {over_f5(id_)} "
+            f"(the cyclopts app: {over_f5('start_cyclopts')})",
+        )
+
+    # A prompt: whole processes (no target), then in-process round trips.
+    lib_f5 = per_round("prompt_lib_proc", "F5")
+    row(
+        "prompt_lib_proc",
+        "library, whole process: connect_local, session, prompt",
+        wmed["prompt_lib_proc"],
+        "ms",
+        runs=whole["prompt_lib_proc"],
+        **hung("prompt_lib_proc"),
+        floor="F5",
+        ratio=statistics.median(lib_f5),
+        note=f"{over_f5('prompt_lib_proc')}; starts its own latis-unit --stdio",
+    )
+    cli_lib = per_round("prompt_cli", "prompt_lib_proc")
+    row(
+        "prompt_cli",
+        f'latis prompt "{PROMPT_TEXT}", whole process (daemon, unit up)',
+        wmed["prompt_cli"],
+        "ms",
+        runs=whole["prompt_cli"],
+        **hung("prompt_cli"),
+        floor="prompt_lib_proc",
+        ratio=statistics.median(cli_lib),
+        ratio_runs=cli_lib,
+        note=f"{over_f5('prompt_cli')}; latis status + "
+        f"{wmed['prompt_cli'] - wmed['start_latis_status']:.1f} ms; "
+        f"{statistics.median(per_round('prompt_cli', 'start_cyclopts')):.2f}x the cyclopts app",
+    )
+    pr = cli["prompts"]["us"]
+    daemon_hung = cli["prompts"]["daemon_hung"]
+    pmed = {name: statistics.median(v) for name, v in pr.items()}
+    row(
+        "prompt_lib",
+        "one prompt round trip in-process, library to latis-unit --stdio",
+        pmed["prompt_lib"],
+        "µs",
+        runs=pr["prompt_lib"],
+    )
+    per_run = [d / lib for d, lib in zip(pr["prompt_daemon"], pr["prompt_lib"], strict=True)]
+    row(
+        "prompt_daemon",
+        "the same through the daemon's socket (session on unit local)",
+        pmed["prompt_daemon"],
+        "µs",
+        runs=pr["prompt_daemon"],
+        floor="prompt_lib",
+        ratio=statistics.median(per_run),
+        ratio_runs=per_run,
+        note=f"the daemon adds {pmed['prompt_daemon'] - pmed['prompt_lib']:.0f} µs per prompt",
+        **(
+            {
+                "hung": daemon_hung,
+                "hung_note": f"{daemon_hung} prompt(s) hung ({PROMPT_HANG_S:g} s), each "
+                "left out and followed by a new connection and session",
+            }
+            if daemon_hung
+            else {}
+        ),
+    )
     return rows
 
 
@@ -751,6 +1295,8 @@ def fmt_value(value: float, unit: str) -> str:
         return f"{value / 1000:,.0f} k/s"
     if unit == "KiB":
         return f"{value:.2f} KiB"
+    if unit == "ms":
+        return f"{value:.1f} ms"
     return f"{value:g} {unit}"
 
 
@@ -758,6 +1304,9 @@ def fmt_runs(r: dict[str, Any]) -> str:
     runs = r.get("runs")
     if not runs or len(runs) < 2:
         return ""
+    if len(runs) > ROUNDS:  # whole processes: the quartiles of many runs
+        q1, _, q3 = statistics.quantiles(runs, n=4)
+        return f"IQR {q1:.1f}–{q3:.1f}" + (f", {r['hung']} hung" if r.get("hung") else "")
     if r["unit"] == "msg/s":
         return " ".join(f"{x / 1000:.0f}k" for x in runs)
     return " ".join(f"{x:.1f}" for x in runs)
@@ -767,7 +1316,9 @@ def render(cfg: Config, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str:
     mode = "quick" if cfg.quick else "full"
     head = (
         f"latis benchmarks ({mode}: round trips {ROUNDS} interleaved runs x {cfg.rt_iters}, "
-        f"streaming {cfg.stream_runs} run(s), memory over {cfg.mem_n})\n"
+        f"streaming {cfg.stream_runs} run(s), memory over {cfg.mem_n}, whole processes "
+        f"{cfg.start_runs} interleaved rounds, in-process prompts {ROUNDS} runs x "
+        f"{cfg.prompt_iters})\n"
         f"Python {platform.python_version()}, trio {trio.__version__}, "
         f"latis {latis_core.__version__}, {os.cpu_count()} CPUs; other processes kept "
         f"{raw['others_cores']:.2f} of a core busy on average during the run "
@@ -797,7 +1348,14 @@ def render(cfg: Config, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str:
 
     lines.append(line(cols))
     lines.append("  ".join("-" * w for w in widths))
-    groups = {"F2": "rt", "F3": "codec", "F4": "stream", "mem_conn_cmdr": "mem"}
+    groups = {
+        "F2": "rt",
+        "F3": "codec",
+        "F4": "stream",
+        "mem_conn_cmdr": "mem",
+        "F5": "start",
+        "prompt_lib_proc": "prompt",
+    }
     for r, cells in zip(rows, table, strict=True):
         if r["id"] in groups:
             lines.append("")
@@ -817,6 +1375,11 @@ def render(cfg: Config, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str:
     )
     notes = [f"{r['id']}: {r['note']}" for r in rows if r.get("note")]
     lines.extend(notes)
+    lines.extend(f"HUNG {r['id']}: {r['hung_note']}" for r in rows if r.get("hung"))
+    lines.append(
+        f"latis run as: {' '.join(raw['cli']['latis'])}; python: {sys.executable}; "
+        "prompt rows are informational (no target)"
+    )
     targets = [r for r in rows if "ok" in r]
     met = sum(1 for r in targets if r["ok"])
     lines.append(f"targets met: {met}/{len(targets)}")
@@ -831,7 +1394,7 @@ def _only_interrupts(exc: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short run (~15 s)")
+    parser.add_argument("--quick", action="store_true", help="a short run (~30 s)")
     parser.add_argument(
         "--json", action="store_true", help="also print the numbers as one JSON line, last"
     )
@@ -860,7 +1423,9 @@ def main(argv: list[str] | None = None) -> int:
         raise
     cpu1 = cpu_seconds()
     wall = time.perf_counter() - started
-    raw["others_cores"] = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / wall
+    # (The daemon and its units are not our reaped children: their CPU is taken out.)
+    others = (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]) - raw["cli"]["helper_cpu"]
+    raw["others_cores"] = max(0.0, others) / wall
     rows = build_rows(cfg, raw)
     print(render(cfg, rows, raw))
     log(f"done in {time.perf_counter() - started:.1f} s")
@@ -877,6 +1442,7 @@ def main(argv: list[str] | None = None) -> int:
                 "codec_batches": cfg.codec_batches,
                 "codec_batch": cfg.codec_batch,
                 "mem": raw["mem"],
+                "cli": raw["cli"],
                 "others_cores": raw["others_cores"],
             },
         }

@@ -197,7 +197,7 @@ class FdLink(Link):
         self._wfd = wfd
         self._pollable = True
         self._interrupted = False
-        self._in_wait = False
+        self._waiting: trio.lowlevel.Task | None = None
         self._reads = 0
         self._misses = 0
         os.set_blocking(rfd, False)
@@ -246,7 +246,7 @@ class FdLink(Link):
 
     def interrupt(self) -> None:
         self._interrupted = True
-        if self._in_wait:
+        if self._waiting is not None:
             trio.lowlevel.notify_closing(self._rfd)
 
     def read_nowait(self) -> bytes | bytearray | memoryview | None:
@@ -288,7 +288,11 @@ class FdLink(Link):
                 self._interrupted = False
                 raise Interrupted
             if self._pollable:
-                self._in_wait = True
+                # Which task waits, not just whether one does: a read that
+                # ends late (a reader woken by epoll just as a leader took
+                # over) must not wipe out the mark of the read after it.
+                me = trio.lowlevel.current_task()
+                self._waiting = me
                 try:
                     await trio.lowlevel.wait_readable(rfd)
                 except trio.ClosedResourceError:
@@ -303,7 +307,8 @@ class FdLink(Link):
                     # A regular file (stdin redirected from one) is always readable.
                     self._pollable = False
                 finally:
-                    self._in_wait = False
+                    if self._waiting is me:
+                        self._waiting = None
             else:
                 await cancel_shielded_checkpoint()
             data = read_nowait()

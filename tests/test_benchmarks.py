@@ -29,6 +29,14 @@ ROWS = [
     "mem_conn_total",
     "mem_conn_rss",
     "mem_session",
+    "F5",
+    "start_cyclopts",
+    "start_latis_help",
+    "start_latis_status",
+    "prompt_lib_proc",
+    "prompt_cli",
+    "prompt_lib",
+    "prompt_daemon",
 ]
 
 

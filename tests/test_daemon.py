@@ -102,6 +102,28 @@ class TestController:
             [entry] = ctl.state.transcript(data["session"])
             assert (entry.prompt.state, len(entry.chunks)) == ("complete", 30)
 
+    @pytest.mark.parametrize("spin", [0, 1])
+    async def test_many_short_prompts_never_hang(
+        self, home: Path, spin: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Prompt after prompt through the controller, each one comes back whole.
+
+        The pump hops to a worker thread to store each batch, so the unit
+        connection's idle reader and the pump keep trading the stream, at
+        times in the very scheduler pass in which the reader was woken with
+        data. That hand-over once lost the pump's wake-up (about one prompt
+        in 25 hung with its answer already read). Without spinning (one CPU,
+        or a unit that answers slowly) the leader sleeps in epoll at once.
+        """
+        monkeypatch.setattr("latis_core._peer.SPIN", spin)
+        async with controller(home) as ctl:
+            for _ in range(400):
+                with trio.fail_after(10):
+                    sid = (await ctl.create_session("fast"))["session"]
+                    record = await ctl.start_prompt(sid, "hello there")
+                    events = await collect(ctl, record.id)
+                assert events[-1] == ("end", {"outcome": "complete", "chunks": 2})
+
     async def test_two_followers_and_a_cancel(self, home: Path) -> None:
         """Two followers see the same prompt; a cancel ends it for both, on the unit too."""
         async with controller(home) as ctl:

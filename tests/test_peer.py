@@ -335,3 +335,4 @@ class TestClosing:
                 assert not unit.peer.conn.in_flight(stream.id)
                 assert (await unit.state()).state == "idle"
             nursery.cancel_scope.cancel()
+
