@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import attrs
@@ -73,19 +74,23 @@ def paths() -> Paths:
         return Paths(base / "config.toml", base / "data", base / "run", base / "log")
     import platformdirs
 
-    runtime = Path(platformdirs.user_runtime_dir("latis"))
-    if not _usable_runtime(runtime):
-        runtime = Path(f"/tmp/latis-{os.getuid()}")
     return Paths(
         Path(platformdirs.user_config_dir("latis")) / "config.toml",
         Path(platformdirs.user_data_dir("latis")),
-        runtime,
+        _runtime_dir(),
         Path(platformdirs.user_log_dir("latis")),
     )
 
 
-def _usable_runtime(path: Path) -> bool:
-    # XDG_RUNTIME_DIR may be unset (platformdirs then guesses /run/user/UID,
-    # which may not exist on a server or in a container).
-    parent = path.parent
-    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+def _runtime_dir() -> Path:
+    # XDG_RUNTIME_DIR is often unset on servers and in containers; platformdirs
+    # then guesses (and warns on every call). Our fallback is /tmp/latis-UID,
+    # made 0700 and checked to be ours before use (make_private_dir).
+    if sys.platform.startswith("linux") or "XDG_RUNTIME_DIR" in os.environ:
+        xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+        if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
+            return Path(xdg) / "latis"
+        return Path(f"/tmp/latis-{os.getuid()}")
+    import platformdirs
+
+    return Path(platformdirs.user_runtime_dir("latis"))
