@@ -90,16 +90,9 @@ def start_daemon(quiet: bool = False) -> int:
 
 
 def _listening(path: str) -> bool:
-    import socket
+    from latis_transports.unix import is_listening
 
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
+    return bool(is_listening(path))
 
 
 @asynccontextmanager

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import attrs
+import trio
 
 from ._transport import Dialer
 
 __all__ = [
     "MemoryResources",
+    "OneAtATime",
     "ProvisionContext",
     "ProvisionError",
     "ProvisionState",
@@ -157,3 +159,45 @@ class Provisioner(Protocol):
     def dialer(self) -> Dialer | None:
         """How to reach the unit this provisioner runs, if it knows (else None)."""
         ...
+
+
+class OneAtATime:
+    """A base for provisioners: `create`, `start`, `stop` and `destroy` run one
+    at a time (two `start`s at once give one unit). Subclasses write
+    `_create`, `_start`, `_stop` and `_destroy`, and call `super().__init__()`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def _create(self) -> None:
+        raise NotImplementedError
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    async def _destroy(self) -> None:
+        raise NotImplementedError
+
+    async def create(self) -> None:
+        """Make the unit exist, not running (idempotent)."""
+        async with self._lock:
+            await self._create()
+
+    async def start(self) -> None:
+        """Make the unit run, creating it first if needed; return once it can be dialed."""
+        async with self._lock:
+            await self._start()
+
+    async def stop(self) -> None:
+        """Stop the unit; keep what `start` needs (idempotent)."""
+        async with self._lock:
+            await self._stop()
+
+    async def destroy(self) -> None:
+        """Stop the unit, remove all it had and forget its resources (idempotent)."""
+        async with self._lock:
+            await self._destroy()

@@ -33,6 +33,7 @@ import trio
 from latis_transports.unix import UnixDialer
 
 from latis_core._provision import (
+    OneAtATime,
     ProvisionContext,
     ProvisionError,
     ProvisionState,
@@ -134,7 +135,7 @@ def _stderr_summary(stderr: bytes, returncode: int) -> str:
     return text or f"exit status {returncode}, and nothing on stderr"
 
 
-class ContainerProvisioner:
+class ContainerProvisioner(OneAtATime):
     """Runs a unit in a podman or docker container, reached on a bind-mounted socket."""
 
     Options = ContainerOptions
@@ -147,7 +148,7 @@ class ContainerProvisioner:
         #: The container's name.
         self.name: str = options.name or "latis-" + re.sub(r"[^A-Za-z0-9_.-]", "-", context.unit)
         self._engine_path: str | None = None
-        self._lock = trio.Lock()
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"<ContainerProvisioner unit={self.context.unit!r} name={self.name!r}>"
@@ -357,28 +358,6 @@ class ContainerProvisioner:
         self.context.resources.clear()
         run_dir = self.context.run_dir
         await trio.to_thread.run_sync(lambda: shutil.rmtree(run_dir, ignore_errors=True))
-
-    # --- the interface: one call at a time per provisioner
-
-    async def create(self) -> None:
-        """Make the unit exist, not running (idempotent)."""
-        async with self._lock:
-            await self._create()
-
-    async def start(self) -> None:
-        """Make the unit run, creating it first if needed; return once it can be dialed."""
-        async with self._lock:
-            await self._start()
-
-    async def stop(self) -> None:
-        """Stop the unit; keep what `start` needs (idempotent)."""
-        async with self._lock:
-            await self._stop()
-
-    async def destroy(self) -> None:
-        """Stop the unit, remove all it had and forget its resources (idempotent)."""
-        async with self._lock:
-            await self._destroy()
 
     async def status(self) -> ProvisionStatus:
         """The container's state (`ENGINE container inspect`); ABSENT if there is none."""

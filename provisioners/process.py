@@ -28,6 +28,7 @@ import trio
 from latis_transports.unix import UnixDialer
 
 from latis_core._provision import (
+    OneAtATime,
     ProvisionContext,
     ProvisionError,
     ProvisionState,
@@ -196,7 +197,7 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str | None, log: Path) -> 
     return process.pid, offset
 
 
-class ProcessProvisioner:
+class ProcessProvisioner(OneAtATime):
     """Runs a unit as a detached `latis-unit --listen unix:RUN_DIR/unit.sock`."""
 
     Options = ProcessOptions
@@ -208,7 +209,7 @@ class ProcessProvisioner:
         self.socket: Path = context.run_dir / SOCKET_NAME
         #: The unit's log file.
         self.log: Path = context.log_dir / f"{context.unit}.log"
-        self._lock = trio.Lock()
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"<ProcessProvisioner unit={self.context.unit!r} socket={str(self.socket)!r}>"
@@ -383,28 +384,6 @@ class ProcessProvisioner:
         run_dir = self.context.run_dir
         await trio.to_thread.run_sync(lambda: shutil.rmtree(run_dir, ignore_errors=True))
         self.context.resources.clear()
-
-    # --- the interface: one call at a time per provisioner
-
-    async def create(self) -> None:
-        """Make the unit exist, not running (idempotent)."""
-        async with self._lock:
-            await self._create()
-
-    async def start(self) -> None:
-        """Make the unit run, creating it first if needed; return once it can be dialed."""
-        async with self._lock:
-            await self._start()
-
-    async def stop(self) -> None:
-        """Stop the unit; keep what `start` needs (idempotent)."""
-        async with self._lock:
-            await self._stop()
-
-    async def destroy(self) -> None:
-        """Stop the unit, remove all it had and forget its resources (idempotent)."""
-        async with self._lock:
-            await self._destroy()
 
     async def status(self) -> ProvisionStatus:
         """RUNNING ("pid N"); STOPPED (a pid or a stop recorded, nothing runs);

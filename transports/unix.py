@@ -20,7 +20,7 @@ import trio
 
 from latis_core._errors import ConnectError
 
-__all__ = ["UnixDialer", "listen_unix", "open_unix"]
+__all__ = ["UnixDialer", "is_listening", "listen_unix", "open_unix"]
 
 
 @asynccontextmanager
@@ -57,10 +57,11 @@ class UnixDialer:
         return f"unix: {self.path}"
 
 
-def _in_use(path: str) -> bool:
+def is_listening(path: str | os.PathLike[str]) -> bool:
+    """Whether something accepts connections on the unix socket at `path` (blocking, quick)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.connect(path)
+        probe.connect(os.fspath(path))
     except OSError:
         return False
     finally:
@@ -71,7 +72,7 @@ def _in_use(path: str) -> bool:
 def _prepare(path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if os.path.exists(path):
-        if _in_use(path):
+        if is_listening(path):
             raise OSError(errno.EADDRINUSE, f"something already listens on {path}")
         os.unlink(path)
 
