@@ -239,9 +239,8 @@ class Controller:
         say = progress or (lambda _: None)
         if rt.state == "connected" and rt.client is not None and not rt.client.peer.closed:
             return rt
-        config = rt.config
-        if rt.provisioner is not None:
-            say(f"starting unit {name!r} ({config.provisioner.type if config.provisioner else ''})")
+        if rt.provisioner is not None and rt.config.provisioner is not None:
+            say(f"starting unit {name!r} ({rt.config.provisioner.type})")
             try:
                 await rt.provisioner.start()
             except ProvisionError as exc:
@@ -558,11 +557,6 @@ class Controller:
         """Call `listener(session, state)` at every session state change; returns a remover."""
         self._state_listeners.append(listener)
         return lambda: self._state_listeners.remove(listener)
-
-    async def get_prompt(self, prompt_id: int) -> PromptRecord | None:
-        """The running record of a prompt, or None if it is not running here."""
-        await trio.lowlevel.checkpoint()
-        return self.prompts.get(prompt_id)
 
     async def cancel(self, prompt_id: int) -> None:
         """Cancel a running prompt on its unit (its pump sees the end)."""

@@ -287,11 +287,10 @@ def _on_session_resume(c: _Client, msg: SessionResume) -> None:
 
 def _on_prompt_send(c: _Client, msg: PromptSend) -> None:
     async def work() -> None:
-        try:
-            with trio.CancelScope(shield=True):
-                record = await c.ctl.start_prompt(msg.session, msg.text)
-        except LatisError:
-            raise
+        # Shielded: once sent to the unit, the prompt is recorded even if this
+        # client goes away at that moment (it runs on; only following stops).
+        with trio.CancelScope(shield=True):
+            record = await c.ctl.start_prompt(msg.session, msg.text)
         await c.forward(msg.id, record.id, -1)
 
     c.spawn(msg.id, work)
