@@ -33,6 +33,11 @@ from ._messages import AgentInfo
 __all__ = ["Agent", "AgentSession", "Reply", "SessionNotFound"]
 
 
+def _no_command(name: str, command: Sequence[str]) -> None:
+    if command:
+        raise ValueError(f"{name} agent runs no command (got {' '.join(command)!r} after --)")
+
+
 class SessionNotFound(LookupError):
     """`Agent.resume_session` has no such session to load."""
 
@@ -90,14 +95,17 @@ class Agent(abc.ABC):
     capabilities: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def from_options(cls, options: Mapping[str, str]) -> Agent:
-        """Build the agent from text options.
+    def from_options(cls, options: Mapping[str, str], command: Sequence[str] = ()) -> Agent:
+        """Build the agent from text options and, for adapters that run one, the
+        agent's command line (the words after `--` of `latis-unit`).
 
         Raises:
-            ValueError: an option is unknown or its value is not valid.
+            ValueError: an option is unknown, a value is not valid, or a
+                command was given to an adapter that runs none.
         """
         if options:
             raise ValueError(f"{cls.info.name} agent takes no options, got {sorted(options)}")
+        _no_command(cls.info.name, command)
         return cls()
 
     @abc.abstractmethod

@@ -70,7 +70,7 @@ __all__ = [
 
 #: What a unit's name may be.
 _UNIT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-_UNIT_KEYS = ("agent", "agent_options", "provisioner", "dial", "accept")
+_UNIT_KEYS = ("agent", "agent_options", "agent_command", "provisioner", "dial", "accept")
 _TOP_KEYS = ("daemon", "units")
 _NO_FILE = "<config>"
 
@@ -108,6 +108,8 @@ class UnitConfig:
         dial: how cmdr connects to the unit, or None.
         accept: listeners where the unit connects to cmdr.
         line: where the unit's table starts, or None (built in).
+        agent_command: the agent's own command line, for adapters that run
+            one (`latis-unit --agent acp -- gemini --experimental-acp`).
     """
 
     name: str
@@ -117,6 +119,7 @@ class UnitConfig:
     dial: PluginConfig | None = None
     accept: tuple[PluginConfig, ...] = ()
     line: int | None = None
+    agent_command: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -725,6 +728,14 @@ def _unit(reader: _Reader, name: str, table: object) -> UnitConfig | None:
     if type(agent) is not str:
         reader.error(name, at + ("agent",), f"expected a string, got {_kind(agent)}")
     agent_options = _agent_options(reader, name, table.get("agent_options", {}))
+    agent_command = table.get("agent_command", [])
+    if type(agent_command) is not list or any(type(w) is not str for w in agent_command):
+        reader.error(
+            name,
+            at + ("agent_command",),
+            f"expected an array of strings (the agent's command line), got {_kind(agent_command)}",
+        )
+        agent_command = []
 
     provisioner = dial = None
     provisioner_class: Any = None
@@ -792,6 +803,7 @@ def _unit(reader: _Reader, name: str, table: object) -> UnitConfig | None:
         dial,
         tuple(accept),
         reader.locate.line(at),
+        tuple(agent_command),
     )
 
 

@@ -154,6 +154,7 @@ class Controller:
                 unit=name,
                 agent=unit_config.agent,
                 agent_options=dict(unit_config.agent_options),
+                agent_command=unit_config.agent_command,
                 run_dir=self.paths.units_dir / name,
                 log_dir=self.paths.log_dir,
                 resources=self.state.resources(name),

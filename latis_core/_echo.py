@@ -11,12 +11,12 @@ For tests and demos. Options (`latis-unit --agent echo -o KEY=VALUE`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import trio
 
-from ._agent import Agent, AgentSession, Reply
+from ._agent import Agent, AgentSession, Reply, _no_command
 from ._messages import AgentInfo
 from ._version import __version__
 
@@ -45,7 +45,8 @@ class EchoAgent(Agent):
         self.repeat = repeat
 
     @classmethod
-    def from_options(cls, options: Mapping[str, str]) -> EchoAgent:
+    def from_options(cls, options: Mapping[str, str], command: Sequence[str] = ()) -> EchoAgent:
+        _no_command("echo", command)
         known = {"delay", "ask", "repeat"}
         unknown = sorted(set(options) - known)
         if unknown:

@@ -106,6 +106,7 @@ class ProvisionContext:
         run_dir: a private directory (mode 0700) for this unit's sockets.
         log_dir: where the unit's log file goes.
         resources: where to record what is made.
+        agent_command: the agent's own command line (after `--`), if its adapter runs one.
     """
 
     unit: str
@@ -114,12 +115,15 @@ class ProvisionContext:
     run_dir: Path
     log_dir: Path
     resources: Resources
+    agent_command: tuple[str, ...] = ()
 
     def unit_args(self, listen: str) -> list[str]:
         """The arguments of `latis-unit` for this unit, listening on `listen`."""
         args = ["--listen", listen, "--name", self.unit, "--agent", self.agent]
         for key, value in self.agent_options.items():
             args += ["-o", f"{key}={value}"]
+        if self.agent_command:
+            args += ["--", *self.agent_command]
         return args
 
     def ensure_run_dir(self) -> Path:

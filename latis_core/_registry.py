@@ -9,7 +9,7 @@ distributions, which keeps `latis-unit` quick to start.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -97,11 +97,13 @@ def load_provisioner(name: str) -> Any:
     return _find("latis.provisioners", name, _BUILTIN_PROVISIONERS, "provisioner")
 
 
-def make_agent(name: str, options: Mapping[str, str] | None = None) -> Agent:
-    """Build agent `name` from text options.
+def make_agent(
+    name: str, options: Mapping[str, str] | None = None, command: Sequence[str] = ()
+) -> Agent:
+    """Build agent `name` from text options (and the agent's command line, if it runs one).
 
     Raises:
         LookupError: unknown agent.
-        ValueError: a bad option.
+        ValueError: a bad option, or a command it cannot take.
     """
-    return load_agent(name).from_options(dict(options or {}))
+    return load_agent(name).from_options(dict(options or {}), tuple(command))

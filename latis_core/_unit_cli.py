@@ -34,6 +34,8 @@ examples:
   latis-unit --stdio --agent echo -o delay=0.2 -o ask="Go on?"
   latis-unit --stdio --name build-box --max-sessions 10
   latis-unit --listen unix:/tmp/box.sock      serve controllers on a unix socket (0600)
+  latis-unit --stdio --agent acp -- gemini --experimental-acp
+                                              an adapter that runs the agent's own command
 
 exit status: 0 when stdin ends, 1 on a failure, 2 on a usage error.
 """
@@ -77,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND ...",
+        help="the agent's own command line, for adapters that run one (acp, command)",
+    )
     return parser
 
 
@@ -113,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._registry import make_agent
 
     try:
-        agent = make_agent(args.agent, _options(args.option, parser))
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        agent = make_agent(args.agent, _options(args.option, parser), command)
     except (LookupError, ValueError) as exc:
         parser.error(str(exc.args[0]) if exc.args else str(exc))
 
