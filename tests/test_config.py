@@ -613,7 +613,7 @@ def test_unknown_unit_key_suggests(fakes: None) -> None:
         """
     ) == (
         "latis.toml:3: unit 'box': colour: unknown key "
-        "(known: accept, agent, agent_options, dial, provisioner)"
+        "(known: accept, agent, agent_command, agent_options, dial, provisioner)"
     )
 
 
