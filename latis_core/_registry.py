@@ -26,7 +26,13 @@ __all__ = [
     "transport_names",
 ]
 
-_BUILTIN_AGENTS = {"echo": "latis_core._echo:EchoAgent"}
+_BUILTIN_AGENTS = {
+    "echo": "latis_core._echo:EchoAgent",
+    "command": "latis_core._command:CommandAgent",
+    "acp": "latis_core._acp:AcpAgent",
+    "openai": "latis_core._openai:OpenAIAgent",
+    "python": "latis_core._pyagent:PythonAgent",
+}
 _BUILTIN_TRANSPORTS = {"local": "latis_transports.local", "unix": "latis_transports.unix"}
 _BUILTIN_PROVISIONERS = {
     "process": "latis_provisioners.process:ProcessProvisioner",
