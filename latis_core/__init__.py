@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._client import StateStream as StateStream
     from ._client import UnitClient as UnitClient
     from ._client import connect as connect
+    from ._client import connect_agent as connect_agent
     from ._client import connect_local as connect_local
     from ._client import unit_command as unit_command
     from ._codec import decode as decode
@@ -97,6 +98,7 @@ if TYPE_CHECKING:
     from ._provision import ProvisionState as ProvisionState
     from ._provision import ProvisionStatus as ProvisionStatus
     from ._provision import Resources as Resources
+    from ._pyagent import PythonAgent as PythonAgent
     from ._registry import agent_names as agent_names
     from ._registry import load_agent as load_agent
     from ._registry import make_agent as make_agent
@@ -122,6 +124,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "connect",
+    "connect_agent",
     "connect_local",
     "ConnectError",
     "Connection",
@@ -167,6 +170,7 @@ __all__ = [
     "Provisioner",
     "ProvisionError",
     "ProvisionState",
+    "PythonAgent",
     "ProvisionStatus",
     "RemoteProtocolError",
     "Reply",
@@ -230,6 +234,8 @@ _WHERE: dict[str, str] = {
     "StateStream": "._client",
     "UnitClient": "._client",
     "connect": "._client",
+    "connect_agent": "._client",
+    "PythonAgent": "._pyagent",
     "connect_local": "._client",
     "unit_command": "._client",
     "decode": "._codec",

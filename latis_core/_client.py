@@ -19,6 +19,7 @@ from typing import Any
 import trio
 from trio.lowlevel import checkpoint
 
+from ._agent import Agent
 from ._errors import ConnectError, RemoteProtocolError
 from ._frames import DEFAULT_MAX_FRAME
 from ._messages import (
@@ -47,6 +48,7 @@ __all__ = [
     "StateStream",
     "UnitClient",
     "connect",
+    "connect_agent",
     "connect_local",
     "unit_command",
 ]
@@ -316,6 +318,29 @@ async def connect(
         label=label,
     ) as peer:
         yield UnitClient(peer)
+
+
+@asynccontextmanager
+async def connect_agent(agent: Agent, **kwargs: Any) -> AsyncIterator[UnitClient]:
+    """Serve `agent` as a unit in this process and speak to it (for tests and notebooks).
+
+    The unit runs in this trio run, over a kernel socket pair; leaving the
+    block ends both. `kwargs` are as for `connect`.
+    """
+    from latis_transports.memory import socket_stream_pair
+
+    from ._unit import serve_unit
+    from ._util import unwrap_group
+
+    ours, theirs = socket_stream_pair()
+    with unwrap_group():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_unit, theirs, agent)
+            try:
+                async with connect(ours, **kwargs) as unit:
+                    yield unit
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 def unit_command(
