@@ -62,6 +62,53 @@ def list_agents(*, json_output: Annotated[bool, Parameter(name="--json")] = Fals
     return OK
 
 
+#: Agent CLIs latis knows how to run, and the adapter that runs each.
+KNOWN_AGENTS = {
+    "claude": "command (preset claude), or acp through claude-agent-acp",
+    "claude-agent-acp": "acp",
+    "codex": "command (preset codex)",
+    "codex-acp": "acp",
+    "gemini": "acp (gemini --experimental-acp), or command (preset gemini)",
+    "goose": "acp (goose acp)",
+    "aider": "command (preset aider)",
+    "llm": "command (preset llm)",
+    "ollama": "openai (base_url=http://127.0.0.1:11434/v1)",
+}
+
+
+@agents_app.command
+def available(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
+    """List the installed adapters, and which known agent CLIs are on PATH (and where).
+
+    Examples
+    --------
+    ```
+    latis agents available
+    latis agents available --json | jq '.agents[] | select(.found)'
+    ```
+
+    Args:
+        json_output: print a JSON object.
+    """
+    import shutil
+
+    from latis_core._registry import agent_names
+
+    found = [
+        {"agent": name, "found": shutil.which(name) is not None, "path": shutil.which(name),
+         "adapter": adapter}
+        for name, adapter in KNOWN_AGENTS.items()
+    ]
+    if json_output:
+        print(json.dumps({"adapters": agent_names(), "agents": found}, indent=2))
+        return OK
+    sys.stdout.write(f"adapters: {', '.join(agent_names())}\n\n")
+    for row in found:
+        where = row["path"] or "not on PATH"
+        sys.stdout.write(f"{row['agent']:18} {where:40} {row['adapter']}\n")
+    return OK
+
+
 def plugins(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """List the installed plugins: agents, transports and provisioners (built-in ones too).
 

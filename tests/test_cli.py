@@ -315,6 +315,9 @@ class TestOutputAndErrors:
         assert "echo" in plugins["agents"]
         assert {"local", "unix"} <= set(plugins["transports"])
         assert {"process", "container"} <= set(plugins["provisioners"])
+        available = home.json("agents", "available")
+        assert {"echo", "command", "acp", "openai", "python"} <= set(available["adapters"])
+        assert {"claude", "codex", "gemini"} <= {a["agent"] for a in available["agents"]}
         home.ok("unit", "up")
         [local] = home.json("agents", "list")
         assert local["adapter"] == "echo"
