@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from cyclopts import App, Parameter
 
-from ._cmdr import ERROR, OK
+from ._cmdr import ERROR, OK, USAGE
 from ._run import run_with_cmdr
 
 if TYPE_CHECKING:
@@ -56,9 +56,13 @@ def new(
     *,
     unit: Annotated[str, Parameter(name=["--unit", "-u"])] = "local",
     connector: str | None = None,
+    option: Annotated[tuple[str, ...], Parameter(name=["--option", "-o"])] = (),
     json_output: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
     """Open a session on a unit (bringing the unit up first if needed); print its id.
+
+    Options (`-o KEY=VALUE`) go to the unit's agent for this session (for
+    example `-o model=llama3.1` for the openai adapter, `-o cwd=/src` for acp).
 
     `--connector` names the way to reach the unit: a transport (`local`,
     `unix`, ...: the unit must be reached that way), or an address to
@@ -71,14 +75,23 @@ def new(
     latis session new --unit box
     latis session new --unit box --connector local
     latis session new --connector unix:/run/shared/unit.sock
+    latis session new --unit llm -o model=qwen2.5 -o system="Be brief."
     SID=$(latis session new --json | jq -r .session)
     ```
 
     Args:
         unit: the unit.
         connector: a transport name, or an address (unix:PATH, local:COMMAND).
+        option: a session option for the agent, KEY=VALUE (repeatable).
         json_output: print a JSON object.
     """
+    options = {}
+    for pair in option:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or key == "unit":
+            print(f"latis: option {pair!r} is not KEY=VALUE (and not 'unit')", file=sys.stderr)
+            return USAGE
+        options[key] = value
     if connector is not None and ":" not in connector:
         problem = _check_connector(unit, connector)
         if problem:
@@ -96,7 +109,7 @@ def new(
                 target = data["unit"]
             else:
                 await call(cmdr, "unit.up", say, unit=unit)
-        session = await cmdr.create_session(unit=target)
+        session = await cmdr.create_session(unit=target, **options)
         if json_output:
             print(json.dumps({"session": session.id, "unit": target}))
         else:

@@ -271,6 +271,12 @@ class TestOutputAndErrors:
         result = home.ok("prompt", "--unit", "asker", "the plan", input="yes indeed\n")
         assert result.stdout == "yes indeed the plan\n"
 
+    def test_session_options_reach_the_agent(self, home: Home) -> None:
+        """session new takes -o KEY=VALUE session options; a malformed one is a usage error."""
+        assert home.ok("session", "new", "-o", "mode=x").stdout.strip()
+        bad = home.run("session", "new", "-o", "nonsense")
+        assert bad.returncode == 2 and "not KEY=VALUE" in bad.stderr
+
     def test_connector(self, home: Home) -> None:
         """--connector checks the way a unit is reached, or connects to an address."""
         assert home.ok("session", "new", "--connector", "local").stdout.strip()
