@@ -889,6 +889,116 @@ def cli_rows(cfg: Config) -> dict[str, Any]:
     }
 
 
+# ---- an ACP agent: through latis-unit --agent acp, and straight from the ACP SDK ----------
+
+#: The SDK echo agent of the ACP rows (it streams the prompt back, one chunk per word).
+ACP_ECHO = str(HERE.parent / "tests" / "acp_agents" / "echo_agent.py")
+
+
+def acp_sdk_child(agent: str) -> None:
+    """Row acp_sdk, in its own process: the ACP SDK's own client (asyncio) starts
+    `agent`, says `{"ready": true}` once its session is open, then, for each line
+    "N WARMUP" on stdin, times N prompt round trips after WARMUP more and prints
+    their median (µs) as JSON; it ends at EOF."""
+    import asyncio
+
+    from acp import PROTOCOL_VERSION, spawn_agent_process, text_block
+
+    class Client:
+        """The client side: counts the agent's session/update notifications."""
+
+        updates = 0
+
+        async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
+            self.updates += 1
+
+        def on_connect(self, conn: Any) -> None:
+            pass
+
+    async def main() -> None:
+        client = Client()
+        async with spawn_agent_process(client, sys.executable, agent) as (conn, _proc):
+            await conn.initialize(protocol_version=PROTOCOL_VERSION)
+            session = await conn.new_session(cwd=os.getcwd(), mcp_servers=[])
+            prompt = [text_block(PROMPT_TEXT)]
+            loop = asyncio.get_running_loop()
+            print(json.dumps({"ready": True}), flush=True)
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                n, warmup = map(int, line.split())
+                times = []
+                for i in range(warmup + n):
+                    t0 = perf_ns()
+                    response = await conn.prompt(session_id=session.session_id, prompt=prompt)
+                    if i >= warmup:
+                        times.append(perf_ns() - t0)
+                if response.stop_reason != "end_turn":
+                    raise RuntimeError(f"the agent stopped with {response.stop_reason!r}")
+                print(json.dumps({"us": statistics.median(times) / 1000}), flush=True)
+
+    asyncio.run(main())
+
+
+async def measure_acp(cfg: Config) -> dict[str, list[float]]:
+    """One prompt round trip to the SDK echo agent: through latis (library ->
+    latis-unit --agent acp -> agent) and from the SDK's own client in a child
+    process, interleaved run by run."""
+    out: dict[str, list[float]] = {"acp_latis": [], "acp_sdk": []}
+    with tempfile.TemporaryDirectory(prefix="latis-bench-acp-") as cwd:
+        argv = latis_core.unit_command("acp", {"cwd": cwd}, args=["--", sys.executable, ACP_ECHO])
+        sdk = await trio.lowlevel.open_process(
+            [sys.executable, __file__, "--acp-sdk-child", ACP_ECHO],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=cwd,
+        )
+        assert sdk.stdin is not None and sdk.stdout is not None
+        buf = b""
+
+        async def sdk_line() -> dict[str, Any]:
+            nonlocal buf
+            assert sdk.stdout is not None
+            with trio.fail_after(60):
+                while b"\n" not in buf:
+                    data = await sdk.stdout.receive_some(4096)
+                    if not data:
+                        raise RuntimeError("the ACP SDK client ended early (see its stderr)")
+                    buf += data
+            line, buf = buf.split(b"\n", 1)
+            doc: dict[str, Any] = json.loads(line)
+            return doc
+
+        async def sdk_median(n: int, warmup: int) -> float:
+            assert sdk.stdin is not None
+            await sdk.stdin.send_all(f"{n} {warmup}\n".encode())
+            return float((await sdk_line())["us"])
+
+        async def hung() -> None:
+            raise RuntimeError("a prompt through latis-unit --agent acp hung")
+
+        try:
+            async with latis_core.connect_local(argv) as unit:
+                session = await unit.create_session()
+                if (await session.prompt(PROMPT_TEXT).text()) != PROMPT_TEXT:
+                    raise RuntimeError("latis-unit --agent acp did not echo the prompt")
+                await sdk_line()  # started: its start-up does not overlap a measured run
+                for r in range(ROUNDS):
+                    log(f"an ACP agent, through latis and from the SDK, run {r + 1}/{ROUNDS}")
+                    await prompt_loop(lambda: session, cfg.prompt_warmup, hung)
+                    times = await prompt_loop(lambda: session, cfg.prompt_iters, hung)
+                    out["acp_latis"].append(statistics.median(times) / 1000)
+                    out["acp_sdk"].append(await sdk_median(cfg.prompt_iters, cfg.prompt_warmup))
+        finally:
+            with trio.CancelScope(shield=True):
+                await sdk.stdin.aclose()  # the child ends at EOF, and its agent with it
+                with trio.move_on_after(5):
+                    await sdk.wait()
+                if sdk.returncode is None:
+                    sdk.kill()
+                    await sdk.wait()
+                await sdk.stdout.aclose()
+    return out
+
+
 # ---- the run -----------------------------------------------------------------------------
 
 
@@ -965,7 +1075,9 @@ def run_all(cfg: Config) -> dict[str, Any]:
     log(f"memory: {cfg.mem_n} idle connections, {cfg.mem_n} idle sessions")
     mem = memory_rows(cfg)
     cli = cli_rows(cfg)
-    return {"proc": proc, "codec": codec, "mem": mem, "cli": cli}
+    log("an ACP agent: through latis-unit --agent acp, and from the ACP SDK's own client")
+    acp = trio.run(measure_acp, cfg)
+    return {"proc": proc, "codec": codec, "mem": mem, "cli": cli, "acp": acp}
 
 
 # ---- the table ---------------------------------------------------------------------------
@@ -1285,6 +1397,35 @@ def build_rows(cfg: Config, raw: dict[str, Any]) -> list[dict[str, Any]]:
             else {}
         ),
     )
+
+    # An ACP agent: the same SDK echo agent, through latis and from the SDK's client.
+    acp = raw["acp"]
+    amed = {name: statistics.median(v) for name, v in acp.items()}
+    added = [lat - sdk for lat, sdk in zip(acp["acp_latis"], acp["acp_sdk"], strict=True)]
+    row(
+        "acp_sdk",
+        "floor: ACP SDK's own client (asyncio) -> SDK echo agent, one prompt",
+        amed["acp_sdk"],
+        "µs",
+        runs=acp["acp_sdk"],
+    )
+    adds = statistics.median(added)
+    row(
+        "acp_latis",
+        "the same prompt: library -> latis-unit --agent acp -> the agent",
+        amed["acp_latis"],
+        "µs",
+        runs=acp["acp_latis"],
+        floor="acp_sdk",
+        ratio=statistics.median(
+            [lat / sdk for lat, sdk in zip(acp["acp_latis"], acp["acp_sdk"], strict=True)]
+        ),
+        target="latis adds < 0.5 ms",
+        ok=adds < 500,
+        note=f"latis adds {adds:.0f} µs per prompt (median of the per-run differences: "
+        + " ".join(f"{x:.0f}" for x in added)
+        + " µs)",
+    )
     return rows
 
 
@@ -1355,6 +1496,7 @@ def render(cfg: Config, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str:
         "mem_conn_cmdr": "mem",
         "F5": "start",
         "prompt_lib_proc": "prompt",
+        "acp_sdk": "acp",
     }
     for r, cells in zip(rows, table, strict=True):
         if r["id"] in groups:
@@ -1400,14 +1542,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--mem-child", help=argparse.SUPPRESS)
     parser.add_argument("--mem-n", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--acp-sdk-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.mem_child:
         print(json.dumps(mem_child(args.mem_child, args.mem_n)))
+        return 0
+    if args.acp_sdk_child:
+        acp_sdk_child(args.acp_sdk_child)
         return 0
     missing = [m for m in ("zmq", "execnet") if importlib.util.find_spec(m) is None]
     if missing:
         print(
             f"bench.py needs {' and '.join(missing)} for the peer rows: pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
+        return 2
+    if importlib.util.find_spec("acp") is None:
+        print(
+            "bench.py needs the ACP SDK for the acp rows: pip install agent-client-protocol "
+            "(in the test extras: pip install -e '.[test]')",
             file=sys.stderr,
         )
         return 2
@@ -1444,6 +1597,7 @@ def main(argv: list[str] | None = None) -> int:
                 "mem": raw["mem"],
                 "cli": raw["cli"],
                 "others_cores": raw["others_cores"],
+                "acp": raw["acp"],
             },
         }
         print(json.dumps(doc, ensure_ascii=False))

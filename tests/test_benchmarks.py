@@ -37,6 +37,8 @@ ROWS = [
     "prompt_cli",
     "prompt_lib",
     "prompt_daemon",
+    "acp_sdk",
+    "acp_latis",
 ]
 
 
@@ -45,6 +47,7 @@ ROWS = [
 def test_bench_quick_prints_every_row() -> None:
     pytest.importorskip("zmq")
     pytest.importorskip("execnet")
+    pytest.importorskip("acp", reason="the acp rows run agents written with the ACP SDK")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json"],
         cwd=ROOT,

@@ -367,7 +367,7 @@ class TestUnitCommand:
         result = subprocess.run([*UNIT, "--stdio", "--agent", "nope"], capture_output=True,
                                 text=True, input="", timeout=30)
         assert result.returncode == 2
-        assert "unknown agent 'nope' (known: echo" in result.stderr
+        assert "unknown agent 'nope' (known: acp, command, echo, openai, python" in result.stderr
 
     @pytest.mark.parametrize(
         ("option", "says"),
