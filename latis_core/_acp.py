@@ -1401,6 +1401,22 @@ class AcpAgent(Agent):
             return self.terminal
         return True
 
+    async def start(self) -> None:
+        """Start the agent now, so the unit's hello names it (its own name and version).
+
+        If it cannot start, say so in the log and go on: the first session
+        tries again and reports why it failed.
+        """
+        try:
+            proc = await self.process()
+        except (AcpError, OSError) as exc:
+            log.warning("the agent did not start: %s (the first session will try again)", exc)
+            return
+        name = proc.info.get("name")
+        if isinstance(name, str) and name:
+            version = proc.info.get("version")
+            self.info = AgentInfo(name, str(version or ""))  # type: ignore[misc]
+
     @property
     def agent_info(self) -> dict[str, Any]:
         """The agent's `agentInfo` from `initialize` (empty before it started)."""

@@ -108,6 +108,13 @@ class Agent(abc.ABC):
         _no_command(cls.info.name, command)
         return cls()
 
+    async def start(self) -> None:  # noqa: B027 (optional hook)
+        """Start what the agent needs, once, before the unit serves anyone.
+
+        Optional. The unit's `hello` is sent after it, so an adapter that
+        learns the agent's own name and version here may set `info`.
+        """
+
     @abc.abstractmethod
     async def open_session(self, session_id: str, options: Mapping[str, Any]) -> AgentSession:
         """Start a session; `options` come from `session.create`."""

@@ -698,6 +698,7 @@ async def open_unit(
                 replay_limit=replay_limit,
                 max_frame=max_frame,
             )
+            await agent.start()
             try:
                 yield unit
             finally:

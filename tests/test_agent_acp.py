@@ -83,7 +83,8 @@ class TestEcho:
     async def test_streams_each_chunk_and_the_stop_reason(self, tmp_path: Path) -> None:
         """Each agent_message_chunk is a text chunk; the stop reason is the last chunk."""
         async with acp_unit(tmp_path, "echo_agent.py") as unit:
-            assert unit.agent.name == "acp"
+            # The unit starts the agent before its hello, so the hello names the agent.
+            assert (unit.agent.name, unit.agent.version) == ("echo-agent", "1.0")
             assert "input" in unit.capabilities
             session = await unit.create_session()
             stream = session.prompt("one two three")

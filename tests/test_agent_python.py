@@ -121,9 +121,22 @@ class TestShapes:
 
 
 MODULE = '''
+import trio
+
 async def shout(text):
     for word in text.split():
         yield word.upper() + " "
+
+async def forever(text):
+    try:
+        while True:
+            yield "tick "
+            await trio.sleep(0.01)
+    finally:
+        open(text, "w").write("stopped")
+
+def broken(text):
+    raise ValueError("no " + text)
 '''
 
 
@@ -138,6 +151,26 @@ class TestAsAUnit:
             assert unit.agent.name == "shout"
             session = await unit.create_session()
             assert await session.prompt("hello there").text() == "HELLO THERE "
+
+    async def test_cancel_and_error_in_a_unit_process(self, tmp_path: Path) -> None:
+        """Through a real unit: a cancel stops the callable; its exception is an agent_error."""
+        (tmp_path / "myagents.py").write_text(MODULE)
+        path = str(tmp_path)
+        marker = tmp_path / "stopped.txt"
+        forever = latis_core.unit_command("python", {"target": "myagents:forever", "path": path})
+        async with latis_core.connect_local(forever) as unit:
+            session = await unit.create_session()
+            async with session.prompt(str(marker)) as stream:
+                assert (await stream.__anext__()).text == "tick "
+            assert stream.outcome == "cancelled"
+            assert marker.read_text() == "stopped"
+        broken = latis_core.unit_command("python", {"target": "myagents:broken", "path": path})
+        async with latis_core.connect_local(broken) as unit:
+            session = await unit.create_session()
+            with pytest.raises(RequestError) as info:
+                await session.prompt("luck").text()
+            assert info.value.code == ErrorCode.AGENT_ERROR
+            assert "ValueError: no luck" in info.value.message
 
     @pytest.mark.parametrize(
         ("options", "says"),

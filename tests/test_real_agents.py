@@ -133,7 +133,8 @@ def model_requests(report: dict[str, Any], api: str) -> list[dict[str, Any]]:
 
 def test_claude_acp_streams_the_stubs_answer() -> None:
     report = run("claude-acp", {"text": "Say the word PINEAPPLE"})
-    assert report["hello"]["agent"] == "acp"
+    # The unit starts the agent before its hello: the hello names the agent itself.
+    assert report["hello"]["agent"] == "@agentclientprotocol/claude-agent-acp"
     (prompt,) = report["prompts"]
     assert prompt["outcome"] == "complete", prompt
     assert text_of(prompt) == "Stub heard: PINEAPPLE."
