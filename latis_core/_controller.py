@@ -124,19 +124,37 @@ class Controller:
         self.paths = paths
         self._nursery = nursery
         self._db_limiter = trio.CapacityLimiter(1)
+        self._reads: StateDB | None = None
         self.units: dict[str, UnitRuntime] = {}
         self.prompts: dict[int, PromptRecord] = {}
         self._state_listeners: list[Callable[[str, str], None]] = []
         for name, unit_config in config.units.items():
             self.units[name] = self._runtime(name, unit_config)
 
-    # ---- state (SQLite, in a worker thread, one call at a time) ---------------------
+    # ---- state: writes in a worker thread, reads inline --------------------------------
 
     async def db(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run a state method in the worker thread."""
+        """Run a state method that writes, in the worker thread (one at a time)."""
         return await trio.to_thread.run_sync(
             functools.partial(fn, *args), limiter=self._db_limiter
         )
+
+    @property
+    def reads(self) -> StateDB:
+        """A read-only connection to the state, for `read`."""
+        if self._reads is None:
+            self._reads = StateDB.open_readonly(self.state.path)
+        return self._reads
+
+    async def read(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a state method that only reads (of `reads`), right here.
+
+        A read takes microseconds, less than a hop to a thread (~70 µs), and
+        in WAL mode a reader never waits for the writer: the loop never
+        blocks behind a write.
+        """
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
 
     # ---- units ------------------------------------------------------------------------
 
@@ -357,14 +375,14 @@ class Controller:
         await self._disconnect(rt)
         if rt.provisioner is not None:
             await rt.provisioner.destroy()
-        for sid in [s.id for s in await self.db(self.state.list_sessions, name)]:
+        for sid in [s.id for s in await self.read(self.reads.list_sessions, name)]:
             await self.db(self.state.close_session, sid)
         await self.db(self.state.mark_unit_destroyed, name)
 
     async def reconnect_known(self) -> None:
         """Connect again to the units that were connected when the last controller stopped."""
         for rt in self.units.values():
-            row = await self.db(self.state.get_connection, rt.name)
+            row = await self.read(self.reads.get_connection, rt.name)
             if row is None or row.state not in ("connected", "connecting"):
                 continue
             try:
@@ -395,7 +413,7 @@ class Controller:
             if rt.client is not None:
                 entry["agent"] = {"name": rt.client.agent.name, "version": rt.client.agent.version}
                 entry["capabilities"] = list(rt.client.capabilities)
-            sessions = await self.db(self.state.list_sessions, rt.name)
+            sessions = await self.read(self.reads.list_sessions, rt.name)
             entry["sessions"] = [{"id": s.id, "state": s.state} for s in sessions]
             out.append(entry)
         return out
@@ -430,7 +448,7 @@ class Controller:
         Raises:
             RequestError: (unknown_session) no open session has that id.
         """
-        row = await self.db(self.state.get_session, sid)
+        row = await self.read(self.reads.get_session, sid)
         if row is None or row.state == "closed" or row.unit not in self.units:
             raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
         return self.units[row.unit]
@@ -456,10 +474,17 @@ class Controller:
         client = self._client(rt)
         stream = Session(client, sid).prompt(text)
         stream.detach()  # the prompt belongs to the unit until it ends, not to this task
-        prompt_id = await self.db(self.state.add_prompt, sid, text, stream.id)
+        state = self.state
+
+        def store() -> int:  # one hop to the worker thread, not two
+            prompt_id = state.add_prompt(sid, text, stream.id)
+            state.set_session_state(sid, "busy")
+            return prompt_id
+
+        prompt_id = await self.db(store)
+        self._notify(sid, "busy")
         record = PromptRecord(prompt_id, sid, rt.name, text, stream.id, stream=stream)
         self.prompts[prompt_id] = record
-        await self._set_session(sid, "busy")
         self._nursery.start_soon(self._pump, record)
         return record
 
@@ -535,12 +560,20 @@ class Controller:
         error = None
         if end["outcome"] == "error":
             error = f"{end.get('code')}: {end.get('message')}"
-        state = {"complete": "complete", "cancelled": "cancelled"}.get(end["outcome"], "error")
+        outcome = {"complete": "complete", "cancelled": "cancelled"}.get(end["outcome"], "error")
+        state = self.state
+
+        def store() -> bool:  # one hop to the worker thread, not three
+            state.end_prompt(record.id, outcome, end.get("chunks", 0), error)
+            row = state.get_session(record.session)
+            if row is None or row.state == "closed":
+                return False
+            state.set_session_state(record.session, "idle")
+            return True
+
         with trio.CancelScope(shield=True):
-            await self.db(self.state.end_prompt, record.id, state, end.get("chunks", 0), error)
-            row = await self.db(self.state.get_session, record.session)
-            if row is not None and row.state != "closed":
-                await self._set_session(record.session, "idle")
+            if await self.db(store):
+                self._notify(record.session, "idle")
         record.end = end
         record.stream = None
         record.publish([("end", end)])
@@ -607,13 +640,13 @@ class Controller:
                 # Behind the window: the chunks before it come from state.
                 window = _window_seq(record)
                 if seq + 1 < window:
-                    for row in await self.db(self.state.chunks, prompt_id, seq):
+                    for row in await self.read(self.reads.chunks, prompt_id, seq):
                         if row.seq >= window:
                             break
                         seq = row.seq
                         yield ("chunk", _chunk(record.request_id, row))
                     if index is None:
-                        for pending in await self.db(self.state.pending_inputs, prompt_id):
+                        for pending in await self.read(self.reads.pending_inputs, prompt_id):
                             yield ("input", _question(record.request_id, pending))
                 index = record.first
                 continue
@@ -633,10 +666,10 @@ class Controller:
     async def _replay(self, prompt_id: int, seq: int) -> AsyncIterator[tuple[str, Any]]:
         """A prompt that does not run here: its stored chunks, then its end."""
         while True:
-            prompt = await self.db(self.state.get_prompt, prompt_id)
+            prompt = await self.read(self.reads.get_prompt, prompt_id)
             if prompt is None:
                 raise RequestError(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
-            for row in await self.db(self.state.chunks, prompt_id, seq):
+            for row in await self.read(self.reads.chunks, prompt_id, seq):
                 seq = row.seq
                 yield ("chunk", _chunk(prompt.request_id, row))
             if prompt.state != "running":
@@ -654,17 +687,17 @@ class Controller:
 
     async def _restore(self, rt: UnitRuntime, client: UnitClient) -> None:
         """Resume the unit's open sessions and re-attach its running prompts."""
-        for row in await self.db(self.state.list_sessions, rt.name):
+        for row in await self.read(self.reads.list_sessions, rt.name):
             try:
                 await client.resume_session(row.id)
             except RequestError as exc:
                 log.warning("session %s on unit %s is gone: %s", row.id, rt.name, exc)
                 await self._lose_session(row.id, f"the unit lost the session: {exc.message}")
-        for prompt in await self.db(self.state.running_prompts):
-            session = await self.db(self.state.get_session, prompt.session)
+        for prompt in await self.read(self.reads.running_prompts):
+            session = await self.read(self.reads.get_session, prompt.session)
             if session is None or session.unit != rt.name or prompt.id in self.prompts:
                 continue
-            last = await self.db(self.state.last_seq, prompt.id)
+            last = await self.read(self.reads.last_seq, prompt.id)
             record = PromptRecord(
                 prompt.id, prompt.session, rt.name, prompt.text, prompt.request_id,
                 next_seq=last + 1,
@@ -685,7 +718,7 @@ class Controller:
             self._nursery.start_soon(self._pump, record)
 
     async def _reattach_for(self, sid: str) -> None:
-        row = await self.db(self.state.get_session, sid)
+        row = await self.read(self.reads.get_session, sid)
         if row is None or row.unit not in self.units:
             return
         rt = self.units[row.unit]
@@ -697,9 +730,9 @@ class Controller:
             log.warning("could not re-attach to unit %s: %s", rt.name, exc)
 
     async def _lose_session(self, sid: str, why: str) -> None:
-        for prompt in await self.db(self.state.prompts, sid):
+        for prompt in await self.read(self.reads.prompts, sid):
             if prompt.state == "running":
-                stored = await self.db(self.state.last_seq, prompt.id) + 1
+                stored = await self.read(self.reads.last_seq, prompt.id) + 1
                 await self.db(
                     self.state.end_prompt, prompt.id, "error", stored, f"unknown_session: {why}"
                 )
@@ -780,3 +813,5 @@ async def open_controller(
                 yield controller
             finally:
                 nursery.cancel_scope.cancel()
+                if controller._reads is not None:
+                    controller._reads.close()

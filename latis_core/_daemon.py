@@ -105,7 +105,7 @@ class Daemon:
 
     async def load_states(self) -> None:
         ctl = self.controller
-        for row in await ctl.db(ctl.state.list_sessions):
+        for row in await ctl.read(ctl.reads.list_sessions):
             self.session_states[row.id] = row.state
 
     @property
@@ -272,7 +272,7 @@ def _on_session_resume(c: _Client, msg: SessionResume) -> None:
         if msg.prompt is None:
             c.send(Ack(msg.id, data))
             return
-        prompt = await c.ctl.db(c.ctl.state.get_prompt, msg.prompt)
+        prompt = await c.ctl.read(c.ctl.reads.get_prompt, msg.prompt)
         if prompt is None or prompt.session != msg.session:
             c.send(Ack(msg.id, data))
             c.send(Error(msg.prompt, ErrorCode.UNKNOWN_REQUEST.value,
@@ -471,10 +471,10 @@ async def _agents(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[st
 async def _session_get(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     sid = _param(params, "session")
     ctl = c.ctl
-    row = await ctl.db(ctl.state.get_session, sid)
+    row = await ctl.read(ctl.reads.get_session, sid)
     if row is None:
         raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
-    last = await ctl.db(ctl.state.last_prompt, sid)
+    last = await ctl.read(ctl.reads.last_prompt, sid)
     return {
         "session": sid,
         "unit": row.unit,
