@@ -74,6 +74,11 @@ class Config:
         #: Prompt round trips measured per in-process prompt row per round.
         self.prompt_iters = 100 if quick else 500
         self.prompt_warmup = 20 if quick else 50
+        #: Per transport and round: round trips measured (after a warm-up), and the
+        #: words (chunks) of the streamed prompt.
+        self.trans_iters = 300 if quick else 2000
+        self.trans_warmup = 50 if quick else 200
+        self.trans_words = 3000 if quick else 20_000
 
 
 _T0 = time.perf_counter()
@@ -1077,7 +1082,15 @@ def run_all(cfg: Config) -> dict[str, Any]:
     cli = cli_rows(cfg)
     log("an ACP agent: through latis-unit --agent acp, and from the ACP SDK's own client")
     acp = trio.run(measure_acp, cfg)
-    return {"proc": proc, "codec": codec, "mem": mem, "cli": cli, "acp": acp}
+    log("transports: each one's raw echo, then latis over it")
+    import _transports
+
+    trans = trio.run(functools.partial(
+        _transports.measure, n=cfg.trans_iters, warmup=cfg.trans_warmup, rounds=ROUNDS,
+        words=cfg.trans_words, log=log,
+    ))
+    return {"proc": proc, "codec": codec, "mem": mem, "cli": cli, "acp": acp,
+            "transports": trans}
 
 
 # ---- the table ---------------------------------------------------------------------------
@@ -1426,7 +1439,35 @@ def build_rows(cfg: Config, raw: dict[str, Any]) -> list[dict[str, Any]]:
         + " ".join(f"{x:.0f}" for x in added)
         + " µs)",
     )
+    transport_rows(raw["transports"], row)
     return rows
+
+
+#: Transports whose raw row is a pipe, not the transport's own echo: no target.
+NO_TARGET = {"container": "the raw row is a pipe (podman exec): see rt_latis_pipes / F2"}
+
+
+def transport_rows(trans: dict[str, Any], row: Callable[..., dict[str, Any]]) -> None:
+    """Per transport: its raw echo (the floor), latis's ping over it, a streamed prompt."""
+    import _transports
+
+    for name, r in trans.items():
+        if "skipped" in r:
+            row(f"raw_{name}", f"{name}: skipped ({r['skipped']})", math.nan, "µs")
+            continue
+        row(f"raw_{name}", f"floor: {_transports.describe(name)}, 100 B", statistics.median(
+            r["raw"]), "µs", runs=r["raw"])
+        ratios = [lat / base for lat, base in zip(r["latis"], r["raw"], strict=True)]
+        ratio = statistics.median(ratios)
+        extra: dict[str, Any] = {"floor": f"raw_{name}", "ratio": ratio, "ratio_runs": ratios}
+        if name in NO_TARGET:
+            extra["note"] = NO_TARGET[name]
+        else:
+            extra.update(target="≤ 1.5x raw", ok=ratio <= 1.5)
+        row(f"rt_{name}", f"latis unit.ping() over {name} (a real unit)",
+            statistics.median(r["latis"]), "µs", runs=r["latis"], **extra)
+        row(f"stream_{name}", f"latis streamed chunks over {name} (echo agent)",
+            statistics.median(r["stream"]), "msg/s", runs=r["stream"])
 
 
 def fmt_value(value: float, unit: str) -> str:
@@ -1497,6 +1538,7 @@ def render(cfg: Config, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str:
         "F5": "start",
         "prompt_lib_proc": "prompt",
         "acp_sdk": "acp",
+        "raw_unix": "transports",
     }
     for r, cells in zip(rows, table, strict=True):
         if r["id"] in groups:
@@ -1598,6 +1640,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cli": raw["cli"],
                 "others_cores": raw["others_cores"],
                 "acp": raw["acp"],
+                "transports": raw["transports"],
             },
         }
         print(json.dumps(doc, ensure_ascii=False))

@@ -15,7 +15,7 @@ from ._coordinate import coordinate
 from ._daemon import daemon
 from ._prompt import attach, prompt
 from ._sessions import session_app, status
-from ._units import connect, init, unit_app
+from ._units import connect, init, listeners, unit_app
 
 HELP = """A control plane for AI agents that run anywhere.
 
@@ -43,6 +43,7 @@ app.command(attach, name="attach")
 app.command(coordinate, name="coordinate")
 app.command(status, name="status")
 app.command(connect, name="connect")
+app.command(listeners, name="listeners")
 app.command(init, name="init")
 app.command(plugins, name="plugins")
 app.command(session_app)

@@ -1,4 +1,5 @@
-"""`latis unit add|list|up|down|destroy|status`, `latis connect`, `latis init`."""
+"""`latis unit add|enroll|list|up|down|destroy|status`, `latis connect`, `latis listeners`,
+`latis init`."""
 
 from __future__ import annotations
 
@@ -48,12 +49,19 @@ def add(
     dial: str | None = None,
     dial_option: tuple[str, ...] = (),
     set_: Annotated[tuple[str, ...], Parameter(name="--set")] = (),
+    accept: str | None = None,
+    address: str | None = None,
+    json_output: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
     """Add a unit to the config file (it is appended: comments and order stay).
 
     The file is the one in use (`--config`, `LATIS_CONFIG`, `./latis.toml`
     upward, the user config), else a new `./latis.toml`. A running daemon
     picks the unit up at once.
+
+    With `--accept URL` the unit dials in to cmdr's listener at URL (TLS on
+    unless the URL says `?tls=0`): cmdr enrolls it and prints the one line to
+    run on the unit (on stdout; it holds the unit's secret).
 
     Examples
     --------
@@ -62,6 +70,8 @@ def add(
     latis unit add fast --provisioner process --agent echo -o delay=0
     latis unit add shared --dial unix --dial-option path=/run/shared/unit.sock
     latis unit add box2 --provisioner container --image img --set engine=docker
+    latis unit add edge --accept tcp://0.0.0.0:7447 --address cmdr.example.com
+    latis unit add gpu --dial tcp --dial-option host=gpu1 --dial-option token_file=~/.t
     ```
 
     Args:
@@ -73,6 +83,10 @@ def add(
         dial: how cmdr reaches it (local, unix, ...); default: what the provisioner gives.
         dial_option: a dialer option KEY=VALUE (repeatable).
         set_: a provisioner option KEY=VALUE (repeatable).
+        accept: the unit dials in to cmdr's listener at this address.
+        address: (with --accept) the host the unit dials (default: the
+            listener's, else this machine's name).
+        json_output: (with --accept) print the enrollment as a JSON object.
     """
     from latis_core._config import ConfigError, add_unit
 
@@ -94,6 +108,12 @@ def add(
         return USAGE
     if dial is not None:
         table["dial"] = {"type": dial, **dial_options}
+    if accept is not None:
+        try:
+            table["accept"] = [_accept_table(accept)]
+        except (ValueError, ImportError, LookupError) as exc:
+            print(f"latis: --accept: {exc}", file=sys.stderr)
+            return USAGE
     path = _config_path()
     try:
         add_unit(path, name, table)
@@ -102,7 +122,74 @@ def add(
         return ERROR
     print(f"added unit {name!r} to {path}", file=sys.stderr)
     _reload_daemon()
+    if accept is not None:
+        return enroll(name, address=address, json_output=json_output)
     return OK
+
+
+def _accept_table(url: str) -> dict[str, Any]:
+    """The accept table for a listener address: its options that are not the defaults."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import attrs
+
+    from latis_core._registry import listener_from_url
+
+    kind, listener = listener_from_url(url)
+    table: dict[str, Any] = {"type": kind}
+    for field in attrs.fields(type(listener)):
+        value = getattr(listener, field.name)
+        if value != field.default:
+            table[field.name] = value
+    if "tls" in (f.name for f in attrs.fields(type(listener))) and "tls" not in parse_qs(
+        urlsplit(url).query
+    ):
+        table["tls"] = True  # a listener open to the network speaks TLS unless told not to
+    return table
+
+
+@unit_app.command
+def enroll(
+    name: str,
+    *,
+    address: str | None = None,
+    json_output: Annotated[bool, Parameter(name="--json")] = False,
+) -> int:
+    """Enroll a unit that dials in: print the one line to run on it.
+
+    A new enrollment replaces the unit's last one (whose secret stops
+    working). The line goes to stdout and holds the unit's secret: send it
+    privately. It writes the secret to a file (mode 0600) and starts
+    `latis-unit --connect`, which dials cmdr and proves the secret without
+    sending it, pinning cmdr's CA when the listener speaks TLS.
+
+    Examples
+    --------
+    ```
+    latis unit enroll edge
+    latis unit enroll edge --address cmdr.example.com
+    latis unit enroll edge --json | jq -r .secret
+    ```
+
+    Args:
+        name: the unit (it needs an accept entry).
+        address: the host the unit dials (default: the listener's, else this machine's name).
+        json_output: print the enrollment as a JSON object.
+    """
+
+    async def work(cmdr: Any) -> int:
+        from ._cmdr import call
+
+        data = await call(cmdr, "unit.enroll", unit=name, address=address)
+        if json_output:
+            print(json.dumps(data, indent=2))
+            return OK
+        print(f"enrolled unit {name!r} ({data['enrollment']}); run this on it "
+              f"(it holds the unit's secret):", file=sys.stderr)
+        print(data["command"])
+        return OK
+
+    return run_with_cmdr(work)
 
 
 def _reload_daemon() -> None:
@@ -287,11 +374,15 @@ def connect(
     target: str,
     *,
     name: str | None = None,
+    token_file: str | None = None,
 ) -> int:
     """Connect cmdr to a unit: one from config by name, or one at an address.
 
-    An address adds a unit for as long as the daemon runs: `unix:PATH` (a
-    unit listening there) or `local:COMMAND` (a unit started over its stdio).
+    An address adds a unit for as long as the daemon runs: a unit that
+    listens (`tcp://HOST:PORT`, `unix:PATH`, `ws://…`, `wss://…`,
+    `quic://HOST:PORT`; TLS pins go in the query, `?fingerprint=sha256:…`),
+    one reached over ssh (`ssh://USER@HOST`) or in a running container
+    (`container://NAME`), or one started over its stdio (`local:COMMAND`).
 
     Examples
     --------
@@ -299,19 +390,27 @@ def connect(
     latis connect box
     latis connect unix:/run/shared/unit.sock --name shared
     latis connect "local:latis-unit --stdio --agent echo" --name scratch
+    latis connect "tcp://gpu1:7447?fingerprint=sha256:ab12…" --token-file ~/.gpu1-token
+    latis connect ssh://me@build-box --name build
+    latis connect container://my-agent-ctr
     ```
 
     Args:
         target: a unit's name, or an address.
         name: the name for a unit given by address.
+        token_file: the token a unit that listens asks cmdr to prove (`latis-unit --token-file`).
     """
+
+    # The daemon reads the file: give it a path that means the same there.
+    token_path = os.path.abspath(os.path.expanduser(token_file)) if token_file else None
 
     async def work(cmdr: Any) -> int:
         from ._cmdr import call
         from ._console import progress
 
         with progress(f"connecting to {target}") as say:
-            data = await call(cmdr, "unit.connect", say, target=target, name=name)
+            data = await call(cmdr, "unit.connect", say, target=target, name=name,
+                              token_file=token_path)
         print(f"unit {data['unit']}: {data['connection']} ({data['how']})", file=sys.stderr)
         return OK
 
@@ -341,3 +440,42 @@ def init(path: Path = Path("latis.toml"), *, force: bool = False) -> int:
     path.write_text(init_text())
     print(f"wrote {path}", file=sys.stderr)
     return OK
+
+
+def listeners(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
+    """cmdr's listeners for units that dial in: where, TLS, accepted, refused (and why).
+
+    Examples
+    --------
+    ```
+    latis listeners
+    latis listeners --json | jq '.[].refused'
+    ```
+
+    Args:
+        json_output: print a JSON array.
+    """
+
+    async def work(cmdr: Any) -> int:
+        from ._cmdr import call
+
+        rows = (await call(cmdr, "status"))["listeners"]
+        if json_output:
+            print(json.dumps(rows, indent=2))
+            return OK
+        if not rows:
+            print("no listeners: no unit has an accept entry", file=sys.stderr)
+            return OK
+        from rich.table import Table
+
+        from ._console import out
+
+        table = Table("listener", "port", "tls", "accepted", "refused", "error", box=None)
+        for row in rows:
+            refused = ", ".join(f"{k} {v}" for k, v in sorted(row["refused"].items())) or "0"
+            table.add_row(row["listener"], str(row["port"] or "-"), "yes" if row["tls"] else
+                          "no", str(row["accepted"]), refused, row["error"] or "")
+        out().print(table)
+        return OK
+
+    return run_with_cmdr(work)

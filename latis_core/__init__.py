@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._agent import AgentSession as AgentSession
     from ._agent import Reply as Reply
     from ._agent import SessionNotFound as SessionNotFound
+    from ._auth import Enrollment as Enrollment
     from ._client import PromptStream as PromptStream
     from ._client import Session as Session
     from ._client import StateStream as StateStream
@@ -100,12 +101,16 @@ if TYPE_CHECKING:
     from ._provision import Resources as Resources
     from ._pyagent import PythonAgent as PythonAgent
     from ._registry import agent_names as agent_names
+    from ._registry import dialer_from_url as dialer_from_url
+    from ._registry import listener_from_url as listener_from_url
     from ._registry import load_agent as load_agent
     from ._registry import make_agent as make_agent
     from ._state import StateStore as StateStore
+    from ._tls import CertificateAuthority as CertificateAuthority
     from ._transport import Dialer as Dialer
     from ._transport import Listener as Listener
     from ._unit import Unit as Unit
+    from ._unit import dial_cmdr as dial_cmdr
     from ._unit import open_unit as open_unit
     from ._unit import serve_unit as serve_unit
     from ._version import __version__ as __version__
@@ -200,6 +205,11 @@ __all__ = [
     "UnitClient",
     "UnitConfig",
     "Violation",
+    "CertificateAuthority",
+    "Enrollment",
+    "dial_cmdr",
+    "dialer_from_url",
+    "listener_from_url",
     "__version__",
 ]
 
@@ -293,6 +303,11 @@ _WHERE: dict[str, str] = {
     "Unit": "._unit",
     "open_unit": "._unit",
     "serve_unit": "._unit",
+    "CertificateAuthority": "._tls",
+    "Enrollment": "._auth",
+    "dial_cmdr": "._unit",
+    "dialer_from_url": "._registry",
+    "listener_from_url": "._registry",
     "__version__": "._version",
 }
 

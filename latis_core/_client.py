@@ -289,6 +289,7 @@ async def connect(
     queue_limit: int = QUEUE_LIMIT,
     cancel_timeout: float = CANCEL_TIMEOUT,
     label: str = "unit",
+    token: bytes | None = None,
 ) -> AsyncIterator[UnitClient]:
     """Speak to the unit at the other end of `stream` (closed on exit).
 
@@ -302,9 +303,11 @@ async def connect(
         queue_limit: replies queued per request before reading pauses.
         cancel_timeout: seconds a cancelled prompt waits for its end.
         label: names the unit in error messages.
+        token: the unit's token, for a unit that asks for proof of it
+            (`latis-unit --token-file`); it proves the token back.
 
     Raises:
-        ConnectError: the handshake failed.
+        ConnectError: the handshake failed, or a proof of identity did.
     """
     async with open_peer(
         stream,
@@ -316,6 +319,7 @@ async def connect(
         queue_limit=queue_limit,
         cancel_timeout=cancel_timeout,
         label=label,
+        token=token,
     ) as peer:
         yield UnitClient(peer)
 

@@ -88,12 +88,15 @@ class PluginConfig:
             `LISTENER` class).
         table: the table as written, without `type`.
         line: where the table starts in the file, or None (built in or implied).
+        token_file: (dial) the file holding the token a unit that listens asks
+            cmdr to prove (`latis-unit --token-file`).
     """
 
     type: str
     options: object
     table: dict[str, Any] = attrs.Factory(dict)
     line: int | None = None
+    token_file: str | None = None
 
 
 @attrs.frozen
@@ -130,11 +133,14 @@ class DaemonConfig:
         socket: the daemon's unix socket, or None for `paths().socket`.
         state: the SQLite database, or None for `paths().state_file`.
         handshake_timeout: seconds a new connection gets to finish `hello`.
+        dial_in_timeout: seconds `up` waits for a unit that dials in, once
+            its provisioner started it.
     """
 
     socket: str | None = None
     state: str | None = None
     handshake_timeout: float = 10.0
+    dial_in_timeout: float = 60.0
 
 
 @attrs.frozen
@@ -687,11 +693,21 @@ def _plugin(
         reader.error(unit, at + ("type",), missing)
         return None
     table = {k: v for k, v in value.items() if k != "type"}
+    token_file = None
+    if what == "dial" and "token_file" in table:
+        # Not the transport's: the proof a unit that listens asks of cmdr.
+        token_file = table.pop("token_file")
+        if type(token_file) is not str or not token_file:
+            reader.error(unit, at + ("token_file",), f"expected a file name, got "
+                         f"{_kind(token_file)}")
+            return None
     before = len(reader.problems)
     options = reader.structure(cls, table, unit, at)
     if len(reader.problems) > before:
         return None
-    return PluginConfig(kind, options, table, reader.locate.line(at)), plugin
+    if token_file is not None:
+        table["token_file"] = token_file
+    return PluginConfig(kind, options, table, reader.locate.line(at), token_file), plugin
 
 
 def _agent_options(reader: _Reader, unit: str, value: object) -> dict[str, str]:
@@ -817,9 +833,10 @@ def _daemon(reader: _Reader, value: object) -> DaemonConfig:
     if type(value) is not dict:
         reader.error(None, at, f"expected a table, got {_kind(value)}")
         return DaemonConfig()
-    timeout = value.get("handshake_timeout", 1)
-    if type(timeout) in (int, float) and timeout <= 0:
-        reader.error(None, at + ("handshake_timeout",), f"expected seconds above 0, got {timeout}")
+    for key in ("handshake_timeout", "dial_in_timeout"):
+        timeout = value.get(key, 1)
+        if type(timeout) in (int, float) and timeout <= 0:
+            reader.error(None, at + (key,), f"expected seconds above 0, got {timeout}")
     daemon = reader.structure(DaemonConfig, value, None, at)
     return daemon if isinstance(daemon, DaemonConfig) else DaemonConfig()
 
@@ -1055,14 +1072,26 @@ type = "local"
 # [units.sock]
 # dial = { type = "unix", path = "/run/user/1000/latis-sock.sock" }
 
-# COMING, not available yet. Dialers:
-# dial = { type = "ssh", host = "gpu1", command = ["latis-unit", "--stdio"] }
-# dial = { type = "tcp", host = "10.0.0.5", port = 7447 }
-# dial = { type = "websocket", url = "wss://units.example.com/gpu1" }
+# A unit that already runs elsewhere and listens (latis-unit --listen URL):
+# [units.gpu.dial]
+# type = "tcp"
+# host = "10.0.0.5"
+# port = 7447
+# fingerprint = "sha256:…"            # what `latis-unit --tls` printed (or ca = FILE)
+# token_file = "~/.latis/gpu.token"   # the unit's --token-file, proven by cmdr
+# Other dialers:
+# dial = { type = "websocket", url = "wss://units.example.com:7448/latis" }
+# dial = { type = "quic", host = "10.0.0.5", port = 7447, fingerprint = "sha256:…" }
+# dial = { type = "ssh", host = "gpu1", user = "me", command = ["latis-unit", "--stdio"] }
 # dial = { type = "container", container = "my-agent" }  # exec into a running one
-# Listeners, where units dial in (behind NAT, short-lived boxes):
+
+# A unit that dials in (behind NAT, short-lived boxes): `latis unit add edge
+# --accept tcp://0.0.0.0:7447` writes this and prints the line to run on it.
+# [units.edge]
+# agent = "echo"
 # [[units.edge.accept]]
 # type = "tcp"                        # also "unix", "websocket", "quic"
 # host = "0.0.0.0"
 # port = 7447
+# tls = true                          # cmdr's own CA; the unit pins it
 """

@@ -162,6 +162,11 @@ class Connection:
             or None for no keep-alive.
         keepalive_timeout: seconds to wait for any byte after that ping
             before the connection counts as dead.
+        strict: a listener's rule for a peer that has not proven itself yet:
+            until the other side's `hello` is accepted, every refusal closes
+            the connection (nothing but the handshake is let through).
+        handshake_max_frame: until then, frames are also limited to this
+            many bytes (a hello is small; a stranger gets no big buffer).
     """
 
     def __init__(
@@ -171,9 +176,12 @@ class Connection:
         max_frame: int = DEFAULT_MAX_FRAME,
         keepalive: float | None = None,
         keepalive_timeout: float = 10.0,
+        strict: bool = False,
+        handshake_max_frame: int | None = None,
     ) -> None:
         if max_frame < MIN_MAX_FRAME:
             raise ValueError(f"max_frame must be at least {MIN_MAX_FRAME} bytes")
+        self.strict = strict
         self.our_role = Role(role)
         self.their_role = Role.UNIT if self.our_role is Role.CMDR else Role.CMDR
         self.max_frame = max_frame
@@ -181,7 +189,9 @@ class Connection:
         self.their_max_frame = DEFAULT_MAX_FRAME
         #: The other side's `hello`, once received.
         self.their_hello: Hello | None = None
-        self._decoder = FrameDecoder(max_frame)
+        self._decoder = FrameDecoder(
+            max_frame if handshake_max_frame is None else min(max_frame, handshake_max_frame)
+        )
         self._sent: dict[RequestId, type[Any]] = {}
         self._received: dict[RequestId, type[Any]] = {}
         self._hello_sent = False
@@ -300,7 +310,11 @@ class Connection:
         cls = type(msg)
         if cls is Error:
             # An error always gets through; it ends the request it names.
-            self._sent.pop(msg.id, None)
+            if self._sent.pop(msg.id, None) is Hello:
+                # Our hello was refused (not fatally, or the connection
+                # closes): we may send a corrected one, for example with a
+                # proof of identity (`auth_required`).
+                self._hello_sent = False
             return msg
         if self.their_hello is None:
             return self._before_handshake(msg)
@@ -408,6 +422,7 @@ class Connection:
                 rid,
             )
         self.their_hello = msg
+        self._decoder.max_size = self.max_frame
         if msg.max_frame is not None:
             self.their_max_frame = msg.max_frame
         if self.our_role is Role.CMDR:
@@ -425,7 +440,7 @@ class Connection:
         answer: bool = True,
         about_request: bool = True,
     ) -> Violation:
-        fatal = code in FATAL_CODES
+        fatal = code in FATAL_CODES or (self.strict and self.their_hello is None)
         if fatal:
             self._closed = True
         if not answer:
@@ -457,7 +472,11 @@ class Connection:
             return encode_frame(encode_chunk(msg), self.their_max_frame)
         frame = encode_frame(encode(msg), self.their_max_frame)
         if cls is Error:
-            self._received.pop(msg.id, None)
+            if self._received.pop(msg.id, None) is Hello and not self._hello_sent:
+                # The unit refused cmdr's hello: the handshake has not
+                # happened, and cmdr may send another (`auth_required`).
+                self.their_hello = None
+                self.their_max_frame = DEFAULT_MAX_FRAME
             return frame
         if not self._hello_sent:
             if cls is not Hello:

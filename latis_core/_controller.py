@@ -34,7 +34,7 @@ from ._messages import InputReply, InputRequest, PromptCancel, ResponseChunk, St
 from ._paths import Paths
 from ._paths import paths as default_paths
 from ._provision import ProvisionContext, Provisioner, ProvisionError
-from ._registry import load_provisioner, load_transport
+from ._registry import dialer_from_url, load_provisioner
 from ._state import State as StateDB
 from ._transport import Dialer
 
@@ -67,6 +67,8 @@ class UnitRuntime:
     error: str | None = None
     client: UnitClient | None = None
     since: float = attrs.field(factory=time.time)
+    #: How the live connection was made, when the unit dialed in.
+    via: str | None = None
     _stop: trio.Event | None = None
     _done: trio.Event | None = None
     _connected: trio.Event = attrs.field(factory=trio.Event)
@@ -79,8 +81,13 @@ class UnitRuntime:
         if self.dialer is not None:
             parts.append(f"dialed at {self.dialer.describe()}")
         for listener in self.config.accept:
-            parts.append(f"dialing in on {listener.type}")
+            parts.append(f"dialing in on {listener.options.describe()}")  # type: ignore[attr-defined]
         return ", ".join(parts) or "no way configured"
+
+    async def released(self) -> None:
+        """Wait until no task holds a connection to the unit."""
+        if self._done is not None:
+            await self._done.wait()
 
 
 @attrs.define(eq=False)
@@ -130,6 +137,10 @@ class Controller:
         self._state_listeners: list[Callable[[str, str], None]] = []
         for name, unit_config in config.units.items():
             self.units[name] = self._runtime(name, unit_config)
+        from ._dialin import DialIns
+
+        #: cmdr's listeners, for units that dial in.
+        self.dialins = DialIns(self)
 
     # ---- state: writes in a worker thread, reads inline --------------------------------
 
@@ -205,36 +216,28 @@ class Controller:
         self.config = config
         return added
 
-    def add_address(self, address: str, name: str | None = None) -> str:
-        """Add a unit reached at `address` (`unix:PATH`, `local:COMMAND`) for this run only.
+    def add_address(
+        self, address: str, name: str | None = None, token_file: str | None = None
+    ) -> str:
+        """Add a unit reached at `address` for this run only.
 
-        Returns its name (given, or made from the address).
+        `address` is any dialer's URL: `tcp://HOST:PORT?fingerprint=…`,
+        `unix:PATH`, `ws://…`, `wss://…`, `quic://…`, `ssh://USER@HOST`,
+        `container://NAME`, `local:COMMAND`. Returns the unit's name (given,
+        or made from the address).
 
         Raises:
             ValueError: the address is not one latis knows how to dial.
+            ImportError: its transport's optional dependencies are missing.
         """
-        import shlex
-
         from ._config import PluginConfig
 
-        kind, sep, rest = address.partition(":")
-        if not sep or not rest:
-            raise ValueError(f"{address!r} is neither a unit nor an address (unix:PATH, "
-                             f"local:COMMAND)")
-        module = load_transport(kind)
-        dialer_class = getattr(module, "DIALER", None)
-        if dialer_class is None:
-            raise ValueError(f"transport {kind!r} cannot dial")
-        if kind == "unix":
-            table: dict[str, Any] = {"path": rest}
-        elif kind == "local":
-            table = {"command": shlex.split(rest)}
-        else:
-            raise ValueError(f"cannot make a unit from {address!r} yet (known: unix:, local:)")
+        kind, dialer = dialer_from_url(address)
         unit_name = name or f"{kind}-{len(self.units) + 1}"
+        table = {"url": address} | ({"token_file": token_file} if token_file else {})
         unit_config = UnitConfig(
             name=unit_name,
-            dial=PluginConfig(type=kind, options=dialer_class(**table), table=table),
+            dial=PluginConfig(type=kind, options=dialer, table=table, token_file=token_file),
         )
         self.units[unit_name] = self._runtime(unit_name, unit_config)
         return unit_name
@@ -268,13 +271,45 @@ class Controller:
             if rt.dialer is None:
                 rt.dialer = rt.provisioner.dialer()
         if rt.dialer is None:
-            raise UnitNotConnected(
-                f"unit {name!r} cannot be dialed ({rt.how()}): it must dial in"
-            )
+            await self._wait_dial_in(rt, say)
+            return rt
         say(f"connecting to unit {name!r} ({rt.dialer.describe()})")
         await self._connect(rt)
         say(f"unit {name!r} is up")
         return rt
+
+    async def _wait_dial_in(self, rt: UnitRuntime, say: Callable[[str], None]) -> None:
+        """Wait for a unit that dials in (only if its provisioner just started it)."""
+        if rt.config.accept and rt.provisioner is not None:
+            limit = self.config.daemon.dial_in_timeout
+            say(f"waiting for unit {rt.name!r} to dial in (up to {limit:g} s)")
+            with trio.move_on_after(limit):
+                while rt.client is None or rt.client.peer.closed:
+                    await rt._connected.wait()
+        if rt.client is None or rt.client.peer.closed:
+            hint = (f": run on it the line `latis unit enroll {rt.name}` prints"
+                    if rt.config.accept else "")
+            raise UnitNotConnected(f"unit {rt.name!r} has not dialed in ({rt.how()}){hint}")
+        say(f"unit {rt.name!r} is up")
+
+    async def attach(self, rt: UnitRuntime, client: UnitClient, via: str) -> None:
+        """Hold a connection the unit made (it dialed in) until it ends or `down`."""
+        rt._stop = trio.Event()
+        rt._done = done = trio.Event()
+        rt.client = client
+        rt.via = via
+        try:
+            await self._set_connection(rt, "connected")
+            await self._restore(rt, client)
+            rt._connected.set()
+            await _first_of(rt._stop.wait, client.peer.wait_closed)
+        finally:
+            rt.client = None
+            rt._connected = trio.Event()
+            with trio.CancelScope(shield=True):
+                await self._set_connection(rt, "disconnected")
+            rt.via = None
+            done.set()
 
     async def _connect(self, rt: UnitRuntime) -> None:
         if rt._done is not None and not rt._done.is_set():
@@ -301,11 +336,13 @@ class Controller:
                 await self._set_connection(rt, "connecting")
                 try:
                     assert rt.dialer is not None
+                    token = _token(rt)
                     async with rt.dialer.connect() as stream, connect(
                         stream,
                         name="cmdr",
                         label=f"unit {rt.name!r}",
                         handshake_timeout=self.config.daemon.handshake_timeout,
+                        token=token,
                     ) as client:
                         rt.client = client
                         attempt = 0
@@ -352,7 +389,7 @@ class Controller:
         rt.state = state
         rt.error = error
         rt.since = time.time()
-        transport = rt.dialer.describe() if rt.dialer is not None else ""
+        transport = rt.via or (rt.dialer.describe() if rt.dialer is not None else "")
         await self.db(self.state.set_connection, rt.name, state, transport, error)
 
     async def down(self, name: str) -> None:
@@ -775,6 +812,19 @@ def _describe_config(config: UnitConfig) -> dict[str, Any]:
     }
 
 
+def _token(rt: UnitRuntime) -> bytes | None:
+    """The token the unit asks cmdr to prove, from its dial table's token_file."""
+    dial = rt.config.dial
+    if dial is None or dial.token_file is None:
+        return None
+    from ._auth import read_secret_file
+
+    try:
+        return read_secret_file(dial.token_file)
+    except ValueError as exc:
+        raise ConnectError(str(exc)) from exc
+
+
 async def _first_of(*waits: Callable[[], Any]) -> None:
     async with trio.open_nursery() as nursery:
         for wait in waits:
@@ -809,6 +859,7 @@ async def open_controller(
     with unwrap_group():
         async with trio.open_nursery() as nursery:
             controller = Controller(config, state, paths or default_paths(), nursery)
+            await controller.dialins.start(nursery)
             try:
                 yield controller
             finally:

@@ -413,6 +413,7 @@ async def _status(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[st
             "config": str(ctl.config.source) if ctl.config.source else None,
         },
         "units": await ctl.status(),
+        "listeners": ctl.dialins.status(),
     }
 
 
@@ -448,10 +449,22 @@ async def _unit_destroy(c: _Client, rid: RequestId, params: dict[str, Any]) -> d
     return {"unit": name, "destroyed": True}
 
 
+async def _unit_enroll(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    name = _param(params, "unit")
+    address = params.get("address")
+    if address is not None and not isinstance(address, str):
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, "params.address: expected a string")
+    try:
+        return await c.ctl.dialins.enroll(name, address)
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
+
+
 async def _config_reload(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     source = c.ctl.config.source
     config = load_config(source) if source is not None else load_config()
     added = c.ctl.reload(config)
+    await c.ctl.dialins.start(c.ctl._nursery)
     return {"units": sorted(c.ctl.units), "added": added}
 
 
@@ -487,8 +500,16 @@ async def _unit_connect(c: _Client, rid: RequestId, params: dict[str, Any]) -> d
     target = _param(params, "target")
     name = params.get("name")
     ctl = c.ctl
+    token_file = params.get("token_file")
     if target not in ctl.units:
-        target = ctl.add_address(target, name if isinstance(name, str) else None)
+        try:
+            target = ctl.add_address(
+                target,
+                name if isinstance(name, str) else None,
+                token_file if isinstance(token_file, str) else None,
+            )
+        except (ValueError, ImportError) as exc:
+            raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
     with trio.CancelScope(shield=True):
         rt = await ctl.up(target, _progress(c, rid))
     return {"unit": target, "connection": rt.state, "how": rt.how()}
@@ -505,6 +526,7 @@ _METHODS: dict[str, Method] = {
     "unit.up": _unit_up,
     "unit.down": _unit_down,
     "unit.destroy": _unit_destroy,
+    "unit.enroll": _unit_enroll,
     "config.reload": _config_reload,
     "agents.list": _agents,
     "session.get": _session_get,

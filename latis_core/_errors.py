@@ -18,6 +18,7 @@ A caller's own mistakes (a bad argument, a call after close) stay `TypeError`,
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 __all__ = [
     "ConnectError",
@@ -59,8 +60,12 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_REQUEST = "unknown_request"
     #: A prompt was sent to a session that is still answering another one.
     SESSION_BUSY = "session_busy"
-    #: The sender failed to prove who it is (listeners only).
+    #: The sender failed to prove who it is. Fatal: the connection closes.
     UNAUTHORIZED = "unauthorized"
+    #: A `hello` without the proof of identity this side asks for; the error
+    #: carries the challenge (`auth`), and the controller may send a new
+    #: `hello` that answers it.
+    AUTH_REQUIRED = "auth_required"
     #: A limit was reached: too many sessions, or a replay asked for chunks the
     #: unit no longer keeps.
     LIMIT_REACHED = "limit_reached"
@@ -79,7 +84,12 @@ class ErrorCode(enum.StrEnum):
 #: Errors after which the connection is closed; after any other error the
 #: connection keeps serving (one bad message costs one error, nothing more).
 FATAL_CODES = frozenset(
-    {ErrorCode.FRAME_TOO_LARGE, ErrorCode.VERSION_MISMATCH, ErrorCode.ROLE_MISMATCH}
+    {
+        ErrorCode.FRAME_TOO_LARGE,
+        ErrorCode.VERSION_MISMATCH,
+        ErrorCode.ROLE_MISMATCH,
+        ErrorCode.UNAUTHORIZED,
+    }
 )
 
 
@@ -127,10 +137,18 @@ class RequestError(LatisError):
     Attributes:
         code: the error code as sent (an `ErrorCode` when it is one we know).
         request_id: the id of the request that failed.
+        auth: the error's `auth` member (a challenge), if it had one.
     """
 
-    def __init__(self, code: str, message: str, request_id: object = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        request_id: object = None,
+        auth: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
+        self.auth = auth
         try:
             self.code: ErrorCode | str = ErrorCode(code)
         except ValueError:

@@ -97,7 +97,7 @@ class Hello:
     capabilities: tuple[str, ...] = ()
     #: The largest frame payload the sender accepts, in bytes.
     max_frame: int | None = None
-    #: Proof of identity, for listeners that ask for one.
+    #: Proof of identity: a challenge, or the answer to one (PROTOCOL.md section 5.4).
     auth: dict[str, Any] | None = None
 
 
@@ -288,6 +288,8 @@ class Error:
     id: RequestId | None
     code: str
     message: str
+    #: With `auth_required`: the challenge to answer in a new `hello`.
+    auth: dict[str, Any] | None = None
 
 
 Message: TypeAlias = (

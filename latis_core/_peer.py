@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
+import attrs
 import trio
 from trio.lowlevel import (
     Abort,
@@ -36,10 +37,13 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
+from ._auth import METHOD, is_challenge, new_challenge, prove, verify
 from ._connection import CLOSED, NEED_DATA, Connection, Violation
 from ._errors import (
+    FATAL_CODES,
     ConnectError,
     ConnectionClosed,
+    ErrorCode,
     LatisError,
     RemoteProtocolError,
     RequestError,
@@ -56,6 +60,7 @@ from ._messages import (
     RequestId,
     Role,
 )
+from ._server import HANDSHAKE_MAX_FRAME
 from ._util import unwrap_group
 
 __all__ = ["Peer", "ReplyStream", "open_peer"]
@@ -107,6 +112,8 @@ class Peer:
         self.cancel_timeout = cancel_timeout
         #: Names the other side in error messages.
         self.label = label
+        #: The fatal error the other side sent before it closed, if it did.
+        self.closed_because: str | None = None
         self._waiters: dict[RequestId, _Waiter] = {}
         self._parked: dict[_Waiter, None] = {}
         self._leader: _Waiter | None = None
@@ -161,7 +168,7 @@ class Peer:
             self._abandon(w, cancel=False)
             raise
         if type(ev) is Error:
-            raise RequestError(ev.code, ev.message, ev.id)
+            raise RequestError(ev.code, ev.message, ev.id, ev.auth)
         return ev  # type: ignore[no-any-return]
 
     def stream(self, msg: Message) -> ReplyStream:
@@ -365,6 +372,15 @@ class Peer:
             if w is None:
                 if cls is Error:
                     log.warning("error from %s: %s: %s", self.label, ev.code, ev.message)
+                    if ev.code in FATAL_CODES:
+                        # The other side closes after it: say why to whoever waits.
+                        self.closed_because = f"{ev.code}: {ev.message}"
+                        self._fail(
+                            ConnectionClosed(
+                                f"{self.label} closed the connection ({self.closed_because})"
+                            )
+                        )
+                        return
                 continue  # a keep-alive pong, or a reply we stopped caring for
             if not conn.in_flight(rid):
                 w.final = True
@@ -519,7 +535,7 @@ class ReplyStream:
         if w.final and not w.events:
             self.final = ev
             if type(ev) is Error:
-                raise RequestError(ev.code, ev.message, ev.id)
+                raise RequestError(ev.code, ev.message, ev.id, ev.auth)
             raise StopAsyncIteration
         return ev
 
@@ -589,6 +605,8 @@ async def open_peer(
     queue_limit: int = QUEUE_LIMIT,
     cancel_timeout: float = CANCEL_TIMEOUT,
     label: str = "unit",
+    token: bytes | None = None,
+    strict: bool = False,
 ) -> AsyncIterator[Peer]:
     """Run the cmdr side of a connection over `stream`, handshake first.
 
@@ -602,6 +620,12 @@ async def open_peer(
         queue_limit: replies queued per request before reading pauses.
         cancel_timeout: seconds a cancelled stream waits for its end.
         label: names the other side in error messages.
+        token: the unit's token, proven when the unit asks (`auth_required`);
+            the unit must then prove it back. A unit that does not ask is
+            refused: it is not the unit the token belongs to.
+        strict: refuse anything but the handshake until it is done, with
+            frames limited to `HANDSHAKE_MAX_FRAME` (a listener's rule for a
+            unit that dialed in and has not proven itself yet).
 
     Raises:
         ConnectError: the handshake failed (with the unit's reason).
@@ -619,7 +643,12 @@ async def open_peer(
         hello.auth,
     )
     conn = Connection(
-        Role.CMDR, max_frame=max_frame, keepalive=keepalive, keepalive_timeout=keepalive_timeout
+        Role.CMDR,
+        max_frame=max_frame,
+        keepalive=keepalive,
+        keepalive_timeout=keepalive_timeout,
+        strict=strict,
+        handshake_max_frame=HANDSHAKE_MAX_FRAME if strict else None,
     )
     with unwrap_group():
         async with trio.open_nursery() as nursery:
@@ -629,7 +658,7 @@ async def open_peer(
             )
             peer._spawn(nursery, peer._idle_reader)
             try:
-                await _handshake(peer, hello, handshake_timeout)
+                await _handshake(peer, hello, handshake_timeout, token)
                 if keepalive is not None:
                     peer._spawn(nursery, peer._keepalive)
                 yield peer
@@ -638,17 +667,53 @@ async def open_peer(
                 nursery.cancel_scope.cancel()
 
 
-async def _handshake(peer: Peer, hello: Hello, limit: float) -> None:
+async def _handshake(peer: Peer, hello: Hello, limit: float, token: bytes | None) -> None:
     with trio.move_on_after(limit) as scope:
         try:
-            reply = await peer.request(hello)
+            try:
+                reply = await peer.request(hello)
+                if token is not None:
+                    raise ConnectError(
+                        f"{peer.label} did not ask for its token: it is not the unit the "
+                        f"token belongs to, or it runs without --token-file"
+                    )
+            except RequestError as exc:
+                if exc.code != ErrorCode.AUTH_REQUIRED:
+                    raise
+                reply = await _prove(peer, hello, token, exc)
         except RequestError as exc:
             raise ConnectError(f"{peer.label} refused the handshake: {exc}") from exc
         except ConnectionClosed as exc:
-            raise ConnectError(f"{peer.label} closed the connection during the handshake") from exc
+            why = f" ({peer.closed_because})" if peer.closed_because else ""
+            raise ConnectError(
+                f"{peer.label} closed the connection during the handshake{why}"
+            ) from exc
         except RemoteProtocolError as exc:
             raise ConnectError(f"{peer.label} broke the handshake: {exc.code}: {exc}") from exc
     if scope.cancelled_caught:
         raise ConnectError(f"no hello from {peer.label} within {limit:g} s")
     if peer.conn.their_hello is None:
         raise ConnectError(f"{peer.label} answered hello with {reply.TYPE}")
+
+
+async def _prove(peer: Peer, hello: Hello, token: bytes | None, asked: RequestError) -> Message:
+    """Answer a unit's `auth_required` with a new hello; check the unit's proof back."""
+    challenge = (asked.auth or {}).get("challenge")
+    if token is None:
+        raise ConnectError(
+            f"{peer.label} asks for proof of its token: give the token file "
+            f"(token_file in the unit's dial table)"
+        )
+    if not isinstance(challenge, str) or not is_challenge(challenge):
+        raise ConnectError(f"{peer.label} asked for proof with a malformed challenge")
+    ours = new_challenge()
+    proof = prove(token, Role.CMDR.value, challenge)
+    reply = await peer.request(
+        attrs.evolve(hello, auth={"method": METHOD, "proof": proof, "challenge": ours})
+    )
+    theirs = (peer.remote.auth or {}).get("proof")
+    if not verify(token, Role.UNIT.value, ours, "", theirs):
+        raise ConnectError(
+            f"{peer.label} did not prove it knows the token: it is not the unit it claims to be"
+        )
+    return reply

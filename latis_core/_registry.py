@@ -16,7 +16,10 @@ from typing import Any
 from ._agent import Agent
 
 __all__ = [
+    "SCHEMES",
     "agent_names",
+    "dialer_from_url",
+    "listener_from_url",
     "load_agent",
     "load_provisioner",
     "load_transport",
@@ -33,7 +36,26 @@ _BUILTIN_AGENTS = {
     "openai": "latis_core._openai:OpenAIAgent",
     "python": "latis_core._pyagent:PythonAgent",
 }
-_BUILTIN_TRANSPORTS = {"local": "latis_transports.local", "unix": "latis_transports.unix"}
+_BUILTIN_TRANSPORTS = {
+    "local": "latis_transports.local",
+    "unix": "latis_transports.unix",
+    "tcp": "latis_transports.tcp",
+    "websocket": "latis_transports.websocket",
+    "quic": "latis_transports.quic",
+    "ssh": "latis_transports.ssh",
+    "container": "latis_transports.container",
+}
+#: Address schemes and the transport that reads each.
+SCHEMES = {
+    "local": "local",
+    "unix": "unix",
+    "tcp": "tcp",
+    "ws": "websocket",
+    "wss": "websocket",
+    "quic": "quic",
+    "ssh": "ssh",
+    "container": "container",
+}
 _BUILTIN_PROVISIONERS = {
     "process": "latis_provisioners.process:ProcessProvisioner",
     "container": "latis_provisioners.container:ContainerProvisioner",
@@ -87,6 +109,39 @@ def load_transport(name: str) -> Any:
         LookupError: no transport has that name (the message lists those that do).
     """
     return _find("latis.transports", name, _BUILTIN_TRANSPORTS, "transport")
+
+
+def _from_url(url: str, attribute: str, ability: str) -> tuple[str, Any]:
+    scheme, sep, _ = url.partition(":")
+    name = SCHEMES.get(scheme.lower()) if sep else None
+    if name is None:
+        raise ValueError(
+            f"{url!r} is not an address latis knows: expected one of "
+            + ", ".join(f"{s}:" if s in ("local", "unix") else f"{s}://" for s in SCHEMES)
+        )
+    cls = getattr(load_transport(name), attribute, None)
+    if cls is None:
+        raise ValueError(f"transport {name!r} cannot {ability} ({url!r})")
+    return name, cls.from_url(url)
+
+
+def dialer_from_url(url: str) -> tuple[str, Any]:
+    """The transport's name and a dialer for an address (`tcp://h:p`, `unix:PATH`, …).
+
+    Raises:
+        ValueError: an unknown scheme, or an address its transport cannot read.
+        ImportError: the transport's optional dependencies are not installed.
+    """
+    return _from_url(url, "DIALER", "dial")
+
+
+def listener_from_url(url: str) -> tuple[str, Any]:
+    """The transport's name and a listener for an address (`tcp://0.0.0.0:7447`, …).
+
+    Raises:
+        ValueError: as for `dialer_from_url`.
+    """
+    return _from_url(url, "LISTENER", "listen")
 
 
 def provisioner_names() -> list[str]:

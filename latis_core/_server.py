@@ -20,11 +20,14 @@ from ._errors import ErrorCode, LocalProtocolError
 from ._link import SPIN, Link, open_link
 from ._messages import Error, Message, Role
 
-__all__ = ["ServerConnection", "serve_stream"]
+__all__ = ["HANDSHAKE_MAX_FRAME", "ServerConnection", "serve_stream"]
 
 log = logging.getLogger("latis.server")
 
 Handler = Callable[[Any, Any], None]
+
+#: The largest frame a peer may send before it has proven itself: room for any hello.
+HANDSHAKE_MAX_FRAME = 64 * 1024
 
 
 class ServerConnection:
@@ -37,6 +40,10 @@ class ServerConnection:
         self.link = link
         self.conn = conn
         self.closed = False
+        #: Set by `end`: stop reading; what was sent still leaves.
+        self.ending = False
+        #: Called once, when the handshake is done (a listener frees a slot).
+        self.on_handshake: Callable[[], None] | None = None
 
     def send(self, msg: Message) -> None:
         """Write `msg` now (after whatever is queued)."""
@@ -45,6 +52,10 @@ class ServerConnection:
     def cork(self, msg: Message) -> None:
         """Queue `msg`; it leaves with the next batch."""
         self._put(msg, self.link.cork)
+
+    def end(self) -> None:
+        """End the connection after the messages already sent (a refused peer)."""
+        self.ending = True
 
     def _put(self, msg: Message, put: Callable[[bytes], None]) -> None:
         if self.closed:
@@ -86,8 +97,11 @@ class ServerConnection:
                         self.send(
                             Error(rid, ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}")
                         )
-                if conn.closed:
+                if conn.closed or self.ending:
                     return
+            if self.on_handshake is not None and conn.handshake_done:
+                self.on_handshake()
+                self.on_handshake = None
 
     def detach(self) -> None:
         """Called once the connection has ended; subclasses let go of it here."""
@@ -100,15 +114,31 @@ async def serve_stream(
     *,
     max_frame: int,
     started: Callable[[ServerConnection], Awaitable[None]] | None = None,
+    strict: bool = False,
+    handshake_timeout: float | None = None,
 ) -> None:
     """Serve one connection over `stream` until it ends, then close `stream`.
 
     `make(link, conn, nursery)` builds the connection object; tasks it starts
     in `nursery` end with the connection.
+
+    With `strict` (a side that asks for proof of identity), nothing but the
+    handshake is accepted before it is done, frames are limited to
+    `HANDSHAKE_MAX_FRAME` until then, and any refusal closes the connection.
+    A connection whose handshake is not done within `handshake_timeout`
+    seconds is closed.
     """
+    conn = Connection(
+        Role.UNIT,
+        max_frame=max_frame,
+        strict=strict,
+        handshake_max_frame=HANDSHAKE_MAX_FRAME if strict else None,
+    )
     async with trio.open_nursery() as nursery:
         link = open_link(stream, nursery)
-        served = make(link, Connection(Role.UNIT, max_frame=max_frame), nursery)
+        served = make(link, conn, nursery)
+        if handshake_timeout is not None:
+            nursery.start_soon(_handshake_deadline, served, handshake_timeout, nursery)
         if started is not None:
             await started(served)
         try:
@@ -121,3 +151,13 @@ async def serve_stream(
                 await link.flush()
                 nursery.cancel_scope.cancel()
                 await link.aclose()
+
+
+async def _handshake_deadline(
+    served: ServerConnection, seconds: float, nursery: trio.Nursery
+) -> None:
+    await trio.sleep(seconds)
+    if not served.conn.handshake_done:
+        log.warning("closed a connection that did not finish hello within %g s", seconds)
+        served.end()
+        nursery.cancel_scope.cancel()

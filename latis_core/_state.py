@@ -57,6 +57,7 @@ from urllib.parse import quote
 import attrs
 import orjson
 
+from ._auth import Enrollment
 from ._messages import RequestId
 from ._messages import State as SessionState
 
@@ -157,9 +158,22 @@ CREATE TABLE inputs (
 ) WITHOUT ROWID;
 """
 
+# Version 2: enrollments, the secrets of units that dial in (one live per
+# unit; they end with the unit's life, so a name enrolled again starts clean).
+_SCHEMA_V2 = """
+CREATE TABLE enrollments (
+    id TEXT PRIMARY KEY,
+    unit INTEGER NOT NULL REFERENCES units (id) ON DELETE CASCADE,
+    secret TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL
+) WITHOUT ROWID;
+CREATE INDEX enrollments_unit ON enrollments (unit);
+"""
+
 #: `MIGRATIONS[i]` takes the schema from version i to i + 1. Append only: never
 #: edit one that has shipped. Each statement ends with `;` at the end of a line.
-MIGRATIONS: list[str] = [_SCHEMA_V1]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2]
 
 
 class StateError(Exception):
@@ -562,6 +576,7 @@ class State:
                 return False
             db.execute("DELETE FROM resources WHERE unit = ?", (unit_id,))
             db.execute("DELETE FROM connections WHERE unit = ?", (unit_id,))
+            db.execute("DELETE FROM enrollments WHERE unit = ?", (unit_id,))
             sessions = [
                 str(row[0])
                 for row in db.execute(
@@ -575,6 +590,52 @@ class State:
                 (now, now, unit_id),
             )
         return True
+
+    # -- enrollments --------------------------------------------------------
+
+    def enroll(self, unit: str) -> Enrollment:
+        """Issue a new enrollment to the live unit; any older one stops working.
+
+        Raises:
+            StateError: there is no live unit of that name.
+        """
+        enrollment = Enrollment.new()
+        with self._write() as db:
+            unit_id = self._need_unit(db, unit)
+            db.execute("DELETE FROM enrollments WHERE unit = ?", (unit_id,))
+            db.execute(
+                "INSERT INTO enrollments (id, unit, secret, created_at) VALUES (?, ?, ?, ?)",
+                (enrollment.id, unit_id, enrollment.secret.decode(), self._clock()),
+            )
+        return enrollment
+
+    def find_enrollment(self, id: str) -> tuple[str, Enrollment] | None:
+        """The live unit enrolled as `id` and its enrollment, or None."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT u.name, e.secret FROM enrollments e JOIN units u ON u.id = e.unit"
+                    " WHERE e.id = ? AND u.destroyed_at IS NULL",
+                    (id,),
+                )
+                .fetchone()
+            )
+        return None if row is None else (str(row[0]), Enrollment(id, str(row[1]).encode()))
+
+    def enrollment_of(self, unit: str) -> str | None:
+        """The id of the live unit's enrollment, or None."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT e.id FROM enrollments e JOIN units u ON u.id = e.unit"
+                    " WHERE u.name = ? AND u.destroyed_at IS NULL",
+                    (unit,),
+                )
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
 
     # -- resources ----------------------------------------------------------
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import secrets
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,8 +31,9 @@ import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._agent import Agent, AgentSession, SessionNotFound
+from ._auth import METHOD, Enrollment, is_challenge, new_challenge, prove, verify
 from ._connection import Connection, Violation
-from ._errors import ErrorCode
+from ._errors import ConnectError, ErrorCode
 from ._frames import DEFAULT_MAX_FRAME
 from ._link import HIGH_WATER, Link
 from ._messages import (
@@ -61,9 +63,10 @@ from ._messages import (
     StateUpdate,
 )
 from ._server import ServerConnection, serve_stream
+from ._transport import Dialer
 from ._util import unwrap_group
 
-__all__ = ["Unit", "open_unit", "serve_unit"]
+__all__ = ["Unit", "dial_cmdr", "open_unit", "serve_unit"]
 
 log = logging.getLogger("latis.unit")
 
@@ -308,6 +311,8 @@ class _Served(ServerConnection):
         self.runs: dict[RequestId, _Run] = {}
         #: State subscriptions: request id to session filter (None: all).
         self.subs: dict[RequestId, str | None] = {}
+        #: The challenge sent with `auth_required` (a unit with a token).
+        self.challenge: str | None = None
 
     def detach(self) -> None:
         self.closed = True
@@ -330,6 +335,12 @@ class Unit:
         max_sessions: sessions held at most; more get `limit_reached`.
         replay_limit: bytes of chunks each prompt keeps for replay.
         max_frame: the largest payload accepted, in bytes.
+        token: a secret a controller must prove it knows before anything
+            else (a unit that listens); None: no proof asked.
+        enrollment: the unit's credentials, proven to a controller that
+            challenges it (a unit that dials in).
+        handshake_timeout: seconds a connection gets to finish `hello`
+            (None: no limit).
     """
 
     def __init__(
@@ -341,8 +352,16 @@ class Unit:
         max_sessions: int = MAX_SESSIONS,
         replay_limit: int = REPLAY_LIMIT,
         max_frame: int = DEFAULT_MAX_FRAME,
+        token: bytes | None = None,
+        enrollment: Enrollment | None = None,
+        handshake_timeout: float | None = None,
     ) -> None:
         self.agent = agent
+        self.token = token
+        self.enrollment = enrollment
+        self.handshake_timeout = handshake_timeout
+        #: Why a controller refused our proof of identity, if one did.
+        self.refused: str | None = None
         self.name = name or socket.gethostname()
         self.max_sessions = max_sessions
         self.replay_limit = replay_limit
@@ -369,14 +388,16 @@ class Unit:
         self,
         stream: trio.abc.Stream,
         *,
+        on_handshake: Callable[[], None] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve one connection until it ends; then close `stream`.
 
         The unit's sessions and running prompts stay: another connection may
-        resume them.
+        resume them. `on_handshake` is called once the handshake is done.
         """
-        async def started(_: ServerConnection) -> None:
+        async def started(served: ServerConnection) -> None:
+            served.on_handshake = on_handshake
             task_status.started()
 
         await serve_stream(
@@ -384,6 +405,8 @@ class Unit:
             lambda link, conn, nursery: _Served(self, link, conn),
             max_frame=self.max_frame,
             started=started,
+            strict=self.token is not None,
+            handshake_timeout=self.handshake_timeout,
         )
 
     # ---- state ---------------------------------------------------------------------
@@ -529,6 +552,35 @@ async def _close_quietly(agent_session: AgentSession, sid: str) -> None:
 
 def _on_hello(s: _Served, msg: Hello) -> None:
     unit = s.unit
+    offered = msg.auth if isinstance(msg.auth, dict) else {}
+    auth: dict[str, Any] | None = None
+    if unit.token is not None:
+        if s.challenge is None:
+            s.challenge = new_challenge()
+            s.send(
+                Error(
+                    msg.id,
+                    ErrorCode.AUTH_REQUIRED.value,
+                    "this unit asks for proof of its token: answer the challenge in a new hello",
+                    auth={"method": METHOD, "challenge": s.challenge},
+                )
+            )
+            return
+        if not verify(unit.token, Role.CMDR.value, s.challenge, "", offered.get("proof")):
+            log.warning("refused a controller: its hello does not prove the unit's token")
+            s.send(
+                Error(None, ErrorCode.UNAUTHORIZED.value, "wrong or missing proof of the token")
+            )
+            s.end()
+            return
+        if is_challenge(offered.get("challenge")):
+            auth = {"proof": prove(unit.token, Role.UNIT.value, offered["challenge"])}
+    elif unit.enrollment is not None and is_challenge(offered.get("challenge")):
+        enrollment = unit.enrollment
+        auth = {
+            "enrollment": enrollment.id,
+            "proof": prove(enrollment.secret, Role.UNIT.value, offered["challenge"], enrollment.id),
+        }
     s.send(
         Hello(
             msg.id,
@@ -538,6 +590,7 @@ def _on_hello(s: _Served, msg: Hello) -> None:
             agent=unit.agent.info,
             capabilities=unit.capabilities,
             max_frame=unit.max_frame,
+            auth=auth,
         )
     )
 
@@ -552,6 +605,11 @@ def _on_pong(s: _Served, msg: Pong) -> None:
 
 def _on_error(s: _Served, msg: Error) -> None:
     log.warning("cmdr reported %s: %s (request %r)", msg.code, msg.message, msg.id)
+    if msg.code == ErrorCode.UNAUTHORIZED.value:
+        # cmdr did not take our proof of identity (and closes): say so to
+        # whoever dials (`latis-unit --connect` stops trying).
+        s.unit.refused = msg.message
+        s.end()
 
 
 def _on_violation(s: _Served, v: Violation) -> None:
@@ -683,10 +741,14 @@ async def open_unit(
     max_sessions: int = MAX_SESSIONS,
     replay_limit: int = REPLAY_LIMIT,
     max_frame: int = DEFAULT_MAX_FRAME,
+    token: bytes | None = None,
+    enrollment: Enrollment | None = None,
+    handshake_timeout: float | None = None,
 ) -> AsyncIterator[Unit]:
     """Host `agent` as a unit; leaving the block cancels its running prompts.
 
     Serve connections with `await unit.serve(stream)` (one per connection).
+    The arguments are `Unit`'s.
     """
     with unwrap_group():
         async with trio.open_nursery() as nursery:
@@ -697,12 +759,51 @@ async def open_unit(
                 max_sessions=max_sessions,
                 replay_limit=replay_limit,
                 max_frame=max_frame,
+                token=token,
+                enrollment=enrollment,
+                handshake_timeout=handshake_timeout,
             )
             await agent.start()
             try:
                 yield unit
             finally:
                 nursery.cancel_scope.cancel()
+
+
+#: Seconds between dial attempts to cmdr (doubling up to the last), before jitter.
+DIAL_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+async def dial_cmdr(
+    unit: Unit,
+    dialer: Dialer,
+    *,
+    label: str = "cmdr",
+    backoff: Sequence[float] = DIAL_BACKOFF,
+) -> str:
+    """Dial cmdr's listener and serve it; dial again, with backoff, whenever it drops.
+
+    The unit proves its `enrollment` to cmdr's challenge. Returns only when
+    cmdr refuses that proof (`unauthorized`): the reason it gave.
+    """
+    attempt = 0
+
+    def welcomed() -> None:
+        nonlocal attempt
+        attempt = 0
+        log.info("connected to %s", label)
+
+    while True:
+        try:
+            async with dialer.connect() as stream:
+                await unit.serve(stream, on_handshake=welcomed)
+        except (ConnectError, OSError, trio.BrokenResourceError) as exc:
+            log.warning("cannot reach %s: %s", label, exc)
+        if unit.refused is not None:
+            return unit.refused
+        delay = backoff[min(attempt, len(backoff) - 1)]
+        attempt += 1
+        await trio.sleep(delay * random.uniform(0.8, 1.2))
 
 
 async def serve_unit(

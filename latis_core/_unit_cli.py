@@ -2,6 +2,8 @@
 
     latis-unit --stdio --agent echo -o delay=0.1
     latis-unit --listen unix:/run/user/1000/latis/box.sock
+    latis-unit --listen tcp://0.0.0.0:7447 --tls --token-file ~/.latis-token
+    latis-unit --connect 'tcp://cmdr.example:7447?fingerprint=sha256:…' --secret-file F
 
 With `--stdio` the protocol runs on stdin and stdout; logs go to stderr only,
 and the unit exits by itself when stdin reaches EOF (a remote unit over ssh
@@ -9,16 +11,24 @@ relies on it: closing the channel does not always signal the process).
 
 With `--listen` it serves any number of controllers, one after another or at
 once, and its sessions outlive each connection (a controller that restarts
-resumes them). It runs until SIGTERM or SIGINT.
+resumes them). Whoever dials it must prove it knows the unit's token
+(`--token-file`); without one it listens only on loopback or a unix socket,
+unless told `--insecure`. It runs until SIGTERM or SIGINT.
+
+With `--connect` it dials cmdr's listener (a unit behind NAT, a box whose
+address nobody knows), proves its enrollment (`--secret-file`), and dials
+again with backoff whenever the connection drops; its sessions outlive each
+connection as with `--listen`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,10 +44,18 @@ examples:
   latis-unit --stdio --agent echo -o delay=0.2 -o ask="Go on?"
   latis-unit --stdio --name build-box --max-sessions 10
   latis-unit --listen unix:/tmp/box.sock      serve controllers on a unix socket (0600)
+  latis-unit --listen tcp://127.0.0.1:7447    loopback only: no token needed
+  latis-unit --listen tcp://0.0.0.0:7447 --tls --token-file ~/.latis-token
+                                              anyone may dial; cmdr proves the token
+  latis-unit --connect 'tcp://cmdr:7447?fingerprint=sha256:…' --secret-file ~/.latis-unit
+                                              dial in to cmdr (`latis unit add --accept`)
   latis-unit --stdio --agent acp -- gemini --experimental-acp
                                               an adapter that runs the agent's own command
 
-exit status: 0 when stdin ends, 1 on a failure, 2 on a usage error.
+addresses: unix:PATH, tcp://HOST:PORT, ws://HOST:PORT/PATH, wss://…, quic://HOST:PORT
+
+exit status: 0 when stdin ends or on SIGTERM, 1 on a failure (or cmdr refused the
+unit's enrollment), 2 on a usage error.
 """
 
 
@@ -48,13 +66,38 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    how = parser.add_argument_group("how to serve (one of)")
+    how.add_argument(
         "--stdio", action="store_true", help="speak the protocol on stdin and stdout"
     )
-    parser.add_argument(
-        "--listen",
-        metavar="ADDRESS",
-        help="serve controllers that connect to ADDRESS (unix:PATH)",
+    how.add_argument(
+        "--listen", metavar="ADDRESS", help="serve controllers that dial ADDRESS"
+    )
+    how.add_argument(
+        "--connect", metavar="URL", help="dial cmdr's listener at URL, and again if it drops"
+    )
+    trust = parser.add_argument_group("identity and trust")
+    trust.add_argument(
+        "--token-file", metavar="FILE",
+        help="(--listen) a controller must prove it knows the token in FILE (mode 0600)",
+    )
+    trust.add_argument(
+        "--secret-file", metavar="FILE",
+        help="(--connect) the enrollment line cmdr issued (mode 0600)",
+    )
+    trust.add_argument(
+        "--insecure", action="store_true",
+        help="listen beyond loopback without a token, or dial cmdr without TLS",
+    )
+    trust.add_argument("--tls", action="store_true", help="(--listen tcp/ws) speak TLS")
+    trust.add_argument("--tls-cert", metavar="PEM", help="our certificate chain "
+                       "(default: a self-signed one, made once; its fingerprint is printed)")
+    trust.add_argument("--tls-key", metavar="PEM", help="its private key")
+    trust.add_argument("--tls-client-ca", metavar="PEM",
+                       help="(--listen) ask controllers for a certificate this CA issued (mTLS)")
+    trust.add_argument(
+        "--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="(--listen) seconds a new connection gets to finish hello (default: 10)",
     )
     parser.add_argument("--agent", default="echo", help="the agent adapter (default: echo)")
     parser.add_argument(
@@ -107,10 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"latis-unit {__version__}")
         return 0
-    if args.stdio == bool(args.listen):
-        parser.error("say how to serve: --stdio, or --listen ADDRESS (one of them)")
-    if args.listen and not args.listen.startswith("unix:"):
-        parser.error(f"cannot listen on {args.listen!r}: known addresses are unix:PATH")
+    if sum(map(bool, (args.stdio, args.listen, args.connect))) != 1:
+        parser.error("say how to serve: --stdio, --listen ADDRESS or --connect URL (one of them)")
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
@@ -126,9 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LookupError, ValueError) as exc:
         parser.error(str(exc.args[0]) if exc.args else str(exc))
 
-    from ._unit import serve_unit
-
-    limits = {
+    limits: dict[str, Any] = {
         "name": args.name,
         "max_sessions": args.max_sessions,
         "max_frame": args.max_frame,
@@ -136,36 +175,203 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if args.stdio:
+            from ._unit import serve_unit
+
             stream = _take_stdio()
             trio.run(lambda: serve_unit(stream, agent, **limits))
-        else:
-            trio.run(_listen, args.listen.removeprefix("unix:"), agent, limits)
+            return 0
+        if args.listen:
+            listener = _listener(args, parser, limits)
+            trio.run(_listen, listener, agent, limits)
+            return 0
+        dialer, enrollment = _dialer(args, parser)
+        limits["enrollment"] = enrollment
+        return trio.run(_connect, args.connect, dialer, agent, limits)
     except KeyboardInterrupt:
         return 130
     except Exception:
         logging.getLogger("latis.unit").exception("the unit failed")
         return 1
-    return 0
 
 
-async def _listen(path: str, agent: Agent, limits: dict[str, Any]) -> None:
+def _say(text: str) -> None:
+    print(f"latis-unit: {text}", file=sys.stderr, flush=True)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listener(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, limits: dict[str, Any]
+) -> Any:
+    """The listener for --listen, with TLS filled in and the token checked."""
+    from ._registry import listener_from_url
+
+    try:
+        name, listener = listener_from_url(args.listen)
+    except (ValueError, ImportError, LookupError) as exc:
+        parser.error(f"--listen: {exc}")
+    host = getattr(listener, "host", None)
+    if args.token_file:
+        from ._auth import read_secret_file
+
+        try:
+            limits["token"] = read_secret_file(args.token_file)
+        except ValueError as exc:
+            parser.error(f"--token-file: {exc}")
+    elif host is not None and not _is_loopback(host) and not args.insecure:
+        parser.error(
+            f"refusing to listen on {args.listen} without a token: anyone who reaches it "
+            f"could run the agent. Give --token-file FILE (a controller must prove it), "
+            f"listen on 127.0.0.1 or a unix socket, or say --insecure"
+        )
+    limits["handshake_timeout"] = args.handshake_timeout
+    changes: dict[str, Any] = {}
+    if args.tls or args.tls_cert:
+        if not hasattr(listener, "tls"):
+            parser.error(f"--tls: the {name} listener has no TLS switch")
+        changes["tls"] = True
+    if args.tls_client_ca:
+        changes["client_ca"] = args.tls_client_ca
+    wants_cert = changes.get("tls") or name == "quic"
+    if wants_cert:
+        if args.tls_cert:
+            if not args.tls_key:
+                parser.error("--tls-cert needs --tls-key")
+            changes["cert"], changes["key"] = args.tls_cert, args.tls_key
+        elif getattr(listener, "cert", None) is None:
+            import socket
+
+            from ._paths import paths
+            from ._tls import self_signed
+
+            hosts = ["localhost", "127.0.0.1", socket.gethostname()]
+            if host and host not in ("0.0.0.0", "::", "", "*"):
+                hosts.insert(0, host)
+            files = self_signed(paths().data_dir / "unit-tls", hosts)
+            changes["cert"], changes["key"] = str(files.cert), str(files.key)
+            _say(f"TLS certificate {files.fingerprint} (a controller pins it: "
+                 f"fingerprint = \"{files.fingerprint}\")")
+    import attrs
+
+    return attrs.evolve(listener, **changes) if changes else listener
+
+
+def _dialer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Any]:
+    """The dialer for --connect and the enrollment it proves."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from ._auth import Enrollment
+    from ._registry import dialer_from_url
+
+    try:
+        _, dialer = dialer_from_url(args.connect)
+    except (ValueError, ImportError, LookupError) as exc:
+        parser.error(f"--connect: {exc}")
+    if not args.secret_file:
+        parser.error("--connect needs --secret-file FILE: the enrollment line that "
+                     "`latis unit add NAME --accept …` printed")
+    try:
+        enrollment = Enrollment.from_file(args.secret_file)
+    except ValueError as exc:
+        parser.error(f"--secret-file: {exc}")
+    parts = urlsplit(args.connect)
+    query = parse_qs(parts.query)
+    plain = parts.scheme in ("tcp", "ws") and not ({"fingerprint", "ca", "tls"} & set(query))
+    if plain and not _is_loopback(parts.hostname or "") and not args.insecure:
+        parser.error(
+            f"refusing to dial {args.connect} without TLS: anyone on the way could pose as "
+            f"cmdr and send the agent work. Add ?fingerprint=… (the enrollment line has it), "
+            f"or say --insecure"
+        )
+    return dialer, enrollment
+
+
+async def _listen(listener: Any, agent: Agent, limits: dict[str, Any]) -> None:
     import signal
 
     import trio
-    from latis_transports.unix import listen_unix
 
+    from ._accept import Gate, ListenerStats, serve_listener
     from ._unit import open_unit
 
     log = logging.getLogger("latis.unit")
-    async with open_unit(agent, **limits) as unit, listen_unix(path) as listener:
-        log.info("listening on unix:%s", path)
+    gate = Gate(
+        getattr(listener, "max_pending", 64),
+        getattr(listener, "max_pending_per_host", 16),
+    )
+    async with open_unit(agent, **limits) as unit, listener.listen() as accepting:
+        proof = "a controller must prove the token" if unit.token else (
+            "no token: anyone who reaches it may use the agent" if _open_to_all(listener)
+            else "no token: this machine's users only")
+        _say(f"listening on {_address(listener, accepting)} ({proof})")
+
+        async def serve(stream: trio.abc.Stream, peer: Any, release: Callable[[], None]) -> None:
+            log.info("a controller connected from %s", peer)
+            await unit.serve(stream, on_handshake=release)
+
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.serve_listeners, unit.serve, [listener])
+                nursery.start_soon(
+                    functools.partial(
+                        serve_listener, accepting, serve, gate=gate, stats=ListenerStats(),
+                        label=listener.describe(),
+                    )
+                )
                 async for signum in signals:
                     log.info("stopping on signal %d", signum)
                     nursery.cancel_scope.cancel()
                     break
+
+
+def _open_to_all(listener: Any) -> bool:
+    host = getattr(listener, "host", None)
+    return host is not None and not _is_loopback(host)
+
+
+def _address(listener: Any, accepting: Any) -> str:
+    from ._accept import bound_port
+
+    text = str(listener.describe())
+    port = bound_port(accepting)
+    if port is not None and getattr(listener, "port", None) == 0:
+        text += f" (port {port})"
+    return text
+
+
+async def _connect(url: str, dialer: Any, agent: Agent, limits: dict[str, Any]) -> int:
+    import signal
+
+    import trio
+
+    from ._unit import dial_cmdr, open_unit
+
+    async with open_unit(agent, **limits) as unit:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                refused: list[str] = []
+
+                async def dial() -> None:
+                    refused.append(await dial_cmdr(unit, dialer, label=url))
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(dial)
+                async for signum in signals:
+                    logging.getLogger("latis.unit").info("stopping on signal %d", signum)
+                    nursery.cancel_scope.cancel()
+                    break
+    if refused:
+        _say(f"cmdr at {url} refused this unit: {refused[0]}")
+        return 1
+    return 0
 
 
 def _take_stdio() -> trio.abc.Stream:

@@ -40,10 +40,12 @@ ROWS = [
     "acp_sdk",
     "acp_latis",
 ]
+#: A row each: the raw echo, latis's ping, a stream (the last two unless skipped).
+TRANSPORTS = ["unix", "tcp", "websocket", "quic", "ssh", "container"]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_bench_quick_prints_every_row() -> None:
     pytest.importorskip("zmq")
     pytest.importorskip("execnet")
@@ -53,7 +55,7 @@ def test_bench_quick_prints_every_row() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=290,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.rstrip("\n").splitlines()
@@ -62,3 +64,9 @@ def test_bench_quick_prints_every_row() -> None:
         assert f"\n{name} " in table, f"row {name} missing from:\n{table}"
     doc = json.loads(lines[-1])
     assert set(ROWS) <= set(doc["rows"])
+    for name in TRANSPORTS:
+        assert f"raw_{name}" in doc["rows"], name
+        if "skipped" not in doc["rows"][f"raw_{name}"]["what"]:
+            assert {f"rt_{name}", f"stream_{name}"} <= set(doc["rows"]), name
+    for name in ("unix", "tcp", "websocket", "quic"):  # nothing here can skip them
+        assert f"rt_{name}" in doc["rows"], name

@@ -391,12 +391,26 @@ class TestUnitCommand:
         assert result.returncode == 0
         assert result.stdout == ""
 
-    def test_listen_only_on_unix_for_now(self) -> None:
-        """--listen takes unix:PATH; other addresses are refused with the known ones."""
+    def test_listen_wide_without_a_token_is_refused(self) -> None:
+        """Beyond loopback, a unit without a token refuses to listen (it says how to fix it)."""
         result = subprocess.run([*UNIT, "--listen", "tcp://0.0.0.0:1"], capture_output=True,
                                 text=True, timeout=30)
         assert result.returncode == 2
-        assert "known addresses are unix:PATH" in result.stderr
+        assert "refusing to listen on tcp://0.0.0.0:1 without a token" in result.stderr
+        assert "--token-file" in result.stderr and "--insecure" in result.stderr
+
+    def test_unknown_address_lists_the_known_ones(self) -> None:
+        result = subprocess.run([*UNIT, "--listen", "gopher://x:1"], capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 2
+        assert "'gopher://x:1' is not an address latis knows" in result.stderr
+        assert "tcp://" in result.stderr and "unix:" in result.stderr and "quic://" in result.stderr
+
+    def test_connect_needs_a_secret_file(self) -> None:
+        result = subprocess.run([*UNIT, "--connect", "tcp://127.0.0.1:1"], capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 2
+        assert "--connect needs --secret-file FILE" in result.stderr
 
     def test_version_and_help(self) -> None:
         """--version prints the version; --help shows examples."""

@@ -117,7 +117,12 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     mute = types.ModuleType("fake_latis_mute")  # neither DIALER nor LISTENER
     monkeypatch.setitem(sys.modules, "fake_latis_tcp", tcp)
     monkeypatch.setitem(sys.modules, "fake_latis_mute", mute)
-    transports = dict(_registry._BUILTIN_TRANSPORTS, tcp="fake_latis_tcp", mute="fake_latis_mute")
+    transports = {
+        "local": "latis_transports.local",
+        "unix": "latis_transports.unix",
+        "tcp": "fake_latis_tcp",
+        "mute": "fake_latis_mute",
+    }
     monkeypatch.setattr(_registry, "_BUILTIN_TRANSPORTS", transports)
     monkeypatch.setattr(_registry, "plugin_names", lambda group: [])
 
@@ -302,18 +307,19 @@ def test_unknown_transport_lists_the_known_ones(fakes: None) -> None:
         [units.box]
         agent = "echo"
         [units.box.dial]
-        type = "ssh"
+        type = "serial"
         host = "gpu1"
         """
     ) == (
-        "latis.toml:4: unit 'box': dial.type: unknown transport 'ssh' "
+        "latis.toml:4: unit 'box': dial.type: unknown transport 'serial' "
         "(known: local, mute, tcp, unix)"
     )
 
 
 def test_unknown_transport_with_the_real_registry() -> None:
-    assert error_of('units.box.dial = { type = "ssh" }') == (
-        "latis.toml:1: unit 'box': dial.type: unknown transport 'ssh' (known: local, unix)"
+    assert error_of('units.box.dial = { type = "gopher" }') == (
+        "latis.toml:1: unit 'box': dial.type: unknown transport 'gopher' "
+        "(known: container, local, quic, ssh, tcp, unix, websocket)"
     )
 
 
@@ -362,19 +368,19 @@ def test_a_transport_without_dialer_cannot_dial(fakes: None) -> None:
     )
 
 
-def test_accept_needs_a_listener_real_registry_has_none() -> None:
+def test_accept_needs_a_listener_real_registry() -> None:
     assert error_of(
         """\
         [units.edge]
         agent = "echo"
 
         [[units.edge.accept]]
-        type = "unix"
-        path = "/tmp/s"
+        type = "ssh"
+        host = "x"
         """
     ) == (
-        "latis.toml:5: unit 'edge': accept[0].type: transport 'unix' has no listener "
-        "(transports with one: none)"
+        "latis.toml:5: unit 'edge': accept[0].type: transport 'ssh' has no listener "
+        "(transports with one: quic, tcp, unix, websocket)"
     )
 
 
@@ -389,7 +395,7 @@ def test_accept_lists_the_transports_that_listen(fakes: None) -> None:
         """
     ) == (
         "latis.toml:5: unit 'edge': accept[1].type: transport 'mute' has no listener "
-        "(transports with one: tcp)"
+        "(transports with one: tcp, unix)"
     )
 
 
@@ -890,9 +896,10 @@ def test_init_text_shows_every_option() -> None:
             assert f"{field.name} = " in text, (kind, field.name)
     for option in ("delay", "ask", "repeat"):
         assert f"{option} = " in text
-    for coming in ("ssh", "tcp", "websocket", "container", "unix", "quic"):
-        assert f'"{coming}"' in text
-    assert "COMING" in text
+    for kind in ("ssh", "tcp", "websocket", "container", "unix", "quic"):
+        assert f'type = "{kind}"' in text or f'"{kind}"' in text, kind
+    assert "COMING" not in text
+    assert "token_file = " in text and "fingerprint = " in text and "tls = true" in text
 
 
 def test_add_unit_text() -> None:

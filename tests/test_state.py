@@ -80,7 +80,7 @@ class TestOpen:
             assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
             assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
             assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-            assert state.schema_version == len(REAL_MIGRATIONS) == 1
+            assert state.schema_version == len(REAL_MIGRATIONS) == 2
             assert state.check() == "ok"
 
     def test_private_file(self, db_path: Path) -> None:
@@ -189,6 +189,52 @@ class TestUnits:
             old_resources.set("pid", "1")
         history = state.list_units(include_destroyed=True)
         assert [(u.name, u.destroyed_at) for u in history] == [("u1", 1001.0), ("u1", None)]
+
+
+class TestEnrollments:
+    def test_enroll_find_and_revoke(self, state: State) -> None:
+        state.upsert_unit("edge", None, {})
+        first = state.enroll("edge")
+        assert state.find_enrollment(first.id) == ("edge", first)
+        assert state.enrollment_of("edge") == first.id
+        second = state.enroll("edge")  # a new one revokes the old
+        assert state.find_enrollment(first.id) is None
+        assert state.find_enrollment(second.id) == ("edge", second)
+        with pytest.raises(StateError, match="unit 'nope' is not in the state"):
+            state.enroll("nope")
+
+    def test_a_destroyed_unit_loses_its_enrollment_and_its_name_starts_clean(
+        self, state: State
+    ) -> None:
+        state.upsert_unit("edge", None, {})
+        old = state.enroll("edge")
+        state.add_session("s1", "edge", "idle")
+        state.mark_unit_destroyed("edge")
+        assert state.find_enrollment(old.id) is None
+        state.upsert_unit("edge", None, {})
+        assert state.enrollment_of("edge") is None
+        assert state.list_sessions("edge") == []
+        new = state.enroll("edge")
+        assert new.id != old.id and new.secret != old.secret
+
+    def test_a_version_1_file_upgrades_and_keeps_its_data(self, db_path: Path) -> None:
+        """A state file from before enrollments: migrated, backed up, nothing lost."""
+        db_path.parent.mkdir(parents=True)
+        old = raw(db_path)
+        for statement in REAL_MIGRATIONS[0].split(";\n"):
+            if statement.strip():
+                old.execute(statement)
+        old.execute("INSERT INTO units (name, config, created_at, updated_at)"
+                    " VALUES ('box', '{}', 1, 1)")
+        old.execute("INSERT INTO sessions (id, unit, state, created_at) VALUES ('s', 1, 'idle', 1)")
+        old.execute("PRAGMA user_version = 1")
+        old.close()
+        with State(db_path) as state:
+            assert state.schema_version == len(REAL_MIGRATIONS)
+            assert [s.id for s in state.list_sessions("box")] == ["s"]
+            enrollment = state.enroll("box")
+            assert state.find_enrollment(enrollment.id) == ("box", enrollment)
+        assert db_path.with_name("latis.db.bak-v1").exists()
 
 
 class TestResources:
@@ -563,18 +609,19 @@ class TestMigrations:
     def test_backup_before_migrating(self, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         with State(db_path) as state:
             state.upsert_unit("u1", "process", {"keep": True})
-        v2 = "ALTER TABLE units ADD COLUMN note TEXT;\nCREATE INDEX units_note ON units (note);\n"
-        monkeypatch.setattr("latis_core._state.MIGRATIONS", [*REAL_MIGRATIONS, v2])
+        now = len(REAL_MIGRATIONS)
+        nxt = "ALTER TABLE units ADD COLUMN note TEXT;\nCREATE INDEX units_note ON units (note);\n"
+        monkeypatch.setattr("latis_core._state.MIGRATIONS", [*REAL_MIGRATIONS, nxt])
         with State(db_path) as state:
-            assert state.schema_version == 2
+            assert state.schema_version == now + 1
             assert state.get_unit("u1") is not None
             columns = [r[1] for r in state._db().execute("PRAGMA table_info(units)")]
             assert "note" in columns
-        backup = db_path.with_name("latis.db.bak-v1")
+        backup = db_path.with_name(f"latis.db.bak-v{now}")
         assert backup.stat().st_mode & 0o777 == 0o600
         assert sorted(p.name for p in db_path.parent.iterdir()) == ["latis.db", backup.name]
         old = raw(backup)
-        assert old.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert old.execute("PRAGMA user_version").fetchone()[0] == now
         assert old.execute("SELECT name, config FROM units").fetchall() == [("u1", '{"keep":true}')]
         assert old.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         old.close()
@@ -590,11 +637,13 @@ class TestMigrations:
             state.upsert_unit("u1", None, {})
         broken = "ALTER TABLE units ADD COLUMN note TEXT;\nCREATE TABLE units (x);\n"
         monkeypatch.setattr("latis_core._state.MIGRATIONS", [*REAL_MIGRATIONS, broken])
-        with pytest.raises(StateError, match="migrating the schema to version 2 failed"):
+        with pytest.raises(
+            StateError, match=f"migrating the schema to version {len(REAL_MIGRATIONS) + 1} failed"
+        ):
             State(db_path)
         monkeypatch.setattr("latis_core._state.MIGRATIONS", REAL_MIGRATIONS)
         with State(db_path) as state:
-            assert state.schema_version == 1
+            assert state.schema_version == len(REAL_MIGRATIONS)
             columns = [r[1] for r in state._db().execute("PRAGMA table_info(units)")]
             assert "note" not in columns
             assert state.get_unit("u1") is not None

@@ -166,6 +166,14 @@ class LocalDialer:
     cwd: str | None = None
     grace: float = 5.0
 
+    @classmethod
+    def from_url(cls, url: str) -> LocalDialer:
+        """`local:COMMAND` (split as a shell would, without running one)."""
+        command = shlex.split(url.removeprefix("local:"))
+        if not command or not url.startswith("local:"):
+            raise ValueError(f"{url!r} is not a local command (expected local:COMMAND)")
+        return cls(command)
+
     def connect(self) -> AbstractAsyncContextManager[ProcessStream]:
         if not self.command:
             raise ValueError("a local dialer needs a command to start")

@@ -20,7 +20,7 @@ import trio
 
 from latis_core._errors import ConnectError
 
-__all__ = ["UnixDialer", "is_listening", "listen_unix", "open_unix"]
+__all__ = ["UnixDialer", "UnixListener", "is_listening", "listen_unix", "open_unix"]
 
 
 @asynccontextmanager
@@ -50,8 +50,50 @@ class UnixDialer:
 
     path: str = attrs.field(converter=os.fspath)
 
+    @classmethod
+    def from_url(cls, url: str) -> UnixDialer:
+        """`unix:PATH`."""
+        return cls(_path_of(url))
+
     def connect(self) -> AbstractAsyncContextManager[trio.SocketStream]:
         return open_unix(self.path)
+
+    def describe(self) -> str:
+        return f"unix: {self.path}"
+
+
+def _path_of(url: str) -> str:
+    path = url.removeprefix("unix:")
+    if path.startswith("//"):
+        path = path[2:]
+    if not path or path == url:
+        raise ValueError(f"{url!r} is not a unix socket address (expected unix:PATH)")
+    return path
+
+
+@attrs.frozen
+class UnixListener:
+    """Listen on a unix socket (mode 0600: only its owner may connect).
+
+    Attributes:
+        path: the socket's path.
+        max_pending: connections at most that have not finished their handshake.
+    """
+
+    path: str = attrs.field(converter=os.fspath)
+    max_pending: int = 64
+
+    @property
+    def max_pending_per_host(self) -> int:
+        return self.max_pending  # every client is this machine
+
+    @classmethod
+    def from_url(cls, url: str) -> UnixListener:
+        """`unix:PATH`."""
+        return cls(_path_of(url))
+
+    def listen(self) -> AbstractAsyncContextManager[trio.SocketListener]:
+        return listen_unix(self.path)
 
     def describe(self) -> str:
         return f"unix: {self.path}"
@@ -104,5 +146,6 @@ async def listen_unix(path: str | os.PathLike[str]) -> AsyncIterator[trio.Socket
             os.unlink(path)
 
 
-#: This module's dialer, for the `latis.transports` registry.
+#: This module's dialer and listener, for the `latis.transports` registry.
 DIALER = UnixDialer
+LISTENER = UnixListener
