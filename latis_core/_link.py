@@ -13,7 +13,8 @@ A link does two things for the peer and the unit server:
 cancel-safe: a task that is waiting for a reply may read for itself
 (`can_lead`), which saves the hop through a reader task that costs more than
 the whole codec. `StreamLink` works on any `trio.abc.Stream` (TLS, SSH,
-websockets, memory streams) with one reader task.
+websockets, QUIC, memory streams); it does the same where the stream says it
+can (`send_nowait`, `cancel_safe_receive`), else one reader task reads.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import os
 import threading
 
 import trio
-from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
+from trio.lowlevel import (
+    Abort,
+    cancel_shielded_checkpoint,
+    checkpoint_if_cancelled,
+    current_task,
+    reschedule,
+    wait_task_rescheduled,
+)
 
 __all__ = ["SPIN", "FdLink", "Interrupted", "Link", "StreamLink", "open_link", "raw_fds"]
 
@@ -125,7 +133,10 @@ class Link:
         self._out += data
         if not self._flushing:
             self._flushing = True
-            self._nursery.start_soon(self._flush)
+            self._start_flush()
+
+    def _start_flush(self) -> None:
+        self._nursery.start_soon(self._flush)
 
     async def wait_drained(self) -> None:
         """Wait until the queue is under the low-water mark (or the stream fails)."""
@@ -317,24 +328,137 @@ class FdLink(Link):
 
 
 class StreamLink(Link):
-    """A link over any `trio.abc.Stream`, read by one task only."""
+    """A link over any `trio.abc.Stream`: TLS, SSH, websockets, QUIC, memory.
+
+    Two optional stream attributes make it faster (our own transports have
+    them where they can):
+
+    - `send_nowait(data) -> bool`: take all of `data` now, without waiting;
+      return whether more may be sent before `wait_send_all_might_not_block`.
+      `write` then sends with no task hop, as on an fd link.
+    - `cancel_safe_receive = True`: a cancelled `receive_some` loses nothing,
+      so any task may read (`can_lead`) and `interrupt` may cancel a read.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+        super().__init__(stream, nursery)
+        self._send_nowait = getattr(stream, "send_nowait", None)
+        self.can_lead = getattr(stream, "cancel_safe_receive", False) is True
+        self._read_scope: trio.CancelScope | None = None
+        # Reads in progress (two only while a cancelled one is leaving), and
+        # what a read waits on until the other has left.
+        self._reads = 0
+        self._read_out: trio.Event | None = None
+        self._flusher: trio.lowlevel.Task | None = None
+        self._flush_started = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        send = self._send_nowait
+        if send is None or self._out or self._flushing or self.error is not None:
+            self.cork(data)
+            return
+        try:
+            ready = send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(exc)
+            raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+        if not ready:
+            # The stream is full: what comes next queues until it has room.
+            self._flushing = True
+            self._start_flush()
+
+    def _start_flush(self) -> None:
+        # The flush task stays, parked, once started: waking it costs less
+        # than starting a task for every reply.
+        task = self._flusher
+        if task is not None:
+            self._flusher = None
+            reschedule(task)
+        elif not self._flush_started:
+            self._flush_started = True
+            self._nursery.start_soon(self._flush)
+
+    def _fail(self, exc: BaseException) -> None:
+        super()._fail(exc)
+        task = self._flusher
+        if task is not None:
+            self._flusher = None
+            reschedule(task)
+
+    def _abort_park(self, _: object) -> Abort:
+        self._flusher = None
+        return Abort.SUCCEEDED
 
     async def _flush(self) -> None:
         out = self._out
+        stream = self.stream
+        send = self._send_nowait
         try:
-            while out and self.error is None:
-                data = bytes(out)
-                out.clear()
-                await self.stream.send_all(data)
+            while self.error is None:
+                try:
+                    while out and self.error is None:
+                        if send is not None:
+                            await stream.wait_send_all_might_not_block()
+                            if not out or self.error is not None:
+                                break
+                        data = bytes(out)
+                        out.clear()
+                        if send is not None:
+                            send(data)
+                        else:
+                            await stream.send_all(data)
+                        self._wake_drained()
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._fail(exc)
+                self._flushing = False
                 self._wake_drained()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._fail(exc)
+                if self.error is not None:
+                    return
+                self._flusher = current_task()
+                await wait_task_rescheduled(self._abort_park)
         finally:
             self._flushing = False
+            self._flush_started = False
+            self._flusher = None
             self._wake_drained()
 
     async def read(self, spin: int = 0) -> bytes | bytearray | memoryview:
-        return await self.stream.receive_some(READ_SIZE)
+        receive = self.stream.receive_some
+        if not self.can_lead:
+            return await receive(READ_SIZE)
+        self._reads += 1
+        try:
+            with trio.CancelScope() as scope:
+                self._read_scope = scope
+                try:
+                    while True:
+                        try:
+                            data = await receive(READ_SIZE)
+                            break
+                        except trio.BusyResourceError:
+                            # A read we cancelled is still on its way out of
+                            # the stream (rare: it was woken just before).
+                            if self._reads == 1:
+                                raise
+                            self._read_out = self._read_out or trio.Event()
+                            await self._read_out.wait()
+                finally:
+                    # The leaving read must not take the scope of the one after it.
+                    if self._read_scope is scope:
+                        self._read_scope = None
+        finally:
+            self._reads -= 1
+            if self._read_out is not None:
+                self._read_out.set()
+                self._read_out = None
+        if scope.cancelled_caught:
+            raise Interrupted
+        return data
+
+    def interrupt(self) -> None:
+        scope = self._read_scope
+        if scope is not None:
+            scope.cancel()
 
 
 def open_link(stream: trio.abc.Stream, nursery: trio.Nursery) -> Link:

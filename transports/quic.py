@@ -278,6 +278,9 @@ class QuicStream(trio.abc.HalfCloseableStream):
     whole connection: cleanly, or abruptly (a reset) when cancelled.
     """
 
+    #: A cancelled `receive_some` loses nothing (latis's links read from any task).
+    cancel_safe_receive = True
+
     def __init__(self, conn: _Connection, *, window: int, send_buffer: int) -> None:
         self._conn = conn
         self._window = window
@@ -388,6 +391,27 @@ class QuicStream(trio.abc.HalfCloseableStream):
                 conn.transmit()
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Hand all of `data` to aioquic now, without waiting; not a checkpoint.
+
+        Returns whether more may be sent now: False once aioquic holds
+        `SEND_BUFFER` bytes or more it could not send (then wait with
+        `wait_send_all_might_not_block`).
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.BrokenResourceError: the connection ended or the peer stopped reading.
+            trio.ClosedResourceError: we closed the stream or sent EOF.
+        """
+        with self._send_guard():
+            self._check_send()
+            if data:
+                conn = self._conn
+                conn.quic.send_stream_data(STREAM_ID, bytes(data))
+                self._written += len(data)
+                conn.transmit()
+            return self._unsent() < self._send_buffer
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until `send_all` would hand data to aioquic at once (or fail)."""

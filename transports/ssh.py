@@ -363,6 +363,9 @@ class SshStream(trio.abc.HalfCloseableStream):
         exit_signal: the name of the signal that ended it, if one did.
     """
 
+    #: A cancelled `receive_some` loses nothing (latis's links read from any task).
+    cancel_safe_receive = True
+
     def __init__(self, where: str, command: tuple[str, ...]) -> None:
         self.where = where
         self.command = command
@@ -378,7 +381,7 @@ class SshStream(trio.abc.HalfCloseableStream):
         self._stderr_line = bytearray()
         self._receiver: Task | None = None
         self._sender: Task | None = None
-        self._receiving = False
+        self._receiving: Task | None = None
         self._sending = False
         self._read_paused = False
         self._write_paused = False
@@ -422,10 +425,11 @@ class SshStream(trio.abc.HalfCloseableStream):
             self._sending = False
         await cancel_shielded_checkpoint()
 
-    def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
         """Hand `data` to the channel now, without waiting (it buffers what the
-        SSH window does not take yet); for a writer that does its own
-        backpressure with `wait_send_all_might_not_block`. Not a checkpoint.
+        SSH window does not take yet). Not a checkpoint. Returns whether more
+        may be sent now: False once the channel's send buffer is over its
+        high-water mark (then wait with `wait_send_all_might_not_block`).
 
         Raises:
             trio.ClosedResourceError: the stream was closed, or `send_eof` called.
@@ -439,6 +443,7 @@ class SshStream(trio.abc.HalfCloseableStream):
                 self._chan.write(data)
             except OSError as exc:
                 raise self._broken(exc) from exc
+        return not self._write_paused
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the channel's send buffer is under its high-water mark."""
@@ -489,7 +494,7 @@ class SshStream(trio.abc.HalfCloseableStream):
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
         await checkpoint_if_cancelled()
-        self._receiving = True
+        me = self._receiving = current_task()
         waited = False
         try:
             while not self._chunks:
@@ -502,7 +507,8 @@ class SshStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("the stream was closed while receiving")
             data = self._take(max_bytes)
         finally:
-            self._receiving = False
+            if self._receiving is me:
+                self._receiving = None
         if self._read_paused and self._buffered <= LOW_WATER:
             self._read_paused = False
             self._chan.resume_reading()  # may deliver buffered packets right here
@@ -519,6 +525,7 @@ class SshStream(trio.abc.HalfCloseableStream):
 
     def _abort_receive(self, _: Any) -> Abort:
         self._receiver = None
+        self._receiving = None  # cancelled: another task may receive at once
         return Abort.SUCCEEDED
 
     def _abort_send(self, _: Any) -> Abort:

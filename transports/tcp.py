@@ -108,7 +108,16 @@ class TcpDialer:
         host, port, options = parse_host_port(url, "tcp", DEFAULT_PORT)
         _known(url, options, ("tls", "ca", "fingerprint", "cert", "key", "server_name"))
         tls = _flag(options.pop("tls")) if "tls" in options else False
-        return cls(host, port, tls=tls, **options)
+        return cls(
+            host,
+            port,
+            tls=tls,
+            ca=options.get("ca"),
+            fingerprint=options.get("fingerprint"),
+            cert=options.get("cert"),
+            key=options.get("key"),
+            server_name=options.get("server_name"),
+        )
 
     def url(self) -> str:
         """This dialer as a `tcp://` address (with its pin, if any)."""
@@ -192,7 +201,14 @@ class TcpListener:
         host, port, options = parse_host_port(url, "tcp", DEFAULT_PORT)
         _known(url, options, ("tls", "cert", "key", "client_ca"))
         tls = _flag(options.pop("tls")) if "tls" in options else False
-        return cls(host, port, tls=tls, **options)
+        return cls(
+            host,
+            port,
+            tls=tls,
+            cert=options.get("cert"),
+            key=options.get("key"),
+            client_ca=options.get("client_ca"),
+        )
 
     def listen(self) -> AbstractAsyncContextManager[trio.abc.Listener[trio.abc.Stream]]:
         return self._listen()

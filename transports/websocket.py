@@ -119,8 +119,12 @@ class WebSocketStream(trio.abc.Stream):
         peer_address: tuple[str, int],
         max_message: int,
     ) -> None:
+        from trio_websocket import ConnectionClosed
+
         self.connection = connection
         self.peer_address = peer_address
+        # Imported once here, not on every send and receive.
+        self._connection_closed = ConnectionClosed
         self._transport = transport
         self._max_message = max_message
         # The message being read, and how much of it receive_some has returned.
@@ -140,8 +144,6 @@ class WebSocketStream(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send `data` as one binary message, or several if it is over the limit."""
-        from trio_websocket import ConnectionClosed
-
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
         self._sending = True
@@ -165,7 +167,7 @@ class WebSocketStream(trio.abc.Stream):
                     view = memoryview(data).cast("B")
                     for start in range(0, len(view), limit):
                         await send(bytes(view[start : start + limit]))
-            except ConnectionClosed as exc:
+            except self._connection_closed as exc:
                 if self._closed:
                     raise trio.ClosedResourceError("this stream was closed") from None
                 raise trio.BrokenResourceError(
@@ -213,8 +215,6 @@ class WebSocketStream(trio.abc.Stream):
 
     async def _next_message(self) -> bool:
         """Wait for a non-empty message and keep it in `_message`; False at end of stream."""
-        from trio_websocket import ConnectionClosed
-
         if self._broken is not None:
             await checkpoint()
             raise trio.BrokenResourceError(self._broken)
@@ -224,7 +224,7 @@ class WebSocketStream(trio.abc.Stream):
         while True:
             try:
                 message = await self.connection.get_message()
-            except ConnectionClosed as exc:
+            except self._connection_closed as exc:
                 # A closed channel raises without yielding: yield here, as
                 # every receive_some must.
                 await trio.lowlevel.cancel_shielded_checkpoint()
