@@ -3,6 +3,14 @@
 A transport moves bytes and knows nothing of messages. Every dialer and
 listener, built in or from a plugin (entry-point group `latis.transports`),
 has this shape; the protocol runs over the streams they yield, unchanged.
+
+Streams with a file descriptor of their own (trio sockets, pipes) are read
+and written directly. Any other stream may offer two things that save a task
+hop per message (see `_link.StreamLink`): `send_nowait(data) -> bool` (take
+all of `data` now; return whether more may be sent before
+`wait_send_all_might_not_block`) and `cancel_safe_receive = True` (a
+cancelled `receive_some` loses nothing, and raises `trio.BusyResourceError`
+before taking anything when another task still receives).
 """
 
 from __future__ import annotations
