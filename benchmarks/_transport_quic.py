@@ -16,7 +16,6 @@ EOF, so none outlives the benchmark. Nothing here prints.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+from _child import line_child
 from latis_transports.quic import QuicDialer, QuicListener, QuicStream
 
 #: Round trips made before the measured ones (the first ones settle the path).
@@ -37,30 +37,9 @@ async def _child(role: str) -> AsyncIterator[QuicDialer]:
 
     with tempfile.TemporaryDirectory(prefix="latis-bench-quic-") as tmp:
         files = self_signed(tmp, ["127.0.0.1"])
-        process = await trio.lowlevel.open_process(
-            [sys.executable, __file__, role, str(files.cert), str(files.key)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert process.stdin is not None and process.stdout is not None
-        try:
-            line = b""
-            with trio.fail_after(30):
-                while not line.endswith(b"\n"):
-                    chunk = await process.stdout.receive_some()
-                    if not chunk:
-                        raise RuntimeError(f"the quic {role} child exited before it listened")
-                    line += chunk
-            yield QuicDialer("127.0.0.1", int(line), fingerprint=files.fingerprint)
-        finally:
-            with trio.CancelScope(shield=True):
-                await process.stdin.aclose()  # the child ends at EOF
-                with trio.move_on_after(5):
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-                await process.stdout.aclose()
+        argv = [sys.executable, __file__, role, str(files.cert), str(files.key)]
+        async with line_child(argv, f"quic {role}") as port:
+            yield QuicDialer("127.0.0.1", int(port), fingerprint=files.fingerprint)
 
 
 async def _round_trip(stream: QuicStream, payload: bytes) -> None:

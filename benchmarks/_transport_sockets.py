@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from _child import line_child
 
 __all__ = ["latis_unit_stream", "raw_round_trips"]
 
@@ -65,13 +66,7 @@ async def raw_round_trips(kind: str, n: int, size: int = 100) -> list[float]:
     """`n` round trips (seconds each) of `size` bytes through a plain socket echo."""
     with tempfile.TemporaryDirectory(prefix="lb") as tmp:
         target = "tcp" if kind == "tcp" else os.path.join(tmp, "echo.sock")
-        async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(functools.partial(
-                trio.run_process, [sys.executable, "-c", RAW_ECHO, target],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            ))
-            assert process.stdout is not None and process.stdin is not None
-            where = (await process.stdout.receive_some()).decode().strip()
+        async with line_child([sys.executable, "-c", RAW_ECHO, target], f"{kind} echo") as where:
             stream = await _open(kind, where)
             payload = b"x" * size
             times = []
@@ -83,7 +78,6 @@ async def raw_round_trips(kind: str, n: int, size: int = 100) -> list[float]:
                     while got < size:
                         got += len(await stream.receive_some(65536))
                     times.append(time.perf_counter() - t0)
-            await process.stdin.aclose()
     return times
 
 

@@ -10,13 +10,13 @@ here prints.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+from _child import line_child
 from trio_websocket import open_websocket_url
 
 __all__ = ["latis_unit_stream", "raw_round_trips"]
@@ -71,37 +71,8 @@ trio.run(main)
 @asynccontextmanager
 async def _child(source: str) -> AsyncIterator[int]:
     """Run `source` in a child Python; yield the port it prints; end it on leaving."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-c", source],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert process.stdin and process.stdout and process.stderr
-    try:
-        line = b""
-        with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                data = await process.stdout.receive_some()
-                if not data:
-                    await process.wait()
-                    error = await process.stderr.receive_some()
-                    raise RuntimeError(
-                        f"the websocket child exited ({process.returncode}): "
-                        f"{error.decode(errors='replace').strip()}"
-                    )
-                line += data
-        yield int(line)
-    finally:
-        with trio.CancelScope(shield=True):
-            await process.stdin.aclose()  # EOF: the child ends
-            with trio.move_on_after(5):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            await process.stdout.aclose()
-            await process.stderr.aclose()
+    async with line_child([sys.executable, "-c", source], "websocket") as port:
+        yield int(port)
 
 
 async def raw_round_trips(n: int, size: int = 100) -> list[float]:

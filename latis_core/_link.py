@@ -138,6 +138,18 @@ class Link:
     def _start_flush(self) -> None:
         self._nursery.start_soon(self._flush)
 
+    def hold(self) -> None:
+        """Queue what is written from now on until `unhold`, without waking
+        the flush task: for a task that will send it itself, soon."""
+
+    def unhold(self) -> bool:
+        """End `hold`; True if something was held: then await `send_held`."""
+        return False
+
+    async def send_held(self) -> None:
+        """Send what was held, from this task."""
+        await trio.lowlevel.checkpoint()
+
     async def wait_drained(self) -> None:
         """Wait until the queue is under the low-water mark (or the stream fails)."""
         if len(self._out) <= LOW_WATER or self.error is not None:
@@ -351,6 +363,9 @@ class StreamLink(Link):
         self._read_out: trio.Event | None = None
         self._flusher: trio.lowlevel.Task | None = None
         self._flush_started = False
+        # Between hold() and unhold(): queue without waking the flush task.
+        self._holding = False
+        self._held = False
 
     def write(self, data: bytes | memoryview) -> None:
         send = self._send_nowait
@@ -367,7 +382,47 @@ class StreamLink(Link):
             self._flushing = True
             self._start_flush()
 
+    def hold(self) -> None:
+        # Only where the flush task would cost a hop: streams with send_nowait
+        # write at once anyway.
+        self._holding = self._send_nowait is None
+
+    def unhold(self) -> bool:
+        self._holding = False
+        held, self._held = self._held, False
+        return held
+
+    async def send_held(self) -> None:
+        """Send what was held in one `send_all`, from this task.
+
+        The unit's reader does, after answering what it read and before it
+        reads again: its replies go out without waking the flush task. What
+        other tasks queue meanwhile is left to the flush task.
+        """
+        out = self._out
+        try:
+            if out and self.error is None:
+                data = bytes(out)
+                out.clear()
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(exc)
+        except BaseException:
+            # Cancelled mid-send: the stream may hold half a frame.
+            self._fail(trio.BrokenResourceError("a send was cancelled"))
+            raise
+        finally:
+            self._flushing = False
+            if out and self.error is None:
+                self._flushing = True
+                self._start_flush()
+            else:
+                self._wake_drained()
+
     def _start_flush(self) -> None:
+        if self._holding:
+            self._held = True
+            return
         # The flush task stays, parked, once started: waking it costs less
         # than starting a task for every reply.
         task = self._flusher

@@ -73,35 +73,47 @@ class ServerConnection:
     async def run(self) -> None:
         """Read and answer requests until the stream ends or must close."""
         conn = self.conn
-        read = self.link.read
-        handlers = self.HANDLERS
+        link = self.link
+        read = link.read
         while True:
             try:
                 # The next request often follows within microseconds: spin first.
                 data = await read(SPIN)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
-            conn.receive_data(data)
-            while True:
-                ev = conn.next_event()
-                if ev is NEED_DATA:
-                    break
-                if ev is CLOSED:
-                    return
-                try:
-                    handlers[type(ev)](self, ev)
-                except Exception as exc:
-                    log.exception("failed to handle %s", ev)
-                    rid = getattr(ev, "id", None)
-                    if rid in conn.requests_received:
-                        self.send(
-                            Error(rid, ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}")
-                        )
-                if conn.closed or self.ending:
-                    return
+            # Our answers to what was read go out from this task, just below.
+            link.hold()
+            try:
+                go_on = self._handle(data)
+            finally:
+                if link.unhold():
+                    await link.send_held()
+            if not go_on:
+                return
             if self.on_handshake is not None and conn.handshake_done:
                 self.on_handshake()
                 self.on_handshake = None
+
+    def _handle(self, data: bytes | bytearray | memoryview) -> bool:
+        """Answer every request in `data`; False once the connection must end."""
+        conn = self.conn
+        handlers = self.HANDLERS
+        conn.receive_data(data)
+        while True:
+            ev = conn.next_event()
+            if ev is NEED_DATA:
+                return True
+            if ev is CLOSED:
+                return False
+            try:
+                handlers[type(ev)](self, ev)
+            except Exception as exc:
+                log.exception("failed to handle %s", ev)
+                rid = getattr(ev, "id", None)
+                if rid in conn.requests_received:
+                    self.send(Error(rid, ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}"))
+            if conn.closed or self.ending:
+                return False
 
     def detach(self) -> None:
         """Called once the connection has ended; subclasses let go of it here."""

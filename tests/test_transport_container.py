@@ -18,11 +18,11 @@ import trio
 from latis_transports import container as container_module
 from latis_transports.container import ContainerDialer, ContainerStream
 from podman_image import IMAGE, UNIT_COMMAND, podman_run, python_mounts
+from units import conversation
 
 import latis_core
 from latis_core import ConnectError
 
-WORDS = "one two three four five six seven eight nine ten"
 #: Ignores EOF and SIGTERM: only SIGKILL ends it.
 STUBBORN = (
     "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -70,16 +70,7 @@ class TestProtocol:
         async with dialer.connect() as stream, latis_core.connect(stream) as client:
             assert client.name == "boxed"
             assert stream.peer_address == f"container:{box}"
-            session = await client.create_session()
-            chunks = [chunk async for chunk in session.prompt(WORDS)]
-            assert "".join(c.text for c in chunks) == WORDS
-            async with session.prompt(WORDS * 10) as prompt:
-                async for chunk in prompt:
-                    if chunk.seq == 2:
-                        break
-            assert prompt.outcome == "cancelled"
-            assert await session.state() == "idle"
-            assert await session.prompt("after the cancel").text() == "after the cancel"
+            await conversation(client)
         assert stream.process.returncode == 0
         assert running(box) == []
 

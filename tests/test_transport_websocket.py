@@ -23,13 +23,12 @@ from latis_transports.websocket import (
     WebSocketListener,
     WebSocketStream,
 )
+from units import conversation
 
 import latis_core
 from latis_core import ConnectError, EchoAgent
 from latis_core._frames import DEFAULT_MAX_FRAME
 from latis_core._tls import CMDR_NAME, CertificateAuthority, self_signed, server_context
-
-WORDS = "one two three four five six seven eight nine ten"
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -433,18 +432,7 @@ class TestProtocol:
                 nursery.start_soon(trio.serve_listeners, unit.serve, [acceptor])
                 dialer = WebSocketDialer(url(acceptor))
                 async with dialer.connect() as stream, latis_core.connect(stream) as client:
-                    assert client.agent.name == "echo"
-                    session = await client.create_session()
-                    chunks = [chunk async for chunk in session.prompt(WORDS)]
-                    assert "".join(c.text for c in chunks) == WORDS
-                    assert [c.seq for c in chunks] == list(range(10))
-                    async with session.prompt(WORDS * 10) as prompt:
-                        async for chunk in prompt:
-                            if chunk.seq == 2:
-                                break
-                    assert prompt.outcome == "cancelled"
-                    assert await session.state() == "idle"
-                    assert await session.prompt("after the cancel").text() == "after the cancel"
+                    await conversation(client)
                     assert await client.ping() > 0
                 nursery.cancel_scope.cancel()
 
