@@ -14,7 +14,9 @@ cancel-safe: a task that is waiting for a reply may read for itself
 (`can_lead`), which saves the hop through a reader task that costs more than
 the whole codec. `StreamLink` works on any `trio.abc.Stream` (TLS, SSH,
 websockets, QUIC, memory streams); it does the same where the stream says it
-can (`send_nowait`, `cancel_safe_receive`), else one reader task reads.
+can (`send_nowait`, `cancel_safe_receive`), else one reader task reads, and
+the unit's reader sends its own answers (`hold`, `unhold`, `send_held`)
+rather than waking the flush task.
 """
 
 from __future__ import annotations
