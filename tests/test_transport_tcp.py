@@ -103,6 +103,8 @@ async def test_tls_with_the_printed_fingerprint(tmp_path: Path) -> None:
         with pytest.raises(ConnectError, match="TLS with tcp://127.0.0.1:.* failed"):
             async with unit.dialer(fingerprint=None, tls=True).connect():
                 pass  # system CAs know no self-signed certificate
+        async with unit.dialer().connect() as stream, latis_core.connect(stream) as client:
+            assert await client.ping() > 0  # the unit serves on after the refused ones
     async with listening_unit(tmp_path, "--tls") as again:
         assert again.fingerprint == unit.fingerprint  # kept: the pin stays good
 
@@ -127,6 +129,8 @@ async def test_tls_verified_against_a_ca_and_mtls(tmp_path: Path) -> None:
             async with unit.dialer(ca=str(ca.cert_file)).connect() as stream, \
                     latis_core.connect(stream, handshake_timeout=5):
                 pass
+        async with unit.dialer(**mtls).connect() as stream, latis_core.connect(stream) as c:
+            assert await c.ping() > 0  # the unit serves on after the refused ones
 
 
 # ---- the token ------------------------------------------------------------------------
