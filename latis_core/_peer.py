@@ -702,7 +702,8 @@ async def _prove(peer: Peer, hello: Hello, token: bytes | None, asked: RequestEr
     if token is None:
         raise ConnectError(
             f"{peer.label} asks for proof of its token: give the token file "
-            f"(token_file in the unit's dial table)"
+            f"(token_file in the unit's dial table, --token-file to latis connect, "
+            f"token= to latis_core.connect)"
         )
     if not isinstance(challenge, str) or not is_challenge(challenge):
         raise ConnectError(f"{peer.label} asked for proof with a malformed challenge")

@@ -80,6 +80,15 @@ _CHUNK_OVERHEAD = 48
 UNIT_CAPABILITIES = ("session.resume", "prompt.cancel", "state.subscribe", "input")
 
 
+def new_session_id() -> str:
+    """A new session id: 12 URL-safe characters, never starting with `-` (a
+    command line would take `--session -Xy…` for an option)."""
+    while True:
+        sid = secrets.token_urlsafe(9)
+        if sid[0] != "-":
+            return sid
+
+
 class _Session:
     __slots__ = ("agent_session", "closing", "id", "last_run", "run", "state")
 
@@ -447,7 +456,7 @@ class Unit:
 
     async def _create(self, served: _Served, msg: SessionCreate) -> None:
         try:
-            sid = secrets.token_urlsafe(9)
+            sid = new_session_id()
             try:
                 agent_session = await self.agent.open_session(sid, msg.options or {})
             except Exception as exc:

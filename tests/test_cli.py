@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -18,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
 
@@ -420,3 +423,84 @@ class TestUnitCommand:
         assert version.stdout.strip() == f"latis-unit {latis_core.__version__}"
         helped = subprocess.run([*UNIT, "--help"], capture_output=True, text=True)
         assert "latis-unit --stdio --agent echo" in helped.stdout
+
+
+class TestConnectByAddress:
+    """`latis connect URL` adds a unit by address, for as long as the daemon runs."""
+
+    @pytest.fixture
+    def listening(self, home: Home) -> Iterator[Any]:
+        """Start `latis-unit --listen ADDRESS ARGS`; return (port, TLS pin) it printed."""
+        started: list[subprocess.Popen[str]] = []
+
+        def start(address: str, *args: str) -> tuple[int | None, str | None]:
+            env = {**home.env, "LATIS_HOME": str(home.path / "unit-home")}
+            process = subprocess.Popen(
+                [*UNIT, "--listen", address, "--agent", "echo", *args],
+                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+            )
+            started.append(process)
+            assert process.stderr is not None
+            said = ""
+            while "listening on" not in said:
+                line = process.stderr.readline()
+                assert line, f"the unit exited: {said}"
+                said += line
+            port = re.search(r"\(port (\d+)\)", said)
+            pin = re.search(r"TLS certificate (sha256:[0-9a-f]{64})", said)
+            return (int(port.group(1)) if port else None, pin.group(1) if pin else None)
+
+        yield start
+        for process in started:
+            process.terminate()
+            process.wait(10)
+
+    def connected(self, home: Home, url: str, *args: str) -> None:
+        """Connect the daemon to `url` as unit `edge`; a prompt there comes back whole."""
+        result = home.ok("connect", url, "--name", "edge", *args)
+        assert "unit edge: connected" in result.stderr
+        assert home.ok("prompt", "--unit", "edge", "over the wire").stdout == "over the wire\n"
+        units = {u["unit"]: u for u in home.json("status")["units"]}
+        assert units["edge"]["connection"] == "connected"
+
+    def test_unix(self, home: Home, listening: Any) -> None:
+        path = home.path / "edge.sock"
+        listening(f"unix:{path}")
+        self.connected(home, f"unix:{path}")
+
+    def test_tcp_with_tls_and_a_token(self, home: Home, listening: Any) -> None:
+        token = home.path / "edge.token"
+        token.write_text("a-token-long-enough-for-this")
+        token.chmod(0o600)
+        port, pin = listening("tcp://127.0.0.1:0", "--tls", "--token-file", str(token))
+        url = f"tcp://127.0.0.1:{port}?fingerprint={pin}"
+        wrong = home.run("connect", url, "--name", "edge")
+        assert wrong.returncode != 0
+        assert "asks for proof of its token" in wrong.stderr
+        assert "--token-file to latis connect" in wrong.stderr
+        self.connected(home, url, "--token-file", str(token))
+
+    def test_websocket(self, home: Home, listening: Any) -> None:
+        port, _ = listening("ws://127.0.0.1:0/latis")
+        self.connected(home, f"ws://127.0.0.1:{port}/latis")
+
+    def test_quic(self, home: Home, listening: Any) -> None:
+        port, pin = listening("quic://127.0.0.1:0")
+        self.connected(home, f"quic://127.0.0.1:{port}?fingerprint={pin}")
+
+    def test_local_command(self, home: Home) -> None:
+        self.connected(home, "local:" + shlex.join([*UNIT, "--stdio", "--agent", "echo"]))
+
+    def test_ssh(self, home: Home) -> None:
+        from sshd import running_sshd, sshd_unavailable
+
+        why = sshd_unavailable()
+        if why is not None:
+            pytest.skip(why)
+        with running_sshd() as server:
+            query = urlencode({
+                "identity": server.client_key, "host_key": server.host_key,
+                "command": shlex.join([*UNIT, "--stdio", "--agent", "echo"]),
+            }, quote_via=quote)
+            self.connected(home, f"ssh://{server.user}@127.0.0.1:{server.port}?{query}")
+            home.ok("unit", "down", "edge")
