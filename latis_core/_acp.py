@@ -68,6 +68,7 @@ import trio
 from ._agent import Agent, AgentSession, Reply, SessionNotFound
 from ._messages import AgentInfo
 from ._pathguard import PathRefused, resolve_inside
+from ._procgroup import group_alive, signal_group, signal_name
 from ._version import __version__
 
 __all__ = ["AcpAgent", "AcpError", "AgentExited"]
@@ -153,46 +154,8 @@ def _exit_text(returncode: int | None) -> str:
     if returncode is None:
         return "still running"
     if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
+        return f"killed by {signal_name(-returncode)}"
     return f"exit status {returncode}"
-
-
-def _kill_group(pid: int, sig: int) -> bool:
-    """Signal process group `pid` (0: only check it); False if it has no process left."""
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether process group `pgid` has a process that is not a zombie.
-
-    (Orphaned zombies wait for init to reap them, which can take a while:
-    they count as gone.) Without /proc, any member counts.
-    """
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return _kill_group(pgid, 0)
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
 
 
 # ---- a prompt's events ------------------------------------------------------------------
@@ -342,7 +305,7 @@ class _Terminal:
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.process.returncode is None or not self.exited.is_set():
-            _kill_group(self.process.pid, sig)
+            signal_group(self.process.pid, sig)
 
 
 # ---- one agent process --------------------------------------------------------------------
@@ -518,20 +481,20 @@ class _Process:
             await process.wait()
         if process.returncode is None:
             log.info("the agent did not exit %g s after EOF: SIGTERM", grace)
-            _kill_group(process.pid, signal.SIGTERM)
+            signal_group(process.pid, signal.SIGTERM)
             with trio.move_on_after(grace):
                 await process.wait()
         if process.returncode is None:
             log.warning("the agent did not exit %g s after SIGTERM: SIGKILL", grace)
-            _kill_group(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
             await process.wait()
         # What the agent started in its group and left behind goes too.
-        if _kill_group(process.pid, signal.SIGTERM):
+        if signal_group(process.pid, signal.SIGTERM):
             with trio.move_on_after(grace):
                 # (no event says a process group is empty: poll)
-                while _group_alive(process.pid):  # noqa: ASYNC110
+                while group_alive(process.pid):  # noqa: ASYNC110
                     await trio.sleep(0.02)
-            _kill_group(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 await stream.aclose()

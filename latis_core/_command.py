@@ -59,6 +59,7 @@ import trio
 
 from ._agent import Agent, AgentSession, Reply
 from ._messages import AgentInfo
+from ._procgroup import group_alive, signal_group, signal_name
 from ._version import __version__
 
 __all__ = ["PRESETS", "CommandAgent", "CommandFailed", "Preset"]
@@ -715,56 +716,18 @@ def _start_error(exc: OSError, argv: Sequence[str]) -> str:
 
 def _exit_words(code: int) -> str:
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name} (exit code {code})"
+        return f"was killed by {signal_name(-code)} (exit code {code})"
     return f"exited with code {code}"
 
 
 # ---- ending a process group -----------------------------------------------------------
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _live_member(pgid: int) -> bool:
-    """Whether a process of group `pgid` is alive (zombies count as gone).
-
-    Linux: read /proc, since zombies whose parent died linger when the system's
-    init does not reap them. Elsewhere, anything that signal 0 reaches counts.
-    """
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return True
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone, or not ours to read
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
-            return True
-    return False
-
-
 async def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+    # The cheap check inline; the /proc scan in a thread.
+    if not signal_group(pgid, 0):
         return False
-    except PermissionError:
-        return True
-    return await trio.to_thread.run_sync(_live_member, pgid)
+    return await trio.to_thread.run_sync(group_alive, pgid)
 
 
 async def _gone(process: trio.Process, deadline: float) -> bool:
@@ -788,10 +751,10 @@ async def _end_group(process: trio.Process, grace: float) -> None:
     pgid = process.pid  # start_new_session: the leader's pid is the group's id
     if process.returncode is not None and not await _group_alive(pgid):
         return
-    _killpg(pgid, signal.SIGTERM)
-    _killpg(pgid, signal.SIGCONT)  # a stopped process handles SIGTERM only once continued
+    signal_group(pgid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGCONT)  # a stopped process handles SIGTERM only once continued
     if await _gone(process, trio.current_time() + grace):
         return
-    _killpg(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)
     if not await _gone(process, trio.current_time() + KILL_WAIT):
         log.warning("process group %d still has processes after SIGKILL", pgid)

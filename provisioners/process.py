@@ -27,6 +27,7 @@ import attrs
 import trio
 from latis_transports.unix import UnixDialer
 
+from latis_core._procgroup import signal_name
 from latis_core._provision import (
     OneAtATime,
     ProvisionContext,
@@ -119,11 +120,7 @@ def describe_exit(returncode: int | None) -> str:
     if returncode is None:
         return "exit status unknown"
     if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
+        return f"killed by {signal_name(-returncode)}"
     return f"exit status {returncode}"
 
 
