@@ -1,7 +1,7 @@
 """The ssh transport's benchmark helpers, for benchmarks/bench.py.
 
-Each helper starts its own throwaway sshd on 127.0.0.1 (tests/sshd.py, loaded
-by path) and stops it when done. They print nothing.
+Each helper starts its own throwaway sshd on 127.0.0.1 (tests/sshd.py: bench.py
+puts tests/ on the path) and stops it when done. They print nothing.
 
 - `raw_round_trips`: bytes to `cat` on the host through `SshDialer`'s own
   stream (asyncssh on trio-asyncio, driven from trio exactly as the transport
@@ -15,44 +15,29 @@ by path) and stops it when done. They print nothing.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import trio
+from sshd import running_sshd, sshd_unavailable
 
 __all__ = ["latis_unit_stream", "raw_round_trips", "raw_round_trips_asyncio"]
 
-SSHD_HELPER = Path(__file__).resolve().parent.parent / "tests" / "sshd.py"
 #: The unit on the host: this Python, this checkout.
 UNIT = [sys.executable, "-m", "latis_core._unit_cli", "--stdio"]
 #: Round trips run first and not counted (caches, the SSH window, the JIT-less warm-up).
 WARMUP = 20
 
 
-def _sshd_helper() -> ModuleType:
-    module = sys.modules.get("latis_test_sshd")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("latis_test_sshd", SSHD_HELPER)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["latis_test_sshd"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
 @asynccontextmanager
 async def _sshd() -> AsyncIterator[Any]:
-    helper = _sshd_helper()
-    why = helper.sshd_unavailable()
+    why = sshd_unavailable()
     if why is not None:
         raise RuntimeError(f"no sshd for the ssh benchmarks: {why}")
-    manager = helper.running_sshd()
+    manager = running_sshd()
     # Starting and stopping block (keygen, a poll for the port): in a thread.
     server = await trio.to_thread.run_sync(manager.__enter__)
     try:

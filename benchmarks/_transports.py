@@ -47,10 +47,6 @@ def _functions(name: str) -> tuple[
 
 def _unavailable(name: str) -> str | None:
     if name == "ssh":
-        import sys
-        from pathlib import Path
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
         from sshd import sshd_unavailable
 
         return sshd_unavailable()
@@ -59,6 +55,8 @@ def _unavailable(name: str) -> str | None:
 
         if shutil.which("podman") is None:
             return "podman is not installed"
+        if shutil.which("busybox") is None:
+            return "busybox is not installed (the raw row runs its cat in the container)"
     return None
 
 

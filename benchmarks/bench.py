@@ -41,6 +41,8 @@ from latis_core import EchoAgent, ResponseChunk
 HERE = Path(__file__).resolve().parent
 CHILDREN = str(HERE / "_children.py")
 sys.path.insert(0, str(HERE))
+# The ssh and container rows use the tests' own sshd and container image.
+sys.path.append(str(HERE.parent / "tests"))
 import _children  # noqa: E402  (the execnet sources)
 
 #: The request of every round-trip row.

@@ -19,12 +19,11 @@ import site
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
+import tempfile
 from pathlib import Path
 
 import latis_provisioners
 import latis_transports
-import pytest
 
 import latis_core
 
@@ -53,42 +52,38 @@ def python_mounts() -> list[str]:
     return [f"{path}:{path}:ro" for path in kept]
 
 
+def containers_env() -> dict[str, str]:
+    """The environment with CONTAINERS_CONF pointed at .ci/containers.conf, unless set."""
+    env = dict(os.environ)
+    if "CONTAINERS_CONF" not in env and CI_CONTAINERS_CONF.exists():
+        env["CONTAINERS_CONF"] = str(CI_CONTAINERS_CONF)
+    return env
+
+
 def podman_run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["podman", *args], capture_output=True, text=True, check=check, timeout=120
+        ["podman", *args], capture_output=True, text=True, check=check, timeout=120,
+        env=containers_env(),
     )
 
 
-def _build_image(workdir: Path) -> None:
-    """Import a minimal rootfs (busybox, if installed) as IMAGE."""
-    root = workdir / "rootfs"
-    for folder in ("bin", "etc", "root", "run", "tmp"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    (root / "tmp").chmod(0o1777)
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc" / "group").write_text("root:x:0:\n")
-    busybox = shutil.which("busybox")
-    if busybox:
-        shutil.copy(busybox, root / "bin" / "busybox")
-        (root / "bin" / "sh").symlink_to("busybox")
-    archive = workdir / "rootfs.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(root, arcname=".")
-    podman_run("import", "--quiet", str(archive), IMAGE)
-
-
-@pytest.fixture(scope="session")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """podman, configured for this machine, with IMAGE imported (once)."""
-    path = shutil.which("podman")
-    if path is None:
-        pytest.skip(
-            "podman is not installed (.ci/run installs it:"
-            " apt-get install podman runc catatonit busybox-static)"
-        )
-    with pytest.MonkeyPatch.context() as patch:
-        if "CONTAINERS_CONF" not in os.environ and CI_CONTAINERS_CONF.exists():
-            patch.setenv("CONTAINERS_CONF", str(CI_CONTAINERS_CONF))
-        if podman_run("image", "exists", IMAGE, check=False).returncode != 0:
-            _build_image(tmp_path_factory.mktemp("image"))
-        yield path
+def ensure_image() -> None:
+    """Import a minimal rootfs as IMAGE unless it exists: busybox (`busybox-static`) if
+    installed (an empty rootfs runs the mounted Python as well, but has no `cat`)."""
+    if podman_run("image", "exists", IMAGE, check=False).returncode == 0:
+        return
+    with tempfile.TemporaryDirectory(prefix="latis-image-") as workdir:
+        root = Path(workdir) / "rootfs"
+        for folder in ("bin", "etc", "root", "run", "tmp"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / "tmp").chmod(0o1777)
+        (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (root / "etc" / "group").write_text("root:x:0:\n")
+        busybox = shutil.which("busybox")
+        if busybox:
+            shutil.copy(busybox, root / "bin" / "busybox")
+            (root / "bin" / "sh").symlink_to("busybox")
+        archive = Path(workdir) / "rootfs.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(root, arcname=".")
+        podman_run("import", "--quiet", str(archive), IMAGE)
