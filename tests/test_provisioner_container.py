@@ -16,7 +16,6 @@ These tests skip when podman is not installed; CI installs it (.ci/run).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -27,34 +26,16 @@ from typing import Any
 
 import attrs
 import pytest
-import trio
 from latis_provisioners.container import ContainerProvisioner
 from podman_image import IMAGE, UNIT_COMMAND, podman_run, python_mounts
+from provisioning import ask, recorded, refuses, start_from_a_controller
 
-import latis_core
-from latis_core._errors import ConnectError
 from latis_core._provision import (
     MemoryResources,
     ProvisionContext,
     ProvisionError,
     ProvisionState,
 )
-
-#: Starts a unit through a provisioner, prints what it recorded, and exits.
-CONTROLLER = """
-import json, sys
-from pathlib import Path
-import trio
-from latis_core._provision import MemoryResources, ProvisionContext
-from latis_core._registry import load_provisioner
-
-kind, options, run_dir, log_dir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
-cls = load_provisioner(kind)
-resources = MemoryResources()
-context = ProvisionContext("box", "echo", {}, Path(run_dir), Path(log_dir), resources)
-trio.run(cls(cls.Options(**options), context).start)
-print(json.dumps(resources.values))
-"""
 
 Make = Callable[..., ContainerProvisioner]
 
@@ -96,12 +77,6 @@ async def make(prefix: str, tmp_path: Path) -> AsyncIterator[Make]:
     yield make
 
 
-def recorded(provisioner: ContainerProvisioner) -> dict[str, str]:
-    resources = provisioner.context.resources
-    assert isinstance(resources, MemoryResources)
-    return resources.values
-
-
 def containers(prefix: str) -> list[str]:
     """`podman ps -a`: the names of the containers whose names start with `prefix`."""
     listed = podman_run("ps", "-a", "--filter", f"name=^{prefix}", "--format", "{{.Names}}")
@@ -110,22 +85,6 @@ def containers(prefix: str) -> list[str]:
 
 def started_at(container: str) -> str:
     return podman_run("container", "inspect", "-f", "{{.State.StartedAt}}", container).stdout
-
-
-async def ask(provisioner: ContainerProvisioner, text: str = "hello there") -> str:
-    """Open a session on the unit and return its answer to one prompt."""
-    async with provisioner.dialer().connect() as stream, latis_core.connect(stream) as unit:
-        assert unit.name == "box"
-        session = await unit.create_session()
-        return await session.prompt(text).text()
-
-
-async def refuses(provisioner: ContainerProvisioner) -> bool:
-    try:
-        async with provisioner.dialer().connect():
-            return False
-    except ConnectError:
-        return True
 
 
 class TestLifecycle:
@@ -227,19 +186,7 @@ class TestLifecycle:
         """A unit started by a controller that then exits still answers."""
         provisioner = make()
         options = attrs.asdict(provisioner.options)
-        result = await trio.run_process(
-            [
-                sys.executable,
-                "-c",
-                CONTROLLER,
-                "container",
-                json.dumps(options),
-                str(tmp_path / "run"),
-                str(tmp_path / "log"),
-            ],
-            capture_stdout=True,
-        )
-        values = json.loads(result.stdout)
+        values = await start_from_a_controller("container", options, tmp_path)
         provisioner = make(MemoryResources(values))
         assert (await provisioner.status()).state == ProvisionState.RUNNING
         assert await ask(provisioner) == "hello there"

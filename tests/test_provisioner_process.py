@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -14,31 +13,15 @@ from typing import Any
 import pytest
 import trio
 from latis_provisioners.process import ProcessProvisioner
+from provisioning import ask, recorded, refuses, start_from_a_controller
 
 import latis_core
-from latis_core._errors import ConnectError
 from latis_core._provision import (
     MemoryResources,
     ProvisionContext,
     ProvisionError,
     ProvisionState,
 )
-
-#: Starts a unit through a provisioner, prints what it recorded, and exits.
-CONTROLLER = """
-import json, sys
-from pathlib import Path
-import trio
-from latis_core._provision import MemoryResources, ProvisionContext
-from latis_core._registry import load_provisioner
-
-kind, options, run_dir, log_dir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
-cls = load_provisioner(kind)
-resources = MemoryResources()
-context = ProvisionContext("box", "echo", {}, Path(run_dir), Path(log_dir), resources)
-trio.run(cls(cls.Options(**options), context).start)
-print(json.dumps(resources.values))
-"""
 
 Make = Callable[..., ProcessProvisioner]
 
@@ -50,14 +33,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
-
-
-async def ask(provisioner: ProcessProvisioner, text: str = "hello there") -> str:
-    """Open a session on the unit and return its answer to one prompt."""
-    async with provisioner.dialer().connect() as stream, latis_core.connect(stream) as unit:
-        assert unit.name == "box"
-        session = await unit.create_session()
-        return await session.prompt(text).text()
 
 
 def _names_socket(entry: Path, socket: Path) -> bool:
@@ -82,21 +57,6 @@ def _kill_units(socket: Path) -> None:
     for pid in _units(socket):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-
-
-def recorded(provisioner: ProcessProvisioner) -> dict[str, str]:
-    """What the provisioner recorded."""
-    resources = provisioner.context.resources
-    assert isinstance(resources, MemoryResources)
-    return resources.values
-
-
-async def refuses(provisioner: ProcessProvisioner) -> bool:
-    try:
-        async with provisioner.dialer().connect():
-            return False
-    except ConnectError:
-        return True
 
 
 @pytest.fixture
@@ -278,21 +238,9 @@ class TestSafety:
 
     async def test_unit_outlives_its_controller(self, make: Make, tmp_path: Path) -> None:
         """A unit started by a controller that then exits still answers."""
-        result = await trio.run_process(
-            [
-                sys.executable,
-                "-c",
-                CONTROLLER,
-                "process",
-                "{}",
-                str(tmp_path / "run"),
-                str(tmp_path / "log"),
-            ],
-            capture_stdout=True,
-        )
-        recorded = json.loads(result.stdout)
-        pid = int(recorded["pid"])
-        provisioner = make(MemoryResources(recorded))
+        values = await start_from_a_controller("process", {}, tmp_path)
+        pid = int(values["pid"])
+        provisioner = make(MemoryResources(values))
         assert _alive(pid)
         assert (await provisioner.status()).state == ProvisionState.RUNNING
         assert await ask(provisioner) == "hello there"
