@@ -4,7 +4,7 @@ Each helper starts its own container (from the tests' image,
 tests/podman_image.py, built here if absent: a busybox rootfs, the host's
 Python and this checkout mounted read-only at their own paths) and removes it
 on leaving. `raw_round_trips` measures `podman exec -i CTR cat` alone (no
-latis); `latis_unit_stream` dials `python -m latis_core._unit_cli --stdio`
+latis); `latis_unit_stream` dials `python -m latis_core._unit.cli --stdio`
 in the container through `ContainerDialer`. podman needs the settings of
 .ci/containers.conf here: CONTAINERS_CONF points there unless it is set.
 bench.py puts tests/ on the path and skips this row without podman or busybox.
@@ -82,7 +82,7 @@ async def latis_unit_stream() -> AsyncIterator[trio.abc.Stream]:
     """A stream, through `ContainerDialer`, to a latis echo unit in a container of its own."""
     from latis_transports.container import ContainerDialer
 
-    command = (sys.executable, "-m", "latis_core._unit_cli", "--stdio")
+    command = (sys.executable, "-m", "latis_core._unit.cli", "--stdio")
     async with _container() as name:
         async with ContainerDialer(name, engine=ENGINE, command=command).connect() as stream:
             yield stream

@@ -33,7 +33,7 @@ WARMUP = 20
 @asynccontextmanager
 async def _child(role: str) -> AsyncIterator[QuicDialer]:
     """Start the child serving `role`; yield a dialer to it (pinned)."""
-    from latis_core._tls import self_signed
+    from latis_core._os.tls import self_signed
 
     with tempfile.TemporaryDirectory(prefix="latis-bench-quic-") as tmp:
         files = self_signed(tmp, ["127.0.0.1"])
@@ -95,8 +95,8 @@ async def _echo(stream: trio.abc.Stream) -> None:
 
 
 async def _serve(role: str, cert: str, key: str) -> None:
-    from latis_core._echo import EchoAgent
-    from latis_core._unit import open_unit
+    from latis_agents.echo import EchoAgent
+    from latis_core._unit.unit import open_unit
 
     options = QuicListener("127.0.0.1", 0, cert=cert, key=key)
     async with open_unit(EchoAgent()) as unit, options.listen() as listener:

@@ -92,7 +92,7 @@ async def latis_unit_stream(kind: str) -> AsyncIterator[trio.abc.Stream]:
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(functools.partial(
                 trio.run_process,
-                [sys.executable, "-m", "latis_core._unit_cli", "--listen", address],
+                [sys.executable, "-m", "latis_core._unit.cli", "--listen", address],
                 stderr=subprocess.PIPE, env=env, check=False,
             ))
             assert process.stderr is not None

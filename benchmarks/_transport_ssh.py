@@ -27,7 +27,7 @@ from sshd import running_sshd, sshd_unavailable
 __all__ = ["latis_unit_stream", "raw_round_trips", "raw_round_trips_asyncio"]
 
 #: The unit on the host: this Python, this checkout.
-UNIT = [sys.executable, "-m", "latis_core._unit_cli", "--stdio"]
+UNIT = [sys.executable, "-m", "latis_core._unit.cli", "--stdio"]
 #: Round trips run first and not counted (caches, the SSH window, the JIT-less warm-up).
 WARMUP = 20
 

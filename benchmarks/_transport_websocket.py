@@ -49,8 +49,8 @@ trio.run(main)
 #: A latis echo unit over WebSocketListener, until stdin ends.
 LATIS_UNIT = """
 import os, trio
-from latis_core._echo import EchoAgent
-from latis_core._unit import open_unit
+from latis_agents.echo import EchoAgent
+from latis_core._unit.unit import open_unit
 from latis_transports.websocket import WebSocketListener
 
 async def main():

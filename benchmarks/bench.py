@@ -652,7 +652,7 @@ class LatisHome:
 
     def socket(self) -> str:
         """The daemon's unix socket."""
-        from latis_core._paths import paths
+        from latis_core._os.paths import paths
 
         old = os.environ.get("LATIS_HOME")
         os.environ["LATIS_HOME"] = self.path

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from latis_core import AgentInfo, ErrorCode, RemoteProtocolError, RequestId, decode, encode
-from latis_core._messages import MESSAGE_TYPES
+from latis_core._wire.messages import MESSAGE_TYPES
 
 # orjson handles 64-bit integers; JSON has no NaN or infinity.
 integers = st.integers(-(2**63), 2**63 - 1)

@@ -46,7 +46,7 @@ from latis_core import (
     Violation,
     encode_frame,
 )
-from latis_core._messages import MESSAGE_TYPES
+from latis_core._wire.messages import MESSAGE_TYPES
 
 texts = st.text(max_size=12)
 STREAMED = (PromptSend, StateSubscribe)

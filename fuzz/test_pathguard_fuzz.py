@@ -1,4 +1,4 @@
-"""Property tests of the path guard (`latis_core._pathguard.resolve_inside`).
+"""Property tests of the path guard (`latis_core._os.pathguard.resolve_inside`).
 
 Whatever path an agent sends, the answer is `PathRefused` or a path inside the
 root, and the kernel agrees: the real file the path names (where it exists) is
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from latis_core._pathguard import MAX_NAME, PathRefused, resolve_inside
+from latis_core._os.pathguard import MAX_NAME, PathRefused, resolve_inside
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the kernel oracle reads /proc/self/fd"

@@ -31,7 +31,7 @@ class CmdrUnreachable(Exception):
 
 def daemon_pid() -> int | None:
     """The pid of the running daemon, or None (read from its lock file, checked alive)."""
-    from latis_core._paths import paths
+    from latis_core._os.paths import paths
 
     pidfile = paths().run_dir / "cmdr.pid"
     try:
@@ -54,7 +54,7 @@ def daemon_pid() -> int | None:
 
 def start_daemon(quiet: bool = False) -> int:
     """Start the daemon in the background unless one runs; return its pid."""
-    from latis_core._paths import make_private_dir, paths
+    from latis_core._os.paths import make_private_dir, paths
 
     where = paths()
     make_private_dir(where.run_dir)
@@ -102,7 +102,7 @@ async def open_cmdr(autostart: bool = True) -> AsyncIterator[UnitClient]:
     from latis_transports.unix import open_unix
 
     import latis_core
-    from latis_core._paths import paths
+    from latis_core._os.paths import paths
 
     socket_path = str(paths().socket)
     if not _listening(socket_path):

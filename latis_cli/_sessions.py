@@ -18,7 +18,7 @@ from ._cmdr import ERROR, OK, USAGE
 from ._run import run_with_cmdr
 
 if TYPE_CHECKING:
-    from latis_core._state import State
+    from latis_core._cmdr.state import State
 
 session_app = App(
     name="session",
@@ -28,8 +28,8 @@ session_app = App(
 
 
 def _state() -> State | None:
-    from latis_core._paths import paths
-    from latis_core._state import State, StateError
+    from latis_core._os.paths import paths
+    from latis_core._cmdr.state import State, StateError
 
     path = paths().state_file
     if not path.exists():
@@ -123,7 +123,7 @@ def _check_connector(unit: str, connector: str) -> str | None:
     """Why `unit` cannot be reached through transport `connector` (None if it can)."""
     import os
 
-    from latis_core._config import ConfigError, load_config
+    from latis_core._cmdr.config import ConfigError, load_config
 
     try:
         config = load_config(os.environ.get("LATIS_CONFIG") or None)

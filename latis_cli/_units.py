@@ -33,7 +33,7 @@ def _pairs(pairs: tuple[str, ...], what: str) -> dict[str, str] | None:
 
 
 def _config_path() -> Path:
-    from latis_core._config import find_config
+    from latis_core._cmdr.config import find_config
 
     return find_config(os.environ.get("LATIS_CONFIG") or None) or Path("latis.toml")
 
@@ -88,7 +88,7 @@ def add(
             listener's, else this machine's name).
         json_output: (with --accept) print the enrollment as a JSON object.
     """
-    from latis_core._config import ConfigError, add_unit
+    from latis_core._cmdr.config import ConfigError, add_unit
 
     agent_options = _pairs(option, "option")
     dial_options = _pairs(dial_option, "dial option")
@@ -133,7 +133,7 @@ def _accept_table(url: str) -> dict[str, Any]:
 
     import attrs
 
-    from latis_core._registry import listener_from_url
+    from latis_core._plugins.registry import listener_from_url
 
     kind, listener = listener_from_url(url)
     table: dict[str, Any] = {"type": kind}
@@ -221,7 +221,7 @@ def list_units(*, json_output: Annotated[bool, Parameter(name="--json")] = False
     Args:
         json_output: print a JSON array.
     """
-    from latis_core._config import ConfigError, load_config
+    from latis_core._cmdr.config import ConfigError, load_config
 
     try:
         config = load_config(os.environ.get("LATIS_CONFIG") or None)
@@ -431,7 +431,7 @@ def init(path: Path = Path("latis.toml"), *, force: bool = False) -> int:
         path: where to write it.
         force: overwrite a file that exists.
     """
-    from latis_core._config import init_text
+    from latis_core._cmdr.config import init_text
 
     if path.exists() and not force:
         print(f"latis: {path} exists (use --force to overwrite)", file=sys.stderr)

@@ -19,101 +19,101 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._agent import Agent as Agent
-    from ._agent import AgentSession as AgentSession
-    from ._agent import Reply as Reply
-    from ._agent import SessionNotFound as SessionNotFound
-    from ._auth import Enrollment as Enrollment
-    from ._client import PromptStream as PromptStream
-    from ._client import Session as Session
-    from ._client import StateStream as StateStream
-    from ._client import UnitClient as UnitClient
-    from ._client import connect as connect
-    from ._client import connect_agent as connect_agent
-    from ._client import connect_local as connect_local
-    from ._client import unit_command as unit_command
-    from ._codec import decode as decode
-    from ._codec import encode as encode
-    from ._config import Config as Config
-    from ._config import ConfigError as ConfigError
-    from ._config import DaemonConfig as DaemonConfig
-    from ._config import PluginConfig as PluginConfig
-    from ._config import UnitConfig as UnitConfig
-    from ._config import default_config as default_config
-    from ._config import find_config as find_config
-    from ._config import load_config as load_config
-    from ._config import parse_config as parse_config
-    from ._connection import CLOSED as CLOSED
-    from ._connection import NEED_DATA as NEED_DATA
-    from ._connection import Connection as Connection
-    from ._connection import Violation as Violation
-    from ._controller import Controller as Controller
-    from ._controller import open_controller as open_controller
-    from ._echo import EchoAgent as EchoAgent
-    from ._errors import ConnectError as ConnectError
-    from ._errors import ConnectionClosed as ConnectionClosed
-    from ._errors import ErrorCode as ErrorCode
-    from ._errors import LatisError as LatisError
-    from ._errors import LocalProtocolError as LocalProtocolError
-    from ._errors import ProtocolError as ProtocolError
-    from ._errors import RemoteProtocolError as RemoteProtocolError
-    from ._errors import RequestError as RequestError
-    from ._errors import TransportError as TransportError
-    from ._frames import DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME
-    from ._frames import FrameDecoder as FrameDecoder
-    from ._frames import encode_frame as encode_frame
-    from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
-    from ._messages import Ack as Ack
-    from ._messages import AgentInfo as AgentInfo
-    from ._messages import Call as Call
-    from ._messages import Error as Error
-    from ._messages import Hello as Hello
-    from ._messages import InputReply as InputReply
-    from ._messages import InputRequest as InputRequest
-    from ._messages import Message as Message
-    from ._messages import Ping as Ping
-    from ._messages import Pong as Pong
-    from ._messages import PromptCancel as PromptCancel
-    from ._messages import PromptSend as PromptSend
-    from ._messages import RequestId as RequestId
-    from ._messages import ResponseCancelled as ResponseCancelled
-    from ._messages import ResponseChunk as ResponseChunk
-    from ._messages import ResponseComplete as ResponseComplete
-    from ._messages import Role as Role
-    from ._messages import SessionCreate as SessionCreate
-    from ._messages import SessionDestroy as SessionDestroy
-    from ._messages import SessionResume as SessionResume
-    from ._messages import State as State
-    from ._messages import StateGet as StateGet
-    from ._messages import StateSubscribe as StateSubscribe
-    from ._messages import StateUpdate as StateUpdate
-    from ._paths import Paths as Paths
-    from ._paths import paths as paths
-    from ._peer import Peer as Peer
-    from ._peer import ReplyStream as ReplyStream
-    from ._peer import open_peer as open_peer
-    from ._provision import MemoryResources as MemoryResources
-    from ._provision import ProvisionContext as ProvisionContext
-    from ._provision import Provisioner as Provisioner
-    from ._provision import ProvisionError as ProvisionError
-    from ._provision import ProvisionState as ProvisionState
-    from ._provision import ProvisionStatus as ProvisionStatus
-    from ._provision import Resources as Resources
-    from ._pyagent import PythonAgent as PythonAgent
-    from ._registry import agent_names as agent_names
-    from ._registry import dialer_from_url as dialer_from_url
-    from ._registry import listener_from_url as listener_from_url
-    from ._registry import load_agent as load_agent
-    from ._registry import make_agent as make_agent
-    from ._state import StateStore as StateStore
-    from ._tls import CertificateAuthority as CertificateAuthority
-    from ._transport import Dialer as Dialer
-    from ._transport import Listener as Listener
-    from ._unit import Unit as Unit
-    from ._unit import dial_cmdr as dial_cmdr
-    from ._unit import open_unit as open_unit
-    from ._unit import serve_unit as serve_unit
-    from ._version import __version__ as __version__
+    from latis_core._plugins.agent import Agent as Agent
+    from latis_core._plugins.agent import AgentSession as AgentSession
+    from latis_core._plugins.agent import Reply as Reply
+    from latis_core._plugins.agent import SessionNotFound as SessionNotFound
+    from latis_core._wire.auth import Enrollment as Enrollment
+    from latis_core._io.client import PromptStream as PromptStream
+    from latis_core._io.client import Session as Session
+    from latis_core._io.client import StateStream as StateStream
+    from latis_core._io.client import UnitClient as UnitClient
+    from latis_core._io.client import connect as connect
+    from latis_core._io.client import connect_agent as connect_agent
+    from latis_core._io.client import connect_local as connect_local
+    from latis_core._io.client import unit_command as unit_command
+    from latis_core._wire.codec import decode as decode
+    from latis_core._wire.codec import encode as encode
+    from latis_core._cmdr.config import Config as Config
+    from latis_core._cmdr.config import ConfigError as ConfigError
+    from latis_core._cmdr.config import DaemonConfig as DaemonConfig
+    from latis_core._cmdr.config import PluginConfig as PluginConfig
+    from latis_core._cmdr.config import UnitConfig as UnitConfig
+    from latis_core._cmdr.config import default_config as default_config
+    from latis_core._cmdr.config import find_config as find_config
+    from latis_core._cmdr.config import load_config as load_config
+    from latis_core._cmdr.config import parse_config as parse_config
+    from latis_core._wire.connection import CLOSED as CLOSED
+    from latis_core._wire.connection import NEED_DATA as NEED_DATA
+    from latis_core._wire.connection import Connection as Connection
+    from latis_core._wire.connection import Violation as Violation
+    from latis_core._cmdr.controller import Controller as Controller
+    from latis_core._cmdr.controller import open_controller as open_controller
+    from latis_agents.echo import EchoAgent as EchoAgent
+    from latis_core._errors import ConnectError as ConnectError
+    from latis_core._errors import ConnectionClosed as ConnectionClosed
+    from latis_core._errors import ErrorCode as ErrorCode
+    from latis_core._errors import LatisError as LatisError
+    from latis_core._errors import LocalProtocolError as LocalProtocolError
+    from latis_core._errors import ProtocolError as ProtocolError
+    from latis_core._errors import RemoteProtocolError as RemoteProtocolError
+    from latis_core._errors import RequestError as RequestError
+    from latis_core._errors import TransportError as TransportError
+    from latis_core._wire.frames import DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME
+    from latis_core._wire.frames import FrameDecoder as FrameDecoder
+    from latis_core._wire.frames import encode_frame as encode_frame
+    from latis_core._wire.messages import PROTOCOL_VERSION as PROTOCOL_VERSION
+    from latis_core._wire.messages import Ack as Ack
+    from latis_core._wire.messages import AgentInfo as AgentInfo
+    from latis_core._wire.messages import Call as Call
+    from latis_core._wire.messages import Error as Error
+    from latis_core._wire.messages import Hello as Hello
+    from latis_core._wire.messages import InputReply as InputReply
+    from latis_core._wire.messages import InputRequest as InputRequest
+    from latis_core._wire.messages import Message as Message
+    from latis_core._wire.messages import Ping as Ping
+    from latis_core._wire.messages import Pong as Pong
+    from latis_core._wire.messages import PromptCancel as PromptCancel
+    from latis_core._wire.messages import PromptSend as PromptSend
+    from latis_core._wire.messages import RequestId as RequestId
+    from latis_core._wire.messages import ResponseCancelled as ResponseCancelled
+    from latis_core._wire.messages import ResponseChunk as ResponseChunk
+    from latis_core._wire.messages import ResponseComplete as ResponseComplete
+    from latis_core._wire.messages import Role as Role
+    from latis_core._wire.messages import SessionCreate as SessionCreate
+    from latis_core._wire.messages import SessionDestroy as SessionDestroy
+    from latis_core._wire.messages import SessionResume as SessionResume
+    from latis_core._wire.messages import State as State
+    from latis_core._wire.messages import StateGet as StateGet
+    from latis_core._wire.messages import StateSubscribe as StateSubscribe
+    from latis_core._wire.messages import StateUpdate as StateUpdate
+    from latis_core._os.paths import Paths as Paths
+    from latis_core._os.paths import paths as paths
+    from latis_core._io.peer import Peer as Peer
+    from latis_core._io.peer import ReplyStream as ReplyStream
+    from latis_core._io.peer import open_peer as open_peer
+    from latis_core._plugins.provision import MemoryResources as MemoryResources
+    from latis_core._plugins.provision import ProvisionContext as ProvisionContext
+    from latis_core._plugins.provision import Provisioner as Provisioner
+    from latis_core._plugins.provision import ProvisionError as ProvisionError
+    from latis_core._plugins.provision import ProvisionState as ProvisionState
+    from latis_core._plugins.provision import ProvisionStatus as ProvisionStatus
+    from latis_core._plugins.provision import Resources as Resources
+    from latis_agents.python import PythonAgent as PythonAgent
+    from latis_core._plugins.registry import agent_names as agent_names
+    from latis_core._plugins.registry import dialer_from_url as dialer_from_url
+    from latis_core._plugins.registry import listener_from_url as listener_from_url
+    from latis_core._plugins.registry import load_agent as load_agent
+    from latis_core._plugins.registry import make_agent as make_agent
+    from latis_core._cmdr.state import StateStore as StateStore
+    from latis_core._os.tls import CertificateAuthority as CertificateAuthority
+    from latis_core._plugins.transport import Dialer as Dialer
+    from latis_core._plugins.transport import Listener as Listener
+    from latis_core._unit.unit import Unit as Unit
+    from latis_core._unit.unit import dial_cmdr as dial_cmdr
+    from latis_core._unit.unit import open_unit as open_unit
+    from latis_core._unit.unit import serve_unit as serve_unit
+    from latis_core._version import __version__ as __version__
 
 __all__ = [
     "CLOSED",
@@ -214,47 +214,47 @@ __all__ = [
 ]
 
 _WHERE: dict[str, str] = {
-    "Config": "._config",
-    "UnitConfig": "._config",
-    "PluginConfig": "._config",
-    "DaemonConfig": "._config",
-    "ConfigError": "._config",
-    "load_config": "._config",
-    "parse_config": "._config",
-    "find_config": "._config",
-    "default_config": "._config",
-    "Controller": "._controller",
-    "open_controller": "._controller",
-    "StateStore": "._state",
-    "Provisioner": "._provision",
-    "ProvisionContext": "._provision",
-    "ProvisionError": "._provision",
-    "ProvisionState": "._provision",
-    "ProvisionStatus": "._provision",
-    "Resources": "._provision",
-    "MemoryResources": "._provision",
-    "Paths": "._paths",
-    "paths": "._paths",
-    "Agent": "._agent",
-    "AgentSession": "._agent",
-    "Reply": "._agent",
-    "SessionNotFound": "._agent",
-    "PromptStream": "._client",
-    "Session": "._client",
-    "StateStream": "._client",
-    "UnitClient": "._client",
-    "connect": "._client",
-    "connect_agent": "._client",
-    "PythonAgent": "._pyagent",
-    "connect_local": "._client",
-    "unit_command": "._client",
-    "decode": "._codec",
-    "encode": "._codec",
-    "CLOSED": "._connection",
-    "NEED_DATA": "._connection",
-    "Connection": "._connection",
-    "Violation": "._connection",
-    "EchoAgent": "._echo",
+    "Config": "latis_core._cmdr.config",
+    "UnitConfig": "latis_core._cmdr.config",
+    "PluginConfig": "latis_core._cmdr.config",
+    "DaemonConfig": "latis_core._cmdr.config",
+    "ConfigError": "latis_core._cmdr.config",
+    "load_config": "latis_core._cmdr.config",
+    "parse_config": "latis_core._cmdr.config",
+    "find_config": "latis_core._cmdr.config",
+    "default_config": "latis_core._cmdr.config",
+    "Controller": "latis_core._cmdr.controller",
+    "open_controller": "latis_core._cmdr.controller",
+    "StateStore": "latis_core._cmdr.state",
+    "Provisioner": "latis_core._plugins.provision",
+    "ProvisionContext": "latis_core._plugins.provision",
+    "ProvisionError": "latis_core._plugins.provision",
+    "ProvisionState": "latis_core._plugins.provision",
+    "ProvisionStatus": "latis_core._plugins.provision",
+    "Resources": "latis_core._plugins.provision",
+    "MemoryResources": "latis_core._plugins.provision",
+    "Paths": "latis_core._os.paths",
+    "paths": "latis_core._os.paths",
+    "Agent": "latis_core._plugins.agent",
+    "AgentSession": "latis_core._plugins.agent",
+    "Reply": "latis_core._plugins.agent",
+    "SessionNotFound": "latis_core._plugins.agent",
+    "PromptStream": "latis_core._io.client",
+    "Session": "latis_core._io.client",
+    "StateStream": "latis_core._io.client",
+    "UnitClient": "latis_core._io.client",
+    "connect": "latis_core._io.client",
+    "connect_agent": "latis_core._io.client",
+    "PythonAgent": "latis_agents.python",
+    "connect_local": "latis_core._io.client",
+    "unit_command": "latis_core._io.client",
+    "decode": "latis_core._wire.codec",
+    "encode": "latis_core._wire.codec",
+    "CLOSED": "latis_core._wire.connection",
+    "NEED_DATA": "latis_core._wire.connection",
+    "Connection": "latis_core._wire.connection",
+    "Violation": "latis_core._wire.connection",
+    "EchoAgent": "latis_agents.echo",
     "ConnectError": "._errors",
     "ConnectionClosed": "._errors",
     "ErrorCode": "._errors",
@@ -264,51 +264,51 @@ _WHERE: dict[str, str] = {
     "RemoteProtocolError": "._errors",
     "RequestError": "._errors",
     "TransportError": "._errors",
-    "DEFAULT_MAX_FRAME": "._frames",
-    "FrameDecoder": "._frames",
-    "encode_frame": "._frames",
-    "PROTOCOL_VERSION": "._messages",
-    "Ack": "._messages",
-    "AgentInfo": "._messages",
-    "Call": "._messages",
-    "Error": "._messages",
-    "Hello": "._messages",
-    "InputReply": "._messages",
-    "InputRequest": "._messages",
-    "Message": "._messages",
-    "Ping": "._messages",
-    "Pong": "._messages",
-    "PromptCancel": "._messages",
-    "PromptSend": "._messages",
-    "RequestId": "._messages",
-    "ResponseCancelled": "._messages",
-    "ResponseChunk": "._messages",
-    "ResponseComplete": "._messages",
-    "Role": "._messages",
-    "SessionCreate": "._messages",
-    "SessionDestroy": "._messages",
-    "SessionResume": "._messages",
-    "State": "._messages",
-    "StateGet": "._messages",
-    "StateSubscribe": "._messages",
-    "StateUpdate": "._messages",
-    "Peer": "._peer",
-    "ReplyStream": "._peer",
-    "open_peer": "._peer",
-    "agent_names": "._registry",
-    "load_agent": "._registry",
-    "make_agent": "._registry",
-    "Dialer": "._transport",
-    "Listener": "._transport",
-    "Unit": "._unit",
-    "open_unit": "._unit",
-    "serve_unit": "._unit",
-    "CertificateAuthority": "._tls",
-    "Enrollment": "._auth",
-    "dial_cmdr": "._unit",
-    "dialer_from_url": "._registry",
-    "listener_from_url": "._registry",
-    "__version__": "._version",
+    "DEFAULT_MAX_FRAME": "latis_core._wire.frames",
+    "FrameDecoder": "latis_core._wire.frames",
+    "encode_frame": "latis_core._wire.frames",
+    "PROTOCOL_VERSION": "latis_core._wire.messages",
+    "Ack": "latis_core._wire.messages",
+    "AgentInfo": "latis_core._wire.messages",
+    "Call": "latis_core._wire.messages",
+    "Error": "latis_core._wire.messages",
+    "Hello": "latis_core._wire.messages",
+    "InputReply": "latis_core._wire.messages",
+    "InputRequest": "latis_core._wire.messages",
+    "Message": "latis_core._wire.messages",
+    "Ping": "latis_core._wire.messages",
+    "Pong": "latis_core._wire.messages",
+    "PromptCancel": "latis_core._wire.messages",
+    "PromptSend": "latis_core._wire.messages",
+    "RequestId": "latis_core._wire.messages",
+    "ResponseCancelled": "latis_core._wire.messages",
+    "ResponseChunk": "latis_core._wire.messages",
+    "ResponseComplete": "latis_core._wire.messages",
+    "Role": "latis_core._wire.messages",
+    "SessionCreate": "latis_core._wire.messages",
+    "SessionDestroy": "latis_core._wire.messages",
+    "SessionResume": "latis_core._wire.messages",
+    "State": "latis_core._wire.messages",
+    "StateGet": "latis_core._wire.messages",
+    "StateSubscribe": "latis_core._wire.messages",
+    "StateUpdate": "latis_core._wire.messages",
+    "Peer": "latis_core._io.peer",
+    "ReplyStream": "latis_core._io.peer",
+    "open_peer": "latis_core._io.peer",
+    "agent_names": "latis_core._plugins.registry",
+    "load_agent": "latis_core._plugins.registry",
+    "make_agent": "latis_core._plugins.registry",
+    "Dialer": "latis_core._plugins.transport",
+    "Listener": "latis_core._plugins.transport",
+    "Unit": "latis_core._unit.unit",
+    "open_unit": "latis_core._unit.unit",
+    "serve_unit": "latis_core._unit.unit",
+    "CertificateAuthority": "latis_core._os.tls",
+    "Enrollment": "latis_core._wire.auth",
+    "dial_cmdr": "latis_core._unit.unit",
+    "dialer_from_url": "latis_core._plugins.registry",
+    "listener_from_url": "latis_core._plugins.registry",
+    "__version__": "latis_core._version",
 }
 
 
@@ -322,7 +322,7 @@ def __getattr__(name: str) -> Any:
     # (Not for attrs classes: their string annotations resolve in their own module.)
     if (isinstance(value, type) or callable(value)) and not hasattr(value, "__attrs_attrs__"):
         try:
-            if getattr(value, "__module__", "").startswith("latis_core._"):
+            if getattr(value, "__module__", "").startswith(("latis_core._", "latis_agents.")):
                 value.__module__ = __name__
         except (AttributeError, TypeError):
             pass

@@ -23,9 +23,9 @@ from typing import Any, Self, TypeVar
 
 import trio
 
-from ._client import PromptStream, Session, StateStream, UnitClient
-from ._client import connect_local as _connect_local
-from ._messages import AgentInfo, Hello, InputRequest, ResponseChunk, StateUpdate
+from latis_core._io.client import PromptStream, Session, StateStream, UnitClient
+from latis_core._io.client import connect_local as _connect_local
+from latis_core._wire.messages import AgentInfo, Hello, InputRequest, ResponseChunk, StateUpdate
 
 __all__ = [
     "BlockingPromptStream",

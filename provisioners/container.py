@@ -32,7 +32,7 @@ import attrs
 import trio
 from latis_transports.unix import UnixDialer
 
-from latis_core._provision import (
+from latis_core._plugins.provision import (
     OneAtATime,
     ProvisionContext,
     ProvisionError,

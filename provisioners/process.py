@@ -27,8 +27,8 @@ import attrs
 import trio
 from latis_transports.unix import UnixDialer
 
-from latis_core._procgroup import signal_name
-from latis_core._provision import (
+from latis_core._os.procgroup import signal_name
+from latis_core._plugins.provision import (
     OneAtATime,
     ProvisionContext,
     ProvisionError,
@@ -49,7 +49,7 @@ POLL = 0.02
 
 
 def _default_command() -> list[str]:
-    return [sys.executable, "-m", "latis_core._unit_cli"]
+    return [sys.executable, "-m", "latis_core._unit.cli"]
 
 
 @attrs.define

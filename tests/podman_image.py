@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 CI_CONTAINERS_CONF = REPO / ".ci" / "containers.conf"
 IMAGE = "localhost/latis-test-base:1"
 #: The unit's command in the container: the host's Python, mounted.
-UNIT_COMMAND = [sys.executable, "-m", "latis_core._unit_cli"]
+UNIT_COMMAND = [sys.executable, "-m", "latis_core._unit.cli"]
 
 def python_mounts() -> list[str]:
     """Read-only bind mounts that let this Python, with latis, run in a container.

@@ -12,15 +12,15 @@ import trio
 
 import latis_core
 from latis_core._errors import ConnectError
-from latis_core._provision import MemoryResources
+from latis_core._plugins.provision import MemoryResources
 
 #: Starts a unit through a provisioner, prints what it recorded, and exits.
 CONTROLLER = """
 import json, sys
 from pathlib import Path
 import trio
-from latis_core._provision import MemoryResources, ProvisionContext
-from latis_core._registry import load_provisioner
+from latis_core._plugins.provision import MemoryResources, ProvisionContext
+from latis_core._plugins.registry import load_provisioner
 
 kind, options, run_dir, log_dir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 cls = load_provisioner(kind)

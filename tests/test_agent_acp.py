@@ -24,8 +24,8 @@ import trio
 
 import latis_core
 from latis_core import ErrorCode, InputRequest, RequestError, ResponseChunk
-from latis_core._acp import AcpAgent, _choose
-from latis_core._pathguard import PathRefused, resolve_inside
+from latis_agents.acp import AcpAgent, _choose
+from latis_core._os.pathguard import PathRefused, resolve_inside
 
 pytest.importorskip("acp", reason="the ACP SDK (agent-client-protocol) runs the test agents")
 

@@ -24,7 +24,7 @@ import trio
 
 import latis_core
 from latis_core import ErrorCode, RequestError, UnitClient
-from latis_core._command import PRESETS, CommandAgent
+from latis_agents.command import PRESETS, CommandAgent
 
 PROMPT = "héllo 'wörld' \"✓\" $HOME `x` {braces}\nsecond line"
 

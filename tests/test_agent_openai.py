@@ -23,7 +23,7 @@ from openai_stub import OpenAIStub, StubRequest, StubResponse, open_stub, stream
 
 import latis_core
 from latis_core import ErrorCode, RequestError, ResponseChunk
-from latis_core._openai import TRUNCATED_MARK, OpenAIAgent, SSEDecoder
+from latis_agents.openai import TRUNCATED_MARK, OpenAIAgent, SSEDecoder
 
 KEY_ENV = "LATIS_TEST_OPENAI_KEY"
 KEY = "sk-latis-test-" + secrets.token_hex(16)
@@ -563,7 +563,7 @@ class TestKey:
 
 
 def run_unit(*options: str, env: Mapping[str, str] = ENV) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "latis_core._unit_cli", "--stdio", "--agent", "openai"]
+    argv = [sys.executable, "-m", "latis_core._unit.cli", "--stdio", "--agent", "openai"]
     for option in options:
         argv += ["-o", option]
     return subprocess.run(
@@ -647,7 +647,7 @@ class TestOptions:
 
     def test_import_does_not_load_httpx(self) -> None:
         """httpx is imported on first use, not with the adapter."""
-        code = "import sys, latis_core._openai; print('httpx' in sys.modules)"
+        code = "import sys, latis_agents.openai; print('httpx' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert out.stdout.strip() == "False", out.stderr
 

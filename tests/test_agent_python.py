@@ -203,7 +203,7 @@ def test_blocking_notebook_style() -> None:
     from latis_core import blocking
 
     with blocking.connect_local(
-        [sys.executable, "-m", "latis_core._unit_cli", "--stdio", "--agent", "python",
+        [sys.executable, "-m", "latis_core._unit.cli", "--stdio", "--agent", "python",
          "-o", "target=os.path:basename"]
     ) as unit:
         assert unit.create_session().prompt("/a/b/c.txt").text() == "c.txt"

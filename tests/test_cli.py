@@ -25,7 +25,7 @@ from urllib.parse import quote, urlencode
 import pytest
 
 LATIS = [sys.executable, "-m", "latis_cli"]
-UNIT = [sys.executable, "-m", "latis_core._unit_cli"]
+UNIT = [sys.executable, "-m", "latis_core._unit.cli"]
 WORDS = " ".join(f"w{i}" for i in range(40))
 
 

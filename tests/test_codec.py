@@ -1,4 +1,4 @@
-"""Tests of latis_core._codec: messages to JSON payloads and back."""
+"""Tests of latis_core._wire.codec: messages to JSON payloads and back."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from latis_core import (
     decode,
     encode,
 )
-from latis_core._messages import MESSAGE_TYPES
+from latis_core._wire.messages import MESSAGE_TYPES
 
 #: Hand-written examples: each type at least once with its optional fields
 #: unset and once with all of them set.

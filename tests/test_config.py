@@ -1,4 +1,4 @@
-"""Tests of latis_core._config: reading, checking, finding and writing config."""
+"""Tests of latis_core._cmdr.config: reading, checking, finding and writing config."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any, Literal
 import attrs
 import pytest
 
-from latis_core import _registry
-from latis_core._config import (
+from latis_core._plugins import registry as _registry
+from latis_core._cmdr.config import (
     Config,
     ConfigError,
     DaemonConfig,
@@ -26,7 +26,7 @@ from latis_core._config import (
     load_config,
     parse_config,
 )
-from latis_core._config import _Locator as Locator
+from latis_core._cmdr.config import _Locator as Locator
 
 # -- fake plugins ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Tests of latis_core._connection: the sans-IO state machine, exact and synchronous."""
+"""Tests of latis_core._wire.connection: the sans-IO state machine, exact and synchronous."""
 
 from __future__ import annotations
 

@@ -20,10 +20,10 @@ from latis_transports import open_unix
 
 import latis_core
 from latis_core import ErrorCode, RequestError
-from latis_core._config import parse_config
-from latis_core._daemon import Daemon, DaemonRunning, serve_daemon
-from latis_core._paths import paths
-from latis_core._state import State
+from latis_core._cmdr.config import parse_config
+from latis_core._cmdr.daemon import Daemon, DaemonRunning, serve_daemon
+from latis_core._os.paths import paths
+from latis_core._cmdr.state import State
 
 WORDS = " ".join(f"w{i}" for i in range(30))
 CONFIG = """
@@ -115,7 +115,7 @@ class TestController:
         in 25 hung with its answer already read). Without spinning (one CPU,
         or a unit that answers slowly) the leader sleeps in epoll at once.
         """
-        monkeypatch.setattr("latis_core._peer.SPIN", spin)
+        monkeypatch.setattr("latis_core._io.peer.SPIN", spin)
         async with controller(home) as ctl:
             for _ in range(400):
                 with trio.fail_after(10):

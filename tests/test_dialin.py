@@ -25,10 +25,10 @@ from latis_transports.tcp import TcpDialer
 
 import latis_core
 from latis_core import ConnectError, EchoAgent, Enrollment
-from latis_core._auth import prove
-from latis_core._config import parse_config
-from latis_core._paths import paths
-from latis_core._state import State
+from latis_core._wire.auth import prove
+from latis_core._cmdr.config import parse_config
+from latis_core._os.paths import paths
+from latis_core._cmdr.state import State
 
 CONFIG = """
 [daemon]
@@ -473,7 +473,7 @@ async def test_the_enrollment_line_runs_a_real_unit(home: Path, tmp_path: Path) 
         bin_dir.mkdir()
         unit_script = bin_dir / "latis-unit"
         unit_script.write_text(
-            f"#!/bin/sh\nexec {sys.executable} -m latis_core._unit_cli \"$@\"\n"
+            f"#!/bin/sh\nexec {sys.executable} -m latis_core._unit.cli \"$@\"\n"
         )
         unit_script.chmod(0o755)
         env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}

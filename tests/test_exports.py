@@ -46,7 +46,7 @@ def test_sans_io_core_does_not_import_trio() -> None:
 
     code = (
         "import sys\n"
-        "import latis_core._connection, latis_core._codec, latis_core._frames\n"
+        "import latis_core._wire.connection, latis_core._wire.codec, latis_core._wire.frames\n"
         "assert 'trio' not in sys.modules, 'trio was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""Tests of latis_core._frames: the length-prefixed framing, fed bytes of any size."""
+"""Tests of latis_core._wire.frames: the length-prefixed framing, fed bytes of any size."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from latis_core._procgroup import group_alive, signal_group, signal_name
+from latis_core._os.procgroup import group_alive, signal_group, signal_name
 
 
 def test_signal_names() -> None:

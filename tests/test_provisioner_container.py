@@ -30,7 +30,7 @@ from latis_provisioners.container import ContainerProvisioner
 from podman_image import IMAGE, UNIT_COMMAND, podman_run, python_mounts
 from provisioning import ask, recorded, refuses, start_from_a_controller
 
-from latis_core._provision import (
+from latis_core._plugins.provision import (
     MemoryResources,
     ProvisionContext,
     ProvisionError,

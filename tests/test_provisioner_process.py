@@ -16,7 +16,7 @@ from latis_provisioners.process import ProcessProvisioner
 from provisioning import ask, recorded, refuses, start_from_a_controller
 
 import latis_core
-from latis_core._provision import (
+from latis_core._plugins.provision import (
     MemoryResources,
     ProvisionContext,
     ProvisionError,
@@ -186,7 +186,7 @@ class TestLifecycle:
         """env is added to the environment, cwd is used, output goes to LOG_DIR/UNIT.log."""
         wrapper = ["/bin/sh", "-c", 'echo "var=$LATIS_TEST_VAR cwd=$(pwd)" >&2; exec "$@"', "sh"]
         provisioner = make(
-            command=[*wrapper, sys.executable, "-m", "latis_core._unit_cli"],
+            command=[*wrapper, sys.executable, "-m", "latis_core._unit.cli"],
             env={"LATIS_TEST_VAR": "forty-two"},
             cwd=str(tmp_path),
         )

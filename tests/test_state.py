@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from latis_core._messages import State as SessionState
-from latis_core._provision import Resources
-from latis_core._state import MIGRATIONS as REAL_MIGRATIONS
-from latis_core._state import (
+from latis_core._wire.messages import State as SessionState
+from latis_core._plugins.provision import Resources
+from latis_core._cmdr.state import MIGRATIONS as REAL_MIGRATIONS
+from latis_core._cmdr.state import (
     ChunkRow,
     ConnectionState,
     InputRow,
@@ -506,7 +506,7 @@ class TestTranscript:
 
 READER = """
 import json, sys
-from latis_core._state import State
+from latis_core._cmdr.state import State
 with State.open_readonly(sys.argv[1]) as state:
     prompt = state.running_prompts()[0].id
     print(json.dumps({
@@ -611,7 +611,7 @@ class TestMigrations:
             state.upsert_unit("u1", "process", {"keep": True})
         now = len(REAL_MIGRATIONS)
         nxt = "ALTER TABLE units ADD COLUMN note TEXT;\nCREATE INDEX units_note ON units (note);\n"
-        monkeypatch.setattr("latis_core._state.MIGRATIONS", [*REAL_MIGRATIONS, nxt])
+        monkeypatch.setattr("latis_core._cmdr.state.MIGRATIONS", [*REAL_MIGRATIONS, nxt])
         with State(db_path) as state:
             assert state.schema_version == now + 1
             assert state.get_unit("u1") is not None
@@ -626,7 +626,7 @@ class TestMigrations:
         assert old.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         old.close()
         # The real code now sees a newer file: refused.
-        monkeypatch.setattr("latis_core._state.MIGRATIONS", REAL_MIGRATIONS)
+        monkeypatch.setattr("latis_core._cmdr.state.MIGRATIONS", REAL_MIGRATIONS)
         with pytest.raises(StateError, match="newer"):
             State(db_path)
 
@@ -636,12 +636,12 @@ class TestMigrations:
         with State(db_path) as state:
             state.upsert_unit("u1", None, {})
         broken = "ALTER TABLE units ADD COLUMN note TEXT;\nCREATE TABLE units (x);\n"
-        monkeypatch.setattr("latis_core._state.MIGRATIONS", [*REAL_MIGRATIONS, broken])
+        monkeypatch.setattr("latis_core._cmdr.state.MIGRATIONS", [*REAL_MIGRATIONS, broken])
         with pytest.raises(
             StateError, match=f"migrating the schema to version {len(REAL_MIGRATIONS) + 1} failed"
         ):
             State(db_path)
-        monkeypatch.setattr("latis_core._state.MIGRATIONS", REAL_MIGRATIONS)
+        monkeypatch.setattr("latis_core._cmdr.state.MIGRATIONS", REAL_MIGRATIONS)
         with State(db_path) as state:
             assert state.schema_version == len(REAL_MIGRATIONS)
             columns = [r[1] for r in state._db().execute("PRAGMA table_info(units)")]
@@ -676,7 +676,7 @@ class TestMigrations:
 #: would see) and kills itself with SIGKILL right after commit number argv[2].
 WRITER = """
 import os, signal, sys
-from latis_core._state import State
+from latis_core._cmdr.state import State
 
 path, kill_after, batches, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), 200
 commits = 0

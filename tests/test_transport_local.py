@@ -13,7 +13,7 @@ from latis_transports import LocalDialer, open_local, socket_stream_pair
 
 import latis_core
 from latis_core import ConnectError
-from latis_core._link import FdLink, open_link
+from latis_core._io.link import FdLink, open_link
 
 IGNORE_TERM = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

@@ -18,9 +18,9 @@ from latis_transports.quic import QuicDialer, QuicListener, QuicStream, QuicStre
 
 import latis_core
 from latis_core import ConnectError
-from latis_core._echo import EchoAgent
-from latis_core._tls import CertificateAuthority, TlsFiles, self_signed
-from latis_core._unit import serve_unit
+from latis_agents.echo import EchoAgent
+from latis_core._os.tls import CertificateAuthority, TlsFiles, self_signed
+from latis_core._unit.unit import serve_unit
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -1,6 +1,6 @@
 """The ssh transport, against a real throwaway sshd on 127.0.0.1 (tests/sshd.py).
 
-The unit on the "host" is this machine's Python running `latis_core._unit_cli`.
+The unit on the "host" is this machine's Python running `latis_core._unit.cli`.
 Every test skips, with the reason, where sshd cannot run.
 """
 
@@ -21,7 +21,7 @@ from sshd import Sshd, fingerprint, keygen, running_sshd, sshd_unavailable
 import latis_core
 from latis_core import ConnectError
 
-UNIT = [sys.executable, "-m", "latis_core._unit_cli", "--stdio"]
+UNIT = [sys.executable, "-m", "latis_core._unit.cli", "--stdio"]
 
 # Never reads stdin (so never sees EOF), ignores SIGHUP, and SIGTERM too when
 # told; starts a child in its process group, which says when it is up. Both

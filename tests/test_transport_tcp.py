@@ -175,7 +175,7 @@ async def test_an_impostor_that_cannot_prove_the_token_back_is_refused() -> None
     is not the unit: cmdr refuses it after the handshake, before any request."""
     from latis_transports import socket_stream_pair
 
-    from latis_core._auth import new_challenge
+    from latis_core._wire.auth import new_challenge
 
     ours, theirs = socket_stream_pair()
 
@@ -264,8 +264,8 @@ async def test_controller_dials_a_unit_with_token_file_and_pin_from_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The dial table's token_file and fingerprint: what `latis unit add --dial tcp` writes."""
-    from latis_core._config import parse_config
-    from latis_core._state import State
+    from latis_core._cmdr.config import parse_config
+    from latis_core._cmdr.state import State
 
     monkeypatch.setenv("LATIS_HOME", str(tmp_path / "cmdr-home"))
     secret = token_file(tmp_path)

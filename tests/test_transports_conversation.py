@@ -31,8 +31,8 @@ from sshd import Sshd, running_sshd, sshd_unavailable
 from units import UNIT, conversation, listening_unit
 
 import latis_core
-from latis_core._config import parse_config
-from latis_core._state import State
+from latis_core._cmdr.config import parse_config
+from latis_core._cmdr.state import State
 
 TOKEN = "token-for-the-conversation-test"
 

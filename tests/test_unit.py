@@ -399,7 +399,7 @@ class TestEdges:
 def test_session_ids_never_look_like_an_option() -> None:
     """`latis prompt --session ID` must not read an id as an option: none starts with '-'
     (one in 64 would, by chance)."""
-    from latis_core._unit import new_session_id
+    from latis_core._unit.unit import new_session_id
 
     ids = {new_session_id() for _ in range(5000)}
     assert len(ids) == 5000

@@ -18,7 +18,7 @@ import trio
 import latis_core
 
 #: `latis-unit` of this Python.
-UNIT = [sys.executable, "-m", "latis_core._unit_cli"]
+UNIT = [sys.executable, "-m", "latis_core._unit.cli"]
 
 
 @attrs.frozen

@@ -5,7 +5,7 @@ stream (the client's first, id 0), with ALPN `latis/1` over TLS 1.3.
 
 - The dialer checks the server by a pin (`fingerprint`: the server's own
   certificate, or the CA that issued it for cmdr; see
-  `latis_core._tls.check_pin`) or against a CA file (`ca`, host name
+  `latis_core._os.tls.check_pin`) or against a CA file (`ca`, host name
   included). With a pin aioquic verifies nothing: the pin is checked on the
   chain the server sent as soon as the handshake completes, before a byte of
   ours goes out.
@@ -82,7 +82,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from latis_core._errors import ConnectError
-from latis_core._tls import check_pin, normalize_pin
+from latis_core._os.tls import check_pin, normalize_pin
 from latis_core._util import unwrap_group
 
 __all__ = [

@@ -4,7 +4,7 @@ The dialer connects to a unit that listens (`latis-unit --listen
 tcp://HOST:PORT`), or a unit to cmdr's listener. With TLS it checks the
 other side against a CA file (`ca`, host name included) or a pinned
 certificate (`fingerprint`: the peer's own certificate, or the CA that
-issued it; see `latis_core._tls`). Nothing is sent before that check.
+issued it; see `latis_core._os.tls`). Nothing is sent before that check.
 
 The listener accepts on HOST:PORT; with `tls`, each connection is wrapped in
 TLS (the handshake runs on first use, inside the caller's handshake
@@ -140,7 +140,7 @@ class TcpDialer:
                     f"cannot connect to {where}: {exc.strerror or exc}"
                 ) from exc
             if self.uses_tls:
-                from latis_core._tls import tls_connect
+                from latis_core._os.tls import tls_connect
 
                 try:
                     stream = await tls_connect(
@@ -219,7 +219,7 @@ class TcpListener:
         if self.tls:
             if self.cert is None or self.key is None:
                 raise ValueError("a TLS listener needs cert and key")
-            from latis_core._tls import server_context
+            from latis_core._os.tls import server_context
 
             context = server_context(self.cert, self.key, client_ca=self.client_ca)
         host = None if self.host in ("", "*") else self.host

@@ -50,7 +50,7 @@ import trio
 from trio.lowlevel import checkpoint
 
 from latis_core._errors import ConnectError
-from latis_core._frames import DEFAULT_MAX_FRAME, HEADER_SIZE
+from latis_core._wire.frames import DEFAULT_MAX_FRAME, HEADER_SIZE
 from latis_core._util import unwrap_group
 
 if TYPE_CHECKING:
@@ -420,7 +420,7 @@ def _check_pin(
     instance: WebSocketDialer, attribute: attrs.Attribute[str | None], value: str | None
 ) -> None:
     if value is not None:
-        from latis_core._tls import normalize_pin
+        from latis_core._os.tls import normalize_pin
 
         normalize_pin(value)
 
@@ -435,7 +435,7 @@ class WebSocketDialer:
         ca: for `wss://`: a PEM file of the CA to verify the server against
             (host name checked); the system's CAs when neither this nor a pin.
         fingerprint: for `wss://`: a pin, `sha256:HEX`: the server's certificate
-            or its issuer's (see `latis_core._tls`). Checked before anything is sent.
+            or its issuer's (see `latis_core._os.tls`). Checked before anything is sent.
         cert: our certificate (PEM), for a server that asks for one (mTLS).
         key: its private key.
         max_frame: the protocol's frame limit: messages up to `max_frame + 4`
@@ -519,7 +519,7 @@ class WebSocketDialer:
         transport: trio.abc.Stream = tcp
         try:
             if target.tls:
-                from latis_core._tls import tls_connect
+                from latis_core._os.tls import tls_connect
 
                 # The handshake and the pin check happen here, before the
                 # HTTP upgrade request says anything.
@@ -777,7 +777,7 @@ class WebSocketListener:
     async def _listen(self) -> AsyncIterator[trio.abc.Listener[trio.abc.Stream]]:
         context: ssl.SSLContext | None = None
         if self.tls and self.cert is not None and self.key is not None:
-            from latis_core._tls import server_context
+            from latis_core._os.tls import server_context
 
             context = server_context(self.cert, self.key, client_ca=self.client_ca)
         try:

@@ -34,13 +34,13 @@ from typing import Any
 
 import trio
 
-from ._config import Config, load_config
-from ._connection import Connection, Violation
-from ._controller import Controller, UnitNotConnected, open_controller
-from ._errors import ErrorCode, LatisError, RequestError
-from ._frames import DEFAULT_MAX_FRAME
-from ._link import HIGH_WATER, Link
-from ._messages import (
+from latis_core._cmdr.config import Config, load_config
+from latis_core._wire.connection import Connection, Violation
+from latis_core._cmdr.controller import Controller, UnitNotConnected, open_controller
+from latis_core._errors import ErrorCode, LatisError, RequestError
+from latis_core._wire.frames import DEFAULT_MAX_FRAME
+from latis_core._io.link import HIGH_WATER, Link
+from latis_core._wire.messages import (
     PROTOCOL_VERSION,
     Ack,
     AgentInfo,
@@ -65,11 +65,11 @@ from ._messages import (
     StateSubscribe,
     StateUpdate,
 )
-from ._paths import Paths, paths
-from ._provision import ProvisionError
-from ._server import ServerConnection, serve_stream
-from ._state import State
-from ._version import __version__
+from latis_core._os.paths import Paths, paths
+from latis_core._plugins.provision import ProvisionError
+from latis_core._io.server import ServerConnection, serve_stream
+from latis_core._cmdr.state import State
+from latis_core._version import __version__
 
 __all__ = ["Daemon", "DaemonRunning", "run_daemon", "serve_daemon"]
 

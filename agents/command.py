@@ -57,10 +57,10 @@ import attrs
 import orjson
 import trio
 
-from ._agent import Agent, AgentSession, Reply
-from ._messages import AgentInfo
-from ._procgroup import group_alive, signal_group, signal_name
-from ._version import __version__
+from latis_core._plugins.agent import Agent, AgentSession, Reply
+from latis_core._wire.messages import AgentInfo
+from latis_core._os.procgroup import group_alive, signal_group, signal_name
+from latis_core._version import __version__
 
 __all__ = ["PRESETS", "CommandAgent", "CommandFailed", "Preset"]
 

@@ -29,16 +29,16 @@ from typing import Any, Final
 
 import attrs
 
-from ._codec import decode, encode, encode_chunk
-from ._errors import (
+from latis_core._wire.codec import decode, encode, encode_chunk
+from latis_core._errors import (
     FATAL_CODES,
     ConnectionClosed,
     ErrorCode,
     LocalProtocolError,
     RemoteProtocolError,
 )
-from ._frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
-from ._messages import (
+from latis_core._wire.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from latis_core._wire.messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     Ack,

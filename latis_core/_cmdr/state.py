@@ -57,9 +57,9 @@ from urllib.parse import quote
 import attrs
 import orjson
 
-from ._auth import Enrollment
-from ._messages import RequestId
-from ._messages import State as SessionState
+from latis_core._wire.auth import Enrollment
+from latis_core._wire.messages import RequestId
+from latis_core._wire.messages import State as SessionState
 
 __all__ = [
     "ChunkIn",
@@ -1023,7 +1023,7 @@ class State:
 
 
 class UnitResources:
-    """`Resources` (latis_core._provision) for one unit, kept in the state file.
+    """`Resources` (latis_core._plugins.provision) for one unit, kept in the state file.
 
     Bound to one life of the unit: once it is destroyed, `get` finds nothing
     and `set` raises `StateError`, even if a unit of the same name was added since.

@@ -37,9 +37,9 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from ._auth import METHOD, is_challenge, new_challenge, prove, verify
-from ._connection import CLOSED, NEED_DATA, Connection, Violation
-from ._errors import (
+from latis_core._wire.auth import METHOD, is_challenge, new_challenge, prove, verify
+from latis_core._wire.connection import CLOSED, NEED_DATA, Connection, Violation
+from latis_core._errors import (
     FATAL_CODES,
     ConnectError,
     ConnectionClosed,
@@ -48,9 +48,9 @@ from ._errors import (
     RemoteProtocolError,
     RequestError,
 )
-from ._frames import DEFAULT_MAX_FRAME
-from ._link import HIGH_WATER, SPIN, Interrupted, Link, open_link
-from ._messages import (
+from latis_core._wire.frames import DEFAULT_MAX_FRAME
+from latis_core._io.link import HIGH_WATER, SPIN, Interrupted, Link, open_link
+from latis_core._wire.messages import (
     Error,
     Hello,
     Message,
@@ -60,8 +60,8 @@ from ._messages import (
     RequestId,
     Role,
 )
-from ._server import HANDSHAKE_MAX_FRAME
-from ._util import unwrap_group
+from latis_core._io.server import HANDSHAKE_MAX_FRAME
+from latis_core._util import unwrap_group
 
 __all__ = ["Peer", "ReplyStream", "open_peer"]
 

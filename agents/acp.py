@@ -65,11 +65,11 @@ from typing import Any, ClassVar
 import orjson
 import trio
 
-from ._agent import Agent, AgentSession, Reply, SessionNotFound
-from ._messages import AgentInfo
-from ._pathguard import PathRefused, resolve_inside
-from ._procgroup import group_alive, signal_group, signal_name
-from ._version import __version__
+from latis_core._plugins.agent import Agent, AgentSession, Reply, SessionNotFound
+from latis_core._wire.messages import AgentInfo
+from latis_core._os.pathguard import PathRefused, resolve_inside
+from latis_core._os.procgroup import group_alive, signal_group, signal_name
+from latis_core._version import __version__
 
 __all__ = ["AcpAgent", "AcpError", "AgentExited"]
 

@@ -47,10 +47,10 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
-from . import _registry
-from ._codec import converter as _wire_converter
-from ._errors import LatisError
-from ._paths import paths
+from latis_core._plugins import registry as _registry
+from latis_core._wire.codec import converter as _wire_converter
+from latis_core._errors import LatisError
+from latis_core._os.paths import paths
 
 __all__ = [
     "Config",

@@ -3,10 +3,10 @@
 Every distinct `accept` table in config is one listener, shared by the units
 that name it. A unit that connects proves who it is in its `hello`: cmdr's
 `hello` carries a fresh challenge, and the unit answers with its enrollment
-id and a proof made with the enrollment's secret (`latis_core._auth`). Until
+id and a proof made with the enrollment's secret (`latis_core._wire.auth`). Until
 then the connection is held to the handshake (`strict`: any other frame, an
 oversized one or silence past the handshake timeout closes it) and occupies
-one of the listener's pending slots (`latis_core._accept`).
+one of the listener's pending slots (`latis_core._io.accept`).
 
 A refusal (no enrollment, an unknown one, a wrong proof, a unit that does
 not dial in on this listener, a unit already connected) is sent to the unit
@@ -30,15 +30,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._accept import Gate, ListenerStats, bound_port, serve_listener
-from ._auth import METHOD, new_challenge, verify
-from ._client import UnitClient
-from ._errors import ConnectError, ErrorCode
-from ._messages import Error, Hello, Role
-from ._peer import open_peer
+from latis_core._io.accept import Gate, ListenerStats, bound_port, serve_listener
+from latis_core._wire.auth import METHOD, new_challenge, verify
+from latis_core._io.client import UnitClient
+from latis_core._errors import ConnectError, ErrorCode
+from latis_core._wire.messages import Error, Hello, Role
+from latis_core._io.peer import open_peer
 
 if TYPE_CHECKING:
-    from ._controller import Controller, UnitRuntime
+    from latis_core._cmdr.controller import Controller, UnitRuntime
 
 __all__ = ["DialIns", "ListenerRuntime"]
 
@@ -117,7 +117,7 @@ class DialIns:
         options = lr.options
         if not lr.uses_tls():
             return options
-        from ._tls import CertificateAuthority
+        from latis_core._os.tls import CertificateAuthority
 
         ca = CertificateAuthority.load_or_create(self.ctl.paths.data_dir / "tls")
         lr.fingerprint = ca.fingerprint

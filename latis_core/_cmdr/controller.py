@@ -27,16 +27,16 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ._client import PromptStream, Session, UnitClient, connect
-from ._config import Config, UnitConfig
-from ._errors import ConnectError, ConnectionClosed, ErrorCode, LatisError, RequestError
-from ._messages import InputReply, InputRequest, PromptCancel, ResponseChunk, State
-from ._paths import Paths
-from ._paths import paths as default_paths
-from ._provision import ProvisionContext, Provisioner, ProvisionError
-from ._registry import dialer_from_url, load_provisioner
-from ._state import State as StateDB
-from ._transport import Dialer
+from latis_core._io.client import PromptStream, Session, UnitClient, connect
+from latis_core._cmdr.config import Config, UnitConfig
+from latis_core._errors import ConnectError, ConnectionClosed, ErrorCode, LatisError, RequestError
+from latis_core._wire.messages import InputReply, InputRequest, PromptCancel, ResponseChunk, State
+from latis_core._os.paths import Paths
+from latis_core._os.paths import paths as default_paths
+from latis_core._plugins.provision import ProvisionContext, Provisioner, ProvisionError
+from latis_core._plugins.registry import dialer_from_url, load_provisioner
+from latis_core._cmdr.state import State as StateDB
+from latis_core._plugins.transport import Dialer
 
 __all__ = ["Controller", "PromptRecord", "UnitRuntime", "open_controller"]
 
@@ -137,7 +137,7 @@ class Controller:
         self._state_listeners: list[Callable[[str, str], None]] = []
         for name, unit_config in config.units.items():
             self.units[name] = self._runtime(name, unit_config)
-        from ._dialin import DialIns
+        from latis_core._cmdr.dialin import DialIns
 
         #: cmdr's listeners, for units that dial in.
         self.dialins = DialIns(self)
@@ -230,7 +230,7 @@ class Controller:
             ValueError: the address is not one latis knows how to dial.
             ImportError: its transport's optional dependencies are missing.
         """
-        from ._config import PluginConfig
+        from latis_core._cmdr.config import PluginConfig
 
         kind, dialer = dialer_from_url(address)
         unit_name = name or f"{kind}-{len(self.units) + 1}"
@@ -817,7 +817,7 @@ def _token(rt: UnitRuntime) -> bytes | None:
     dial = rt.config.dial
     if dial is None or dial.token_file is None:
         return None
-    from ._auth import read_secret_file
+    from latis_core._wire.auth import read_secret_file
 
     try:
         return read_secret_file(dial.token_file)
@@ -854,7 +854,7 @@ async def open_controller(
 
     Units with a provisioner keep running after the block; their prompts too.
     """
-    from ._util import unwrap_group
+    from latis_core._util import unwrap_group
 
     with unwrap_group():
         async with trio.open_nursery() as nursery:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from ._agent import Agent
+from latis_core._plugins.agent import Agent
 
 __all__ = [
     "SCHEMES",
@@ -30,11 +30,11 @@ __all__ = [
 ]
 
 _BUILTIN_AGENTS = {
-    "echo": "latis_core._echo:EchoAgent",
-    "command": "latis_core._command:CommandAgent",
-    "acp": "latis_core._acp:AcpAgent",
-    "openai": "latis_core._openai:OpenAIAgent",
-    "python": "latis_core._pyagent:PythonAgent",
+    "echo": "latis_agents.echo:EchoAgent",
+    "command": "latis_agents.command:CommandAgent",
+    "acp": "latis_agents.acp:AcpAgent",
+    "openai": "latis_agents.openai:OpenAIAgent",
+    "python": "latis_agents.python:PythonAgent",
 }
 _BUILTIN_TRANSPORTS = {
     "local": "latis_transports.local",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from latis_core._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 __all__ = ["DEFAULT_MAX_FRAME", "HEADER_SIZE", "FrameDecoder", "encode_frame"]
 

@@ -30,13 +30,13 @@ import orjson
 import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
-from ._agent import Agent, AgentSession, SessionNotFound
-from ._auth import METHOD, Enrollment, is_challenge, new_challenge, prove, verify
-from ._connection import Connection, Violation
-from ._errors import ConnectError, ErrorCode
-from ._frames import DEFAULT_MAX_FRAME
-from ._link import HIGH_WATER, Link
-from ._messages import (
+from latis_core._plugins.agent import Agent, AgentSession, SessionNotFound
+from latis_core._wire.auth import METHOD, Enrollment, is_challenge, new_challenge, prove, verify
+from latis_core._wire.connection import Connection, Violation
+from latis_core._errors import ConnectError, ErrorCode
+from latis_core._wire.frames import DEFAULT_MAX_FRAME
+from latis_core._io.link import HIGH_WATER, Link
+from latis_core._wire.messages import (
     PROTOCOL_VERSION,
     Ack,
     Call,
@@ -62,9 +62,9 @@ from ._messages import (
     StateSubscribe,
     StateUpdate,
 )
-from ._server import ServerConnection, serve_stream
-from ._transport import Dialer
-from ._util import unwrap_group
+from latis_core._io.server import ServerConnection, serve_stream
+from latis_core._plugins.transport import Dialer
+from latis_core._util import unwrap_group
 
 __all__ = ["Unit", "dial_cmdr", "open_unit", "serve_unit"]
 

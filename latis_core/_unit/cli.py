@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import trio
 
-    from ._agent import Agent
+    from latis_core._plugins.agent import Agent
 
 __all__ = ["main"]
 
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.version:
-        from ._version import __version__
+        from latis_core._version import __version__
 
         print(f"latis-unit {__version__}")
         return 0
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     import trio
 
-    from ._registry import make_agent
+    from latis_core._plugins.registry import make_agent
 
     try:
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if args.stdio:
-            from ._unit import serve_unit
+            from latis_core._unit.unit import serve_unit
 
             stream = _take_stdio()
             trio.run(lambda: serve_unit(stream, agent, **limits))
@@ -213,7 +213,7 @@ def _listener(
     args: argparse.Namespace, parser: argparse.ArgumentParser, limits: dict[str, Any]
 ) -> Any:
     """The listener for --listen, with TLS filled in and the token checked."""
-    from ._registry import listener_from_url
+    from latis_core._plugins.registry import listener_from_url
 
     try:
         name, listener = listener_from_url(args.listen)
@@ -221,7 +221,7 @@ def _listener(
         parser.error(f"--listen: {exc}")
     host = getattr(listener, "host", None)
     if args.token_file:
-        from ._auth import read_secret_file
+        from latis_core._wire.auth import read_secret_file
 
         try:
             limits["token"] = read_secret_file(args.token_file)
@@ -250,8 +250,8 @@ def _listener(
         elif getattr(listener, "cert", None) is None:
             import socket
 
-            from ._paths import paths
-            from ._tls import self_signed
+            from latis_core._os.paths import paths
+            from latis_core._os.tls import self_signed
 
             hosts = ["localhost", "127.0.0.1", socket.gethostname()]
             if host and host not in ("0.0.0.0", "::", "", "*"):
@@ -269,8 +269,8 @@ def _dialer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[
     """The dialer for --connect and the enrollment it proves."""
     from urllib.parse import parse_qs, urlsplit
 
-    from ._auth import Enrollment
-    from ._registry import dialer_from_url
+    from latis_core._wire.auth import Enrollment
+    from latis_core._plugins.registry import dialer_from_url
 
     try:
         _, dialer = dialer_from_url(args.connect)
@@ -300,8 +300,8 @@ async def _listen(listener: Any, agent: Agent, limits: dict[str, Any]) -> None:
 
     import trio
 
-    from ._accept import Gate, ListenerStats, serve_listener
-    from ._unit import open_unit
+    from latis_core._io.accept import Gate, ListenerStats, serve_listener
+    from latis_core._unit.unit import open_unit
 
     log = logging.getLogger("latis.unit")
     gate = Gate(
@@ -338,7 +338,7 @@ def _open_to_all(listener: Any) -> bool:
 
 
 def _address(listener: Any, accepting: Any) -> str:
-    from ._accept import bound_port
+    from latis_core._io.accept import bound_port
 
     text = str(listener.describe())
     port = bound_port(accepting)
@@ -352,7 +352,7 @@ async def _connect(url: str, dialer: Any, agent: Agent, limits: dict[str, Any]) 
 
     import trio
 
-    from ._unit import dial_cmdr, open_unit
+    from latis_core._unit.unit import dial_cmdr, open_unit
 
     async with open_unit(agent, **limits) as unit:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

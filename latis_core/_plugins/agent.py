@@ -28,7 +28,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
-from ._messages import AgentInfo
+from latis_core._wire.messages import AgentInfo
 
 __all__ = ["Agent", "AgentSession", "Reply", "SessionNotFound"]
 

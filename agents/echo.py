@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import trio
 
-from ._agent import Agent, AgentSession, Reply, _no_command
-from ._messages import AgentInfo
-from ._version import __version__
+from latis_core._plugins.agent import Agent, AgentSession, Reply, _no_command
+from latis_core._wire.messages import AgentInfo
+from latis_core._version import __version__
 
 __all__ = ["EchoAgent"]
 

@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import ConnectError
+from latis_core._errors import ConnectError
 
 __all__ = [
     "CMDR_NAME",

@@ -23,7 +23,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import attrs
 import trio
 
-from ._transport import Dialer
+from latis_core._plugins.transport import Dialer
 
 __all__ = [
     "MemoryResources",

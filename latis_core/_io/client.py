@@ -19,10 +19,10 @@ from typing import Any
 import trio
 from trio.lowlevel import checkpoint
 
-from ._agent import Agent
-from ._errors import ConnectError, RemoteProtocolError
-from ._frames import DEFAULT_MAX_FRAME
-from ._messages import (
+from latis_core._plugins.agent import Agent
+from latis_core._errors import ConnectError, RemoteProtocolError
+from latis_core._wire.frames import DEFAULT_MAX_FRAME
+from latis_core._wire.messages import (
     Ack,
     AgentInfo,
     Hello,
@@ -40,7 +40,7 @@ from ._messages import (
     StateSubscribe,
     StateUpdate,
 )
-from ._peer import CANCEL_TIMEOUT, QUEUE_LIMIT, Peer, ReplyStream, open_peer
+from latis_core._io.peer import CANCEL_TIMEOUT, QUEUE_LIMIT, Peer, ReplyStream, open_peer
 
 __all__ = [
     "PromptStream",
@@ -333,8 +333,8 @@ async def connect_agent(agent: Agent, **kwargs: Any) -> AsyncIterator[UnitClient
     """
     from latis_transports.memory import socket_stream_pair
 
-    from ._unit import serve_unit
-    from ._util import unwrap_group
+    from latis_core._unit.unit import serve_unit
+    from latis_core._util import unwrap_group
 
     ours, theirs = socket_stream_pair()
     with unwrap_group():
@@ -357,7 +357,7 @@ def unit_command(
         options: the agent's options (`-o KEY=VALUE`).
         args: more arguments for `latis-unit`.
     """
-    argv = [sys.executable, "-m", "latis_core._unit_cli", "--stdio", "--agent", agent]
+    argv = [sys.executable, "-m", "latis_core._unit.cli", "--stdio", "--agent", agent]
     for key, value in (options or {}).items():
         argv += ["-o", f"{key}={value}"]
     return argv + list(args)
