@@ -160,7 +160,7 @@ async def _stream(stream: latis_core.PromptStream, as_json: bool) -> int:
                         raise SystemExit(INTERRUPTED)
                     interrupted = True
                     print("\nlatis: cancelling (Ctrl-C again to quit)", file=sys.stderr)
-                    stream._peer.send_nowait(latis_core.PromptCancel(stream.id))
+                    stream.cancel_nowait()
 
             nursery.start_soon(on_sigint)
             try:

@@ -1,15 +1,24 @@
 """Error codes of the wire protocol and the exceptions latis raises.
 
-Our exception hierarchy::
+Our exception hierarchy (each error's `code` is what the daemon answers with)::
 
-    LatisError
+    LatisError                   (internal)
     ├── ProtocolError            a message broke the protocol (carries .code)
     │   ├── LocalProtocolError   we were about to break it: a bug or a misuse
     │   └── RemoteProtocolError  the other side broke it
-    ├── RequestError             the other side answered a request with `error`
-    └── TransportError           the bytes could not get through
-        ├── ConnectError         a connection could not be opened
-        └── ConnectionClosed     an open connection ended
+    ├── RequestError             the other side answered a request with `error` (its code)
+    ├── TransportError           the bytes could not get through (unreachable)
+    │   ├── ConnectError         a connection could not be opened
+    │   │   ├── UnitNotConnected a unit the controller should talk to is not connected
+    │   │   └── CmdrUnreachable  the cmdr daemon is not running and could not be started
+    │   └── ConnectionClosed     an open connection ended
+    ├── ConfigError              a config file is wrong (latis_core._cmdr.config: each problem
+    │                            with file, line, unit and key)
+    ├── StateError               the state database refused a change (latis_core._cmdr.state)
+    ├── ProvisionError           a provisioner failed (provision_failed)
+    ├── AgentError               an agent adapter failed (agent_error): AcpError,
+    │                            OpenAIError, ... in latis_agents
+    └── DaemonRunning            another daemon already holds this user's lock
 
 A caller's own mistakes (a bad argument, a call after close) stay `TypeError`,
 `ValueError` or trio's `ClosedResourceError`, as in trio and attrs.
@@ -21,15 +30,21 @@ import enum
 from typing import Any
 
 __all__ = [
+    "AgentError",
+    "CmdrUnreachable",
     "ConnectError",
     "ConnectionClosed",
+    "DaemonRunning",
     "ErrorCode",
     "LatisError",
     "LocalProtocolError",
     "ProtocolError",
+    "ProvisionError",
     "RemoteProtocolError",
     "RequestError",
     "TransportError",
+    "UnitNotConnected",
+    "error_code",
 ]
 
 
@@ -96,6 +111,9 @@ FATAL_CODES = frozenset(
 class LatisError(Exception):
     """Base class of every error latis raises on purpose."""
 
+    #: The wire code this error is answered with, when a daemon reports it.
+    code: ErrorCode | str = ErrorCode.INTERNAL
+
 
 class ProtocolError(LatisError):
     """A message broke the protocol.
@@ -160,6 +178,8 @@ class RequestError(LatisError):
 class TransportError(LatisError):
     """The bytes could not get through."""
 
+    code = ErrorCode.UNREACHABLE
+
 
 class ConnectError(TransportError):
     """A connection to a unit could not be opened."""
@@ -167,3 +187,44 @@ class ConnectError(TransportError):
 
 class ConnectionClosed(TransportError):
     """The connection ended (closed by either side, broken, or gone silent)."""
+
+
+class UnitNotConnected(ConnectError):
+    """A unit the controller should talk to is not connected (the message says
+    how it is reached and what was last seen)."""
+
+
+class CmdrUnreachable(ConnectError):
+    """The cmdr daemon is not running and could not be started (or reached)."""
+
+
+class ProvisionError(LatisError):
+    """A provisioner could not do what was asked (the message says why, naming the unit)."""
+
+    code = ErrorCode.PROVISION_FAILED
+
+
+class AgentError(LatisError):
+    """An agent adapter failed: the agent could not start, or broke its own protocol."""
+
+    code = ErrorCode.AGENT_ERROR
+
+
+class DaemonRunning(LatisError):
+    """Another daemon already holds this user's lock."""
+
+
+def error_code(exc: BaseException) -> tuple[str, str]:
+    """The wire code and message that report `exc` to a client: the one mapping
+    from exceptions to codes (the daemon answers every failed request with it).
+
+    A `LookupError` (no such unit, session or plugin) is `unknown_unit`; any
+    other exception that is not a `LatisError` is a bug: `internal`, with its type.
+    """
+    if isinstance(exc, RequestError):
+        return str(exc.code), exc.message
+    if isinstance(exc, LatisError):
+        return str(exc.code), str(exc)
+    if isinstance(exc, LookupError):
+        return ErrorCode.UNKNOWN_UNIT.value, str(exc.args[0]) if exc.args else repr(exc)
+    return ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}"

@@ -155,7 +155,7 @@ class _Iterator:
             with trio.CancelScope() as self._scope:
                 try:
                     items.append(await stream.__anext__())
-                    while stream._w.events and len(items) < BATCH:
+                    while stream.ready and len(items) < BATCH:
                         items.append(await stream.__anext__())
                 except StopAsyncIteration:
                     return items, True

@@ -352,7 +352,7 @@ async def test_a_removed_units_name_enrolled_again_gets_nothing_of_the_old(home:
         async with dialing_unit(c.dialer(), c.enrollment) as refused:
             reason = await wait_refused(refused)
         assert reason.startswith("unknown enrollment")
-        c.ctl.reload(parse_config(CONFIG))
+        await c.ctl.reload(parse_config(CONFIG))
         c.ctl.state.upsert_unit("edge", None, {})
         fresh = await c.ctl.dialins.enroll("edge", "127.0.0.1")
         assert fresh["enrollment"] != c.enrollment.id

@@ -29,8 +29,8 @@ import trio
 
 from latis_core._io.client import PromptStream, Session, UnitClient, connect
 from latis_core._cmdr.config import Config, UnitConfig
-from latis_core._errors import ConnectError, ConnectionClosed, ErrorCode, LatisError, RequestError
-from latis_core._wire.messages import InputReply, InputRequest, PromptCancel, ResponseChunk, State
+from latis_core._errors import ConnectError, ConnectionClosed, ErrorCode, LatisError, RequestError, UnitNotConnected
+from latis_core._wire.messages import InputRequest, ResponseChunk, State
 from latis_core._os.paths import Paths
 from latis_core._os.paths import paths as default_paths
 from latis_core._plugins.provision import ProvisionContext, Provisioner, ProvisionError
@@ -48,10 +48,6 @@ _T = TypeVar("_T")
 WINDOW = 4096
 #: Backoff between reconnection attempts, in seconds (doubling up to the last).
 BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-
-
-class UnitNotConnected(ConnectError):
-    """A request for a unit that has no live connection."""
 
 
 @attrs.define(eq=False)
@@ -197,11 +193,17 @@ class Controller:
                 dialer = provisioner.dialer() if provisioner is not None else None
         return UnitRuntime(name, unit_config, provisioner, dialer)
 
-    def reload(self, config: Config) -> list[str]:
-        """Take a new config: add its new units, update or drop those not connected.
+    async def reload(self, config: Config) -> list[str]:
+        """Take a new config: add its new units, update or drop those not connected,
+        and start the listeners it names that do not run yet.
 
         Returns the names of the units added.
         """
+        added = self._take_config(config)
+        await self.dialins.start(self._nursery)
+        return added
+
+    def _take_config(self, config: Config) -> list[str]:
         added = []
         for name, unit_config in config.units.items():
             rt = self.units.get(name)
@@ -528,7 +530,6 @@ class Controller:
     async def _pump(self, record: PromptRecord) -> None:
         stream = record.stream
         assert stream is not None
-        events = stream._w.events
         try:
             while True:
                 try:
@@ -536,7 +537,7 @@ class Controller:
                 except StopAsyncIteration:
                     break
                 batch = [first]
-                while events and len(batch) < 4096 and not stream.done:
+                while stream.ready and len(batch) < 4096 and not stream.done:
                     try:
                         batch.append(await stream.__anext__())
                     except StopAsyncIteration:
@@ -636,9 +637,8 @@ class Controller:
         if record is None or record.stream is None:
             return
         rt = self.units[record.unit]
-        client = rt.client
-        if client is not None and client.peer.conn.in_flight(record.stream.id):
-            client.peer.send_nowait(PromptCancel(record.stream.id))
+        if rt.client is not None:
+            record.stream.cancel_nowait()
 
     async def answer(self, prompt_id: int, number: int, text: str) -> None:
         """Answer question `number` of a running prompt."""
@@ -647,8 +647,8 @@ class Controller:
             raise RequestError(
                 ErrorCode.UNKNOWN_REQUEST.value, f"prompt {prompt_id} is not running"
             )
-        client = self._client(self.units[record.unit])
-        client.peer.send_nowait(InputReply(record.stream.id, number, text))
+        self._client(self.units[record.unit])  # raises when the unit is not connected
+        record.stream.answer_nowait(number, text)
         await self.db(self.state.answer_input, prompt_id, number, text)
         await self._set_session(record.session, "busy")
 

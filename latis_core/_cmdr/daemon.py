@@ -36,8 +36,8 @@ import trio
 
 from latis_core._cmdr.config import Config, load_config
 from latis_core._wire.connection import Connection, Violation
-from latis_core._cmdr.controller import Controller, UnitNotConnected, open_controller
-from latis_core._errors import ErrorCode, LatisError, RequestError
+from latis_core._cmdr.controller import Controller, open_controller
+from latis_core._errors import DaemonRunning, ErrorCode, LatisError, RequestError, error_code
 from latis_core._wire.frames import DEFAULT_MAX_FRAME
 from latis_core._io.link import HIGH_WATER, Link
 from latis_core._wire.messages import (
@@ -66,7 +66,6 @@ from latis_core._wire.messages import (
     StateUpdate,
 )
 from latis_core._os.paths import Paths, paths
-from latis_core._plugins.provision import ProvisionError
 from latis_core._io.server import ServerConnection, serve_stream
 from latis_core._cmdr.state import State
 from latis_core._version import __version__
@@ -76,10 +75,6 @@ __all__ = ["Daemon", "DaemonRunning", "run_daemon", "serve_daemon"]
 log = logging.getLogger("latis.daemon")
 
 CAPABILITIES = ("cmdr", "call", "session.resume", "prompt.cancel", "state.subscribe", "input")
-
-
-class DaemonRunning(LatisError):
-    """Another daemon already holds this user's lock."""
 
 
 def peer_uid(stream: trio.abc.Stream) -> int | None:
@@ -165,20 +160,12 @@ class _Client(ServerConnection):
         async def run() -> None:
             try:
                 await work()
-            except RequestError as exc:
-                self.send(Error(rid, str(exc.code), exc.message))
-            except LookupError as exc:
-                self.send(Error(rid, ErrorCode.UNKNOWN_UNIT.value, str(exc.args[0])))
-            except UnitNotConnected as exc:
-                self.send(Error(rid, ErrorCode.UNREACHABLE.value, str(exc)))
-            except ProvisionError as exc:
-                self.send(Error(rid, ErrorCode.PROVISION_FAILED.value, str(exc)))
-            except LatisError as exc:
-                code = getattr(exc, "code", None) or ErrorCode.UNREACHABLE
-                self.send(Error(rid, str(code), str(exc)))
-            except Exception as exc:  # a bug: answer it, log it, keep serving the others
-                log.exception("request %r failed", rid)
-                self.send(Error(rid, ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:
+                code, message = error_code(exc)
+                if code == ErrorCode.INTERNAL and not isinstance(exc, LatisError):
+                    # A bug: answer it, log it, keep serving the others.
+                    log.exception("request %r failed", rid)
+                self.send(Error(rid, code, message))
 
         self.nursery.start_soon(run)
 
@@ -463,8 +450,7 @@ async def _unit_enroll(c: _Client, rid: RequestId, params: dict[str, Any]) -> di
 async def _config_reload(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     source = c.ctl.config.source
     config = load_config(source) if source is not None else load_config()
-    added = c.ctl.reload(config)
-    await c.ctl.dialins.start(c.ctl._nursery)
+    added = await c.ctl.reload(config)
     return {"units": sorted(c.ctl.units), "added": added}
 
 

@@ -125,8 +125,15 @@ class PromptStream(ReplyStream):
         if pending is None:
             raise RuntimeError("the agent has asked nothing that waits for an answer")
         self.pending = None
-        self._peer.send_nowait(InputReply(self.id, pending.input, text))
+        self.answer_nowait(pending.input, text)
         await checkpoint()
+
+    def answer_nowait(self, number: int, text: str) -> None:
+        """Answer question `number` of this prompt now, without waiting (for a
+        controller that relays answers given elsewhere)."""
+        if self.pending is not None and self.pending.input == number:
+            self.pending = None
+        self._peer.send_nowait(InputReply(self.id, number, text))
 
     async def text(self) -> str:
         """Read the rest of the answer and return its text (plain chunks only).

@@ -511,6 +511,22 @@ class ReplyStream:
         """Whether the final reply has been taken (or the stream abandoned)."""
         return self.final is not None or self._w.discard
 
+    @property
+    def ready(self) -> int:
+        """How many replies have arrived and wait to be taken (taking them needs no wait)."""
+        return len(self._w.events)
+
+    def cancel_nowait(self) -> None:
+        """Send `prompt.cancel` for this request now, without waiting for its end.
+
+        The request then ends as usual (`response.cancelled`, or its own end if
+        that crossed the cancel on the wire). Does nothing once it has ended.
+        """
+        w = self._w
+        peer = self._peer
+        if self.final is None and not w.final and peer._error is None and peer.conn.in_flight(w.id):
+            peer._write(peer.conn.send(PromptCancel(w.id)))
+
     def __aiter__(self) -> Self:
         return self
 
@@ -569,8 +585,7 @@ class ReplyStream:
         if self._keep:
             peer._abandon(w, cancel=False)
             return
-        if not w.final and peer._error is None and peer.conn.in_flight(w.id):
-            peer._write(peer.conn.send(PromptCancel(w.id)))
+        self.cancel_nowait()
         # Wait (bounded) for the final reply, so the other side has really
         # stopped; replies before it are dropped.
         with trio.CancelScope(shield=True) as scope:

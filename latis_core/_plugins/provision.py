@@ -23,6 +23,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import attrs
 import trio
 
+from latis_core._errors import ProvisionError
 from latis_core._plugins.transport import Dialer
 
 __all__ = [
@@ -35,10 +36,6 @@ __all__ = [
     "Provisioner",
     "Resources",
 ]
-
-
-class ProvisionError(Exception):
-    """A provisioner could not do what was asked (the message says why, naming the unit)."""
 
 
 class ProvisionState(enum.StrEnum):
