@@ -28,8 +28,8 @@ session_app = App(
 
 
 def _state() -> State | None:
-    from latis_core._os.paths import paths
     from latis_core._cmdr.state import State, StateError
+    from latis_core._os.paths import paths
 
     path = paths().state_file
     if not path.exists():

@@ -19,21 +19,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from latis_core._plugins.agent import Agent as Agent
-    from latis_core._plugins.agent import AgentSession as AgentSession
-    from latis_core._plugins.agent import Reply as Reply
-    from latis_core._plugins.agent import SessionNotFound as SessionNotFound
-    from latis_core._wire.auth import Enrollment as Enrollment
-    from latis_core._io.client import PromptStream as PromptStream
-    from latis_core._io.client import Session as Session
-    from latis_core._io.client import StateStream as StateStream
-    from latis_core._io.client import UnitClient as UnitClient
-    from latis_core._io.client import connect as connect
-    from latis_core._io.client import connect_agent as connect_agent
-    from latis_core._io.client import connect_local as connect_local
-    from latis_core._io.client import unit_command as unit_command
-    from latis_core._wire.codec import decode as decode
-    from latis_core._wire.codec import encode as encode
+    from latis_agents.echo import EchoAgent as EchoAgent
+    from latis_agents.python import PythonAgent as PythonAgent
+
     from latis_core._cmdr.config import Config as Config
     from latis_core._cmdr.config import ConfigError as ConfigError
     from latis_core._cmdr.config import DaemonConfig as DaemonConfig
@@ -43,13 +31,9 @@ if TYPE_CHECKING:
     from latis_core._cmdr.config import find_config as find_config
     from latis_core._cmdr.config import load_config as load_config
     from latis_core._cmdr.config import parse_config as parse_config
-    from latis_core._wire.connection import CLOSED as CLOSED
-    from latis_core._wire.connection import NEED_DATA as NEED_DATA
-    from latis_core._wire.connection import Connection as Connection
-    from latis_core._wire.connection import Violation as Violation
     from latis_core._cmdr.controller import Controller as Controller
     from latis_core._cmdr.controller import open_controller as open_controller
-    from latis_agents.echo import EchoAgent as EchoAgent
+    from latis_core._cmdr.state import StateStore as StateStore
     from latis_core._errors import ConnectError as ConnectError
     from latis_core._errors import ConnectionClosed as ConnectionClosed
     from latis_core._errors import ErrorCode as ErrorCode
@@ -59,6 +43,50 @@ if TYPE_CHECKING:
     from latis_core._errors import RemoteProtocolError as RemoteProtocolError
     from latis_core._errors import RequestError as RequestError
     from latis_core._errors import TransportError as TransportError
+    from latis_core._io.client import PromptStream as PromptStream
+    from latis_core._io.client import Session as Session
+    from latis_core._io.client import StateStream as StateStream
+    from latis_core._io.client import UnitClient as UnitClient
+    from latis_core._io.client import connect as connect
+    from latis_core._io.peer import Peer as Peer
+    from latis_core._io.peer import ReplyStream as ReplyStream
+    from latis_core._io.peer import open_peer as open_peer
+    from latis_core._os.paths import Paths as Paths
+    from latis_core._os.paths import paths as paths
+    from latis_core._os.tls import CertificateAuthority as CertificateAuthority
+    from latis_core._plugins.agent import Agent as Agent
+    from latis_core._plugins.agent import AgentSession as AgentSession
+    from latis_core._plugins.agent import Reply as Reply
+    from latis_core._plugins.agent import SessionNotFound as SessionNotFound
+    from latis_core._plugins.provision import MemoryResources as MemoryResources
+    from latis_core._plugins.provision import ProvisionContext as ProvisionContext
+    from latis_core._plugins.provision import Provisioner as Provisioner
+    from latis_core._plugins.provision import ProvisionError as ProvisionError
+    from latis_core._plugins.provision import ProvisionState as ProvisionState
+    from latis_core._plugins.provision import ProvisionStatus as ProvisionStatus
+    from latis_core._plugins.provision import Resources as Resources
+    from latis_core._plugins.registry import agent_names as agent_names
+    from latis_core._plugins.registry import dialer_from_url as dialer_from_url
+    from latis_core._plugins.registry import listener_from_url as listener_from_url
+    from latis_core._plugins.registry import load_agent as load_agent
+    from latis_core._plugins.registry import make_agent as make_agent
+    from latis_core._plugins.transport import Dialer as Dialer
+    from latis_core._plugins.transport import Listener as Listener
+    from latis_core._unit.dial import dial_cmdr as dial_cmdr
+    from latis_core._unit.local import connect_agent as connect_agent
+    from latis_core._unit.local import connect_local as connect_local
+    from latis_core._unit.local import unit_command as unit_command
+    from latis_core._unit.unit import Unit as Unit
+    from latis_core._unit.unit import open_unit as open_unit
+    from latis_core._unit.unit import serve_unit as serve_unit
+    from latis_core._version import __version__ as __version__
+    from latis_core._wire.auth import Enrollment as Enrollment
+    from latis_core._wire.codec import decode as decode
+    from latis_core._wire.codec import encode as encode
+    from latis_core._wire.connection import CLOSED as CLOSED
+    from latis_core._wire.connection import NEED_DATA as NEED_DATA
+    from latis_core._wire.connection import Connection as Connection
+    from latis_core._wire.connection import Violation as Violation
     from latis_core._wire.frames import DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME
     from latis_core._wire.frames import FrameDecoder as FrameDecoder
     from latis_core._wire.frames import encode_frame as encode_frame
@@ -87,33 +115,6 @@ if TYPE_CHECKING:
     from latis_core._wire.messages import StateGet as StateGet
     from latis_core._wire.messages import StateSubscribe as StateSubscribe
     from latis_core._wire.messages import StateUpdate as StateUpdate
-    from latis_core._os.paths import Paths as Paths
-    from latis_core._os.paths import paths as paths
-    from latis_core._io.peer import Peer as Peer
-    from latis_core._io.peer import ReplyStream as ReplyStream
-    from latis_core._io.peer import open_peer as open_peer
-    from latis_core._plugins.provision import MemoryResources as MemoryResources
-    from latis_core._plugins.provision import ProvisionContext as ProvisionContext
-    from latis_core._plugins.provision import Provisioner as Provisioner
-    from latis_core._plugins.provision import ProvisionError as ProvisionError
-    from latis_core._plugins.provision import ProvisionState as ProvisionState
-    from latis_core._plugins.provision import ProvisionStatus as ProvisionStatus
-    from latis_core._plugins.provision import Resources as Resources
-    from latis_agents.python import PythonAgent as PythonAgent
-    from latis_core._plugins.registry import agent_names as agent_names
-    from latis_core._plugins.registry import dialer_from_url as dialer_from_url
-    from latis_core._plugins.registry import listener_from_url as listener_from_url
-    from latis_core._plugins.registry import load_agent as load_agent
-    from latis_core._plugins.registry import make_agent as make_agent
-    from latis_core._cmdr.state import StateStore as StateStore
-    from latis_core._os.tls import CertificateAuthority as CertificateAuthority
-    from latis_core._plugins.transport import Dialer as Dialer
-    from latis_core._plugins.transport import Listener as Listener
-    from latis_core._unit.unit import Unit as Unit
-    from latis_core._unit.unit import dial_cmdr as dial_cmdr
-    from latis_core._unit.unit import open_unit as open_unit
-    from latis_core._unit.unit import serve_unit as serve_unit
-    from latis_core._version import __version__ as __version__
 
 __all__ = [
     "CLOSED",
@@ -244,10 +245,10 @@ _WHERE: dict[str, str] = {
     "StateStream": "latis_core._io.client",
     "UnitClient": "latis_core._io.client",
     "connect": "latis_core._io.client",
-    "connect_agent": "latis_core._io.client",
+    "connect_agent": "latis_core._unit.local",
     "PythonAgent": "latis_agents.python",
-    "connect_local": "latis_core._io.client",
-    "unit_command": "latis_core._io.client",
+    "connect_local": "latis_core._unit.local",
+    "unit_command": "latis_core._unit.local",
     "decode": "latis_core._wire.codec",
     "encode": "latis_core._wire.codec",
     "CLOSED": "latis_core._wire.connection",
@@ -305,7 +306,7 @@ _WHERE: dict[str, str] = {
     "serve_unit": "latis_core._unit.unit",
     "CertificateAuthority": "latis_core._os.tls",
     "Enrollment": "latis_core._wire.auth",
-    "dial_cmdr": "latis_core._unit.unit",
+    "dial_cmdr": "latis_core._unit.dial",
     "dialer_from_url": "latis_core._plugins.registry",
     "listener_from_url": "latis_core._plugins.registry",
     "__version__": "latis_core._version",

@@ -24,7 +24,7 @@ from typing import Any, Self, TypeVar
 import trio
 
 from latis_core._io.client import PromptStream, Session, StateStream, UnitClient
-from latis_core._io.client import connect_local as _connect_local
+from latis_core._unit.local import connect_local as _connect_local
 from latis_core._wire.messages import AgentInfo, Hello, InputRequest, ResponseChunk, StateUpdate
 
 __all__ = [

@@ -1,21 +1,6 @@
-"""In-process stream pairs, for tests and for units served in the same process."""
+"""In-process stream pairs, for tests and for units served in the same process
+(the pair lives in latis_core; this name stays for plugins and tests that use it)."""
 
-from __future__ import annotations
-
-import socket
-
-import trio
+from latis_core._io.pair import socket_stream_pair as socket_stream_pair
 
 __all__ = ["socket_stream_pair"]
-
-
-def socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    """Return two connected streams over a kernel socket pair.
-
-    Unlike `trio.testing.memory_stream_pair`, the buffers are the kernel's
-    (bounded), and the peer takes its fast path on the raw sockets.
-    """
-    a, b = socket.socketpair()
-    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(
-        trio.socket.from_stdlib_socket(b)
-    )

@@ -27,16 +27,23 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from latis_core._io.client import PromptStream, Session, UnitClient, connect
 from latis_core._cmdr.config import Config, UnitConfig
-from latis_core._errors import ConnectError, ConnectionClosed, ErrorCode, LatisError, RequestError, UnitNotConnected
-from latis_core._wire.messages import InputRequest, ResponseChunk, State
+from latis_core._cmdr.state import State as StateDB
+from latis_core._errors import (
+    ConnectError,
+    ConnectionClosed,
+    ErrorCode,
+    LatisError,
+    RequestError,
+    UnitNotConnected,
+)
+from latis_core._io.client import PromptStream, Session, UnitClient, connect
 from latis_core._os.paths import Paths
 from latis_core._os.paths import paths as default_paths
 from latis_core._plugins.provision import ProvisionContext, Provisioner, ProvisionError
 from latis_core._plugins.registry import dialer_from_url, load_provisioner
-from latis_core._cmdr.state import State as StateDB
 from latis_core._plugins.transport import Dialer
+from latis_core._wire.messages import InputRequest, ResponseChunk, State
 
 __all__ = ["Controller", "PromptRecord", "UnitRuntime", "open_controller"]
 

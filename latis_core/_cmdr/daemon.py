@@ -35,11 +35,15 @@ from typing import Any
 import trio
 
 from latis_core._cmdr.config import Config, load_config
-from latis_core._wire.connection import Connection, Violation
 from latis_core._cmdr.controller import Controller, open_controller
+from latis_core._cmdr.state import State
 from latis_core._errors import DaemonRunning, ErrorCode, LatisError, RequestError, error_code
-from latis_core._wire.frames import DEFAULT_MAX_FRAME
 from latis_core._io.link import HIGH_WATER, Link
+from latis_core._io.server import ServerConnection, serve_stream
+from latis_core._os.paths import Paths, paths
+from latis_core._version import __version__
+from latis_core._wire.connection import Connection, Violation
+from latis_core._wire.frames import DEFAULT_MAX_FRAME
 from latis_core._wire.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -65,10 +69,6 @@ from latis_core._wire.messages import (
     StateSubscribe,
     StateUpdate,
 )
-from latis_core._os.paths import Paths, paths
-from latis_core._io.server import ServerConnection, serve_stream
-from latis_core._cmdr.state import State
-from latis_core._version import __version__
 
 __all__ = ["Daemon", "DaemonRunning", "run_daemon", "serve_daemon"]
 

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from latis_core._io.accept import Gate, ListenerStats, bound_port, serve_listener
-from latis_core._wire.auth import METHOD, new_challenge, verify
-from latis_core._io.client import UnitClient
 from latis_core._errors import ConnectError, ErrorCode
-from latis_core._wire.messages import Error, Hello, Role
+from latis_core._io.accept import Gate, ListenerStats, bound_port, serve_listener
+from latis_core._io.client import UnitClient
 from latis_core._io.peer import open_peer
+from latis_core._wire.auth import METHOD, new_challenge, verify
+from latis_core._wire.messages import Error, Hello, Role
 
 if TYPE_CHECKING:
     from latis_core._cmdr.controller import Controller, UnitRuntime

@@ -11,16 +11,15 @@ wraps all of it for code that is not async.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 from trio.lowlevel import checkpoint
 
-from latis_core._plugins.agent import Agent
-from latis_core._errors import ConnectError, RemoteProtocolError
+from latis_core._errors import RemoteProtocolError
+from latis_core._io.peer import CANCEL_TIMEOUT, QUEUE_LIMIT, Peer, ReplyStream, open_peer
 from latis_core._wire.frames import DEFAULT_MAX_FRAME
 from latis_core._wire.messages import (
     Ack,
@@ -40,7 +39,6 @@ from latis_core._wire.messages import (
     StateSubscribe,
     StateUpdate,
 )
-from latis_core._io.peer import CANCEL_TIMEOUT, QUEUE_LIMIT, Peer, ReplyStream, open_peer
 
 __all__ = [
     "PromptStream",
@@ -48,9 +46,6 @@ __all__ = [
     "StateStream",
     "UnitClient",
     "connect",
-    "connect_agent",
-    "connect_local",
-    "unit_command",
 ]
 
 #: Answers an agent's question: gets the request, returns the answer.
@@ -329,89 +324,3 @@ async def connect(
         token=token,
     ) as peer:
         yield UnitClient(peer)
-
-
-@asynccontextmanager
-async def connect_agent(agent: Agent, **kwargs: Any) -> AsyncIterator[UnitClient]:
-    """Serve `agent` as a unit in this process and speak to it (for tests and notebooks).
-
-    The unit runs in this trio run, over a kernel socket pair; leaving the
-    block ends both. `kwargs` are as for `connect`.
-    """
-    from latis_transports.memory import socket_stream_pair
-
-    from latis_core._unit.unit import serve_unit
-    from latis_core._util import unwrap_group
-
-    ours, theirs = socket_stream_pair()
-    with unwrap_group():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_unit, theirs, agent)
-            try:
-                async with connect(ours, **kwargs) as unit:
-                    yield unit
-            finally:
-                nursery.cancel_scope.cancel()
-
-
-def unit_command(
-    agent: str = "echo", options: Mapping[str, str] | None = None, *, args: Sequence[str] = ()
-) -> list[str]:
-    """Return the command line of a `latis-unit --stdio` for this Python.
-
-    Args:
-        agent: the agent's name.
-        options: the agent's options (`-o KEY=VALUE`).
-        args: more arguments for `latis-unit`.
-    """
-    argv = [sys.executable, "-m", "latis_core._unit.cli", "--stdio", "--agent", agent]
-    for key, value in (options or {}).items():
-        argv += ["-o", f"{key}={value}"]
-    return argv + list(args)
-
-
-@asynccontextmanager
-async def connect_local(
-    argv: Sequence[str] | None = None,
-    *,
-    agent: str = "echo",
-    options: Mapping[str, str] | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: str | None = None,
-    stderr: int | None = None,
-    grace: float = 5.0,
-    **kwargs: Any,
-) -> AsyncIterator[UnitClient]:
-    """Start a unit as a child process and speak to it over its stdin/stdout.
-
-    Args:
-        argv: the unit's command line; by default a `latis-unit --stdio`
-            of this Python with `agent` and `options`.
-        agent: the agent, when `argv` is not given.
-        options: its options, when `argv` is not given.
-        env, cwd, stderr, grace: as for `latis_transports.open_local`.
-        **kwargs: as for `connect`.
-
-    Raises:
-        ConnectError: the unit could not be started, or the handshake failed.
-    """
-    from latis_transports.local import open_local
-
-    if argv is None:
-        argv = unit_command(agent, options)
-    kwargs.setdefault("label", f"local unit {argv[0]!r}" if argv else "local unit")
-    async with open_local(argv, env=env, cwd=cwd, stderr=stderr, grace=grace) as stream:
-        try:
-            async with connect(stream, **kwargs) as unit:
-                yield unit
-        except ConnectError as exc:
-            code = await _exit_code(stream.process)
-            if code is None:
-                raise
-            raise ConnectError(f"{exc} (the unit exited with code {code})") from exc
-
-
-async def _exit_code(process: trio.Process) -> int | None:
-    with trio.move_on_after(0.5):
-        await process.wait()
-    return process.returncode

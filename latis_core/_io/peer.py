@@ -37,8 +37,6 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from latis_core._wire.auth import METHOD, is_challenge, new_challenge, prove, verify
-from latis_core._wire.connection import CLOSED, NEED_DATA, Connection, Violation
 from latis_core._errors import (
     FATAL_CODES,
     ConnectError,
@@ -48,8 +46,12 @@ from latis_core._errors import (
     RemoteProtocolError,
     RequestError,
 )
-from latis_core._wire.frames import DEFAULT_MAX_FRAME
 from latis_core._io.link import HIGH_WATER, SPIN, Interrupted, Link, open_link
+from latis_core._io.server import HANDSHAKE_MAX_FRAME
+from latis_core._util import unwrap_group
+from latis_core._wire.auth import METHOD, is_challenge, new_challenge, prove, verify
+from latis_core._wire.connection import CLOSED, NEED_DATA, Connection, Violation
+from latis_core._wire.frames import DEFAULT_MAX_FRAME
 from latis_core._wire.messages import (
     Error,
     Hello,
@@ -60,8 +62,6 @@ from latis_core._wire.messages import (
     RequestId,
     Role,
 )
-from latis_core._io.server import HANDSHAKE_MAX_FRAME
-from latis_core._util import unwrap_group
 
 __all__ = ["Peer", "ReplyStream", "open_peer"]
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import trio
 
-from latis_core._wire.connection import CLOSED, NEED_DATA, Connection
 from latis_core._errors import ErrorCode, LocalProtocolError
 from latis_core._io.link import SPIN, Link, open_link
+from latis_core._wire.connection import CLOSED, NEED_DATA, Connection
 from latis_core._wire.messages import Error, Message, Role
 
 __all__ = ["HANDSHAKE_MAX_FRAME", "ServerConnection", "serve_stream"]

@@ -269,8 +269,8 @@ def _dialer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[
     """The dialer for --connect and the enrollment it proves."""
     from urllib.parse import parse_qs, urlsplit
 
-    from latis_core._wire.auth import Enrollment
     from latis_core._plugins.registry import dialer_from_url
+    from latis_core._wire.auth import Enrollment
 
     try:
         _, dialer = dialer_from_url(args.connect)
@@ -352,7 +352,8 @@ async def _connect(url: str, dialer: Any, agent: Agent, limits: dict[str, Any]) 
 
     import trio
 
-    from latis_core._unit.unit import dial_cmdr, open_unit
+    from latis_core._unit.dial import dial_cmdr
+    from latis_core._unit.unit import open_unit
 
     async with open_unit(agent, **limits) as unit:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import secrets
 import socket
 from collections import deque
@@ -30,12 +29,14 @@ import orjson
 import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
+from latis_core._errors import ErrorCode
+from latis_core._io.link import HIGH_WATER, Link
+from latis_core._io.server import ServerConnection, serve_stream
 from latis_core._plugins.agent import Agent, AgentSession, SessionNotFound
+from latis_core._util import unwrap_group
 from latis_core._wire.auth import METHOD, Enrollment, is_challenge, new_challenge, prove, verify
 from latis_core._wire.connection import Connection, Violation
-from latis_core._errors import ConnectError, ErrorCode
 from latis_core._wire.frames import DEFAULT_MAX_FRAME
-from latis_core._io.link import HIGH_WATER, Link
 from latis_core._wire.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -62,11 +63,8 @@ from latis_core._wire.messages import (
     StateSubscribe,
     StateUpdate,
 )
-from latis_core._io.server import ServerConnection, serve_stream
-from latis_core._plugins.transport import Dialer
-from latis_core._util import unwrap_group
 
-__all__ = ["Unit", "dial_cmdr", "open_unit", "serve_unit"]
+__all__ = ["Unit", "open_unit", "serve_unit"]
 
 log = logging.getLogger("latis.unit")
 
@@ -777,42 +775,6 @@ async def open_unit(
                 yield unit
             finally:
                 nursery.cancel_scope.cancel()
-
-
-#: Seconds between dial attempts to cmdr (doubling up to the last), before jitter.
-DIAL_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-
-
-async def dial_cmdr(
-    unit: Unit,
-    dialer: Dialer,
-    *,
-    label: str = "cmdr",
-    backoff: Sequence[float] = DIAL_BACKOFF,
-) -> str:
-    """Dial cmdr's listener and serve it; dial again, with backoff, whenever it drops.
-
-    The unit proves its `enrollment` to cmdr's challenge. Returns only when
-    cmdr refuses that proof (`unauthorized`): the reason it gave.
-    """
-    attempt = 0
-
-    def welcomed() -> None:
-        nonlocal attempt
-        attempt = 0
-        log.info("connected to %s", label)
-
-    while True:
-        try:
-            async with dialer.connect() as stream:
-                await unit.serve(stream, on_handshake=welcomed)
-        except (ConnectError, OSError, trio.BrokenResourceError) as exc:
-            log.warning("cannot reach %s: %s", label, exc)
-        if unit.refused is not None:
-            return unit.refused
-        delay = backoff[min(attempt, len(backoff) - 1)]
-        attempt += 1
-        await trio.sleep(delay * random.uniform(0.8, 1.2))
 
 
 async def serve_unit(

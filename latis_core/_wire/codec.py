@@ -22,7 +22,14 @@ from cattrs.errors import AttributeValidationNote
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from latis_core._errors import ErrorCode, RemoteProtocolError
-from latis_core._wire.messages import MESSAGE_TYPES, AgentInfo, Hello, Message, RequestId, ResponseChunk
+from latis_core._wire.messages import (
+    MESSAGE_TYPES,
+    AgentInfo,
+    Hello,
+    Message,
+    RequestId,
+    ResponseChunk,
+)
 
 __all__ = ["converter", "decode", "encode", "encode_chunk"]
 

@@ -29,7 +29,6 @@ from typing import Any, Final
 
 import attrs
 
-from latis_core._wire.codec import decode, encode, encode_chunk
 from latis_core._errors import (
     FATAL_CODES,
     ConnectionClosed,
@@ -37,6 +36,7 @@ from latis_core._errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from latis_core._wire.codec import decode, encode, encode_chunk
 from latis_core._wire.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from latis_core._wire.messages import (
     MESSAGE_TYPES,
