@@ -6,6 +6,7 @@ import enum
 import sys
 import textwrap
 import types
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,7 +112,6 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
         "container": f"{__name__}:FakeContainer",
         "blind": f"{__name__}:Blind",
     }
-    monkeypatch.setattr(_registry, "_BUILTIN_PROVISIONERS", provisioners)
     tcp = types.ModuleType("fake_latis_tcp")
     tcp.LISTENER = FakeListener  # type: ignore[attr-defined]
     mute = types.ModuleType("fake_latis_mute")  # neither DIALER nor LISTENER
@@ -123,8 +123,17 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
         "tcp": "fake_latis_tcp",
         "mute": "fake_latis_mute",
     }
-    monkeypatch.setattr(_registry, "_BUILTIN_TRANSPORTS", transports)
-    monkeypatch.setattr(_registry, "plugin_names", lambda group: [])
+    groups = {"latis.provisioners": provisioners, "latis.transports": transports}
+
+    def own(group: str) -> dict[str, EntryPoint]:
+        table = groups.get(group)
+        if table is None:
+            return _registry_own(group)
+        return {name: EntryPoint(name, value, group) for name, value in table.items()}
+
+    _registry_own = _registry._own
+    monkeypatch.setattr(_registry, "_own", own)
+    monkeypatch.setattr(_registry, "_installed", lambda group: {})
 
 
 def parse(text: str, source: Path | None = Path("latis.toml")) -> Config:

@@ -1,16 +1,18 @@
-"""Plugins by name: agents, transports and provisioners from entry points.
+"""Plugins by name: agents, transports, provisioners and strategies from entry points.
 
-The built-in ones register in the same entry-point groups as third-party
-plugins (`latis.agents`, `latis.transports`, `latis.provisioners`). A name
-found among the built-ins is loaded without scanning the installed
-distributions, which keeps `latis-unit` quick to start.
+Entry points are the one list: the built-in plugins register in the same
+groups as third-party ones (`latis.agents`, `latis.transports`,
+`latis.provisioners`, `latis.strategies`), in latis's own pyproject.toml. Names
+are looked up first among latis's own entry points (one small file, ~0.1 ms),
+and only then across every installed distribution (~30 ms), each group once
+per process: `latis-unit` starts quickly and config parsing never rescans.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 from collections.abc import Mapping, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, PackageNotFoundError, distribution, entry_points
 from typing import Any
 
 from latis_core._plugins.agent import Agent
@@ -29,22 +31,6 @@ __all__ = [
     "transport_names",
 ]
 
-_BUILTIN_AGENTS = {
-    "echo": "latis_agents.echo:EchoAgent",
-    "command": "latis_agents.command:CommandAgent",
-    "acp": "latis_agents.acp:AcpAgent",
-    "openai": "latis_agents.openai:OpenAIAgent",
-    "python": "latis_agents.python:PythonAgent",
-}
-_BUILTIN_TRANSPORTS = {
-    "local": "latis_transports.local",
-    "unix": "latis_transports.unix",
-    "tcp": "latis_transports.tcp",
-    "websocket": "latis_transports.websocket",
-    "quic": "latis_transports.quic",
-    "ssh": "latis_transports.ssh",
-    "container": "latis_transports.container",
-}
 #: Address schemes and the transport that reads each.
 SCHEMES = {
     "local": "local",
@@ -56,36 +42,40 @@ SCHEMES = {
     "ssh": "ssh",
     "container": "container",
 }
-_BUILTIN_PROVISIONERS = {
-    "process": "latis_provisioners.process:ProcessProvisioner",
-    "container": "latis_provisioners.container:ContainerProvisioner",
-}
+#: This distribution, whose entry points hold the built-in plugins.
+DISTRIBUTION = "latis"
 
 
-def _load(target: str) -> Any:
-    module, _, attr = target.partition(":")
-    loaded = importlib.import_module(module)
-    return getattr(loaded, attr) if attr else loaded
+@functools.cache
+def _own(group: str) -> dict[str, EntryPoint]:
+    try:
+        found = distribution(DISTRIBUTION).entry_points
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return {}
+    return {ep.name: ep for ep in found if ep.group == group}
 
 
-def _find(group: str, name: str, builtins: Mapping[str, str], what: str) -> Any:
-    if name in builtins:
-        return _load(builtins[name])
-    for ep in entry_points(group=group):
-        if ep.name == name:
-            return ep.load()
-    known = sorted(set(builtins) | set(plugin_names(group)))
-    raise LookupError(f"unknown {what} {name!r} (known: {', '.join(known)})")
+@functools.cache
+def _installed(group: str) -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def _find(group: str, name: str, what: str) -> Any:
+    ep = _own(group).get(name) or _installed(group).get(name)
+    if ep is None:
+        known = plugin_names(group)
+        raise LookupError(f"unknown {what} {name!r} (known: {', '.join(known)})")
+    return ep.load()
 
 
 def plugin_names(group: str) -> list[str]:
-    """Names registered in entry-point group `group`, sorted."""
-    return sorted({ep.name for ep in entry_points(group=group)})
+    """Names registered in entry-point group `group` (built in or not), sorted."""
+    return sorted(set(_own(group)) | set(_installed(group)))
 
 
 def agent_names() -> list[str]:
     """Every agent that can be selected by name."""
-    return sorted(set(_BUILTIN_AGENTS) | set(plugin_names("latis.agents")))
+    return plugin_names("latis.agents")
 
 
 def load_agent(name: str) -> type[Agent]:
@@ -94,12 +84,12 @@ def load_agent(name: str) -> type[Agent]:
     Raises:
         LookupError: no agent has that name (the message lists those that do).
     """
-    return _find("latis.agents", name, _BUILTIN_AGENTS, "agent")  # type: ignore[no-any-return]
+    return _find("latis.agents", name, "agent")  # type: ignore[no-any-return]
 
 
 def transport_names() -> list[str]:
     """Every transport type that can be named in config."""
-    return sorted(set(_BUILTIN_TRANSPORTS) | set(plugin_names("latis.transports")))
+    return plugin_names("latis.transports")
 
 
 def load_transport(name: str) -> Any:
@@ -108,7 +98,7 @@ def load_transport(name: str) -> Any:
     Raises:
         LookupError: no transport has that name (the message lists those that do).
     """
-    return _find("latis.transports", name, _BUILTIN_TRANSPORTS, "transport")
+    return _find("latis.transports", name, "transport")
 
 
 def _from_url(url: str, attribute: str, ability: str) -> tuple[str, Any]:
@@ -146,7 +136,7 @@ def listener_from_url(url: str) -> tuple[str, Any]:
 
 def provisioner_names() -> list[str]:
     """Every provisioner type that can be named in config."""
-    return sorted(set(_BUILTIN_PROVISIONERS) | set(plugin_names("latis.provisioners")))
+    return plugin_names("latis.provisioners")
 
 
 def load_provisioner(name: str) -> Any:
@@ -155,7 +145,7 @@ def load_provisioner(name: str) -> Any:
     Raises:
         LookupError: no provisioner has that name (the message lists those that do).
     """
-    return _find("latis.provisioners", name, _BUILTIN_PROVISIONERS, "provisioner")
+    return _find("latis.provisioners", name, "provisioner")
 
 
 def make_agent(

@@ -16,7 +16,7 @@ before taking anything when another task still receives).
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 import trio
 
@@ -30,7 +30,19 @@ class Dialer(Protocol):
     `async with dialer.connect() as stream:` yields a `trio.abc.Stream`; leaving
     the block closes it and releases whatever the dialer started (a process, an
     SSH channel). Failing to connect raises `ConnectError`.
+
+    A transport module exposes its dialer class as `DIALER`: an attrs class
+    whose fields are the options of its config table (`[units.X.dial]`).
     """
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """Build the dialer from an address (`tcp://host:port?fingerprint=…`).
+
+        Raises:
+            ValueError: the address is not one this transport reads.
+        """
+        ...
 
     def connect(self) -> AbstractAsyncContextManager[trio.abc.Stream]:
         """Open the stream."""
@@ -47,7 +59,20 @@ class Listener(Protocol):
 
     `async with listener.listen() as accepting:` yields a
     `trio.abc.Listener[trio.abc.Stream]`; each accepted stream carries one unit.
+
+    A transport module exposes its listener class as `LISTENER` (an attrs class,
+    as for `DIALER`). Options that bound who may connect are read where present:
+    `host`, `max_pending`, `max_pending_per_host`, `cert`, `tls`.
     """
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """Build the listener from an address (`tcp://0.0.0.0:7447`).
+
+        Raises:
+            ValueError: the address is not one this transport reads.
+        """
+        ...
 
     def listen(self) -> AbstractAsyncContextManager[trio.abc.Listener[trio.abc.Stream]]:
         """Start listening."""
