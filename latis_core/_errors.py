@@ -124,6 +124,8 @@ class ProtocolError(LatisError):
         message_type: the offending message's `type`, when it could be read.
     """
 
+    code: ErrorCode
+
     def __init__(
         self,
         message: str,
