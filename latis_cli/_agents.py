@@ -35,9 +35,8 @@ def list_agents(*, json_output: Annotated[bool, Parameter(name="--json")] = Fals
         from ._run import run_with_cmdr
 
         async def work(cmdr: Any) -> int:
-            from ._cmdr import call
 
-            rows.extend((await call(cmdr, "agents.list"))["units"])
+            rows.extend((await cmdr.agents_list())["units"])
             return OK
 
         status = run_with_cmdr(work, autostart=False)
@@ -46,7 +45,7 @@ def list_agents(*, json_output: Annotated[bool, Parameter(name="--json")] = Fals
     else:
         import os
 
-        from latis_core._cmdr.config import load_config
+        from latis_core import load_config
 
         config = load_config(os.environ.get("LATIS_CONFIG") or None)
         rows = [{"unit": n, "adapter": u.agent, "connection": "disconnected"}
@@ -92,7 +91,7 @@ def available(*, json_output: Annotated[bool, Parameter(name="--json")] = False)
     """
     import shutil
 
-    from latis_core._plugins.registry import agent_names
+    from latis_core import agent_names
 
     found = [
         {"agent": name, "found": shutil.which(name) is not None, "path": shutil.which(name),
@@ -125,7 +124,7 @@ def plugins(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -
     Args:
         json_output: print a JSON object.
     """
-    from latis_core._plugins.registry import agent_names, provisioner_names, transport_names
+    from latis_core import agent_names, provisioner_names, transport_names
 
     data = {
         "agents": agent_names(),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from cyclopts import App, Parameter
 
-from latis_core._version import __version__
+from latis_core import __version__
 
 from ._agents import agents_app, plugins
 from ._coordinate import coordinate

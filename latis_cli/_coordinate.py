@@ -42,48 +42,44 @@ def coordinate(
         return USAGE
 
     async def work(cmdr: Any) -> int:
-        import trio
+        from latis_core import agent_labels
 
-        from ._cmdr import call
+        width = max(map(len, agent_labels(units)))
+        answers: dict[str, list[str]] = {}
+        lines: dict[str, str] = {}
 
-        for unit in units:
-            await call(cmdr, "unit.up", unit=unit)
-        sessions = {unit: await cmdr.create_session(unit=unit) for unit in units}
-        answers: dict[str, list[str]] = {unit: [] for unit in units}
-        outcomes: dict[str, str] = {}
-        width = max(map(len, units))
+        def show(event: Any) -> None:
+            # The daemon runs the coordination; this only renders its events.
+            if event.type == "chunk" and event.kind is None:
+                answers.setdefault(event.agent, []).append(event.text)
+            if json_output:
+                print(json.dumps({"type": event.type, "unit": event.unit} | event.to_dict()),
+                      flush=True)
+                return
+            if event.type == "chunk" and event.kind is None:
+                line = lines.get(event.agent, "") + event.text
+                while "\n" in line:
+                    head, line = line.split("\n", 1)
+                    print(f"[{event.agent:>{width}}] {head}", flush=True)
+                lines[event.agent] = line
+            elif event.type == "input":
+                print(f"[{event.agent:>{width}}] asks: {event.text} "
+                      f"(answer with: latis attach {event.session})", flush=True)
+            elif event.type == "ended" and lines.get(event.agent):
+                print(f"[{event.agent:>{width}}] {lines.pop(event.agent)}", flush=True)
 
-        async def one(unit: str) -> None:
-            stream = sessions[unit].prompt(task)
-            line = ""
-            try:
-                async for event in stream:
-                    text = getattr(event, "text", "")
-                    answers[unit].append(text)
-                    if json_output:
-                        print(json.dumps({"type": "chunk", "unit": unit, "text": text}),
-                              flush=True)
-                        continue
-                    line += text
-                    while "\n" in line:
-                        head, line = line.split("\n", 1)
-                        print(f"[{unit:>{width}}] {head}", flush=True)
-                outcomes[unit] = stream.outcome or "complete"
-            except Exception as exc:  # one agent failing must not stop the others
-                outcomes[unit] = f"error: {exc}"
-            if line and not json_output:
-                print(f"[{unit:>{width}}] {line}", flush=True)
-
-        async with trio.open_nursery() as nursery:
-            for unit in units:
-                nursery.start_soon(one, unit)
-        for unit in units:
-            result = {"type": "result", "unit": unit, "session": sessions[unit].id,
-                      "outcome": outcomes.get(unit), "answer": "".join(answers[unit])}
+        ended = await cmdr.coordinate(task, units, show)
+        for event in ended:
+            result = {"type": "result", "unit": event.unit, "agent": event.agent,
+                      "session": event.session, "outcome": event.outcome,
+                      "answer": "".join(answers.get(event.agent, []))}
+            if event.error:
+                result["error"] = event.error
             if json_output:
                 print(json.dumps(result))
             else:
-                print(f"\n== {unit} ({result['outcome']}) ==\n{result['answer']}")
-        return OK if all(o == "complete" for o in outcomes.values()) else ERROR
+                outcome = event.outcome if not event.error else f"{event.outcome}: {event.error}"
+                print(f"\n== {event.agent} ({outcome}) ==\n{result['answer']}")
+        return OK if all(e.outcome == "complete" for e in ended) else ERROR
 
     return run_with_cmdr(work)

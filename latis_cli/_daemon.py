@@ -31,7 +31,7 @@ def run() -> int:
     LATIS_LOG_LEVEL=debug latis daemon run
     ```
     """
-    from latis_core._cmdr.daemon import run_daemon
+    from latis_core import run_daemon
 
     return run_daemon(os.environ.get("LATIS_CONFIG"))
 
@@ -106,7 +106,7 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
     Args:
         json_output: print a JSON object.
     """
-    from latis_core._os.paths import paths
+    from latis_core import paths
 
     from ._cmdr import daemon_pid
 

@@ -96,19 +96,18 @@ def attach(
 
 
 async def _run_prompt(
-    cmdr: latis_core.UnitClient,
+    cmdr: latis_core.DaemonClient,
     body: str,
     unit: str,
     session_id: str | None,
     detach: bool,
     as_json: bool,
 ) -> int:
-    from ._cmdr import call
     from ._console import progress
 
     if session_id is None:
         with progress(f"bringing unit {unit!r} up") as say:
-            await call(cmdr, "unit.up", say, unit=unit)
+            await cmdr.unit_up(unit, say)
         session = await cmdr.create_session(unit=unit)
         print(f"session {session.id} on unit {unit}", file=sys.stderr)
     else:
@@ -126,18 +125,15 @@ async def _run_prompt(
 
 
 async def _run_attach(
-    cmdr: latis_core.UnitClient, session_id: str, after: int, as_json: bool
+    cmdr: latis_core.DaemonClient, session_id: str, after: int, as_json: bool
 ) -> int:
-    import latis_core
 
-    from ._cmdr import call
-
-    info = await call(cmdr, "session.get", session=session_id)
+    info = await cmdr.session_get(session_id)
     last = info.get("last_prompt") if info else None
     if not last:
         print(f"latis: session {session_id} has no prompt to follow", file=sys.stderr)
         return ERROR
-    session = latis_core.Session(cmdr, session_id)
+    session = cmdr.session(session_id)
     stream = await session.reattach(last["id"], after=None if after < 0 else after)
     return await _stream(stream, as_json)
 

@@ -15,11 +15,10 @@ def run_with_cmdr(work: Callable[[Any], Awaitable[int]], *, autostart: bool = Tr
 
     async def main() -> int:
         import latis_core
-
-        from ._cmdr import CmdrUnreachable, open_cmdr
+        from latis_core import CmdrUnreachable, open_daemon
 
         try:
-            async with open_cmdr(autostart=autostart) as cmdr:
+            async with open_daemon(autostart=autostart) as cmdr:
                 return int(await work(cmdr))
         except CmdrUnreachable as exc:
             print(f"latis: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from ._cmdr import ERROR, OK, USAGE
 from ._run import run_with_cmdr
 
 if TYPE_CHECKING:
-    from latis_core._cmdr.state import State
+    from latis_core import StateStore as State
 
 session_app = App(
     name="session",
@@ -28,8 +28,8 @@ session_app = App(
 
 
 def _state() -> State | None:
-    from latis_core._cmdr.state import State, StateError
-    from latis_core._os.paths import paths
+    from latis_core import StateError, paths
+    from latis_core import StateStore as State
 
     path = paths().state_file
     if not path.exists():
@@ -99,16 +99,15 @@ def new(
             return ERROR
 
     async def work(cmdr: Any) -> int:
-        from ._cmdr import call
         from ._console import progress
 
         target = unit
         with progress(f"bringing unit {unit!r} up") as say:
             if connector is not None and ":" in connector:
-                data = await call(cmdr, "unit.connect", say, target=connector)
+                data = await cmdr.unit_connect(connector, progress=say)
                 target = data["unit"]
             else:
-                await call(cmdr, "unit.up", say, unit=unit)
+                await cmdr.unit_up(unit, say)
         session = await cmdr.create_session(unit=target, **options)
         if json_output:
             print(json.dumps({"session": session.id, "unit": target}))
@@ -123,7 +122,7 @@ def _check_connector(unit: str, connector: str) -> str | None:
     """Why `unit` cannot be reached through transport `connector` (None if it can)."""
     import os
 
-    from latis_core._cmdr.config import ConfigError, load_config
+    from latis_core import ConfigError, load_config
 
     try:
         config = load_config(os.environ.get("LATIS_CONFIG") or None)
@@ -279,9 +278,8 @@ def destroy(session: str) -> int:
     """
 
     async def work(cmdr: Any) -> int:
-        import latis_core
 
-        await latis_core.Session(cmdr, session).destroy()
+        await cmdr.session(session).destroy()
         print(f"session {session}: closed", file=sys.stderr)
         return OK
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,7 +34,7 @@ def _pairs(pairs: tuple[str, ...], what: str) -> dict[str, str] | None:
 
 
 def _config_path() -> Path:
-    from latis_core._cmdr.config import find_config
+    from latis_core import find_config
 
     return find_config(os.environ.get("LATIS_CONFIG") or None) or Path("latis.toml")
 
@@ -88,7 +89,7 @@ def add(
             listener's, else this machine's name).
         json_output: (with --accept) print the enrollment as a JSON object.
     """
-    from latis_core._cmdr.config import ConfigError, add_unit
+    from latis_core import ConfigError, add_unit
 
     agent_options = _pairs(option, "option")
     dial_options = _pairs(dial_option, "dial option")
@@ -133,7 +134,7 @@ def _accept_table(url: str) -> dict[str, Any]:
 
     import attrs
 
-    from latis_core._plugins.registry import listener_from_url
+    from latis_core import listener_from_url
 
     kind, listener = listener_from_url(url)
     table: dict[str, Any] = {"type": kind}
@@ -178,9 +179,8 @@ def enroll(
     """
 
     async def work(cmdr: Any) -> int:
-        from ._cmdr import call
 
-        data = await call(cmdr, "unit.enroll", unit=name, address=address)
+        data = await cmdr.unit_enroll(name, address)
         if json_output:
             print(json.dumps(data, indent=2))
             return OK
@@ -199,9 +199,8 @@ def _reload_daemon() -> None:
         return
 
     async def reload(cmdr: Any) -> int:
-        from ._cmdr import call
 
-        await call(cmdr, "config.reload")
+        await cmdr.config_reload()
         return OK
 
     run_with_cmdr(reload, autostart=False)
@@ -221,7 +220,7 @@ def list_units(*, json_output: Annotated[bool, Parameter(name="--json")] = False
     Args:
         json_output: print a JSON array.
     """
-    from latis_core._cmdr.config import ConfigError, load_config
+    from latis_core import ConfigError, load_config
 
     try:
         config = load_config(os.environ.get("LATIS_CONFIG") or None)
@@ -256,13 +255,14 @@ def list_units(*, json_output: Annotated[bool, Parameter(name="--json")] = False
     return OK
 
 
-def _unit_call(method: str, name: str, verb: str) -> int:
+def _unit_call(method: Callable[[Any], Any], name: str, verb: str) -> int:
+    """Run `method(cmdr)(name, progress)` (a unit method of the daemon client)."""
+
     async def work(cmdr: Any) -> int:
-        from ._cmdr import call
         from ._console import progress
 
         with progress(f"{verb} unit {name!r}") as say:
-            data = await call(cmdr, method, say, unit=name)
+            data = await method(cmdr)(name, say)
         print(f"unit {name}: {data.get('connection', 'done') if data else 'done'}",
               file=sys.stderr)
         return OK
@@ -283,7 +283,7 @@ def up(name: str = "local") -> int:
     Args:
         name: the unit.
     """
-    return _unit_call("unit.up", name, "bringing up")
+    return _unit_call(lambda cmdr: cmdr.unit_up, name, "bringing up")
 
 
 @unit_app.command
@@ -299,7 +299,7 @@ def down(name: str = "local") -> int:
     Args:
         name: the unit.
     """
-    return _unit_call("unit.down", name, "stopping")
+    return _unit_call(lambda cmdr: cmdr.unit_down, name, "stopping")
 
 
 @unit_app.command
@@ -325,7 +325,7 @@ def destroy(name: str, *, yes: bool = False) -> int:
         if input(f"type the unit's name to destroy it ({name}): ").strip() != name:
             print("latis: not destroyed", file=sys.stderr)
             return ERROR
-    return _unit_call("unit.destroy", name, "destroying")
+    return _unit_call(lambda cmdr: cmdr.unit_destroy, name, "destroying")
 
 
 @unit_app.command(name="status")
@@ -347,9 +347,8 @@ def unit_status(
     """
 
     async def work(cmdr: Any) -> int:
-        from ._cmdr import call
 
-        data = await call(cmdr, "status")
+        data = await cmdr.status()
         for entry in data["units"]:
             if entry["unit"] == name:
                 if json_output:
@@ -405,12 +404,11 @@ def connect(
     token_path = os.path.abspath(os.path.expanduser(token_file)) if token_file else None
 
     async def work(cmdr: Any) -> int:
-        from ._cmdr import call
         from ._console import progress
 
         with progress(f"connecting to {target}") as say:
-            data = await call(cmdr, "unit.connect", say, target=target, name=name,
-                              token_file=token_path)
+            data = await cmdr.unit_connect(target, name=name, token_file=token_path,
+                                            progress=say)
         print(f"unit {data['unit']}: {data['connection']} ({data['how']})", file=sys.stderr)
         return OK
 
@@ -431,7 +429,7 @@ def init(path: Path = Path("latis.toml"), *, force: bool = False) -> int:
         path: where to write it.
         force: overwrite a file that exists.
     """
-    from latis_core._cmdr.config import init_text
+    from latis_core import init_text
 
     if path.exists() and not force:
         print(f"latis: {path} exists (use --force to overwrite)", file=sys.stderr)
@@ -457,9 +455,8 @@ def listeners(*, json_output: Annotated[bool, Parameter(name="--json")] = False)
     """
 
     async def work(cmdr: Any) -> int:
-        from ._cmdr import call
 
-        rows = (await call(cmdr, "status"))["listeners"]
+        rows = (await cmdr.status())["listeners"]
         if json_output:
             print(json.dumps(rows, indent=2))
             return OK

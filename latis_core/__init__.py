@@ -22,20 +22,33 @@ if TYPE_CHECKING:
     from latis_agents.echo import EchoAgent as EchoAgent
     from latis_agents.python import PythonAgent as PythonAgent
 
+    from latis_core._cmdr.client import DaemonClient as DaemonClient
+    from latis_core._cmdr.client import daemon_pid as daemon_pid
+    from latis_core._cmdr.client import open_daemon as open_daemon
+    from latis_core._cmdr.client import start_daemon as start_daemon
     from latis_core._cmdr.config import Config as Config
     from latis_core._cmdr.config import ConfigError as ConfigError
     from latis_core._cmdr.config import DaemonConfig as DaemonConfig
     from latis_core._cmdr.config import PluginConfig as PluginConfig
     from latis_core._cmdr.config import UnitConfig as UnitConfig
+    from latis_core._cmdr.config import add_unit as add_unit
     from latis_core._cmdr.config import default_config as default_config
     from latis_core._cmdr.config import find_config as find_config
+    from latis_core._cmdr.config import init_text as init_text
     from latis_core._cmdr.config import load_config as load_config
     from latis_core._cmdr.config import parse_config as parse_config
     from latis_core._cmdr.controller import Controller as Controller
     from latis_core._cmdr.controller import open_controller as open_controller
+    from latis_core._cmdr.coordinate import CoordinationEvent as CoordinationEvent
+    from latis_core._cmdr.coordinate import agent_labels as agent_labels
+    from latis_core._cmdr.daemon import run_daemon as run_daemon
+    from latis_core._cmdr.state import StateError as StateError
     from latis_core._cmdr.state import StateStore as StateStore
+    from latis_core._errors import AgentError as AgentError
+    from latis_core._errors import CmdrUnreachable as CmdrUnreachable
     from latis_core._errors import ConnectError as ConnectError
     from latis_core._errors import ConnectionClosed as ConnectionClosed
+    from latis_core._errors import DaemonRunning as DaemonRunning
     from latis_core._errors import ErrorCode as ErrorCode
     from latis_core._errors import LatisError as LatisError
     from latis_core._errors import LocalProtocolError as LocalProtocolError
@@ -43,6 +56,7 @@ if TYPE_CHECKING:
     from latis_core._errors import RemoteProtocolError as RemoteProtocolError
     from latis_core._errors import RequestError as RequestError
     from latis_core._errors import TransportError as TransportError
+    from latis_core._errors import UnitNotConnected as UnitNotConnected
     from latis_core._io.client import PromptStream as PromptStream
     from latis_core._io.client import Session as Session
     from latis_core._io.client import StateStream as StateStream
@@ -70,6 +84,8 @@ if TYPE_CHECKING:
     from latis_core._plugins.registry import listener_from_url as listener_from_url
     from latis_core._plugins.registry import load_agent as load_agent
     from latis_core._plugins.registry import make_agent as make_agent
+    from latis_core._plugins.registry import provisioner_names as provisioner_names
+    from latis_core._plugins.registry import transport_names as transport_names
     from latis_core._plugins.transport import Dialer as Dialer
     from latis_core._plugins.transport import Listener as Listener
     from latis_core._unit.dial import dial_cmdr as dial_cmdr
@@ -211,6 +227,22 @@ __all__ = [
     "dial_cmdr",
     "dialer_from_url",
     "listener_from_url",
+    "AgentError",
+    "CmdrUnreachable",
+    "DaemonRunning",
+    "UnitNotConnected",
+    "StateError",
+    "DaemonClient",
+    "open_daemon",
+    "start_daemon",
+    "daemon_pid",
+    "CoordinationEvent",
+    "agent_labels",
+    "add_unit",
+    "init_text",
+    "run_daemon",
+    "provisioner_names",
+    "transport_names",
     "__version__",
 ]
 
@@ -309,6 +341,22 @@ _WHERE: dict[str, str] = {
     "dial_cmdr": "latis_core._unit.dial",
     "dialer_from_url": "latis_core._plugins.registry",
     "listener_from_url": "latis_core._plugins.registry",
+    "AgentError": "latis_core._errors",
+    "CmdrUnreachable": "latis_core._errors",
+    "DaemonRunning": "latis_core._errors",
+    "UnitNotConnected": "latis_core._errors",
+    "StateError": "latis_core._cmdr.state",
+    "DaemonClient": "latis_core._cmdr.client",
+    "open_daemon": "latis_core._cmdr.client",
+    "start_daemon": "latis_core._cmdr.client",
+    "daemon_pid": "latis_core._cmdr.client",
+    "CoordinationEvent": "latis_core._cmdr.coordinate",
+    "agent_labels": "latis_core._cmdr.coordinate",
+    "add_unit": "latis_core._cmdr.config",
+    "init_text": "latis_core._cmdr.config",
+    "run_daemon": "latis_core._cmdr.daemon",
+    "provisioner_names": "latis_core._plugins.registry",
+    "transport_names": "latis_core._plugins.registry",
     "__version__": "latis_core._version",
 }
 

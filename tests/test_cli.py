@@ -85,7 +85,7 @@ def _daemons_of(home: Home) -> list[int]:
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"latis_cli\x00daemon\x00run" not in f.read():
+                if b"-m\x00latis_core._cmdr" not in f.read():
                     continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 if marker in f.read().split(b"\x00"):

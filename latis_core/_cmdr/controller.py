@@ -20,9 +20,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -45,6 +45,9 @@ from latis_core._plugins.provision import ProvisionContext, Provisioner, Provisi
 from latis_core._plugins.registry import dialer_from_url, load_provisioner
 from latis_core._plugins.transport import Dialer
 from latis_core._wire.messages import State
+
+if TYPE_CHECKING:
+    from latis_core._cmdr.coordinate import CoordinationEvent
 
 __all__ = ["Controller", "PromptRecord", "UnitRuntime", "open_controller"]
 
@@ -457,6 +460,22 @@ class Controller(PromptEngine):
         await self.db(self.state.add_session, session.id, unit, "idle")
         self._notify(session.id, "idle")
         return {"session": session.id, "unit": unit, "state": "idle"}
+
+    async def coordinate(
+        self,
+        task: str,
+        units: Sequence[str],
+        on_event: Callable[[CoordinationEvent], None] = lambda event: None,
+    ) -> list[CoordinationEvent]:
+        """Send `task` to each unit's agent in a session of its own, all at once.
+
+        `on_event` sees each agent's events as they come (`started`, `chunk`,
+        `input`, `ended`); returns each agent's `ended` event, in the order named.
+        See `latis_core._cmdr.coordinate`.
+        """
+        from latis_core._cmdr.coordinate import coordinate
+
+        return await coordinate(self, task, units, on_event)
 
     async def session_unit(self, sid: str) -> UnitRuntime:
         """The unit a session lives on.

@@ -34,8 +34,10 @@ from typing import Any
 
 import trio
 
+from latis_core._cmdr.api import Method, check_params
 from latis_core._cmdr.config import Config, load_config
 from latis_core._cmdr.controller import Controller, open_controller
+from latis_core._cmdr.coordinate import CoordinationEvent
 from latis_core._cmdr.state import State
 from latis_core._errors import DaemonRunning, ErrorCode, LatisError, RequestError, error_code
 from latis_core._io.link import HIGH_WATER, Link
@@ -328,12 +330,18 @@ def _on_state_subscribe(c: _Client, msg: StateSubscribe) -> None:
 
 
 def _on_call(c: _Client, msg: Call) -> None:
-    method = _METHODS.get(msg.method)
-    if method is None:
+    try:
+        name = Method(msg.method)
+    except ValueError:
         c.send(Error(msg.id, ErrorCode.UNKNOWN_TYPE.value,
                      f"no method {msg.method!r} (methods: {', '.join(sorted(_METHODS))})"))
         return
+    method = _METHODS[name]
     params = dict(msg.params or {})
+    problem = check_params(name, params)
+    if problem is not None:
+        c.send(Error(msg.id, ErrorCode.BAD_MESSAGE.value, problem))
+        return
 
     async def work() -> None:
         with trio.CancelScope() as scope:
@@ -380,14 +388,12 @@ def _final(rid: RequestId, end: dict[str, Any]) -> Any:
 
 # ---- methods of `call` ---------------------------------------------------------------------
 
-Method = Callable[[_Client, RequestId, dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[_Client, RequestId, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def _param(params: dict[str, Any], name: str) -> str:
-    value = params.get(name)
-    if not isinstance(value, str) or not value:
-        raise RequestError(ErrorCode.BAD_MESSAGE.value, f"params.{name}: expected a string")
-    return value
+    # Checked against the method's spec before the method runs (api.check_params).
+    return str(params[name])
 
 
 async def _status(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
@@ -439,8 +445,6 @@ async def _unit_destroy(c: _Client, rid: RequestId, params: dict[str, Any]) -> d
 async def _unit_enroll(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     name = _param(params, "unit")
     address = params.get("address")
-    if address is not None and not isinstance(address, str):
-        raise RequestError(ErrorCode.BAD_MESSAGE.value, "params.address: expected a string")
     try:
         return await c.ctl.dialins.enroll(name, address)
     except ValueError as exc:
@@ -501,23 +505,41 @@ async def _unit_connect(c: _Client, rid: RequestId, params: dict[str, Any]) -> d
     return {"unit": target, "connection": rt.state, "how": rt.how()}
 
 
+async def _coordinate(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    seq = 0
+
+    def send(event: CoordinationEvent) -> None:
+        nonlocal seq
+        c.send(ResponseChunk(rid, seq, "", "event", event.to_dict()))
+        seq += 1
+
+    agents = [str(a) for a in params["agents"]]
+    try:
+        ended = await c.ctl.coordinate(_param(params, "task"), agents, send)
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
+    return {"agents": [e.to_dict() for e in ended]}
+
+
 async def _daemon_stop(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     c.daemon.stop.set()
     await trio.lowlevel.checkpoint()
     return {"stopping": True, "pid": os.getpid()}
 
 
-_METHODS: dict[str, Method] = {
-    "status": _status,
-    "unit.up": _unit_up,
-    "unit.down": _unit_down,
-    "unit.destroy": _unit_destroy,
-    "unit.enroll": _unit_enroll,
-    "config.reload": _config_reload,
-    "agents.list": _agents,
-    "session.get": _session_get,
-    "unit.connect": _unit_connect,
-    "daemon.stop": _daemon_stop,
+#: The method table: one handler per method of `latis_core._cmdr.api` (a test checks).
+_METHODS: dict[Method, Handler] = {
+    Method.STATUS: _status,
+    Method.UNIT_UP: _unit_up,
+    Method.UNIT_DOWN: _unit_down,
+    Method.UNIT_DESTROY: _unit_destroy,
+    Method.UNIT_ENROLL: _unit_enroll,
+    Method.UNIT_CONNECT: _unit_connect,
+    Method.CONFIG_RELOAD: _config_reload,
+    Method.AGENTS_LIST: _agents,
+    Method.SESSION_GET: _session_get,
+    Method.COORDINATE: _coordinate,
+    Method.DAEMON_STOP: _daemon_stop,
 }
 
 

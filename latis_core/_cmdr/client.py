@@ -1,0 +1,265 @@
+"""The daemon's client: find cmdr, start it on first use (as tmux does), call it, typed.
+
+`open_daemon()` yields a `DaemonClient`: sessions and prompts as on any unit
+(the daemon speaks the unit protocol), plus one typed method per management
+method of `latis_core._cmdr.api` (names and parameters defined there once).
+The `latis` CLI uses nothing else to talk to the daemon; scripts may too.
+
+Two clients that start at once never start two daemons: starting happens under
+a lock file, and the daemon itself holds a second lock for its whole life.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from latis_core._cmdr.api import Method, check_params
+from latis_core._cmdr.coordinate import CoordinationEvent
+from latis_core._errors import CmdrUnreachable, ConnectError
+from latis_core._io.client import Session, StateStream, UnitClient, connect
+from latis_core._os.paths import make_private_dir, paths
+from latis_core._plugins.registry import load_transport
+from latis_core._wire.messages import Ack, Call, ResponseChunk, StateUpdate
+
+__all__ = ["START_TIMEOUT", "DaemonClient", "daemon_pid", "open_daemon", "start_daemon"]
+
+#: Seconds to wait for a daemon we started to listen.
+START_TIMEOUT = 15.0
+
+#: What a streaming method's chunks are handed to: (kind, text, data).
+OnChunk = Callable[[str | None, str, Any], None]
+
+
+def daemon_pid() -> int | None:
+    """The pid of the running daemon, or None (read from its lock file, checked alive)."""
+    pidfile = paths().run_dir / "cmdr.pid"
+    try:
+        text = pidfile.read_text().strip()
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        with open(pidfile) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            # We got the lock: nobody holds it, the daemon is gone.
+            return None
+    except BlockingIOError:
+        return pid
+    except OSError:
+        return None
+
+
+def _listening(path: str) -> bool:
+    return bool(load_transport("unix").is_listening(path))
+
+
+def start_daemon(quiet: bool = False) -> int:
+    """Start the daemon in the background unless one runs; return its pid.
+
+    Raises:
+        CmdrUnreachable: it exited at start, or did not listen in time.
+    """
+    where = paths()
+    make_private_dir(where.run_dir)
+    with open(where.run_dir / "cmdr.start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another client may be starting it right now
+        pid = daemon_pid()
+        if pid is not None and _listening(str(where.socket)):
+            return pid
+        where.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(where.log_dir / "cmdr.log", "ab")  # noqa: SIM115 (handed to the child)
+        with log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "latis_core._cmdr"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if _listening(str(where.socket)) and daemon_pid() is not None:
+                if not quiet:
+                    print(f"started cmdr (pid {child.pid})", file=sys.stderr)
+                return child.pid
+            if child.poll() is not None:
+                raise CmdrUnreachable(
+                    f"cmdr exited at start (status {child.returncode}); "
+                    f"see {where.log_dir / 'cmdr.log'}"
+                )
+            time.sleep(0.02)
+        raise CmdrUnreachable(f"cmdr did not start within {START_TIMEOUT:g} s")
+
+
+class DaemonClient:
+    """A connection to the cmdr daemon. Made by `open_daemon`."""
+
+    def __init__(self, unit: UnitClient) -> None:
+        #: The connection underneath: the daemon is one unit in front of all units.
+        self.unit = unit
+
+    # ---- sessions and prompts, as on any unit ------------------------------------------
+
+    async def create_session(self, unit: str = "local", **options: Any) -> Session:
+        """Open a session on `unit` (brought up first if needed); `options` go to the agent."""
+        return await self.unit.create_session(unit=unit, **options)
+
+    async def resume_session(self, session_id: str) -> Session:
+        """A handle to an existing session, checked with the daemon."""
+        return await self.unit.resume_session(session_id)
+
+    def session(self, session_id: str) -> Session:
+        """A handle to session `session_id`, not checked (for `reattach`, `destroy`)."""
+        return Session(self.unit, session_id)
+
+    async def state(self, session: str | None = None) -> StateUpdate:
+        """The sessions' states (or one session's)."""
+        return await self.unit.state(session)
+
+    def subscribe(self, session: str | None = None) -> StateStream:
+        """Follow the sessions' state changes (or one session's)."""
+        return self.unit.subscribe(session)
+
+    async def ping(self) -> float:
+        """A round trip to the daemon, in seconds."""
+        return await self.unit.ping()
+
+    async def aclose(self) -> None:
+        """Close the connection now (leaving `open_daemon`'s block does it too)."""
+        await self.unit.aclose()
+
+    # ---- management methods ---------------------------------------------------------------
+
+    async def call(
+        self, method: Method, on_chunk: OnChunk | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Run a daemon method; `on_chunk(kind, text, data)` sees what it streams.
+
+        Raises:
+            ValueError: `params` do not fit the method (checked here, before sending).
+            RequestError: the daemon answered with an error.
+        """
+        params = {k: v for k, v in params.items() if v is not None}
+        problem = check_params(method, params)
+        if problem is not None:
+            raise ValueError(problem)
+        peer = self.unit.peer
+        stream = peer.stream(Call(peer.next_id(), method.value, params or None))
+        async for event in stream:
+            if type(event) is ResponseChunk and on_chunk is not None:
+                on_chunk(event.kind, event.text, event.data)
+        final = stream.final
+        return dict(final.data or {}) if isinstance(final, Ack) else {}
+
+    @staticmethod
+    def _progress(say: Callable[[str], None] | None) -> OnChunk | None:
+        if say is None:
+            return None
+        return lambda kind, text, data: say(text) if kind == "progress" else None
+
+    async def status(self) -> dict[str, Any]:
+        """Every unit, its connection and sessions; the daemon and its listeners."""
+        return await self.call(Method.STATUS)
+
+    async def unit_up(
+        self, unit: str, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Provision (if needed), start and connect `unit`; `progress` hears each step."""
+        return await self.call(Method.UNIT_UP, self._progress(progress), unit=unit)
+
+    async def unit_down(
+        self, unit: str, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Disconnect `unit` and stop it, if it is provisioned."""
+        return await self.call(Method.UNIT_DOWN, self._progress(progress), unit=unit)
+
+    async def unit_destroy(
+        self, unit: str, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Disconnect `unit`, destroy what its provisioner made, close its sessions."""
+        return await self.call(Method.UNIT_DESTROY, self._progress(progress), unit=unit)
+
+    async def unit_enroll(self, unit: str, address: str | None = None) -> dict[str, Any]:
+        """Enroll a unit that dials in: its secret, and the line to run on it."""
+        return await self.call(Method.UNIT_ENROLL, unit=unit, address=address)
+
+    async def unit_connect(
+        self,
+        target: str,
+        *,
+        name: str | None = None,
+        token_file: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Dial `target` (a unit's name, or an address) as a unit and connect it."""
+        return await self.call(
+            Method.UNIT_CONNECT, self._progress(progress),
+            target=target, name=name, token_file=token_file,
+        )
+
+    async def config_reload(self) -> dict[str, Any]:
+        """Make the daemon read its config file again."""
+        return await self.call(Method.CONFIG_RELOAD)
+
+    async def agents_list(self) -> dict[str, Any]:
+        """The agent behind each unit."""
+        return await self.call(Method.AGENTS_LIST)
+
+    async def session_get(self, session: str) -> dict[str, Any]:
+        """One session: its unit, state and last prompt."""
+        return await self.call(Method.SESSION_GET, session=session)
+
+    async def coordinate(
+        self,
+        task: str,
+        agents: list[str],
+        on_event: Callable[[CoordinationEvent], None],
+    ) -> list[CoordinationEvent]:
+        """One task to several units' agents at once (see `Controller.coordinate`);
+        `on_event` sees each event as it comes; returns each agent's `ended` event."""
+
+        def chunk(kind: str | None, text: str, data: Any) -> None:
+            if kind == "event" and isinstance(data, dict):
+                on_event(CoordinationEvent.from_dict(data))
+
+        result = await self.call(Method.COORDINATE, chunk, task=task, agents=agents)
+        return [CoordinationEvent.from_dict(e) for e in result.get("agents", [])]
+
+    async def daemon_stop(self) -> dict[str, Any]:
+        """Stop the daemon (units that run by themselves keep running)."""
+        return await self.call(Method.DAEMON_STOP)
+
+
+@asynccontextmanager
+async def open_daemon(autostart: bool = True) -> AsyncIterator[DaemonClient]:
+    """Connect to the daemon (starting it first if it is not running).
+
+    Raises:
+        CmdrUnreachable: it does not run (and `autostart` is off), or could not start.
+    """
+    socket_path = str(paths().socket)
+    if not _listening(socket_path):
+        if not autostart:
+            raise CmdrUnreachable("cmdr is not running (start it: latis daemon start)")
+        await trio.to_thread.run_sync(start_daemon)
+    unix = load_transport("unix")
+    try:
+        async with unix.open_unix(socket_path) as stream, connect(
+            stream, name="latis-cli", label="cmdr"
+        ) as client:
+            yield DaemonClient(client)
+    except CmdrUnreachable:
+        raise
+    except ConnectError as exc:
+        raise CmdrUnreachable(str(exc)) from exc
