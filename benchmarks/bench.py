@@ -363,9 +363,9 @@ def _side(tb: tracemalloc.Traceback, holder: tuple[str, set[int]]) -> str:
     path, lines = holder
     for frame in reversed(tb):
         f = frame.filename
-        if f.endswith(("_unit.py", "_echo.py", "_agent.py")):
+        if f.endswith(("_unit/unit.py", "agents/echo.py", "_plugins/agent.py")):
             return "unit"
-        if f.endswith(("_peer.py", "_client.py")):
+        if f.endswith(("_io/peer.py", "_io/client.py")):
             return "cmdr"
         if f == path and frame.lineno in lines:
             return "cmdr"
