@@ -1,4 +1,4 @@
-"""Transports: one module per way to get a byte stream to a unit.
+"""Transports: one module (or package) per way to get a byte stream to a unit.
 
 Each yields a `trio.abc.Stream` (see `latis_core.Dialer` and
 `latis_core.Listener`) and knows nothing of messages. Modules are imported
