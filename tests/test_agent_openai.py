@@ -23,7 +23,9 @@ from openai_stub import OpenAIStub, StubRequest, StubResponse, open_stub, stream
 
 import latis_core
 from latis_core import ErrorCode, RequestError, ResponseChunk
-from latis_agents.openai import TRUNCATED_MARK, OpenAIAgent, SSEDecoder
+from latis_agents.openai import OpenAIAgent
+from latis_agents.openai.agent import TRUNCATED_MARK
+from latis_agents.openai.sse import SSEDecoder
 
 KEY_ENV = "LATIS_TEST_OPENAI_KEY"
 KEY = "sk-latis-test-" + secrets.token_hex(16)

@@ -1,29 +1,7 @@
-"""The `openai` agent: any OpenAI-compatible chat-completions endpoint, streamed.
-
-ollama, vLLM, the llama.cpp server, LM Studio and OpenAI itself all serve
-`POST {base_url}/chat/completions` with `"stream": true` and answer with
-server-sent events. Options (`latis-unit --agent openai -o KEY=VALUE`):
-
-- `base_url` (required): the API root, e.g. `http://127.0.0.1:11434/v1`;
-- `model` (required): the model's name on that server;
-- `api_key_env`: the NAME of an environment variable that holds the API key.
-  The key itself is never an option: it is read from the unit's environment
-  at start, sent only in the `Authorization` header, and kept out of logs,
-  state, error messages, reprs and the command line;
-- `system`: a system prompt;
-- `temperature`, `max_tokens`: sent to the server when given;
-- `timeout`: seconds to wait for the connection and for each piece of the
-  answer (default 120), not for the whole answer;
-- `retries`: how many times a request that failed with 429, a 5xx or a
-  connection error is tried again (default 0), with backoff or as long as
-  `Retry-After` says (up to 60 s);
-- `header.NAME=VALUE`: an extra HTTP header (not for secrets).
-
-`session.create` may set `model`, `system`, `temperature` and `max_tokens`
-for one session. A session keeps its conversation: each prompt sends the
-system prompt, the earlier turns and the new one. See docs/agent-openai.md.
-
-httpx is imported on first use, so `import latis_core` stays light.
+"""The `openai` adapter itself: `OpenAIAgent` (options, the API key, the HTTP
+client), its sessions (the conversation, a streamed request with retries), the
+answer's chunks, and `OpenAIError` with the messages for HTTP and connection
+failures. The package docstring has the whole story.
 """
 
 from __future__ import annotations
@@ -39,10 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import trio
+from latis_agents.openai.sse import SSEDecoder
 
 from latis_core._plugins.agent import Agent, AgentSession, Reply, _no_command
-from latis_core._wire.messages import AgentInfo
 from latis_core._version import __version__
+from latis_core._wire.messages import AgentInfo
 
 if TYPE_CHECKING:
     import ssl
@@ -845,77 +824,3 @@ def _refused(exc: BaseException, depth: int = 0) -> bool:
         if linked is not None:
             inner.append(linked)
     return any(_refused(e, depth + 1) for e in inner)
-
-
-# ---- server-sent events -----------------------------------------------------------------
-
-_EOL = re.compile(rb"\r\n|\r|\n")
-
-
-class SSEDecoder:
-    """Server-sent events from bytes as they arrive, however the reads cut them.
-
-    `feed` returns the events completed so far as (event type, data) pairs:
-    `data:` lines joined with newlines, comments (`:` lines) and fields other
-    than `event` and `data` ignored. A field `error:` (the llama.cpp server
-    sends one) is taken as the data of an `error` event.
-    """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._data: list[str] = []
-        self._event = ""
-        self._first = True
-
-    def feed(self, data: bytes) -> list[tuple[str, str]]:
-        buf = self._buf
-        buf += data
-        events: list[tuple[str, str]] = []
-        start = 0
-        end = len(buf)
-        while True:
-            match = _EOL.search(buf, start)
-            if match is None:
-                break
-            if match.end() == end and buf[match.start()] == 0x0D:
-                break  # a CR at the end may be half of a CRLF
-            self._line(bytes(buf[start : match.start()]), events)
-            start = match.end()
-        del buf[:start]
-        return events
-
-    def close(self) -> list[tuple[str, str]]:
-        """The last event, if the stream ended without a blank line after it."""
-        events: list[tuple[str, str]] = []
-        rest = bytes(self._buf).rstrip(b"\r\n")
-        self._buf.clear()
-        if rest:
-            for line in _EOL.split(rest):
-                self._line(line, events)
-        self._line(b"", events)
-        return events
-
-    def _line(self, raw: bytes, events: list[tuple[str, str]]) -> None:
-        line = raw.decode("utf-8", "replace")
-        if self._first:
-            self._first = False
-            line = line.removeprefix("\ufeff")
-        if not line:
-            if self._data:
-                events.append((self._event or "message", "\n".join(self._data)))
-            self._data = []
-            self._event = ""
-            return
-        if line[0] == ":":
-            return
-        field, _, value = line.partition(":")
-        if value[:1] == " ":
-            value = value[1:]
-        if field == "data":
-            self._data.append(value)
-        elif field == "event":
-            self._event = value
-        elif field == "error":
-            self._event = "error"
-            self._data.append(value)
-

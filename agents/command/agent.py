@@ -1,41 +1,7 @@
-"""The `command` agent: any command-line agent, run once per prompt.
-
-    latis-unit --stdio --agent command -o preset=claude
-    latis-unit --stdio --agent command -o timeout=600 -- codex exec --skip-git-repo-check
-    latis-unit --stdio --agent command -o input=stdin -o mode=bytes -- ./my-agent.sh
-
-Each prompt runs the command once, in a process group of its own: the prompt
-goes in as an argument, on stdin or in a file; stdout comes back as chunks as
-it is produced (a line at a time, or as the bytes arrive); stderr is drained
-as it comes and its last 64 KiB are kept for the error message. Exit code 0
-completes the prompt; any other ends it with `agent_error` naming the code and
-the last lines of stderr. A cancelled (or timed-out) prompt ends the whole
-process group: SIGTERM, then SIGKILL after `grace` seconds. When the command
-exits, whatever it left running in its group is ended the same way.
-
-Options (`-o KEY=VALUE`; docs/agent-command.md has the full story):
-
-- `input`: `arg` (default: the prompt replaces `{prompt}` in the command's
-  words, or is appended as the last argument), `stdin` (written to the
-  command's stdin, then closed), or `file` (written to a temporary file whose
-  path replaces `{file}`, or is appended). With `arg` and `file`, stdin is
-  /dev/null.
-- `mode`: `line` (default: one chunk per line, newline included) or `bytes`
-  (a chunk per read, decoded as UTF-8 without splitting a character).
-- `format`: `text` (default: stdout is the answer) or `claude-stream-json`
-  (Claude Code's JSON lines: text deltas become text chunks, tool uses
-  `tool_call` chunks).
-- `cwd`: the working directory (default: the unit's).
-- `env.NAME=VALUE`: an environment variable for the command.
-- `clean_env`: `true` to start from an empty environment, keeping only the
-  variables named in `pass_env` (comma-separated; default
-  `PATH,HOME,LANG,LC_ALL,TMPDIR`) and the `env.*` ones.
-- `grace`: seconds between SIGTERM and SIGKILL (default 3).
-- `timeout`: seconds one run may take (default: none).
-- `preset`: a known agent (`PRESETS`): its command line and default options.
-  `-- COMMAND` and options still override.
-- `continue`: for presets that can (claude), carry the conversation from one
-  prompt of a session to the next (default: true where supported).
+"""The `command` adapter itself: `CommandAgent` (options, presets applied, the
+command line of a run), its sessions, and one run of the command (its process
+group, stdin, stdout as chunks, stderr's tail, timeout, and its end). The
+package docstring has the whole story.
 """
 
 from __future__ import annotations
@@ -53,16 +19,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-import attrs
-import orjson
 import trio
+from latis_agents.command.claude_stream import JSON_LINE_LIMIT, _ClaudeStream
+from latis_agents.command.presets import FILE, PRESETS, PROMPT, SESSION, Preset
 
-from latis_core._plugins.agent import Agent, AgentSession, Reply
-from latis_core._wire.messages import AgentInfo
 from latis_core._os.procgroup import group_alive, signal_group, signal_name
+from latis_core._plugins.agent import Agent, AgentSession, Reply
 from latis_core._version import __version__
+from latis_core._wire.messages import AgentInfo
 
-__all__ = ["PRESETS", "CommandAgent", "CommandFailed", "Preset"]
+__all__ = ["CommandAgent", "CommandFailed"]
 
 log = logging.getLogger("latis.agent.command")
 
@@ -87,75 +53,7 @@ DEFAULT_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 INPUTS = ("arg", "stdin", "file")
 MODES = ("line", "bytes")
 FORMATS = ("text", "claude-stream-json")
-#: In a JSON-lines format, a line longer than this is not parsed (it is passed on as text).
-JSON_LINE_LIMIT = 32 * 1024 * 1024
-PROMPT = "{prompt}"
-FILE = "{file}"
-SESSION = "{session}"
 
-
-@attrs.frozen
-class Preset:
-    """A known agent CLI: how to run it once per prompt.
-
-    Attributes:
-        command: its command line (`{prompt}` marks where the prompt goes; without
-            it the prompt is the last argument).
-        options: default options (any `-o` option overrides them).
-        first: words added to a session's first prompt when `continue` is on
-            (`{session}` is a UUID of the session's own).
-        then: words added to the session's later prompts when `continue` is on.
-        about: what it is, in one line.
-    """
-
-    command: tuple[str, ...]
-    options: Mapping[str, str] = attrs.field(factory=dict)
-    first: tuple[str, ...] = ()
-    then: tuple[str, ...] = ()
-    about: str = ""
-
-    @property
-    def continues(self) -> bool:
-        """Whether this agent can carry a conversation across runs."""
-        return bool(self.first or self.then)
-
-
-#: The agents with a preset (`-o preset=NAME`). Each runs once per prompt with
-#: stdin from /dev/null and the prompt as an argument.
-PRESETS: Mapping[str, Preset] = {
-    "claude": Preset(
-        (
-            "claude",
-            "-p",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--include-partial-messages",
-        ),
-        {"format": "claude-stream-json"},
-        first=("--session-id", SESSION),
-        then=("--resume", SESSION),
-        about="Claude Code in print mode, streamed; a session is one Claude conversation",
-    ),
-    "codex": Preset(
-        ("codex", "exec"),
-        about="Codex non-interactive; each prompt is a new Codex session",
-    ),
-    "gemini": Preset(
-        ("gemini", "-p", PROMPT),
-        {"mode": "bytes"},
-        about="Gemini CLI non-interactive; it streams, so chunks are bytes as they come",
-    ),
-    "aider": Preset(
-        ("aider", "--message", PROMPT, "--yes"),
-        about="aider: one message, every confirmation answered yes",
-    ),
-    "llm": Preset(
-        ("llm", PROMPT),
-        {"mode": "bytes"},
-        about="Simon Willison's llm; it streams, so chunks are bytes as they come",
-    ),
-}
 
 _OPTIONS = (
     "input",
@@ -639,67 +537,6 @@ class _Run:
         if len(quoted) > ERROR_CHARS:
             quoted = "..." + quoted[-ERROR_CHARS:]
         return f"; the last lines of its stderr:\n{quoted}"
-
-
-class _ClaudeStream:
-    """Claude Code's stream-json output, as chunks.
-
-    What `claude -p --output-format stream-json --verbose` prints, one JSON
-    object a line: with `--include-partial-messages`, `stream_event` lines
-    carry the model's text deltas (each a text chunk); `assistant` lines carry
-    whole messages, whose `tool_use` blocks become `tool_call` chunks (text:
-    the tool's name; data: id, name, input) and whose text blocks are sent
-    when no deltas came; a `result` line with `is_error` makes the prompt fail
-    with its text. Other lines (system, user, tool results, the final result)
-    are not sent; a line that is not JSON is sent as text.
-    """
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        #: Whether text came as deltas (then whole messages' text is a repeat).
-        self.deltas = False
-        #: The error that the result line reported, if any.
-        self.error: str | None = None
-
-    async def line(self, line: str) -> None:
-        try:
-            event = orjson.loads(line) if len(line) < JSON_LINE_LIMIT else None
-        except orjson.JSONDecodeError:
-            event = None
-        if not isinstance(event, dict):
-            if line.strip():
-                await self.reply.send(line)
-            return
-        kind = event.get("type")
-        if kind == "stream_event":
-            inner = event.get("event")
-            if isinstance(inner, dict) and inner.get("type") == "content_block_delta":
-                delta = inner.get("delta")
-                if isinstance(delta, dict) and delta.get("type") == "text_delta":
-                    self.deltas = True
-                    text = delta.get("text")
-                    if isinstance(text, str) and text:
-                        await self.reply.send(text)
-        elif kind == "assistant":
-            message = event.get("message")
-            content = message.get("content") if isinstance(message, dict) else None
-            for block in content if isinstance(content, list) else ():
-                if not isinstance(block, dict):
-                    continue
-                if block.get("type") == "tool_use":
-                    name = str(block.get("name") or "")
-                    data = {"id": block.get("id"), "name": name, "input": block.get("input")}
-                    parent = event.get("parent_tool_use_id")
-                    if parent:
-                        data["parent"] = parent
-                    await self.reply.send(name, kind="tool_call", data=data)
-                elif block.get("type") == "text" and not self.deltas:
-                    text = block.get("text")
-                    if isinstance(text, str) and text:
-                        await self.reply.send(text)
-        elif kind == "result" and event.get("is_error"):
-            said = event.get("result") or event.get("errors") or event.get("subtype")
-            self.error = str(said or "an error")
 
 
 def _start_error(exc: OSError, argv: Sequence[str]) -> str:

@@ -1,0 +1,71 @@
+"""`format=claude-stream-json`: Claude Code's JSON lines read as chunks."""
+
+from __future__ import annotations
+
+import orjson
+
+from latis_core._plugins.agent import Reply
+
+#: In a JSON-lines format, a line longer than this is not parsed (it is passed on as text).
+JSON_LINE_LIMIT = 32 * 1024 * 1024
+
+
+class _ClaudeStream:
+    """Claude Code's stream-json output, as chunks.
+
+    What `claude -p --output-format stream-json --verbose` prints, one JSON
+    object a line: with `--include-partial-messages`, `stream_event` lines
+    carry the model's text deltas (each a text chunk); `assistant` lines carry
+    whole messages, whose `tool_use` blocks become `tool_call` chunks (text:
+    the tool's name; data: id, name, input) and whose text blocks are sent
+    when no deltas came; a `result` line with `is_error` makes the prompt fail
+    with its text. Other lines (system, user, tool results, the final result)
+    are not sent; a line that is not JSON is sent as text.
+    """
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        #: Whether text came as deltas (then whole messages' text is a repeat).
+        self.deltas = False
+        #: The error that the result line reported, if any.
+        self.error: str | None = None
+
+    async def line(self, line: str) -> None:
+        try:
+            event = orjson.loads(line) if len(line) < JSON_LINE_LIMIT else None
+        except orjson.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict):
+            if line.strip():
+                await self.reply.send(line)
+            return
+        kind = event.get("type")
+        if kind == "stream_event":
+            inner = event.get("event")
+            if isinstance(inner, dict) and inner.get("type") == "content_block_delta":
+                delta = inner.get("delta")
+                if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                    self.deltas = True
+                    text = delta.get("text")
+                    if isinstance(text, str) and text:
+                        await self.reply.send(text)
+        elif kind == "assistant":
+            message = event.get("message")
+            content = message.get("content") if isinstance(message, dict) else None
+            for block in content if isinstance(content, list) else ():
+                if not isinstance(block, dict):
+                    continue
+                if block.get("type") == "tool_use":
+                    name = str(block.get("name") or "")
+                    data = {"id": block.get("id"), "name": name, "input": block.get("input")}
+                    parent = event.get("parent_tool_use_id")
+                    if parent:
+                        data["parent"] = parent
+                    await self.reply.send(name, kind="tool_call", data=data)
+                elif block.get("type") == "text" and not self.deltas:
+                    text = block.get("text")
+                    if isinstance(text, str) and text:
+                        await self.reply.send(text)
+        elif kind == "result" and event.get("is_error"):
+            said = event.get("result") or event.get("errors") or event.get("subtype")
+            self.error = str(said or "an error")
