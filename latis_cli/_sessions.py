@@ -18,7 +18,7 @@ from ._cmdr import ERROR, OK, USAGE
 from ._run import run_with_cmdr
 
 if TYPE_CHECKING:
-    from latis_core._cmdr.state import State
+    from latis_core._cmdr.state import StateDB
 
 session_app = App(
     name="session",
@@ -27,15 +27,15 @@ session_app = App(
 )
 
 
-def _state() -> State | None:
+def _state() -> StateDB | None:
     from latis_core._os.paths import paths
-    from latis_core._cmdr.state import State, StateError
+    from latis_core._cmdr.state import StateDB, StateError
 
     path = paths().state_file
     if not path.exists():
         return None
     try:
-        return State.open_readonly(path)
+        return StateDB.open_readonly(path)
     except StateError as exc:
         print(f"latis: {exc}", file=sys.stderr)
         return None

@@ -88,7 +88,8 @@ def add(
             listener's, else this machine's name).
         json_output: (with --accept) print the enrollment as a JSON object.
     """
-    from latis_core._cmdr.config import ConfigError, add_unit
+    from latis_core._cmdr.config import ConfigError
+    from latis_core._cmdr.config_write import add_unit
 
     agent_options = _pairs(option, "option")
     dial_options = _pairs(dial_option, "dial option")
@@ -431,7 +432,7 @@ def init(path: Path = Path("latis.toml"), *, force: bool = False) -> int:
         path: where to write it.
         force: overwrite a file that exists.
     """
-    from latis_core._cmdr.config import init_text
+    from latis_core._cmdr.config_write import init_text
 
     if path.exists() and not force:
         print(f"latis: {path} exists (use --force to overwrite)", file=sys.stderr)

@@ -35,7 +35,7 @@ from latis_core._os.paths import Paths
 from latis_core._os.paths import paths as default_paths
 from latis_core._plugins.provision import ProvisionContext, Provisioner, ProvisionError
 from latis_core._plugins.registry import dialer_from_url, load_provisioner
-from latis_core._cmdr.state import State as StateDB
+from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
 from latis_core._plugins.transport import Dialer
 
 __all__ = ["Controller", "PromptRecord", "UnitRuntime", "open_controller"]
@@ -63,7 +63,7 @@ class UnitRuntime:
     provisioner: Provisioner | None
     dialer: Dialer | None
     #: "disconnected", "connecting", "connected" or "unreachable".
-    state: str = "disconnected"
+    state: str = ConnectionState.DISCONNECTED
     error: str | None = None
     client: UnitClient | None = None
     since: float = attrs.field(factory=time.time)
@@ -259,14 +259,18 @@ class Controller:
         """Provision the unit if it has a provisioner, start it, and connect to it."""
         rt = self.unit(name)
         say = progress or (lambda _: None)
-        if rt.state == "connected" and rt.client is not None and not rt.client.peer.closed:
+        if (
+            rt.state == ConnectionState.CONNECTED
+            and rt.client is not None
+            and not rt.client.peer.closed
+        ):
             return rt
         if rt.provisioner is not None and rt.config.provisioner is not None:
             say(f"starting unit {name!r} ({rt.config.provisioner.type})")
             try:
                 await rt.provisioner.start()
             except ProvisionError as exc:
-                await self._set_connection(rt, "unreachable", str(exc))
+                await self._set_connection(rt, ConnectionState.UNREACHABLE, str(exc))
                 raise
             if rt.dialer is None:
                 rt.dialer = rt.provisioner.dialer()
@@ -299,7 +303,7 @@ class Controller:
         rt.client = client
         rt.via = via
         try:
-            await self._set_connection(rt, "connected")
+            await self._set_connection(rt, ConnectionState.CONNECTED)
             await self._restore(rt, client)
             rt._connected.set()
             await _first_of(rt._stop.wait, client.peer.wait_closed)
@@ -307,7 +311,7 @@ class Controller:
             rt.client = None
             rt._connected = trio.Event()
             with trio.CancelScope(shield=True):
-                await self._set_connection(rt, "disconnected")
+                await self._set_connection(rt, ConnectionState.DISCONNECTED)
             rt.via = None
             done.set()
 
@@ -333,7 +337,7 @@ class Controller:
         started = False
         try:
             while not rt._stop.is_set():
-                await self._set_connection(rt, "connecting")
+                await self._set_connection(rt, ConnectionState.CONNECTING)
                 try:
                     assert rt.dialer is not None
                     token = _token(rt)
@@ -346,7 +350,7 @@ class Controller:
                     ) as client:
                         rt.client = client
                         attempt = 0
-                        await self._set_connection(rt, "connected")
+                        await self._set_connection(rt, ConnectionState.CONNECTED)
                         await self._restore(rt, client)
                         rt._connected.set()
                         if not started:
@@ -357,7 +361,7 @@ class Controller:
                     message = str(exc)
                     log.warning("unit %s: %s", rt.name, message)
                     rt.client = None
-                    await self._set_connection(rt, "unreachable", message)
+                    await self._set_connection(rt, ConnectionState.UNREACHABLE, message)
                     if not started:
                         first.append(
                             UnitNotConnected(f"unit {rt.name!r} ({rt.how()}): {message}")
@@ -380,9 +384,9 @@ class Controller:
             # Only `down` records "disconnected": when the controller itself
             # stops, the state keeps saying the unit was up, so that the next
             # controller re-attaches to it.
-            if rt._stop.is_set() and rt.state != "unreachable":
+            if rt._stop.is_set() and rt.state != ConnectionState.UNREACHABLE:
                 with trio.CancelScope(shield=True):
-                    await self._set_connection(rt, "disconnected")
+                    await self._set_connection(rt, ConnectionState.DISCONNECTED)
             rt._done.set()
 
     async def _set_connection(self, rt: UnitRuntime, state: str, error: str | None = None) -> None:
@@ -404,7 +408,7 @@ class Controller:
             rt._stop.set()
         if rt._done is not None:
             await rt._done.wait()
-        await self._set_connection(rt, "disconnected")
+        await self._set_connection(rt, ConnectionState.DISCONNECTED)
 
     async def destroy(self, name: str) -> None:
         """Disconnect, destroy what the provisioner made, and forget the unit's state."""
@@ -420,7 +424,10 @@ class Controller:
         """Connect again to the units that were connected when the last controller stopped."""
         for rt in self.units.values():
             row = await self.read(self.reads.get_connection, rt.name)
-            if row is None or row.state not in ("connected", "connecting"):
+            if row is None or row.state not in (
+                ConnectionState.CONNECTED,
+                ConnectionState.CONNECTING,
+            ):
                 continue
             try:
                 await self.up(rt.name)
@@ -597,7 +604,9 @@ class Controller:
         error = None
         if end["outcome"] == "error":
             error = f"{end.get('code')}: {end.get('message')}"
-        outcome = {"complete": "complete", "cancelled": "cancelled"}.get(end["outcome"], "error")
+        outcome = {"complete": PromptState.COMPLETE, "cancelled": PromptState.CANCELLED}.get(
+            end["outcome"], PromptState.ERROR
+        )
         state = self.state
 
         def store() -> bool:  # one hop to the worker thread, not three
@@ -709,7 +718,7 @@ class Controller:
             for row in await self.read(self.reads.chunks, prompt_id, seq):
                 seq = row.seq
                 yield ("chunk", _chunk(prompt.request_id, row))
-            if prompt.state != "running":
+            if prompt.state != PromptState.RUNNING:
                 yield ("end", _end_of(prompt))
                 return
             if prompt_id in self.prompts:
@@ -768,10 +777,14 @@ class Controller:
 
     async def _lose_session(self, sid: str, why: str) -> None:
         for prompt in await self.read(self.reads.prompts, sid):
-            if prompt.state == "running":
+            if prompt.state == PromptState.RUNNING:
                 stored = await self.read(self.reads.last_seq, prompt.id) + 1
                 await self.db(
-                    self.state.end_prompt, prompt.id, "error", stored, f"unknown_session: {why}"
+                    self.state.end_prompt,
+                    prompt.id,
+                    PromptState.ERROR,
+                    stored,
+                    f"unknown_session: {why}",
                 )
         await self.db(self.state.close_session, sid)
         self._notify(sid, State.CLOSED.value)
@@ -795,7 +808,7 @@ def _question(request_id: Any, row: Any) -> InputRequest:
 
 def _end_of(prompt: Any) -> dict[str, Any]:
     end: dict[str, Any] = {"outcome": prompt.state, "chunks": prompt.chunks or 0}
-    if prompt.state == "error" and prompt.error:
+    if prompt.state == PromptState.ERROR and prompt.error:
         code, _, message = prompt.error.partition(": ")
         end.update(code=code, message=message)
     return end

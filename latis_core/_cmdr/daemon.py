@@ -68,7 +68,7 @@ from latis_core._wire.messages import (
 from latis_core._os.paths import Paths, paths
 from latis_core._plugins.provision import ProvisionError
 from latis_core._io.server import ServerConnection, serve_stream
-from latis_core._cmdr.state import State
+from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
 from latis_core._version import __version__
 
 __all__ = ["Daemon", "DaemonRunning", "run_daemon", "serve_daemon"]
@@ -278,7 +278,7 @@ def _on_session_resume(c: _Client, msg: SessionResume) -> None:
             c.send(Error(msg.prompt, ErrorCode.UNKNOWN_REQUEST.value,
                          f"session {msg.session!r} has no prompt {msg.prompt!r}"))
             return
-        data["prompt"] = {"id": prompt.id, "done": prompt.state != "running"}
+        data["prompt"] = {"id": prompt.id, "done": prompt.state != PromptState.RUNNING}
         c.send(Ack(msg.id, data))
         await c.forward(msg.prompt, prompt.id, -1 if msg.seq is None else msg.seq)
 
@@ -439,7 +439,7 @@ async def _unit_down(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict
     name = _param(params, "unit")
     with trio.CancelScope(shield=True):
         await c.ctl.down(name)
-    return {"unit": name, "connection": "disconnected"}
+    return {"unit": name, "connection": ConnectionState.DISCONNECTED}
 
 
 async def _unit_destroy(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
@@ -571,7 +571,7 @@ async def serve_daemon(
     run_dir = where.private_run_dir()
     lock = _lock(run_dir)
     try:
-        state = State(config.daemon.state or where.state_file)
+        state = StateDB(config.daemon.state or where.state_file)
         try:
             async with open_controller(config, state, paths=where) as ctl, listen_unix(
                 where.socket
