@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import trio
 
 from latis_core._plugins.agent import Agent, AgentSession, Reply, _no_command
-from latis_core._wire.messages import AgentInfo
 from latis_core._version import __version__
+from latis_core._wire.messages import AgentInfo
 
 __all__ = ["EchoAgent"]
 

@@ -37,8 +37,8 @@ import attrs
 import trio
 
 from latis_core._plugins.agent import Agent, AgentSession, Reply, _no_command
-from latis_core._wire.messages import AgentInfo
 from latis_core._version import __version__
+from latis_core._wire.messages import AgentInfo
 
 __all__ = ["PromptContext", "PythonAgent", "load_target"]
 

@@ -29,7 +29,6 @@ session_app = App(
 
 def _state() -> State | None:
     from latis_core import StateError, paths
-    from latis_core import StateStore as State
 
     path = paths().state_file
     if not path.exists():

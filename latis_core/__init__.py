@@ -31,10 +31,10 @@ if TYPE_CHECKING:
     from latis_core._cmdr.config import DaemonConfig as DaemonConfig
     from latis_core._cmdr.config import PluginConfig as PluginConfig
     from latis_core._cmdr.config import UnitConfig as UnitConfig
-    from latis_core._cmdr.config import add_unit as add_unit
+    from latis_core._cmdr.config_write import add_unit as add_unit
     from latis_core._cmdr.config import default_config as default_config
     from latis_core._cmdr.config import find_config as find_config
-    from latis_core._cmdr.config import init_text as init_text
+    from latis_core._cmdr.config_write import init_text as init_text
     from latis_core._cmdr.config import load_config as load_config
     from latis_core._cmdr.config import parse_config as parse_config
     from latis_core._cmdr.controller import Controller as Controller
@@ -352,8 +352,8 @@ _WHERE: dict[str, str] = {
     "daemon_pid": "latis_core._cmdr.client",
     "CoordinationEvent": "latis_core._cmdr.coordinate",
     "agent_labels": "latis_core._cmdr.coordinate",
-    "add_unit": "latis_core._cmdr.config",
-    "init_text": "latis_core._cmdr.config",
+    "add_unit": "latis_core._cmdr.config_write",
+    "init_text": "latis_core._cmdr.config_write",
     "run_daemon": "latis_core._cmdr.daemon",
     "provisioner_names": "latis_core._plugins.registry",
     "transport_names": "latis_core._plugins.registry",

@@ -1,4 +1,5 @@
-"""Tests of latis_core._cmdr.config: reading, checking, finding and writing config."""
+"""Tests of latis_core._cmdr.config (and config_convert, config_lines, config_write):
+reading, checking, finding and writing config."""
 
 from __future__ import annotations
 
@@ -19,15 +20,13 @@ from latis_core._cmdr.config import (
     ConfigError,
     DaemonConfig,
     PluginConfig,
-    add_unit,
-    add_unit_text,
     default_config,
     find_config,
-    init_text,
     load_config,
     parse_config,
 )
-from latis_core._cmdr.config import _Locator as Locator
+from latis_core._cmdr.config_lines import _Locator as Locator
+from latis_core._cmdr.config_write import add_unit, add_unit_text, init_text
 
 # -- fake plugins ------------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ import latis_core
 from latis_core import ErrorCode, RequestError
 from latis_core._cmdr.config import parse_config
 from latis_core._cmdr.daemon import Daemon, DaemonRunning, serve_daemon
-from latis_core._cmdr.state import State
 from latis_core._os.paths import paths
+from latis_core._cmdr.state import StateDB
 
 WORDS = " ".join(f"w{i}" for i in range(30))
 CONFIG = """
@@ -59,7 +59,7 @@ def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 @asynccontextmanager
 async def controller(home: Path) -> AsyncIterator[latis_core.Controller]:
     config = parse_config(CONFIG)
-    with State(paths().state_file) as state:
+    with StateDB(paths().state_file) as state:
         async with latis_core.open_controller(config, state) as ctl:
             yield ctl
 

@@ -28,7 +28,7 @@ from latis_core import ConnectError, EchoAgent, Enrollment
 from latis_core._wire.auth import prove
 from latis_core._cmdr.config import parse_config
 from latis_core._os.paths import paths
-from latis_core._cmdr.state import State
+from latis_core._cmdr.state import StateDB
 
 CONFIG = """
 [daemon]
@@ -93,7 +93,7 @@ class Cmdr:
 
 @asynccontextmanager
 async def cmdr(home: Path) -> AsyncIterator[Cmdr]:
-    with State(paths().state_file) as state:
+    with StateDB(paths().state_file) as state:
         async with latis_core.open_controller(parse_config(CONFIG), state) as ctl:
             enrolled = await ctl.dialins.enroll("edge", "127.0.0.1")
             yield Cmdr(ctl, enrolled)

@@ -17,13 +17,13 @@ import pytest
 
 from latis_core._wire.messages import State as SessionState
 from latis_core._plugins.provision import Resources
-from latis_core._cmdr.state import MIGRATIONS as REAL_MIGRATIONS
+from latis_core._cmdr.schema import MIGRATIONS as REAL_MIGRATIONS
 from latis_core._cmdr.state import (
     ChunkRow,
     ConnectionState,
     InputRow,
     PromptState,
-    State,
+    StateDB,
     StateError,
     UnitResources,
 )
@@ -54,12 +54,12 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def state(db_path: Path, clock: Clock) -> Iterator[State]:
-    with State(db_path, clock=clock) as opened:
+def state(db_path: Path, clock: Clock) -> Iterator[StateDB]:
+    with StateDB(db_path, clock=clock) as opened:
         yield opened
 
 
-def with_session(state: State, unit: str = "u1", session: str = "s1") -> None:
+def with_session(state: StateDB, unit: str = "u1", session: str = "s1") -> None:
     state.upsert_unit(unit, "process", {})
     state.add_session(session, unit)
 
@@ -73,7 +73,7 @@ def raw(path: Path) -> sqlite3.Connection:
 
 class TestOpen:
     def test_creates_folders_and_file_with_the_pragmas(self, db_path: Path) -> None:
-        with State(db_path) as state:
+        with StateDB(db_path) as state:
             assert db_path.is_file()
             db = state._db()
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -84,27 +84,27 @@ class TestOpen:
             assert state.check() == "ok"
 
     def test_private_file(self, db_path: Path) -> None:
-        with State(db_path):
+        with StateDB(db_path):
             for name in ("latis.db", "latis.db-wal", "latis.db-shm"):
                 assert db_path.with_name(name).stat().st_mode & 0o777 == 0o600, name
         assert db_path.parent.stat().st_mode & 0o777 == 0o700
 
     def test_reopen_keeps_data(self, db_path: Path) -> None:
-        with State(db_path) as state:
+        with StateDB(db_path) as state:
             state.upsert_unit("u1", None, {"dial": "unix:/x"})
-        with State(db_path) as state:
+        with StateDB(db_path) as state:
             unit = state.get_unit("u1")
             assert unit is not None and unit.config == {"dial": "unix:/x"}
 
     def test_close_twice_and_use_after_close(self, db_path: Path) -> None:
-        state = State(db_path)
+        state = StateDB(db_path)
         state.close()
         state.close()
         with pytest.raises(StateError, match="closed"):
             state.list_units()
         assert "closed" in repr(state)
 
-    def test_calls_from_several_threads(self, state: State) -> None:
+    def test_calls_from_several_threads(self, state: StateDB) -> None:
         with_session(state)
         prompts = [state.add_prompt("s1", f"p{n}", n) for n in range(4)]
         errors: list[BaseException] = []
@@ -132,7 +132,7 @@ class TestOpen:
 
 
 class TestUnits:
-    def test_upsert_get_list(self, state: State, clock: Clock) -> None:
+    def test_upsert_get_list(self, state: StateDB, clock: Clock) -> None:
         row = state.upsert_unit("b", "process", {"agent": "echo"})
         assert (row.name, row.provisioner, row.config) == ("b", "process", {"agent": "echo"})
         assert row.created_at == row.updated_at == 1000.0 and row.destroyed_at is None
@@ -147,7 +147,7 @@ class TestUnits:
         assert state.get_unit("nope") is None
         assert [u.name for u in state.list_units()] == ["a", "b"]
 
-    def test_destroyed_unit_and_readd_starts_clean(self, state: State, clock: Clock) -> None:
+    def test_destroyed_unit_and_readd_starts_clean(self, state: StateDB, clock: Clock) -> None:
         old = state.upsert_unit("u1", "process", {"v": 1})
         old_resources = state.resources("u1")
         old_resources.set("pid", "4242")
@@ -192,7 +192,7 @@ class TestUnits:
 
 
 class TestEnrollments:
-    def test_enroll_find_and_revoke(self, state: State) -> None:
+    def test_enroll_find_and_revoke(self, state: StateDB) -> None:
         state.upsert_unit("edge", None, {})
         first = state.enroll("edge")
         assert state.find_enrollment(first.id) == ("edge", first)
@@ -204,7 +204,7 @@ class TestEnrollments:
             state.enroll("nope")
 
     def test_a_destroyed_unit_loses_its_enrollment_and_its_name_starts_clean(
-        self, state: State
+        self, state: StateDB
     ) -> None:
         state.upsert_unit("edge", None, {})
         old = state.enroll("edge")
@@ -229,7 +229,7 @@ class TestEnrollments:
         old.execute("INSERT INTO sessions (id, unit, state, created_at) VALUES ('s', 1, 'idle', 1)")
         old.execute("PRAGMA user_version = 1")
         old.close()
-        with State(db_path) as state:
+        with StateDB(db_path) as state:
             assert state.schema_version == len(REAL_MIGRATIONS)
             assert [s.id for s in state.list_sessions("box")] == ["s"]
             enrollment = state.enroll("box")
@@ -238,7 +238,7 @@ class TestEnrollments:
 
 
 class TestResources:
-    def test_protocol(self, state: State, db_path: Path) -> None:
+    def test_protocol(self, state: StateDB, db_path: Path) -> None:
         state.upsert_unit("u1", "process", {})
         state.upsert_unit("u2", "process", {})
         resources: Resources = state.resources("u1")
@@ -250,7 +250,7 @@ class TestResources:
         state.resources("u2").set("pid", "200")
         assert resources.get("pid") == "101"
         assert state.list_resources("u1") == {"pid": "101", "socket": "/run/u1.sock"}
-        with State.open_readonly(db_path) as reader:
+        with StateDB.open_readonly(db_path) as reader:
             assert reader.list_resources("u1") == {"pid": "101", "socket": "/run/u1.sock"}
             assert reader.resources("u1").get("pid") == "101"
             with pytest.raises(StateError, match="read-only"):
@@ -259,7 +259,7 @@ class TestResources:
         assert state.list_resources("u1") == {}
         assert state.list_resources("u2") == {"pid": "200"}
 
-    def test_unknown_unit(self, state: State) -> None:
+    def test_unknown_unit(self, state: StateDB) -> None:
         with pytest.raises(StateError, match="'ghost' is not in the state"):
             state.resources("ghost")
         assert state.list_resources("ghost") == {}
@@ -269,7 +269,7 @@ class TestResources:
 
 
 class TestConnections:
-    def test_since_moves_on_change_last_seen_always(self, state: State, clock: Clock) -> None:
+    def test_since_moves_on_change_last_seen_always(self, state: StateDB, clock: Clock) -> None:
         state.upsert_unit("u1", None, {})
         assert state.get_connection("u1") is None
         state.set_connection("u1", ConnectionState.CONNECTING, "dial unix:/x")
@@ -293,7 +293,7 @@ class TestConnections:
         assert row is not None
         assert (row.transport, row.error, row.since) == ("accept tcp:1.2.3.4:9", None, 1004.0)
 
-    def test_refusals(self, state: State) -> None:
+    def test_refusals(self, state: StateDB) -> None:
         with pytest.raises(StateError, match="ghost"):
             state.set_connection("ghost", "connected")
         state.upsert_unit("u1", None, {})
@@ -306,7 +306,7 @@ class TestConnections:
 
 
 class TestSessions:
-    def test_add_get_list_state_close(self, state: State, clock: Clock) -> None:
+    def test_add_get_list_state_close(self, state: StateDB, clock: Clock) -> None:
         state.upsert_unit("u1", None, {})
         state.upsert_unit("u2", None, {})
         s1 = state.add_session("s1", "u1")
@@ -332,7 +332,7 @@ class TestSessions:
         assert [s.id for s in state.list_sessions("u1")] == []
         assert [s.id for s in state.list_sessions("u1", include_closed=True)] == ["s1", "s3"]
 
-    def test_refusals(self, state: State) -> None:
+    def test_refusals(self, state: StateDB) -> None:
         with pytest.raises(StateError, match="ghost"):
             state.add_session("s1", "ghost")
         with_session(state)
@@ -350,7 +350,7 @@ class TestSessions:
 
 
 class TestPrompts:
-    def test_lifecycle(self, state: State, clock: Clock) -> None:
+    def test_lifecycle(self, state: StateDB, clock: Clock) -> None:
         with_session(state)
         first = state.add_prompt("s1", "hello", 7)
         clock.tick()
@@ -378,7 +378,7 @@ class TestPrompts:
         assert state.last_prompt("nope") is None
         assert state.prompts("nope") == []
 
-    def test_refusals(self, state: State) -> None:
+    def test_refusals(self, state: StateDB) -> None:
         with pytest.raises(StateError, match="no session"):
             state.add_prompt("nope", "x", 1)
         with_session(state)
@@ -397,7 +397,7 @@ class TestPrompts:
 
 
 class TestChunks:
-    def test_add_read_after_last_seq(self, state: State) -> None:
+    def test_add_read_after_last_seq(self, state: StateDB) -> None:
         with_session(state)
         prompt = state.add_prompt("s1", "x", 1)
         other = state.add_prompt("s1", "y", 2)
@@ -419,7 +419,7 @@ class TestChunks:
         state.add_chunks(prompt, [(1, "DIFFERENT", None, None), (3, "!", None, None)])
         assert [c.text for c in state.chunks(prompt)] == ["hel", "lo", "", "!"]
 
-    def test_a_failing_batch_writes_nothing(self, state: State) -> None:
+    def test_a_failing_batch_writes_nothing(self, state: StateDB) -> None:
         with_session(state)
         prompt = state.add_prompt("s1", "x", 1)
         bad: list[tuple[int, object, None, None]] = [(0, "a", None, None), (1, None, None, None)]
@@ -430,7 +430,7 @@ class TestChunks:
             state.add_chunks(999, [(0, "a", None, None)])
         assert state.check() == "ok"
 
-    def test_many_batches_sanity(self, state: State) -> None:
+    def test_many_batches_sanity(self, state: StateDB) -> None:
         """The daemon's pattern: batches of 1000. A bound on rows, never on time."""
         with_session(state)
         prompt = state.add_prompt("s1", "x", 1)
@@ -446,7 +446,7 @@ class TestChunks:
 
 
 class TestInputs:
-    def test_ask_answer_pending(self, state: State, clock: Clock) -> None:
+    def test_ask_answer_pending(self, state: StateDB, clock: Clock) -> None:
         with_session(state)
         prompt = state.add_prompt("s1", "x", 1)
         state.add_input(prompt, 0, "Create notes.txt?", ["yes", "no"], "permission")
@@ -475,7 +475,7 @@ class TestInputs:
 
 
 class TestTranscript:
-    def test_prompts_in_order_with_chunks_and_inputs(self, state: State) -> None:
+    def test_prompts_in_order_with_chunks_and_inputs(self, state: StateDB) -> None:
         with_session(state)
         with_session(state, "u2", "s2")
         p1 = state.add_prompt("s1", "first", 1)
@@ -506,8 +506,8 @@ class TestTranscript:
 
 READER = """
 import json, sys
-from latis_core._cmdr.state import State
-with State.open_readonly(sys.argv[1]) as state:
+from latis_core._cmdr.state import StateDB
+with StateDB.open_readonly(sys.argv[1]) as state:
     prompt = state.running_prompts()[0].id
     print(json.dumps({
         "units": [u.name for u in state.list_units()],
@@ -533,12 +533,12 @@ class TestReadOnly:
     def test_missing_file_is_not_created(self, tmp_path: Path) -> None:
         path = tmp_path / "none" / "latis.db"
         with pytest.raises(StateError, match="no latis state at"):
-            State.open_readonly(path)
+            StateDB.open_readonly(path)
         assert not path.parent.exists()
 
-    def test_writes_refused(self, state: State, db_path: Path) -> None:
+    def test_writes_refused(self, state: StateDB, db_path: Path) -> None:
         state.upsert_unit("u1", None, {})
-        with State.open_readonly(db_path) as reader:
+        with StateDB.open_readonly(db_path) as reader:
             assert reader.readonly and "read-only" in repr(reader)
             assert reader.get_unit("u1") is not None
             with pytest.raises(StateError, match="read-only"):
@@ -548,7 +548,7 @@ class TestReadOnly:
             assert reader.check() == "ok"
 
     def test_reader_sees_commits_while_the_writer_holds_the_file(
-        self, state: State, db_path: Path
+        self, state: StateDB, db_path: Path
     ) -> None:
         with_session(state)
         prompt = state.add_prompt("s1", "x", 1)
@@ -558,7 +558,7 @@ class TestReadOnly:
         writer.execute("BEGIN IMMEDIATE")
         writer.execute("INSERT INTO chunks (prompt, seq, text) VALUES (?, 10, 'new')", (prompt,))
         try:
-            with State.open_readonly(db_path) as reader:  # another connection, this process
+            with StateDB.open_readonly(db_path) as reader:  # another connection, this process
                 assert reader.last_seq(prompt) == 9
             result = read_in_subprocess(db_path)  # another process
             assert result == {"units": ["u1"], "seq": 9, "check": "ok"}
@@ -572,7 +572,7 @@ class TestReadOnly:
         path = tmp_path / "latis.db"
         path.touch()
         with pytest.raises(StateError, match="older latis.*start the daemon"):
-            State.open_readonly(path)
+            StateDB.open_readonly(path)
 
 
 # -- migrations ---------------------------------------------------------------
@@ -582,7 +582,7 @@ class TestMigrations:
     def test_empty_v0_file_is_migrated_without_backup(self, tmp_path: Path) -> None:
         path = tmp_path / "latis.db"
         path.touch()
-        with State(path) as state:
+        with StateDB(path) as state:
             assert state.schema_version == len(REAL_MIGRATIONS)
             state.upsert_unit("u1", None, {})
         assert list(tmp_path.glob("*.bak-*")) == []
@@ -597,22 +597,22 @@ class TestMigrations:
         db.close()
         before = path.read_bytes()
         with pytest.raises(StateError, match="schema version 99, from a newer latis"):
-            State(path)
+            StateDB(path)
         assert path.read_bytes() == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["latis.db"]
         with pytest.raises(StateError, match="schema version 99, from a newer latis"):
-            State.open_readonly(path)
+            StateDB.open_readonly(path)
         # (A read-only reader of a WAL file may leave an empty -wal and the -shm index.)
         assert path.read_bytes() == before
         assert path.with_name("latis.db-wal").stat().st_size == 0
 
     def test_backup_before_migrating(self, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        with State(db_path) as state:
+        with StateDB(db_path) as state:
             state.upsert_unit("u1", "process", {"keep": True})
         now = len(REAL_MIGRATIONS)
         nxt = "ALTER TABLE units ADD COLUMN note TEXT;\nCREATE INDEX units_note ON units (note);\n"
-        monkeypatch.setattr("latis_core._cmdr.state.MIGRATIONS", [*REAL_MIGRATIONS, nxt])
-        with State(db_path) as state:
+        monkeypatch.setattr("latis_core._cmdr.schema.MIGRATIONS", [*REAL_MIGRATIONS, nxt])
+        with StateDB(db_path) as state:
             assert state.schema_version == now + 1
             assert state.get_unit("u1") is not None
             columns = [r[1] for r in state._db().execute("PRAGMA table_info(units)")]
@@ -626,23 +626,23 @@ class TestMigrations:
         assert old.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         old.close()
         # The real code now sees a newer file: refused.
-        monkeypatch.setattr("latis_core._cmdr.state.MIGRATIONS", REAL_MIGRATIONS)
+        monkeypatch.setattr("latis_core._cmdr.schema.MIGRATIONS", REAL_MIGRATIONS)
         with pytest.raises(StateError, match="newer"):
-            State(db_path)
+            StateDB(db_path)
 
     def test_failed_migration_changes_nothing(
         self, db_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        with State(db_path) as state:
+        with StateDB(db_path) as state:
             state.upsert_unit("u1", None, {})
         broken = "ALTER TABLE units ADD COLUMN note TEXT;\nCREATE TABLE units (x);\n"
-        monkeypatch.setattr("latis_core._cmdr.state.MIGRATIONS", [*REAL_MIGRATIONS, broken])
+        monkeypatch.setattr("latis_core._cmdr.schema.MIGRATIONS", [*REAL_MIGRATIONS, broken])
         with pytest.raises(
             StateError, match=f"migrating the schema to version {len(REAL_MIGRATIONS) + 1} failed"
         ):
-            State(db_path)
-        monkeypatch.setattr("latis_core._cmdr.state.MIGRATIONS", REAL_MIGRATIONS)
-        with State(db_path) as state:
+            StateDB(db_path)
+        monkeypatch.setattr("latis_core._cmdr.schema.MIGRATIONS", REAL_MIGRATIONS)
+        with StateDB(db_path) as state:
             assert state.schema_version == len(REAL_MIGRATIONS)
             columns = [r[1] for r in state._db().execute("PRAGMA table_info(units)")]
             assert "note" not in columns
@@ -655,19 +655,19 @@ class TestMigrations:
         db.close()
         before = path.read_bytes()
         with pytest.raises(StateError, match="not latis state"):
-            State(path)
+            StateDB(path)
         assert path.read_bytes() == before
 
     def test_a_folder_in_the_way(self, tmp_path: Path) -> None:
         (tmp_path / "latis.db").mkdir()
         with pytest.raises(StateError, match="cannot open the latis state"):
-            State(tmp_path / "latis.db")
+            StateDB(tmp_path / "latis.db")
 
     def test_not_a_database(self, tmp_path: Path) -> None:
         path = tmp_path / "latis.db"
         path.write_bytes(b"this is not sqlite at all, not even close" * 100)
         with pytest.raises(StateError, match="not a latis state database"):
-            State(path)
+            StateDB(path)
 
 
 # -- crashes ------------------------------------------------------------------
@@ -676,7 +676,7 @@ class TestMigrations:
 #: would see) and kills itself with SIGKILL right after commit number argv[2].
 WRITER = """
 import os, signal, sys
-from latis_core._cmdr.state import State
+from latis_core._cmdr.state import StateDB
 
 path, kill_after, batches, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), 200
 commits = 0
@@ -688,7 +688,7 @@ def committed(what):
     if commits == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
 
-state = State(path)
+state = StateDB(path)
 state.upsert_unit("u1", "process", {"agent": "echo"}); committed("unit")
 state.add_session("s1", "u1"); committed("session")
 state.set_connection("u1", "connected", "local"); committed("connected")
@@ -728,7 +728,7 @@ def check_after_crash(path: Path, acks: list[str], *, exact: bool) -> None:
     there either. Otherwise one more commit may have landed (done, not yet acked).
     """
     acked_batches = sum(1 for a in acks if a.startswith("batch "))
-    with State(path) as state:  # the daemon restarting: opens, recovers the WAL
+    with StateDB(path) as state:  # the daemon restarting: opens, recovers the WAL
         assert state.check() == "ok"
         if "unit" in acks:
             assert state.get_unit("u1") is not None

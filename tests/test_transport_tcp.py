@@ -265,7 +265,7 @@ async def test_controller_dials_a_unit_with_token_file_and_pin_from_config(
 ) -> None:
     """The dial table's token_file and fingerprint: what `latis unit add --dial tcp` writes."""
     from latis_core._cmdr.config import parse_config
-    from latis_core._cmdr.state import State
+    from latis_core._cmdr.state import StateDB
 
     monkeypatch.setenv("LATIS_HOME", str(tmp_path / "cmdr-home"))
     secret = token_file(tmp_path)
@@ -280,7 +280,7 @@ async def test_controller_dials_a_unit_with_token_file_and_pin_from_config(
             token_file = "{secret}"
             """.replace("\n            ", "\n")
         )
-        with State(tmp_path / "state.db") as state:
+        with StateDB(tmp_path / "state.db") as state:
             async with latis_core.open_controller(config, state) as ctl:
                 session = await ctl.create_session("gpu")
                 record = await ctl.start_prompt(session["session"], "through cmdr")

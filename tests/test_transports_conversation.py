@@ -32,7 +32,7 @@ from units import UNIT, conversation, listening_unit
 
 import latis_core
 from latis_core._cmdr.config import parse_config
-from latis_core._cmdr.state import State
+from latis_core._cmdr.state import StateDB
 
 TOKEN = "token-for-the-conversation-test"
 
@@ -194,7 +194,7 @@ async def test_listener(case: str, home: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("LATIS_HOME", str(home / "cmdr-home"))
     table = LISTENERS[case].replace("HOME", str(home))
     config = parse_config(f'[units.edge]\nagent = "echo"\naccept = [{table}]\n')
-    with State(home / "state.db") as state:
+    with StateDB(home / "state.db") as state:
         async with latis_core.open_controller(config, state) as ctl:
             enrolled = await ctl.dialins.enroll("edge", "127.0.0.1")
             secret = home / "secret"

@@ -29,7 +29,7 @@ import trio
 
 from latis_core._cmdr.config import Config, UnitConfig
 from latis_core._cmdr.prompts import PromptEngine, PromptRecord
-from latis_core._cmdr.state import State as StateDB
+from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
 from latis_core._errors import (
     ConnectError,
     ConnectionClosed,
@@ -68,7 +68,7 @@ class UnitRuntime:
     provisioner: Provisioner | None
     dialer: Dialer | None
     #: "disconnected", "connecting", "connected" or "unreachable".
-    state: str = "disconnected"
+    state: str = ConnectionState.DISCONNECTED
     error: str | None = None
     client: UnitClient | None = None
     since: float = attrs.field(factory=time.time)
@@ -241,14 +241,18 @@ class Controller(PromptEngine):
         """Provision the unit if it has a provisioner, start it, and connect to it."""
         rt = self.unit(name)
         say = progress or (lambda _: None)
-        if rt.state == "connected" and rt.client is not None and not rt.client.peer.closed:
+        if (
+            rt.state == ConnectionState.CONNECTED
+            and rt.client is not None
+            and not rt.client.peer.closed
+        ):
             return rt
         if rt.provisioner is not None and rt.config.provisioner is not None:
             say(f"starting unit {name!r} ({rt.config.provisioner.type})")
             try:
                 await rt.provisioner.start()
             except ProvisionError as exc:
-                await self._set_connection(rt, "unreachable", str(exc))
+                await self._set_connection(rt, ConnectionState.UNREACHABLE, str(exc))
                 raise
             if rt.dialer is None:
                 rt.dialer = rt.provisioner.dialer()
@@ -281,7 +285,7 @@ class Controller(PromptEngine):
         rt.client = client
         rt.via = via
         try:
-            await self._set_connection(rt, "connected")
+            await self._set_connection(rt, ConnectionState.CONNECTED)
             await self._restore(rt, client)
             rt._connected.set()
             await _first_of(rt._stop.wait, client.peer.wait_closed)
@@ -289,7 +293,7 @@ class Controller(PromptEngine):
             rt.client = None
             rt._connected = trio.Event()
             with trio.CancelScope(shield=True):
-                await self._set_connection(rt, "disconnected")
+                await self._set_connection(rt, ConnectionState.DISCONNECTED)
             rt.via = None
             done.set()
 
@@ -315,7 +319,7 @@ class Controller(PromptEngine):
         started = False
         try:
             while not rt._stop.is_set():
-                await self._set_connection(rt, "connecting")
+                await self._set_connection(rt, ConnectionState.CONNECTING)
                 try:
                     assert rt.dialer is not None
                     token = _token(rt)
@@ -328,7 +332,7 @@ class Controller(PromptEngine):
                     ) as client:
                         rt.client = client
                         attempt = 0
-                        await self._set_connection(rt, "connected")
+                        await self._set_connection(rt, ConnectionState.CONNECTED)
                         await self._restore(rt, client)
                         rt._connected.set()
                         if not started:
@@ -339,7 +343,7 @@ class Controller(PromptEngine):
                     message = str(exc)
                     log.warning("unit %s: %s", rt.name, message)
                     rt.client = None
-                    await self._set_connection(rt, "unreachable", message)
+                    await self._set_connection(rt, ConnectionState.UNREACHABLE, message)
                     if not started:
                         first.append(
                             UnitNotConnected(f"unit {rt.name!r} ({rt.how()}): {message}")
@@ -362,9 +366,9 @@ class Controller(PromptEngine):
             # Only `down` records "disconnected": when the controller itself
             # stops, the state keeps saying the unit was up, so that the next
             # controller re-attaches to it.
-            if rt._stop.is_set() and rt.state != "unreachable":
+            if rt._stop.is_set() and rt.state != ConnectionState.UNREACHABLE:
                 with trio.CancelScope(shield=True):
-                    await self._set_connection(rt, "disconnected")
+                    await self._set_connection(rt, ConnectionState.DISCONNECTED)
             rt._done.set()
 
     async def _set_connection(self, rt: UnitRuntime, state: str, error: str | None = None) -> None:
@@ -386,7 +390,7 @@ class Controller(PromptEngine):
             rt._stop.set()
         if rt._done is not None:
             await rt._done.wait()
-        await self._set_connection(rt, "disconnected")
+        await self._set_connection(rt, ConnectionState.DISCONNECTED)
 
     async def destroy(self, name: str) -> None:
         """Disconnect, destroy what the provisioner made, and forget the unit's state."""
@@ -402,7 +406,10 @@ class Controller(PromptEngine):
         """Connect again to the units that were connected when the last controller stopped."""
         for rt in self.units.values():
             row = await self.read(self.reads.get_connection, rt.name)
-            if row is None or row.state not in ("connected", "connecting"):
+            if row is None or row.state not in (
+                ConnectionState.CONNECTED,
+                ConnectionState.CONNECTING,
+            ):
                 continue
             try:
                 await self.up(rt.name)
@@ -538,10 +545,14 @@ class Controller(PromptEngine):
 
     async def _lose_session(self, sid: str, why: str) -> None:
         for prompt in await self.read(self.reads.prompts, sid):
-            if prompt.state == "running":
+            if prompt.state == PromptState.RUNNING:
                 stored = await self.read(self.reads.last_seq, prompt.id) + 1
                 await self.db(
-                    self.state.end_prompt, prompt.id, "error", stored, f"unknown_session: {why}"
+                    self.state.end_prompt,
+                    prompt.id,
+                    PromptState.ERROR,
+                    stored,
+                    f"unknown_session: {why}",
                 )
         await self.db(self.state.close_session, sid)
         self._notify(sid, State.CLOSED.value)

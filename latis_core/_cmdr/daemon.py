@@ -38,7 +38,7 @@ from latis_core._cmdr.api import Method, check_params
 from latis_core._cmdr.config import Config, load_config
 from latis_core._cmdr.controller import Controller, open_controller
 from latis_core._cmdr.coordinate import CoordinationEvent
-from latis_core._cmdr.state import State
+from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
 from latis_core._errors import DaemonRunning, ErrorCode, LatisError, RequestError, error_code
 from latis_core._io.link import HIGH_WATER, Link
 from latis_core._io.server import ServerConnection, serve_stream
@@ -268,7 +268,7 @@ def _on_session_resume(c: _Client, msg: SessionResume) -> None:
             c.send(Error(msg.prompt, ErrorCode.UNKNOWN_REQUEST.value,
                          f"session {msg.session!r} has no prompt {msg.prompt!r}"))
             return
-        data["prompt"] = {"id": prompt.id, "done": prompt.state != "running"}
+        data["prompt"] = {"id": prompt.id, "done": prompt.state != PromptState.RUNNING}
         c.send(Ack(msg.id, data))
         await c.forward(msg.prompt, prompt.id, -1 if msg.seq is None else msg.seq)
 
@@ -433,7 +433,7 @@ async def _unit_down(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict
     name = _param(params, "unit")
     with trio.CancelScope(shield=True):
         await c.ctl.down(name)
-    return {"unit": name, "connection": "disconnected"}
+    return {"unit": name, "connection": ConnectionState.DISCONNECTED}
 
 
 async def _unit_destroy(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
@@ -579,7 +579,7 @@ async def serve_daemon(
     run_dir = where.private_run_dir()
     lock = _lock(run_dir)
     try:
-        state = State(config.daemon.state or where.state_file)
+        state = StateDB(config.daemon.state or where.state_file)
         try:
             async with open_controller(config, state, paths=where) as ctl, listen_unix(
                 where.socket

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
+from latis_core._cmdr.state import PromptState
 from latis_core._errors import ConnectionClosed, ErrorCode, LatisError, RequestError
 from latis_core._io.client import PromptStream, Session, UnitClient
 from latis_core._wire.messages import InputRequest, ResponseChunk
 
 if TYPE_CHECKING:
     from latis_core._cmdr.controller import UnitRuntime
-    from latis_core._cmdr.state import State as StateDB
+    from latis_core._cmdr.state import StateDB
 
 __all__ = ["WINDOW", "PromptEngine", "PromptRecord"]
 
@@ -194,7 +195,9 @@ class PromptEngine:
         error = None
         if end["outcome"] == "error":
             error = f"{end.get('code')}: {end.get('message')}"
-        outcome = {"complete": "complete", "cancelled": "cancelled"}.get(end["outcome"], "error")
+        outcome = {"complete": PromptState.COMPLETE, "cancelled": PromptState.CANCELLED}.get(
+            end["outcome"], PromptState.ERROR
+        )
         state = self.state
 
         def store() -> bool:  # one hop to the worker thread, not three
@@ -292,7 +295,7 @@ class PromptEngine:
             for row in await self.read(self.reads.chunks, prompt_id, seq):
                 seq = row.seq
                 yield ("chunk", _chunk(prompt.request_id, row))
-            if prompt.state != "running":
+            if prompt.state != PromptState.RUNNING:
                 yield ("end", _end_of(prompt))
                 return
             if prompt_id in self.prompts:
@@ -348,7 +351,7 @@ def _question(request_id: Any, row: Any) -> InputRequest:
 
 def _end_of(prompt: Any) -> dict[str, Any]:
     end: dict[str, Any] = {"outcome": prompt.state, "chunks": prompt.chunks or 0}
-    if prompt.state == "error" and prompt.error:
+    if prompt.state == PromptState.ERROR and prompt.error:
         code, _, message = prompt.error.partition(": ")
         end.update(code=code, message=message)
     return end

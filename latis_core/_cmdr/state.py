@@ -1,33 +1,22 @@
-"""The controller's state: one SQLite file (`Paths.state_file`, `latis.db`).
+"""The controller's state: one SQLite file (`Paths.state_file`, `latis.db`), and
+its store, `StateDB`, with the rows it returns.
 
 What is kept: the units and what their provisioners made (`resources`), how each
 unit is connected, its sessions, and every prompt with its full streamed reply
 (the transcript: chunks in `seq` order) and the questions the agent asked.
+The tables, their migrations and how the file is opened (WAL, durability,
+schema versions, backups) are in `latis_core._cmdr.schema`.
 
-**Who opens it.** The daemon opens it with `State(path)` and is the only writer.
+**Who opens it.** The daemon opens it with `StateDB(path)` and is the only writer.
 CLI processes read the same file at the same time through
-`State.open_readonly(path)`, which never creates or changes anything.
+`StateDB.open_readonly(path)`, which never creates or changes anything.
 
-**Durability.** The file is in WAL mode (`journal_mode=WAL`): readers see the
-last committed transaction and never wait for the writer, and the writer never
-waits for readers. `synchronous=NORMAL`: a commit is written to the WAL before
-it returns, but the WAL is synced to disk only at checkpoints. So a crash of a
-process (the daemon killed with SIGKILL, say) loses nothing that was
-committed; a power loss or an OS crash may lose the last few commits (the file
-is still consistent, just older). Every method that writes is one transaction:
-after a crash it happened entirely or not at all. A busy timeout (5 s) lets a
-reader and the writer wait for each other's brief locks (a checkpoint, a
-migration) instead of failing.
+**Transactions.** Every method that writes is one transaction: after a crash
+it happened entirely or not at all.
 
 **Threads.** The connection is opened with `check_same_thread=False`: the
-daemon calls `State` from worker threads (`trio.to_thread.run_sync`), one call
+daemon calls `StateDB` from worker threads (`trio.to_thread.run_sync`), one call
 at a time. A lock makes each call whole even if two threads call at once.
-
-**Schema.** `PRAGMA user_version` holds the schema version; `MIGRATIONS[i]`
-takes a file from version i to i + 1 (version 1 is the initial schema). At
-open, the missing ones are applied in one transaction, after the file is
-copied (SQLite's backup API) to `latis.db.bak-v{old}` if it had data. A file
-from a newer latis is refused and left untouched.
 
 **Identity.** A unit's name is not its identity: `mark_unit_destroyed` ends
 one life of a unit, and a unit added later under the same name is a new row
@@ -35,8 +24,7 @@ one life of a unit, and a unit added later under the same name is a new row
 the old one. The old unit's sessions and transcripts stay, closed, for history.
 Methods take the unit's name and mean the live unit of that name.
 
-A new file (and its backups) is created with mode 0600, new folders 0700:
-transcripts may hold secrets.
+New folders are created with mode 0700: transcripts may hold secrets.
 
 Timestamps are unix seconds (`time.time()`, REAL).
 """
@@ -44,7 +32,6 @@ Timestamps are unix seconds (`time.time()`, REAL).
 from __future__ import annotations
 
 import enum
-import os
 import sqlite3
 import threading
 import time
@@ -57,6 +44,14 @@ from urllib.parse import quote
 import attrs
 import orjson
 
+from latis_core._cmdr.schema import (
+    StateError,
+    create_private,
+    open_connection,
+    prepare,
+    require_current,
+    user_version,
+)
 from latis_core._wire.auth import Enrollment
 from latis_core._wire.messages import RequestId
 from latis_core._wire.messages import State as SessionState
@@ -70,114 +65,15 @@ __all__ = [
     "PromptRow",
     "PromptState",
     "SessionRow",
-    "State",
+    "StateDB",
     "StateError",
     "TranscriptEntry",
     "UnitResources",
     "UnitRow",
 ]
 
-#: How long a connection waits for another's lock before failing, in seconds.
-BUSY_TIMEOUT = 5.0
-
-#: A chunk as `State.add_chunks` takes it: (seq, text, kind, data).
+#: A chunk as `StateDB.add_chunks` takes it: (seq, text, kind, data).
 ChunkIn: TypeAlias = tuple[int, str, str | None, Mapping[str, Any] | None]
-
-_SCHEMA_V1 = """
-CREATE TABLE units (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    provisioner TEXT,
-    config TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    destroyed_at REAL
-);
-CREATE UNIQUE INDEX units_live_name ON units (name) WHERE destroyed_at IS NULL;
-
-CREATE TABLE resources (
-    unit INTEGER NOT NULL REFERENCES units (id) ON DELETE CASCADE,
-    kind TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (unit, kind)
-) WITHOUT ROWID;
-
-CREATE TABLE connections (
-    unit INTEGER PRIMARY KEY REFERENCES units (id) ON DELETE CASCADE,
-    state TEXT NOT NULL
-        CHECK (state IN ('connected', 'disconnected', 'unreachable', 'connecting')),
-    transport TEXT NOT NULL DEFAULT '',
-    since REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    error TEXT
-);
-
-CREATE TABLE sessions (
-    id TEXT PRIMARY KEY,
-    unit INTEGER NOT NULL REFERENCES units (id),
-    state TEXT NOT NULL CHECK (state IN ('idle', 'busy', 'waiting', 'closed')),
-    created_at REAL NOT NULL,
-    closed_at REAL
-);
-CREATE INDEX sessions_unit ON sessions (unit);
-
-CREATE TABLE prompts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    session TEXT NOT NULL REFERENCES sessions (id),
-    request_id TEXT NOT NULL,
-    text TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'running'
-        CHECK (state IN ('running', 'complete', 'cancelled', 'error')),
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    chunks INTEGER,
-    error TEXT
-);
-CREATE INDEX prompts_session ON prompts (session, id);
-CREATE INDEX prompts_running ON prompts (id) WHERE state = 'running';
-
-CREATE TABLE chunks (
-    prompt INTEGER NOT NULL REFERENCES prompts (id),
-    seq INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    kind TEXT,
-    data TEXT,
-    PRIMARY KEY (prompt, seq)
-) WITHOUT ROWID;
-
-CREATE TABLE inputs (
-    prompt INTEGER NOT NULL REFERENCES prompts (id),
-    number INTEGER NOT NULL,
-    question TEXT NOT NULL,
-    options TEXT NOT NULL DEFAULT '[]',
-    kind TEXT,
-    answer TEXT,
-    asked_at REAL NOT NULL,
-    answered_at REAL,
-    PRIMARY KEY (prompt, number)
-) WITHOUT ROWID;
-"""
-
-# Version 2: enrollments, the secrets of units that dial in (one live per
-# unit; they end with the unit's life, so a name enrolled again starts clean).
-_SCHEMA_V2 = """
-CREATE TABLE enrollments (
-    id TEXT PRIMARY KEY,
-    unit INTEGER NOT NULL REFERENCES units (id) ON DELETE CASCADE,
-    secret TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_used REAL
-) WITHOUT ROWID;
-CREATE INDEX enrollments_unit ON enrollments (unit);
-"""
-
-#: `MIGRATIONS[i]` takes the schema from version i to i + 1. Append only: never
-#: edit one that has shipped. Each statement ends with `;` at the end of a line.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2]
-
-
-class StateError(Exception):
-    """The state file cannot be used as asked (the message says which file and why)."""
 
 
 class ConnectionState(enum.StrEnum):
@@ -303,11 +199,11 @@ class TranscriptEntry:
         return "".join(chunk.text for chunk in self.chunks if chunk.kind is None)
 
 
-class State:
+class StateDB:
     """The controller's state in one SQLite file. See the module's docstring.
 
-    Use `State(path)` in the daemon (creates, migrates, writes) and
-    `State.open_readonly(path)` anywhere else. Both are context managers.
+    Use `StateDB(path)` in the daemon (creates, migrates, writes) and
+    `StateDB.open_readonly(path)` anywhere else. Both are context managers.
 
     Raises:
         StateError: the file is not a database, is not latis's, comes from a
@@ -320,16 +216,16 @@ class State:
         self._clock = clock
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _create_private(self.path)
-        self._conn: sqlite3.Connection | None = _connect(str(self.path), uri=False)
+        create_private(self.path)
+        self._conn: sqlite3.Connection | None = open_connection(str(self.path), uri=False)
         try:
-            self._open()
+            prepare(self._db(), self.path)
         except BaseException:
             self.close()
             raise
 
     @classmethod
-    def open_readonly(cls, path: str | Path, *, clock: Callable[[], float] = time.time) -> State:
+    def open_readonly(cls, path: str | Path, *, clock: Callable[[], float] = time.time) -> StateDB:
         """Open an existing state file for reading only (a CLI beside the daemon).
 
         Raises:
@@ -347,94 +243,15 @@ class State:
         self._clock = clock
         self._lock = threading.RLock()
         uri = f"file:{quote(str(path.absolute()))}?mode=ro"
-        self._conn = _connect(uri, uri=True)
+        self._conn = open_connection(uri, uri=True)
         try:
-            version = self._version()
-            known = len(MIGRATIONS)
-            if version != known:
-                newer = "a newer latis" if version > known else "an older latis"
-                raise StateError(
-                    f"{path} has schema version {version}, from {newer}; this latis "
-                    f"reads version {known}"
-                    + ("" if version > known else " (start the daemon to migrate it)")
-                )
+            require_current(self._db(), path)
         except BaseException:
             self.close()
             raise
         return self
 
     # -- opening, closing ---------------------------------------------------
-
-    def _open(self) -> None:
-        db = self._db()
-        version = self._version()
-        known = len(MIGRATIONS)
-        if version > known:
-            raise StateError(
-                f"{self.path} has schema version {version}, from a newer latis; this "
-                f"latis knows up to version {known} and will not touch it"
-            )
-        if version == 0 and self._has_tables():
-            raise StateError(
-                f"{self.path} is an SQLite database, but not latis state "
-                "(it has tables and no schema version); not touching it"
-            )
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StateError(f"{self.path}: cannot use WAL mode here (got {mode!r})")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA foreign_keys = ON")
-        if version < known:
-            if version > 0:
-                self._backup(self.path.with_name(f"{self.path.name}.bak-v{version}"))
-            self._migrate(known)
-
-    def _version(self) -> int:
-        try:
-            return int(self._db().execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"{self.path} is not a latis state database: {exc}") from exc
-
-    def _has_tables(self) -> bool:
-        row = self._db().execute("SELECT count(*) FROM sqlite_schema").fetchone()
-        return bool(row[0])
-
-    def _backup(self, target: Path) -> None:
-        partial = target.with_name(target.name + ".partial")
-        partial.unlink(missing_ok=True)
-        _create_private(partial)
-        copy = sqlite3.connect(partial)
-        try:
-            self._db().backup(copy)
-        finally:
-            copy.close()
-        os.replace(partial, target)
-
-    def _migrate(self, target: int) -> None:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # Again under the write lock: another process may have migrated it.
-            version = self._version()
-            if version > target:
-                raise StateError(
-                    f"{self.path} was migrated to schema version {version} by a newer "
-                    f"latis while we opened it; this latis knows up to version {target}"
-                )
-            for script in MIGRATIONS[version:target]:
-                for statement in _statements(script):
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {int(target)}")
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StateError(
-                    f"{self.path}: migrating the schema to version {target} failed, "
-                    f"nothing was changed: {exc}"
-                ) from exc
-            raise
 
     def close(self) -> None:
         """Close the file. Safe to call twice."""
@@ -443,7 +260,7 @@ class State:
                 self._conn.close()
                 self._conn = None
 
-    def __enter__(self) -> State:
+    def __enter__(self) -> StateDB:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -451,13 +268,13 @@ class State:
 
     def __repr__(self) -> str:
         how = "read-only" if self.readonly else "read-write"
-        return f"<State {str(self.path)!r} {how}{'' if self._conn else ' closed'}>"
+        return f"<StateDB {str(self.path)!r} {how}{'' if self._conn else ' closed'}>"
 
     @property
     def schema_version(self) -> int:
         """The file's schema version."""
         with self._lock:
-            return self._version()
+            return user_version(self._db(), self.path)
 
     def check(self) -> str:
         """SQLite's `integrity_check`, then a foreign key check: "ok" when both pass."""
@@ -1029,7 +846,7 @@ class UnitResources:
     and `set` raises `StateError`, even if a unit of the same name was added since.
     """
 
-    def __init__(self, state: State, unit: str, unit_id: int) -> None:
+    def __init__(self, state: StateDB, unit: str, unit_id: int) -> None:
         self.state = state
         self.unit = unit
         self.unit_id = unit_id
@@ -1085,45 +902,6 @@ _INPUT_SELECT = (
     "SELECT i.prompt, i.number, i.question, i.options, i.kind, i.answer, i.asked_at,"
     " i.answered_at FROM inputs i"
 )
-
-
-def _connect(target: str, *, uri: bool) -> sqlite3.Connection:
-    try:
-        db = sqlite3.connect(
-            target,
-            timeout=BUSY_TIMEOUT,
-            isolation_level=None,  # we BEGIN and COMMIT ourselves
-            check_same_thread=False,  # worker threads, one call at a time (and a lock)
-            uri=uri,
-        )
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot open the latis state {target}: {exc}") from exc
-    return db
-
-
-def _create_private(path: Path) -> None:
-    """Create `path` empty with mode 0600 if it does not exist (transcripts are
-    private; SQLite gives the -wal and -shm files the same mode)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise StateError(f"cannot create the latis state {path}: {exc}") from exc
-    os.close(fd)
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The statements of a migration script, one at a time."""
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            yield buffer.strip()
-            buffer = ""
-    if buffer.strip():
-        raise ValueError(f"a migration ends with an incomplete statement: {buffer.strip()!r}")
 
 
 def _dumps(value: Any) -> str:
@@ -1201,5 +979,5 @@ def _input_row(row: Any) -> InputRow:
     )
 
 
-#: The name `latis_core` exports `State` under (`latis_core.State` is the session-state enum).
-StateStore = State
+#: The name `latis_core` exports `StateDB` under (`latis_core.State` is the session-state enum).
+StateStore = StateDB

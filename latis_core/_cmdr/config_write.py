@@ -1,0 +1,173 @@
+"""Writing config: a unit appended to a file (`add_unit`, `add_unit_text`) and
+the commented `latis.toml` that `latis init` writes (`init_text`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from latis_core._cmdr.config import (
+    _UNIT_NAME,
+    Config,
+    ConfigError,
+    ConfigProblem,
+    _read,
+    parse_config,
+)
+
+__all__ = ["add_unit", "add_unit_text", "init_text"]
+
+
+def add_unit_text(name: str, table: Mapping[str, Any]) -> str:
+    """The TOML of a new unit `name` (a `[units.NAME]` table and its sub-tables).
+
+    Raises:
+        ConfigError: `name` is not a valid unit name.
+    """
+    import tomli_w
+
+    if not _UNIT_NAME.fullmatch(name):
+        raise ConfigError(
+            f"bad unit name {name!r}: expected lower-case letters, digits, '_', '.' and '-', "
+            "starting with a letter or a digit"
+        )
+    return tomli_w.dumps({"units": {name: dict(table)}})
+
+
+def add_unit(path: str | os.PathLike[str], name: str, table: Mapping[str, Any]) -> Config:
+    """Append unit `name` to the config file at `path` (created if need be); return the result.
+
+    What the file holds already is kept as it is, comments and all. Nothing
+    is written unless the whole file, with the new unit, is a valid config.
+
+    Raises:
+        ConfigError: the name is taken or invalid, the unit is not valid, or the
+            file is not valid as it stands.
+    """
+    target = Path(path)
+    existing = _read(target) if target.exists() else ""
+    before = parse_config(existing, target)
+    if name in before.units and before.units[name].line is not None:  # not the built-in
+        problem = ConfigProblem(str(target), before.units[name].line, name, None, "already defined")
+        raise ConfigError.of([problem])
+    addition = add_unit_text(name, table)
+    if existing and not existing.endswith("\n"):
+        addition = "\n" + addition
+    if existing.strip():
+        addition = "\n" + addition
+    try:
+        after = parse_config(existing + addition, target)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot add unit {name!r}:\n{exc}", exc.problems) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a", encoding="utf-8") as out:
+        out.write(addition)
+    return after
+
+
+def init_text() -> str:
+    """A commented `latis.toml` showing every provisioner, dialer, listener and agent.
+
+    As written it defines one unit, `demo`; the built-in `local` stays.
+    """
+    return _INIT_TEXT
+
+
+_INIT_TEXT = """\
+# latis.toml: the units latis knows, and how it reaches them.
+#
+# latis reads ONE file, the first it finds of: --config FILE, $LATIS_CONFIG,
+# ./latis.toml (here or in a parent directory), the user config file
+# (~/.config/latis/config.toml on Linux). Reference: docs/config.md.
+#
+# Each [units.NAME] table is a unit: the agent it runs, an optional provisioner
+# that creates and runs it, and how cmdr reaches it: `dial` (cmdr connects to
+# the unit), `accept` (the unit connects to cmdr), or both. There is always a
+# built-in unit `local` (process provisioner, local dial, echo agent) unless a
+# unit of that name is defined here.
+
+# [daemon]
+# handshake_timeout = 10.0            # seconds a new connection gets for `hello`
+# socket = "/run/user/1000/latis/cmdr.sock"       # default: the user runtime dir
+# state = "/home/me/.local/share/latis/latis.db"  # default: the user data dir
+
+[units.demo]
+# The agent the unit runs, and its options (always strings). echo:
+#   delay  = seconds before each chunk (default "0")
+#   ask    = a question put to you before it answers (default: none)
+#   repeat = how many times the prompt is echoed (default "1")
+agent = "echo"
+agent_options = { delay = "0.05", repeat = "1" }
+# agent_options = { ask = "Which language?" }
+
+# The provisioner creates, starts, stops and destroys the unit.
+# process: a latis-unit process on this machine.
+[units.demo.provisioner]
+type = "process"
+# command = ["latis-unit"]            # default: this Python's latis-unit
+# env = { LOG_LEVEL = "debug" }       # added to the inherited environment
+# cwd = "/srv/agents"                 # default: the daemon's
+# ready_timeout = 15.0                # seconds `up` waits for the unit to answer
+# stop_timeout = 10.0                 # seconds after SIGTERM before SIGKILL
+
+# dial: how cmdr connects to the unit. A unit with a provisioner and neither
+# dial nor accept dials { type = "local" }.
+# local: without a command, the unit its provisioner runs (through the
+# provisioner); with one, that command, started for each connection, over stdio.
+[units.demo.dial]
+type = "local"
+# command = ["latis-unit", "--stdio"]
+# env = { LOG_LEVEL = "debug" }       # added to the inherited environment
+# cwd = "/srv/agents"
+# grace = 5.0                         # seconds it gets to exit when the connection ends
+
+# container: the unit in a podman or docker container.
+# [units.box]
+# agent = "echo"
+# [units.box.provisioner]
+# type = "container"
+# image = "localhost/latis-unit:1"    # required: an image holding latis-unit
+# engine = "podman"                   # "podman", "docker" or a path (default: podman, else docker)
+# mounts = ["/srv/data:/data:ro"]     # HOST:CONTAINER[:ro]
+# env = { LOG_LEVEL = "debug" }       # in the container
+# workdir = "/work"                   # in the container
+# command = ["latis-unit"]            # the unit's command in the container
+# name = "latis-box"                  # the container's name (default: latis-UNIT)
+# extra_args = ["--memory", "2g"]     # more `ENGINE create` arguments
+# init = true                         # an init as PID 1 (--init)
+# timeout = 60.0                      # seconds any engine command may take
+# create_timeout = 600.0              # seconds `create` may take (it may pull)
+# ready_timeout = 30.0                # seconds `up` waits for the unit to answer
+# stop_timeout = 5                    # seconds `ENGINE stop` waits before SIGKILL
+
+# unix: a unit that already runs and listens on a unix socket
+# (latis-unit --listen unix:PATH); no provisioner.
+# [units.sock]
+# dial = { type = "unix", path = "/run/user/1000/latis-sock.sock" }
+
+# A unit that already runs elsewhere and listens (latis-unit --listen URL):
+# [units.gpu.dial]
+# type = "tcp"
+# host = "10.0.0.5"
+# port = 7447
+# fingerprint = "sha256:…"            # what `latis-unit --tls` printed (or ca = FILE)
+# token_file = "~/.latis/gpu.token"   # the unit's --token-file, proven by cmdr
+# Other dialers:
+# dial = { type = "websocket", url = "wss://units.example.com:7448/latis" }
+# dial = { type = "quic", host = "10.0.0.5", port = 7447, fingerprint = "sha256:…" }
+# dial = { type = "ssh", host = "gpu1", user = "me", command = ["latis-unit", "--stdio"] }
+# dial = { type = "container", container = "my-agent" }  # exec into a running one
+
+# A unit that dials in (behind NAT, short-lived boxes): `latis unit add edge
+# --accept tcp://0.0.0.0:7447` writes this and prints the line to run on it.
+# [units.edge]
+# agent = "echo"
+# [[units.edge.accept]]
+# type = "tcp"                        # also "unix", "websocket", "quic"
+# host = "0.0.0.0"
+# port = 7447
+# tls = true                          # cmdr's own CA; the unit pins it
+"""
