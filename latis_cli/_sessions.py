@@ -28,13 +28,13 @@ session_app = App(
 
 
 def _state() -> State | None:
-    from latis_core import StateError, paths
+    from latis_core import StateError, StateStore, paths
 
     path = paths().state_file
     if not path.exists():
         return None
     try:
-        return State.open_readonly(path)
+        return StateStore.open_readonly(path)
     except StateError as exc:
         print(f"latis: {exc}", file=sys.stderr)
         return None
