@@ -507,12 +507,15 @@ class QemuProvisioner(OneAtATime):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             await self._wait_gone(pid, QUIT_GRACE)
-            how = f"{how}; killed"
+            how = f"{how}; killed by SIGKILL"
         return self._ended(pid, how)
 
     def _ended(self, pid: int, how: str) -> str:
+        """`how`, and the exit status if QEMU was our child (and it adds anything)."""
         code = self._reap(pid)
-        return how if code is None else f"{how}, {describe_exit(code)}"
+        if code is None or (code == -signal.SIGKILL and how.endswith("SIGKILL")):
+            return how
+        return f"{how}, {describe_exit(code)}"
 
     # --- the work (callers hold the lock)
 
