@@ -674,8 +674,7 @@ class QemuProvisioner(OneAtATime):
             return TcpDialer(self.options.bind, ports[0][0])
         return UnixDialer(self.channel)
 
-    @classmethod
-    async def orphans(cls) -> list[Orphan]:
+    async def orphans(self) -> list[Orphan]:
         """Every QEMU a `qemu` provisioner started on this machine (see `find_orphans`):
         the controller shows those whose pid no unit records, and may kill them."""
         return await trio.to_thread.run_sync(find_orphans)
