@@ -23,9 +23,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import attrs
+import trio
 
 #: Busybox applets the guests' /init uses.
 APPLETS = ("sh", "mount", "insmod", "ip", "cat", "nc", "sleep", "poweroff", "chroot", "mkdir",
@@ -229,5 +231,29 @@ def unit_guest(token_file: Path, name: str = "box", agent: str = "echo") -> Gues
 HOST_ROOT_SHARE = "/:hostroot:ro"
 
 
-if __name__ == "__main__":  # build both guests ahead of time: python tests/qemu_guest.py
+
+
+async def echoes(connect: Callable[[], Awaitable[trio.abc.Stream]], data: bytes) -> bytes:
+    """What the echo guest sends back for `data` on a new connection, retried for up to
+    15 s: the guest reopens its virtio port after each host disconnect, and the port
+    drops what arrives while it is closed, so one try may get nothing."""
+    got = b""
+    with trio.move_on_after(15):
+        while True:
+            got = b""
+            async with await connect() as stream:
+                await stream.send_all(data)
+                with trio.move_on_after(1.5):
+                    while len(got) < len(data):
+                        chunk = await stream.receive_some(len(data) - len(got))
+                        if not chunk:
+                            break
+                        got += chunk
+            if got == data:
+                return got
+            await trio.sleep(0.2)
+    return got
+
+
+if __name__ == "__main__":  # build the echo guest ahead of time: python tests/qemu_guest.py
     print(echo_guest())

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,7 @@ import pytest
 import trio
 from latis_provisioners.libvirt import NAMESPACE, LibvirtProvisioner, find_orphans
 from provisioning import recorded
+from qemu_guest import GuestUnavailable, echo_guest, echoes
 
 from latis_core import MemoryResources, ProvisionContext, ProvisionError, ProvisionState
 
@@ -166,3 +171,94 @@ class TestTestDriver:
         with pytest.raises(ProvisionError, match="unit 'box': cannot look up") as caught:
             await make(uri="test:///no/such/file.xml").status()
         assert "file.xml" in str(caught.value)
+
+
+#: What .ci/run appends to /etc/libvirt/qemu.conf (../shared/RECIPES.md, "libvirt").
+CI_MARKER = "# latis CI (.ci/run)"
+SYSTEM_SOCKET = Path("/run/libvirt/libvirt-sock")
+
+
+@pytest.fixture(scope="session")
+def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A libvirtd for qemu:///system: the running one, or one started here (and stopped
+    by its pid afterwards); skipped with the reason when there can be none."""
+    try:
+        conf = Path("/etc/libvirt/qemu.conf").read_text()
+    except OSError as exc:
+        pytest.skip(f"no libvirt QEMU driver config: {exc}")
+    if CI_MARKER not in conf:
+        pytest.skip("/etc/libvirt/qemu.conf is not set up to run QEMU as root without"
+                    " a security driver (.ci/run does it)")
+    daemon = None
+    if not SYSTEM_SOCKET.exists():
+        binary = shutil.which("libvirtd") or "/usr/sbin/libvirtd"
+        if os.geteuid() != 0 or not os.path.exists(binary):
+            pytest.skip("no libvirtd running, and none can be started here (needs root"
+                        " and libvirt-daemon)")
+        log = tmp_path_factory.mktemp("libvirtd") / "libvirtd.log"
+        with open(log, "wb") as out:
+            daemon = subprocess.Popen([binary], stdout=out, stderr=out,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while not SYSTEM_SOCKET.exists() and daemon.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not SYSTEM_SOCKET.exists():
+            daemon.kill()
+            daemon.wait()
+            pytest.skip(f"libvirtd did not start: {log.read_text()[-500:]}")
+    try:
+        libvirt.registerErrorHandler(lambda *_: None, None)
+        try:
+            libvirt.open("qemu:///system").close()
+        except libvirt.libvirtError as exc:
+            pytest.skip(f"libvirtd does not answer on qemu:///system: {exc}")
+        yield "qemu:///system"
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            try:
+                daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_real_libvirtd_boots_a_guest(libvirtd: str, tmp_path: Path) -> None:
+    """Through a real libvirtd, the busybox guest boots, echoes on its virtio channel,
+    shuts down and is undefined without a trace."""
+    try:
+        guest = echo_guest()
+    except GuestUnavailable as exc:
+        pytest.skip(f"no QEMU guest here: {exc}")
+    context = ProvisionContext("box", "echo", {}, tmp_path / "run", tmp_path / "log",
+                               MemoryResources())
+    options = LibvirtProvisioner.Options(
+        uri=libvirtd, name=f"latis-test-{os.getpid()}", kernel=str(guest.kernel),
+        initrd=str(guest.initrd), append=guest.append, memory="256M", stop_timeout=1,
+    )
+    provisioner = LibvirtProvisioner(options, context)
+    try:
+        await provisioner.start()  # ready: the guest echoes our hello on the channel
+        assert (await provisioner.status()).state == ProvisionState.RUNNING
+        channel = str(provisioner.channel)
+
+        async def connect() -> trio.SocketStream:
+            return await trio.open_unix_socket(channel)
+
+        assert await echoes(connect, b"over virtio\n") == b"over virtio\n"
+        assert "box" in {o.unit for o in await provisioner.orphans()}
+        # busybox's init ignores ACPI: the domain is destroyed after stop_timeout.
+        await provisioner.stop()
+        status = await provisioner.status()
+        assert status.state == ProvisionState.STOPPED
+        assert status.detail.endswith("stopped (destroyed after 1 s)")
+    finally:
+        await provisioner.destroy()
+        await provisioner.aclose()
+    left = await trio.to_thread.run_sync(find_orphans, libvirtd)
+    assert [o for o in left if o.detail.split()[1] == options.name] == []
+    assert not (tmp_path / "run").exists()

@@ -25,6 +25,7 @@ from qemu_guest import (
     Guest,
     GuestUnavailable,
     echo_guest,
+    echoes,
     unit_guest,
 )
 
@@ -185,8 +186,12 @@ class TestEchoGuest:
         assert provisioner.dialer().describe() == f"tcp: 127.0.0.1:{port}"
         async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
             assert await _echoes(stream, b"over hostfwd\n") == b"over hostfwd\n"
-        async with await trio.open_unix_socket(recorded(provisioner)["channel"]) as stream:
-            assert await _echoes(stream, b"over virtio\n") == b"over virtio\n"
+        channel = recorded(provisioner)["channel"]
+
+        async def connect() -> trio.SocketStream:
+            return await trio.open_unix_socket(channel)
+
+        assert await echoes(connect, b"over virtio\n") == b"over virtio\n"
         assert [o.unit for o in find_orphans() if o.pid == pid] == ["box"]
         # busybox's init ignores the ACPI request: QMP `quit` ends it after stop_timeout.
         await provisioner.stop()
