@@ -667,12 +667,13 @@ class QemuProvisioner(OneAtATime):
             return ProvisionStatus(ProvisionState.CREATED, "not started")
         return ProvisionStatus(ProvisionState.ABSENT)
 
-    def dialer(self) -> TcpDialer | UnixDialer:
-        """The first forwarded port if there is one, else the virtio channel's socket."""
+    def dialer(self) -> TcpDialer | UnixDialer | None:
+        """The first forwarded port if there is one, else the virtio channel's socket;
+        None with neither (the unit can only dial cmdr)."""
         ports = self._ports()
         if ports:
             return TcpDialer(self.options.bind, ports[0][0])
-        return UnixDialer(self.channel)
+        return UnixDialer(self.channel) if self.options.channel else None
 
     async def orphans(self) -> list[Orphan]:
         """Every QEMU a `qemu` provisioner started on this machine (see `find_orphans`):

@@ -2,7 +2,7 @@
 
 A Debian kernel is taken from its package (`apt-get download`, unpacked into
 the cache, never installed) and booted with a busybox initramfs built here:
-see ../shared/RECIPES.md, "QEMU: a tiny guest under TCG". Two guests:
+see ../shared/RECIPES.md, "QEMU: a tiny guest under TCG". The guests:
 
 - `echo_guest`: the cloud kernel (fastest to boot), a TCP echo on guest port
   7000 and an echo on the virtio port `org.latis.unit`; prints READY on the
@@ -10,6 +10,7 @@ see ../shared/RECIPES.md, "QEMU: a tiny guest under TCG". Two guests:
 - `unit_guest`: the generic kernel (the cloud one has no 9p), the host's root
   shared read-only over 9p, and this venv's real `latis-unit` run in a chroot,
   listening on guest port 7000 with a token file (first prompt ~16 s).
+- `script_guest`: the same, running a host shell script in the chroot instead.
 
 Built files are cached in `$LATIS_QEMU_CACHE` or `~/.cache/latis/qemu`.
 Nothing here needs pytest: a missing piece raises `GuestUnavailable`, which
@@ -224,6 +225,17 @@ def unit_guest(token_file: Path, name: str = "box", agent: str = "echo") -> Gues
     init = UNIT_INIT.format(modules=" ".join(UNIT_MODULES), command=command)
     # Its init names a per-run token file: built beside it, not in the cache.
     return Guest(vmlinuz, initrd(init, modules, UNIT_MODULES, where=token_file.parent))
+
+
+def script_guest(script: Path) -> Guest:
+    """The generic kernel with the host root over 9p, running the host's shell script
+    `script` in a chroot of it (so what it runs can be written after the guest is built)."""
+    problem = qemu_problem()
+    if problem:
+        raise GuestUnavailable(problem)
+    vmlinuz, modules = kernel("generic")
+    init = UNIT_INIT.format(modules=" ".join(UNIT_MODULES), command=f"/bin/sh {script}")
+    return Guest(vmlinuz, initrd(init, modules, UNIT_MODULES, where=script.parent))
 
 
 #: The qemu provisioner's `shares` entry for the host root, read-only, that the

@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
+import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from qemu_guest import (
     GuestUnavailable,
     echo_guest,
     echoes,
+    script_guest,
     unit_guest,
 )
 
@@ -33,6 +37,8 @@ import latis_core
 from latis_core import MemoryResources, ProvisionContext, ProvisionError, ProvisionState
 from latis_core._auth import read_secret_file
 from latis_core._config import parse_config
+from latis_core._paths import paths
+from latis_core._state import State
 
 Make = Callable[..., QemuProvisioner]
 
@@ -183,7 +189,8 @@ class TestEchoGuest:
         status = await provisioner.status()
         assert status.state == ProvisionState.RUNNING
         assert status.detail == f"pid {pid}, tcg, running"
-        assert provisioner.dialer().describe() == f"tcp: 127.0.0.1:{port}"
+        dialer = provisioner.dialer()
+        assert dialer is not None and dialer.describe() == f"tcp: 127.0.0.1:{port}"
         async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
             assert await _echoes(stream, b"over hostfwd\n") == b"over hostfwd\n"
         channel = recorded(provisioner)["channel"]
@@ -289,3 +296,62 @@ token_file = "{token_file}"
         await provisioner.destroy()
     assert _qemus(tmp_path / "run") == []
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_unit_in_a_vm_dials_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A controller brings up a VM whose real latis-unit dials home to cmdr's listener
+    at 10.0.2.2, and a prompt goes through that connection."""
+    home = Path(tempfile.mkdtemp(prefix="lqd", dir="/tmp"))  # short: socket paths
+    monkeypatch.setenv("LATIS_HOME", str(home))
+    script = home / "unit.sh"
+    script.write_text("sleep 3600\n")  # replaced once the unit is enrolled
+    try:
+        try:
+            guest = script_guest(script)
+        except GuestUnavailable as exc:
+            pytest.skip(f"no QEMU guest here: {exc}")
+        config = parse_config(f"""
+[units.vm2]
+agent = "echo"
+[units.vm2.provisioner]
+type = "qemu"
+kernel = "{guest.kernel}"
+initrd = "{guest.initrd}"
+append = "{guest.append}"
+memory = "1G"
+shares = ["{HOST_ROOT_SHARE}"]
+ready = "console:HOST_MOUNTED"
+channel = ""  # nothing to dial: the controller waits for the unit to dial in
+stop_timeout = 1
+[[units.vm2.accept]]
+type = "tcp"
+host = "127.0.0.1"
+port = 0
+tls = true
+""")
+        with State(paths().state_file) as state:
+            async with latis_core.open_controller(config, state) as ctl:
+                # The guest reaches the host's loopback as 10.0.2.2.
+                enrolled = await ctl.dialins.enroll("vm2", "10.0.2.2")
+                secret = home / "vm2.secret"
+                secret.write_text(enrolled["secret"] + "\n")
+                secret.chmod(0o600)
+                unit = Path(sys.prefix) / "bin" / "latis-unit"
+                script.write_text(f"exec {unit} --connect '{enrolled['urls'][0]}'"
+                                  f" --secret-file {secret} --name vm2 --agent echo\n")
+                lines: list[str] = []
+                try:
+                    await ctl.up("vm2", progress=lines.append)
+                    session = await ctl.create_session("vm2")
+                    record = await ctl.start_prompt(session["session"], "dialed home")
+                    events = [e async for e in ctl.follow(record.id)]
+                    text = "".join(e[1].text for e in events if e[0] == "chunk")
+                    assert text == "dialed home"
+                    assert any("to dial in" in line for line in lines)
+                finally:
+                    await ctl.destroy("vm2")
+        assert _qemus(home / "run") == []
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
