@@ -67,7 +67,7 @@ NAME_PREFIX = "latis-"
 #: How often readiness and exits are polled, in seconds.
 POLL = 0.05
 #: Seconds one readiness probe may take.
-PROBE_TIMEOUT = 2.0
+PROBE_TIMEOUT = 3.0
 #: Seconds between progress messages while the guest boots.
 PROGRESS_EVERY = 5.0
 #: Seconds QEMU gets to exit after `quit`, and a killed QEMU to vanish.
@@ -587,35 +587,55 @@ class QemuProvisioner(OneAtATime):
 
     async def _wait_ready(self, pid: int, offset: int | None) -> None:
         """Wait until the guest is ready. If QEMU exits first, or time runs out (QEMU is
-        then stopped, if this call started it), raise ProvisionError with its log."""
+        then stopped, if this call started it), raise ProvisionError with its log.
+
+        A probe is started every 0.2 s without waiting for the last one: one that is
+        sent while the guest boots may hang until its timeout (slirp retries its SYN
+        into the guest), and must not delay the next."""
         start = trio.current_time()
         deadline = start + self.options.ready_timeout
         next_say = start + PROGRESS_EVERY
         what = (self._probe_target()[0] if self.options.ready == "auto"
                 else self.options.ready)
-        while True:
+        ready = trio.Event()
+
+        async def probe() -> None:
             if await self._is_ready(offset):
-                return
-            if not self._is_ours(pid):
-                how = describe_exit(self._reap(pid))
-                self._record(exit=how)
-                self._forget(pid)
-                raise self._error(f"QEMU (pid {pid}) exited before the guest was ready ({how})"
-                                  + self._log_tail(offset))
-            now = trio.current_time()
-            if now >= deadline:
-                tail = self._log_tail(offset)
-                if offset is not None:
-                    how = await self._shut_down(pid)
-                    self._record(exit=f"failed to start, {how}")
+                ready.set()
+
+        failure = ""
+        async with trio.open_nursery() as nursery:
+            while not ready.is_set():
+                nursery.start_soon(probe)
+                with trio.move_on_after(POLL * 4):
+                    await ready.wait()
+                if ready.is_set():
+                    break
+                if not self._is_ours(pid):
+                    how = describe_exit(self._reap(pid))
+                    self._record(exit=how)
                     self._forget(pid)
-                raise self._error(f"the guest (QEMU pid {pid}) was not ready ({what}) within"
-                                  f" {self.options.ready_timeout:g} s" + tail)
-            if now >= next_say:
-                next_say = now + PROGRESS_EVERY
-                self._say(f"waiting for unit {self.context.unit!r} ({what}):"
-                          f" {now - start:.0f} s")
-            await trio.sleep(POLL * 4)
+                    failure = (f"QEMU (pid {pid}) exited before the guest was ready ({how})"
+                               + self._log_tail(offset))
+                    break
+                now = trio.current_time()
+                if now >= deadline:
+                    failure = (f"the guest (QEMU pid {pid}) was not ready ({what}) within"
+                               f" {self.options.ready_timeout:g} s" + self._log_tail(offset))
+                    break
+                if now >= next_say:
+                    next_say = now + PROGRESS_EVERY
+                    self._say(f"waiting for unit {self.context.unit!r} ({what}):"
+                              f" {now - start:.0f} s")
+            nursery.cancel_scope.cancel()
+        if not failure:
+            return
+        if self._is_ours(pid) and offset is not None:
+            # Timed out, and this call started it: shut it down.
+            how = await self._shut_down(pid)
+            self._record(exit=f"failed to start, {how}")
+            self._forget(pid)
+        raise self._error(failure)
 
     def _log_tail(self, offset: int | None) -> str:
         tail = read_tail(self.log, offset or 0)
