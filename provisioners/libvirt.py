@@ -197,6 +197,9 @@ class LibvirtProvisioner(OneAtATime):
         self.console: Path = context.run_dir / CONSOLE_NAME
         #: Called with a short line as `start` goes; the controller sets it.
         self.progress: Callable[[str], None] | None = None
+        #: Whether `start` waits for `ready`; False (`latis unit up --no-wait`) returns
+        #: once the domain runs.
+        self.wait: bool = True
         self._conn: Any = None
         super().__init__()
 
@@ -404,7 +407,8 @@ class LibvirtProvisioner(OneAtATime):
             started = True
             self._record(domain)
             self._say(f"started domain {self.name!r} at {self.options.uri}")
-        await self._wait_ready(domain, started)
+        if self.wait:
+            await self._wait_ready(domain, started)
 
     async def _is_ready(self) -> bool:
         ready = self.options.ready

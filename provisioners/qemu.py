@@ -307,6 +307,9 @@ class QemuProvisioner(OneAtATime):
         #: Called with a short line as `start` goes ("booting the guest (tcg)…"); the
         #: controller sets it to its own progress callback.
         self.progress: Callable[[str], None] | None = None
+        #: Whether `start` waits for `ready`; False (`latis unit up --no-wait`) returns
+        #: once QEMU runs.
+        self.wait: bool = True
         super().__init__()
 
     def __repr__(self) -> str:
@@ -533,7 +536,8 @@ class QemuProvisioner(OneAtATime):
         await self._create()
         running = self._recorded_pid()
         if running is not None and self._is_ours(running):
-            await self._wait_ready(running, offset=None)
+            if self.wait:
+                await self._wait_ready(running, offset=None)
             return
         accel, why = self._accel()
         argv = self.argv(accel)
@@ -551,7 +555,8 @@ class QemuProvisioner(OneAtATime):
         _CHILDREN[pid] = _Child(self.qmp)
         self._record(pid=str(pid), accel=accel)
         self._say(f"booting unit {self.context.unit!r} in QEMU (pid {pid}, {accel}: {why})")
-        await self._wait_ready(pid, offset=offset)
+        if self.wait:
+            await self._wait_ready(pid, offset=offset)
 
     def _probe_target(self) -> tuple[str, Callable[[], Awaitable[trio.SocketStream]]]:
         """What `ready = "auto"` probes (as words), and how to connect to it."""

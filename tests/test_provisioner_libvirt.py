@@ -162,6 +162,16 @@ class TestTestDriver:
         assert 'name="box"' in domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE)
         await provisioner.destroy()
 
+    async def test_start_without_waiting(self, make: Make, conn: Any) -> None:
+        """With `wait` off, start returns once the domain runs, whatever `ready` says."""
+        provisioner = make(ready="console:NEVER", ready_timeout=0.5)
+        provisioner.wait = False
+        await provisioner.start()
+        assert conn.lookupByName("latis-box").isActive()
+        provisioner.wait = True
+        with pytest.raises(ProvisionError, match="was not ready"):
+            await provisioner.start()
+
     async def test_errors_carry_libvirt_words(self, make: Make) -> None:
         """A failure names the unit and says what libvirt said."""
         with pytest.raises(ProvisionError, match="unit 'box'.*neither"):

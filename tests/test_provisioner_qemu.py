@@ -231,10 +231,16 @@ class TestEchoGuest:
         assert "failed to start" in recorded(provisioner)["exit"]
 
     async def test_an_unanswering_qemu_is_killed(self, make: Make, echo: Guest) -> None:
-        """stop kills a QEMU whose QMP does not answer."""
-        provisioner = make(**echo.options(ready="console:READY", network=False))
+        """start returns at once when told not to wait; stop kills a QEMU whose QMP
+        does not answer."""
+        provisioner = make(**echo.options(ready="console:NEVER", network=False))
+        provisioner.wait = False  # `latis unit up --no-wait`
         await provisioner.start()
         pid = int(recorded(provisioner)["pid"])
+        assert (await provisioner.status()).state == ProvisionState.RUNNING
+        with trio.fail_after(10):
+            while not provisioner.qmp.exists():
+                await trio.sleep(0.05)
         os.kill(pid, signal.SIGSTOP)  # frozen: QMP cannot answer
         await provisioner.stop()
         assert not _alive(pid)
