@@ -97,7 +97,7 @@ class LibvirtOptions:
             test:// URI, else "qemu", which is TCG), "kvm", "qemu" or "test".
         memory: the guest's memory: "512M", "16G".
         cpus: virtual CPUs.
-        image: a disk image (qcow2 or raw) to boot from; or give `kernel`.
+        image: a disk image (qcow2 or raw): the boot disk, or with `kernel` `/dev/vda`.
         format: the image's format; by default "qcow2" for `*.qcow2`, else "raw".
         snapshot: the disk is `<transient/>`: writes are dropped when the domain stops.
         kernel: a kernel to boot directly, with `initrd` and `append`.
@@ -339,9 +339,9 @@ class LibvirtProvisioner(OneAtATime):
     def _check(self) -> None:
         options = self.options
         if not options.template:
-            if bool(options.image) == bool(options.kernel):
-                raise self._error("give either `image` (a disk) or `kernel` (with `initrd`), or"
-                                  " a `template`, not " + ("both" if options.image else "neither"))
+            if not (options.image or options.kernel):
+                raise self._error("give `image` (a disk to boot), `kernel` (with `initrd`),"
+                                  " both, or a `template`: neither is set")
             try:
                 _kib(options.memory)
             except ValueError as exc:

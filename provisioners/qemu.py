@@ -90,7 +90,8 @@ class QemuOptions:
     """The `qemu` provisioner's config table.
 
     Attributes:
-        image: a disk image (qcow2 or raw) the guest boots from; or give `kernel`.
+        image: a disk image (qcow2 or raw), the guest's boot disk, or with `kernel`
+            its first disk (`/dev/vda`).
         format: the image's format; by default "qcow2" for `*.qcow2`, else "raw".
         kernel: a kernel to boot directly (`-kernel`), with `initrd` and `append`.
         initrd: the initial ramdisk for `kernel`.
@@ -341,9 +342,9 @@ class QemuProvisioner(OneAtATime):
     def _check(self) -> None:
         """Refuse options that cannot work, before anything is made."""
         options = self.options
-        if bool(options.image) == bool(options.kernel):
-            raise self._error("give either `image` (a disk) or `kernel` (with `initrd`), not "
-                              + ("both" if options.image else "neither"))
+        if not (options.image or options.kernel):
+            raise self._error("give `image` (a disk to boot), `kernel` (with `initrd`), or"
+                              " both (a kernel booted with that disk): neither is set")
         for key in ("image", "kernel", "initrd"):
             value = getattr(options, key)
             if value and not os.path.isfile(os.path.expanduser(value)):
@@ -399,8 +400,8 @@ class QemuProvisioner(OneAtATime):
             argv += ["-drive", f"file={_escape(image)},if=virtio,format={fmt}"]
             if options.snapshot:
                 argv.append("-snapshot")
-        else:
-            argv += ["-kernel", os.path.expanduser(options.kernel or "")]
+        if options.kernel:
+            argv += ["-kernel", os.path.expanduser(options.kernel)]
             if options.initrd:
                 argv += ["-initrd", os.path.expanduser(options.initrd)]
             if options.append:

@@ -5,8 +5,9 @@ the cache, never installed) and booted with a busybox initramfs built here:
 see ../shared/RECIPES.md, "QEMU: a tiny guest under TCG". The guests:
 
 - `echo_guest`: the cloud kernel (fastest to boot), a TCP echo on guest port
-  7000 and an echo on the virtio port `org.latis.unit`; prints READY on the
-  serial console (~4 s under TCG).
+  7000 and an echo on the virtio port `org.latis.unit`; writes GUEST_WROTE at
+  the start of its disk if it has one; prints READY on the serial console
+  (~2 s under TCG).
 - `unit_guest`: the generic kernel (the cloud one has no 9p), the host's root
   shared read-only over 9p, and this venv's real `latis-unit` run in a chroot,
   listening on guest port 7000 with a token file (first prompt ~16 s).
@@ -32,10 +33,11 @@ import trio
 
 #: Busybox applets the guests' /init uses.
 APPLETS = ("sh", "mount", "insmod", "ip", "cat", "nc", "sleep", "poweroff", "chroot", "mkdir",
-           "echo", "ls")
+           "echo", "ls", "sync")
 #: virtio modules for the echo guest, in modules.dep order (a wrong order: "unknown symbol").
 ECHO_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
-                "virtio_pci", "virtio_console", "failover", "net_failover", "virtio_net")
+                "virtio_pci", "virtio_console", "virtio_blk", "failover", "net_failover",
+                "virtio_net")
 #: The same plus 9p, for the guest that runs the host's Python.
 UNIT_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
                 "virtio_pci", "virtio_console", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p",
@@ -54,6 +56,7 @@ ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default
 """
 
 ECHO_INIT = _PREAMBLE + """
+if [ -b /dev/vda ]; then echo GUEST_WROTE > /dev/vda; sync; echo "WROTE" > /dev/ttyS0; fi
 nc -ll -p {port} -e /bin/cat &
 VP=
 while [ -z "$VP" ]; do

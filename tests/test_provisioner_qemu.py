@@ -109,7 +109,6 @@ class TestOptions:
         kernel.write_bytes(b"")
         cases = {
             "neither": {},
-            "both": {"image": str(kernel), "kernel": str(kernel)},
             "no such file": {"kernel": str(tmp_path / "nope")},
             "memory": {"kernel": str(kernel), "memory": "lots"},
             "port": {"kernel": str(kernel), "ports": ["9000:x"]},
@@ -214,6 +213,20 @@ class TestEchoGuest:
         assert (await provisioner.status()).state == ProvisionState.ABSENT
         assert _qemus(tmp_path / "run") == []
         await provisioner.destroy()  # idempotent
+
+    async def test_snapshot_keeps_the_image(self, make: Make, echo: Guest, tmp_path: Path) -> None:
+        """A guest that writes its disk leaves the image as it was with `snapshot` (the
+        default), and writes it without."""
+        image = tmp_path / "disk.raw"
+        image.write_bytes(bytes(1024 * 1024))
+        for snapshot, expected in ((True, bytes(11)), (False, b"GUEST_WROTE")):
+            provisioner = make(**echo.options(image=str(image), snapshot=snapshot,
+                                              ready="console:READY", network=False,
+                                              stop_timeout=0.5))
+            await provisioner.start()
+            assert "WROTE" in (tmp_path / "log" / "box.log").read_text()
+            await provisioner.destroy()
+            assert image.read_bytes()[:11] == expected
 
     async def test_start_waits_then_gives_up(self, make: Make, echo: Guest) -> None:
         """A guest that never gets ready fails start with its console's words, and its
