@@ -34,16 +34,22 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import attrs
 import orjson
 import trio
 from latis_transports.tcp import TcpDialer
-from latis_transports.unix import UnixDialer
 
-from latis_core import ProvisionContext, ProvisionError, ProvisionState, ProvisionStatus
+from latis_core import (
+    ConnectError,
+    ProvisionContext,
+    ProvisionError,
+    ProvisionState,
+    ProvisionStatus,
+)
 from latis_core._provision import OneAtATime
 
 from .process import (
@@ -56,12 +62,23 @@ from .process import (
     socket_path_problem,
 )
 
-__all__ = ["Orphan", "QemuOptions", "QemuProvisioner", "detect_accel", "find_orphans"]
+__all__ = [
+    "ChannelDialer",
+    "Orphan",
+    "QemuOptions",
+    "QemuProvisioner",
+    "detect_accel",
+    "find_orphans",
+]
 
 #: The QMP socket's name in the run dir.
 QMP_NAME = "qmp.sock"
 #: The virtio-serial channel's socket's name in the run dir.
 CHANNEL_NAME = "unit.sock"
+#: The id of the channel's chardev (QMP `query-chardev` says if the guest opened it).
+CHARDEV = "latis"
+#: Seconds a `ChannelDialer` waits for the guest to close its end after a connection.
+CLOSE_WAIT = 5.0
 #: The name the VM gets (`-name guest=...`): how an orphaned QEMU is recognised.
 NAME_PREFIX = "latis-"
 #: How often readiness and exits are polled, in seconds.
@@ -113,7 +130,7 @@ class QemuOptions:
         qemu: the QEMU binary (a name on PATH or a path).
         extra_args: more QEMU arguments, added last.
         ready: when `start` returns: "auto" (a latis unit answers `hello` on the
-            first forwarded port, or on the channel if there are no ports),
+            first forwarded port; with no ports, the guest opens the channel),
             "console:TEXT" (TEXT shows on the serial console), or "none" (QEMU runs).
         ready_timeout: seconds `start` waits for `ready`.
         stop_timeout: seconds the guest gets to power off before QEMU is told to quit.
@@ -273,6 +290,72 @@ async def qmp(path: Path, *commands: str, seconds: float = 5.0) -> list[object]:
     raise OSError(f"QMP at {path} did not answer within {seconds:g} s")
 
 
+async def channel_open(qmp_path: Path) -> bool:
+    """Whether the guest has its end of the channel open: QMP `query-chardev` says
+    whether the frontend of our chardev (the guest's virtio port) is open."""
+    try:
+        (chardevs,) = await qmp(qmp_path, "query-chardev", seconds=PROBE_TIMEOUT)
+    except OSError:
+        return False
+    return isinstance(chardevs, list) and any(
+        isinstance(c, dict) and c.get("label") == CHARDEV and c.get("frontend-open")
+        for c in chardevs
+    )
+
+
+async def _wait_channel(qmp_path: Path, is_open: bool, seconds: float) -> bool:
+    """Wait up to `seconds` for the guest's end of the channel to be open (or closed);
+    say whether it came to be. Polled often: the guest may reopen it within 0.1 s."""
+    deadline = trio.current_time() + seconds
+    while await channel_open(qmp_path) != is_open:
+        if trio.current_time() >= deadline:
+            return False
+        await trio.sleep(0.02)
+    return True
+
+
+class ChannelDialer:
+    """Dials the host end of the virtio channel, one connection at a time, each to a
+    guest end opened afresh.
+
+    The channel is one byte stream that outlives host connections: the guest learns
+    that the host hung up only when it reads EOF, and a new connection's bytes may
+    reach it first. So after a connection ends this dialer waits (up to
+    `CLOSE_WAIT` s) for the guest to close its end (its unit exits on EOF), and
+    before the next it waits for the guest to open it again.
+    """
+
+    def __init__(self, socket: Path, qmp_path: Path, open_timeout: float = 60.0) -> None:
+        self.socket = socket
+        self.qmp = qmp_path
+        self.open_timeout = open_timeout
+        self._lock = trio.Lock()
+
+    def describe(self) -> str:
+        return f"unix: {self.socket} (virtio channel)"
+
+    def connect(self) -> AbstractAsyncContextManager[trio.abc.Stream]:
+        return self._connect()
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[trio.abc.Stream]:
+        async with self._lock:
+            await _wait_channel(self.qmp, True, self.open_timeout)
+            try:
+                stream = await trio.open_unix_socket(os.fspath(self.socket))
+            except OSError as exc:
+                raise ConnectError(
+                    f"cannot connect to the virtio channel at {self.socket}:"
+                    f" {exc.strerror or exc}"
+                ) from exc
+            try:
+                yield stream
+            finally:
+                await stream.aclose()
+                with trio.CancelScope(shield=True):  # also when the caller was cancelled
+                    await _wait_channel(self.qmp, False, CLOSE_WAIT)
+
+
 async def _answers_hello(connect: Callable[[], Awaitable[trio.SocketStream]]) -> bool:
     """Whether the far end of a new connection answers a cmdr `hello` with any bytes."""
     with trio.move_on_after(PROBE_TIMEOUT):
@@ -416,8 +499,9 @@ class QemuProvisioner(OneAtATime):
         if options.channel:
             argv += [
                 "-device", "virtio-serial-pci",
-                "-chardev", f"socket,id=latis,path={_escape(str(self.channel))},server=on,wait=off",
-                "-device", f"virtserialport,chardev=latis,name={_escape(options.channel)}",
+                "-chardev",
+                f"socket,id={CHARDEV},path={_escape(str(self.channel))},server=on,wait=off",
+                "-device", f"virtserialport,chardev={CHARDEV},name={_escape(options.channel)}",
             ]
         for share in options.shares:
             path, tag, *ro = share.split(":")
@@ -559,22 +643,14 @@ class QemuProvisioner(OneAtATime):
         if self.wait:
             await self._wait_ready(pid, offset=offset)
 
-    def _probe_target(self) -> tuple[str, Callable[[], Awaitable[trio.SocketStream]]]:
-        """What `ready = "auto"` probes (as words), and how to connect to it."""
+    def _what_ready(self) -> str:
+        """What `start` waits for, in words."""
         ports = self._ports()
+        if self.options.ready != "auto":
+            return self.options.ready
         if ports:
-            host, port = self.options.bind, ports[0][0]
-
-            async def tcp() -> trio.SocketStream:
-                return await trio.open_tcp_stream(host, port)
-
-            return f"tcp {host}:{port}", tcp
-        channel = os.fspath(self.channel)
-
-        async def unix() -> trio.SocketStream:
-            return await trio.open_unix_socket(channel)
-
-        return f"the channel {channel}", unix
+            return f"a hello answered on tcp {self.options.bind}:{ports[0][0]}"
+        return f"the guest to open its port {self.options.channel!r}"
 
     async def _is_ready(self, offset: int | None) -> bool:
         ready = self.options.ready
@@ -589,7 +665,17 @@ class QemuProvisioner(OneAtATime):
             if offset is None:  # since the last start's header line
                 text = text.rsplit("\n--- ", 1)[-1]
             return ready[len("console:") :] in text
-        return await _answers_hello(self._probe_target()[1])
+        ports = self._ports()
+        if not ports:
+            # Nothing is sent on the channel: a probe's bytes would reach the unit as
+            # the start of the controller's connection (see ChannelDialer).
+            return await channel_open(self.qmp)
+        host, port = self.options.bind, ports[0][0]
+
+        async def tcp() -> trio.SocketStream:
+            return await trio.open_tcp_stream(host, port)
+
+        return await _answers_hello(tcp)
 
     async def _wait_ready(self, pid: int, offset: int | None) -> None:
         """Wait until the guest is ready. If QEMU exits first, or time runs out (QEMU is
@@ -601,8 +687,7 @@ class QemuProvisioner(OneAtATime):
         start = trio.current_time()
         deadline = start + self.options.ready_timeout
         next_say = start + PROGRESS_EVERY
-        what = (self._probe_target()[0] if self.options.ready == "auto"
-                else self.options.ready)
+        what = self._what_ready()
         ready = trio.Event()
 
         async def probe() -> None:
@@ -693,13 +778,13 @@ class QemuProvisioner(OneAtATime):
             return ProvisionStatus(ProvisionState.CREATED, "not started")
         return ProvisionStatus(ProvisionState.ABSENT)
 
-    def dialer(self) -> TcpDialer | UnixDialer | None:
-        """The first forwarded port if there is one, else the virtio channel's socket;
-        None with neither (the unit can only dial cmdr)."""
+    def dialer(self) -> TcpDialer | ChannelDialer | None:
+        """The first forwarded port if there is one, else the virtio channel (see
+        `ChannelDialer`); None with neither (the unit can only dial cmdr)."""
         ports = self._ports()
         if ports:
             return TcpDialer(self.options.bind, ports[0][0])
-        return UnixDialer(self.channel) if self.options.channel else None
+        return ChannelDialer(self.channel, self.qmp) if self.options.channel else None
 
     async def orphans(self) -> list[Orphan]:
         """Every QEMU a `qemu` provisioner started on this machine (see `find_orphans`):

@@ -72,7 +72,8 @@ while true; do sleep 3600; done
 UNIT_INIT = _PREAMBLE + """
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host
-mount -t proc proc /host/proc; mount -t devtmpfs dev /host/dev; mount -t tmpfs tmp /host/run
+mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
+mount -t tmpfs tmp /host/run
 echo "HOST_MOUNTED" > /dev/ttyS0
 HOME=/run chroot /host {command} > /dev/ttyS0 2>&1 &
 while true; do sleep 3600; done
@@ -239,6 +240,23 @@ def script_guest(script: Path) -> Guest:
     vmlinuz, modules = kernel("generic")
     init = UNIT_INIT.format(modules=" ".join(UNIT_MODULES), command=f"/bin/sh {script}")
     return Guest(vmlinuz, initrd(init, modules, UNIT_MODULES, where=script.parent))
+
+
+def channel_unit_script(name: str = "box", agent: str = "echo") -> str:
+    """A `script_guest` script serving this venv's `latis-unit --stdio` on the virtio
+    port named CHANNEL: found by its name (no udev), opened once read-write (a second
+    open is EBUSY), and a new unit for each host connection (a unit exits on EOF, when
+    the host hangs up)."""
+    unit = Path(sys.prefix) / "bin" / "latis-unit"
+    return f"""
+VP=
+while [ -z "$VP" ]; do
+  for d in /sys/class/virtio-ports/*; do
+    [ "$(cat $d/name 2>/dev/null)" = {CHANNEL} ] && VP=/dev/${{d##*/}}
+  done; [ -n "$VP" ] || sleep 0.05
+done
+while true; do {unit} --stdio --name {name} --agent {agent} <>$VP >&0; sleep 0.1; done
+"""
 
 
 #: The qemu provisioner's `shares` entry for the host root, read-only, that the

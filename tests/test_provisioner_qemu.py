@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 import trio
 from latis_provisioners.qemu import QemuProvisioner, detect_accel, find_orphans
-from provisioning import recorded, start_from_a_controller
+from provisioning import ask, recorded, start_from_a_controller
 from qemu_guest import (
     GUEST_PORT,
     HOST_ROOT_SHARE,
     Guest,
     GuestUnavailable,
+    channel_unit_script,
     echo_guest,
     echoes,
     script_guest,
@@ -107,7 +108,7 @@ class TestOptions:
         """create refuses impossible options with a message naming the unit."""
         kernel = tmp_path / "vmlinuz"
         kernel.write_bytes(b"")
-        cases = {
+        cases: dict[str, dict[str, Any]] = {
             "neither": {},
             "no such file": {"kernel": str(tmp_path / "nope")},
             "memory": {"kernel": str(kernel), "memory": "lots"},
@@ -150,7 +151,9 @@ class TestOptions:
             " ports = [9000] }\n"
             'dial = { type = "tcp", host = "localhost", port = 9000 }\n'
         )
-        options = config.unit("vm1").provisioner.options
+        provisioner = config.unit("vm1").provisioner
+        assert provisioner is not None
+        options = provisioner.options
         assert isinstance(options, QemuProvisioner.Options)
         assert (options.memory, options.cpus, options.ports) == ("1G", 1, [9000])
 
@@ -374,3 +377,28 @@ tls = true
         assert _qemus(home / "run") == []
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_real_unit_over_the_virtio_channel(make: Make, tmp_path: Path) -> None:
+    """A VM without ports serves a real latis-unit on its virtio channel, reached by the
+    provisioner's dialer; each connection gets a unit of its own."""
+    script = tmp_path / "unit.sh"
+    script.write_text(channel_unit_script())
+    try:
+        guest = script_guest(script)
+    except GuestUnavailable as exc:
+        pytest.skip(f"no QEMU guest here: {exc}")
+    provisioner = make(**guest.options(memory="1G", shares=[HOST_ROOT_SHARE], network=False,
+                                       stop_timeout=0.5))
+    try:
+        await provisioner.start()  # ready: the guest opened its end of the channel
+        dialer = provisioner.dialer()
+        assert dialer is not None and dialer.describe().endswith("(virtio channel)")
+        assert await ask(provisioner, "first") == "first"
+        # The unit saw EOF and a new one serves the next connection, not the old stream.
+        assert await ask(provisioner, "second") == "second"
+    finally:
+        await provisioner.destroy()
+    assert _qemus(tmp_path / "run") == []
