@@ -12,7 +12,9 @@ whatever happens to the controller.
 
 The unit is reached on the host end of the domain's virtio-serial channel,
 `RUN_DIR/unit.sock` (libvirt's `<channel type='unix'>`, bound by QEMU), with
-the `unix` dialer. (libvirt 9.0 cannot forward user-mode network ports in XML,
+the qemu provisioner's `ChannelDialer`: a unix socket, one connection at a time,
+each to a guest end opened afresh (libvirt's live XML says when the guest has
+it open: `state='connected'`). (libvirt 9.0 cannot forward user-mode network ports in XML,
 so a unit that listens on TCP is reached through a network of the user's, or
 dials cmdr at 10.0.2.2, the host as a user-network guest sees it.)
 
@@ -37,13 +39,12 @@ from typing import Any, TypeVar
 
 import attrs
 import trio
-from latis_transports.unix import UnixDialer
 
 from latis_core import ProvisionContext, ProvisionError, ProvisionState, ProvisionStatus
 from latis_core._provision import OneAtATime
 
 from .process import read_tail, socket_path_problem
-from .qemu import CHANNEL_NAME, Orphan, _answers_hello, detect_accel
+from .qemu import CHANNEL_NAME, ChannelDialer, Orphan, detect_accel
 
 __all__ = ["NAMESPACE", "LibvirtOptions", "LibvirtProvisioner", "find_orphans"]
 
@@ -107,7 +108,7 @@ class LibvirtOptions:
         channel: the name of the virtio-serial port whose host end is
             `RUN_DIR/unit.sock`, or "" for none.
         shares: host folders shared over 9p: `"PATH:TAG"` or `"PATH:TAG:ro"`.
-        ready: when `start` returns: "auto" (a latis unit answers `hello` on the
+        ready: when `start` returns: "auto" (the guest opens its end of the
             channel), "console:TEXT" (TEXT shows on the serial console, a file in
             the run dir), or "none" (the domain runs).
         ready_timeout: seconds `start` waits for `ready`.
@@ -416,12 +417,25 @@ class LibvirtProvisioner(OneAtATime):
             return True
         if ready.startswith("console:"):
             return ready[len("console:") :] in read_tail(self.console, 0, lines=10_000)
-        channel = os.fspath(self.channel)
+        # Nothing is sent on the channel: a probe's bytes would reach the unit as the
+        # start of the controller's connection (see qemu.ChannelDialer).
+        return await self._channel_connected()
 
-        async def unix() -> trio.SocketStream:
-            return await trio.open_unix_socket(channel)
+    def _channel_state(self) -> bool:
+        """Whether the guest has its end of our channel open (blocking): libvirt keeps
+        `state='connected'` on the channel's target in the live XML, from QEMU's
+        VSERPORT_CHANGE events."""
+        domain = self._lookup()
+        if domain is None or not domain.isActive():
+            return False
+        root = ET.fromstring(domain.XMLDesc(0))
+        for target in root.iterfind("devices/channel/target"):
+            if target.get("name") == self.options.channel:
+                return target.get("state") == "connected"
+        return False
 
-        return await _answers_hello(unix)
+    async def _channel_connected(self) -> bool:
+        return await self._call("cannot read the domain's XML", self._channel_state)
 
     async def _wait_ready(self, domain: Any, started: bool) -> None:
         start = trio.current_time()
@@ -505,9 +519,13 @@ class LibvirtProvisioner(OneAtATime):
             return ProvisionStatus(ProvisionState.STOPPED, f"{where}, stopped ({exit_})")
         return ProvisionStatus(ProvisionState.CREATED, f"{where}, not started")
 
-    def dialer(self) -> UnixDialer:
-        """Dial the host end of the domain's virtio-serial channel."""
-        return UnixDialer(self.channel)
+    def dialer(self) -> ChannelDialer | None:
+        """Dial the host end of the domain's virtio-serial channel, one connection at a
+        time, each to a guest end opened afresh (see qemu.ChannelDialer); None without
+        a channel (the unit can only dial cmdr)."""
+        if not self.options.channel:
+            return None
+        return ChannelDialer(self.channel, self._channel_connected)
 
     async def orphans(self) -> list[Orphan]:
         """Every domain at this provisioner's `uri` that latis defined (see

@@ -8,9 +8,11 @@ needs at run time sits in the unit's run dir (0700):
   `system_powerdown`), after `stop_timeout` tells QEMU to `quit`, and kills it
   if even that goes unanswered.
 - `unit.sock`: a virtio-serial port (named `org.latis.unit` by default, see
-  `channel`) whose host end is this unix socket, so the `unix` dialer reaches
-  whatever the guest serves on `/sys/class/virtio-ports/*/name` = that name.
-  Only this user may open it (the run dir is 0700): no token needed.
+  `channel`) whose host end is this unix socket, reached by `ChannelDialer`
+  (a unix socket, one connection at a time, each to a guest end opened afresh:
+  QMP says when the guest has its end open). The guest finds the port by its
+  name in `/sys/class/virtio-ports/*/name`. Only this user may open the socket
+  (the run dir is 0700): no token needed.
 
 The guest's serial console and QEMU's own stderr are appended to
 `LOG_DIR/UNIT.log`; a failed start quotes its end. A disk `image` is opened
@@ -303,11 +305,13 @@ async def channel_open(qmp_path: Path) -> bool:
     )
 
 
-async def _wait_channel(qmp_path: Path, is_open: bool, seconds: float) -> bool:
+async def _wait_channel(
+    guest_open: Callable[[], Awaitable[bool]], is_open: bool, seconds: float
+) -> bool:
     """Wait up to `seconds` for the guest's end of the channel to be open (or closed);
     say whether it came to be. Polled often: the guest may reopen it within 0.1 s."""
     deadline = trio.current_time() + seconds
-    while await channel_open(qmp_path) != is_open:
+    while await guest_open() != is_open:
         if trio.current_time() >= deadline:
             return False
         await trio.sleep(0.02)
@@ -323,11 +327,19 @@ class ChannelDialer:
     reach it first. So after a connection ends this dialer waits (up to
     `CLOSE_WAIT` s) for the guest to close its end (its unit exits on EOF), and
     before the next it waits for the guest to open it again.
+
+    Args:
+        socket: the channel's host end.
+        guest_open: says whether the guest has its end open (QMP for QEMU, the live
+            domain XML for libvirt).
+        open_timeout: seconds to wait for the guest to open its end.
     """
 
-    def __init__(self, socket: Path, qmp_path: Path, open_timeout: float = 60.0) -> None:
+    def __init__(
+        self, socket: Path, guest_open: Callable[[], Awaitable[bool]], open_timeout: float = 60.0
+    ) -> None:
         self.socket = socket
-        self.qmp = qmp_path
+        self.guest_open = guest_open
         self.open_timeout = open_timeout
         self._lock = trio.Lock()
 
@@ -340,7 +352,7 @@ class ChannelDialer:
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[trio.abc.Stream]:
         async with self._lock:
-            await _wait_channel(self.qmp, True, self.open_timeout)
+            await _wait_channel(self.guest_open, True, self.open_timeout)
             try:
                 stream = await trio.open_unix_socket(os.fspath(self.socket))
             except OSError as exc:
@@ -353,7 +365,7 @@ class ChannelDialer:
             finally:
                 await stream.aclose()
                 with trio.CancelScope(shield=True):  # also when the caller was cancelled
-                    await _wait_channel(self.qmp, False, CLOSE_WAIT)
+                    await _wait_channel(self.guest_open, False, CLOSE_WAIT)
 
 
 async def _answers_hello(connect: Callable[[], Awaitable[trio.SocketStream]]) -> bool:
@@ -784,7 +796,14 @@ class QemuProvisioner(OneAtATime):
         ports = self._ports()
         if ports:
             return TcpDialer(self.options.bind, ports[0][0])
-        return ChannelDialer(self.channel, self.qmp) if self.options.channel else None
+        if not self.options.channel:
+            return None
+        qmp_path = self.qmp
+
+        async def guest_open() -> bool:
+            return await channel_open(qmp_path)
+
+        return ChannelDialer(self.channel, guest_open)
 
     async def orphans(self) -> list[Orphan]:
         """Every QEMU a `qemu` provisioner started on this machine (see `find_orphans`):

@@ -95,7 +95,9 @@ class TestTestDriver:
         assert status.state == ProvisionState.RUNNING
         assert status.detail == f"domain latis-box at {TEST_URI}"
         await provisioner.start()  # idempotent
-        assert provisioner.dialer().describe() == f"unix: {tmp_path}/run/box/unit.sock"
+        dialer = provisioner.dialer()
+        assert dialer is not None
+        assert dialer.describe() == f"unix: {tmp_path}/run/box/unit.sock (virtio channel)"
 
         await provisioner.stop()
         assert not domain.isActive()
@@ -252,7 +254,7 @@ async def test_real_libvirtd_boots_a_guest(libvirtd: str, tmp_path: Path) -> Non
     )
     provisioner = LibvirtProvisioner(options, context)
     try:
-        await provisioner.start()  # ready: the guest echoes our hello on the channel
+        await provisioner.start()  # ready: the guest opened its end of the channel
         assert (await provisioner.status()).state == ProvisionState.RUNNING
         channel = str(provisioner.channel)
 
