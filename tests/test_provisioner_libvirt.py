@@ -14,8 +14,15 @@ from typing import Any
 import pytest
 import trio
 from latis_provisioners.libvirt import NAMESPACE, LibvirtProvisioner, find_orphans
-from provisioning import recorded
-from qemu_guest import GuestUnavailable, echo_guest, echoes
+from provisioning import ask, recorded
+from qemu_guest import (
+    HOST_ROOT_SHARE,
+    GuestUnavailable,
+    channel_unit_script,
+    echo_guest,
+    echoes,
+    script_guest,
+)
 
 from latis_core import MemoryResources, ProvisionContext, ProvisionError, ProvisionState
 
@@ -273,4 +280,33 @@ async def test_real_libvirtd_boots_a_guest(libvirtd: str, tmp_path: Path) -> Non
         await provisioner.aclose()
     left = await trio.to_thread.run_sync(find_orphans, libvirtd)
     assert [o for o in left if o.detail.split()[1] == options.name] == []
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_real_libvirtd_runs_a_real_unit(libvirtd: str, tmp_path: Path) -> None:
+    """Through a real libvirtd, a guest serves a real latis-unit on its virtio channel
+    (the host root shared over 9p), and the provisioner's dialer reaches it twice."""
+    script = tmp_path / "unit.sh"
+    script.write_text(channel_unit_script())
+    try:
+        guest = script_guest(script)
+    except GuestUnavailable as exc:
+        pytest.skip(f"no QEMU guest here: {exc}")
+    context = ProvisionContext("box", "echo", {}, tmp_path / "run", tmp_path / "log",
+                               MemoryResources())
+    options = LibvirtProvisioner.Options(
+        uri=libvirtd, name=f"latis-test-{os.getpid()}", kernel=str(guest.kernel),
+        initrd=str(guest.initrd), append=guest.append, memory="1G", network=False,
+        shares=[HOST_ROOT_SHARE], stop_timeout=0.5,
+    )
+    provisioner = LibvirtProvisioner(options, context)
+    try:
+        await provisioner.start()  # ready: the guest opened its end of the channel
+        assert await ask(provisioner, "first") == "first"
+        assert await ask(provisioner, "second") == "second"
+    finally:
+        await provisioner.destroy()
+        await provisioner.aclose()
     assert not (tmp_path / "run").exists()
