@@ -287,7 +287,7 @@ async def test_real_libvirtd_boots_a_guest(libvirtd: str, tmp_path: Path) -> Non
 @pytest.mark.timeout(180)
 async def test_real_libvirtd_runs_a_real_unit(libvirtd: str, tmp_path: Path) -> None:
     """Through a real libvirtd, a guest serves a real latis-unit on its virtio channel
-    (the host root shared over 9p), and the provisioner's dialer reaches it twice."""
+    (the host root shared over 9p), reached by the provisioner's dialer."""
     script = tmp_path / "unit.sh"
     script.write_text(channel_unit_script())
     try:
@@ -304,8 +304,8 @@ async def test_real_libvirtd_runs_a_real_unit(libvirtd: str, tmp_path: Path) -> 
     provisioner = LibvirtProvisioner(options, context)
     try:
         await provisioner.start()  # ready: the guest opened its end of the channel
-        assert await ask(provisioner, "first") == "first"
-        assert await ask(provisioner, "second") == "second"
+        # (A second connection meets a fresh unit: tested once, on QEMU directly.)
+        assert await ask(provisioner, "through libvirt") == "through libvirt"
     finally:
         await provisioner.destroy()
         await provisioner.aclose()

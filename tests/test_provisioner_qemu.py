@@ -234,7 +234,7 @@ class TestEchoGuest:
     async def test_start_waits_then_gives_up(self, make: Make, echo: Guest) -> None:
         """A guest that never gets ready fails start with its console's words, and its
         QEMU is shut down."""
-        provisioner = make(**echo.options(ready="console:NEVER", ready_timeout=8,
+        provisioner = make(**echo.options(ready="console:NEVER", ready_timeout=6,
                                           stop_timeout=0.5))
         lines: list[str] = []
         provisioner.progress = lines.append
