@@ -128,7 +128,7 @@ def unit_script(
     enrollment secret (0600), and starts the unit so that it dials home.
 
     `unit_command` is the path of a `latis-unit` already on the machine; when
-    None, the script uses the one on PATH, else makes a venv in /opt/latis and
+    None, the script uses the one on PATH, else makes a venv in UNIT_DIR/venv and
     pip-installs `package` there. Under systemd (`service`: auto finds out)
     the unit is a service that restarts; otherwise it runs detached with its
     pid in UNIT_DIR/UNIT.pid and its log in UNIT_DIR/UNIT.log.
@@ -143,14 +143,15 @@ def unit_script(
         find = "\n".join([
             "LATIS_UNIT=$(command -v latis-unit || true)",
             'if [ -z "$LATIS_UNIT" ]; then',
-            "    if [ ! -x /opt/latis/bin/latis-unit ]; then",
-            "        python3 -m venv /opt/latis",
-            f"        /opt/latis/bin/pip install --quiet {q(package)}",
+            '    if [ ! -x "$LATIS_DIR/venv/bin/latis-unit" ]; then',
+            '        python3 -m venv "$LATIS_DIR/venv"',
+            f'        "$LATIS_DIR/venv/bin/pip" install --quiet {q(package)}',
             "    fi",
-            "    LATIS_UNIT=/opt/latis/bin/latis-unit",
+            '    LATIS_UNIT="$LATIS_DIR/venv/bin/latis-unit"',
             "fi",
         ])
     service_name = f"latis-unit-{unit}.service"
+    pid = q(f"{unit_dir}/{unit}.pid")
     exec_args = " ".join(_systemd_quote(a) for a in argv)
     use_systemd = {
         "systemd": "true",
@@ -183,9 +184,13 @@ def unit_script(
         "    systemctl daemon-reload",
         f"    systemctl enable --now --no-block {service_name}",
         "else",
-        f"    nohup setsid \"$LATIS_UNIT\" {' '.join(q(a) for a in argv)} \\",
-        f"        >> {q(f'{unit_dir}/{unit}.log')} 2>&1 < /dev/null &",
-        f"    echo $! > {q(f'{unit_dir}/{unit}.pid')}",
+        # Run twice (a VM started again), the script leaves a unit that runs alone.
+        f"    if [ -f {pid} ] && kill -0 \"$(cat {pid})\" 2>/dev/null; then exit 0; fi",
+        f"    set -- \"$LATIS_UNIT\" {' '.join(q(a) for a in argv)}",
+        # A session of its own where there is setsid (Linux; macOS has none).
+        '    if command -v setsid >/dev/null 2>&1; then set -- setsid "$@"; fi',
+        f'    nohup "$@" >> {q(f"{unit_dir}/{unit}.log")} 2>&1 < /dev/null &',
+        f"    echo $! > {pid}",
         "fi",
     ]
     return "\n".join(lines) + "\n"
