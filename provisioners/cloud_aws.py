@@ -163,6 +163,7 @@ class CloudAwsProvisioner(DialsHome, OneAtATime):
     """Runs a unit on an EC2 instance whose user-data starts it dialing home."""
 
     Options = CloudAwsOptions
+    options: CloudAwsOptions
 
     def __init__(self, options: CloudAwsOptions, context: ProvisionContext) -> None:
         self.options = options

@@ -159,6 +159,7 @@ class KubernetesProvisioner(DialsHome, OneAtATime):
     """Runs a unit (or a group of `replicas` units) as pods that dial home."""
 
     Options = KubernetesOptions
+    options: KubernetesOptions
 
     def __init__(self, options: KubernetesOptions, context: ProvisionContext) -> None:
         self.options = options
@@ -216,11 +217,12 @@ class KubernetesProvisioner(DialsHome, OneAtATime):
                 api_client = client.ApiClient(configuration)
             elif not (o.kubeconfig or o.context) and os.environ.get("KUBERNETES_SERVICE_HOST"):
                 configuration = client.Configuration()
-                config.load_incluster_config(client_configuration=configuration)
+                config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration)
                 api_client = client.ApiClient(configuration)
             else:
-                api_client = config.new_client_from_config(config_file=o.kubeconfig,
-                                                           context=o.context)
+                api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                    config_file=o.kubeconfig, context=o.context)
         except (config.ConfigException, OSError) as exc:
             raise self._error(f"no way to reach a cluster: {exc}") from exc
         return client.CoreV1Api(api_client)

@@ -111,6 +111,7 @@ class TartProvisioner(DialsHome, OneAtATime):
     """Runs a unit in a tart VM; the unit dials home."""
 
     Options = TartOptions
+    options: TartOptions
 
     def __init__(self, options: TartOptions, context: ProvisionContext) -> None:
         self.options = options
