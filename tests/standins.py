@@ -10,6 +10,7 @@ they run what the instance or the pod would run, here.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -20,7 +21,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import trio
 
 #: A kmock emulator with pods and secrets declared (kmock 404s a kind until then).
 KMOCK = """
@@ -157,3 +161,38 @@ def kmock_server() -> Iterator[Kmock]:
         yield Kmock(line.split()[1])
     finally:
         _stop(process)
+
+
+async def run_pod(kmock: Kmock, namespace: str, name: str) -> trio.Process:
+    """Run pod `name` here as a kubelet would: its Secret volumes written where the
+    pod mounts them, its env, its command and args. The caller ends the process."""
+    api = kmock.api()
+    pod = await trio.to_thread.run_sync(api.read_namespaced_pod, name, namespace)
+    [container] = pod.spec.containers
+    for volume in pod.spec.volumes or []:
+        if volume.secret is None:
+            continue
+        [mount] = [m for m in container.volume_mounts if m.name == volume.name]
+        secret = await trio.to_thread.run_sync(api.read_namespaced_secret,
+                                               volume.secret.secret_name, namespace)
+        folder = trio.Path(mount.mount_path)
+        await folder.mkdir(parents=True, exist_ok=True)
+        for key, value in (secret.data or {}).items():
+            await (folder / key).write_bytes(base64.b64decode(value))
+            await (folder / key).chmod(volume.secret.default_mode or 0o644)
+    env = {**os.environ, **{e.name: e.value for e in container.env or []}}
+    return await trio.lowlevel.open_process([*container.command, *container.args], env=env)
+
+
+async def run_user_data(script: str, path: Path) -> None:
+    """Run an instance's user-data script here, as cloud-init runs it (to its end)."""
+    await trio.Path(path).write_text(script)
+    await trio.run_process(["sh", str(path)])
+
+
+def kill_pid_file(path: Path) -> None:
+    """SIGTERM the process whose pid the file holds (a unit the user-data started)."""
+    try:
+        os.kill(int(path.read_text()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass

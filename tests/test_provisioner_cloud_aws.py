@@ -10,9 +10,7 @@ enrollment and answers a prompt.
 from __future__ import annotations
 
 import base64
-import os
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,7 +25,7 @@ pytest.importorskip("moto")
 
 from latis_provisioners.cloud_aws import CloudAwsProvisioner  # noqa: E402
 from provisioning import recorded  # noqa: E402
-from standins import Moto, aws_credentials, moto_server  # noqa: E402
+from standins import Moto, aws_credentials, kill_pid_file, moto_server, run_user_data  # noqa: E402
 
 import latis_core  # noqa: E402
 from latis_core import (  # noqa: E402
@@ -267,12 +265,7 @@ async def playing_the_instance(tmp_path: Path) -> AsyncIterator[Path]:
     """A unit dir for the script the instance runs; its unit is killed at teardown."""
     unit_dir = tmp_path / "instance"
     yield unit_dir
-    pid_file = unit_dir / "cloud1.pid"
-    if pid_file.exists():
-        try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    kill_pid_file(unit_dir / "cloud1.pid")
 
 
 async def test_the_instance_dials_home_over_websocket_and_answers(
@@ -296,9 +289,7 @@ async def test_the_instance_dials_home_over_websocket_and_answers(
                     while not (instance_id := rt.provisioner.context.resources.get("instance")):
                         await trio.sleep(0.02)
                 script = await rt.provisioner.user_data_of(instance_id)
-                path = trio.Path(unit_dir.parent / "user-data.sh")
-                await path.write_text(script)
-                await trio.run_process(["sh", str(path)])  # as cloud-init runs it
+                await run_user_data(script, unit_dir.parent / "user-data.sh")
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(be_the_instance)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import os
 import shutil
 import signal
 import tempfile
@@ -28,7 +27,7 @@ pytest.importorskip("kubernetes")
 pytest.importorskip("kmock")
 
 from latis_provisioners.kubernetes import KubernetesProvisioner, object_name  # noqa: E402
-from standins import Kmock, free_port, kmock_server  # noqa: E402
+from standins import Kmock, free_port, kmock_server, run_pod  # noqa: E402
 
 import latis_core  # noqa: E402
 from latis_core import (  # noqa: E402
@@ -265,26 +264,6 @@ async def kubelet(tmp_path: Path) -> AsyncIterator[list[trio.Process]]:
                 process.kill()
 
 
-async def run_pod(kmock: Kmock, namespace: str, name: str,
-                  kubelet: list[trio.Process]) -> None:
-    """Run pod `name` here as a kubelet would: its Secret volume, its env, its command."""
-    api = kmock.api()
-    pod = await trio.to_thread.run_sync(api.read_namespaced_pod, name, namespace)
-    [container] = pod.spec.containers
-    for volume in pod.spec.volumes:
-        [mount] = [m for m in container.volume_mounts if m.name == volume.name]
-        secret = await trio.to_thread.run_sync(api.read_namespaced_secret,
-                                               volume.secret.secret_name, namespace)
-        folder = trio.Path(mount.mount_path)
-        await folder.mkdir(parents=True, exist_ok=True)
-        for key, value in secret.data.items():
-            await (folder / key).write_bytes(base64.b64decode(value))
-            await (folder / key).chmod(volume.secret.default_mode)
-    env = {**os.environ, **{e.name: e.value for e in container.env or []}}
-    kubelet.append(await trio.lowlevel.open_process([*container.command, *container.args],
-                                                    env=env))
-
-
 async def test_a_pod_dials_home_and_answers(
     kmock: Kmock, namespace: str, home: Path, tmp_path: Path, kubelet: list[trio.Process]
 ) -> None:
@@ -315,7 +294,7 @@ tls = true
                         lambda: api.list_namespaced_pod(namespace).items
                     ):
                         await trio.sleep(0.02)
-                await run_pod(kmock, namespace, "latis-pod1", kubelet)
+                kubelet.append(await run_pod(kmock, namespace, "latis-pod1"))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(be_the_kubelet)
