@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import functools
 import secrets
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, TypeVar
 
@@ -56,6 +57,10 @@ MANAGED_TAG = "latis:managed"
 FLEET_TAG = "latis:fleet"
 #: The instance states in which an instance still is (or may again be) the unit.
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
+
+#: EC2 clients by (profile, region, endpoint_url); see `_make_client`.
+_CLIENTS: dict[tuple[str | None, str | None, str | None], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
 
 _STATES = {
     "pending": ProvisionState.CREATED,
@@ -181,16 +186,25 @@ class CloudAwsProvisioner(DialsHome, OneAtATime):
     # --- EC2 (every call in a thread) -----------------------------------------------------
 
     def _make_client(self) -> Any:
-        try:
-            import boto3
-        except ImportError as exc:
-            raise self._error("boto3 is not installed (pip install 'latis[aws]')") from exc
-        session = boto3.session.Session(profile_name=self.options.profile,
-                                        region_name=self.options.region)
-        if session.region_name is None:
-            raise self._error("no AWS region: set `region`, or AWS_REGION, or one in "
-                              "~/.aws/config")
-        return session.client("ec2", endpoint_url=self.options.endpoint_url)
+        """An EC2 client, shared by the provisioners with the same profile, region and
+        endpoint (making one loads botocore's service model: ~0.3 s; clients are
+        thread-safe)."""
+        o = self.options
+        key = (o.profile, o.region, o.endpoint_url)
+        with _CLIENTS_LOCK:
+            client = _CLIENTS.get(key)
+            if client is not None:
+                return client
+            try:
+                import boto3
+            except ImportError as exc:
+                raise self._error("boto3 is not installed (pip install 'latis[aws]')") from exc
+            session = boto3.session.Session(profile_name=o.profile, region_name=o.region)
+            if session.region_name is None:
+                raise self._error("no AWS region: set `region`, or AWS_REGION, or one in "
+                                  "~/.aws/config")
+            client = _CLIENTS[key] = session.client("ec2", endpoint_url=o.endpoint_url)
+            return client
 
     async def _ec2(self, what: str, call: Callable[[Any], _T]) -> _T:
         """Run `call(client)` in a thread; AWS's errors become ProvisionErrors."""
