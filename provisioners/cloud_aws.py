@@ -1,10 +1,10 @@
 """The `cloud-aws` provisioner: a unit on an EC2 instance that dials home.
 
 The instance runs `latis-unit --connect URL --secret-file FILE`, started by
-its user-data (a shell script: `latis_provisioners._dialhome.unit_script`),
+its user-data (a shell script: `latis_provisioners.dialhome.unit_script`),
 so it reaches cmdr's listener (websocket, tcp or quic) from wherever it is;
 cmdr needs no route to it. The enrollment comes from the controller (see
-`_dialhome`), and is asked for only when a new instance is run.
+`dialhome`), and is asked for only when a new instance is run.
 
 EC2 through boto3 (the `aws` extra), credentials and region from boto3's
 usual chain (environment, shared config and credentials files, `profile`,
@@ -45,7 +45,7 @@ from latis_core import (
 from latis_core._provision import OneAtATime
 from latis_core._version import __version__
 
-from ._dialhome import DialHome, DialsHome, unit_script
+from .dialhome import DialHome, DialsHome, unit_script
 
 __all__ = ["CloudAwsOptions", "CloudAwsProvisioner", "Orphan"]
 
@@ -95,7 +95,7 @@ class CloudAwsOptions:
         cmdr_address: the host name the instance dials (in the enrollment URL),
             when cmdr's listener binds 0.0.0.0.
         connect: cmdr's listener URL (with `secret_file`, when the controller
-            passes no enrollment; see `_dialhome`).
+            passes no enrollment; see `dialhome`).
         secret_file: a file with the unit's enrollment line (with `connect`).
         unit_command: the path of a `latis-unit` in the image (then nothing is
             installed); default: the one on PATH, else pip-install `package`.

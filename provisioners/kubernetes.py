@@ -47,7 +47,7 @@ from latis_core import (
 )
 from latis_core._provision import OneAtATime
 
-from ._dialhome import DialHome, DialsHome
+from .dialhome import DialHome, DialsHome
 
 __all__ = ["KubernetesOptions", "KubernetesProvisioner", "Orphan"]
 
@@ -101,7 +101,7 @@ class KubernetesOptions:
         kubeconfig: the kubeconfig file (default: KUBECONFIG, ~/.kube/config).
         context: the kubeconfig context (default: its current one).
         cmdr_address: the host name the pods dial (in the enrollment URL).
-        connect: cmdr's listener URL (with `secret_file`; see `_dialhome`).
+        connect: cmdr's listener URL (with `secret_file`; see `dialhome`).
         secret_file: a file with the enrollment line (with `connect`; one unit only).
         request_timeout: seconds one API request may take.
     """

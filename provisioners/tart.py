@@ -40,7 +40,7 @@ from latis_core import (
 from latis_core._provision import OneAtATime
 from latis_core._version import __version__
 
-from ._dialhome import DialHome, DialsHome, unit_script
+from .dialhome import DialHome, DialsHome, unit_script
 
 __all__ = ["TartOptions", "TartProvisioner"]
 
@@ -72,7 +72,7 @@ class TartOptions:
         install: shell lines run in the VM before the unit starts.
         unit_dir: the unit's folder in the VM (secret, log, pid).
         cmdr_address: the host name the VM dials (in the enrollment URL).
-        connect: cmdr's listener URL (with `secret_file`; see `_dialhome`).
+        connect: cmdr's listener URL (with `secret_file`; see `dialhome`).
         secret_file: a file with the enrollment line (with `connect`).
         timeout: seconds any tart command may take.
         clone_timeout: seconds `tart clone` may take (it may pull an image).

@@ -1,5 +1,6 @@
 """What provisioners whose units dial home share: the enrollment, the unit's
-command line, and the shell script that starts it on a fresh machine.
+command line, and the shell script that starts it on a fresh machine. Public:
+cloud provisioner plugins (cloud-gcp, cloud-azure, …) build on it too.
 
 A unit started on a cloud instance, a pod or a VM has no address cmdr knows:
 it dials cmdr's listener (`latis-unit --connect URL --secret-file FILE`) and
@@ -20,7 +21,7 @@ enrollment in one of two ways:
 from __future__ import annotations
 
 import shlex
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -195,12 +196,3 @@ def unit_script(
     ]
     return "\n".join(lines) + "\n"
 
-
-def secret_path(unit_dir: str, unit: str) -> str:
-    """Where `unit_script` writes a unit's enrollment line."""
-    return f"{unit_dir}/{unit}.secret"
-
-
-def words(argv: Sequence[str]) -> str:
-    """A command line, shell-quoted (for messages and docs)."""
-    return " ".join(shlex.quote(a) for a in argv)
