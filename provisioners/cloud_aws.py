@@ -268,9 +268,9 @@ class CloudAwsProvisioner(DialsHome, OneAtATime):
         recorded = resources.get("instance")
         if recorded:
             found = await self._lookup(recorded)
-            if found is not None and found.state != "terminated":
+            if found is not None and found.state in LIVE_STATES:
                 return found
-            resources.clear()  # terminated, or gone, behind our back
+            resources.clear()  # terminated (or on its way), or gone, behind our back
         tagged = await self._by_tags(self.context.unit, LIVE_STATES)
         if not tagged:
             return None

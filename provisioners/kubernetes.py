@@ -380,6 +380,9 @@ class KubernetesProvisioner(DialsHome, OneAtATime):
             url = (secret.metadata.annotations or {}).get(CONNECT_ANNOTATION)
             line = base64.b64decode((secret.data or {}).get(SECRET_KEY, "")).decode().strip()
             dial_home = DialHome(unit, url or "", line)
+            if not line.startswith("latis-enroll-"):
+                raise self._error(f"the secret {name!r} holds no enrollment line under "
+                                  f"{SECRET_KEY!r}: delete it, and `start` enrolls the unit again")
         else:
             if secret is not None:
                 raise self._error(f"a secret named {name!r} in namespace {self.namespace!r} "

@@ -143,6 +143,18 @@ async def test_stop_then_start_keeps_the_instance(make: Make, ec2: Any) -> None:
     assert recorded(p)["instance"] == instance["InstanceId"]
 
 
+async def test_an_instance_terminated_elsewhere_is_replaced(make: Make, ec2: Any) -> None:
+    """An instance terminated behind the provisioner's back reads as absent; `start` runs anew."""
+    p = make()
+    await p.start()
+    first = recorded(p)["instance"]
+    ec2.terminate_instances(InstanceIds=[first])
+    assert (await p.status()).state is ProvisionState.ABSENT
+    await p.start()
+    assert recorded(p)["instance"] != first
+    assert sorted(i["State"]["Name"] for i in instances(ec2))[0] == "running"
+
+
 async def test_a_crash_before_recording_gives_no_second_instance(make: Make, ec2: Any) -> None:
     """A controller that lost what it recorded finds the unit's instance by its tags."""
     first = make()
