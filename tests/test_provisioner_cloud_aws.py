@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 
-pytest.importorskip("boto3")
+boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
 from latis_provisioners.cloud_aws import CloudAwsProvisioner  # noqa: E402
@@ -115,6 +115,24 @@ async def test_start_runs_a_tagged_instance_whose_user_data_dials_home(
     assert instance["InstanceId"] in status.detail
     await p.start()  # running already: nothing new
     assert len(instances(ec2)) == 1
+
+
+async def test_spot_security_groups_key_and_profile_reach_ec2(
+    moto: Moto, make: Make, ec2: Any
+) -> None:
+    """`spot`, `security_groups`, `key_name` and `iam_profile` are in the run EC2 records."""
+    group = ec2.create_security_group(GroupName="units", Description="latis units")["GroupId"]
+    ec2.create_key_pair(KeyName="ops")
+    iam = boto3.client("iam", endpoint_url=moto.url, region_name=moto.region)
+    iam.create_instance_profile(InstanceProfileName="unit-role")
+    p = make(spot=True, security_groups=[group], key_name="ops", iam_profile="unit-role")
+    await p.start()
+    [instance] = instances(ec2)
+    assert instance["InstanceLifecycle"] == "spot"
+    assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group]
+    assert instance["KeyName"] == "ops"
+    assert instance["IamInstanceProfile"]["Arn"].endswith("/unit-role")
+    assert "spot" in (await p.status()).detail
 
 
 async def test_destroy_terminates_and_forgets(make: Make, ec2: Any) -> None:
