@@ -61,9 +61,7 @@ from standins import (  # noqa: E402
 )
 
 import latis_core  # noqa: E402
-from latis_core._config import parse_config  # noqa: E402
-from latis_core._paths import paths  # noqa: E402
-from latis_core._state import State  # noqa: E402
+from latis_core import StateStore, parse_config, paths  # noqa: E402
 
 UNIT_COMMAND = str(Path(sys.executable).with_name("latis-unit"))
 LISTENER = """
@@ -88,7 +86,7 @@ async def first_prompt(
     home = Path(tempfile.mkdtemp(prefix="lbc", dir="/tmp"))
     os.environ["LATIS_HOME"] = str(home)
     try:
-        with State(paths().state_file) as state:
+        with StateStore(paths().state_file) as state:
             async with latis_core.open_controller(parse_config(config), state) as ctl:
                 rt = ctl.units[unit]
                 assert rt.provisioner is not None

@@ -41,9 +41,9 @@ from latis_core import (
     ProvisionError,
     ProvisionState,
     ProvisionStatus,
+    __version__,
 )
 from latis_core._provision import OneAtATime
-from latis_core._version import __version__
 
 from .dialhome import DialHome, DialsHome, unit_script
 

@@ -33,10 +33,10 @@ from latis_core import (  # noqa: E402
     ProvisionContext,
     ProvisionError,
     ProvisionState,
+    StateStore,
+    parse_config,
+    paths,
 )
-from latis_core._config import parse_config  # noqa: E402
-from latis_core._paths import paths  # noqa: E402
-from latis_core._state import State  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,6 +133,19 @@ async def test_spot_security_groups_key_and_profile_reach_ec2(
     assert instance["KeyName"] == "ops"
     assert instance["IamInstanceProfile"]["Arn"].endswith("/unit-role")
     assert "spot" in (await p.status()).detail
+
+
+async def test_create_runs_the_instance_without_waiting(make: Make, ec2: Any) -> None:
+    """`create` (what `unit up --no-wait` calls) runs and records the instance and returns."""
+    said: list[str] = []
+    p = make()
+    p.progress = said.append
+    await p.create()
+    [instance] = instances(ec2)
+    assert recorded(p)["instance"] == instance["InstanceId"]
+    assert said == ["running an EC2 t3.small instance for unit 'box'"]
+    await p.create()
+    assert len(instances(ec2)) == 1
 
 
 async def test_destroy_terminates_and_forgets(make: Make, ec2: Any) -> None:
@@ -303,7 +316,7 @@ async def test_the_instance_dials_home_over_websocket_and_answers(
 ) -> None:
     """The instance's own user-data, run here, starts a unit that dials cmdr and answers."""
     unit_dir = playing_the_instance
-    with State(paths().state_file) as state:
+    with StateStore(paths().state_file) as state:
         async with latis_core.open_controller(
             parse_config(cloud_config(moto, unit_dir)), state
         ) as ctl:

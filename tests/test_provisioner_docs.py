@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from latis_core._config import parse_config
+from latis_core import parse_config
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = ["provisioner-cloud-aws.md", "provisioner-kubernetes.md", "provisioner-tart.md"]

@@ -35,10 +35,10 @@ from latis_core import (  # noqa: E402
     ProvisionContext,
     ProvisionError,
     ProvisionState,
+    StateStore,
+    parse_config,
+    paths,
 )
-from latis_core._config import parse_config  # noqa: E402
-from latis_core._paths import paths  # noqa: E402
-from latis_core._state import State  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,7 +281,7 @@ host = "127.0.0.1"
 port = 0
 tls = true
 """
-    with State(paths().state_file) as state:
+    with StateStore(paths().state_file) as state:
         async with latis_core.open_controller(parse_config(config), state) as ctl:
             rt = ctl.units["pod1"]
             assert isinstance(rt.provisioner, KubernetesProvisioner)

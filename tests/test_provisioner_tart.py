@@ -25,10 +25,15 @@ import trio
 from latis_provisioners.tart import TartProvisioner
 
 import latis_core
-from latis_core import MemoryResources, ProvisionContext, ProvisionError, ProvisionState
-from latis_core._config import parse_config
-from latis_core._paths import paths
-from latis_core._state import State
+from latis_core import (
+    MemoryResources,
+    ProvisionContext,
+    ProvisionError,
+    ProvisionState,
+    StateStore,
+    parse_config,
+    paths,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,7 +201,7 @@ port = 0
 tls = true
 """
     try:
-        with State(paths().state_file) as state:
+        with StateStore(paths().state_file) as state:
             async with latis_core.open_controller(parse_config(config), state) as ctl:
                 rt = ctl.units["mac1"]
                 assert isinstance(rt.provisioner, TartProvisioner)
