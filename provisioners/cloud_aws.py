@@ -45,7 +45,7 @@ from latis_core import (
 )
 from latis_core._provision import OneAtATime
 
-from .dialhome import DialHome, DialsHome, unit_script
+from .dialhome import DialHome, DialsHome, Orphan, unit_script
 
 __all__ = ["CloudAwsOptions", "CloudAwsProvisioner", "Orphan"]
 
@@ -133,16 +133,6 @@ class CloudAwsOptions:
     imdsv2: bool = True
     poll: float = 2.0
     start_timeout: float = 600.0
-
-
-@attrs.frozen
-class Orphan:
-    """An instance latis made for a unit that is not in config (any more)."""
-
-    unit: str
-    instance: str
-    state: str
-    detail: str = ""
 
 
 @attrs.frozen
@@ -429,7 +419,7 @@ class CloudAwsProvisioner(DialsHome, OneAtATime):
         return sorted(
             (Orphan(f.tags.get(UNIT_TAG, ""), f.id, f.state, f.detail)
              for f in found if f.tags.get(UNIT_TAG) not in known),
-            key=lambda o: (o.unit, o.instance),
+            key=lambda o: (o.unit, o.resource),
         )
 
     async def user_data_of(self, instance_id: str) -> str:

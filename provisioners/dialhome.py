@@ -29,10 +29,28 @@ import trio
 
 from latis_core import ProvisionContext, ProvisionError
 
-__all__ = ["DialHome", "DialsHome", "Enroller", "unit_script"]
+__all__ = ["DialHome", "DialsHome", "Enroller", "Orphan", "unit_script"]
 
 #: `(unit, address) -> {"urls": [...], "secret": LINE, ...}`: `DialIns.enroll`.
 Enroller = Callable[[str, "str | None"], Awaitable[Mapping[str, Any]]]
+
+
+@attrs.frozen
+class Orphan:
+    """Something a provisioner made for a unit that is not in config (any more):
+    what `orphans(units)` returns, for `latis unit list`.
+
+    Attributes:
+        unit: the unit it was made for (its tag or label).
+        resource: what it is, as the back end names it ("i-0abc…", "latis-box").
+        state: its state in the back end's words ("running", "Pending").
+        detail: more, for people (type, address, namespace).
+    """
+
+    unit: str
+    resource: str
+    state: str
+    detail: str = ""
 
 
 @attrs.frozen

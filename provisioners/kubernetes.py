@@ -47,7 +47,7 @@ from latis_core import (
 )
 from latis_core._provision import OneAtATime
 
-from .dialhome import DialHome, DialsHome
+from .dialhome import DialHome, DialsHome, Orphan
 
 __all__ = ["KubernetesOptions", "KubernetesProvisioner", "Orphan"]
 
@@ -129,16 +129,6 @@ class KubernetesOptions:
     connect: str | None = None
     secret_file: str | None = None
     request_timeout: float = 30.0
-
-
-@attrs.frozen
-class Orphan:
-    """A pod latis made for a unit that is not in config (any more)."""
-
-    unit: str
-    pod: str
-    state: str
-    detail: str = ""
 
 
 def object_name(unit: str) -> str:
@@ -480,7 +470,7 @@ class KubernetesProvisioner(DialsHome, OneAtATime):
             phase = (pod.status.phase if pod.status else None) or "Pending"
             found.append(Orphan(labels.get(UNIT_LABEL, ""), pod.metadata.name, phase,
                                 f"namespace {self.namespace}"))
-        return sorted(found, key=lambda o: (o.unit, o.pod))
+        return sorted(found, key=lambda o: (o.unit, o.resource))
 
 
 def _api_message(exc: Any) -> str:

@@ -225,7 +225,7 @@ async def test_orphans_are_the_fleets_instances_of_units_not_given(
     await make("c").destroy()
     found = await make("a").orphans(["a"])
     assert [o.unit for o in found] == ["b"]
-    assert found[0].state == "running" and found[0].instance.startswith("i-")
+    assert found[0].state == "running" and found[0].resource.startswith("i-")
     assert await make("a").orphans(["a", "b"]) == []
 
 

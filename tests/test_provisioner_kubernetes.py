@@ -196,7 +196,7 @@ async def test_orphans_are_latis_pods_of_units_not_given(make: Make) -> None:
         await make(name).start()
     await make("c", replicas=2).start()
     found = await make("a").orphans(["a", "c"])
-    assert [(o.unit, o.pod) for o in found] == [("b", "latis-b")]
+    assert [(o.unit, o.resource) for o in found] == [("b", "latis-b")]
 
 
 async def test_a_pod_that_is_not_the_units_is_left_alone(
