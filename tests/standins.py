@@ -178,6 +178,7 @@ async def run_pod(kmock: Kmock, namespace: str, name: str) -> trio.Process:
         folder = trio.Path(mount.mount_path)
         await folder.mkdir(parents=True, exist_ok=True)
         for key, value in (secret.data or {}).items():
+            await (folder / key).unlink(missing_ok=True)  # another pod's, mode 0400
             await (folder / key).write_bytes(base64.b64decode(value))
             await (folder / key).chmod(volume.secret.default_mode or 0o644)
     env = {**os.environ, **{e.name: e.value for e in container.env or []}}

@@ -306,3 +306,43 @@ tls = true
             assert "".join(e[1].text for e in events if e[0] == "chunk") == "hello from a pod"
             await ctl.destroy("pod1")
     assert pods(kmock, namespace) == {} and secrets(kmock, namespace) == {}
+
+
+async def test_a_scaled_group_dials_home_unit_by_unit(
+    kmock: Kmock, namespace: str, home: Path, tmp_path: Path, kubelet: list[trio.Process]
+) -> None:
+    """Scaled to three, each member's pod dials in as its own unit and answers."""
+    members = ["grp", "grp-1", "grp-2"]
+    listener = '[[units.{}.accept]]\ntype = "websocket"\nhost = "127.0.0.1"\nport = 0\ntls = true\n'
+    # The controller's part: the members are units it knows (config here), on one listener.
+    config = f"""
+[daemon]
+dial_in_timeout = 30
+[units.grp]
+provisioner = {{ type = "kubernetes", image = "unit:1", host = "{kmock.url}", \
+namespace = "{namespace}", secret_mount = "{tmp_path / 'secret'}", cmdr_address = "127.0.0.1" }}
+{listener.format("grp")}
+[units.grp-1]
+{listener.format("grp-1")}
+[units.grp-2]
+{listener.format("grp-2")}
+"""
+    with StateStore(paths().state_file) as state:
+        async with latis_core.open_controller(parse_config(config), state) as ctl:
+            provisioner = ctl.units["grp"].provisioner
+            assert isinstance(provisioner, KubernetesProvisioner)
+            provisioner.set_enroller(ctl.dialins.enroll)
+            assert await provisioner.scale(3) == members
+            for member in members:
+                # One kubelet at a time: each pod's Secret is mounted at the same path here.
+                kubelet.append(await run_pod(kmock, namespace, object_name(member)))
+                with trio.fail_after(30):
+                    while ctl.units[member].client is None:
+                        await trio.sleep(0.02)
+            for member in members:
+                session = await ctl.create_session(member)
+                record = await ctl.start_prompt(session["session"], f"hello {member}")
+                events = [e async for e in ctl.follow(record.id)]
+                assert "".join(e[1].text for e in events if e[0] == "chunk") == f"hello {member}"
+            await provisioner.destroy()
+    assert pods(kmock, namespace) == {}
