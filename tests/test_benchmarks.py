@@ -70,3 +70,21 @@ def test_bench_quick_prints_every_row() -> None:
             assert {f"rt_{name}", f"stream_{name}"} <= set(doc["rows"]), name
     for name in ("unix", "tcp", "websocket", "quic"):  # nothing here can skip them
         assert f"rt_{name}" in doc["rows"], name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_provision_cloud_prints_every_row() -> None:
+    """benchmarks/provision_cloud.py runs one round against moto and kmock and prints each row."""
+    pytest.importorskip("moto")
+    pytest.importorskip("kmock")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "provision_cloud.py"), "--rounds", "1",
+         "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    assert list(results) == ["ec2_floor", "ec2_handoff", "ec2_latis", "k8s_floor",
+                             "k8s_handoff", "k8s_latis"]
+    assert all(row["median"] > 0 for row in results.values())
