@@ -43,7 +43,7 @@ from latis_core import (
     ProvisionStatus,
     __version__,
 )
-from latis_core._provision import OneAtATime
+from latis_core._plugins.provision import OneAtATime
 
 from .dialhome import DialHome, DialsHome, Orphan, unit_script
 

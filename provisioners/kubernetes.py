@@ -45,7 +45,7 @@ from latis_core import (
     ProvisionState,
     ProvisionStatus,
 )
-from latis_core._provision import OneAtATime
+from latis_core._plugins.provision import OneAtATime
 
 from .dialhome import DialHome, DialsHome, Orphan
 

@@ -41,7 +41,7 @@ import attrs
 import trio
 
 from latis_core import ProvisionContext, ProvisionError, ProvisionState, ProvisionStatus
-from latis_core._provision import OneAtATime
+from latis_core._plugins.provision import OneAtATime
 
 from .process import read_tail, socket_path_problem
 from .qemu import CHANNEL_NAME, ChannelDialer, Orphan, detect_accel

@@ -38,7 +38,7 @@ from latis_core import (
     ProvisionStatus,
     __version__,
 )
-from latis_core._provision import OneAtATime
+from latis_core._plugins.provision import OneAtATime
 
 from .dialhome import DialHome, DialsHome, unit_script
 

@@ -51,9 +51,11 @@ def recorded(provisioner: Any) -> dict[str, str]:
     return resources.values
 
 
-async def ask(provisioner: Any, text: str = "hello there") -> str:
+async def ask(provisioner: Any, text: str = "hello there", handshake_timeout: float = 10.0) -> str:
     """Open a session on the unit and return its answer to one prompt."""
-    async with provisioner.dialer().connect() as stream, latis_core.connect(stream) as unit:
+    async with provisioner.dialer().connect() as stream, latis_core.connect(
+        stream, handshake_timeout=handshake_timeout
+    ) as unit:
         assert unit.name == "box"
         session = await unit.create_session()
         return await session.prompt(text).text()

@@ -36,10 +36,10 @@ from qemu_guest import (
 
 import latis_core
 from latis_core import MemoryResources, ProvisionContext, ProvisionError, ProvisionState
-from latis_core._auth import read_secret_file
-from latis_core._config import parse_config
-from latis_core._paths import paths
-from latis_core._state import State
+from latis_core._cmdr.config import parse_config
+from latis_core._cmdr.state import StateDB as State
+from latis_core._os.paths import paths
+from latis_core._wire.auth import read_secret_file
 
 Make = Callable[..., QemuProvisioner]
 
@@ -396,9 +396,11 @@ async def test_real_unit_over_the_virtio_channel(make: Make, tmp_path: Path) -> 
         await provisioner.start()  # ready: the guest opened its end of the channel
         dialer = provisioner.dialer()
         assert dialer is not None and dialer.describe().endswith("(virtio channel)")
-        assert await ask(provisioner, "first") == "first"
+        # A unit starts per connection in the guest (Python over 9p under TCG: slow
+        # on a busy machine), so its hello may take longer than the usual 10 s.
+        assert await ask(provisioner, "first", handshake_timeout=60) == "first"
         # The unit saw EOF and a new one serves the next connection, not the old stream.
-        assert await ask(provisioner, "second") == "second"
+        assert await ask(provisioner, "second", handshake_timeout=60) == "second"
     finally:
         await provisioner.destroy()
     assert _qemus(tmp_path / "run") == []
