@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import attrs
@@ -29,11 +28,19 @@ from latis_transports.unix import UnixDialer
 
 from latis_core._os.procgroup import signal_name
 from latis_core._plugins.provision import (
-    OneAtATime,
     ProvisionContext,
     ProvisionError,
     ProvisionState,
     ProvisionStatus,
+)
+
+from ._detached import (
+    _CHILDREN,
+    POLL,
+    DetachedProvisioner,
+    _Child,
+    _cmdline,
+    _spawn,
 )
 
 __all__ = ["ProcessOptions", "ProcessProvisioner"]
@@ -44,8 +51,6 @@ SOCKET_NAME = "unit.sock"
 MAX_SOCKET_PATH = 107
 #: How many lines of the unit's log an error shows.
 LOG_TAIL_LINES = 20
-#: How often readiness and exits are polled, in seconds.
-POLL = 0.02
 
 
 def _default_command() -> list[str]:
@@ -127,74 +132,7 @@ def describe_exit(returncode: int | None) -> str:
 # --- processes -------------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> list[str] | None:
-    """The command line of `pid`, or None if it is gone (or a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-        # The state letter follows the command name, in parentheses that may hold anything.
-        close = stat.rindex(b")")
-        if stat[close + 2 : close + 3] in (b"Z", b"X"):
-            return None
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            raw = file.read()
-    except (OSError, ValueError):
-        return None
-    return [os.fsdecode(arg) for arg in raw.split(b"\0") if arg]
-
-
-@attrs.define
-class _Child:
-    """A unit this process started: its socket, and its exit status once reaped."""
-
-    socket: Path
-    returncode: int | None = None
-
-
-#: The units this process started, by pid. Only these are ever waited for, so no
-#: other child's exit status is taken from its owner; and until one is reaped its
-#: pid cannot be reused, so it is known to be ours without looking at /proc (where
-#: a process that execs or exits shows an empty command line for a moment).
-_CHILDREN: dict[int, _Child] = {}
-
-
-class _DetachedPopen(subprocess.Popen[bytes]):
-    """A child that is meant to outlive us: dropping it neither warns nor waits.
-
-    Its exit status is collected with `os.waitpid` (`ProcessProvisioner._reap`).
-    """
-
-    def __del__(self) -> None:
-        pass
-
-
-def _spawn(argv: list[str], env: dict[str, str], cwd: str | None, log: Path) -> tuple[int, int]:
-    """Start `argv` detached, its output appended to `log`; return its pid and the
-    log's size before it started."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        offset = os.lseek(fd, 0, os.SEEK_END)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.write(fd, f"--- {stamp} latis: starting {subprocess.list2cmdline(argv)}\n".encode())
-        process = _DetachedPopen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            env=env,
-            cwd=cwd,
-            close_fds=True,
-            # A session and process group of its own: it outlives the controller,
-            # and no signal sent to the controller's group or terminal reaches it.
-            start_new_session=True,
-        )
-    finally:
-        os.close(fd)
-    return process.pid, offset
-
-
-class ProcessProvisioner(OneAtATime):
+class ProcessProvisioner(DetachedProvisioner):
     """Runs a unit as a detached `latis-unit --listen unix:RUN_DIR/unit.sock`."""
 
     Options = ProcessOptions
@@ -216,13 +154,6 @@ class ProcessProvisioner(OneAtATime):
 
     # --- what is recorded
 
-    def _recorded_pid(self) -> int | None:
-        value = self.context.resources.get("pid")
-        try:
-            return int(value) if value else None
-        except ValueError:
-            return None
-
     def _record(self, **values: str | None) -> None:
         """Replace what is recorded with `values` (a None is left out)."""
         resources = self.context.resources
@@ -232,21 +163,6 @@ class ProcessProvisioner(OneAtATime):
                 resources.set(kind, value)
 
     # --- what runs
-
-    def _reap(self, pid: int) -> int | None:
-        """The exit status of `pid` if it is a unit this process started that has
-        exited, else None (running, or not our child: those are never waited for)."""
-        child = _CHILDREN.get(pid)
-        if child is None:
-            return None
-        if child.returncode is None:
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                return None
-            if done == pid:
-                child.returncode = os.waitstatus_to_exitcode(status)
-        return child.returncode
 
     def _is_ours(self, pid: int) -> bool:
         """Whether `pid` is alive and is our unit: a child we started for this socket
@@ -258,21 +174,6 @@ class ProcessProvisioner(OneAtATime):
             return False
         argv = _cmdline(pid)
         return argv is not None and f"unix:{self.socket}" in argv
-
-    def _forget(self, pid: int) -> None:
-        """Drop a reaped child from `_CHILDREN` (once its pid is no longer recorded)."""
-        child = _CHILDREN.get(pid)
-        if child is not None and child.returncode is not None:
-            del _CHILDREN[pid]
-
-    async def _wait_gone(self, pid: int, seconds: float) -> bool:
-        """Wait up to `seconds` for our unit `pid` to be gone; say whether it is."""
-        deadline = trio.current_time() + seconds
-        while self._is_ours(pid):
-            if trio.current_time() >= deadline:
-                return False
-            await trio.sleep(POLL)
-        return True
 
     async def _terminate(self, pid: int) -> int | None:
         """SIGTERM our unit, wait, then SIGKILL its process group; return its exit status

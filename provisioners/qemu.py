@@ -52,13 +52,9 @@ from latis_core import (
     ProvisionState,
     ProvisionStatus,
 )
-from latis_core._plugins.provision import OneAtATime
 
+from ._detached import _CHILDREN, DetachedProvisioner, _Child, _cmdline, _spawn
 from .process import (
-    _CHILDREN,
-    _Child,
-    _cmdline,
-    _spawn,
     describe_exit,
     read_tail,
     socket_path_problem,
@@ -386,7 +382,7 @@ async def _answers_hello(connect: Callable[[], Awaitable[trio.SocketStream]]) ->
     return False
 
 
-class QemuProvisioner(OneAtATime):
+class QemuProvisioner(DetachedProvisioner):
     """Runs a unit in a QEMU virtual machine, detached, driven through QMP."""
 
     Options = QemuOptions
@@ -524,13 +520,6 @@ class QemuProvisioner(OneAtATime):
 
     # --- what is recorded
 
-    def _recorded_pid(self) -> int | None:
-        value = self.context.resources.get("pid")
-        try:
-            return int(value) if value else None
-        except ValueError:
-            return None
-
     def _record(self, **values: str | None) -> None:
         """Replace what is recorded with the sockets and `values` (a None is left out)."""
         resources = self.context.resources
@@ -544,20 +533,6 @@ class QemuProvisioner(OneAtATime):
 
     # --- the process
 
-    def _reap(self, pid: int) -> int | None:
-        """The exit status of `pid` if this process started it and it exited, else None."""
-        child = _CHILDREN.get(pid)
-        if child is None:
-            return None
-        if child.returncode is None:
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                return None
-            if done == pid:
-                child.returncode = os.waitstatus_to_exitcode(status)
-        return child.returncode
-
     def _is_ours(self, pid: int) -> bool:
         """Whether `pid` is alive and is our QEMU: a child we started for this QMP socket
         that has not exited, or a process whose command line names our QMP socket (a
@@ -570,19 +545,6 @@ class QemuProvisioner(OneAtATime):
                 return True
         argv = _cmdline(pid)
         return argv is not None and _qmp_path(argv) == str(self.qmp)
-
-    def _forget(self, pid: int) -> None:
-        child = _CHILDREN.get(pid)
-        if child is not None and child.returncode is not None:
-            del _CHILDREN[pid]
-
-    async def _wait_gone(self, pid: int, seconds: float) -> bool:
-        deadline = trio.current_time() + seconds
-        while self._is_ours(pid):
-            if trio.current_time() >= deadline:
-                return False
-            await trio.sleep(POLL)
-        return True
 
     async def _shut_down(self, pid: int) -> str:
         """Power the guest off (ACPI), then `quit`, then SIGKILL; say how it ended."""
