@@ -20,10 +20,12 @@ import trio
 
 from latis_core._plugins.provision import OneAtATime, ProvisionContext
 
-__all__ = ["POLL", "DetachedProvisioner"]
+__all__ = ["LOG_TAIL_LINES", "POLL", "DetachedProvisioner", "read_tail"]
 
 #: How often readiness and exits are polled, in seconds.
 POLL = 0.02
+#: How many lines of a process's log an error shows.
+LOG_TAIL_LINES = 20
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -93,13 +95,28 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str | None, log: Path) -> 
     return process.pid, offset
 
 
+def read_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of the file at `path` after byte `offset` ('' if none)."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(offset, size - 64 * 1024))
+            data = file.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace").rstrip()
+    return "\n".join(text.splitlines()[-lines:])
+
+
 class DetachedProvisioner(OneAtATime):
     """A base for provisioners of one detached process (recorded as `pid`).
 
-    Subclasses set `context` and write `_is_ours(pid)`.
+    Subclasses set `context` and `log` (the file its output goes to), and write
+    `_is_ours(pid)`.
     """
 
     context: ProvisionContext
+    log: Path
 
     def _is_ours(self, pid: int) -> bool:
         raise NotImplementedError
@@ -131,6 +148,15 @@ class DetachedProvisioner(OneAtATime):
         child = _CHILDREN.get(pid)
         if child is not None and child.returncode is not None:
             del _CHILDREN[pid]
+
+    def _log_tail(self, offset: int | None) -> str:
+        """The end of the log since `offset`, to quote in an error (our own header
+        lines left out: they say nothing the message does not)."""
+        tail = read_tail(self.log, offset or 0)
+        lines = [line for line in tail.splitlines() if not line.startswith("--- ")]
+        if not lines:
+            return f"; its log ({self.log}) says nothing"
+        return f"; the end of its log ({self.log}):\n" + "\n".join(lines)
 
     async def _wait_gone(self, pid: int, seconds: float) -> bool:
         """Wait up to `seconds` for our process `pid` to be gone; say whether it is."""

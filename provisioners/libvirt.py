@@ -43,7 +43,8 @@ import trio
 from latis_core import ProvisionContext, ProvisionError, ProvisionState, ProvisionStatus
 from latis_core._plugins.provision import OneAtATime
 
-from .process import read_tail, socket_path_problem
+from ._detached import read_tail
+from .process import socket_path_problem
 from .qemu import CHANNEL_NAME, ChannelDialer, Orphan, detect_accel
 
 __all__ = ["NAMESPACE", "LibvirtOptions", "LibvirtProvisioner", "find_orphans"]

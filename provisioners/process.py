@@ -49,8 +49,6 @@ __all__ = ["ProcessOptions", "ProcessProvisioner"]
 SOCKET_NAME = "unit.sock"
 #: The longest path a unix socket may have (sun_path, less its NUL).
 MAX_SOCKET_PATH = 107
-#: How many lines of the unit's log an error shows.
-LOG_TAIL_LINES = 20
 
 
 def _default_command() -> list[str]:
@@ -105,19 +103,6 @@ async def socket_answers(path: Path) -> bool:
         return False
     await stream.aclose()
     return True
-
-
-def read_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
-    """The last `lines` lines of the file at `path` after byte `offset` ('' if none)."""
-    try:
-        with open(path, "rb") as file:
-            size = file.seek(0, os.SEEK_END)
-            file.seek(max(offset, size - 64 * 1024))
-            data = file.read()
-    except OSError:
-        return ""
-    text = data.decode("utf-8", "replace").rstrip()
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -258,14 +243,6 @@ class ProcessProvisioner(DetachedProvisioner):
             how = describe_exit(await self._terminate(pid))
             self._record(socket=str(self.socket), exit=f"failed to start, {how}")
             self._forget(pid)
-
-    def _log_tail(self, offset: int | None) -> str:
-        tail = read_tail(self.log, offset or 0)
-        # Our own header line says nothing the message does not.
-        lines = [line for line in tail.splitlines() if not line.startswith("--- ")]
-        if not lines:
-            return f"; its log ({self.log}) says nothing"
-        return f"; the end of its log ({self.log}):\n" + "\n".join(lines)
 
     async def _stop(self) -> None:
         """SIGTERM the unit, SIGKILL it after `stop_timeout`; forget its pid."""

@@ -53,12 +53,8 @@ from latis_core import (
     ProvisionStatus,
 )
 
-from ._detached import _CHILDREN, DetachedProvisioner, _Child, _cmdline, _spawn
-from .process import (
-    describe_exit,
-    read_tail,
-    socket_path_problem,
-)
+from ._detached import _CHILDREN, DetachedProvisioner, _Child, _cmdline, _spawn, read_tail
+from .process import describe_exit, socket_path_problem
 
 __all__ = [
     "ChannelDialer",
@@ -701,13 +697,6 @@ class QemuProvisioner(DetachedProvisioner):
             self._record(exit=f"failed to start, {how}")
             self._forget(pid)
         raise self._error(failure)
-
-    def _log_tail(self, offset: int | None) -> str:
-        tail = read_tail(self.log, offset or 0)
-        lines = [line for line in tail.splitlines() if not line.startswith("--- ")]
-        if not lines:
-            return f"; its log ({self.log}) says nothing"
-        return f"; the end of its log ({self.log}):\n" + "\n".join(lines)
 
     async def _stop(self) -> None:
         """Shut the VM down (ACPI, then `quit` after `stop_timeout`, then SIGKILL)."""
