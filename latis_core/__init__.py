@@ -31,12 +31,12 @@ if TYPE_CHECKING:
     from latis_core._cmdr.config import DaemonConfig as DaemonConfig
     from latis_core._cmdr.config import PluginConfig as PluginConfig
     from latis_core._cmdr.config import UnitConfig as UnitConfig
-    from latis_core._cmdr.config_write import add_unit as add_unit
     from latis_core._cmdr.config import default_config as default_config
     from latis_core._cmdr.config import find_config as find_config
-    from latis_core._cmdr.config_write import init_text as init_text
     from latis_core._cmdr.config import load_config as load_config
     from latis_core._cmdr.config import parse_config as parse_config
+    from latis_core._cmdr.config_write import add_unit as add_unit
+    from latis_core._cmdr.config_write import init_text as init_text
     from latis_core._cmdr.controller import Controller as Controller
     from latis_core._cmdr.controller import open_controller as open_controller
     from latis_core._cmdr.coordinate import CoordinationEvent as CoordinationEvent

@@ -7,37 +7,15 @@ its owner can connect.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import socket
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
+from contextlib import AbstractAsyncContextManager
 
 import attrs
 import trio
 
-from latis_core._errors import ConnectError
+from latis_core._io.unix import is_listening, listen_unix, open_unix
 
 __all__ = ["UnixDialer", "UnixListener", "is_listening", "listen_unix", "open_unix"]
-
-
-@asynccontextmanager
-async def open_unix(path: str | os.PathLike[str]) -> AsyncIterator[trio.SocketStream]:
-    """Connect to the unix socket at `path`.
-
-    Raises:
-        ConnectError: nothing listens there (or we may not connect).
-    """
-    try:
-        stream = await trio.open_unix_socket(os.fspath(path))
-    except OSError as exc:
-        raise ConnectError(f"cannot connect to unix:{path}: {exc.strerror or exc}") from exc
-    try:
-        yield stream
-    finally:
-        await stream.aclose()
 
 
 @attrs.frozen
@@ -97,53 +75,6 @@ class UnixListener:
 
     def describe(self) -> str:
         return f"unix: {self.path}"
-
-
-def is_listening(path: str | os.PathLike[str]) -> bool:
-    """Whether something accepts connections on the unix socket at `path` (blocking, quick)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(os.fspath(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
-def _prepare(path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if os.path.exists(path):
-        if is_listening(path):
-            raise OSError(errno.EADDRINUSE, f"something already listens on {path}")
-        os.unlink(path)
-
-
-@asynccontextmanager
-async def listen_unix(path: str | os.PathLike[str]) -> AsyncIterator[trio.SocketListener]:
-    """Listen on a unix socket at `path` (mode 0600); remove it on exit.
-
-    A stale socket file (nothing listening) is replaced; a live one is an error.
-
-    Raises:
-        OSError: (EADDRINUSE) another process listens there.
-    """
-    path = os.fspath(path)
-    await trio.to_thread.run_sync(_prepare, path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        await sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    sock.listen(128)
-    listener = trio.SocketListener(sock)
-    try:
-        yield listener
-    finally:
-        await listener.aclose()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 #: This module's dialer and listener, for the `latis.transports` registry.

@@ -17,17 +17,20 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from latis_core._cmdr.api import Method, check_params
-from latis_core._cmdr.coordinate import CoordinationEvent
 from latis_core._errors import CmdrUnreachable, ConnectError
-from latis_core._io.client import Session, StateStream, UnitClient, connect
+from latis_core._io.unix import is_listening
 from latis_core._os.paths import make_private_dir, paths
-from latis_core._plugins.registry import load_transport
-from latis_core._wire.messages import Ack, Call, ResponseChunk, StateUpdate
+
+if TYPE_CHECKING:
+    from latis_core._cmdr.coordinate import CoordinationEvent
+    from latis_core._io.client import Session, StateStream, UnitClient
+    from latis_core._wire.messages import StateUpdate
+
+# The protocol stack (trio, the peer, the codec) is imported when a connection is
+# made, not with this module: `latis status` without a daemon needs none of it.
 
 __all__ = ["START_TIMEOUT", "DaemonClient", "daemon_pid", "open_daemon", "start_daemon"]
 
@@ -60,7 +63,7 @@ def daemon_pid() -> int | None:
 
 
 def _listening(path: str) -> bool:
-    return bool(load_transport("unix").is_listening(path))
+    return is_listening(path)
 
 
 def start_daemon(quiet: bool = False) -> int:
@@ -121,6 +124,8 @@ class DaemonClient:
 
     def session(self, session_id: str) -> Session:
         """A handle to session `session_id`, not checked (for `reattach`, `destroy`)."""
+        from latis_core._io.client import Session
+
         return Session(self.unit, session_id)
 
     async def state(self, session: str | None = None) -> StateUpdate:
@@ -150,6 +155,8 @@ class DaemonClient:
             ValueError: `params` do not fit the method (checked here, before sending).
             RequestError: the daemon answered with an error.
         """
+        from latis_core._wire.messages import Ack, Call, ResponseChunk
+
         params = {k: v for k, v in params.items() if v is not None}
         problem = check_params(method, params)
         if problem is not None:
@@ -229,6 +236,8 @@ class DaemonClient:
         """One task to several units' agents at once (see `Controller.coordinate`);
         `on_event` sees each event as it comes; returns each agent's `ended` event."""
 
+        from latis_core._cmdr.coordinate import CoordinationEvent
+
         def chunk(kind: str | None, text: str, data: Any) -> None:
             if kind == "event" and isinstance(data, dict):
                 on_event(CoordinationEvent.from_dict(data))
@@ -248,14 +257,18 @@ async def open_daemon(autostart: bool = True) -> AsyncIterator[DaemonClient]:
     Raises:
         CmdrUnreachable: it does not run (and `autostart` is off), or could not start.
     """
+    import trio
+
+    from latis_core._io.client import connect
+    from latis_core._io.unix import open_unix
+
     socket_path = str(paths().socket)
     if not _listening(socket_path):
         if not autostart:
             raise CmdrUnreachable("cmdr is not running (start it: latis daemon start)")
         await trio.to_thread.run_sync(start_daemon)
-    unix = load_transport("unix")
     try:
-        async with unix.open_unix(socket_path) as stream, connect(
+        async with open_unix(socket_path) as stream, connect(
             stream, name="latis-cli", label="cmdr"
         ) as client:
             yield DaemonClient(client)

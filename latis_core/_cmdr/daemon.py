@@ -42,8 +42,8 @@ from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
 from latis_core._errors import DaemonRunning, ErrorCode, LatisError, RequestError, error_code
 from latis_core._io.link import HIGH_WATER, Link
 from latis_core._io.server import ServerConnection, serve_stream
+from latis_core._io.unix import listen_unix
 from latis_core._os.paths import Paths, paths
-from latis_core._plugins.registry import load_transport
 from latis_core._version import __version__
 from latis_core._wire.connection import Connection, Violation
 from latis_core._wire.frames import DEFAULT_MAX_FRAME
@@ -574,7 +574,6 @@ async def serve_daemon(
 
     Units that run by themselves keep running when it stops; their prompts too.
     """
-    listen_unix = load_transport("unix").listen_unix
     where = paths_ or paths()
     run_dir = where.private_run_dir()
     lock = _lock(run_dir)
