@@ -42,6 +42,35 @@ _T = TypeVar("_T")
 BATCH = 256
 
 
+def _from_plain_thread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`call(*args, **kwargs)`, from a thread that runs no trio loop.
+
+    trio refuses a `from_thread` call made inside any trio run, and a thread can
+    be inside one without knowing: once trio_asyncio is imported (the ssh
+    transport does), `asyncio.run` in a notebook runs its loop on trio. The
+    caller's thread blocks either way; here it blocks on a helper thread.
+    """
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return call(*args, **kwargs)
+    box: list[Any] = []
+
+    def hop() -> None:
+        try:
+            box.append((True, call(*args, **kwargs)))
+        except BaseException as exc:  # handed back to the caller's thread
+            box.append((False, exc))
+
+    helper = threading.Thread(target=hop, name="latis-hop", daemon=True)
+    helper.start()
+    helper.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
 class Portal:
     """A trio loop in a daemon thread, and calls into it that wait for the result."""
 
@@ -72,11 +101,13 @@ class Portal:
 
     def run(self, afn: Callable[..., Any], *args: Any) -> Any:
         """Run `await afn(*args)` in the trio thread; return its result."""
-        return trio.from_thread.run(afn, *args, trio_token=self._token)
+        return _from_plain_thread(trio.from_thread.run, afn, *args, trio_token=self._token)
 
     def run_sync(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run `fn(*args)` in the trio thread; return its result."""
-        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        return _from_plain_thread(  # type: ignore[no-any-return]
+            trio.from_thread.run_sync, fn, *args, trio_token=self._token
+        )
 
     @contextmanager
     def wrap(self, acm: AbstractAsyncContextManager[_T]) -> Iterator[_T]:

@@ -38,7 +38,29 @@ def test_works_inside_a_running_asyncio_loop() -> None:
         assert asyncio.get_running_loop().is_running()
         return cell()
 
-    assert asyncio.run(notebook()) == "go the plan"
+    # The stock loop, whatever an earlier test in this process imported.
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+    try:
+        assert asyncio.run(notebook()) == "go the plan"
+    finally:
+        asyncio.set_event_loop_policy(None)
+
+
+def test_works_when_asyncio_runs_on_trio() -> None:
+    """Once trio_asyncio is imported (the ssh transport does), a notebook's asyncio
+    loop runs on trio; blocking calls from its cells still work."""
+    import trio_asyncio  # noqa: F401  (importing it is what changes asyncio.run)
+
+    def cell() -> str:
+        with blocking.connect_local() as unit:
+            return unit.create_session().prompt("on trio").text()
+
+    async def notebook() -> str:
+        assert type(asyncio.get_running_loop()).__module__.startswith("trio_asyncio")
+        return cell()
+
+    asyncio.set_event_loop_policy(None)
+    assert asyncio.run(notebook()) == "on trio"
 
 
 def test_questions_without_a_callback() -> None:
