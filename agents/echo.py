@@ -6,7 +6,14 @@ For tests and demos. Options (`latis-unit --agent echo -o KEY=VALUE`):
   long enough to be cancelled or watched;
 - `ask`: a question to ask the human before answering; the answer's words are
   echoed before the prompt's;
-- `repeat`: echo the prompt this many times (default 1), for long streams.
+- `repeat`: echo the prompt this many times (default 1), for long streams;
+- `remember`: `1` to remember the conversation: each answer starts with the
+  session's previous prompt, `(you said: ...)`, so a demo shows that two
+  prompts share a session's context.
+
+Each may also be given per session (`session.create` options, `latis session
+new -o KEY=VALUE`): a session's value replaces the unit's for that session's
+prompts; other session options are ignored.
 """
 
 from __future__ import annotations
@@ -30,12 +37,16 @@ class EchoAgent(Agent):
         delay: seconds before each chunk.
         ask: a question asked before answering, or None.
         repeat: how many times the prompt is echoed.
+        remember: each answer starts with the session's previous prompt.
     """
 
     info: ClassVar[AgentInfo] = AgentInfo("echo", __version__)
     capabilities: ClassVar[tuple[str, ...]] = ("input",)
 
-    def __init__(self, *, delay: float = 0.0, ask: str | None = None, repeat: int = 1) -> None:
+    def __init__(
+        self, *, delay: float = 0.0, ask: str | None = None, repeat: int = 1,
+        remember: bool = False,
+    ) -> None:
         if delay < 0:
             raise ValueError("delay must be >= 0")
         if repeat < 1:
@@ -43,11 +54,12 @@ class EchoAgent(Agent):
         self.delay = delay
         self.ask = ask
         self.repeat = repeat
+        self.remember = remember
 
     @classmethod
     def from_options(cls, options: Mapping[str, str], command: Sequence[str] = ()) -> EchoAgent:
         _no_command("echo", command)
-        known = {"delay", "ask", "repeat"}
+        known = set(_OPTIONS)
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(
@@ -66,19 +78,46 @@ class EchoAgent(Agent):
             raise ValueError(
                 f"echo agent: option 'repeat' must be a whole number, got {options['repeat']!r}"
             ) from None
-        return cls(delay=delay, ask=options.get("ask") or None, repeat=repeat)
+        return cls(delay=delay, ask=options.get("ask") or None, repeat=repeat,
+                   remember=_flag(options.get("remember", "0")))
 
     async def open_session(self, session_id: str, options: Mapping[str, Any]) -> AgentSession:
-        return _EchoSession(self)
+        own = {k: v for k, v in options.items() if k in _OPTIONS and v is not None}
+        if not own:
+            return _EchoSession(self, self.remember)
+        unit = {"delay": str(self.delay), "repeat": str(self.repeat), "ask": self.ask or "",
+                "remember": "1" if self.remember else "0"}
+        agent = EchoAgent.from_options(unit | {k: str(v) for k, v in own.items()})
+        return _EchoSession(agent, agent.remember)
+
+
+#: The echo agent's options (per unit, and per session).
+_OPTIONS = ("delay", "ask", "repeat", "remember")
+
+
+def _flag(value: object) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"echo agent: option 'remember' must be 1 or 0, got {value!r}")
 
 
 class _EchoSession(AgentSession):
-    def __init__(self, agent: EchoAgent) -> None:
+    def __init__(self, agent: EchoAgent, remember: bool = False) -> None:
         self._agent = agent
+        self._remember = remember
+        self._previous: str | None = None
 
     async def prompt(self, text: str, reply: Reply) -> None:
         agent = self._agent
         words = text.split() * agent.repeat
+        if self._remember:
+            before = (self._previous or "").split()
+            if before:
+                words = ["(you", "said:", *before[:-1], before[-1] + ")", *words]
+            self._previous = text
         if agent.ask is not None:
             answer = await reply.ask(agent.ask)
             words = answer.split() + words

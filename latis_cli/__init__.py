@@ -8,5 +8,6 @@ __all__ = ["main"]
 def main() -> None:
     """Run the `latis` command line."""
     from ._app import app
+    from ._failure import guard
 
-    app.meta()
+    guard(app.meta)

@@ -10,7 +10,7 @@ from cyclopts import App, Parameter
 
 from ._cmdr import OK
 
-agents_app = App(name="agents", help="The agents behind the units.", help_format="markdown")
+agents_app = App(name="agents", help="The agents behind the units.", help_format="plaintext")
 
 
 @agents_app.command(name="list")
@@ -18,12 +18,9 @@ def list_agents(*, json_output: Annotated[bool, Parameter(name="--json")] = Fals
     """List each unit's agent: the adapter it runs, and, when connected, the agent's
     own name, version and capabilities from the handshake.
 
-    Examples
-    --------
-    ```
-    latis agents list
-    latis agents list --json
-    ```
+    For example:
+      latis agents list
+      latis agents list --json
 
     Args:
         json_output: print a JSON array.
@@ -79,12 +76,9 @@ KNOWN_AGENTS = {
 def available(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """List the installed adapters, and which known agent CLIs are on PATH (and where).
 
-    Examples
-    --------
-    ```
-    latis agents available
-    latis agents available --json | jq '.agents[] | select(.found)'
-    ```
+    For example:
+      latis agents available
+      latis agents available --json | jq '.agents[] | select(.found)'
 
     Args:
         json_output: print a JSON object.
@@ -114,26 +108,30 @@ def plugins(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -
     Third-party packages add their own through the entry-point groups
     `latis.agents`, `latis.transports` and `latis.provisioners`.
 
-    Examples
-    --------
-    ```
-    latis plugins
-    latis plugins --json
-    ```
+    For example:
+      latis plugins
+      latis plugins --json
 
     Args:
         json_output: print a JSON object.
     """
-    from latis_core import agent_names, provisioner_names, transport_names
+    from latis_core import agent_names, plugin_problems, provisioner_names, transport_names
 
-    data = {
+    data: dict[str, Any] = {
         "agents": agent_names(),
         "transports": transport_names(),
         "provisioners": provisioner_names(),
     }
+    problems = plugin_problems()
     if json_output:
-        print(json.dumps(data, indent=2))
-    else:
-        for group, names in data.items():
-            sys.stdout.write(f"{group + ':':14} {', '.join(names)}\n")
+        print(json.dumps(data | {"unavailable": problems}, indent=2))
+        return OK
+    for group, names in data.items():
+        broken = problems.get(group, {})
+        shown = [f"{n} (unavailable)" if n in broken else n for n in names]
+        sys.stdout.write(f"{group + ':':14} {', '.join(shown)}\n")
+    for group, broken in problems.items():
+        for name, why in broken.items():
+            sys.stdout.write(f"\n{group[:-1]} {name!r} is unavailable: {why['reason']}\n"
+                             f"  fix: {why['fix']}\n")
     return OK

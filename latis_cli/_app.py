@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,9 +11,12 @@ from cyclopts import App, Parameter
 
 from latis_core import __version__
 
+from . import _enrollments  # noqa: F401  (registers unit pending|accept|reject|revoke|rotate)
 from ._agents import agents_app, plugins
-from ._coordinate import coordinate
+from ._coordinate import coordinate, coordination_app
 from ._daemon import daemon
+from ._image import image_app
+from ._inbox import inbox_app, usage
 from ._prompt import attach, prompt
 from ._sessions import session_app, status
 from ._units import connect, init, listeners, unit_app
@@ -20,15 +24,43 @@ from ._units import connect, init, listeners, unit_app
 HELP = """A control plane for AI agents that run anywhere.
 
 Common commands:
-  latis prompt "hello"                   a prompt to the built-in local unit
-  latis unit add box --provisioner container --image IMG
-  latis session new --unit box           prints the session id
-  latis prompt --session SID --detach "a long task"; latis attach SID
+  latis prompt "hello"               a prompt to the built-in unit `local`
+  latis prompt "and then?"           the same session: a conversation continues
+  latis prompt --new "other topic"   a new session (it becomes current)
+  latis session new --unit box       a session on another unit; it is current
+  latis prompt --detach "long task"  runs on in the daemon; latis attach SID
   latis coordinate --agents box,local "compare notes"
-  latis status
+  latis coordinate -a a,b,c --strategy roundtable --final a "design it"
+  latis status                       what runs where (also: latis ls)
+  latis inbox; latis inbox answer 12.0 allow
+  latis usage --by day
 
-Exit status: 0 ok, 1 error, 2 usage, 3 cancelled, 5 cmdr unreachable,
-6 unit unreachable, 130 interrupted."""
+Help on a command: latis help CMD (or latis CMD --help);
+exit statuses: latis help exit-codes."""
+
+TOPICS = {
+    "exit-codes": """Exit statuses of latis (stable: scripts may rely on them):
+
+  0    ok
+  1    error (a failure the message explains; also: the agent asked a
+       question that stdin could not answer, and the prompt waits for
+       `latis attach SESSION`)
+  2    usage (a wrong argument, an empty prompt, a file that is not there)
+  3    cancelled (the prompt was cancelled), or timed out
+  4    auth: a proof of identity or an enrollment was refused
+  5    cmdr unreachable (the daemon is not running and could not start)
+  6    unit unreachable (not connected, its dial or provisioner failed)
+  130  interrupted (Ctrl-C)
+
+latis-unit uses the same: 4 when cmdr refuses its enrollment.""",
+    "environment": """Environment variables:
+
+  LATIS_HOME      one folder for config, state, sockets and logs (tests, demos)
+  LATIS_CONFIG    the config file (as --config)
+  LATIS_SESSION   the current session for this shell (overrides `session use`)
+  LATIS_DEBUG=1   print the traceback of a failure too (as --debug)
+  LATIS_NO_COLOR, NO_COLOR   no colour (as --no-color); FORCE_COLOR forces it""",
+}
 
 app = App(
     name="latis",
@@ -41,16 +73,49 @@ app = App(
 app.command(prompt, name="prompt")
 app.command(attach, name="attach")
 app.command(coordinate, name="coordinate")
-app.command(status, name="status")
+app.command(status, name=["status", "ls"])
 app.command(connect, name="connect")
 app.command(listeners, name="listeners")
 app.command(init, name="init")
 app.command(plugins, name="plugins")
+app.command(usage, name="usage")
+app.command(inbox_app)
 app.command(session_app)
+app.command(coordination_app)
 app.command(unit_app)
 app.command(agents_app)
 app.command(daemon)
+app.command(image_app)
 app.register_install_completion_command()
+
+
+@app.command(name="help")
+def help_(*topic: str) -> int:
+    """Help on a command or a topic.
+
+    For example:
+      latis help prompt
+      latis help unit add
+      latis help exit-codes
+      latis help environment
+
+    Args:
+        topic: a command (as typed after `latis`), or a topic: exit-codes, environment.
+    """
+    if len(topic) == 1 and topic[0] in TOPICS:
+        print(TOPICS[topic[0]])
+        return 0
+    if topic and topic[0] not in app:
+        import difflib
+
+        known = sorted({*TOPICS, *(name for name in app if not name.startswith("-"))})
+        close = difflib.get_close_matches(topic[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"latis: no command or topic {topic[0]!r}{hint}; known: {', '.join(known)}",
+              file=sys.stderr)
+        return 2
+    app.help_print(list(topic))
+    return 0
 
 
 @app.meta.default
@@ -58,13 +123,17 @@ def launcher(
     *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
     config: Annotated[Path | None, Parameter(name="--config")] = None,
     no_color: Annotated[bool, Parameter(name="--no-color", negative="")] = False,
+    debug: Annotated[bool, Parameter(name="--debug", negative="")] = False,
 ) -> int | None:
     """Global options (before the command).
 
     Args:
         config: the config file to use (else LATIS_CONFIG, ./latis.toml, the user config).
         no_color: no colour, even on a terminal.
+        debug: print the traceback of a failure too (as LATIS_DEBUG=1 does).
     """
+    if debug:
+        os.environ["LATIS_DEBUG"] = "1"
     if config is not None:
         os.environ["LATIS_CONFIG"] = str(config.resolve())
     if no_color:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cyclopts import Parameter
 
+from . import _complete
 from ._cmdr import CANCELLED, ERROR, INTERRUPTED, OK, USAGE
 
 if TYPE_CHECKING:
@@ -19,41 +22,54 @@ if TYPE_CHECKING:
 def prompt(
     text: str = "-",
     *,
-    unit: Annotated[str, Parameter(name=["--unit", "-u"])] = "local",
-    session: Annotated[str | None, Parameter(name=["--session", "-s"])] = None,
+    unit: Annotated[str | None, Parameter(name=["--unit", "-u"], completer=_complete.units)] = None,
+    session: Annotated[
+        str | None, Parameter(name=["--session", "-s"], completer=_complete.sessions)
+    ] = None,
+    new: bool = False,
     file: Path | None = None,
     detach: bool = False,
     json_output: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
     """Send a prompt and stream the answer as it comes.
 
+    A conversation continues: the prompt goes to the current session (the
+    last one `latis session new`, `latis session use` or a prompt opened),
+    so the agent keeps its context; `--new` starts another session, which
+    becomes current. `--unit` picks the unit (a new session there unless the
+    current one is on it).
+
     The prompt runs in the daemon (started on first use): with `--detach` the
     command returns at once and the prompt goes on; `latis attach SESSION`
     follows it later. Ctrl-C cancels the prompt on the unit (a second Ctrl-C
     exits at once). When the agent asks something, the question is asked
-    here and the answer sent back.
+    here; when stdin cannot answer (not a terminal, nothing left to read) the
+    prompt stays waiting and `latis attach SESSION` answers it (exit 1).
 
-    Examples
-    --------
-    ```
-    latis prompt "hello there"
-    echo "hello there" | latis prompt
-    latis prompt --file task.md --unit box
-    latis prompt --session Zk3x9 "and then?"
-    latis prompt --detach "a long task"; latis attach SESSION
-    latis prompt --json "hello" | jq .
-    ```
+    For example:
+      latis prompt "hello there"
+      latis prompt "and then?"      (the same session: the agent remembers)
+      latis prompt --new "another topic"
+      echo "hello there" | latis prompt
+      latis prompt --file task.md --unit box
+      latis prompt --detach "a long task"; latis attach SESSION
+      latis prompt --json "hello" | jq .
 
     Args:
         text: the prompt; "-" (the default) reads it from stdin.
-        unit: the unit to open a new session on.
-        session: an existing session to prompt instead.
+        unit: the unit (default: the current session's, else `local`).
+        session: prompt this session (it does not become current).
+        new: start a new session (it becomes current).
         file: read the prompt from this file.
         detach: send the prompt and return; it runs on.
-        json_output: print one JSON object per event (NDJSON).
+        json_output: print one JSON object per event (NDJSON); the first names the session.
     """
     if file is not None:
-        body = file.read_text()
+        try:
+            body = file.read_text()
+        except OSError as exc:
+            print(f"latis: cannot read the prompt from {file}: {exc.strerror}", file=sys.stderr)
+            return USAGE
     elif text == "-":
         if sys.stdin.isatty():
             print("latis: give the prompt as an argument, with --file, or on stdin",
@@ -62,56 +78,113 @@ def prompt(
         body = sys.stdin.read()
     else:
         body = text
+    if not body.strip():
+        print("latis: the prompt is empty; nothing was sent", file=sys.stderr)
+        return USAGE
+    if new and session is not None:
+        print("latis: --new and --session exclude each other", file=sys.stderr)
+        return USAGE
     from ._run import run_with_cmdr
 
-    return run_with_cmdr(lambda cmdr: _run_prompt(cmdr, body, unit, session, detach, json_output))
+    return run_with_cmdr(
+        lambda cmdr: _run_prompt(cmdr, body, unit, session, new, detach, json_output)
+    )
 
 
 def attach(
-    session: str,
+    session: Annotated[str | None, Parameter(completer=_complete.sessions)] = None,
     *,
     after: int = -1,
+    detach_key: str = "ctrl-]",
     json_output: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
     """Follow a session's last prompt: what was missed first, then live.
 
-    Ctrl-C cancels the prompt on the unit; to stop following without
-    cancelling, close the terminal or kill this command (the prompt runs on).
+    Ctrl-C cancels the prompt on the unit. The detach key (Ctrl-], as in
+    telnet; `--detach-key`) stops following and leaves the prompt running,
+    as does closing the terminal. A question the agent asks is asked here.
 
-    Examples
-    --------
-    ```
-    latis attach Zk3x9kQp2Lm8
-    latis attach Zk3x9kQp2Lm8 --after 41     # only chunks after seq 41
-    ```
+    For example:
+      latis attach                             (the current session)
+      latis attach Zk3x9kQp2Lm8
+      latis attach Zk3x9kQp2Lm8 --after 41     (only chunks after seq 41)
+      latis attach Zk3x9kQp2Lm8 --detach-key ctrl-d
 
     Args:
-        session: the session id.
+        session: the session id (default: the current session).
         after: show only the chunks after this sequence number.
+        detach_key: the key that detaches (ctrl-A .. ctrl-_, on a terminal).
         json_output: print one JSON object per event (NDJSON).
     """
+    from ._keys import parse_key
+
+    if session is None:
+        from ._current import current_session
+
+        session = (current_session() or {}).get("session")
+        if session is None:
+            print("latis: no current session: name one (latis session ls lists them)",
+                  file=sys.stderr)
+            return USAGE
+    key = parse_key(detach_key)
+    if key is None:
+        print(f"latis: --detach-key {detach_key!r} is not a control key like ctrl-]",
+              file=sys.stderr)
+        return USAGE
     from ._run import run_with_cmdr
 
-    return run_with_cmdr(lambda cmdr: _run_attach(cmdr, session, after, json_output))
+    return run_with_cmdr(lambda cmdr: _run_attach(cmdr, session, after, json_output, key))
 
 
 async def _run_prompt(
     cmdr: latis_core.DaemonClient,
     body: str,
-    unit: str,
+    unit: str | None,
     session_id: str | None,
+    new: bool,
     detach: bool,
     as_json: bool,
 ) -> int:
-    from ._console import progress
+    import latis_core
 
-    if session_id is None:
-        with progress(f"bringing unit {unit!r} up") as say:
-            await cmdr.unit_up(unit, say)
-        session = await cmdr.create_session(unit=unit)
-        print(f"session {session.id} on unit {unit}", file=sys.stderr)
-    else:
+    from ._console import progress
+    from ._current import current_session, set_current_session
+
+    session = None
+    on = unit  # the unit the session is on, for messages (None: not known here)
+    if session_id is not None:
         session = await cmdr.resume_session(session_id)
+    elif not new:
+        current = current_session()
+        if current is not None and unit in (None, current["unit"]):
+            on = current["unit"]
+            try:
+                session = await cmdr.resume_session(current["session"])
+            except latis_core.RequestError as exc:
+                if exc.code != "unknown_session":
+                    raise
+                # Closed (idle, destroyed, its unit gone): a new one takes its place.
+    if session is None:
+        target = on = unit or "local"
+        with progress(f"bringing unit {target!r} up") as say:
+            await cmdr.unit_up(target, say)
+        session = await cmdr.create_session(unit=target)
+        set_current_session(session.id, target)
+        if not as_json:
+            print(f"session {session.id} on unit {target} (now current)", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"type": "session", "session": session.id}), flush=True)
+    with _where(session.id, on):
+        return await _send(cmdr, session, body, detach, as_json)
+
+
+async def _send(
+    cmdr: latis_core.DaemonClient,
+    session: latis_core.Session,
+    body: str,
+    detach: bool,
+    as_json: bool,
+) -> int:
     stream = session.prompt(body)
     if detach:
         await cmdr.ping()  # the daemon has the prompt: it runs on without us
@@ -121,31 +194,67 @@ async def _run_prompt(
             print(f"detached: latis attach {session.id}", file=sys.stderr)
         await cmdr.aclose()
         return OK
-    return await _stream(stream, as_json)
+    return await _stream(stream, as_json, session.id, cmdr.aclose)
 
 
 async def _run_attach(
-    cmdr: latis_core.DaemonClient, session_id: str, after: int, as_json: bool
+    cmdr: latis_core.DaemonClient, session_id: str, after: int, as_json: bool, key: bytes
 ) -> int:
-
     info = await cmdr.session_get(session_id)
     last = info.get("last_prompt") if info else None
     if not last:
         print(f"latis: session {session_id} has no prompt to follow", file=sys.stderr)
         return ERROR
     session = cmdr.session(session_id)
-    stream = await session.reattach(last["id"], after=None if after < 0 else after)
-    return await _stream(stream, as_json)
+    with _where(session_id, info.get("unit")):
+        stream = await session.reattach(last["id"], after=None if after < 0 else after)
+        return await _stream(stream, as_json, session_id, cmdr.aclose, key)
 
 
-async def _stream(stream: latis_core.PromptStream, as_json: bool) -> int:
-    """Print a prompt's answer as it comes; Ctrl-C cancels it; questions are asked here."""
+@contextmanager
+def _where(session_id: str, unit: str | None) -> Iterator[None]:
+    """Name the session and unit in a failure the daemon reports."""
+    import latis_core
+
+    from ._failure import cause
+
+    try:
+        yield
+    except BaseException as exc:
+        failure = cause(exc)  # a nursery may have wrapped it in a group
+        if isinstance(failure, latis_core.RequestError):
+            on = f" on unit {unit}" if unit else ""
+            failure.message = f"{failure.message} (session {session_id}{on})"
+        raise
+
+
+#: Exit status when the agent asks a question nobody here can answer: the
+#: prompt waits for `latis attach SESSION` (documented in `latis help exit-codes`).
+WAITING = ERROR
+
+
+async def _stream(
+    stream: latis_core.PromptStream,
+    as_json: bool,
+    session_id: str,
+    leave: Callable[[], Awaitable[None]],
+    detach_key: bytes | None = None,
+) -> int:
+    """Print a prompt's answer as it comes; Ctrl-C cancels it; questions are asked here.
+
+    `leave` drops the connection so that the prompt runs on (detach key, or a
+    question stdin cannot answer).
+    """
     import trio
 
     import latis_core
 
+    from ._keys import Keys
+
     out = sys.stdout
     interrupted = False
+    left = ""
+    keys = Keys(detach_key) if detach_key is not None and sys.stdin.isatty() else None
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -159,18 +268,71 @@ async def _stream(stream: latis_core.PromptStream, as_json: bool) -> int:
                     stream.cancel_nowait()
 
             nursery.start_soon(on_sigint)
+            reading = trio.CancelScope()
+
+            async def on_detach() -> None:
+                nonlocal left
+                left = "detached"
+                await leave()
+                reading.cancel()
+
+            if keys is not None:
+                nursery.start_soon(keys.run, on_detach)
+            # The question asked here, while its answer may come from elsewhere
+            # (the inbox, a dashboard, another attach): the stream goes on then.
+            asking: trio.CancelScope | None = None
+
+            async def ask(request: Any, scope: trio.CancelScope) -> None:
+                nonlocal asking, left
+                with scope:
+                    answer = await _ask(request, as_json, keys)
+                    if answer is None:
+                        left = "waiting"
+                        await leave()
+                        reading.cancel()
+                    else:
+                        await stream.reply(answer)
+                if asking is scope:
+                    asking = None
+
             try:
-                async for event in stream:
-                    if isinstance(event, latis_core.InputRequest):
-                        await stream.reply(await _ask(event, as_json))
-                        continue
-                    if as_json:
-                        out.write(json.dumps(_chunk_json(event)) + "\n")
-                    elif event.kind is None:
-                        out.write(event.text)
-                    out.flush()
+                with reading:
+                    async for event in stream:
+                        if asking is not None:
+                            asking.cancel()
+                            asking = None
+                            print("\nlatis: answered elsewhere (latis inbox log says by whom)",
+                                  file=sys.stderr, flush=True)
+                        if isinstance(event, latis_core.InputRequest):
+                            asking = trio.CancelScope()
+                            nursery.start_soon(ask, event, asking)
+                            continue
+                        if as_json:
+                            out.write(json.dumps(_chunk_json(event)) + "\n")
+                        elif event.kind is None:
+                            out.write(event.text)
+                        out.flush()
+            except (latis_core.ConnectionClosed, trio.ClosedResourceError):
+                if not left:
+                    raise
             finally:
                 nursery.cancel_scope.cancel()
+                if keys is not None:
+                    keys.restore()
+    if left:
+        if as_json:
+            out.write(json.dumps({"type": left, "session": session_id}) + "\n")
+        elif left == "detached":
+            out.write("\n")
+            print(f"latis: detached; the prompt runs on (latis attach {session_id})",
+                  file=sys.stderr)
+        else:
+            out.write("\n")
+            print(f"latis: the prompt of session {session_id} waits for an answer that "
+                  f"stdin cannot give (not a terminal);\n  answer it with: "
+                  f"latis attach {session_id}", file=sys.stderr)
+        out.flush()
+        return OK if left == "detached" else WAITING
     outcome = stream.outcome or "complete"
     if as_json:
         out.write(json.dumps({"type": "outcome", "outcome": outcome}) + "\n")
@@ -191,7 +353,8 @@ def _chunk_json(event: Any) -> dict[str, Any]:
     return data
 
 
-async def _ask(request: Any, as_json: bool) -> str:
+async def _ask(request: Any, as_json: bool, keys: Any = None) -> str | None:
+    """The answer to the agent's question, or None when nobody here can give one."""
     import trio
 
     question = request.question
@@ -199,13 +362,18 @@ async def _ask(request: Any, as_json: bool) -> str:
     if as_json:
         print(json.dumps({"type": "input", "input": request.input, "question": question,
                           "options": list(options)}), flush=True)
-    if not sys.stdin.isatty():
-        line: str = await trio.to_thread.run_sync(sys.stdin.readline)
-        if not line:
-            raise SystemExit(
-                f"latis: the agent asks {question!r}, and stdin has no answer"
-            )
-        return line.rstrip("\n")
     hint = f" [{'/'.join(options)}]" if options else ""
-    answer: str = await trio.to_thread.run_sync(input, f"\n{question}{hint} ")
+    if keys is not None:
+        typed: str = await keys.line(f"\n{question}{hint} ")
+        return typed
+    if not sys.stdin.isatty():
+        line: str = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        if not line:
+            print(f"\nlatis: the agent asks {question!r}; it waits in the inbox "
+                  "(latis inbox answer ID ANSWER)", file=sys.stderr)
+            return None
+        return line.rstrip("\n")
+    answer: str = await trio.to_thread.run_sync(
+        input, f"\n{question}{hint} ", abandon_on_cancel=True
+    )
     return answer

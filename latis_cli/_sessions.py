@@ -1,4 +1,4 @@
-"""`latis session new|list|show|resume|destroy` and `latis status`.
+"""`latis session new|use|list|show|resume|destroy|prune` and `latis status`.
 
 Reads (`list`, `show`, `status`) go straight to the state file, read-only
 (SQLite in WAL mode lets them read while the daemon writes): they need no
@@ -8,22 +8,27 @@ daemon and start fast. Changes go through the daemon.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cyclopts import App, Parameter
 
+from . import _complete
 from ._cmdr import ERROR, OK, USAGE
 from ._run import run_with_cmdr
 
 if TYPE_CHECKING:
     from latis_core import StateStore as State
 
+#: A session id argument, completed from the state file.
+_SessionName = Annotated[str, Parameter(completer=_complete.sessions)]
+
 session_app = App(
     name="session",
     help="Sessions: conversations with the agent of a unit. They live in the daemon.",
-    help_format="markdown",
+    help_format="plaintext",
 )
 
 
@@ -53,12 +58,14 @@ def _ago(when: float | None) -> str:
 @session_app.command
 def new(
     *,
-    unit: Annotated[str, Parameter(name=["--unit", "-u"])] = "local",
+    unit: Annotated[str, Parameter(name=["--unit", "-u"], completer=_complete.units)] = "local",
     connector: str | None = None,
     option: Annotated[tuple[str, ...], Parameter(name=["--option", "-o"])] = (),
     json_output: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
     """Open a session on a unit (bringing the unit up first if needed); print its id.
+
+    The new session becomes the current one: `latis prompt` continues it.
 
     Options (`-o KEY=VALUE`) go to the unit's agent for this session (for
     example `-o model=llama3.1` for the openai adapter, `-o cwd=/src` for acp).
@@ -67,16 +74,13 @@ def new(
     `unix`, ...: the unit must be reached that way), or an address to
     connect to first (`unix:PATH`, `local:COMMAND`).
 
-    Examples
-    --------
-    ```
-    latis session new
-    latis session new --unit box
-    latis session new --unit box --connector local
-    latis session new --connector unix:/run/shared/unit.sock
-    latis session new --unit llm -o model=qwen2.5 -o system="Be brief."
-    SID=$(latis session new --json | jq -r .session)
-    ```
+    For example:
+      latis session new
+      latis session new --unit box
+      latis session new --unit box --connector local
+      latis session new --connector unix:/run/shared/unit.sock
+      latis session new --unit llm -o model=qwen2.5 -o system="Be brief."
+      SID=$(latis session new --json | jq -r .session)
 
     Args:
         unit: the unit.
@@ -108,6 +112,9 @@ def new(
             else:
                 await cmdr.unit_up(unit, say)
         session = await cmdr.create_session(unit=target, **options)
+        from ._current import set_current_session
+
+        set_current_session(session.id, target)
         if json_output:
             print(json.dumps({"session": session.id, "unit": target}))
         else:
@@ -136,28 +143,99 @@ def _check_connector(unit: str, connector: str) -> str | None:
     return None
 
 
-@session_app.command(name="list")
+@session_app.command
+def use(session: _SessionName) -> int:
+    """Make a session the current one: `latis prompt` continues it.
+
+    The current session is one per latis home (as kubectl's current context);
+    `export LATIS_SESSION=SID` overrides it in one shell.
+
+    For example:
+      latis session use Zk3x9kQp2Lm8
+      latis prompt "where were we?"
+
+    Args:
+        session: the session id.
+    """
+    from ._current import set_current_session
+
+    state = _state()
+    row = None
+    if state is not None:
+        with state:
+            row = state.get_session(session)
+    if row is None:
+        print(f"latis: no session {session!r} (latis session ls lists them)", file=sys.stderr)
+        return ERROR
+    if row.state == "closed":
+        print(f"latis: session {session} is closed (its transcript: latis session show "
+              f"{session}); latis prompt --new starts another", file=sys.stderr)
+        return ERROR
+    set_current_session(session, row.unit)
+    print(f"current session: {session} on unit {row.unit}", file=sys.stderr)
+    return OK
+
+
+@session_app.command
+def prune(
+    *,
+    idle: float | None = None,
+    json_output: Annotated[bool, Parameter(name="--json")] = False,
+) -> int:
+    """Close the sessions idle for a while on their units (transcripts stay).
+
+    Without --idle, the config's `[daemon] session_idle_timeout` (default a
+    day) is the limit; the daemon also closes such sessions by itself.
+
+    For example:
+      latis session prune
+      latis session prune --idle 0     (all sessions with no prompt running)
+
+    Args:
+        idle: seconds without a prompt (default: the config's session_idle_timeout).
+        json_output: print a JSON object.
+    """
+    if idle is not None and idle < 0:
+        print("latis: --idle takes seconds >= 0", file=sys.stderr)
+        return USAGE
+
+    async def work(cmdr: Any) -> int:
+        data = await cmdr.session_prune(None if idle is None else float(idle))
+        if json_output:
+            print(json.dumps(data))
+        else:
+            closed = data.get("closed", [])
+            print(f"closed {len(closed)} session{'s' if len(closed) != 1 else ''}"
+                  + (": " + " ".join(closed) if closed else ""), file=sys.stderr)
+        return OK
+
+    return run_with_cmdr(work)
+
+
+@session_app.command(name=["list", "ls"])
 def list_sessions(
     *,
     unit: Annotated[str | None, Parameter(name=["--unit", "-u"])] = None,
     all_: Annotated[bool, Parameter(name="--all")] = False,
     json_output: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
-    """List sessions (open ones; --all for closed ones too).
+    """List sessions (open ones; --all for closed ones too); `*` marks the current one.
 
-    Examples
-    --------
-    ```
-    latis session list
-    latis session list --unit box --all --json
-    ```
+    For example:
+      latis session list
+      latis session list --unit box --all --json
 
     Args:
         unit: only this unit's sessions.
         all_: closed sessions too.
         json_output: print a JSON array.
     """
+    from latis_core import a2a_state
+
     state = _state()
+    from ._current import current_session
+
+    current = (current_session() or {}).get("session")
     rows: list[dict[str, Any]] = []
     if state is not None:
         with state:
@@ -167,6 +245,10 @@ def list_sessions(
                     "session": s.id, "unit": s.unit, "state": s.state,
                     "created": s.created_at, "prompts": len(state.prompts(s.id)),
                     "last_prompt": last.state if last else None,
+                    "current": s.id == current,
+                    # A2A's task state: waiting is input-required, never done.
+                    "a2a_state": a2a_state(last.state if s.state == "idle" and last
+                                           else s.state),
                 })
     if json_output:
         print(json.dumps(rows, indent=2))
@@ -174,35 +256,32 @@ def list_sessions(
     if not rows:
         print("no sessions", file=sys.stderr)
         return OK
-    from rich.table import Table
+    from ._console import print_table
 
-    from ._console import out
-
-    table = Table("session", "unit", "state", "prompts", "created", box=None)
-    for row in rows:
-        table.add_row(row["session"], row["unit"], row["state"], str(row["prompts"]),
-                      _ago(row["created"]))
-    out().print(table)
+    print_table(("session", "unit", "state", "prompts", "created"), [
+        (("* " if row["current"] else "  ") + row["session"], row["unit"], row["state"],
+         str(row["prompts"]), _ago(row["created"]))
+        for row in rows
+    ])
     return OK
 
 
 @session_app.command
 def show(
-    session: str, *, json_output: Annotated[bool, Parameter(name="--json")] = False
+    session: _SessionName, *, json_output: Annotated[bool, Parameter(name="--json")] = False
 ) -> int:
     """Print a session's transcript: every prompt and its whole answer, in order.
 
-    Examples
-    --------
-    ```
-    latis session show Zk3x9kQp2Lm8
-    latis session show Zk3x9kQp2Lm8 --json | jq '.prompts[-1].answer'
-    ```
+    For example:
+      latis session show Zk3x9kQp2Lm8
+      latis session show Zk3x9kQp2Lm8 --json | jq '.prompts[-1].answer'
 
     Args:
         session: the session id.
         json_output: print a JSON object.
     """
+    from latis_core import a2a_state
+
     state = _state()
     if state is None:
         print(f"latis: no session {session!r}", file=sys.stderr)
@@ -219,6 +298,7 @@ def show(
             "prompt": entry.prompt.id,
             "text": entry.prompt.text,
             "state": entry.prompt.state,
+            "a2a_state": a2a_state(entry.prompt.state),
             "chunks": len(entry.chunks),
             "answer": "".join(c.text for c in entry.chunks if c.kind is None),
             "error": entry.prompt.error,
@@ -241,14 +321,11 @@ def show(
 
 
 @session_app.command
-def resume(session: str) -> int:
+def resume(session: _SessionName) -> int:
     """Check that a session is still there (on a running unit) and print its state.
 
-    Examples
-    --------
-    ```
-    latis session resume Zk3x9kQp2Lm8 && latis prompt --session Zk3x9kQp2Lm8 "go on"
-    ```
+    For example:
+      latis session resume Zk3x9 && latis prompt --session Zk3x9 "go on"
 
     Args:
         session: the session id.
@@ -262,15 +339,12 @@ def resume(session: str) -> int:
     return run_with_cmdr(work)
 
 
-@session_app.command
-def destroy(session: str) -> int:
+@session_app.command(name=["destroy", "rm"])
+def destroy(session: _SessionName) -> int:
     """End a session (cancelling its prompt if one runs). Its transcript stays.
 
-    Examples
-    --------
-    ```
-    latis session destroy Zk3x9kQp2Lm8
-    ```
+    For example:
+      latis session destroy Zk3x9kQp2Lm8
 
     Args:
         session: the session id.
@@ -286,31 +360,59 @@ def destroy(session: str) -> int:
 
 
 def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
-    """What runs where: units, provisioner, connection, sessions, busy or idle, last seen.
+    """What runs where: units, provisioner, connection, sessions busy and waiting, last seen;
+    then a line per session that waits for an answer (its question, since when, its
+    context use) and per busy session its context use, as its agent reported it.
 
     Read from the state file: it works (showing the last known state) when
     the daemon is not running.
 
-    Examples
-    --------
-    ```
-    latis status
-    latis status --json | jq '.units[] | select(.connection == "connected")'
-    ```
+    For example:
+      latis status
+      latis status --json | jq '.units[] | select(.connection == "connected")'
 
     Args:
         json_output: print a JSON object.
     """
+
+    from latis_core import a2a_state, session_context
+
     from ._cmdr import daemon_pid
 
     pid = daemon_pid()
     units: list[dict[str, Any]] = []
+    attention: list[dict[str, Any]] = []
+    try:
+        from latis_core import load_config
+
+        named: set[str] | None = set(load_config(os.environ.get("LATIS_CONFIG") or None).units)
+    except Exception:  # a broken config is reported by the commands that use it
+        named = None
     state = _state()
     if state is not None:
         with state:
+            # One query for every unit's sessions, not one per unit (10,000 units).
+            by_unit: dict[int, list[Any]] = {}
+            for session in state.list_sessions():
+                by_unit.setdefault(session.unit_id, []).append(session)
             for unit in state.list_units():
                 conn = state.get_connection(unit.name)
-                sessions = state.list_sessions(unit.name)
+                sessions = by_unit.get(unit.id, [])
+                for s in sessions:
+                    if s.state not in ("busy", "waiting"):
+                        continue
+                    entry: dict[str, Any] = {
+                        "unit": unit.name, "session": s.id, "state": s.state,
+                        "a2a_state": a2a_state(s.state),
+                        "context": session_context(state, s.id),
+                    }
+                    last = state.last_prompt(s.id)
+                    pending = state.pending_inputs(last.id) if last is not None else []
+                    if s.state == "waiting" and last is not None and pending:
+                        entry["question"] = {"id": f"{last.id}.{pending[0].number}",
+                                             "question": pending[0].question,
+                                             "since": pending[0].asked_at}
+                    attention.append(entry)
                 units.append({
                     "unit": unit.name,
                     "provisioner": unit.provisioner,
@@ -319,28 +421,61 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
                     "error": conn.error if conn else None,
                     "last_seen": conn.last_seen if conn else None,
                     "sessions": {s.id: s.state for s in sessions},
+                    "in_config": named is None or unit.name in named,
                 })
-    data = {"daemon": {"running": pid is not None, "pid": pid}, "units": units}
+    from ._current import current_session
+
+    current = current_session()
+    data = {"daemon": {"running": pid is not None, "pid": pid}, "units": units,
+            "current_session": current, "active": attention}
     if json_output:
         print(json.dumps(data, indent=2))
         return OK
-    from rich.table import Table
-
-    from ._console import out
+    from ._console import print_table
 
     daemon = f"cmdr runs (pid {pid})" if pid else "cmdr is not running (last known state)"
     print(daemon, file=sys.stderr)
+    if current is not None:
+        print(f"current session: {current['session']} on unit {current['unit']}",
+              file=sys.stderr)
     if not units:
         print("no units yet: latis prompt \"hello\" brings up the built-in unit 'local'",
               file=sys.stderr)
         return OK
-    table = Table("unit", "provisioner", "connection", "sessions", "busy", "last seen",
-                  box=None)
+    rows = []
     for u in units:
         states = list(u["sessions"].values())
-        busy = sum(1 for s in states if s in ("busy", "waiting"))
+        busy = sum(1 for s in states if s == "busy")
+        waiting = sum(1 for s in states if s == "waiting")
         seen = "now" if pid and u["connection"] == "connected" else _ago(u["last_seen"])
-        table.add_row(u["unit"], u["provisioner"] or "-", u["connection"], str(len(states)),
-                      str(busy), seen)
-    out().print(table)
+        rows.append((u["unit"], u["provisioner"] or "-", _connection(u), str(len(states)),
+                     str(busy), str(waiting), seen, _note(u)))
+    print_table(("unit", "provisioner", "connection", "sessions", "busy", "waiting",
+                 "last seen", "note"), rows)
+    for a in sorted(attention, key=lambda a: a["state"] != "waiting"):
+        context = a["context"]
+        used = (f"context {context.get('context_used', 0):,.0f}"
+                + (f"/{context['context_size']:,.0f}" if "context_size" in context else ""))\
+            if context else "context: not reported"
+        if a["state"] == "waiting":
+            question = a.get("question")
+            asks = (f"asks {question['question']!r} ({_ago(question['since'])}; "
+                    f"latis inbox answer {question['id']} ...)") if question else "waits"
+            print(f"waiting  {a['unit']}/{a['session']}  {asks}  {used}")
+        else:
+            print(f"busy     {a['unit']}/{a['session']}  {used}")
     return OK
+
+
+def _connection(unit: dict[str, Any]) -> str:
+    """The connection column: FAILED stands out for a unit that could not be reached."""
+    return "FAILED" if unit["connection"] == "unreachable" else str(unit["connection"])
+
+
+def _note(unit: dict[str, Any]) -> str:
+    """Why a unit failed, or that config no longer names it (and the way out)."""
+    if not unit["in_config"]:
+        return f"not in config: latis unit rm {unit['unit']}"
+    if unit["connection"] == "unreachable" and unit["error"]:
+        return str(unit["error"])
+    return ""

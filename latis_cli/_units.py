@@ -1,4 +1,5 @@
-"""`latis unit add|enroll|list|up|down|destroy|status`, `latis connect`, `latis listeners`,
+"""`latis unit add|enroll|list|up|down|destroy|status` (the enrollment's life is in
+`_enrollments`), `latis connect`, `latis listeners`,
 `latis init`."""
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from typing import Annotated, Any
 
 from cyclopts import App, Parameter
 
+from . import _complete
 from ._cmdr import ERROR, OK, USAGE
 from ._run import run_with_cmdr
+
+#: A unit name argument, completed from the config.
+_UnitName = Annotated[str, Parameter(completer=_complete.units)]
 
 unit_app = App(
     name="unit",
     help="Units: the agent endpoints cmdr provisions and connects to.",
-    help_format="markdown",
+    help_format="plaintext",
 )
 
 
@@ -64,16 +69,13 @@ def add(
     unless the URL says `?tls=0`): cmdr enrolls it and prints the one line to
     run on the unit (on stdout; it holds the unit's secret).
 
-    Examples
-    --------
-    ```
-    latis unit add box --provisioner container --image localhost/latis-unit:1
-    latis unit add fast --provisioner process --agent echo -o delay=0
-    latis unit add shared --dial unix --dial-option path=/run/shared/unit.sock
-    latis unit add box2 --provisioner container --image img --set engine=docker
-    latis unit add edge --accept tcp://0.0.0.0:7447 --address cmdr.example.com
-    latis unit add gpu --dial tcp --dial-option host=gpu1 --dial-option token_file=~/.t
-    ```
+    For example:
+      latis unit add box --provisioner container --image localhost/latis-unit:1
+      latis unit add fast --provisioner process --agent echo -o delay=0
+      latis unit add shared --dial unix --dial-option path=/run/shared/unit.sock
+      latis unit add b2 --provisioner container --image img --set engine=docker
+      latis unit add edge --accept tcp://0.0.0.0:7447 --address cmdr.example.com
+      latis unit add gpu --dial tcp --dial-option host=gpu1 --dial-option port=7447
 
     Args:
         name: the unit's name.
@@ -116,20 +118,35 @@ def add(
             print(f"latis: --accept: {exc}", file=sys.stderr)
             return USAGE
     path = _config_path()
+    before = path.read_bytes() if path.exists() else None
     try:
         add_unit(path, name, table)
     except ConfigError as exc:
         print(f"latis: {exc}", file=sys.stderr)
         return ERROR
+    status = _reload_daemon()
+    if status == OK and accept is not None:
+        status = enroll(name, address=address, json_output=json_output)
+    if status != OK:
+        # A unit that cannot be served is not left behind in the file.
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+        _reload_daemon()
+        print(f"latis: unit {name!r} not added: {path} is as it was", file=sys.stderr)
+        return status
     print(f"added unit {name!r} to {path}", file=sys.stderr)
-    _reload_daemon()
-    if accept is not None:
-        return enroll(name, address=address, json_output=json_output)
     return OK
 
 
 def _accept_table(url: str) -> dict[str, Any]:
-    """The accept table for a listener address: its options that are not the defaults."""
+    """The accept table for a listener address: its options that are not the defaults.
+
+    A listener open to the network speaks TLS unless the URL says `?tls=0`,
+    except where a unit of the config listens at the same address already:
+    the new unit joins that listener as it is (what its table spells holds).
+    """
     from urllib.parse import parse_qs, urlsplit
 
     import attrs
@@ -142,11 +159,31 @@ def _accept_table(url: str) -> dict[str, Any]:
         value = getattr(listener, field.name)
         if value != field.default:
             table[field.name] = value
-    if "tls" in (f.name for f in attrs.fields(type(listener))) and "tls" not in parse_qs(
-        urlsplit(url).query
-    ):
-        table["tls"] = True  # a listener open to the network speaks TLS unless told not to
+    if "tls" in (f.name for f in attrs.fields(type(listener))):
+        if "tls" in parse_qs(urlsplit(url).query):
+            table["tls"] = listener.tls  # spelled out, even as the default
+        elif not _listens_at(kind, listener):
+            table["tls"] = True
     return table
+
+
+def _listens_at(kind: str, listener: Any) -> bool:
+    """Whether a unit of the config has a listener of `kind` at `listener`'s address."""
+    from latis_core import ConfigError, load_config
+
+    try:
+        config = load_config(os.environ.get("LATIS_CONFIG") or None)
+    except ConfigError:
+        return False  # `unit add` says what is wrong with the file
+
+    def address(options: Any) -> tuple[Any, ...]:
+        return tuple(getattr(options, key, None) for key in ("host", "port", "path"))
+
+    return any(
+        accept.type == kind and address(accept.options) == address(listener)
+        for unit in config.units.values()
+        for accept in unit.accept
+    )
 
 
 @unit_app.command
@@ -154,6 +191,8 @@ def enroll(
     name: str,
     *,
     address: str | None = None,
+    ttl: float | None = None,
+    approve: bool | None = None,
     json_output: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
     """Enroll a unit that dials in: print the one line to run on it.
@@ -164,58 +203,70 @@ def enroll(
     `latis-unit --connect`, which dials cmdr and proves the secret without
     sending it, pinning cmdr's CA when the listener speaks TLS.
 
-    Examples
-    --------
-    ```
-    latis unit enroll edge
-    latis unit enroll edge --address cmdr.example.com
-    latis unit enroll edge --json | jq -r .secret
-    ```
+    For example:
+      latis unit enroll edge
+      latis unit enroll edge --address cmdr.example.com
+      latis unit enroll edge --json | jq -r .secret
+      latis unit enroll edge --ttl 600 --approve
 
     Args:
         name: the unit (it needs an accept entry).
         address: the host the unit dials (default: the listener's, else this machine's name).
+        ttl: seconds within which the line must be used a first time; 0: no limit
+            (default `[daemon] enrollment_ttl`, an hour).
+        approve: the unit waits, once it dialed, until `latis unit accept NAME`
+            (default `[daemon] approve_units`).
         json_output: print the enrollment as a JSON object.
     """
 
     async def work(cmdr: Any) -> int:
 
-        data = await cmdr.unit_enroll(name, address)
-        if json_output:
-            print(json.dumps(data, indent=2))
-            return OK
-        print(f"enrolled unit {name!r} ({data['enrollment']}); run this on it "
-              f"(it holds the unit's secret):", file=sys.stderr)
-        print(data["command"])
-        return OK
+        data = await cmdr.unit_enroll(name, address, ttl=ttl, approve=approve)
+        return print_enrollment(data, json_output, f"enrolled unit {name!r} "
+                                f"({data['enrollment']}); run this on it")
 
     return run_with_cmdr(work)
 
 
-def _reload_daemon() -> None:
+def print_enrollment(data: dict[str, Any], json_output: bool, saying: str) -> int:
+    """Print an enrollment: as JSON, or `saying` on stderr and the line on stdout."""
+    if json_output:
+        print(json.dumps(data, indent=2))
+        return OK
+    print(f"{saying} (it holds the unit's secret):", file=sys.stderr)
+    print(data["command"])
+    return OK
+
+
+def _reload_daemon() -> int:
+    """Make a running daemon read the config again (its exit status; OK if none runs)."""
     from ._cmdr import daemon_pid
 
     if daemon_pid() is None:
-        return
+        return OK
 
     async def reload(cmdr: Any) -> int:
+        from ._run import config_mismatch, config_path
 
+        wanted = config_path()
+        data = await cmdr.config_use(wanted)
+        if not data.get("match", True):
+            print(config_mismatch(data.get("config"), wanted).replace(
+                "latis: ", "latis: note: ", 1), file=sys.stderr)
+            return OK
         await cmdr.config_reload()
         return OK
 
-    run_with_cmdr(reload, autostart=False)
+    return run_with_cmdr(reload, autostart=False, config=False)
 
 
-@unit_app.command(name="list")
+@unit_app.command(name=["list", "ls"])
 def list_units(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """List the units in config, with how each runs and is reached.
 
-    Examples
-    --------
-    ```
-    latis unit list
-    latis unit list --json
-    ```
+    For example:
+      latis unit list
+      latis unit list --json
 
     Args:
         json_output: print a JSON array.
@@ -271,14 +322,11 @@ def _unit_call(method: Callable[[Any], Any], name: str, verb: str) -> int:
 
 
 @unit_app.command
-def up(name: str = "local") -> int:
+def up(name: _UnitName = "local") -> int:
     """Provision the unit (if it has a provisioner), start it and connect to it.
 
-    Examples
-    --------
-    ```
-    latis unit up box
-    ```
+    For example:
+      latis unit up box
 
     Args:
         name: the unit.
@@ -287,14 +335,11 @@ def up(name: str = "local") -> int:
 
 
 @unit_app.command
-def down(name: str = "local") -> int:
+def down(name: _UnitName = "local") -> int:
     """Disconnect from the unit and stop it (its sessions end with it).
 
-    Examples
-    --------
-    ```
-    latis unit down box
-    ```
+    For example:
+      latis unit down box
 
     Args:
         name: the unit.
@@ -303,16 +348,13 @@ def down(name: str = "local") -> int:
 
 
 @unit_app.command
-def destroy(name: str, *, yes: bool = False) -> int:
+def destroy(name: _UnitName, *, yes: bool = False) -> int:
     """Stop the unit and remove everything its provisioner made.
 
     Asks for the name to be typed back on a terminal, unless --yes.
 
-    Examples
-    --------
-    ```
-    latis unit destroy box --yes
-    ```
+    For example:
+      latis unit destroy box --yes
 
     Args:
         name: the unit.
@@ -328,18 +370,73 @@ def destroy(name: str, *, yes: bool = False) -> int:
     return _unit_call(lambda cmdr: cmdr.unit_destroy, name, "destroying")
 
 
+@unit_app.command(name="rm")
+def remove(name: str, *, yes: bool = False) -> int:
+    """Remove a unit: stop it, destroy what its provisioner made, forget it, and take it
+    out of the config file (the rest of the file stays as written).
+
+    A unit with a provisioner asks for its name to be typed back on a
+    terminal, unless --yes. Sessions of the unit are closed; their
+    transcripts stay.
+
+    For example:
+      latis unit rm far
+      latis unit rm box --yes
+
+    Args:
+        name: the unit.
+        yes: do not ask.
+    """
+    from latis_core import ConfigError, load_config, remove_unit
+
+    path = _config_path()
+    try:
+        config = load_config(os.environ.get("LATIS_CONFIG") or None)
+    except ConfigError as exc:
+        print(f"latis: {exc}", file=sys.stderr)
+        return ERROR
+    unit = config.units.get(name)
+    in_file = unit is not None and unit.line is not None
+    if unit is not None and unit.provisioner is not None and not yes:
+        if not sys.stdin.isatty():
+            print(f"latis: unit {name!r} has a provisioner ({unit.provisioner.type}): removing "
+                  "destroys what it made; add --yes when not on a terminal", file=sys.stderr)
+            return USAGE
+        if input(f"type the unit's name to remove it ({name}): ").strip() != name:
+            print("latis: not removed", file=sys.stderr)
+            return ERROR
+
+    async def work(cmdr: Any) -> int:
+        from ._console import progress
+
+        with progress(f"removing unit {name!r}") as say:
+            await cmdr.unit_remove(name, say)
+        return OK
+
+    status = run_with_cmdr(work)
+    if status != OK:
+        return status
+    if in_file:
+        try:
+            remove_unit(path, name)
+        except ConfigError as exc:
+            print(f"latis: {exc}", file=sys.stderr)
+            return ERROR
+        print(f"removed unit {name!r} from {path}", file=sys.stderr)
+    else:
+        print(f"removed unit {name!r}", file=sys.stderr)
+    return OK
+
+
 @unit_app.command(name="status")
 def unit_status(
-    name: str = "local", *, json_output: Annotated[bool, Parameter(name="--json")] = False
+    name: _UnitName = "local", *, json_output: Annotated[bool, Parameter(name="--json")] = False
 ) -> int:
     """Show one unit: provisioner state, connection, agent, sessions.
 
-    Examples
-    --------
-    ```
-    latis unit status box
-    latis unit status box --json
-    ```
+    For example:
+      latis unit status box
+      latis unit status box --json
 
     Args:
         name: the unit.
@@ -383,16 +480,13 @@ def connect(
     one reached over ssh (`ssh://USER@HOST`) or in a running container
     (`container://NAME`), or one started over its stdio (`local:COMMAND`).
 
-    Examples
-    --------
-    ```
-    latis connect box
-    latis connect unix:/run/shared/unit.sock --name shared
-    latis connect "local:latis-unit --stdio --agent echo" --name scratch
-    latis connect "tcp://gpu1:7447?fingerprint=sha256:ab12…" --token-file ~/.gpu1-token
-    latis connect ssh://me@build-box --name build
-    latis connect container://my-agent-ctr
-    ```
+    For example:
+      latis connect box
+      latis connect unix:/run/shared/unit.sock --name shared
+      latis connect "local:latis-unit --stdio --agent echo" --name scratch
+      latis connect "tcp://gpu1:7447?fingerprint=sha256:ab12…" --token-file ~/.t
+      latis connect ssh://me@build-box --name build
+      latis connect container://my-agent-ctr
 
     Args:
         target: a unit's name, or an address.
@@ -418,12 +512,9 @@ def connect(
 def init(path: Path = Path("latis.toml"), *, force: bool = False) -> int:
     """Write a commented latis.toml that shows every provisioner, dialer, listener and agent.
 
-    Examples
-    --------
-    ```
-    latis init
-    latis init ~/.config/latis/config.toml
-    ```
+    For example:
+      latis init
+      latis init ~/.config/latis/config.toml
 
     Args:
         path: where to write it.
@@ -443,12 +534,9 @@ def init(path: Path = Path("latis.toml"), *, force: bool = False) -> int:
 def listeners(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """cmdr's listeners for units that dial in: where, TLS, accepted, refused (and why).
 
-    Examples
-    --------
-    ```
-    latis listeners
-    latis listeners --json | jq '.[].refused'
-    ```
+    For example:
+      latis listeners
+      latis listeners --json | jq '.[].refused'
 
     Args:
         json_output: print a JSON array.

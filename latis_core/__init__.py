@@ -37,14 +37,23 @@ if TYPE_CHECKING:
     from latis_core._cmdr.config import parse_config as parse_config
     from latis_core._cmdr.config_write import add_unit as add_unit
     from latis_core._cmdr.config_write import init_text as init_text
+    from latis_core._cmdr.config_write import remove_unit as remove_unit
     from latis_core._cmdr.controller import Controller as Controller
     from latis_core._cmdr.controller import open_controller as open_controller
+    from latis_core._cmdr.coordinate import Coordination as Coordination
     from latis_core._cmdr.coordinate import CoordinationEvent as CoordinationEvent
+    from latis_core._cmdr.coordinate import CoordinationSettings as CoordinationSettings
+    from latis_core._cmdr.coordinate import addressed as addressed
     from latis_core._cmdr.coordinate import agent_labels as agent_labels
+    from latis_core._cmdr.coordinate import parse_require as parse_require
     from latis_core._cmdr.daemon import run_daemon as run_daemon
+    from latis_core._cmdr.hitl import a2a_state as a2a_state
+    from latis_core._cmdr.notify import redact_url as redact_url
     from latis_core._cmdr.state import StateError as StateError
     from latis_core._cmdr.state import StateStore as StateStore
+    from latis_core._cmdr.usage import session_context as session_context
     from latis_core._errors import AgentError as AgentError
+    from latis_core._errors import AlreadyAnswered as AlreadyAnswered
     from latis_core._errors import CmdrUnreachable as CmdrUnreachable
     from latis_core._errors import ConnectError as ConnectError
     from latis_core._errors import ConnectionClosed as ConnectionClosed
@@ -55,6 +64,7 @@ if TYPE_CHECKING:
     from latis_core._errors import ProtocolError as ProtocolError
     from latis_core._errors import RemoteProtocolError as RemoteProtocolError
     from latis_core._errors import RequestError as RequestError
+    from latis_core._errors import StrategyFailed as StrategyFailed
     from latis_core._errors import TransportError as TransportError
     from latis_core._errors import UnitNotConnected as UnitNotConnected
     from latis_core._io.client import PromptStream as PromptStream
@@ -83,9 +93,14 @@ if TYPE_CHECKING:
     from latis_core._plugins.registry import dialer_from_url as dialer_from_url
     from latis_core._plugins.registry import listener_from_url as listener_from_url
     from latis_core._plugins.registry import load_agent as load_agent
+    from latis_core._plugins.registry import load_provisioner as load_provisioner
     from latis_core._plugins.registry import make_agent as make_agent
+    from latis_core._plugins.registry import plugin_problems as plugin_problems
     from latis_core._plugins.registry import provisioner_names as provisioner_names
+    from latis_core._plugins.registry import strategy_names as strategy_names
     from latis_core._plugins.registry import transport_names as transport_names
+    from latis_core._plugins.strategy import Strategy as Strategy
+    from latis_core._plugins.strategy import Team as Team
     from latis_core._plugins.transport import Dialer as Dialer
     from latis_core._plugins.transport import Listener as Listener
     from latis_core._unit.dial import dial_cmdr as dial_cmdr
@@ -228,8 +243,20 @@ __all__ = [
     "dialer_from_url",
     "listener_from_url",
     "AgentError",
+    "AlreadyAnswered",
+    "a2a_state",
+    "redact_url",
+    "session_context",
     "CmdrUnreachable",
     "DaemonRunning",
+    "Coordination",
+    "CoordinationSettings",
+    "addressed",
+    "parse_require",
+    "StrategyFailed",
+    "Strategy",
+    "Team",
+    "strategy_names",
     "UnitNotConnected",
     "StateError",
     "DaemonClient",
@@ -239,14 +266,21 @@ __all__ = [
     "CoordinationEvent",
     "agent_labels",
     "add_unit",
+    "remove_unit",
     "init_text",
     "run_daemon",
     "provisioner_names",
     "transport_names",
+    "plugin_problems",
+    "load_provisioner",
     "__version__",
 ]
 
 _WHERE: dict[str, str] = {
+    "a2a_state": "latis_core._cmdr.hitl",
+    "session_context": "latis_core._cmdr.usage",
+    "redact_url": "latis_core._cmdr.notify",
+    "AlreadyAnswered": "latis_core._errors",
     "Config": "latis_core._cmdr.config",
     "UnitConfig": "latis_core._cmdr.config",
     "PluginConfig": "latis_core._cmdr.config",
@@ -331,6 +365,8 @@ _WHERE: dict[str, str] = {
     "agent_names": "latis_core._plugins.registry",
     "load_agent": "latis_core._plugins.registry",
     "make_agent": "latis_core._plugins.registry",
+    "plugin_problems": "latis_core._plugins.registry",
+    "load_provisioner": "latis_core._plugins.registry",
     "Dialer": "latis_core._plugins.transport",
     "Listener": "latis_core._plugins.transport",
     "Unit": "latis_core._unit.unit",
@@ -351,8 +387,17 @@ _WHERE: dict[str, str] = {
     "start_daemon": "latis_core._cmdr.client",
     "daemon_pid": "latis_core._cmdr.client",
     "CoordinationEvent": "latis_core._cmdr.coordinate",
+    "Coordination": "latis_core._cmdr.coordinate",
+    "CoordinationSettings": "latis_core._cmdr.coordinate",
+    "addressed": "latis_core._cmdr.coordinate",
+    "parse_require": "latis_core._cmdr.coordinate",
+    "StrategyFailed": "latis_core._errors",
+    "Strategy": "latis_core._plugins.strategy",
+    "Team": "latis_core._plugins.strategy",
+    "strategy_names": "latis_core._plugins.registry",
     "agent_labels": "latis_core._cmdr.coordinate",
     "add_unit": "latis_core._cmdr.config_write",
+    "remove_unit": "latis_core._cmdr.config_write",
     "init_text": "latis_core._cmdr.config_write",
     "run_daemon": "latis_core._cmdr.daemon",
     "provisioner_names": "latis_core._plugins.registry",

@@ -18,7 +18,9 @@ Our exception hierarchy (each error's `code` is what the daemon answers with)::
     ├── ProvisionError           a provisioner failed (provision_failed)
     ├── AgentError               an agent adapter failed (agent_error): AcpError,
     │                            OpenAIError, ... in latis_agents
-    └── DaemonRunning            another daemon already holds this user's lock
+    ├── StrategyFailed           a coordination's strategy cannot go on (coordination_failed)
+    ├── DaemonRunning            another daemon already holds this user's lock
+    └── AlreadyAnswered          a question was answered first by someone else (already_answered)
 
 A caller's own mistakes (a bad argument, a call after close) stay `TypeError`,
 `ValueError` or trio's `ClosedResourceError`, as in trio and attrs.
@@ -31,6 +33,7 @@ from typing import Any
 
 __all__ = [
     "AgentError",
+    "AlreadyAnswered",
     "CmdrUnreachable",
     "ConnectError",
     "ConnectionClosed",
@@ -42,6 +45,7 @@ __all__ = [
     "ProvisionError",
     "RemoteProtocolError",
     "RequestError",
+    "StrategyFailed",
     "TransportError",
     "UnitNotConnected",
     "error_code",
@@ -94,6 +98,15 @@ class ErrorCode(enum.StrEnum):
     UNREACHABLE = "unreachable"
     #: (cmdr daemon) The unit's provisioner failed (create, start, stop or destroy).
     PROVISION_FAILED = "provision_failed"
+    #: (cmdr daemon) The unit a prompt ran on is gone (its process exited, or
+    #: its connection stayed down past `unit_lost_after`): the prompt ended.
+    UNIT_LOST = "unit_lost"
+    #: (cmdr daemon) A coordination failed as a whole: fewer agents succeeded
+    #: than `require` asks, it timed out, or its strategy could not go on.
+    COORDINATION_FAILED = "coordination_failed"
+    #: (cmdr daemon) A question was answered already; the message names who
+    #: answered it and when.
+    ALREADY_ANSWERED = "already_answered"
 
 
 #: Errors after which the connection is closed; after any other error the
@@ -212,8 +225,20 @@ class AgentError(LatisError):
     code = ErrorCode.AGENT_ERROR
 
 
+class StrategyFailed(LatisError):
+    """A coordination's strategy cannot go on (a lead whose plan never parses, say)."""
+
+    code = ErrorCode.COORDINATION_FAILED
+
+
 class DaemonRunning(LatisError):
     """Another daemon already holds this user's lock."""
+
+
+class AlreadyAnswered(LatisError):
+    """A question was answered already (the message says by whom and when)."""
+
+    code = ErrorCode.ALREADY_ANSWERED
 
 
 def error_code(exc: BaseException) -> tuple[str, str]:

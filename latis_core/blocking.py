@@ -7,6 +7,8 @@
         for chunk in session.prompt("hello there"):
             print(chunk.text, end="")
 
+    with blocking.connect("tcp://gpu1:7447", token_file="~/.gpu1-token") as unit: ...
+
 trio runs in a thread of its own (one per `with`), and every call here waits
 for its result there. So it works in a thread where an asyncio loop already
 runs, as in a notebook cell. Objects must be used from the thread that made
@@ -24,6 +26,7 @@ from typing import Any, Self, TypeVar
 import trio
 
 from latis_core._io.client import PromptStream, Session, StateStream, UnitClient
+from latis_core._io.client import connect as _connect
 from latis_core._unit.local import connect_local as _connect_local
 from latis_core._wire.messages import AgentInfo, Hello, InputRequest, ResponseChunk, StateUpdate
 
@@ -33,6 +36,7 @@ __all__ = [
     "BlockingStateStream",
     "BlockingUnit",
     "Portal",
+    "connect",
     "connect_local",
 ]
 
@@ -390,9 +394,34 @@ def connect_local(
     **kwargs: Any,
 ) -> Iterator[BlockingUnit]:
     """Start a unit as a child process and speak to it (see `latis_core.connect_local`)."""
+    with _blocking(_connect_local(argv, agent=agent, options=options, **kwargs)) as unit:
+        yield unit
+
+
+@contextmanager
+def connect(
+    address: str,
+    *,
+    token_file: str | None = None,
+    fingerprint: str | None = None,
+    **kwargs: Any,
+) -> Iterator[BlockingUnit]:
+    """Dial a unit's address and speak to it (see `latis_core.connect`).
+
+    `address` is what `latis connect` takes: `tcp://HOST:PORT`, `ssh://me@gpu1`,
+    `unix:/path`, `ws://…`, `quic://…`, `local:COMMAND`.
+    """
+    with _blocking(
+        _connect(address, token_file=token_file, fingerprint=fingerprint, **kwargs)
+    ) as unit:
+        yield unit
+
+
+@contextmanager
+def _blocking(acm: AbstractAsyncContextManager[UnitClient]) -> Iterator[BlockingUnit]:
+    """Enter `acm` in a trio thread of its own; the unit it yields, blocking."""
     portal = Portal()
     try:
-        acm = _connect_local(argv, agent=agent, options=options, **kwargs)
         with portal.wrap(acm) as unit:
             yield BlockingUnit(portal, unit)
     finally:

@@ -40,6 +40,8 @@ from latis_core._plugins.provision import (
     ProvisionStatus,
 )
 
+from .container_engine import _fix_for, _stderr_summary
+from .container_image import CONTAINERFILE, build_image
 from .process import SOCKET_NAME, socket_answers, socket_path_problem
 
 __all__ = ["ContainerOptions", "ContainerProvisioner"]
@@ -86,6 +88,11 @@ class ContainerOptions:
         command: the unit's command, to which `--listen unix:/run/latis/unit.sock
             --name UNIT --agent AGENT [-o K=V]...` are added.
         name: the container's name (default "latis-UNIT").
+        network: the container's network (`--network`): "host" by default, which
+            needs no network plugin (a stock host's default bridge may fail:
+            `cni plugin bridge failed`) and lets the agent reach its APIs; the
+            unit listens only on its unix socket, so no port opens. "none"
+            cuts the agent off; any engine network name works.
         extra_args: more arguments for `ENGINE create`, before the image.
         init: run an init as PID 1 (`--init`), which passes SIGTERM on.
         timeout: seconds any engine command may take.
@@ -101,6 +108,7 @@ class ContainerOptions:
     workdir: str | None = None
     command: list[str] = attrs.field(factory=_default_command)
     name: str | None = None
+    network: str = "host"
     extra_args: list[str] = attrs.field(factory=list)
     init: bool = True
     timeout: float = 60.0
@@ -126,17 +134,12 @@ def _selinux_enforcing() -> bool:
         return False
 
 
-def _stderr_summary(stderr: bytes, returncode: int) -> str:
-    """The useful part of an engine's stderr: its `Error:` lines, else its last lines."""
-    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
-    lines = [line for line in lines if line]
-    errors = [line for line in lines if line.lower().startswith("error")]
-    text = "\n".join(errors or lines[-5:])
-    return text or f"exit status {returncode}, and nothing on stderr"
-
-
 class ContainerProvisioner(OneAtATime):
     """Runs a unit in a podman or docker container, reached on a bind-mounted socket."""
+
+    #: The recipe for an image holding `latis-unit` (`latis image build`).
+    build_image = staticmethod(build_image)
+    CONTAINERFILE = CONTAINERFILE
 
     Options = ContainerOptions
 
@@ -199,7 +202,8 @@ class ContainerProvisioner(OneAtATime):
         except OSError as exc:
             raise self._error(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
         if check and result.returncode != 0:
-            raise self._error(f"{what} failed: {_stderr_summary(result.stderr, result.returncode)}")
+            summary = _stderr_summary(result.stderr, result.returncode)
+            raise self._error(f"{what} failed: {summary}{_fix_for(summary)}")
         return result
 
     async def _inspect(self, ref: str) -> _Found | None:
@@ -264,6 +268,8 @@ class ContainerProvisioner(OneAtATime):
             args += ["-e", f"{key}={value}"]
         if options.workdir:
             args += ["-w", options.workdir]
+        if options.network:
+            args += ["--network", options.network]
         listen = f"unix:{CONTAINER_RUN_DIR}/{SOCKET_NAME}"
         return [
             *args,

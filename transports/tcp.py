@@ -182,8 +182,16 @@ class TcpListener:
         key: its private key.
         client_ca: ask clients for a certificate this CA issued (mTLS).
         max_pending: connections at most that have not finished their
-            handshake; more are closed at once.
-        max_pending_per_host: the same, per client address.
+            handshake; more wait for a slot, or are told when to come back
+            (`latis_core._io.accept`). Sized for fleets: a TLS handshake costs
+            ~3 ms of CPU, so 128 keep a core busy with room to spare.
+        max_pending_per_host: the same, per client address (a fleet behind
+            one NAT address shares it).
+        rate_per_host: new connections a second one address may make, past
+            `burst_per_host` at once; faster ones are closed at once, unanswered
+            (0: no limit). High by default: a fleet behind one NAT address
+            reconnects at the pace TLS allows.
+        burst_per_host: see `rate_per_host`.
     """
 
     host: str = "0.0.0.0"
@@ -192,8 +200,10 @@ class TcpListener:
     cert: str | None = None
     key: str | None = None
     client_ca: str | None = None
-    max_pending: int = 64
-    max_pending_per_host: int = 16
+    max_pending: int = 128
+    max_pending_per_host: int = 64
+    rate_per_host: float = 500.0
+    burst_per_host: int = 1000
 
     @classmethod
     def from_url(cls, url: str) -> TcpListener:

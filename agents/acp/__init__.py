@@ -18,7 +18,13 @@ latis onto ACP (docs/agent-acp.md has the whole table):
 - the agent's `session/request_permission` -> an `input.request` of kind
   `permission`; the answer, an option's id or name (or yes/no), picks the
   option; any other answer is taken as no (the first reject option, else the
-  outcome `cancelled`).
+  outcome `cancelled`);
+- the agent's `elicitation/create` (a structured question, form mode; unstable
+  in ACP) -> an `input.request` of kind `form` whose `data.schema` is the
+  requested JSON schema; the answer (JSON content, or one property's value,
+  or decline/cancel) becomes the response;
+- `usage_update` session updates -> chunks of kind `usage` (context used and
+  size, the session's cost so far: `cumulative`).
 
 The unit answers the agent's `fs/read_text_file`, `fs/write_text_file` and
 `terminal/*` requests itself, inside the session's working directory: every
@@ -58,6 +64,7 @@ The package, one concern a module:
 - `handlers`: the client-side methods the agent calls (`fs/*`, `terminal/*`);
 - `terminal`: one command run for the agent (`terminal/create`);
 - `permissions`: a human's answer to `session/request_permission`;
+- `elicitation`: a human's answer to `elicitation/create`;
 - `agent`: `AcpAgent` and its sessions.
 """
 

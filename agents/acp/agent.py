@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 
 import orjson
 import trio
+from latis_agents.acp.elicitation import _question, _response
 from latis_agents.acp.errors import INVALID_PARAMS, AcpError, AgentExited
-from latis_agents.acp.events import _PERMISSION, _RESULT, _UPDATE, QUEUE_LIMIT, _Events
+from latis_agents.acp.events import _ELICIT, _PERMISSION, _RESULT, _UPDATE, QUEUE_LIMIT, _Events
 from latis_agents.acp.jsonrpc import _Process
-from latis_agents.acp.permissions import _choose, _option_labels
+from latis_agents.acp.permissions import _choose, _option_labels, _tool_details
 from latis_agents.acp.terminal import _Terminal
 
 from latis_core._os.pathguard import PathRefused, resolve_inside
@@ -114,10 +115,16 @@ class _AcpSession(AgentSession):
                     await _forward(reply, item[1])
                 elif what == _PERMISSION:
                     await self._permission(reply, item[1], item[2])
+                elif what == _ELICIT:
+                    await self._elicit(reply, item[1], item[2])
                 elif item[1] != rid:
                     continue  # the late answer to a prompt given up on
                 elif what == _RESULT:
                     result = item[2]
+                    usage = result.get("usage") if isinstance(result, dict) else None
+                    if isinstance(usage, dict) and usage:
+                        # The turn's tokens (PromptResponse.usage, unstable in ACP).
+                        await reply.send(kind="usage", data=usage)
                     await reply.send(kind="stop", data=result if isinstance(result, dict) else {})
                     return
                 else:
@@ -168,7 +175,8 @@ class _AcpSession(AgentSession):
             try:
                 if proc.dead is None:
                     answer = await reply.ask(
-                        question, options=_option_labels(options), kind="permission"
+                        question, options=_option_labels(options), kind="permission",
+                        data=_tool_details(tool, options),
                     )
             finally:
                 proc.watchers.discard(scope)
@@ -176,6 +184,25 @@ class _AcpSession(AgentSession):
         if answer is None:
             raise proc.gone()
         await proc.respond(rid, {"outcome": _choose(options, answer)})
+
+    async def _elicit(self, reply: Reply, rid: Any, params: Any) -> None:
+        """A structured question: asked with its schema, answered with content."""
+        proc = self.proc
+        if not isinstance(params, dict):
+            await proc.respond_error(rid, INVALID_PARAMS, "params must be an object")
+            return
+        question, data = _question(params)
+        answer: str | None = None
+        with trio.CancelScope() as scope:
+            proc.watchers.add(scope)
+            try:
+                if proc.dead is None:
+                    answer = await reply.ask(question, kind="form", data=data)
+            finally:
+                proc.watchers.discard(scope)
+        if answer is None:
+            raise proc.gone()
+        await proc.respond(rid, _response(params, answer))
 
     async def _cancel(self, proc: _Process, rid: int | None) -> None:
         """The prompt was cancelled: tell the agent, and wait (bounded) for it to stop."""
@@ -196,6 +223,8 @@ class _AcpSession(AgentSession):
                     skipped += 1
                 elif item[0] == _PERMISSION:
                     await proc.respond(item[1], {"outcome": {"outcome": "cancelled"}})
+                elif item[0] == _ELICIT:
+                    await proc.respond(item[1], {"action": "cancel"})
                 elif item[1] == rid:
                     if item[0] == _RESULT:
                         reason = item[2].get("stopReason") if isinstance(item[2], dict) else None
@@ -219,6 +248,8 @@ class _AcpSession(AgentSession):
                 self.keep_idle(item[1])
             elif item[0] == _PERMISSION:
                 await proc.respond(item[1], {"outcome": {"outcome": "cancelled"}})
+            elif item[0] == _ELICIT:
+                await proc.respond(item[1], {"action": "cancel"})
 
     # ---- the end ------------------------------------------------------------------------
 
@@ -266,6 +297,9 @@ async def _forward(reply: Reply, update: dict[str, Any]) -> None:
         await reply.send(kind="tool_call", data=update)
     elif kind == "plan":
         await reply.send(kind="plan", data=update)
+    elif kind == "usage_update":
+        # Context use and the session's cost so far (cumulative): a `usage` chunk.
+        await reply.send(kind="usage", data={**update, "cumulative": True})
     else:
         name = kind if isinstance(kind, str) and kind else "session_update"
         await reply.send(kind=name, data=update)

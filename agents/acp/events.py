@@ -12,7 +12,7 @@ import trio
 QUEUE_LIMIT = 1024
 
 # What a prompt's event queue carries.
-_UPDATE, _PERMISSION, _RESULT, _FAILED = range(4)
+_UPDATE, _PERMISSION, _RESULT, _FAILED, _ELICIT = range(5)
 
 
 class _Events:

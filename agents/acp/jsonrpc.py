@@ -28,7 +28,7 @@ from latis_agents.acp.errors import (
     _rpc_error,
     _RpcError,
 )
-from latis_agents.acp.events import _FAILED, _PERMISSION, _RESULT, _Events
+from latis_agents.acp.events import _ELICIT, _FAILED, _PERMISSION, _RESULT, _Events
 from latis_agents.acp.handlers import _HANDLERS
 
 from latis_core._os.pathguard import PathRefused
@@ -161,7 +161,11 @@ class _Process:
                     "initialize",
                     {
                         "protocolVersion": PROTOCOL_VERSION,
-                        "clientCapabilities": {"fs": fs, "terminal": agent.terminal},
+                        "clientCapabilities": {
+                            "fs": fs, "terminal": agent.terminal,
+                            # Structured questions (unstable in ACP): asked in the inbox.
+                            "elicitation": {"form": {}},
+                        },
                         "clientInfo": {"name": "latis", "title": "latis", "version": __version__},
                     },
                 )
@@ -548,6 +552,13 @@ class _Process:
     def _on_request(self, rid: Any, method: str, params: Any) -> None:
         nursery = self._nursery
         if nursery is None:
+            return
+        if method == "elicitation/create":
+            session = self._session_of(params)
+            if session is not None and session.active:
+                session.events.put((_ELICIT, rid, params))
+                return
+            nursery.start_soon(self.respond, rid, {"action": "cancel"})
             return
         if method == "session/request_permission":
             session = self._session_of(params)

@@ -12,6 +12,34 @@ _YES = frozenset({"y", "yes", "allow", "ok", "approve", "true", "1"})
 _NO = frozenset({"n", "no", "deny", "reject", "false", "0"})
 
 
+def _tool_details(tool: Any, options: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a permission request is about, for cmdr's approval policy and the
+    inbox: the tool's title (`tool`), ACP kind (`tool_kind`: edit, execute, ...),
+    the first path it touches and the command it runs, when it says."""
+    details: dict[str, Any] = {"option_ids": [str(o.get("optionId")) for o in options]}
+    if not isinstance(tool, dict):
+        return details
+    if isinstance(tool.get("title"), str):
+        details["tool"] = tool["title"]
+    if isinstance(tool.get("kind"), str):
+        details["tool_kind"] = tool["kind"]
+    raw = tool.get("rawInput")
+    locations = tool.get("locations")
+    if isinstance(locations, list) and locations and isinstance(locations[0], dict):
+        if isinstance(locations[0].get("path"), str):
+            details["path"] = locations[0]["path"]
+    if isinstance(raw, dict):
+        for key in ("path", "file_path", "abs_path"):
+            if "path" not in details and isinstance(raw.get(key), str):
+                details["path"] = raw[key]
+        command = raw.get("command")
+        if isinstance(command, list):
+            command = " ".join(str(word) for word in command)
+        if isinstance(command, str):
+            details["command"] = command
+    return details
+
+
 def _option_labels(options: list[dict[str, Any]]) -> list[str]:
     """What the human picks from: the options' names, or their ids if names repeat."""
     names = [str(o.get("name") or o.get("optionId")) for o in options]

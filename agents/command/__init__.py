@@ -22,9 +22,11 @@ Options (`-o KEY=VALUE`; docs/agent-command.md has the full story):
   /dev/null.
 - `mode`: `line` (default: one chunk per line, newline included) or `bytes`
   (a chunk per read, decoded as UTF-8 without splitting a character).
-- `format`: `text` (default: stdout is the answer) or `claude-stream-json`
+- `format`: `text` (default: stdout is the answer), `claude-stream-json`
   (Claude Code's JSON lines: text deltas become text chunks, tool uses
-  `tool_call` chunks).
+  `tool_call` chunks, the result's tokens and cost a `usage` chunk) or
+  `codex-json` (`codex exec --json`: messages as text, the turn's tokens as a
+  `usage` chunk; `-o preset=codex -o format=codex-json -- codex exec --json`).
 - `cwd`: the working directory (default: the unit's).
 - `env.NAME=VALUE`: an environment variable for the command.
 - `clean_env`: `true` to start from an empty environment, keeping only the
@@ -40,7 +42,7 @@ Options (`-o KEY=VALUE`; docs/agent-command.md has the full story):
 The package: `agent` holds `CommandAgent` and the run of a command (its process
 group, pipes and end); `presets` the known agent CLIs (`PRESETS`) and the
 placeholders a command line may hold; `claude_stream` the reader of Claude
-Code's stream-json output.
+Code's stream-json output; `codex_stream` the reader of `codex exec --json`.
 """
 
 from latis_agents.command.agent import CommandAgent as CommandAgent

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import trio
 from latis_agents.command.claude_stream import JSON_LINE_LIMIT, _ClaudeStream
+from latis_agents.command.codex_stream import _CodexStream
 from latis_agents.command.presets import FILE, PRESETS, PROMPT, SESSION, Preset
 
 from latis_core._os.procgroup import group_alive, signal_group, signal_name
@@ -52,7 +53,7 @@ DEFAULT_GRACE = 3.0
 DEFAULT_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 INPUTS = ("arg", "stdin", "file")
 MODES = ("line", "bytes")
-FORMATS = ("text", "claude-stream-json")
+FORMATS = ("text", "claude-stream-json", "codex-json")
 
 
 _OPTIONS = (
@@ -139,9 +140,11 @@ class CommandAgent(Agent):
             the prompt (or its file's path) goes, else it is appended.
         input: how the prompt reaches the command: "arg", "stdin" or "file".
         mode: how stdout becomes chunks: "line" or "bytes".
-        format: what stdout holds: "text", or "claude-stream-json" (Claude
+        format: what stdout holds: "text", "claude-stream-json" (Claude
             Code's JSON lines: text deltas become text chunks, tool uses
-            `tool_call` chunks).
+            `tool_call` chunks, the result's tokens and cost a `usage` chunk),
+            or "codex-json" (`codex exec --json` events: messages as text,
+            the turn's tokens as a `usage` chunk).
         cwd: the command's working directory (None: the unit's).
         env: environment variables to add.
         clean_env: start from an empty environment rather than the unit's.
@@ -409,12 +412,14 @@ class _Run:
         self.data = data
         self.stderr = bytearray()
         self.linger = _Linger()
-        self.parser: _ClaudeStream | None = None
+        self.parser: _ClaudeStream | _CodexStream | None = None
 
     async def main(self, reply: Reply) -> None:
         agent = self.agent
         if agent.format == "claude-stream-json":
             self.parser = _ClaudeStream(reply)
+        elif agent.format == "codex-json":
+            self.parser = _CodexStream(reply)
         try:
             process = await trio.lowlevel.open_process(
                 self.argv,

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from latis_core._plugins.agent import Reply
 
 #: In a JSON-lines format, a line longer than this is not parsed (it is passed on as text).
 JSON_LINE_LIMIT = 32 * 1024 * 1024
+
+
+async def json_line(reply: Reply, line: str) -> dict[str, Any] | None:
+    """The JSON object on `line`; a line that is not one is sent as text (None)."""
+    try:
+        event = orjson.loads(line) if len(line) < JSON_LINE_LIMIT else None
+    except orjson.JSONDecodeError:
+        event = None
+    if not isinstance(event, dict):
+        if line.strip():
+            await reply.send(line)
+        return None
+    return event
 
 
 class _ClaudeStream:
@@ -18,8 +33,9 @@ class _ClaudeStream:
     carry the model's text deltas (each a text chunk); `assistant` lines carry
     whole messages, whose `tool_use` blocks become `tool_call` chunks (text:
     the tool's name; data: id, name, input) and whose text blocks are sent
-    when no deltas came; a `result` line with `is_error` makes the prompt fail
-    with its text. Other lines (system, user, tool results, the final result)
+    when no deltas came; the `result` line's tokens and cost become a `usage`
+    chunk; a `result` line with `is_error` makes the prompt fail with its text.
+    Other lines (system, user, tool results, the final result's text)
     are not sent; a line that is not JSON is sent as text.
     """
 
@@ -31,13 +47,8 @@ class _ClaudeStream:
         self.error: str | None = None
 
     async def line(self, line: str) -> None:
-        try:
-            event = orjson.loads(line) if len(line) < JSON_LINE_LIMIT else None
-        except orjson.JSONDecodeError:
-            event = None
-        if not isinstance(event, dict):
-            if line.strip():
-                await self.reply.send(line)
+        event = await json_line(self.reply, line)
+        if event is None:
             return
         kind = event.get("type")
         if kind == "stream_event":
@@ -66,6 +77,21 @@ class _ClaudeStream:
                     text = block.get("text")
                     if isinstance(text, str) and text:
                         await self.reply.send(text)
-        elif kind == "result" and event.get("is_error"):
+        elif kind == "result":
+            await self._usage(event)
+        if kind == "result" and event.get("is_error"):
             said = event.get("result") or event.get("errors") or event.get("subtype")
             self.error = str(said or "an error")
+
+    async def _usage(self, event: dict[str, object]) -> None:
+        """The result line's tokens (`usage`) and cost (`total_cost_usd`), as reported."""
+        usage = event.get("usage")
+        data: dict[str, object] = {}
+        if isinstance(usage, dict):
+            data["usage"] = usage
+        if isinstance(event.get("total_cost_usd"), int | float):
+            data["total_cost_usd"] = event["total_cost_usd"]
+        if isinstance(event.get("modelUsage"), dict):
+            data["model_usage"] = event["modelUsage"]
+        if data:
+            await self.reply.send(kind="usage", data=data)

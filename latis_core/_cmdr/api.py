@@ -30,18 +30,46 @@ class Method(enum.StrEnum):
     UNIT_DESTROY = "unit.destroy"
     #: Enroll a unit that dials in: a fresh secret and the line to run on it.
     UNIT_ENROLL = "unit.enroll"
+    #: A new secret for a unit that dials in; the old one works until the new one is used.
+    UNIT_ROTATE = "unit.rotate"
+    #: Retire a unit's enrollments for good and cut its connection.
+    UNIT_REVOKE = "unit.revoke"
+    #: The units that dialed in and wait for a person to accept them.
+    UNIT_PENDING = "unit.pending"
+    #: Let a waiting unit in.
+    UNIT_ACCEPT = "unit.accept"
+    #: Refuse a waiting unit for good.
+    UNIT_REJECT = "unit.reject"
     #: Dial an address (`tcp://…`, `ssh://…`) as a unit for this daemon's life.
     UNIT_CONNECT = "unit.connect"
     #: Read the config file again.
     CONFIG_RELOAD = "config.reload"
+    #: The config file a client means: served, or the one the daemon serves instead.
+    CONFIG_USE = "config.use"
+    #: Destroy a unit (see unit.destroy) and forget it; the CLI removes it from config.
+    UNIT_REMOVE = "unit.remove"
     #: The agent behind each unit.
     AGENTS_LIST = "agents.list"
     #: One session: its unit, state and last prompt.
     SESSION_GET = "session.get"
-    #: One task to several units' agents; streams their events.
+    #: Close the open sessions idle past a time (default: `[daemon] session_idle_timeout`).
+    SESSION_PRUNE = "session.prune"
+    #: One task to several units' agents with a strategy; streams their events.
     COORDINATE = "coordinate"
+    #: The latest coordinations.
+    COORDINATION_LIST = "coordination.list"
+    #: One stored coordination with its events.
+    COORDINATION_GET = "coordination.get"
+    #: A coordination's events from its start, then live, to its end.
+    COORDINATION_FOLLOW = "coordination.follow"
     #: Stop the daemon (units that run by themselves keep running).
     DAEMON_STOP = "daemon.stop"
+    #: The questions agents ask, open ones (or all), oldest first.
+    INBOX_LIST = "inbox.list"
+    #: Answer one question of the inbox, once.
+    INBOX_ANSWER = "inbox.answer"
+    #: Usage and cost as the agents report them, rolled up.
+    USAGE = "usage"
 
 
 @attrs.frozen
@@ -63,17 +91,41 @@ METHODS: dict[Method, MethodSpec] = {
     Method.UNIT_UP: MethodSpec(required=("unit",), streams=True),
     Method.UNIT_DOWN: MethodSpec(required=("unit",), streams=True),
     Method.UNIT_DESTROY: MethodSpec(required=("unit",), streams=True),
-    Method.UNIT_ENROLL: MethodSpec(required=("unit",), optional=("address",)),
+    Method.UNIT_ENROLL: MethodSpec(
+        required=("unit",), optional=("address", "ttl", "approve"),
+        kinds={"ttl": float, "approve": bool},
+    ),
+    Method.UNIT_ROTATE: MethodSpec(
+        required=("unit",), optional=("address", "ttl"), kinds={"ttl": float}
+    ),
+    Method.UNIT_REVOKE: MethodSpec(required=("unit",)),
+    Method.UNIT_PENDING: MethodSpec(),
+    Method.UNIT_ACCEPT: MethodSpec(required=("unit",)),
+    Method.UNIT_REJECT: MethodSpec(required=("unit",)),
     Method.UNIT_CONNECT: MethodSpec(
         required=("target",), optional=("name", "token_file"), streams=True
     ),
     Method.CONFIG_RELOAD: MethodSpec(),
+    Method.CONFIG_USE: MethodSpec(optional=("path",)),
+    Method.UNIT_REMOVE: MethodSpec(required=("unit",), streams=True),
     Method.AGENTS_LIST: MethodSpec(),
     Method.SESSION_GET: MethodSpec(required=("session",)),
+    Method.SESSION_PRUNE: MethodSpec(optional=("idle",), kinds={"idle": float}),
     Method.COORDINATE: MethodSpec(
-        required=("task", "agents"), kinds={"agents": list}, streams=True
+        required=("task",),
+        optional=("agents", "strategy", "options", "require", "timeout", "agent_timeout",
+                  "max_hops", "count", "source", "placement", "detach"),
+        kinds={"agents": list, "options": dict, "timeout": float, "agent_timeout": float,
+               "max_hops": int, "count": int, "detach": bool},
+        streams=True,
     ),
+    Method.COORDINATION_LIST: MethodSpec(optional=("limit",), kinds={"limit": int}),
+    Method.COORDINATION_GET: MethodSpec(required=("id",)),
+    Method.COORDINATION_FOLLOW: MethodSpec(required=("id",), streams=True),
     Method.DAEMON_STOP: MethodSpec(),
+    Method.INBOX_LIST: MethodSpec(optional=("all",), kinds={"all": bool}),
+    Method.INBOX_ANSWER: MethodSpec(required=("id", "answer"), optional=("by",)),
+    Method.USAGE: MethodSpec(optional=("by",)),
 }
 
 

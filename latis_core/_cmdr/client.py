@@ -25,7 +25,7 @@ from latis_core._io.unix import is_listening
 from latis_core._os.paths import make_private_dir, paths
 
 if TYPE_CHECKING:
-    from latis_core._cmdr.coordinate import CoordinationEvent
+    from latis_core._cmdr.coordinate import Coordination, CoordinationEvent, CoordinationSettings
     from latis_core._io.client import Session, StateStream, UnitClient
     from latis_core._wire.messages import StateUpdate
 
@@ -162,10 +162,12 @@ class DaemonClient:
         if problem is not None:
             raise ValueError(problem)
         peer = self.unit.peer
-        stream = peer.stream(Call(peer.next_id(), method.value, params or None))
-        async for event in stream:
-            if type(event) is ResponseChunk and on_chunk is not None:
-                on_chunk(event.kind, event.text, event.data)
+        # Leaving early (cancelled: Ctrl-C) cancels the call in the daemon and
+        # waits, bounded, for its end.
+        async with peer.stream(Call(peer.next_id(), method.value, params or None)) as stream:
+            async for event in stream:
+                if type(event) is ResponseChunk and on_chunk is not None:
+                    on_chunk(event.kind, event.text, event.data)
         final = stream.final
         return dict(final.data or {}) if isinstance(final, Ack) else {}
 
@@ -197,9 +199,48 @@ class DaemonClient:
         """Disconnect `unit`, destroy what its provisioner made, close its sessions."""
         return await self.call(Method.UNIT_DESTROY, self._progress(progress), unit=unit)
 
-    async def unit_enroll(self, unit: str, address: str | None = None) -> dict[str, Any]:
-        """Enroll a unit that dials in: its secret, and the line to run on it."""
-        return await self.call(Method.UNIT_ENROLL, unit=unit, address=address)
+    async def unit_enroll(
+        self,
+        unit: str,
+        address: str | None = None,
+        *,
+        ttl: float | None = None,
+        approve: bool | None = None,
+    ) -> dict[str, Any]:
+        """Enroll a unit that dials in: its secret, and the line to run on it.
+
+        `ttl`: seconds within which it must first be used (0: no limit);
+        `approve`: its first use waits for `unit_accept`. None: the daemon's config.
+        """
+        return await self.call(
+            Method.UNIT_ENROLL, unit=unit, address=address,
+            ttl=None if ttl is None else float(ttl), approve=approve,
+        )
+
+    async def unit_rotate(
+        self, unit: str, address: str | None = None, *, ttl: float | None = None
+    ) -> dict[str, Any]:
+        """A new secret for `unit`; the old one works until the new one is first used."""
+        return await self.call(
+            Method.UNIT_ROTATE, unit=unit, address=address,
+            ttl=None if ttl is None else float(ttl),
+        )
+
+    async def unit_revoke(self, unit: str) -> dict[str, Any]:
+        """Retire `unit`'s enrollments for good and cut its connection now."""
+        return await self.call(Method.UNIT_REVOKE, unit=unit)
+
+    async def unit_pending(self) -> list[dict[str, Any]]:
+        """The units that dialed in and wait for acceptance: unit, enrollment, from, since."""
+        return list((await self.call(Method.UNIT_PENDING))["pending"])
+
+    async def unit_accept(self, unit: str) -> dict[str, Any]:
+        """Let `unit`, which waits, in (when it next dials)."""
+        return await self.call(Method.UNIT_ACCEPT, unit=unit)
+
+    async def unit_reject(self, unit: str) -> dict[str, Any]:
+        """Refuse `unit`, which waits, for good."""
+        return await self.call(Method.UNIT_REJECT, unit=unit)
 
     async def unit_connect(
         self,
@@ -219,6 +260,21 @@ class DaemonClient:
         """Make the daemon read its config file again."""
         return await self.call(Method.CONFIG_RELOAD)
 
+    async def config_use(self, path: str | None) -> dict[str, Any]:
+        """Tell the daemon which config file this client means (None: the built-in one).
+
+        Returns `config` (the file the daemon serves) and `match` (whether it is
+        `path`); the daemon reads the file again first if it changed, and, if it
+        served the built-in default, takes `path`.
+        """
+        return await self.call(Method.CONFIG_USE, path=path)
+
+    async def unit_remove(
+        self, unit: str, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Destroy `unit` (as `unit_destroy`) and make the daemon forget it."""
+        return await self.call(Method.UNIT_REMOVE, self._progress(progress), unit=unit)
+
     async def agents_list(self) -> dict[str, Any]:
         """The agent behind each unit."""
         return await self.call(Method.AGENTS_LIST)
@@ -227,23 +283,86 @@ class DaemonClient:
         """One session: its unit, state and last prompt."""
         return await self.call(Method.SESSION_GET, session=session)
 
+    async def session_prune(self, idle: float | None = None) -> dict[str, Any]:
+        """Close the open sessions idle for `idle` seconds (default: the config's
+        `[daemon] session_idle_timeout`); `{closed: [ids], idle}`."""
+        return await self.call(Method.SESSION_PRUNE, idle=idle)
+
     async def coordinate(
         self,
         task: str,
         agents: list[str],
         on_event: Callable[[CoordinationEvent], None],
-    ) -> list[CoordinationEvent]:
-        """One task to several units' agents at once (see `Controller.coordinate`);
-        `on_event` sees each event as it comes; returns each agent's `ended` event."""
+        settings: CoordinationSettings | None = None,
+        detach: bool = False,
+    ) -> Coordination:
+        """Run a coordination in the daemon (see `Controller.coordinate`); `on_event`
+        sees each event as it comes; returns how it ended. With `detach`, it runs
+        on in the daemon: this returns its id at once (outcome "running"; follow
+        it with `coordination_follow`)."""
+        from latis_core._cmdr.coordinate import (
+            Coordination,
+            CoordinationEvent,
+            CoordinationSettings,
+        )
 
-        from latis_core._cmdr.coordinate import CoordinationEvent
+        settings = settings or CoordinationSettings()
 
         def chunk(kind: str | None, text: str, data: Any) -> None:
             if kind == "event" and isinstance(data, dict):
                 on_event(CoordinationEvent.from_dict(data))
 
-        result = await self.call(Method.COORDINATE, chunk, task=task, agents=agents)
-        return [CoordinationEvent.from_dict(e) for e in result.get("agents", [])]
+        result = await self.call(
+            Method.COORDINATE, chunk, task=task, agents=agents or None, strategy=settings.strategy,
+            options=dict(settings.options) or None, require=settings.require,
+            timeout=None if settings.timeout is None else float(settings.timeout),
+            agent_timeout=None if settings.agent_timeout is None
+            else float(settings.agent_timeout),
+            max_hops=settings.max_hops, count=settings.count or None, source=settings.source,
+            placement=None if settings.placement == "capacity" else settings.placement,
+            detach=detach or None,
+        )
+        return Coordination.from_dict(result)
+
+    async def coordination_follow(
+        self, id: str, on_event: Callable[[CoordinationEvent], None]
+    ) -> Coordination:
+        """A coordination's events from its start (running or stored), then live, to
+        its end; returns how it ended."""
+        from latis_core._cmdr.coordinate import Coordination, CoordinationEvent
+
+        def chunk(kind: str | None, text: str, data: Any) -> None:
+            if kind == "event" and isinstance(data, dict):
+                on_event(CoordinationEvent.from_dict(data))
+
+        return Coordination.from_dict(await self.call(Method.COORDINATION_FOLLOW, chunk, id=id))
+
+    async def coordination_list(self, limit: int = 50) -> dict[str, Any]:
+        """The latest coordinations, newest first."""
+        return await self.call(Method.COORDINATION_LIST, limit=limit)
+
+    async def coordination_get(self, id: str) -> dict[str, Any]:
+        """One stored coordination: task, strategy, settings, outcome and its events."""
+        return await self.call(Method.COORDINATION_GET, id=id)
+
+    async def inbox_list(self, all: bool = False) -> dict[str, Any]:
+        """The open questions of every unit and session, oldest first (`all`:
+        answered ones too): `{"items": [...]}` (PROTOCOL.md §15.1)."""
+        return await self.call(Method.INBOX_LIST, all=all or None)
+
+    async def inbox_answer(self, id: str, answer: str, by: str | None = None) -> dict[str, Any]:
+        """Answer inbox item `id` (`PROMPT.INPUT`), once; `by` names who answers.
+
+        Raises:
+            RequestError: `already_answered` (the message names who and when),
+                `unknown_request`, or `bad_message` (not one of the options).
+        """
+        return await self.call(Method.INBOX_ANSWER, id=id, answer=answer, by=by)
+
+    async def usage(self, by: str | None = None) -> dict[str, Any]:
+        """Usage and cost as the agents report them, by session (or unit, agent,
+        coordination, day): `{"by", "rows", "unreported"}`."""
+        return await self.call(Method.USAGE, by=by)
 
     async def daemon_stop(self) -> dict[str, Any]:
         """Stop the daemon (units that run by themselves keep running)."""
@@ -261,6 +380,7 @@ async def open_daemon(autostart: bool = True) -> AsyncIterator[DaemonClient]:
 
     from latis_core._io.client import connect
     from latis_core._io.unix import open_unix
+    from latis_core._wire.connection import HEARTBEAT, HEARTBEAT_TIMEOUT
 
     socket_path = str(paths().socket)
     if not _listening(socket_path):
@@ -269,7 +389,8 @@ async def open_daemon(autostart: bool = True) -> AsyncIterator[DaemonClient]:
         await trio.to_thread.run_sync(start_daemon)
     try:
         async with open_unix(socket_path) as stream, connect(
-            stream, name="latis-cli", label="cmdr"
+            stream, name="latis-cli", label="cmdr", keepalive=HEARTBEAT,
+            keepalive_timeout=HEARTBEAT_TIMEOUT,
         ) as client:
             yield DaemonClient(client)
     except CmdrUnreachable:

@@ -33,17 +33,21 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 
-from latis_core._cmdr.config_convert import _STRICT, _faults, _kind, _unknown
+from latis_core._cmdr.config_convert import _STRICT, _faults, _kind, _unknown, typed_text
 from latis_core._cmdr.config_lines import _Keys, _Locator
+from latis_core._cmdr.config_seed import connection_tables
+from latis_core._cmdr.notify import NotifyConfig, parse_notify
+from latis_core._cmdr.policy import Rule, parse_rules
 from latis_core._errors import LatisError
 from latis_core._os.paths import paths
 from latis_core._plugins import registry as _registry
+from latis_core._wire.connection import HEARTBEAT, HEARTBEAT_TIMEOUT
 
 __all__ = [
     "Config",
@@ -56,12 +60,20 @@ __all__ = [
     "find_config",
     "load_config",
     "parse_config",
+    "parse_size",
 ]
 
 #: What a unit's name may be.
 _UNIT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-_UNIT_KEYS = ("agent", "agent_options", "agent_command", "provisioner", "dial", "accept")
-_TOP_KEYS = ("daemon", "units")
+_UNIT_KEYS = (
+    "agent", "agent_options", "agent_command", "provisioner", "dial", "accept", "connection",
+    "heartbeat", "heartbeat_timeout", "max_sessions", "session_memory", "labels", "notify",
+)
+_TOP_KEYS = ("daemon", "units", "groups", "notify", "policy")
+#: `session_memory` units: "512MiB", "2GiB", "1.5GB" (or a number of bytes).
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_FACTOR = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+           "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
 _NO_FILE = "<config>"
 
 
@@ -103,6 +115,13 @@ class UnitConfig:
         line: where the unit's table starts, or None (built in).
         agent_command: the agent's own command line, for adapters that run
             one (`latis-unit --agent acp -- gemini --experimental-acp`).
+        heartbeat: seconds of silence from the unit before cmdr pings it
+            (0: none); None for the `[daemon]` table's.
+        heartbeat_timeout: seconds that ping waits before the unit counts as
+            unreachable; None for the `[daemon]` table's.
+        max_sessions: sessions cmdr places on the unit at most (placement), or None.
+        session_memory: bytes of free memory each new session needs (placement), or None.
+        labels: names for label selectors (`--agents label:NAME`).
     """
 
     name: str
@@ -113,6 +132,13 @@ class UnitConfig:
     accept: tuple[PluginConfig, ...] = ()
     line: int | None = None
     agent_command: tuple[str, ...] = ()
+    heartbeat: float | None = None
+    heartbeat_timeout: float | None = None
+    max_sessions: int | None = None
+    session_memory: int | None = None
+    labels: tuple[str, ...] = ()
+    #: The unit's own `[units.NAME.notify]` (instead of the global `[notify]`), or None.
+    notify: NotifyConfig | None = None
 
 
 @attrs.frozen
@@ -125,12 +151,42 @@ class DaemonConfig:
         handshake_timeout: seconds a new connection gets to finish `hello`.
         dial_in_timeout: seconds `up` waits for a unit that dials in, once
             its provisioner started it.
+        session_idle_timeout: seconds after which an open session with no
+            prompt running is closed on its unit (its transcript stays); 0 never.
+        heartbeat: seconds of silence on any connection (to a unit, from a
+            CLI) before cmdr sends a `ping`; 0 for none.
+        heartbeat_timeout: seconds that ping waits for any byte before the
+            connection is dropped (and its unit marked unreachable).
+        enrollment_ttl: seconds within which a new enrollment must be used a
+            first time (0: no limit).
+        approve_units: a new enrollment's first use waits for a person
+            (`latis unit accept NAME`).
+        unit_lost_after: seconds a running prompt waits for its unit to come
+            back after its connection dropped before it ends `unit_lost`
+            (sooner when the unit's provisioner sees it gone).
+        restart_lost_units: start a unit again (through its provisioner) once
+            its provisioner saw it gone; its sessions are resumed where its
+            agent can resume them (its running prompts still end `unit_lost`).
     """
 
     socket: str | None = None
     state: str | None = None
     handshake_timeout: float = 10.0
     dial_in_timeout: float = 60.0
+    session_idle_timeout: float = 86400.0
+    heartbeat: float = HEARTBEAT
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT
+    enrollment_ttl: float = 3600.0
+    approve_units: bool = False
+
+    def heartbeat_of(self, unit: UnitConfig) -> tuple[float | None, float]:
+        """The heartbeat (None: off) and its timeout for connections to `unit`."""
+        beat = self.heartbeat if unit.heartbeat is None else unit.heartbeat
+        timeout = self.heartbeat_timeout if unit.heartbeat_timeout is None \
+            else unit.heartbeat_timeout
+        return (beat or None), timeout
+    unit_lost_after: float = 30.0
+    restart_lost_units: bool = False
 
 
 @attrs.frozen
@@ -146,6 +202,12 @@ class Config:
     units: dict[str, UnitConfig]
     daemon: DaemonConfig = attrs.Factory(DaemonConfig)
     source: Path | None = None
+    #: `[groups]`: a name -> the units in it (`--agents group:NAME`, `--from NAME`).
+    groups: dict[str, tuple[str, ...]] = attrs.Factory(dict)
+    #: `[notify]`: where notifications go (units without their own table).
+    notify: NotifyConfig = attrs.Factory(NotifyConfig)
+    #: `[[policy]]`: the approval rules, in order (latis_core._cmdr.policy).
+    policy: tuple[Rule, ...] = ()
 
     def unit(self, name: str) -> UnitConfig:
         """The unit called `name`.
@@ -229,6 +291,8 @@ class _Reader:
     file: str
     locate: _Locator
     problems: list[ConfigProblem] = attrs.Factory(list)
+    #: Plugins loaded so far, by (what, type): each is looked up once per parse.
+    plugins: dict[tuple[str, str], Any] = attrs.Factory(dict)
 
     def error(self, unit: str | None, path: _Keys, message: str) -> None:
         """Record a problem at `path` (from the top of the file)."""
@@ -281,7 +345,9 @@ def _plugin(
         reader.error(unit, at + ("type",), f"expected a string, got {_kind(kind)}")
         return None
     try:
-        plugin = load(kind)
+        plugin = reader.plugins.get((noun, kind))
+        if plugin is None:
+            plugin = reader.plugins[noun, kind] = load(kind)
     except LookupError:
         known = ", ".join(names()) or "none"
         reader.error(unit, at + ("type",), f"unknown {noun} {kind!r} (known: {known})")
@@ -295,9 +361,12 @@ def _plugin(
     else:
         attribute, ability = ("DIALER", "dialer") if what == "dial" else ("LISTENER", "listener")
         cls = getattr(plugin, attribute, None)
-        able = ", ".join(_transports_with(attribute)) or "none"
-        missing = f"transport {kind!r} has no {ability} (transports with one: {able})"
+        missing = f"transport {kind!r} has no {ability}"
     if cls is None:
+        if what != "provisioner":
+            # Only when wrong: naming the alternatives loads every transport.
+            able = ", ".join(_transports_with(attribute)) or "none"
+            missing += f" (transports with one: {able})"
         reader.error(unit, at + ("type",), missing)
         return None
     table = {k: v for k, v in value.items() if k != "type"}
@@ -309,6 +378,8 @@ def _plugin(
             reader.error(unit, at + ("token_file",), f"expected a file name, got "
                          f"{_kind(token_file)}")
             return None
+    # Text for a number or a boolean (`--dial-option port=1`) is read by the field's type.
+    table = typed_text(cls, table)
     before = len(reader.problems)
     options = reader.structure(cls, table, unit, at)
     if len(reader.problems) > before:
@@ -348,6 +419,24 @@ def _unit(reader: _Reader, name: str, table: object) -> UnitConfig | None:
     for key in table:
         if key not in _UNIT_KEYS:
             reader.error(name, at + (key,), _unknown("key", key, _UNIT_KEYS))
+    seed = "connection" in table
+    connection: object = table.get("connection")
+    dial_at: _Keys = at + ("dial",)
+    accept_at: _Keys = at + ("accept",)
+    accept_indexed = True
+    if "connection" in table:
+        # The seed's form (connection.dial/accept with via and address): see config_seed.
+        if "dial" in table or "accept" in table:
+            reader.error(name, at + ("connection",), "write the connection once: "
+                         "connection.dial/accept (the seed's form) or dial/accept, not both")
+            return None
+        mapped, problems = connection_tables(connection, at + ("connection",))
+        for where, message in problems:
+            reader.error(name, where, message)
+        table = {k: v for k, v in table.items() if k != "connection"} | mapped
+        dial_at = at + ("connection", "dial")
+        accept_at = at + ("connection", "accept")
+        accept_indexed = type(connection) is dict and type(connection.get("accept")) is list
     agent = table.get("agent", "echo")
     if type(agent) is not str:
         reader.error(name, at + ("agent",), f"expected a string, got {_kind(agent)}")
@@ -368,7 +457,7 @@ def _unit(reader: _Reader, name: str, table: object) -> UnitConfig | None:
         if read:
             provisioner, provisioner_class = read
     if "dial" in table:
-        read = _plugin(reader, name, at + ("dial",), table["dial"], "dial")
+        read = _plugin(reader, name, dial_at, table["dial"], "dial")
         dial = read[0] if read else None
     accept: list[PluginConfig] = []
     if "accept" in table:
@@ -382,11 +471,21 @@ def _unit(reader: _Reader, name: str, table: object) -> UnitConfig | None:
             )
             entries = []
         for index, entry in enumerate(entries):
-            read = _plugin(reader, name, at + ("accept", index), entry, "accept")
+            where = accept_at + ((index,) if accept_indexed else ())
+            read = _plugin(reader, name, where, entry, "accept")
             if read:
                 accept.append(read[0])
 
-    if "dial" not in table and "accept" not in table:
+    if seed:
+        # The seed's form names the transport `via`: say so where `type` was read.
+        for index in range(before, len(reader.problems)):
+            problem = reader.problems[index]
+            if problem.key and problem.key.startswith("connection.") and problem.key.endswith(
+                    ".type"):
+                reader.problems[index] = attrs.evolve(problem, key=problem.key[:-5] + ".via")
+    spelled = seed and any(k in (connection if type(connection) is dict else {})
+                           for k in ("dial", "accept"))
+    if "dial" not in table and "accept" not in table and not spelled:
         if "provisioner" not in table:
             reader.error(
                 name,
@@ -417,6 +516,33 @@ def _unit(reader: _Reader, name: str, table: object) -> UnitConfig | None:
             at + ("dial", "command"),
             "required without a provisioner (the command that starts the unit)",
         )
+    beats: dict[str, float | None] = {}
+    for key, least in (("heartbeat", 0.0), ("heartbeat_timeout", 1e-9)):
+        beat = table.get(key)
+        if beat is not None and (type(beat) not in (int, float) or beat < least):
+            reader.error(name, at + (key,), f"expected seconds{' above 0' if least else ''}, "
+                         f"got {beat!r}")
+        beats[key] = float(beat) if isinstance(beat, (int, float)) else None
+    max_sessions = table.get("max_sessions")
+    if max_sessions is not None and (type(max_sessions) is not int or max_sessions < 1):
+        reader.error(name, at + ("max_sessions",),
+                     f"expected a whole number above 0, got {max_sessions!r}")
+    session_memory = table.get("session_memory")
+    memory: int | None = None
+    if session_memory is not None:
+        try:
+            memory = parse_size(session_memory)
+        except ValueError as exc:
+            reader.error(name, at + ("session_memory",), str(exc))
+    labels = table.get("labels", [])
+    if type(labels) is not list or any(type(x) is not str for x in labels):
+        reader.error(name, at + ("labels",), f"expected an array of strings, got {_kind(labels)}")
+        labels = []
+    notify = None
+    if "notify" in table:
+        notify, notify_problems = parse_notify(table["notify"])
+        for path, message in notify_problems:
+            reader.error(name, at + ("notify", *path), message)
     if len(reader.problems) > before:
         return None
     return UnitConfig(
@@ -428,7 +554,49 @@ def _unit(reader: _Reader, name: str, table: object) -> UnitConfig | None:
         tuple(accept),
         reader.locate.line(at),
         tuple(agent_command),
+        beats["heartbeat"],
+        beats["heartbeat_timeout"],
+        max_sessions,
+        memory,
+        tuple(labels),
+        notify,
     )
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a size: a number of bytes, or text like "512MiB", "2GiB", "1.5GB".
+
+    Raises:
+        ValueError: not a size.
+    """
+    if type(value) is int and value > 0:
+        return value
+    match = _SIZE.match(value) if type(value) is str else None
+    if match is None:
+        raise ValueError(f'expected a size like "2GiB" or a number of bytes, got {value!r}')
+    unit = (match.group(2) or "").upper().removesuffix("B")
+    return int(float(match.group(1)) * _FACTOR[unit])
+
+
+def _groups(reader: _Reader, value: object, units: Mapping[str, UnitConfig]) -> dict[
+    str, tuple[str, ...]
+]:
+    if type(value) is not dict:
+        reader.error(None, ("groups",), f"expected a table, got {_kind(value)}")
+        return {}
+    groups: dict[str, tuple[str, ...]] = {}
+    for name, members in value.items():
+        if type(members) is not list or any(type(m) is not str for m in members):
+            reader.error(None, ("groups", name),
+                         f"expected an array of unit names, got {_kind(members)}")
+            continue
+        unknown = [m for m in members if m not in units]
+        if unknown:
+            reader.error(None, ("groups", name),
+                         f"no unit {unknown[0]!r} (units: {', '.join(units)})")
+            continue
+        groups[name] = tuple(members)
+    return groups
 
 
 def _implied_local(reader: _Reader, unit: str) -> PluginConfig | None:
@@ -441,10 +609,18 @@ def _daemon(reader: _Reader, value: object) -> DaemonConfig:
     if type(value) is not dict:
         reader.error(None, at, f"expected a table, got {_kind(value)}")
         return DaemonConfig()
-    for key in ("handshake_timeout", "dial_in_timeout"):
+    for key in ("handshake_timeout", "dial_in_timeout", "heartbeat_timeout", "unit_lost_after"):
         timeout = value.get(key, 1)
         if type(timeout) in (int, float) and timeout <= 0:
             reader.error(None, at + (key,), f"expected seconds above 0, got {timeout}")
+    idle = value.get("session_idle_timeout", 0)
+    if type(idle) in (int, float) and idle < 0:
+        reader.error(None, at + ("session_idle_timeout",),
+                     f"expected seconds (0: never), got {idle}")
+    for key in ("heartbeat", "enrollment_ttl"):
+        beat = value.get(key, 1)
+        if type(beat) in (int, float) and beat < 0:
+            reader.error(None, at + (key,), f"expected seconds (0 for none), got {beat}")
     daemon = reader.structure(DaemonConfig, value, None, at)
     return daemon if isinstance(daemon, DaemonConfig) else DaemonConfig()
 
@@ -473,6 +649,12 @@ def parse_config(text: str, source: Path | None = None) -> Config:
             what = "table" if type(value) is dict else "key"
             reader.error(None, (key,), _unknown(what, key, _TOP_KEYS))
     daemon = _daemon(reader, data.get("daemon", {}))
+    notify, notify_problems = parse_notify(data.get("notify", {}))
+    for npath, message in notify_problems:
+        reader.error(None, ("notify", *npath), message)
+    rules, rule_problems = parse_rules(data.get("policy", []))
+    for rpath, message in rule_problems:
+        reader.error(None, ("policy", *rpath), message)
     units: dict[str, UnitConfig] = {}
     declared = data.get("units", {})
     if type(declared) is not dict:
@@ -488,9 +670,69 @@ def parse_config(text: str, source: Path | None = None) -> Config:
         unit = _unit(reader, name, table)
         if unit is not None:
             units[name] = unit
+    units = _share_listeners(reader, units)
+    groups = _groups(reader, data.get("groups", {}), units)
     if reader.problems:
         raise ConfigError.of(reader.problems)
-    return Config(units, daemon, source)
+    return Config(units, daemon, source, groups, notify, tuple(rules))
+
+
+#: The options that make a listener's address; the others are how it listens.
+_ADDRESS = ("host", "port", "path")
+
+
+def _share_listeners(reader: _Reader, units: dict[str, UnitConfig]) -> dict[str, UnitConfig]:
+    """Units whose accept tables name one address share one listener.
+
+    What one table spells out applies to all (one unit's `max_pending_per_host`
+    holds for the listener); two tables that spell one option differently are
+    an error at the second.
+    """
+    groups: dict[tuple[Any, ...], list[tuple[str, int, PluginConfig]]] = {}
+    for name, unit in units.items():
+        for index, accept in enumerate(unit.accept):
+            address = tuple(getattr(accept.options, key, None) for key in _ADDRESS)
+            groups.setdefault((accept.type, *address), []).append((name, index, accept))
+    shared: dict[tuple[str, int], object] = {}
+    for key, entries in groups.items():
+        if len(entries) < 2 or key[2] == 0:  # port 0: any free port, a listener of its own
+            continue
+        spelled: dict[str, tuple[object, str]] = {}
+        for name, index, accept in entries:
+            for option in accept.table:
+                if option in _ADDRESS or option == "type":
+                    continue
+                value = getattr(accept.options, option, None)
+                if option not in spelled:
+                    spelled[option] = (value, name)
+                elif spelled[option][0] != value:
+                    first, other = spelled[option]
+                    reader.error(
+                        name, ("units", name, "accept", index, option),
+                        f"the listener {accept.options.describe()} is shared with unit "  # type: ignore[attr-defined]
+                        f"{other!r}, which sets {option} = {_shown(first)}; this one sets "
+                        f"{_shown(value)}: set the same, or leave it out to share the other's",
+                    )
+        merged = attrs.evolve(entries[0][2].options, **{k: v for k, (v, _) in spelled.items()})  # type: ignore[misc]
+        for name, index, _accept in entries:
+            shared[(name, index)] = merged
+    if not shared:
+        return units
+    out = {}
+    for name, unit in units.items():
+        accepts = tuple(
+            attrs.evolve(entry, options=shared.get((name, index), entry.options))
+            for index, entry in enumerate(unit.accept)
+        )
+        out[name] = attrs.evolve(unit, accept=accepts) if accepts != unit.accept else unit
+    return out
+
+
+def _shown(value: object) -> str:
+    """A value as TOML writes it (for messages)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def default_config() -> Config:

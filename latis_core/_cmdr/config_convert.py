@@ -281,3 +281,54 @@ def _faults(exc: BaseException, at: _Keys = ()) -> Iterator[tuple[_Keys, str]]:
         yield at, str(exc)
     else:
         yield at, f"invalid value ({exc})"
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _from_text(t: Any, text: str) -> Any:
+    """`text` read as type `t` (int, float, bool, or an optional of one); unchanged if not."""
+    if _is_union(t):
+        for arm in typing.get_args(t):
+            if arm is not type(None):
+                value = _from_text(arm, text)
+                if value is not text:
+                    return value
+        return text
+    lowered = text.strip().lower()
+    if t is bool:
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        return text
+    if t is int:
+        try:
+            return int(lowered, 0) if lowered[:2] in ("0x", "0o", "0b") else int(lowered)
+        except ValueError:
+            return text
+    if t is float:
+        try:
+            return float(lowered)
+        except ValueError:
+            return text
+    return text
+
+
+def typed_text(cls: Any, table: Mapping[str, Any]) -> dict[str, Any]:
+    """`table` with each string given for a number or boolean field of `cls` converted.
+
+    Options typed on a command line (`--dial-option port=1`, `--set ready_timeout=5`,
+    a URL's query) arrive as text; the schema says what they are. Text that does
+    not read as the field's type is left as it is, for the converter to report.
+    """
+    if not attrs.has(cls):
+        return dict(table)
+    types_ = typing.get_type_hints(cls)
+    fields = {f.name: types_.get(f.name, f.type) for f in attrs.fields(cls)}
+    out = dict(table)
+    for key, value in table.items():
+        t = fields.get(key) or fields.get(key.replace("-", "_"))
+        if isinstance(value, str) and t is not None:
+            out[key] = _from_text(t, value)
+    return out

@@ -6,6 +6,7 @@ an array's entries by index), so that config errors can name their line.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Callable
@@ -18,10 +19,19 @@ _KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
 _DOTTED = rf"{_KEY}(?:[ \t]*\.[ \t]*{_KEY})*"
 _HEADER = re.compile(rf"[ \t]*(\[\[?)[ \t]*({_DOTTED})[ \t]*\]")
 _ASSIGN = re.compile(rf"[ \t]*({_DOTTED})[ \t]*=")
+#: A value that ends on its line and holds no table: nothing to follow.
+_SIMPLE_VALUE = re.compile(
+    r"""[ \t]*(?:"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[A-Za-z0-9_.:+-]+)[ \t]*(?:#.*)?"""
+)
+_BARE_DOTTED = re.compile(r"[A-Za-z0-9_-]+(?:[ \t]*\.[ \t]*[A-Za-z0-9_-]+)*")
 
 
+@functools.lru_cache(maxsize=4096)
 def _split_key(dotted: str) -> tuple[str, ...]:
     """`units."a.b" . c` → ("units", "a.b", "c"), by TOML's own rules."""
+    if _BARE_DOTTED.fullmatch(dotted):
+        # The common case, without a TOML parse per line (config is O(units) lines).
+        return tuple(part.strip(" \t") for part in dotted.split("."))
     try:
         node: Any = tomllib.loads(f"{dotted} = 0")
     except tomllib.TOMLDecodeError:
@@ -120,8 +130,11 @@ class _Locator:
             if assign and _split_key(assign[1]):
                 path = table + _split_key(assign[1])
                 self._note(path, number)
+                rest = line[assign.end() :]
+                if _SIMPLE_VALUE.fullmatch(rest):
+                    continue  # the common case: a one-line scalar
                 scan = _ValueScan(path, self._note)
-                if scan.feed(line[assign.end() :], number):
+                if scan.feed(rest, number):
                     scan = None
 
     def _note(self, path: _Keys, number: int) -> None:

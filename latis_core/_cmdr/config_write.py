@@ -1,10 +1,12 @@
-"""Writing config: a unit appended to a file (`add_unit`, `add_unit_text`) and
-the commented `latis.toml` that `latis init` writes (`init_text`).
+"""Writing config: a unit appended to a file (`add_unit`, `add_unit_text`) or
+taken out of it (`remove_unit`), and the commented `latis.toml` that `latis
+init` writes (`init_text`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from latis_core._cmdr.config import (
     parse_config,
 )
 
-__all__ = ["add_unit", "add_unit_text", "init_text"]
+__all__ = ["add_unit", "add_unit_text", "init_text", "remove_unit"]
 
 
 def add_unit_text(name: str, table: Mapping[str, Any]) -> str:
@@ -49,22 +51,84 @@ def add_unit(path: str | os.PathLike[str], name: str, table: Mapping[str, Any]) 
     """
     target = Path(path)
     existing = _read(target) if target.exists() else ""
-    before = parse_config(existing, target)
-    if name in before.units and before.units[name].line is not None:  # not the built-in
-        problem = ConfigProblem(str(target), before.units[name].line, name, None, "already defined")
-        raise ConfigError.of([problem])
     addition = add_unit_text(name, table)
     if existing and not existing.endswith("\n"):
         addition = "\n" + addition
     if existing.strip():
         addition = "\n" + addition
     try:
+        # One parse in the common case (config is O(units)); the file as it
+        # stands is read again only to say what is wrong.
         after = parse_config(existing + addition, target)
     except ConfigError as exc:
+        before = parse_config(existing, target)
+        if name in before.units and before.units[name].line is not None:  # not the built-in
+            problem = ConfigProblem(str(target), before.units[name].line, name, None,
+                                    "already defined")
+            raise ConfigError.of([problem]) from None
         raise ConfigError(f"cannot add unit {name!r}:\n{exc}", exc.problems) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "a", encoding="utf-8") as out:
         out.write(addition)
+    return after
+
+
+#: A table header: `[name.parts]` or `[[name.parts]]` (group 1: the dotted name).
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]#]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _header_keys(dotted: str) -> list[str]:
+    """`units."a.b".dial` -> ["units", "a.b", "dial"]."""
+    return [k.strip().strip('"').strip("'") for k in re.findall(
+        r'\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^.]+)\s*(?:\.|$)', dotted)]
+
+
+def _defined(config: Config) -> set[str]:
+    """The units the file defines (not the built-in `local`)."""
+    return {n for n, unit in config.units.items() if unit.line is not None}
+
+
+def remove_unit(path: str | os.PathLike[str], name: str) -> Config:
+    """Take unit `name` out of the config file at `path`; return the result.
+
+    The unit's tables go (`[units.NAME]` and its sub-tables); the rest of the
+    file stays as written, comments and all. A unit written inline in
+    `[units]` is taken out by rewriting the file through tomli-w (comments
+    are then lost). Nothing is written unless the result is a valid config.
+
+    Raises:
+        ConfigError: the file does not define the unit, or is not valid.
+    """
+    import tomllib
+
+    import tomli_w
+
+    target = Path(path)
+    text = _read(target)
+    before = parse_config(text, target)
+    if name not in _defined(before):
+        raise ConfigError(f"{target}: no unit {name!r} in this file "
+                          f"(units: {', '.join(sorted(_defined(before))) or 'none'})")
+    kept: list[str] = []
+    inside = False
+    for line in text.splitlines(keepends=True):
+        header = _HEADER.match(line)
+        if header:
+            keys = _header_keys(header[1])
+            inside = keys[:2] == ["units", name]
+        if not inside:
+            kept.append(line)
+    after_text = "".join(kept)
+    try:
+        after = parse_config(after_text, target)
+    except ConfigError:
+        after = None
+    if after is None or _defined(after) != _defined(before) - {name}:
+        data = tomllib.loads(text)
+        data["units"].pop(name, None)
+        after_text = tomli_w.dumps(data)
+        after = parse_config(after_text, target)
+    target.write_text(after_text, encoding="utf-8")
     return after
 
 
@@ -91,6 +155,10 @@ _INIT_TEXT = """\
 
 # [daemon]
 # handshake_timeout = 10.0            # seconds a new connection gets for `hello`
+# heartbeat = 15.0                    # seconds of silence before a ping (0: none)
+# heartbeat_timeout = 10.0            # seconds that ping waits: then unreachable
+# unit_lost_after = 30.0              # seconds a prompt waits for its unit to come back
+# restart_lost_units = false          # start a unit its provisioner saw die again
 # socket = "/run/user/1000/latis/cmdr.sock"       # default: the user runtime dir
 # state = "/home/me/.local/share/latis/latis.db"  # default: the user data dir
 
@@ -130,12 +198,14 @@ type = "local"
 # [units.box.provisioner]
 # type = "container"
 # image = "localhost/latis-unit:1"    # required: an image holding latis-unit
+#                                     # (build one: latis image build --base python:3.11-slim)
 # engine = "podman"                   # "podman", "docker" or a path (default: podman, else docker)
 # mounts = ["/srv/data:/data:ro"]     # HOST:CONTAINER[:ro]
 # env = { LOG_LEVEL = "debug" }       # in the container
 # workdir = "/work"                   # in the container
 # command = ["latis-unit"]            # the unit's command in the container
 # name = "latis-box"                  # the container's name (default: latis-UNIT)
+# network = "host"                    # --network: host needs no plugin; "none" cuts it off
 # extra_args = ["--memory", "2g"]     # more `ENGINE create` arguments
 # init = true                         # an init as PID 1 (--init)
 # timeout = 60.0                      # seconds any engine command may take

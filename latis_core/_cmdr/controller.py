@@ -28,8 +28,10 @@ import attrs
 import trio
 
 from latis_core._cmdr.config import Config, UnitConfig
+from latis_core._cmdr.hitl import HumanLoop, a2a_state
 from latis_core._cmdr.prompts import PromptEngine, PromptRecord
 from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
+from latis_core._cmdr.writer import ChunkWriter
 from latis_core._errors import (
     ConnectError,
     ConnectionClosed,
@@ -47,7 +49,7 @@ from latis_core._plugins.transport import Dialer
 from latis_core._wire.messages import State
 
 if TYPE_CHECKING:
-    from latis_core._cmdr.coordinate import CoordinationEvent
+    from latis_core._cmdr.coordinate import Coordination, CoordinationEvent, CoordinationSettings
 
 __all__ = ["Controller", "PromptRecord", "UnitRuntime", "open_controller"]
 
@@ -74,6 +76,8 @@ class UnitRuntime:
     since: float = attrs.field(factory=time.time)
     #: How the live connection was made, when the unit dialed in.
     via: str | None = None
+    #: Added by address (`latis connect URL`), not by config: a reload keeps it.
+    keep: bool = False
     _stop: trio.Event | None = None
     _done: trio.Event | None = None
     _connected: trio.Event = attrs.field(factory=trio.Event)
@@ -96,7 +100,7 @@ class UnitRuntime:
 
 
 
-class Controller(PromptEngine):
+class Controller(HumanLoop, PromptEngine):
     """Units, sessions and prompts. Made by `open_controller`."""
 
     def __init__(
@@ -110,6 +114,10 @@ class Controller(PromptEngine):
         self._reads: StateDB | None = None
         self.units: dict[str, UnitRuntime] = {}
         self.prompts: dict[int, PromptRecord] = {}
+        self._watching: set[str] = set()
+        self._reattaching: dict[str, trio.Lock] = {}
+        #: Stores every prompt's chunks, many at a time (started with the controller).
+        self.writer = ChunkWriter(state, self._hop)
         self._state_listeners: list[Callable[[str, str], None]] = []
         for name, unit_config in config.units.items():
             self.units[name] = self._runtime(name, unit_config)
@@ -121,10 +129,15 @@ class Controller(PromptEngine):
     # ---- state: writes in a worker thread, reads inline --------------------------------
 
     async def db(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run a state method that writes, in the worker thread (one at a time)."""
-        return await trio.to_thread.run_sync(
-            functools.partial(fn, *args), limiter=self._db_limiter
-        )
+        """Run a state method that writes, in the writer's next hop to the worker thread.
+
+        Writes group-commit: whatever is pending when the writer wakes (chunks
+        of every prompt, then these calls in order) goes in one thread hop.
+        """
+        return await self.writer.call(functools.partial(fn, *args))
+
+    async def _hop(self, work: Callable[[], None]) -> None:
+        await trio.to_thread.run_sync(work, limiter=self._db_limiter)
 
     @property
     def reads(self) -> StateDB:
@@ -173,30 +186,32 @@ class Controller(PromptEngine):
                 dialer = provisioner.dialer() if provisioner is not None else None
         return UnitRuntime(name, unit_config, provisioner, dialer)
 
-    async def reload(self, config: Config) -> list[str]:
-        """Take a new config: add its new units, update or drop those not connected,
-        and start the listeners it names that do not run yet.
+    async def reload(self, config: Config) -> dict[str, list[str]]:
+        """Take a new config: add its new units, update those not connected, stop
+        (provisioned) or disconnect (the others) the units it no longer names, and
+        start the listeners it names that do not run yet.
 
-        Returns the names of the units added.
+        Units added by address (`add_address`) are not config's: they stay.
+        Returns the names of the units `added` and `removed`.
         """
-        added = self._take_config(config)
-        await self.dialins.start(self._nursery)
-        return added
-
-    def _take_config(self, config: Config) -> list[str]:
         added = []
         for name, unit_config in config.units.items():
             rt = self.units.get(name)
-            if rt is None:
+            if rt is None or rt.keep:
                 added.append(name)
             elif rt.config == unit_config or rt.client is not None:
                 continue
             self.units[name] = self._runtime(name, unit_config)
-        for name in [n for n in self.units if n not in config.units]:
-            if self.units[name].client is None:
-                del self.units[name]
+        removed = [n for n, rt in self.units.items() if n not in config.units and not rt.keep]
+        for name in removed:
+            try:
+                await self.down(name)
+            except (LatisError, ProvisionError, OSError) as exc:
+                log.warning("unit %s, removed from config, did not stop: %s", name, exc)
+            del self.units[name]
         self.config = config
-        return added
+        await self.dialins.start(self._nursery)
+        return {"added": added, "removed": removed}
 
     def add_address(
         self, address: str, name: str | None = None, token_file: str | None = None
@@ -221,7 +236,8 @@ class Controller(PromptEngine):
             name=unit_name,
             dial=PluginConfig(type=kind, options=dialer, table=table, token_file=token_file),
         )
-        self.units[unit_name] = self._runtime(unit_name, unit_config)
+        self.units[unit_name] = rt = self._runtime(unit_name, unit_config)
+        rt.keep = True
         return unit_name
 
     def unit(self, name: str) -> UnitRuntime:
@@ -293,7 +309,10 @@ class Controller(PromptEngine):
             rt.client = None
             rt._connected = trio.Event()
             with trio.CancelScope(shield=True):
-                await self._set_connection(rt, ConnectionState.DISCONNECTED)
+                if client.peer.closed and not rt._stop.is_set():
+                    await self._lost(rt, client)
+                else:
+                    await self._set_connection(rt, ConnectionState.DISCONNECTED)
             rt.via = None
             done.set()
 
@@ -319,15 +338,20 @@ class Controller(PromptEngine):
         started = False
         try:
             while not rt._stop.is_set():
-                await self._set_connection(rt, ConnectionState.CONNECTING)
+                if rt.state != ConnectionState.UNREACHABLE:
+                    # (An unreachable unit stays so, with its reason, until it answers.)
+                    await self._set_connection(rt, ConnectionState.CONNECTING)
                 try:
                     assert rt.dialer is not None
                     token = _token(rt)
+                    beat, beat_timeout = self.config.daemon.heartbeat_of(rt.config)
                     async with rt.dialer.connect() as stream, connect(
                         stream,
                         name="cmdr",
                         label=f"unit {rt.name!r}",
                         handshake_timeout=self.config.daemon.handshake_timeout,
+                        keepalive=beat,
+                        keepalive_timeout=beat_timeout,
                         token=token,
                     ) as client:
                         rt.client = client
@@ -339,6 +363,8 @@ class Controller(PromptEngine):
                             started = True
                             task_status.started()
                         await _first_of(rt._stop.wait, client.peer.wait_closed)
+                        if not rt._stop.is_set():
+                            await self._lost(rt, client)
                 except (ConnectError, ConnectionClosed, OSError, RequestError) as exc:
                     message = str(exc)
                     log.warning("unit %s: %s", rt.name, message)
@@ -356,7 +382,9 @@ class Controller(PromptEngine):
                     rt._connected = trio.Event()
                 if rt._stop.is_set():
                     break
-                # The connection dropped while the unit should be up: try again.
+                # The connection dropped while the unit should be up: try again
+                # (first starting it again, if so configured and it is gone).
+                await self._restart_if_gone(rt)
                 delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
                 attempt += 1
                 with trio.move_on_after(delay):
@@ -370,6 +398,28 @@ class Controller(PromptEngine):
                 with trio.CancelScope(shield=True):
                     await self._set_connection(rt, ConnectionState.DISCONNECTED)
             rt._done.set()
+
+    async def _lost(self, rt: UnitRuntime, client: UnitClient) -> None:
+        """The unit's connection ended on its own (it broke, or went silent): unreachable."""
+        why = client.peer.why_closed or "the connection ended"
+        log.warning("unit %s: connection lost: %s", rt.name, why)
+        await self._set_connection(rt, ConnectionState.UNREACHABLE, why)
+
+    async def _restart_if_gone(self, rt: UnitRuntime) -> None:
+        """(`[daemon] restart_lost_units`) Start the unit again if its provisioner saw it gone."""
+        if not self.config.daemon.restart_lost_units or rt.provisioner is None:
+            return
+        gone = await self._provisioner_says_gone(rt)
+        if gone is None:
+            return
+        log.warning("unit %s: %s; starting it again", rt.name, gone)
+        # Its prompts died with it (and their replay log): they end now, not
+        # `unknown_session` when the new process does not know their session.
+        await self.unit_lost(rt.name, gone)
+        try:
+            await rt.provisioner.start()
+        except ProvisionError as exc:
+            log.warning("unit %s could not start again: %s", rt.name, exc)
 
     async def _set_connection(self, rt: UnitRuntime, state: str, error: str | None = None) -> None:
         rt.state = state
@@ -393,28 +443,87 @@ class Controller(PromptEngine):
         await self._set_connection(rt, ConnectionState.DISCONNECTED)
 
     async def destroy(self, name: str) -> None:
-        """Disconnect, destroy what the provisioner made, and forget the unit's state."""
+        """Disconnect, destroy what the provisioner made, and forget the unit's state.
+
+        The unit stays in config: it starts a new life (a new state row, no
+        resources), so `up` works again at once.
+        """
         rt = self.unit(name)
+        await self._forget(rt)
+        self.units[name] = self._runtime(name, rt.config)
+        self.units[name].keep = rt.keep
+
+    async def remove(self, name: str) -> None:
+        """Destroy the unit (see `destroy`) and drop it: the controller no longer knows it.
+
+        A unit only the state knows (taken out of config by hand, so already
+        stopped) is forgotten there.
+
+        Raises:
+            LookupError: neither config nor state knows the unit.
+        """
+        if name not in self.units:
+            row = await self.read(self.reads.get_unit, name)
+            if row is None:
+                self.unit(name)  # raises, listing the units there are
+                return
+            rt = self._from_state(name, row.config)
+            if rt is not None:
+                # Destroy what its provisioner made, from the config state kept.
+                await self._forget(rt)
+                return
+            for sid in [s.id for s in await self.read(self.reads.list_sessions, name)]:
+                self._notify(sid, State.CLOSED.value)
+            await self.db(self.state.mark_unit_destroyed, name)
+            return
+        await self._forget(self.units[name])
+        del self.units[name]
+
+    def _from_state(self, name: str, stored: Mapping[str, Any]) -> UnitRuntime | None:
+        """A runtime for a unit only the state knows, from the config it recorded
+        (`_describe_config`); None if that config no longer reads."""
+        import tomli_w
+
+        from latis_core._cmdr.config import ConfigError, parse_config
+
+        table = {key: value for key, value in stored.items() if value}
+        try:
+            unit_config = parse_config(tomli_w.dumps({"units": {name: table}})).units[name]
+            return self._runtime(name, unit_config)
+        except (ConfigError, KeyError, LookupError, TypeError, ValueError) as exc:
+            log.warning("unit %s: its recorded config does not read (%s); forgetting it", name,
+                        exc)
+            return None
+
+    async def _forget(self, rt: UnitRuntime) -> None:
         await self._disconnect(rt)
         if rt.provisioner is not None:
             await rt.provisioner.destroy()
-        for sid in [s.id for s in await self.read(self.reads.list_sessions, name)]:
+        for sid in [s.id for s in await self.read(self.reads.list_sessions, rt.name)]:
             await self.db(self.state.close_session, sid)
-        await self.db(self.state.mark_unit_destroyed, name)
+            self._notify(sid, State.CLOSED.value)
+        await self.db(self.state.mark_unit_destroyed, rt.name)
 
     async def reconnect_known(self) -> None:
-        """Connect again to the units that were connected when the last controller stopped."""
-        for rt in self.units.values():
-            row = await self.read(self.reads.get_connection, rt.name)
-            if row is None or row.state not in (
-                ConnectionState.CONNECTED,
-                ConnectionState.CONNECTING,
-            ):
-                continue
+        """Connect again to the units that were connected when the last controller stopped.
+
+        All at once: a fleet comes back in the time of its slowest unit.
+        """
+
+        async def again(name: str) -> None:
             try:
-                await self.up(rt.name)
+                await self.up(name)
             except (LatisError, ProvisionError, OSError) as exc:
-                log.warning("could not re-attach to unit %s: %s", rt.name, exc)
+                log.warning("could not re-attach to unit %s: %s", name, exc)
+
+        async with trio.open_nursery() as nursery:
+            for rt in list(self.units.values()):
+                row = await self.read(self.reads.get_connection, rt.name)
+                if row is not None and row.state in (
+                    ConnectionState.CONNECTED,
+                    ConnectionState.CONNECTING,
+                ):
+                    nursery.start_soon(again, rt.name)
 
     async def status(self) -> list[dict[str, Any]]:
         """What runs where: one entry per unit."""
@@ -440,9 +549,25 @@ class Controller(PromptEngine):
                 entry["agent"] = {"name": rt.client.agent.name, "version": rt.client.agent.version}
                 entry["capabilities"] = list(rt.client.capabilities)
             sessions = await self.read(self.reads.list_sessions, rt.name)
-            entry["sessions"] = [{"id": s.id, "state": s.state} for s in sessions]
+            entry["sessions"] = [await self._session_status(s.id, s.state) for s in sessions]
             out.append(entry)
         return out
+
+    async def _session_status(self, sid: str, state: str) -> dict[str, Any]:
+        """A session in `status`: its state (and A2A's), context use while it
+        works or waits, and the question it waits on."""
+        entry: dict[str, Any] = {"id": sid, "state": state, "a2a_state": a2a_state(state)}
+        if state in ("busy", "waiting"):
+            entry["context"] = await self.context_of(sid)
+        if state == "waiting":
+            last = await self.read(self.reads.last_prompt, sid)
+            if last is not None:
+                pending = await self.read(self.reads.pending_inputs, last.id)
+                if pending:
+                    entry["question"] = {"id": f"{last.id}.{pending[0].number}",
+                                         "question": pending[0].question,
+                                         "since": pending[0].asked_at}
+        return entry
 
     def _client(self, rt: UnitRuntime) -> UnitClient:
         client = rt.client
@@ -473,16 +598,19 @@ class Controller(PromptEngine):
         task: str,
         units: Sequence[str],
         on_event: Callable[[CoordinationEvent], None] = lambda event: None,
-    ) -> list[CoordinationEvent]:
-        """Send `task` to each unit's agent in a session of its own, all at once.
+        settings: CoordinationSettings | None = None,
+        coordination_id: str | None = None,
+    ) -> Coordination:
+        """Run `task` over the units' agents, each in a session of its own, with a strategy.
 
-        `on_event` sees each agent's events as they come (`started`, `chunk`,
-        `input`, `ended`); returns each agent's `ended` event, in the order named.
-        See `latis_core._cmdr.coordinate`.
+        `on_event` sees every event as it comes (`started`, `prompt`, `chunk`,
+        `input`, `reply`, `state`, `note`, `ended`, `final`); `settings` picks
+        the strategy (`parallel` by default), `require` and the timeouts. The
+        coordination is stored (`coordinations`). See `latis_core._cmdr.coordinate`.
         """
         from latis_core._cmdr.coordinate import coordinate
 
-        return await coordinate(self, task, units, on_event)
+        return await coordinate(self, task, units, on_event, settings, coordination_id)
 
     async def session_unit(self, sid: str) -> UnitRuntime:
         """The unit a session lives on.
@@ -544,6 +672,12 @@ class Controller(PromptEngine):
             log.warning("could not re-attach to unit %s: %s", rt.name, exc)
 
     async def _lose_session(self, sid: str, why: str) -> None:
+        for record in [r for r in self.prompts.values() if r.session == sid and r.end is None]:
+            if record.scope is not None:
+                record.scope.cancel()
+            await self._finish(record, {
+                "outcome": "error", "code": ErrorCode.UNKNOWN_SESSION.value,
+                "message": why, "chunks": record.received + 1})
         for prompt in await self.read(self.reads.prompts, sid):
             if prompt.state == PromptState.RUNNING:
                 stored = await self.read(self.reads.last_seq, prompt.id) + 1
@@ -616,6 +750,7 @@ async def open_controller(
     with unwrap_group():
         async with trio.open_nursery() as nursery:
             controller = Controller(config, state, paths or default_paths(), nursery)
+            nursery.start_soon(controller.writer.run)
             await controller.dialins.start(nursery)
             try:
                 yield controller

@@ -1,57 +1,163 @@
-"""Coordination: one task to several units' agents at once, their events as they come.
+"""Coordination: one task, several agents working together, their events as they come.
 
-Each agent gets a session of its own (an agent named twice gets two sessions,
-told apart by its label: `fast`, `fast#2`); every prompt runs in the controller,
-so it is stored and can be followed like any other. Events go to `on_event` in
-the order they arrive: `started` (with the session), `chunk`s, `input` when an
-agent asks something (the prompt waits for an answer from elsewhere: `latis
-attach`), and one `ended` per agent with its outcome. One agent failing never
-stops the others. Cancelling the coordination cancels every prompt it started.
+`coordinate` opens a session per agent (an agent named twice gets two
+sessions, told apart by its label: `fast`, `fast#2`) and hands a `Team` to
+the chosen strategy (`latis.strategies`: `parallel`, `pipeline`, `roundtable`,
+`lead`; see `latis_core._plugins.strategy`). Every prompt runs in the
+controller, so it is stored and can be followed like any other.
+
+Events go to `on_event` in the order they happen: `started` (the agent's
+session), `prompt` (what the agent received, from whom, at which step),
+`chunk`s, `input` when an agent asks something (the prompt waits for an
+answer from elsewhere: `latis attach`), `reply` (one prompt's end), `state`
+(the agent's A2A task state: queued, working, input-required, completed,
+failed, canceled), `note`s, one `ended` per agent, and last `final`. Each
+carries the seconds since the coordination began (`elapsed`).
+
+Faults: an agent whose prompt fails, whose unit disconnects or that runs
+past `agent_timeout` is reported (`ended`, failed) and left out; the others
+go on. `require` (`all`, `any` or a number) says how many agents must end
+well; once that cannot happen any more the rest is cancelled. `timeout`
+bounds the whole coordination. Cancelling the coordination (Ctrl-C in the
+CLI) cancels every prompt it started and waits, bounded, for their ends.
+
+Routing: in strategies whose `routes` is true, a reply line `@label text`
+sends `text` (and the lines after it, up to the next `@label`) to that agent
+as `Message from SENDER: text`; its reply may route on. A chain is cut after
+`max_hops` deliveries (a `note` says so), so two agents cannot loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from latis_core._errors import LatisError, error_code
+from latis_core._cmdr.placement import never_fits, placed, resolve_agents
+from latis_core._cmdr.usage import tag_coordination
+from latis_core._errors import LatisError, StrategyFailed, error_code
+from latis_core._plugins.registry import load_strategy
 
 if TYPE_CHECKING:
     from latis_core._cmdr.controller import Controller
+    from latis_core._plugins.strategy import Strategy
 
-__all__ = ["CoordinationEvent", "agent_labels", "coordinate"]
+__all__ = [
+    "CANCEL_WAIT",
+    "Coordination",
+    "CoordinationEvent",
+    "CoordinationSettings",
+    "addressed",
+    "agent_labels",
+    "check",
+    "coordinate",
+    "new_coordination_id",
+    "parse_require",
+]
+
+#: How long a cancelled coordination waits for its prompts' ends, in seconds.
+CANCEL_WAIT = 5.0
 
 
 @attrs.frozen
 class CoordinationEvent:
-    """Something that happened to one agent of a coordination."""
+    """Something that happened in a coordination (to one agent, or to all)."""
 
-    #: "started", "chunk", "input" or "ended".
+    #: started, prompt, chunk, input, reply, state, note, ended or final.
     type: str
     #: The agent's label (its unit, with `#N` when the unit is named again).
-    agent: str
-    unit: str
+    agent: str = ""
+    unit: str = ""
     session: str | None = None
     text: str = ""
-    #: ("ended") "complete", "cancelled" or "error".
+    #: (reply, ended, final) "complete", "cancelled" or "error".
     outcome: str | None = None
-    #: ("ended" with "error") what failed.
+    #: (reply, ended, final with an error) what failed.
     error: str | None = None
-    #: (chunks) the chunk's kind, None for plain text.
+    #: (chunk) the chunk's kind, None for plain text.
     kind: str | None = None
+    #: The agent's A2A task state after this event.
+    state: str | None = None
+    #: (prompt, reply) the strategy's step: "answer", "round 2", "plan", "route".
+    step: str | None = None
+    #: (prompt) where the text comes from: "task", or the label of the agent
+    #: whose message was routed.
+    source: str | None = None
+    #: (prompt, reply, input) the prompt's id in the controller (`latis attach`).
+    prompt: int | None = None
+    #: Seconds since the coordination began.
+    elapsed: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-ready data (members that are unset are left out)."""
         return {k: v for k, v in attrs.asdict(self).items() if v not in (None, "")}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CoordinationEvent:
+    def from_dict(cls, data: Mapping[str, Any]) -> CoordinationEvent:
         """Read an event written by `to_dict` (unknown members are ignored)."""
         names = {a.name for a in attrs.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@attrs.frozen
+class CoordinationSettings:
+    """How a coordination runs, besides its strategy's own options."""
+
+    #: The strategy's name in `latis.strategies`.
+    strategy: str = "parallel"
+    #: The strategy's options (`merge_with`, `rounds`, `final`, `lead`).
+    options: Mapping[str, str] = attrs.field(factory=dict)
+    #: "all", "any", or how many agents must end well.
+    require: str = "all"
+    #: Seconds for the whole coordination (None: no bound).
+    timeout: float | None = None
+    #: Seconds for each prompt of an agent (None: no bound).
+    agent_timeout: float | None = None
+    #: Routed messages in one chain before it is cut.
+    max_hops: int = 3
+    #: Agents placed by capacity on the units of `source` (`--count N --from POOL`).
+    count: int = 0
+    #: A group, `label:NAME`, or units separated by commas.
+    source: str | None = None
+    #: The placement policy's name in `latis.placement`.
+    placement: str = "capacity"
+
+
+@attrs.frozen
+class Coordination:
+    """How a coordination ended."""
+
+    id: str
+    #: "complete", "error" or "cancelled".
+    outcome: str
+    #: The final answer, when the strategy makes one.
+    final: str | None
+    #: Each agent's `ended` event, in the order named.
+    agents: list[CoordinationEvent]
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (the daemon's `coordinate` result)."""
+        out: dict[str, Any] = {"id": self.id, "outcome": self.outcome,
+                               "agents": [e.to_dict() for e in self.agents]}
+        if self.final is not None:
+            out["final"] = self.final
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Coordination:
+        """Read what `to_dict` wrote."""
+        return cls(str(data.get("id", "")), str(data.get("outcome", "error")),
+                   data.get("final"),
+                   [CoordinationEvent.from_dict(e) for e in data.get("agents", [])],
+                   data.get("error"))
 
 
 def agent_labels(units: Sequence[str]) -> list[str]:
@@ -64,60 +170,402 @@ def agent_labels(units: Sequence[str]) -> list[str]:
     return labels
 
 
-async def coordinate(
-    controller: Controller,
-    task: str,
-    units: Sequence[str],
-    on_event: Callable[[CoordinationEvent], None],
-) -> list[CoordinationEvent]:
-    """Send `task` to each unit's agent in its own session; return each one's `ended` event.
+def parse_require(require: str, agents: int) -> int:
+    """How many of `agents` must end well for `require` (`all`, `any`, or N).
 
     Raises:
-        ValueError: no units were named.
+        ValueError: `require` is none of those, or N is not between 1 and `agents`.
     """
-    if not units:
-        raise ValueError("coordinate needs at least one unit")
-    labels = agent_labels(units)
-    ended: dict[str, CoordinationEvent] = {}
-    running: dict[str, int] = {}
+    if require == "all":
+        return agents
+    if require == "any":
+        return 1
+    try:
+        needed = int(require)
+    except ValueError:
+        raise ValueError(f"require must be all, any or a number, not {require!r}") from None
+    if not 1 <= needed <= agents:
+        raise ValueError(f"require {needed}: there are {agents} agents")
+    return needed
 
-    async def one(label: str, unit: str) -> None:
-        session: str | None = None
-        outcome, error = "error", None
+
+_ADDRESS = re.compile(r"^\s*@(\S+?)[:,]?(?:\s+|$)(.*)$")
+
+
+def addressed(reply: str, labels: Sequence[str], sender: str) -> list[tuple[str, str]]:
+    """The messages of `reply` addressed to other agents: (label, text), in order.
+
+    A line `@label text` starts a message; the lines after it belong to it,
+    up to the next such line. Unknown labels and the sender itself are not
+    addresses (the line stays part of whatever came before).
+    """
+    out: list[tuple[str, list[str]]] = []
+    for line in reply.splitlines():
+        match = _ADDRESS.match(line)
+        if match and match.group(1) in labels and match.group(1) != sender:
+            out.append((match.group(1), [match.group(2)]))
+        elif out:
+            out[-1][1].append(line)
+    return [(label, "\n".join(lines).strip()) for label, lines in out]
+
+
+@attrs.define(eq=False)
+class _Agent:
+    label: str
+    unit: str
+    session: str | None = None
+    lock: trio.Lock = attrs.Factory(trio.Lock)
+    #: Why it failed, once it has.
+    failed: str | None = None
+    outcome: str = "complete"
+    state: str = "queued"
+
+
+class _Team:
+    """The `Team` a strategy drives (see `latis_core._plugins.strategy.Team`)."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        task: str,
+        units: Sequence[str],
+        settings: CoordinationSettings,
+        routes: bool,
+        emit: Callable[[CoordinationEvent], None],
+        id: str = "",
+    ) -> None:
+        self.controller = controller
+        #: The coordination's id (its sessions are tagged with it, for usage).
+        self.id = id
+        self.task = task
+        self.labels: Sequence[str] = agent_labels(units)
+        self.agents = {label: _Agent(label, unit)
+                       for label, unit in zip(self.labels, units, strict=True)}
+        self.settings = settings
+        self.routes = routes
+        self.needed = parse_require(settings.require, len(units))
+        self._emit = emit
+        self.running: dict[int, _Agent] = {}
+        #: Cancelled once `require` cannot be met any more.
+        self.doomed = trio.CancelScope()
+        self.started = trio.current_time()
+
+    def event(self, type: str, agent: _Agent | None = None, **fields: Any) -> None:
+        if agent is not None:
+            fields = {"agent": agent.label, "unit": agent.unit, "session": agent.session,
+                      "state": agent.state} | fields
+        elapsed = round(trio.current_time() - self.started, 3)
+        self._emit(CoordinationEvent(type, elapsed=elapsed, **fields))
+
+    def set_state(self, agent: _Agent, state: str) -> None:
+        if agent.state != state:
+            agent.state = state
+            self.event("state", agent)
+
+    def alive(self) -> list[str]:
+        return [label for label in self.labels if self.agents[label].failed is None]
+
+    def note(self, text: str) -> None:
+        self.event("note", text=text)
+
+    def fail(self, agent: _Agent, error: str, outcome: str = "error") -> None:
+        if agent.failed is not None:
+            return
+        agent.failed, agent.outcome = error, outcome
+        agent.state = "canceled" if outcome == "cancelled" else "failed"
+        self.event("ended", agent, outcome=outcome, error=error)
+        if len(self.alive()) < self.needed:
+            self.doomed.cancel()
+
+    def queued(self, reason: str) -> None:
+        """Placement waits: say why, for every agent."""
+        self.note(reason)
+        for agent in self.agents.values():
+            self.event("state", agent, text=reason)
+
+    async def close(self) -> None:
+        """Close every session this coordination opened (frees the units' room)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_WAIT):
+            async with trio.open_nursery() as nursery:
+                for agent in self.agents.values():
+                    if agent.session is not None:
+                        nursery.start_soon(self._close, agent.session)
+
+    async def _close(self, session: str) -> None:
         try:
-            created = await controller.create_session(unit)
-            session = str(created["session"])
-            on_event(CoordinationEvent("started", label, unit, session))
-            record = await controller.start_prompt(session, task)
-            running[label] = record.id
+            await self.controller.destroy_session(session)
+        except (LatisError, LookupError, OSError):
+            pass  # a unit that went away took its sessions with it
+
+    async def open(self, agent: _Agent) -> None:
+        try:
+            created = await self.controller.create_session(agent.unit)
+        except (LatisError, LookupError, OSError) as exc:
+            self.fail(agent, error_code(exc)[1])
+            return
+        agent.session = str(created["session"])
+        # Tagged with the coordination's id, for `latis usage --by coordination`.
+        await self.controller.db(tag_coordination, self.controller.state, agent.session,
+                                 self.id)
+        self.event("started", agent)
+
+    async def ask(self, label: str, text: str, *, step: str = "") -> str | None:
+        return await self._ask(label, text, step, "task", 0)
+
+    async def ask_each(self, prompts: Mapping[str, str], *, step: str = "") -> dict[str, str]:
+        replies: dict[str, str] = {}
+
+        async def one(label: str, text: str) -> None:
+            reply = await self.ask(label, text, step=step)
+            if reply is not None:
+                replies[label] = reply
+
+        async with trio.open_nursery() as nursery:
+            for label, text in prompts.items():
+                nursery.start_soon(one, label, text)
+        return {label: replies[label] for label in prompts if label in replies}
+
+    async def _ask(self, label: str, text: str, step: str, source: str, hops: int) -> str | None:
+        agent = self.agents[label]
+        async with agent.lock:  # one prompt at a time per session
+            if agent.failed is not None or agent.session is None:
+                return None
+            reply = await self._prompt(agent, text, step, source)
+        if reply is not None and self.routes:
+            await self._route(label, reply, hops)
+        return reply
+
+    async def _route(self, sender: str, reply: str, hops: int) -> None:
+        for target, message in addressed(reply, self.labels, sender):
+            if hops >= self.settings.max_hops:
+                self.note(f"hop bound reached ({self.settings.max_hops}): "
+                          f"{sender}'s message to @{target} was not delivered")
+                continue
+            await self._ask(target, f"Message from {sender}: {message}", "route", sender,
+                            hops + 1)
+
+    async def _prompt(self, agent: _Agent, text: str, step: str, source: str) -> str | None:
+        assert agent.session is not None
+        controller = self.controller
+        try:
+            record = await controller.start_prompt(agent.session, text)
+        except (LatisError, LookupError, OSError) as exc:
+            self.fail(agent, error_code(exc)[1])
+            return None
+        self.running[record.id] = agent
+        agent.state = "working"
+        self.event("prompt", agent, text=text, step=step, source=source, prompt=record.id)
+        parts: list[str] = []
+        outcome, error = "error", None
+        limit = self.settings.agent_timeout
+        client = controller.units[agent.unit].client
+
+        async def pump(scope: trio.CancelScope) -> None:
+            nonlocal outcome, error
             async for kind, payload in controller.follow(record.id):
                 if kind == "chunk":
-                    on_event(CoordinationEvent("chunk", label, unit, session, payload.text,
-                                               kind=payload.kind))
+                    self.set_state(agent, "working")
+                    if payload.kind is None:
+                        parts.append(payload.text)
+                    self.event("chunk", agent, text=payload.text, kind=payload.kind,
+                               prompt=record.id)
                 elif kind == "input":
-                    on_event(CoordinationEvent("input", label, unit, session, payload.question))
+                    agent.state = "input-required"
+                    self.event("input", agent, text=payload.question, prompt=record.id)
                 else:
                     outcome = {"complete": "complete", "cancelled": "cancelled"}.get(
                         payload.get("outcome"), "error")
                     if outcome == "error":
                         error = f"{payload.get('code')}: {payload.get('message')}"
+            scope.cancel()
+
+        async def watch(scope: trio.CancelScope) -> None:
+            # The controller would wait for the unit to come back and resume
+            # the prompt; a coordination reports the agent instead.
+            nonlocal error
+            if client is not None:
+                await client.peer.wait_closed()
+                error = f"unit {agent.unit} disconnected"
+                scope.cancel()
+                await controller.cancel(record.id)
+
+        try:
+            with trio.move_on_after(math.inf if limit is None else limit) as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pump, nursery.cancel_scope)
+                    nursery.start_soon(watch, nursery.cancel_scope)
+            if scope.cancelled_caught:
+                await self._stop(record.id)
+                outcome, error = "error", f"timed out after {limit:g} s"
         except (LatisError, LookupError, OSError) as exc:
-            # One agent failing (unknown unit, unreachable, the agent's error)
-            # must not stop the others.
-            error = error_code(exc)[1]
-        finally:
-            running.pop(label, None)
-        event = CoordinationEvent("ended", label, unit, session, outcome=outcome, error=error)
-        ended[label] = event
+            outcome, error = "error", error_code(exc)[1]
+        # Only now: a prompt cancelled with the coordination stays listed for `stop_all`.
+        self.running.pop(record.id, None)
+        reply = "".join(parts)
+        self.event("reply", agent, text=reply, step=step, outcome=outcome, error=error,
+                   prompt=record.id)
+        if outcome != "complete":
+            self.fail(agent, error or "cancelled", outcome)
+            return None
+        agent.state = "queued"  # until its next prompt
+        return reply
+
+    async def _stop(self, prompt_id: int) -> None:
+        """Cancel one prompt and wait, bounded, for its end."""
+        await self.controller.cancel(prompt_id)
+        with trio.move_on_after(CANCEL_WAIT):
+            async for _ in self.controller.follow(prompt_id):
+                pass
+
+    async def stop_all(self) -> None:
+        """Cancel every prompt still running (on every unit) and wait, bounded, for their ends."""
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for prompt_id in list(self.running):
+                    nursery.start_soon(self._stop, prompt_id)
+
+
+def new_coordination_id() -> str:
+    """A fresh coordination id (`co-` and 8 hex digits)."""
+    return "co-" + secrets.token_hex(4)
+
+
+def check(
+    controller: Controller, units: Sequence[str], settings: CoordinationSettings
+) -> tuple[Any, list[str], list[tuple[str, ...]]]:
+    """Check a coordination before it starts: its strategy class, the agents'
+    names and each one's slot (see `latis_core._cmdr.placement.resolve_agents`).
+
+    Raises:
+        ValueError: no agents, an unknown strategy or group, a bad option or `require`.
+    """
+    try:
+        strategy_class = load_strategy(settings.strategy)
+    except LookupError as exc:
+        raise ValueError(str(exc.args[0])) from None
+    strategy_class(settings.options)  # refuses options it does not take
+    names, slots = resolve_agents(controller.config, units, settings.count, settings.source)
+    parse_require(settings.require, len(names))
+    never = never_fits(controller.config, slots)
+    if never is not None:
+        raise ValueError(never)
+    return strategy_class, names, slots
+
+
+async def coordinate(
+    controller: Controller,
+    task: str,
+    units: Sequence[str],
+    on_event: Callable[[CoordinationEvent], None] = lambda event: None,
+    settings: CoordinationSettings | None = None,
+    coordination_id: str | None = None,
+) -> Coordination:
+    """Run `task` over the units' agents with `settings.strategy`; see the module docstring.
+
+    Raises:
+        ValueError: no agents, an unknown strategy, a bad option or `require` (`check`).
+    """
+    settings = settings or CoordinationSettings()
+    strategy_class, names, slots = check(controller, units, settings)
+    strategy: Strategy = strategy_class(settings.options)
+    units = names
+    coordination_id = coordination_id or new_coordination_id()
+    record = _Record(controller, coordination_id)
+
+    def emit(event: CoordinationEvent) -> None:
+        record.event(event)
         on_event(event)
 
-    try:
-        async with trio.open_nursery() as nursery:
-            for label, unit in zip(labels, units, strict=True):
-                nursery.start_soon(one, label, unit)
-    finally:
-        # Cancelled (the caller went away, or Ctrl-C): stop what still runs.
-        with trio.CancelScope(shield=True):
-            for prompt_id in list(running.values()):
-                await controller.cancel(prompt_id)
-    return [ended[label] for label in labels]
+    team = _Team(controller, task, units, settings, bool(strategy_class.routes), emit,
+                 coordination_id)
+    outcome, error, final = "complete", None, None
+    limit = settings.timeout
+    await controller.db(controller.state.add_coordination, coordination_id, task,
+                        settings.strategy, _settings_dict(settings), list(units))
+    async with trio.open_nursery() as keeper:
+        keeper.start_soon(record.keep)
+        try:
+            with trio.move_on_after(math.inf if limit is None else limit) as whole:
+                with team.doomed:
+                    async with placed(controller, slots, settings.placement,
+                                      team.queued) as chosen:
+                        async with trio.open_nursery() as nursery:
+                            for agent, unit in zip(team.agents.values(), chosen, strict=True):
+                                agent.unit = unit
+                                nursery.start_soon(team.open, agent)
+                    final = await strategy.run(team)
+            if whole.cancelled_caught:
+                outcome, error = "error", f"timed out after {limit:g} s"
+        except StrategyFailed as exc:
+            outcome, error = "error", str(exc)
+        except BaseException:
+            outcome, error = "cancelled", "cancelled"
+            raise
+        finally:
+            await team.stop_all()
+            await team.close()
+            for agent in team.agents.values():
+                if agent.failed is None:
+                    if outcome == "complete":
+                        agent.state = "completed"
+                        team.event("ended", agent, outcome="complete")
+                    else:
+                        team.fail(agent, error or "cancelled", "cancelled")
+            good = len(team.alive())
+            if outcome == "complete" and good < team.needed:
+                outcome = "error"
+                error = (f"{len(units) - good} of {len(units)} agents failed "
+                         f"(require {settings.require})")
+            if outcome != "complete":
+                final = None
+            team.event("final", text=final or "", outcome=outcome, error=error)
+            result = Coordination(
+                coordination_id, outcome, final,
+                [_ended(agent) for agent in team.agents.values()], error)
+            with trio.CancelScope(shield=True):
+                await record.finish(result)
+            keeper.cancel_scope.cancel()
+    return result
+
+
+def _settings_dict(settings: CoordinationSettings) -> dict[str, Any]:
+    return {k: v for k, v in attrs.asdict(settings).items() if k != "strategy"}
+
+
+class _Record:
+    """Stores a coordination's events (all but chunks) as they come, in batches."""
+
+    def __init__(self, controller: Controller, id: str) -> None:
+        self.controller = controller
+        self.id = id
+        self.pending: list[dict[str, Any]] = []
+        self.stored = 0
+        self.lock = trio.Lock()
+
+    def event(self, event: CoordinationEvent) -> None:
+        if event.type != "chunk":  # chunks are in the prompts' own transcripts
+            self.pending.append(event.to_dict())
+
+    async def flush(self) -> None:
+        async with self.lock:
+            batch, self.pending = self.pending, []
+            if batch:
+                await self.controller.db(
+                    self.controller.state.add_coordination_events, self.id, self.stored, batch)
+                self.stored += len(batch)
+
+    async def keep(self) -> None:
+        while True:
+            await trio.sleep(0.2)
+            await self.flush()
+
+    async def finish(self, result: Coordination) -> None:
+        await self.flush()
+        await self.controller.db(self.controller.state.end_coordination, self.id,
+                                 result.outcome, result.final, result.error)
+
+
+def _ended(agent: _Agent) -> CoordinationEvent:
+    return CoordinationEvent(
+        "ended", agent.label, agent.unit, agent.session, outcome=agent.outcome,
+        error=agent.failed, state=agent.state)

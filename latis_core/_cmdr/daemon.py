@@ -28,16 +28,24 @@ import os
 import signal
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from latis_core._cmdr.api import Method, check_params
-from latis_core._cmdr.config import Config, load_config
+from latis_core._cmdr.config import Config, default_config, load_config
 from latis_core._cmdr.controller import Controller, open_controller
-from latis_core._cmdr.coordinate import CoordinationEvent
+from latis_core._cmdr.coordinate import (
+    CoordinationEvent,
+    CoordinationSettings,
+    check,
+    new_coordination_id,
+)
+from latis_core._cmdr.inbox import parse_item_id
 from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
 from latis_core._errors import DaemonRunning, ErrorCode, LatisError, RequestError, error_code
 from latis_core._io.link import HIGH_WATER, Link
@@ -90,6 +98,24 @@ def peer_uid(stream: trio.abc.Stream) -> int | None:
     return int(uid)
 
 
+@attrs.define(eq=False)
+class _Running:
+    """A coordination running in the daemon: its events so far, for followers."""
+
+    events: list[dict[str, Any]] = attrs.Factory(list)
+    result: dict[str, Any] | None = None
+    changed: trio.Event = attrs.Factory(trio.Event)
+
+    def add(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def finish(self, result: dict[str, Any]) -> None:
+        self.result = result
+        self.changed.set()
+
+
 class Daemon:
     """The daemon's shared part: the controller, and who follows which state."""
 
@@ -98,27 +124,86 @@ class Daemon:
         self.paths = paths
         self.stop = stop
         self.session_states: dict[str, str] = {}
+        #: How many sessions are in each state: `overall` without a scan.
+        self.counts: dict[str, int] = {}
         self.subscribers: set[_Client] = set()
+        #: The config file's (mtime, size) when it was last read: a change means reload.
+        self.config_stamp = _stamp(controller.config.source)
+        self._config_lock = trio.Lock()
         controller.add_state_listener(self._on_state)
+        #: Coordinations running in this daemon, by id (for `coordination.follow`).
+        self.coordinations: dict[str, _Running] = {}
+        #: Where detached coordinations run (set once the daemon serves).
+        self.nursery: trio.Nursery | None = None
+
+    async def refresh_config(self, force: bool = False) -> dict[str, Any]:
+        """Read the config file again if it changed since it was read (or if `force`).
+
+        Cheap when nothing changed: one `stat`. Returns what changed (`added`,
+        `removed` unit names; empty when nothing was read).
+
+        Raises:
+            ConfigError: the file no longer reads (the old config stays served).
+        """
+        async with self._config_lock:
+            source = self.controller.config.source
+            stamp = _stamp(source)
+            if not force and stamp == self.config_stamp:
+                return {}
+            # Parsing is O(units) but not free: off the event loop, so prompts keep flowing.
+            config = (await trio.to_thread.run_sync(load_config, source)
+                      if source is not None else default_config())
+            self.config_stamp = stamp
+            log.info("config %s read again", source or "(built-in)")
+            return await self.controller.reload(config)
+
+    async def use_config(self, path: str | None) -> dict[str, Any]:
+        """Serve `path` (a client's resolved config file; None: the built-in default).
+
+        A daemon that serves the built-in default takes the file a client names
+        (`latis init` or `unit add` wrote one since); one that serves a file
+        keeps it, and says which (`match` false): one config at a time.
+        """
+        served = self.controller.config.source
+        wanted = _absolute(path)
+        if wanted is not None and served is None:
+            async with self._config_lock:
+                config = await trio.to_thread.run_sync(load_config, wanted)
+                self.config_stamp = _stamp(wanted)
+                changed = await self.controller.reload(config)
+            log.info("serving config %s (named by a client)", wanted)
+            return {"config": str(wanted), "match": True, **changed}
+        if wanted != _absolute(served):
+            return {"config": str(served) if served else None, "match": False}
+        changed = await self.refresh_config()
+        return {"config": str(served) if served else None, "match": True, **changed}
 
     async def load_states(self) -> None:
         ctl = self.controller
         for row in await ctl.read(ctl.reads.list_sessions):
-            self.session_states[row.id] = row.state
+            self.set_state(row.id, row.state)
+
+    def set_state(self, sid: str, state: str) -> None:
+        """Record session `sid`'s state ("closed" forgets it); O(1) whatever the sessions."""
+        old = self.session_states.pop(sid, None)
+        if old is not None:
+            self.counts[old] -= 1
+        if state != "closed":
+            self.session_states[sid] = state
+            self.counts[state] = self.counts.get(state, 0) + 1
 
     @property
     def overall(self) -> str:
-        states = set(self.session_states.values())
+        counts = self.counts
         for state in ("waiting", "busy"):
-            if state in states:
+            if counts.get(state):
                 return state
         return "idle"
 
     def _on_state(self, sid: str, state: str) -> None:
-        if state == "closed":
-            self.session_states.pop(sid, None)
-        else:
-            self.session_states[sid] = state
+        self.set_state(sid, state)
+        if not self.subscribers:
+            return
         overall = self.overall
         for client in list(self.subscribers):
             for rid, only in client.subs.items():
@@ -132,10 +217,16 @@ class Daemon:
             log.warning("refused a connection from uid %d", uid)
             await stream.aclose()
             return
+        daemon = self.controller.config.daemon
         await serve_stream(
             stream,
             lambda link, conn, nursery: _Client(self, link, conn, nursery),
             max_frame=DEFAULT_MAX_FRAME,
+            # An idle or silent client gets no more than a listener's stranger.
+            handshake_timeout=daemon.handshake_timeout,
+            keepalive=daemon.heartbeat or None,
+            keepalive_timeout=daemon.heartbeat_timeout,
+            label="a CLI client",
         )
 
 
@@ -187,7 +278,7 @@ class _Client(ServerConnection):
                         await link.wait_drained()
                 elif kind == "input":
                     self.send(InputRequest(rid, payload.input, payload.question,
-                                           payload.options, payload.kind))
+                                           payload.options, payload.kind, payload.data))
                 else:
                     self.send(_final(rid, payload))
                     return
@@ -232,9 +323,10 @@ def _on_session_create(c: _Client, msg: SessionCreate) -> None:
     unit = options.pop("unit", "local")
 
     async def work() -> None:
+        await c.daemon.refresh_config()
         with trio.CancelScope(shield=True):
             data = await c.ctl.create_session(str(unit), options)
-        c.daemon.session_states[data["session"]] = "idle"
+        c.daemon.set_state(data["session"], "idle")
         c.send(Ack(msg.id, data))
 
     c.spawn(msg.id, work)
@@ -304,7 +396,7 @@ def _on_input_reply(c: _Client, msg: InputReply) -> None:
 
     async def answer() -> None:
         with contextlib.suppress(LatisError):
-            await c.ctl.answer(prompt_id, msg.input, msg.text)
+            await c.ctl.answer(prompt_id, msg.input, msg.text, "prompt")
 
     c.nursery.start_soon(answer)
 
@@ -345,6 +437,8 @@ def _on_call(c: _Client, msg: Call) -> None:
         return
 
     async def work() -> None:
+        if name not in _OWN_CONFIG:
+            await c.daemon.refresh_config()
         with trio.CancelScope() as scope:
             c.calls[msg.id] = scope
             try:
@@ -408,6 +502,14 @@ async def _status(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[st
         },
         "units": await ctl.status(),
         "listeners": ctl.dialins.status(),
+        # Where notifications go (URLs redacted: they hold secrets).
+        "notify": {
+            "global": ctl.config.notify.describe(),
+            "units": {name: rt.config.notify.describe()
+                      for name, rt in ctl.units.items() if rt.config.notify is not None},
+        },
+        "policy": [{k: v for k, v in attrs.asdict(rule).items() if v is not None}
+                   for rule in ctl.config.policy],
     }
 
 
@@ -445,18 +547,62 @@ async def _unit_destroy(c: _Client, rid: RequestId, params: dict[str, Any]) -> d
 
 async def _unit_enroll(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     name = _param(params, "unit")
-    address = params.get("address")
     try:
-        return await c.ctl.dialins.enroll(name, address)
+        return await c.ctl.dialins.enroll(
+            name, params.get("address"), ttl=params.get("ttl"), approval=params.get("approve")
+        )
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
+
+
+async def _unit_rotate(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    name = _param(params, "unit")
+    try:
+        return await c.ctl.dialins.enroll(
+            name, params.get("address"), ttl=params.get("ttl"), rotate=True
+        )
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
+
+
+async def _unit_revoke(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    return await c.ctl.dialins.revoke(_param(params, "unit"))
+
+
+async def _unit_pending(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    return {"pending": await c.ctl.dialins.pending()}
+
+
+async def _unit_accept(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return await c.ctl.dialins.accept(_param(params, "unit"))
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
+
+
+async def _unit_reject(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return await c.ctl.dialins.reject(_param(params, "unit"))
     except ValueError as exc:
         raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
 
 
 async def _config_reload(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     source = c.ctl.config.source
-    config = load_config(source) if source is not None else load_config()
-    added = await c.ctl.reload(config)
-    return {"units": sorted(c.ctl.units), "added": added}
+    changed = await c.daemon.refresh_config(force=True)
+    return {"config": str(source) if source else None, "units": sorted(c.ctl.units)} | changed
+
+
+async def _config_use(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    path = params.get("path")
+    return await c.daemon.use_config(path if isinstance(path, str) else None)
+
+
+async def _unit_remove(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    name = _param(params, "unit")
+    with trio.CancelScope(shield=True):
+        await c.ctl.remove(name)
+    return {"unit": name, "removed": True}
 
 
 async def _agents(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
@@ -470,6 +616,19 @@ async def _agents(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[st
         units.append(entry)
     await trio.lowlevel.checkpoint()
     return {"units": units}
+
+
+async def _session_prune(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    idle = params.get("idle")
+    if idle is None:
+        idle = c.ctl.config.daemon.session_idle_timeout
+    if not isinstance(idle, (int, float)) or idle < 0:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, "params.idle: expected seconds >= 0")
+    closed = []
+    for sid in idle_sessions(c.daemon, float(idle)):
+        await c.ctl.destroy_session(sid)
+        closed.append(sid)
+    return {"closed": closed, "idle": idle}
 
 
 async def _session_get(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
@@ -508,24 +667,115 @@ async def _unit_connect(c: _Client, rid: RequestId, params: dict[str, Any]) -> d
 
 async def _coordinate(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     seq = 0
+    detach = bool(params.get("detach"))
 
     def send(event: CoordinationEvent) -> None:
         nonlocal seq
-        c.send(ResponseChunk(rid, seq, "", "event", event.to_dict()))
-        seq += 1
+        data = event.to_dict()
+        running.add(data)
+        if not detach:
+            c.send(ResponseChunk(rid, seq, "", "event", data))
+            seq += 1
 
-    agents = [str(a) for a in params["agents"]]
+    agents = [str(a) for a in params.get("agents") or []]
+    options = {str(k): str(v) for k, v in (params.get("options") or {}).items()}
+    settings = CoordinationSettings(
+        strategy=str(params.get("strategy") or "parallel"), options=options,
+        require=str(params.get("require") or "all"), timeout=params.get("timeout"),
+        agent_timeout=params.get("agent_timeout"), max_hops=int(params.get("max_hops") or 3),
+        count=int(params.get("count") or 0), source=params.get("source"),
+        placement=str(params.get("placement") or "capacity"))
+    task = _param(params, "task")
     try:
-        ended = await c.ctl.coordinate(_param(params, "task"), agents, send)
+        check(c.ctl, agents, settings)
     except ValueError as exc:
         raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
-    return {"agents": [e.to_dict() for e in ended]}
+    cid = new_coordination_id()
+    running = c.daemon.coordinations[cid] = _Running()
+
+    async def run() -> dict[str, Any]:
+        try:
+            result = (await c.ctl.coordinate(task, agents, send, settings, cid)).to_dict()
+        except ValueError as exc:
+            result = {"id": cid, "outcome": "error", "error": str(exc), "agents": []}
+        finally:
+            c.daemon.coordinations.pop(cid, None)
+        running.finish(result)
+        return result
+
+    if detach and c.daemon.nursery is not None:
+        c.daemon.nursery.start_soon(run)
+        return {"id": cid, "outcome": "running", "agents": []}
+    return await run()
+
+
+async def _coordination_follow(
+    c: _Client, rid: RequestId, params: dict[str, Any]
+) -> dict[str, Any]:
+    cid = _param(params, "id")
+    running = c.daemon.coordinations.get(cid)
+    if running is None:  # ended (or from before this daemon): what was stored
+        row = await c.ctl.read(c.ctl.reads.get_coordination, cid)
+        if row is None:
+            raise RequestError(ErrorCode.UNKNOWN_REQUEST.value, f"no coordination {cid!r}")
+        for seq, event in enumerate(row.events):
+            c.send(ResponseChunk(rid, seq, "", "event", event))
+        return {"id": cid, "outcome": row.state, "final": row.final, "error": row.error,
+                "agents": [e for e in row.events if e.get("type") == "ended"]}
+    seq = 0
+    while True:
+        while seq < len(running.events):
+            c.send(ResponseChunk(rid, seq, "", "event", running.events[seq]))
+            seq += 1
+        if running.result is not None:
+            return running.result
+        await running.changed.wait()
+
+
+async def _coordination_list(
+    c: _Client, rid: RequestId, params: dict[str, Any]
+) -> dict[str, Any]:
+    rows = await c.ctl.read(c.ctl.reads.list_coordinations, int(params.get("limit") or 50))
+    return {"coordinations": [row.to_dict() for row in rows]}
+
+
+async def _coordination_get(
+    c: _Client, rid: RequestId, params: dict[str, Any]
+) -> dict[str, Any]:
+    cid = _param(params, "id")
+    row = await c.ctl.read(c.ctl.reads.get_coordination, cid)
+    if row is None:
+        raise RequestError(ErrorCode.UNKNOWN_REQUEST.value, f"no coordination {cid!r}")
+    return row.to_dict()
 
 
 async def _daemon_stop(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     c.daemon.stop.set()
     await trio.lowlevel.checkpoint()
     return {"stopping": True, "pid": os.getpid()}
+
+
+async def _inbox_list(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    return {"items": await c.ctl.inbox_list(bool(params.get("all")))}
+
+
+async def _inbox_answer(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    item = _param(params, "id")
+    try:
+        prompt, number = parse_item_id(item)
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
+    by = str(params.get("by") or "inbox")
+    with trio.CancelScope(shield=True):
+        await c.ctl.answer(prompt, number, _param(params, "answer"), by)
+    return {"id": item, "state": "answered", "answered_by": by}
+
+
+async def _usage(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return await c.ctl.usage(str(params.get("by") or "session"))
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
 
 
 #: The method table: one handler per method of `latis_core._cmdr.api` (a test checks).
@@ -535,13 +785,47 @@ _METHODS: dict[Method, Handler] = {
     Method.UNIT_DOWN: _unit_down,
     Method.UNIT_DESTROY: _unit_destroy,
     Method.UNIT_ENROLL: _unit_enroll,
+    Method.UNIT_ROTATE: _unit_rotate,
+    Method.UNIT_REVOKE: _unit_revoke,
+    Method.UNIT_PENDING: _unit_pending,
+    Method.UNIT_ACCEPT: _unit_accept,
+    Method.UNIT_REJECT: _unit_reject,
     Method.UNIT_CONNECT: _unit_connect,
     Method.CONFIG_RELOAD: _config_reload,
+    Method.CONFIG_USE: _config_use,
+    Method.UNIT_REMOVE: _unit_remove,
     Method.AGENTS_LIST: _agents,
     Method.SESSION_GET: _session_get,
+    Method.SESSION_PRUNE: _session_prune,
     Method.COORDINATE: _coordinate,
+    Method.COORDINATION_LIST: _coordination_list,
+    Method.COORDINATION_GET: _coordination_get,
+    Method.COORDINATION_FOLLOW: _coordination_follow,
     Method.DAEMON_STOP: _daemon_stop,
+    Method.INBOX_LIST: _inbox_list,
+    Method.INBOX_ANSWER: _inbox_answer,
+    Method.USAGE: _usage,
 }
+
+
+#: Methods that read the config themselves (or need none): no refresh before them.
+_OWN_CONFIG = {Method.CONFIG_RELOAD, Method.CONFIG_USE, Method.DAEMON_STOP}
+
+
+def _absolute(path: str | Path | None) -> Path | None:
+    """`path` made absolute, without touching the disk (None stays None)."""
+    return Path(os.path.abspath(path)) if path else None
+
+
+def _stamp(source: Path | None) -> tuple[int, int] | None:
+    """The config file's (mtime, size), or None (no file, or it is gone)."""
+    if source is None:
+        return None
+    try:
+        found = os.stat(source)
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size
 
 
 # ---- running the daemon ------------------------------------------------------------------------
@@ -590,9 +874,11 @@ async def serve_daemon(
                          os.getpid())
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async with trio.open_nursery() as nursery:
+                        daemon.nursery = nursery
                         nursery.start_soon(trio.serve_listeners, daemon.serve, [listener])
                         nursery.start_soon(ctl.reconnect_known)
                         nursery.start_soon(_stop_on_signal, signals, stop)
+                        nursery.start_soon(_close_idle_sessions, daemon)
                         task_status.started(daemon)
                         await stop.wait()
                         log.info("stopping")
@@ -601,6 +887,41 @@ async def serve_daemon(
             state.close()
     finally:
         lock.close()
+
+
+def idle_sessions(daemon: Daemon, idle: float) -> list[str]:
+    """The open sessions with no prompt running, and none ended for `idle` seconds."""
+    state = daemon.controller.reads
+    now = time.time()
+    found = []
+    for session in state.list_sessions(None):
+        if daemon.session_states.get(session.id, "idle") != "idle":
+            continue
+        last = state.last_prompt(session.id)
+        if last is not None and last.ended_at is None:
+            continue  # a prompt runs (or was cut off and may be resumed)
+        since = max(session.created_at, last.ended_at or 0.0) if last else session.created_at
+        if now - since >= idle:
+            found.append(session.id)
+    return found
+
+
+async def _close_idle_sessions(daemon: Daemon) -> None:
+    """Close sessions idle past `[daemon] session_idle_timeout` (re-read on each round)."""
+    ctl = daemon.controller
+    while True:
+        idle = ctl.config.daemon.session_idle_timeout
+        await trio.sleep(min(60.0, idle / 4) if idle > 0 else 60.0)
+        if idle <= 0:
+            continue
+        await trio.lowlevel.checkpoint()
+        for sid in idle_sessions(daemon, idle):
+            try:
+                with trio.fail_after(30):
+                    await ctl.destroy_session(sid)
+                log.info("closed session %s: idle for %g s", sid, idle)
+            except (LatisError, trio.TooSlowError) as exc:
+                log.warning("could not close idle session %s: %s", sid, exc)
 
 
 async def _stop_on_signal(signals: Any, stop: trio.Event) -> None:

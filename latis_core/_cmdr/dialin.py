@@ -24,17 +24,35 @@ import functools
 import logging
 import shlex
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from latis_core._errors import ConnectError, ErrorCode
-from latis_core._io.accept import Gate, ListenerStats, bound_port, serve_listener
+from latis_core._errors import (
+    ConnectError,
+    ConnectionClosed,
+    ErrorCode,
+    LatisError,
+    RemoteProtocolError,
+    RequestError,
+)
+from latis_core._io.accept import (
+    BURST_PER_HOST,
+    RATE_PER_HOST,
+    Gate,
+    ListenerStats,
+    RefusalLog,
+    bound_port,
+    serve_listener,
+)
 from latis_core._io.client import UnitClient
 from latis_core._io.peer import open_peer
 from latis_core._wire.auth import METHOD, new_challenge, verify
+from latis_core._wire.codec import encode
+from latis_core._wire.frames import encode_frame
 from latis_core._wire.messages import Error, Hello, Role
 
 if TYPE_CHECKING:
@@ -47,19 +65,24 @@ log = logging.getLogger("latis.cmdr.listen")
 #: Seconds an already connected unit gets to answer a ping before a
 #: newcomer with its enrollment replaces it (a connection that died silently).
 LIVENESS_TIMEOUT = 2.0
-#: Keep-alive on dialed-in connections: NAT boxes drop silent ones.
-KEEPALIVE = 15.0
 #: Address schemes, by transport, for enrollment lines.
 _SCHEMES = {"tcp": "tcp", "websocket": "ws", "quic": "quic", "unix": "unix"}
 
 
 class Refused(Exception):
-    """A unit that dialed in is not let in: `reason` (counted) and what it is told."""
+    """A unit that dialed in is not let in: `reason` (counted) and what it is told.
 
-    def __init__(self, reason: str, message: str) -> None:
+    `code` is `unauthorized` (the unit stops dialing) unless the unit should
+    dial again later (`limit_reached`: it waits for a person's approval).
+    """
+
+    def __init__(
+        self, reason: str, message: str, code: ErrorCode = ErrorCode.UNAUTHORIZED
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.code = code
 
 
 @attrs.define(eq=False)
@@ -76,6 +99,8 @@ class ListenerRuntime:
     #: cmdr's CA fingerprint, when the listener speaks TLS.
     fingerprint: str | None = None
     listening: trio.Event = attrs.field(factory=trio.Event)
+    #: Refused and dropped connections, summarised in the log once per interval.
+    refusals: RefusalLog | None = None
 
     def describe(self) -> str:
         options = self.options
@@ -139,21 +164,32 @@ class DialIns:
                     log.warning("%s has no TLS: anyone on the way can read the prompts and "
                                 "pose as cmdr to its units (set tls = true)", label)
                 log.info("%s: listening", label)
+                lr.refusals = RefusalLog(label)
                 task_status.started()
                 await serve_listener(
                     accepting,
                     functools.partial(self._dialed_in, lr),
-                    gate=Gate(
-                        getattr(options, "max_pending", 64),
-                        getattr(options, "max_pending_per_host", 16),
-                    ),
+                    gate=self._gate(options),
                     stats=lr.stats,
                     label=label,
+                    refuse=_tell_busy,
+                    refusals=lr.refusals,
                 )
         except (OSError, ValueError, ImportError) as exc:
             lr.error = str(exc)
             log.error("%s cannot listen: %s", label, exc)
             task_status.started()
+
+    def _gate(self, options: Any) -> Gate:
+        # A unit waits for a slot at most half its handshake time (its dialer
+        # gives connect and TLS 10 s): past that it is told when to come back.
+        return Gate(
+            getattr(options, "max_pending", 128),
+            getattr(options, "max_pending_per_host", 64),
+            getattr(options, "rate_per_host", RATE_PER_HOST),
+            getattr(options, "burst_per_host", BURST_PER_HOST),
+            max_wait=min(5.0, self.ctl.config.daemon.handshake_timeout / 2),
+        )
 
     # ---- one unit dialing in ----------------------------------------------------------
 
@@ -173,28 +209,33 @@ class DialIns:
                 hello=hello,
                 strict=True,
                 handshake_timeout=self.ctl.config.daemon.handshake_timeout,
-                keepalive=KEEPALIVE,
+                keepalive=self.ctl.config.daemon.heartbeat or None,
+                keepalive_timeout=self.ctl.config.daemon.heartbeat_timeout,
                 label=f"a unit dialing in from {where}",
             ) as connection:
                 release()
                 try:
-                    rt = await self._admit(lr, connection.remote, challenge)
+                    rt = await self._admit(lr, connection.remote, challenge, where)
                 except Refused as refused:
                     lr.stats.refuse(refused.reason)
                     log.warning("%s: refused a unit from %s: %s", lr.describe(), where,
                                 refused.message)
-                    connection.send_nowait(
-                        Error(None, ErrorCode.UNAUTHORIZED.value, refused.message)
-                    )
+                    connection.send_nowait(Error(None, refused.code.value, refused.message))
                     return
+                connection.conn.set_keepalive(*self.ctl.config.daemon.heartbeat_of(rt.config))
                 log.info("unit %s dialed in from %s (%s)", rt.name, where, lr.describe())
                 await self.ctl.attach(rt, UnitClient(connection), f"dialed in on "
                                       f"{lr.describe()} from {where}")
         except ConnectError as exc:
             lr.stats.refuse("handshake")
-            log.warning("%s: dropped a connection from %s: %s", lr.describe(), where, exc)
+            _dropped(lr, where, exc)
+        except (ConnectionClosed, RequestError, RemoteProtocolError) as exc:
+            # The peer's doing (it hung up, or broke the protocol): a line, not a traceback.
+            log.warning("%s: the connection from %s ended: %s", lr.describe(), where, exc)
 
-    async def _admit(self, lr: ListenerRuntime, hello: Hello, challenge: str) -> UnitRuntime:
+    async def _admit(
+        self, lr: ListenerRuntime, hello: Hello, challenge: str, where: str
+    ) -> UnitRuntime:
         auth = hello.auth if isinstance(hello.auth, dict) else {}
         eid = auth.get("enrollment")
         if not isinstance(eid, str):
@@ -204,40 +245,80 @@ class DialIns:
                 "(the line `latis unit add NAME --accept …` printed)",
             )
         ctl = self.ctl
-        found = await ctl.read(ctl.reads.find_enrollment, eid[:100])
+        found = await ctl.read(ctl.reads.enrollment, eid[:100])
         if found is None:
             raise Refused("unknown_unit", f"unknown enrollment {eid[:100]!r}: enroll the "
                           f"unit again (`latis unit enroll NAME`)")
-        name, enrollment = found
+        if found.retired is not None:
+            # Never good again, whatever key comes with it (Salt CVE-2016-9639).
+            raise Refused(found.retired, f"enrollment {eid!r} was {found.retired}: enroll "
+                          f"the unit again (`latis unit enroll NAME`)")
+        name, enrollment = found.unit, found.enrollment
         if not verify(enrollment.secret, Role.UNIT.value, challenge, eid, auth.get("proof")):
             # (The unit's name is for cmdr's log, not for whoever holds the id.)
             log.info("wrong proof for the enrollment of unit %s", name)
             raise Refused("wrong_proof", f"wrong proof for enrollment {eid!r}")
+        if found.state == "new" and found.expires_at is not None and \
+                time.time() >= found.expires_at:
+            raise Refused("expired", f"enrollment {eid!r} expired before its first use: "
+                          f"enroll the unit again (`latis unit enroll {name}`)")
         rt = ctl.units.get(name)
         if rt is None or lr not in self.listener_of(rt):
             raise Refused("wrong_listener",
                           f"unit {name!r} does not dial in on {lr.describe()} (see its accept "
                           f"entries in config)")
+        if await ctl.db(ctl.state.use_enrollment, eid, where) == "pending":
+            raise Refused("pending", f"unit {name!r} waits for a person to accept it: on "
+                          f"cmdr, `latis unit accept {name}` (it dials again until then)",
+                          ErrorCode.LIMIT_REACHED)
         client = rt.client
         if client is not None and not client.peer.closed:
+            answered = False
             with trio.move_on_after(LIVENESS_TIMEOUT):
-                await client.ping()
+                try:
+                    await client.ping()
+                    answered = True
+                except LatisError:
+                    pass  # it died while we asked: it gives way like a silent one
+            if answered:
                 raise Refused("duplicate", f"unit {name!r} is already connected "
                               f"({rt.via or rt.how()})")
-            log.warning("unit %s: the connection it had does not answer; replacing it", name)
+            log.warning("unit %s: the connection it had is dead or does not answer; "
+                        "replacing it", name)
             await client.peer.aclose()
-            await rt.released()
+        if rt.client is not None or (rt._done is not None and not rt._done.is_set()):
+            # The old connection's holder is letting go (it records the loss).
+            with trio.move_on_after(LIVENESS_TIMEOUT):
+                await rt.released()
         if rt.client is not None:
             raise Refused("duplicate", f"unit {name!r} is already connected")
         return rt
 
     # ---- enrollment -------------------------------------------------------------------
 
-    async def enroll(self, name: str, address: str | None = None) -> dict[str, Any]:
-        """Issue a new enrollment to unit `name` (revoking any older one).
+    async def enroll(
+        self,
+        name: str,
+        address: str | None = None,
+        *,
+        ttl: float | None = None,
+        approval: bool | None = None,
+        rotate: bool = False,
+    ) -> dict[str, Any]:
+        """Issue a new enrollment to unit `name`.
 
-        Returns the enrollment's id, its secret line, the addresses to dial
-        and the one line to run on the unit.
+        Args:
+            name: the unit.
+            address: the host name the unit should dial.
+            ttl: seconds within which the enrollment must be used a first time
+                (0: no limit; None: `[daemon] enrollment_ttl`).
+            approval: its first use waits for `latis unit accept` (None:
+                `[daemon] approve_units`).
+            rotate: the unit's current secret keeps working until the new one
+                is first used (no downtime); otherwise it stops at once.
+
+        Returns the enrollment's id, its secret line, the addresses to dial,
+        when it expires unused, and the one line to run on the unit.
 
         Raises:
             ValueError: the unit has no `accept` entry, or its listeners do not listen.
@@ -254,7 +335,12 @@ class DialIns:
             if lr.error is not None:
                 raise ValueError(f"listener {lr.describe()} does not listen: {lr.error}")
             urls.append(self._url(lr, address))
-        enrollment = await ctl.db(ctl.state.enroll, name)
+        daemon = ctl.config.daemon
+        ttl = daemon.enrollment_ttl if ttl is None else ttl
+        approval = daemon.approve_units if approval is None else approval
+        enrollment = await ctl.db(functools.partial(
+            ctl.state.enroll, name, ttl=ttl or None, approval=approval, rotate=rotate
+        ))
         secret_file = f"~/.latis-unit-{name}"
         argv = ["latis-unit", "--connect", urls[0], "--secret-file", secret_file,
                 "--name", name, "--agent", rt.config.agent]
@@ -274,7 +360,58 @@ class DialIns:
             "fingerprint": next((lr.fingerprint for lr in self.listener_of(rt)
                                  if lr.fingerprint), None),
             "command": line,
+            "expires_at": time.time() + ttl if ttl else None,
+            "approval": approval and not rotate,
         }
+
+    async def revoke(self, name: str) -> dict[str, Any]:
+        """Retire every enrollment of unit `name` for good and cut its connection now."""
+        ctl = self.ctl
+        rt = ctl.unit(name)
+        ids = await ctl.db(ctl.state.revoke_enrollments, name)
+        cut = rt.client is not None and rt.via is not None  # only what dialed in
+        if cut:
+            assert rt.client is not None
+            log.warning("unit %s: enrollment revoked; cutting its connection", name)
+            await rt.client.peer.aclose()
+        return {"unit": name, "revoked": ids, "cut": cut}
+
+    async def pending(self) -> list[dict[str, Any]]:
+        """The units that dialed in and wait for a person to accept them."""
+        ctl = self.ctl
+        return [
+            {"unit": row.unit, "enrollment": row.enrollment.id, "from": row.seen_from,
+             "since": row.seen_at}
+            for row in await ctl.read(ctl.reads.pending_enrollments)
+        ]
+
+    async def accept(self, name: str) -> dict[str, Any]:
+        """Let unit `name`, which waits, in (it gets in when it next dials).
+
+        Raises:
+            ValueError: the unit does not wait.
+        """
+        ctl = self.ctl
+        ctl.unit(name)
+        eid = await ctl.db(ctl.state.accept_enrollment, name)
+        if eid is None:
+            raise ValueError(f"unit {name!r} does not wait for acceptance "
+                             f"(`latis unit pending` lists those that do)")
+        return {"unit": name, "enrollment": eid, "accepted": True}
+
+    async def reject(self, name: str) -> dict[str, Any]:
+        """Refuse unit `name`, which waits: its enrollment is retired for good.
+
+        Raises:
+            ValueError: the unit does not wait.
+        """
+        ctl = self.ctl
+        ctl.unit(name)
+        if not any(p["unit"] == name for p in await self.pending()):
+            raise ValueError(f"unit {name!r} does not wait for acceptance "
+                             f"(`latis unit revoke {name}` retires an enrollment in use)")
+        ids = await ctl.db(ctl.state.revoke_enrollments, name, "rejected")
+        return {"unit": name, "rejected": ids}
 
     def _url(self, lr: ListenerRuntime, address: str | None) -> str:
         options = lr.options
@@ -310,6 +447,29 @@ class DialIns:
             }
             for lr in self.listeners.values()
         ]
+
+
+def _dropped(lr: ListenerRuntime, where: str, exc: ConnectError) -> None:
+    """A connection that failed its handshake: counted into the listener's summary line
+    (a fleet reconnecting at once drops many; one line each would flood the log)."""
+    if lr.refusals is not None:
+        lr.refusals.note("handshake", where.rsplit(":", 1)[0], str(exc))
+    else:
+        log.warning("%s: dropped a connection from %s: %s", lr.describe(), where, exc)
+
+
+async def _tell_busy(stream: trio.abc.Stream, retry_after: float) -> None:
+    """Tell a unit the listener has no slot for it now, and when to dial again.
+
+    In place of cmdr's `hello`: an `error` `limit_reached` with `retry_after`
+    (over TLS, after its handshake: a TLS alert cannot carry a time).
+    """
+    message = (f"cmdr is busy with other units' handshakes: dial again in "
+               f"{retry_after:.1f} s")
+    error = Error(None, ErrorCode.LIMIT_REACHED.value, message, retry_after=round(retry_after, 2))
+    await stream.send_all(encode_frame(encode(error)))
+    if isinstance(stream, trio.SSLStream):
+        await stream.aclose()  # close_notify: the unit reads the frame, then a clean end
 
 
 def _where(peer: tuple[str, int] | str | None) -> str:

@@ -21,14 +21,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from latis_core._cmdr.state import PromptState
+from latis_core._cmdr.inbox import answer_question, check_answer, get_item
+from latis_core._cmdr.state import ChunkIn, PromptState
 from latis_core._errors import ConnectionClosed, ErrorCode, LatisError, RequestError
 from latis_core._io.client import PromptStream, Session, UnitClient
 from latis_core._wire.messages import InputRequest, ResponseChunk
 
 if TYPE_CHECKING:
+    from latis_core._cmdr.config import Config
     from latis_core._cmdr.controller import UnitRuntime
     from latis_core._cmdr.state import StateDB
+    from latis_core._cmdr.writer import ChunkWriter
 
 __all__ = ["WINDOW", "PromptEngine", "PromptRecord"]
 
@@ -38,6 +41,10 @@ _T = TypeVar("_T")
 
 #: Events of a running prompt kept in memory for followers; older ones come from state.
 WINDOW = 4096
+#: Seconds between two looks at a provisioner while a unit's prompts wait for
+#: it: soon at first (a killed process is seen gone within milliseconds), then
+#: every `LOST_POLL[-1]`.
+LOST_POLL = (0.01, 0.02, 0.05, 0.1, 0.25)
 
 
 @attrs.define(eq=False)
@@ -56,18 +63,45 @@ class PromptRecord:
     first: int = 0
     #: Chunks stored in state: the next seq.
     next_seq: int = 0
+    #: The last seq received from the unit (published; maybe not stored yet).
+    received: int = -1
     end: dict[str, Any] | None = None
     stream: PromptStream | None = None
+    #: The scope of the pump reading `stream` (cancelled when the unit is lost).
+    scope: trio.CancelScope | None = None
+    #: A re-attach is under way (one at a time).
+    resuming: bool = False
     changed: trio.Event = attrs.field(factory=trio.Event)
 
     def publish(self, new: list[tuple[str, Any]]) -> None:
         self.events.extend(new)
-        if len(self.events) > WINDOW:
-            drop = len(self.events) - WINDOW
-            del self.events[:drop]
-            self.first += drop
+        self._trim()
         changed, self.changed = self.changed, trio.Event()
         changed.set()
+
+    def stored(self, seq: int) -> None:
+        """Chunks up to `seq` are in state (the writer says so)."""
+        if seq >= self.next_seq:
+            self.next_seq = seq + 1
+        self._trim()
+
+    def _trim(self) -> None:
+        # Only what state holds leaves the window: a follower that falls
+        # behind it reads the rest from state, so nothing may be missing there.
+        over = len(self.events) - WINDOW
+        if over <= 0:
+            return
+        drop = 0
+        stored = self.next_seq
+        events = self.events
+        while drop < over:
+            kind, payload = events[drop]
+            if kind == "chunk" and payload.seq >= stored:
+                break
+            drop += 1
+        if drop:
+            del events[:drop]
+            self.first += drop
 
 
 class PromptEngine:
@@ -76,6 +110,12 @@ class PromptEngine:
     # Provided by the controller.
     prompts: dict[int, PromptRecord]
     state: StateDB
+    config: Config
+    writer: ChunkWriter
+    #: Units whose detached prompts are being watched (`_watch`).
+    _watching: set[str]
+    #: Per unit: held while its prompts are being picked up.
+    _reattaching: dict[str, trio.Lock]
     units: dict[str, UnitRuntime]
     _nursery: trio.Nursery
 
@@ -97,6 +137,10 @@ class PromptEngine:
         def _notify(self, sid: str, state: str) -> None: ...
 
         async def _reattach_for(self, sid: str) -> None: ...
+
+        async def _on_question(self, record: PromptRecord, ev: InputRequest) -> bool: ...
+
+        def _on_prompt_end(self, record: PromptRecord, end: dict[str, Any]) -> None: ...
 
         async def up(
             self, name: str, progress: Callable[[str], None] | None = None
@@ -121,77 +165,75 @@ class PromptEngine:
         self._notify(sid, "busy")
         record = PromptRecord(prompt_id, sid, rt.name, text, stream.id, stream=stream)
         self.prompts[prompt_id] = record
-        self._nursery.start_soon(self._pump, record)
+        self._nursery.start_soon(self._pump, record, stream)
         return record
 
-    async def _pump(self, record: PromptRecord) -> None:
-        stream = record.stream
-        assert stream is not None
-        try:
-            while True:
-                try:
-                    first = await stream.__anext__()
-                except StopAsyncIteration:
-                    break
-                batch = [first]
-                while stream.ready and len(batch) < 4096 and not stream.done:
+    async def _pump(self, record: PromptRecord, stream: PromptStream) -> None:
+        record.scope = scope = trio.CancelScope()
+        with scope:
+            try:
+                while True:
                     try:
-                        batch.append(await stream.__anext__())
+                        first = await stream.__anext__()
                     except StopAsyncIteration:
                         break
-                await self._take(record, batch)
-                if stream.final is not None:
-                    break
-            chunks = getattr(stream.final, "chunks", None)
-            end = {"outcome": stream.outcome or "complete",
-                   "chunks": record.next_seq if chunks is None else chunks}
-            await self._finish(record, end)
-        except RequestError as exc:
-            await self._finish(
-                record,
-                {"outcome": "error", "code": str(exc.code), "message": exc.message,
-                 "chunks": record.next_seq},
-            )
-        except ConnectionClosed:
-            # The unit's connection dropped: the prompt goes on there; a
-            # reconnection re-attaches it at the last stored chunk.
-            log.info("prompt %s: connection to unit %s lost", record.id, record.unit)
-            record.stream = None
-        except LatisError as exc:
-            await self._finish(
-                record,
-                {"outcome": "error", "code": "internal", "message": str(exc),
-                 "chunks": record.next_seq},
-            )
+                    batch = [first]
+                    while stream.ready and len(batch) < 4096 and not stream.done:
+                        try:
+                            batch.append(await stream.__anext__())
+                        except StopAsyncIteration:
+                            break
+                    await self._take(record, batch)
+                    if stream.final is not None:
+                        break
+                chunks = getattr(stream.final, "chunks", None)
+                end = {"outcome": stream.outcome or "complete",
+                       "chunks": record.received + 1 if chunks is None else chunks}
+                await self._finish(record, end)
+            except RequestError as exc:
+                await self._finish(record, _request_end(record, exc))
+            except ConnectionClosed:
+                # The unit's connection dropped: the prompt goes on there, and a
+                # reconnection picks it up after the last chunk received. If
+                # none comes within the bound, the prompt ends `unit_lost`.
+                log.info("prompt %s: connection to unit %s lost", record.id, record.unit)
+                if record.stream is stream:
+                    record.stream = None
+                    self._watch_unit(record.unit)
+            except LatisError as exc:
+                await self._finish(record, _error_end(record, "internal", str(exc)))
 
     async def _take(self, record: PromptRecord, batch: list[Any]) -> None:
-        rows = []
+        # Followers first, state after: chunks are published at once and
+        # handed to the writer, which stores them in its next batch.
+        rows: list[ChunkIn] = []
         published: list[tuple[str, Any]] = []
+        writer = self.writer
         for ev in batch:
             if type(ev) is ResponseChunk:
+                if ev.seq <= record.received:
+                    continue  # replayed twice (a resume crossing a cut): shown once
+                record.received = ev.seq
                 rows.append((ev.seq, ev.text, ev.kind, ev.data))
                 published.append(("chunk", ev))
             elif type(ev) is InputRequest:
-                if rows:
-                    await self.db(self.state.add_chunks, record.id, rows)
-                    record.next_seq = rows[-1][0] + 1
-                    rows = []
-                await self.db(
-                    self.state.add_input,
-                    record.id,
-                    ev.input,
-                    ev.question,
-                    list(ev.options),
-                    ev.kind,
-                )
-                await self._set_session(record.session, "waiting")
-                published.append(("input", ev))
-        if rows:
-            await self.db(self.state.add_chunks, record.id, rows)
-            record.next_seq = rows[-1][0] + 1
+                writer.put(record, rows)
+                rows = []
+                record.publish(published)
+                published = []
+                # The inbox's hook (latis_core._cmdr.hitl), in the writer's hop after
+                # the chunks before it: stored, maybe answered by the approval
+                # policy; else a person is asked.
+                if await self._on_question(record, ev):
+                    await self._set_session(record.session, "waiting")
+                    published.append(("input", ev))
+        writer.put(record, rows)
         record.publish(published)
+        await writer.room()
 
     async def _finish(self, record: PromptRecord, end: dict[str, Any]) -> None:
+        if record.end is not None:
+            return
         error = None
         if end["outcome"] == "error":
             error = f"{end.get('code')}: {end.get('message')}"
@@ -199,8 +241,10 @@ class PromptEngine:
             end["outcome"], PromptState.ERROR
         )
         state = self.state
+        record.end = end
+        record.stream = None
 
-        def store() -> bool:  # one hop to the worker thread, not three
+        def store() -> bool:  # in the writer's hop, after the prompt's last chunks
             state.end_prompt(record.id, outcome, end.get("chunks", 0), error)
             row = state.get_session(record.session)
             if row is None or row.state == "closed":
@@ -211,10 +255,86 @@ class PromptEngine:
         with trio.CancelScope(shield=True):
             if await self.db(store):
                 self._notify(record.session, "idle")
-        record.end = end
-        record.stream = None
+        self._on_prompt_end(record, end)  # the inbox's hook: notifications
         record.publish([("end", end)])
         self.prompts.pop(record.id, None)
+
+    # ---- a unit lost -----------------------------------------------------------------------
+
+    def _watch_unit(self, name: str) -> None:
+        """Start watching `name`'s detached prompts (once per unit at a time)."""
+        if name in self._watching:
+            return
+        self._watching.add(name)
+        self._nursery.start_soon(self._watch, name)
+
+    async def _watch(self, name: str) -> None:
+        """End the unit's detached prompts `unit_lost` unless it comes back in time.
+
+        The bound is `[daemon] unit_lost_after`; the provisioner's view ends
+        them sooner when it sees the unit gone (its process exited).
+        """
+        try:
+            bound = self.config.daemon.unit_lost_after
+            rt = self.units.get(name)
+            why = f"no connection to it for {bound:g} s"
+            polls = 0
+            with trio.move_on_after(bound):
+                while self._detached(name):
+                    pause = LOST_POLL[min(polls, len(LOST_POLL) - 1)]
+                    polls += 1
+                    client = rt.client if rt is not None else None
+                    if rt is not None and client is not None and not client.peer.closed:
+                        # Connected again before this prompt's pump saw the old
+                        # connection end: pick it up on the new one.
+                        await self._reattach_prompts(rt, client)
+                        await trio.sleep(pause)
+                        continue
+                    gone = await self._provisioner_says_gone(rt)
+                    if gone is not None:
+                        why = gone
+                        break
+                    await trio.sleep(pause)
+            if self._detached(name):
+                await self.unit_lost(name, why, detached_only=True)
+        finally:
+            self._watching.discard(name)
+
+    def _detached(self, name: str) -> list[PromptRecord]:
+        return [r for r in self.prompts.values()
+                if r.unit == name and r.stream is None and r.end is None]
+
+    async def _provisioner_says_gone(self, rt: UnitRuntime | None) -> str | None:
+        if rt is None or rt.provisioner is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        try:
+            found = await rt.provisioner.status()
+        except Exception:  # noqa: BLE001 (a provisioner that cannot tell knows nothing sooner)
+            return None
+        if found.state.value == "running":
+            return None
+        return f"its provisioner reports it {found.state.value}" + (
+            f" ({found.detail})" if found.detail else "")
+
+    async def unit_lost(self, name: str, why: str, *, detached_only: bool = False) -> int:
+        """End every running prompt on unit `name` with a `unit_lost` error, now.
+
+        For whoever learns first that the unit is gone (a heartbeat, the
+        provisioner, the link): every follower gets the error. Returns the
+        number of prompts ended.
+        """
+        ended = 0
+        for record in [r for r in self.prompts.values() if r.unit == name and r.end is None]:
+            if detached_only and record.stream is not None:
+                continue
+            if record.scope is not None:
+                record.scope.cancel()
+            message = _lost(name, why, record.received + 1)
+            log.warning("prompt %s: %s", record.id, message)
+            await self._finish(record, _error_end(record, ErrorCode.UNIT_LOST.value, message))
+            ended += 1
+        return ended
 
     async def cancel(self, prompt_id: int) -> None:
         """Cancel a running prompt on its unit (its pump sees the end)."""
@@ -226,17 +346,32 @@ class PromptEngine:
         if rt.client is not None:
             record.stream.cancel_nowait()
 
-    async def answer(self, prompt_id: int, number: int, text: str) -> None:
-        """Answer question `number` of a running prompt."""
+    # ---- answering: the one path (inbox, attach, a prompt's CLI, the dashboard) ----
+
+    async def answer(self, prompt_id: int, number: int, text: str, by: str = "cli") -> None:
+        """Answer question `number` of a running prompt, once.
+
+        The answer is stored first (the first one counts), then sent to the
+        unit; a unit that is away gets it when it asks again on re-attach.
+
+        Raises:
+            AlreadyAnswered: someone answered first (the message says who, when).
+            RequestError: (unknown_request) no such question in a running prompt.
+        """
+        prompt = await self.read(self.reads.get_prompt, prompt_id)
+        item = await self.read(get_item, self.reads, prompt_id, number)
+        if prompt is None or item is None:
+            raise RequestError(ErrorCode.UNKNOWN_REQUEST.value,
+                               f"no question {prompt_id}.{number} in the inbox")
+        if item.answer is None and prompt.state != PromptState.RUNNING:
+            raise RequestError(ErrorCode.UNKNOWN_REQUEST.value,
+                               f"prompt {prompt_id} ended ({prompt.state}) before an answer")
+        text = check_answer(item, text)
+        await self.db(answer_question, self.state, prompt_id, number, text, by)
         record = self.prompts.get(prompt_id)
-        if record is None or record.stream is None:
-            raise RequestError(
-                ErrorCode.UNKNOWN_REQUEST.value, f"prompt {prompt_id} is not running"
-            )
-        self._client(self.units[record.unit])  # raises when the unit is not connected
-        record.stream.answer_nowait(number, text)
-        await self.db(self.state.answer_input, prompt_id, number, text)
-        await self._set_session(record.session, "busy")
+        if record is not None and record.stream is not None:
+            record.stream.answer_nowait(number, text)
+        await self._set_session(prompt.session, "busy")
 
     async def follow(self, prompt_id: int, after: int = -1) -> AsyncIterator[tuple[str, Any]]:
         """The prompt's events after chunk `after`: from state first, then live, to its end.
@@ -288,6 +423,7 @@ class PromptEngine:
 
     async def _replay(self, prompt_id: int, seq: int) -> AsyncIterator[tuple[str, Any]]:
         """A prompt that does not run here: its stored chunks, then its end."""
+        since: float | None = None  # since when its unit could not be reached
         while True:
             prompt = await self.read(self.reads.get_prompt, prompt_id)
             if prompt is None:
@@ -301,13 +437,56 @@ class PromptEngine:
             if prompt_id in self.prompts:
                 return  # re-attached meanwhile: the caller follows it live
             # Running on a unit we are not attached to: attach (which picks
-            # the prompt up), or look again soon.
+            # the prompt up), or look again soon; not past the bound.
             await self._reattach_for(prompt.session)
             if prompt_id not in self.prompts:
+                now = trio.current_time()
+                since = now if since is None else since
+                bound = self.config.daemon.unit_lost_after
+                if now - since >= bound:
+                    await self._lose_stored(prompt, f"not reachable for {bound:g} s")
+                    continue
                 await trio.sleep(0.2)
 
+    async def _lose_stored(self, prompt: Any, why: str) -> None:
+        """End a stored running prompt that no controller runs with `unit_lost`."""
+        row = await self.read(self.reads.get_session, prompt.session)
+        unit = row.unit if row is not None else "?"
+        chunks = await self.read(self.reads.last_seq, prompt.id) + 1
+        message = _lost(unit, why, chunks)
+        state = self.state
+
+        def store() -> bool:
+            state.end_prompt(prompt.id, PromptState.ERROR, chunks,
+                             f"{ErrorCode.UNIT_LOST.value}: {message}")
+            session = state.get_session(prompt.session)
+            if session is None or session.state == "closed":
+                return False
+            state.set_session_state(prompt.session, "idle")
+            return True
+
+        if await self.db(store):
+            self._notify(prompt.session, "idle")
+
     async def _reattach_prompts(self, rt: UnitRuntime, client: UnitClient) -> None:
-        """Re-attach the unit's running prompts at the last chunk stored for each."""
+        """Pick up the unit's running prompts where each left off.
+
+        A prompt this controller still holds (its connection was cut) resumes
+        after the last chunk it received, into the same record, so followers
+        go on without a gap or a duplicate. One it does not hold (it ran under
+        a controller that stopped) resumes after the last chunk stored.
+        """
+        # One pick-up at a time per unit: a reattached prompt keeps its old
+        # request id, and a resume in flight under that same id (chosen for
+        # another prompt by a concurrent pick-up) would take its answer.
+        lock = self._reattaching.setdefault(rt.name, trio.Lock())
+        async with lock:
+            await self._reattach_locked(rt, client)
+
+    async def _reattach_locked(self, rt: UnitRuntime, client: UnitClient) -> None:
+        for record in [r for r in self.prompts.values()
+                       if r.unit == rt.name and r.stream is None and r.end is None]:
+            await self._resume(record, client, record.received)
         for prompt in await self.read(self.reads.running_prompts):
             session = await self.read(self.reads.get_session, prompt.session)
             if session is None or session.unit != rt.name or prompt.id in self.prompts:
@@ -315,22 +494,35 @@ class PromptEngine:
             last = await self.read(self.reads.last_seq, prompt.id)
             record = PromptRecord(
                 prompt.id, prompt.session, rt.name, prompt.text, prompt.request_id,
-                next_seq=last + 1,
+                next_seq=last + 1, received=last,
             )
-            try:
-                record.stream = await Session(client, prompt.session).reattach(
-                    prompt.request_id, after=last if last >= 0 else None
-                )
-                record.stream.detach()
-            except RequestError as exc:
-                await self._finish(
-                    record,
-                    {"outcome": "error", "code": str(exc.code), "message": exc.message,
-                     "chunks": last + 1},
-                )
-                continue
             self.prompts[prompt.id] = record
-            self._nursery.start_soon(self._pump, record)
+            await self._resume(record, client, last)
+
+    async def _resume(self, record: PromptRecord, client: UnitClient, last: int) -> None:
+        if record.resuming or record.stream is not None or record.end is not None:
+            return  # picked up meanwhile (a restore and a watcher both try)
+        record.resuming = True
+        try:
+            stream = await Session(client, record.session).reattach(
+                record.request_id, after=last if last >= 0 else None
+            )
+        except RequestError as exc:
+            record.resuming = False
+            await self._finish(record, _request_end(record, exc))
+            return
+        except ConnectionClosed:
+            record.resuming = False
+            self._watch_unit(record.unit)  # cut again at once: the next connection tries
+            return
+        except LatisError as exc:  # a bug of ours: the prompt ends, it does not hang
+            record.resuming = False
+            await self._finish(record, _error_end(record, "internal", str(exc)))
+            return
+        record.resuming = False
+        stream.detach()
+        record.stream = stream
+        self._nursery.start_soon(self._pump, record, stream)
 
 
 def _window_seq(record: PromptRecord) -> int:
@@ -339,6 +531,27 @@ def _window_seq(record: PromptRecord) -> int:
         if kind == "chunk":
             return int(payload.seq)
     return record.next_seq
+
+
+def _lost(unit: str, why: str, chunks: int) -> str:
+    """The message of `unit_lost`: which unit, what was seen, what to do."""
+    return (f"unit {unit!r} was lost ({why}) after {chunks} chunks of the prompt: see "
+            f"`latis status`, bring it back with `latis unit up {unit}` and send the prompt "
+            "again")
+
+
+def _error_end(record: PromptRecord, code: str, message: str) -> dict[str, Any]:
+    return {"outcome": "error", "code": code, "message": message, "chunks": record.received + 1}
+
+
+def _request_end(record: PromptRecord, exc: RequestError) -> dict[str, Any]:
+    """The end of a prompt its unit answered with an error (a lost replay said so)."""
+    message = exc.message
+    if exc.code == ErrorCode.LIMIT_REACHED:
+        message = (f"the unit no longer keeps what prompt {record.id} sent after chunk "
+                   f"{record.received} (the cut outlasted its replay limit; the chunks "
+                   f"are lost): {exc.message}")
+    return _error_end(record, str(exc.code), message)
 
 
 def _chunk(request_id: Any, row: Any) -> ResponseChunk:

@@ -138,9 +138,71 @@ CREATE TABLE enrollments (
 CREATE INDEX enrollments_unit ON enrollments (unit);
 """
 
+# Version 3: the enrollment lifecycle. An enrollment is `new` until its first
+# use (which must come before `expires_at`, when set), then `active`, or
+# `pending` when a person must accept it first (`approval`). Where and when a
+# pending one was first seen is kept for the person to judge. A rotation adds
+# a second enrollment to a unit; its first use retires the others. Revoked
+# and rejected ids are kept in `retired_enrollments` for good: an id is never
+# accepted again, whatever key presents it.
+_SCHEMA_V3 = """
+ALTER TABLE enrollments ADD COLUMN state TEXT NOT NULL DEFAULT 'active'
+    CHECK (state IN ('new', 'pending', 'active'));
+ALTER TABLE enrollments ADD COLUMN expires_at REAL;
+ALTER TABLE enrollments ADD COLUMN approval INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE enrollments ADD COLUMN seen_from TEXT;
+ALTER TABLE enrollments ADD COLUMN seen_at REAL;
+CREATE TABLE retired_enrollments (
+    id TEXT PRIMARY KEY,
+    unit_name TEXT NOT NULL,
+    why TEXT NOT NULL,
+    retired_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+# Version 4: coordinations (latis_core._cmdr.coordinate): the task, strategy and
+# settings, and every event but the chunks (those are in each prompt's
+# transcript; `prompt` events name the prompt), in order.
+_SCHEMA_V4 = """
+CREATE TABLE coordinations (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}',
+    units TEXT NOT NULL DEFAULT '[]',
+    state TEXT NOT NULL DEFAULT 'running'
+        CHECK (state IN ('running', 'complete', 'error', 'cancelled')),
+    final TEXT,
+    error TEXT,
+    started_at REAL NOT NULL,
+    ended_at REAL
+) WITHOUT ROWID;
+CREATE TABLE coordination_events (
+    coordination TEXT NOT NULL REFERENCES coordinations (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (coordination, seq)
+) WITHOUT ROWID;
+"""
+
+# Version 5: the inbox (who answered each question, and the rule when a policy
+# did; the question's structured details: tool, path, command, schema) and
+# usage (the coordination each session belongs to; usage chunks found fast).
+_SCHEMA_V5 = """
+ALTER TABLE inputs ADD COLUMN data TEXT;
+ALTER TABLE inputs ADD COLUMN answered_by TEXT;
+ALTER TABLE inputs ADD COLUMN rule TEXT;
+CREATE INDEX inputs_open ON inputs (asked_at) WHERE answer IS NULL;
+CREATE TABLE session_coordinations (
+    session TEXT PRIMARY KEY REFERENCES sessions (id),
+    coordination TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX chunks_usage ON chunks (prompt) WHERE kind = 'usage';
+"""
+
 #: `MIGRATIONS[i]` takes the schema from version i to i + 1. Append only: never
 #: edit one that has shipped. Each statement ends with `;` at the end of a line.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5]
 
 
 class StateError(LatisError):

@@ -61,6 +61,8 @@ __all__ = [
     "ChunkRow",
     "ConnectionRow",
     "ConnectionState",
+    "EnrollmentRow",
+    "CoordinationRow",
     "InputRow",
     "PromptRow",
     "PromptState",
@@ -186,6 +188,31 @@ class InputRow:
 
 
 @attrs.frozen
+class CoordinationRow:
+    """A stored coordination: what was asked, how, how it ended, and its events."""
+
+    id: str
+    task: str
+    strategy: str
+    #: The settings it ran with (options, require, timeouts, max_hops).
+    settings: dict[str, Any]
+    #: The units named, in order (a unit named twice is listed twice).
+    units: list[str]
+    #: running, complete, error or cancelled.
+    state: str
+    final: str | None
+    error: str | None
+    started_at: float
+    ended_at: float | None
+    #: Every event but the chunks, in order (`CoordinationEvent.to_dict`).
+    events: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen
 class TranscriptEntry:
     """One prompt of a session's transcript, with its reply and questions."""
 
@@ -197,6 +224,37 @@ class TranscriptEntry:
     def answer(self) -> str:
         """The answer's text: the chunks without a `kind`, in order."""
         return "".join(chunk.text for chunk in self.chunks if chunk.kind is None)
+
+
+@attrs.frozen
+class EnrollmentRow:
+    """An enrollment as the state holds it (`StateDB.enrollment`)."""
+
+    #: The unit's name.
+    unit: str
+    #: Its id and secret (the secret empty when retired or listed).
+    enrollment: Enrollment
+    #: "new" (never used), "pending" (waits for approval), "active", or "retired".
+    state: str
+    #: When a `new` one stops being usable, or None.
+    expires_at: float | None
+    #: Where and when it was first used.
+    seen_from: str | None
+    seen_at: float | None
+    #: Why it was retired (revoked, rejected, replaced, rotated, destroyed), or None.
+    retired: str | None = None
+
+
+def _retire(
+    db: sqlite3.Connection, where: str, args: tuple[Any, ...], unit: str, why: str, now: float
+) -> list[str]:
+    """Delete the enrollments `where` selects, keeping their ids as retired for good."""
+    ids = [str(r[0]) for r in db.execute(f"SELECT id FROM enrollments {where}", args)]
+    for eid in ids:
+        db.execute("INSERT OR IGNORE INTO retired_enrollments (id, unit_name, why, retired_at)"
+                   " VALUES (?, ?, ?, ?)", (eid, unit, why, now))
+        db.execute("DELETE FROM enrollments WHERE id = ?", (eid,))
+    return ids
 
 
 class StateDB:
@@ -393,7 +451,7 @@ class StateDB:
                 return False
             db.execute("DELETE FROM resources WHERE unit = ?", (unit_id,))
             db.execute("DELETE FROM connections WHERE unit = ?", (unit_id,))
-            db.execute("DELETE FROM enrollments WHERE unit = ?", (unit_id,))
+            _retire(db, "WHERE unit = ?", (unit_id,), name, "destroyed", now)
             sessions = [
                 str(row[0])
                 for row in db.execute(
@@ -410,44 +468,125 @@ class StateDB:
 
     # -- enrollments --------------------------------------------------------
 
-    def enroll(self, unit: str) -> Enrollment:
-        """Issue a new enrollment to the live unit; any older one stops working.
+    def enroll(
+        self, unit: str, *, ttl: float | None = None, approval: bool = False, rotate: bool = False
+    ) -> Enrollment:
+        """Issue a new enrollment to the live unit.
+
+        Args:
+            unit: the unit's name.
+            ttl: seconds within which it must be used a first time (None: no limit).
+            approval: its first use waits for a person's `accept_enrollment`.
+            rotate: keep the unit's current enrollment working until the new
+                one is first used (a new secret without downtime); otherwise
+                the older ones are retired at once.
 
         Raises:
             StateError: there is no live unit of that name.
         """
         enrollment = Enrollment.new()
+        now = self._clock()
         with self._write() as db:
             unit_id = self._need_unit(db, unit)
-            db.execute("DELETE FROM enrollments WHERE unit = ?", (unit_id,))
+            if not rotate:
+                _retire(db, "WHERE unit = ?", (unit_id,), unit, "replaced", now)
             db.execute(
-                "INSERT INTO enrollments (id, unit, secret, created_at) VALUES (?, ?, ?, ?)",
-                (enrollment.id, unit_id, enrollment.secret.decode(), self._clock()),
+                "INSERT INTO enrollments (id, unit, secret, created_at, state, expires_at,"
+                " approval) VALUES (?, ?, ?, ?, 'new', ?, ?)",
+                (enrollment.id, unit_id, enrollment.secret.decode(), now,
+                 None if ttl is None else now + ttl, int(approval and not rotate)),
             )
         return enrollment
 
     def find_enrollment(self, id: str) -> tuple[str, Enrollment] | None:
         """The live unit enrolled as `id` and its enrollment, or None."""
+        found = self.enrollment(id)
+        return None if found is None or found.retired else (found.unit, found.enrollment)
+
+    def enrollment(self, id: str) -> EnrollmentRow | None:
+        """Enrollment `id` (live, or retired for good), or None if it never was."""
         with self._lock:
-            row = (
-                self._db()
-                .execute(
-                    "SELECT u.name, e.secret FROM enrollments e JOIN units u ON u.id = e.unit"
-                    " WHERE e.id = ? AND u.destroyed_at IS NULL",
-                    (id,),
-                )
-                .fetchone()
-            )
-        return None if row is None else (str(row[0]), Enrollment(id, str(row[1]).encode()))
+            db = self._db()
+            row = db.execute(
+                "SELECT u.name, e.secret, e.state, e.expires_at, e.seen_from, e.seen_at"
+                " FROM enrollments e JOIN units u ON u.id = e.unit"
+                " WHERE e.id = ? AND u.destroyed_at IS NULL",
+                (id,),
+            ).fetchone()
+            if row is None:
+                gone = db.execute(
+                    "SELECT unit_name, why FROM retired_enrollments WHERE id = ?", (id,)
+                ).fetchone()
+                if gone is None:
+                    return None
+                return EnrollmentRow(str(gone[0]), Enrollment(id, b""), "retired", None, None,
+                                     None, retired=str(gone[1]))
+        return EnrollmentRow(str(row[0]), Enrollment(id, str(row[1]).encode()), str(row[2]),
+                             row[3], row[4], row[5])
+
+    def use_enrollment(self, id: str, address: str) -> str:
+        """Record a proven use of enrollment `id` from `address`; return its state after.
+
+        A `new` one becomes `active` (retiring the unit's other enrollments: a
+        rotation is complete), or `pending` when it waits for approval.
+        """
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT e.state, e.approval, e.unit, u.name FROM enrollments e"
+                " JOIN units u ON u.id = e.unit WHERE e.id = ?", (id,)
+            ).fetchone()
+            if row is None:
+                return "retired"
+            state, approval, unit_id, name = str(row[0]), bool(row[1]), int(row[2]), str(row[3])
+            if state == "new":
+                state = "pending" if approval else "active"
+                db.execute("UPDATE enrollments SET state = ?, seen_from = ?, seen_at = ?"
+                           " WHERE id = ?", (state, address, now, id))
+                if state == "active":
+                    _retire(db, "WHERE unit = ? AND id != ?", (unit_id, id), name, "rotated",
+                            now)
+            db.execute("UPDATE enrollments SET last_used = ? WHERE id = ?", (now, id))
+        return state
+
+    def pending_enrollments(self) -> list[EnrollmentRow]:
+        """The enrollments whose unit waits for a person to accept it."""
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT u.name, e.id, e.state, e.expires_at, e.seen_from, e.seen_at"
+                " FROM enrollments e JOIN units u ON u.id = e.unit"
+                " WHERE e.state = 'pending' AND u.destroyed_at IS NULL ORDER BY e.seen_at"
+            ).fetchall()
+        return [EnrollmentRow(str(r[0]), Enrollment(str(r[1]), b""), str(r[2]), r[3], r[4],
+                              r[5]) for r in rows]
+
+    def accept_enrollment(self, unit: str) -> str | None:
+        """Let the live unit's pending enrollment in; its id, or None if none was pending."""
+        with self._write() as db:
+            unit_id = self._need_unit(db, unit)
+            row = db.execute("SELECT id FROM enrollments WHERE unit = ? AND state = 'pending'",
+                             (unit_id,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE enrollments SET state = 'active' WHERE id = ?", (row[0],))
+            _retire(db, "WHERE unit = ? AND id != ?", (unit_id, row[0]), unit, "rotated",
+                    self._clock())
+        return str(row[0])
+
+    def revoke_enrollments(self, unit: str, why: str = "revoked") -> list[str]:
+        """Retire every enrollment of the live unit for good (revoke, reject); their ids."""
+        with self._write() as db:
+            unit_id = self._need_unit(db, unit)
+            return _retire(db, "WHERE unit = ?", (unit_id,), unit, why, self._clock())
 
     def enrollment_of(self, unit: str) -> str | None:
-        """The id of the live unit's enrollment, or None."""
+        """The id of the live unit's enrollment (its newest), or None."""
         with self._lock:
             row = (
                 self._db()
                 .execute(
                     "SELECT e.id FROM enrollments e JOIN units u ON u.id = e.unit"
-                    " WHERE u.name = ? AND u.destroyed_at IS NULL",
+                    " WHERE u.name = ? AND u.destroyed_at IS NULL ORDER BY e.created_at DESC",
                     (unit,),
                 )
                 .fetchone()
@@ -717,6 +856,34 @@ class StateDB:
                 values,
             )
 
+    def add_chunk_batches(self, batches: Sequence[tuple[int, Sequence[ChunkIn]]]) -> None:
+        """Record chunks of several prompts' replies, all in one transaction.
+
+        `batches` are (prompt id, rows) as `add_chunks` takes them. Rows of a
+        prompt that no longer exists are dropped (its session was forgotten
+        meanwhile); a `seq` already recorded keeps its first chunk.
+        """
+        dumps = orjson.dumps
+        values = [
+            (prompt_id, seq, text, kind, None if data is None else dumps(data).decode())
+            for prompt_id, rows in batches
+            for seq, text, kind, data in rows
+        ]
+        if not values:
+            return
+        with self._write() as db:
+            ids = {prompt_id for prompt_id, _ in batches}
+            marks = ",".join("?" * len(ids))
+            known = {row[0] for row in db.execute(
+                f"SELECT id FROM prompts WHERE id IN ({marks})", tuple(ids))}  # noqa: S608
+            if len(known) < len(ids):
+                values = [v for v in values if v[0] in known]
+            db.executemany(
+                "INSERT INTO chunks (prompt, seq, text, kind, data) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (prompt, seq) DO NOTHING",
+                values,
+            )
+
     def chunks(self, prompt_id: int, after: int = -1) -> list[ChunkRow]:
         """The prompt's chunks with `seq` > `after`, in order."""
         with self._lock:
@@ -839,6 +1006,65 @@ class StateDB:
         return [TranscriptEntry(p, chunks[p.id], inputs[p.id]) for p in prompts]
 
 
+    # -- coordinations -----------------------------------------------------
+
+    def add_coordination(
+        self, id: str, task: str, strategy: str, settings: Mapping[str, Any], units: Sequence[str]
+    ) -> None:
+        """Record a coordination that starts now (running)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO coordinations (id, task, strategy, settings, units, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (id, task, strategy, _dumps(dict(settings)), _dumps(list(units)), self._clock()),
+            )
+
+    def add_coordination_events(
+        self, id: str, first: int, events: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Record events of a coordination, numbered from `first`, in one transaction."""
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO coordination_events (coordination, seq, event)"
+                " VALUES (?, ?, ?)",
+                [(id, first + i, _dumps(dict(e))) for i, e in enumerate(events)],
+            )
+
+    def end_coordination(
+        self, id: str, outcome: str, final: str | None, error: str | None
+    ) -> None:
+        """Record how a coordination ended (`complete`, `error` or `cancelled`)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE coordinations SET state = ?, final = ?, error = ?, ended_at = ?"
+                " WHERE id = ? AND state = 'running'",
+                (outcome, final, error, self._clock(), id),
+            )
+
+    def get_coordination(self, id: str) -> CoordinationRow | None:
+        """One coordination with its events, or None."""
+        with self._read() as db:
+            row = db.execute(f"{_COORDINATION_SELECT} WHERE id = ?", (id,)).fetchone()
+            if row is None:
+                return None
+            events = [
+                orjson.loads(event)
+                for (event,) in db.execute(
+                    "SELECT event FROM coordination_events WHERE coordination = ? ORDER BY seq",
+                    (id,),
+                )
+            ]
+        return _coordination_row(row, events)
+
+    def list_coordinations(self, limit: int = 50) -> list[CoordinationRow]:
+        """The latest coordinations, newest first (without their events)."""
+        with self._lock:
+            rows = self._db().execute(
+                f"{_COORDINATION_SELECT} ORDER BY started_at DESC, id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_coordination_row(row, []) for row in rows]
+
+
 class UnitResources:
     """`Resources` (latis_core._plugins.provision) for one unit, kept in the state file.
 
@@ -903,6 +1129,11 @@ _INPUT_SELECT = (
     " i.answered_at FROM inputs i"
 )
 
+_COORDINATION_SELECT = (
+    "SELECT id, task, strategy, settings, units, state, final, error, started_at, ended_at"
+    " FROM coordinations"
+)
+
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
@@ -963,6 +1194,14 @@ def _prompt_row(row: Any) -> PromptRow:
 def _chunk_row(row: Any) -> ChunkRow:
     prompt, seq, text, kind, data = row
     return ChunkRow(prompt, seq, text, kind, None if data is None else orjson.loads(data))
+
+
+def _coordination_row(row: Any, events: list[dict[str, Any]]) -> CoordinationRow:
+    id, task, strategy, settings, units, state, final, error, started_at, ended_at = row
+    return CoordinationRow(
+        id, task, strategy, orjson.loads(settings), orjson.loads(units), state, final, error,
+        started_at, ended_at, events,
+    )
 
 
 def _input_row(row: Any) -> InputRow:

@@ -11,15 +11,19 @@ wraps all of it for code that is not async.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import trio
 from trio.lowlevel import checkpoint
 
 from latis_core._errors import RemoteProtocolError
 from latis_core._io.peer import CANCEL_TIMEOUT, QUEUE_LIMIT, Peer, ReplyStream, open_peer
+from latis_core._plugins.registry import dialer_from_url
+from latis_core._wire.auth import read_secret_file
 from latis_core._wire.frames import DEFAULT_MAX_FRAME
 from latis_core._wire.messages import (
     Ack,
@@ -279,10 +283,26 @@ class UnitClient:
         await self.peer.aclose()
 
 
+def _read_token(token_file: str | os.PathLike[str]) -> bytes:
+    """The token in `token_file` (`~` expanded; refused if others may read it)."""
+    return read_secret_file(os.path.expanduser(os.fspath(token_file)))
+
+
+def _with_fingerprint(url: str, fingerprint: str | None) -> str:
+    """`url` with `?fingerprint=` added (a fingerprint given apart from the URL)."""
+    if fingerprint is None:
+        return url
+    if "fingerprint=" in url:
+        raise ValueError("the fingerprint is given twice: in the URL and as an argument")
+    return f"{url}{'&' if '?' in url else '?'}{urlencode({'fingerprint': fingerprint})}"
+
+
 @asynccontextmanager
 async def connect(
-    stream: trio.abc.Stream,
+    stream: trio.abc.Stream | str,
     *,
+    token_file: str | os.PathLike[str] | None = None,
+    fingerprint: str | None = None,
     name: str | None = None,
     max_frame: int = DEFAULT_MAX_FRAME,
     handshake_timeout: float = 10.0,
@@ -295,8 +315,18 @@ async def connect(
 ) -> AsyncIterator[UnitClient]:
     """Speak to the unit at the other end of `stream` (closed on exit).
 
+    `stream` may be an address, as `latis connect` takes it: `tcp://HOST:PORT`,
+    `ssh://me@gpu1`, `unix:/path`, `ws://…`, `quic://…`, `local:COMMAND`
+    (any dialer's URL); it is dialed first, and closed on exit.
+
+        async with latis_core.connect("tcp://gpu1:7447", token_file="~/.t") as unit: ...
+
     Args:
-        stream: any byte stream to a unit.
+        stream: any byte stream to a unit, or a unit's address.
+        token_file: (with an address) a file holding the unit's token (as
+            `latis connect --token-file`); `token` gives the token itself.
+        fingerprint: (with an address) the pin of the unit's TLS certificate,
+            `sha256:HEX` (the URL's `?fingerprint=` is the same).
         name: this controller's name, sent in `hello`.
         max_frame: the largest payload we accept.
         handshake_timeout: seconds to wait for the unit's `hello`.
@@ -311,16 +341,27 @@ async def connect(
     Raises:
         ConnectError: the handshake failed, or a proof of identity did.
     """
-    async with open_peer(
-        stream,
-        hello=Hello(name=name),
-        max_frame=max_frame,
-        handshake_timeout=handshake_timeout,
-        keepalive=keepalive,
-        keepalive_timeout=keepalive_timeout,
-        queue_limit=queue_limit,
-        cancel_timeout=cancel_timeout,
-        label=label,
-        token=token,
-    ) as peer:
+    async with AsyncExitStack() as stack:
+        if isinstance(stream, str):
+            if token is None and token_file is not None:
+                token = _read_token(token_file)
+            _, dialer = dialer_from_url(_with_fingerprint(stream, fingerprint))
+            link: trio.abc.Stream = await stack.enter_async_context(dialer.connect())
+            label = stream if label == "unit" else label
+        else:
+            if token_file is not None or fingerprint is not None:
+                raise TypeError("token_file and fingerprint go with an address, not a stream")
+            link = stream
+        peer = await stack.enter_async_context(open_peer(
+            link,
+            hello=Hello(name=name),
+            max_frame=max_frame,
+            handshake_timeout=handshake_timeout,
+            keepalive=keepalive,
+            keepalive_timeout=keepalive_timeout,
+            queue_limit=queue_limit,
+            cancel_timeout=cancel_timeout,
+            label=label,
+            token=token,
+        ))
         yield UnitClient(peer)

@@ -46,6 +46,7 @@ from latis_core._errors import (
     RemoteProtocolError,
     RequestError,
 )
+from latis_core._io.heartbeat import heartbeat
 from latis_core._io.link import HIGH_WATER, SPIN, Interrupted, Link, open_link
 from latis_core._io.server import HANDSHAKE_MAX_FRAME
 from latis_core._util import unwrap_group
@@ -142,6 +143,11 @@ class Peer:
     def closed(self) -> bool:
         """Whether the connection has ended."""
         return self._error is not None
+
+    @property
+    def why_closed(self) -> str | None:
+        """Why the connection ended (None while it lives)."""
+        return None if self._error is None else str(self._error)
 
     async def wait_closed(self) -> None:
         """Wait until the connection has ended."""
@@ -350,7 +356,7 @@ class Peer:
     def _feed(self, data: bytes | bytearray | memoryview) -> None:
         conn = self.conn
         waiters = self._waiters
-        conn.receive_data(data)
+        conn.receive_data(data, trio.current_time())
         while True:
             ev: Any = conn.next_event()
             if ev is NEED_DATA:
@@ -450,18 +456,10 @@ class Peer:
         nursery.start_soon(run)
 
     async def _keepalive(self) -> None:
-        conn = self.conn
         try:
-            self._write(conn.handle_timer(trio.current_time()))
-            while self._error is None:
-                deadline = conn.get_timer()
-                if deadline is None:
-                    return
-                await trio.sleep_until(deadline)
-                frame = conn.handle_timer(trio.current_time())
-                if frame:
-                    self._write(frame)
+            await heartbeat(self.conn, self._write)
         except ConnectionClosed as exc:
+            log.warning("%s went silent: %s; dropping the connection", self.label, exc)
             self._fail(ConnectionClosed(f"{self.label} went silent: {exc}"))
 
     def _abandon_from_gc(self, w: _Waiter) -> None:

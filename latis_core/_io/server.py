@@ -15,7 +15,8 @@ from typing import Any
 
 import trio
 
-from latis_core._errors import ErrorCode, LocalProtocolError
+from latis_core._errors import ConnectionClosed, ErrorCode, LocalProtocolError
+from latis_core._io.heartbeat import HEARTBEAT_TIMEOUT, heartbeat
 from latis_core._io.link import SPIN, Link, open_link
 from latis_core._wire.connection import CLOSED, NEED_DATA, Connection
 from latis_core._wire.messages import Error, Message, Role
@@ -98,7 +99,7 @@ class ServerConnection:
         """Answer every request in `data`; False once the connection must end."""
         conn = self.conn
         handlers = self.HANDLERS
-        conn.receive_data(data)
+        conn.receive_data(data, trio.current_time())
         while True:
             ev = conn.next_event()
             if ev is NEED_DATA:
@@ -128,6 +129,9 @@ async def serve_stream(
     started: Callable[[ServerConnection], Awaitable[None]] | None = None,
     strict: bool = False,
     handshake_timeout: float | None = None,
+    keepalive: float | None = None,
+    keepalive_timeout: float = HEARTBEAT_TIMEOUT,
+    label: str = "a peer",
 ) -> None:
     """Serve one connection over `stream` until it ends, then close `stream`.
 
@@ -138,11 +142,15 @@ async def serve_stream(
     handshake is accepted before it is done, frames are limited to
     `HANDSHAKE_MAX_FRAME` until then, and any refusal closes the connection.
     A connection whose handshake is not done within `handshake_timeout`
-    seconds is closed.
+    seconds is closed. With `keepalive`, a `ping` follows that many seconds
+    of silence, and the connection is closed when nothing answers it within
+    `keepalive_timeout` (`label` names the other side in the log).
     """
     conn = Connection(
         Role.UNIT,
         max_frame=max_frame,
+        keepalive=keepalive,
+        keepalive_timeout=keepalive_timeout,
         strict=strict,
         handshake_max_frame=HANDSHAKE_MAX_FRAME if strict else None,
     )
@@ -151,6 +159,8 @@ async def serve_stream(
         served = make(link, conn, nursery)
         if handshake_timeout is not None:
             nursery.start_soon(_handshake_deadline, served, handshake_timeout, nursery)
+        if keepalive is not None:
+            nursery.start_soon(_heartbeat, served, label, nursery)
         if started is not None:
             await started(served)
         try:
@@ -163,6 +173,22 @@ async def serve_stream(
                 await link.flush()
                 nursery.cancel_scope.cancel()
                 await link.aclose()
+
+
+async def _heartbeat(served: ServerConnection, label: str, nursery: trio.Nursery) -> None:
+    def write(frame: bytes) -> None:
+        if frame and not served.closed:
+            try:
+                served.link.write(frame)
+            except trio.BrokenResourceError:
+                served.closed = True
+
+    try:
+        await heartbeat(served.conn, write)
+    except ConnectionClosed as exc:
+        log.warning("%s went silent: %s; closed the connection", label, exc)
+        served.end()
+        nursery.cancel_scope.cancel()
 
 
 async def _handshake_deadline(

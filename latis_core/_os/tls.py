@@ -308,6 +308,11 @@ def server_context(
     certificate that CA issued (mTLS)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No session tickets: latis's clients never resume a session, and each TLS 1.3
+    # ticket costs the server an encryption and a write per handshake (a fleet
+    # redialing after a restart is thousands of handshakes).
+    ctx.num_tickets = 0
+    ctx.options |= ssl.OP_NO_TICKET
     ctx.load_cert_chain(os.fspath(cert), os.fspath(key))
     if client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED

@@ -62,9 +62,18 @@ class Reply(Protocol):
         ...
 
     async def ask(
-        self, question: str, *, options: Sequence[str] = (), kind: str | None = None
+        self,
+        question: str,
+        *,
+        options: Sequence[str] = (),
+        kind: str | None = None,
+        data: dict[str, Any] | None = None,
     ) -> str:
         """Ask the human; return the answer (one of `options`, if given).
+
+        `data` says what the question is about (`tool`, `tool_kind`, `path`,
+        `command`, or a structured question's `schema`): cmdr's approval policy
+        matches on it and the inbox shows it.
 
         The session's state is `waiting` until the answer comes.
         """

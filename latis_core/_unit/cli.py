@@ -31,6 +31,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from latis_core._wire.connection import HEARTBEAT, HEARTBEAT_TIMEOUT
+
 if TYPE_CHECKING:
     import trio
 
@@ -51,6 +53,12 @@ examples:
                                               dial in to cmdr (`latis unit add --accept`)
   latis-unit --stdio --agent acp -- gemini --experimental-acp
                                               an adapter that runs the agent's own command
+
+echo agent options (-o KEY=VALUE for the unit; also per session, in session.create's
+options, where a session's value replaces the unit's):
+  delay=SECONDS   wait before each chunk (default 0): prompts long enough to watch
+  ask=QUESTION    ask the human QUESTION before each answer; the answer is echoed first
+  repeat=N        echo the prompt N times (default 1), for long streams
 
 addresses: unix:PATH, tcp://HOST:PORT, ws://HOST:PORT/PATH, wss://…, quic://HOST:PORT
 
@@ -98,6 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     trust.add_argument(
         "--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
         help="(--listen) seconds a new connection gets to finish hello (default: 10)",
+    )
+    parser.add_argument(
+        "--heartbeat", type=float, default=HEARTBEAT, metavar="SECONDS",
+        help=f"seconds of silence from the controller before a ping; 0 for none "
+             f"(default: {HEARTBEAT:g})",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT, metavar="SECONDS",
+        help=f"seconds that ping waits for an answer before the connection is dropped "
+             f"(and redialed with --connect) (default: {HEARTBEAT_TIMEOUT:g})",
     )
     parser.add_argument("--agent", default="echo", help="the agent adapter (default: echo)")
     parser.add_argument(
@@ -172,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_sessions": args.max_sessions,
         "max_frame": args.max_frame,
         "replay_limit": args.replay_limit,
+        "heartbeat": args.heartbeat or None,
+        "heartbeat_timeout": args.heartbeat_timeout,
     }
     try:
         if args.stdio:
@@ -189,9 +209,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trio.run(_connect, args.connect, dialer, agent, limits)
     except KeyboardInterrupt:
         return 130
-    except Exception:
-        logging.getLogger("latis.unit").exception("the unit failed")
-        return 1
+    except BaseException as exc:  # noqa: BLE001 (every failure ends here, as a message)
+        return _failed(exc)
+
+
+def _failed(exc: BaseException) -> int:
+    """Say why the unit stopped (the traceback too with LATIS_DEBUG=1); the exit status."""
+    while isinstance(exc, BaseExceptionGroup):
+        leaves = [e for e in exc.exceptions if type(e).__name__ != "Cancelled"]
+        exc = (leaves or list(exc.exceptions))[0]
+    if isinstance(exc, SystemExit):
+        raise exc
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if os.environ.get("LATIS_DEBUG", "") not in ("", "0"):
+        logging.getLogger("latis.unit").error("the unit failed", exc_info=exc)
+    _say(f"the unit stopped: {type(exc).__name__}: {exc} "
+         "(LATIS_DEBUG=1 shows the traceback)")
+    return 1
 
 
 def _say(text: str) -> None:
@@ -361,7 +396,10 @@ async def _connect(url: str, dialer: Any, agent: Agent, limits: dict[str, Any]) 
                 refused: list[str] = []
 
                 async def dial() -> None:
-                    refused.append(await dial_cmdr(unit, dialer, label=url))
+                    refused.append(await dial_cmdr(
+                        unit, dialer, label=url,
+                        on_connected=lambda: _say(f"connected to cmdr at {url}"),
+                    ))
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(dial)
@@ -370,8 +408,9 @@ async def _connect(url: str, dialer: Any, agent: Agent, limits: dict[str, Any]) 
                     nursery.cancel_scope.cancel()
                     break
     if refused:
-        _say(f"cmdr at {url} refused this unit: {refused[0]}")
-        return 1
+        _say(f"cmdr at {url} refused this unit: {refused[0]}\n"
+             "  enroll it again on cmdr (latis unit enroll NAME) and run the new line")
+        return 4  # auth/enrollment refused (../shared/CLI.md)
     return 0
 
 

@@ -2,28 +2,38 @@
 
 For units behind NAT and ephemeral boxes (`latis-unit --connect URL`): the unit
 proves its enrollment in `hello`, and redials with backoff and jitter until
-cmdr refuses the proof.
+cmdr refuses the proof. A cmdr too busy to shake hands (a fleet reconnecting
+at once) says when to come back (`retry_after`): the unit waits that long plus
+up to a quarter more, never less, so that a refused fleet spreads out.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import attrs
 import trio
 
 from latis_core._errors import ConnectError
 from latis_core._plugins.transport import Dialer
 from latis_core._unit.unit import Unit
 
-__all__ = ["DIAL_BACKOFF", "dial_cmdr"]
+__all__ = ["DIAL_BACKOFF", "DIAL_CONNECT_TIMEOUT", "RETRY_AFTER_MAX", "dial_cmdr"]
 
 log = logging.getLogger("latis.unit")
 
 
 #: Seconds between dial attempts to cmdr (doubling up to the last), before jitter.
 DIAL_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+#: The most of a busy cmdr's `retry_after` honoured, in seconds (a bound on a bad value).
+RETRY_AFTER_MAX = 600.0
+#: Seconds at least that one dial (connect and TLS) may take. A fleet redialing at
+#: once queues at cmdr's listener (its waiting room, then the kernel's backlog);
+#: a dial that gave up after the transport's usual 10 s would go to the back of
+#: the queue with a longer backoff (at 10,000 units: a tail of 30 s).
+DIAL_CONNECT_TIMEOUT = 30.0
 
 
 async def dial_cmdr(
@@ -32,20 +42,26 @@ async def dial_cmdr(
     *,
     label: str = "cmdr",
     backoff: Sequence[float] = DIAL_BACKOFF,
+    on_connected: Callable[[], None] | None = None,
 ) -> str:
     """Dial cmdr's listener and serve it; dial again, with backoff, whenever it drops.
 
     The unit proves its `enrollment` to cmdr's challenge. Returns only when
     cmdr refuses that proof (`unauthorized`): the reason it gave.
+    `on_connected` is called each time cmdr accepts it.
     """
     attempt = 0
+    dialer = _patient(dialer)
 
     def welcomed() -> None:
         nonlocal attempt
         attempt = 0
         log.info("connected to %s", label)
+        if on_connected is not None:
+            on_connected()
 
     while True:
+        unit.retry_after = None
         try:
             async with dialer.connect() as stream:
                 await unit.serve(stream, on_handshake=welcomed)
@@ -53,6 +69,21 @@ async def dial_cmdr(
             log.warning("cannot reach %s: %s", label, exc)
         if unit.refused is not None:
             return unit.refused
+        if unit.retry_after is not None:
+            # Told when: that, never sooner, jittered later so the fleet spreads.
+            told = min(unit.retry_after, RETRY_AFTER_MAX)
+            await trio.sleep(told * random.uniform(1.0, 1.25))
+            continue
         delay = backoff[min(attempt, len(backoff) - 1)]
         attempt += 1
         await trio.sleep(delay * random.uniform(0.8, 1.2))
+
+
+def _patient(dialer: Dialer) -> Dialer:
+    """`dialer` with a connect timeout of at least `DIAL_CONNECT_TIMEOUT`, where it has one."""
+    timeout = getattr(dialer, "connect_timeout", None)
+    if isinstance(timeout, (int, float)) and timeout < DIAL_CONNECT_TIMEOUT and attrs.has(
+        type(dialer)
+    ):
+        return attrs.evolve(dialer, connect_timeout=DIAL_CONNECT_TIMEOUT)  # type: ignore[misc]
+    return dialer

@@ -30,8 +30,10 @@ import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from latis_core._errors import ErrorCode
+from latis_core._io.heartbeat import HEARTBEAT, HEARTBEAT_TIMEOUT
 from latis_core._io.link import HIGH_WATER, Link
 from latis_core._io.server import ServerConnection, serve_stream
+from latis_core._os.capacity import probe_capacity
 from latis_core._plugins.agent import Agent, AgentSession, SessionNotFound
 from latis_core._util import unwrap_group
 from latis_core._wire.auth import METHOD, Enrollment, is_challenge, new_challenge, prove, verify
@@ -187,11 +189,16 @@ class _Run:
             await checkpoint()
 
     async def ask(
-        self, question: str, *, options: Sequence[str] = (), kind: str | None = None
+        self,
+        question: str,
+        *,
+        options: Sequence[str] = (),
+        kind: str | None = None,
+        data: dict[str, Any] | None = None,
     ) -> str:
         if self.pending is not None:
             raise RuntimeError("the agent already waits for an answer")
-        request = InputRequest(self.id, self.inputs, question, tuple(options), kind)
+        request = InputRequest(self.id, self.inputs, question, tuple(options), kind, data or None)
         self.inputs += 1
         self.pending = request
         answered = self._answered = trio.Event()
@@ -273,8 +280,9 @@ class _Run:
             return Error(
                 self.id,
                 ErrorCode.LIMIT_REACHED.value,
-                f"chunks {start} to {self.first_seq - 1} of prompt {self.id!r} are no longer "
-                f"kept (the replay limit is {self.unit.replay_limit} bytes)",
+                f"chunks {start} to {self.first_seq - 1} of prompt {self.id!r} "
+                f"({self.first_seq - start} chunks) are no longer kept "
+                f"(the replay limit is {self.unit.replay_limit} bytes)",
             )
         old = self.sink
         if old is not None and old is not served:
@@ -348,6 +356,11 @@ class Unit:
             challenges it (a unit that dials in).
         handshake_timeout: seconds a connection gets to finish `hello`
             (None: no limit).
+        heartbeat: seconds of silence from the controller before a `ping`
+            (None: none).
+        heartbeat_timeout: seconds that ping waits for any byte before the
+            connection counts as dead and is closed (a unit that dials in
+            then dials again).
     """
 
     def __init__(
@@ -362,13 +375,19 @@ class Unit:
         token: bytes | None = None,
         enrollment: Enrollment | None = None,
         handshake_timeout: float | None = None,
+        heartbeat: float | None = HEARTBEAT,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
     ) -> None:
         self.agent = agent
+        self.heartbeat = heartbeat
+        self.heartbeat_timeout = heartbeat_timeout
         self.token = token
         self.enrollment = enrollment
         self.handshake_timeout = handshake_timeout
         #: Why a controller refused our proof of identity, if one did.
         self.refused: str | None = None
+        #: Seconds a busy controller asked us to wait before dialing again, if it did.
+        self.retry_after: float | None = None
         self.name = name or socket.gethostname()
         self.max_sessions = max_sessions
         self.replay_limit = replay_limit
@@ -414,6 +433,9 @@ class Unit:
             started=started,
             strict=self.token is not None,
             handshake_timeout=self.handshake_timeout,
+            keepalive=self.heartbeat,
+            keepalive_timeout=self.heartbeat_timeout,
+            label="the controller",
         )
 
     # ---- state ---------------------------------------------------------------------
@@ -448,6 +470,8 @@ class Unit:
             sessions = {only: self.sessions[only].state.value}
         else:
             sessions = {sid: s.state.value for sid, s in self.sessions.items()}
+            capacity = probe_capacity(len(self.sessions), self.max_sessions)
+            return StateUpdate(rid, self.state.value, sessions, capacity)
         return StateUpdate(rid, self.state.value, sessions)
 
     # ---- work that involves the agent ------------------------------------------------
@@ -611,6 +635,12 @@ def _on_pong(s: _Served, msg: Pong) -> None:
 
 
 def _on_error(s: _Served, msg: Error) -> None:
+    if msg.id is None and msg.retry_after is not None and s.conn.their_hello is None:
+        # A busy listener, in place of its hello: come back later (and it closes).
+        log.info("cmdr is busy: %s", msg.message)
+        s.unit.retry_after = max(0.0, msg.retry_after)
+        s.end()
+        return
     log.warning("cmdr reported %s: %s (request %r)", msg.code, msg.message, msg.id)
     if msg.code == ErrorCode.UNAUTHORIZED.value:
         # cmdr did not take our proof of identity (and closes): say so to
@@ -751,6 +781,8 @@ async def open_unit(
     token: bytes | None = None,
     enrollment: Enrollment | None = None,
     handshake_timeout: float | None = None,
+    heartbeat: float | None = HEARTBEAT,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
 ) -> AsyncIterator[Unit]:
     """Host `agent` as a unit; leaving the block cancels its running prompts.
 
@@ -769,6 +801,8 @@ async def open_unit(
                 token=token,
                 enrollment=enrollment,
                 handshake_timeout=handshake_timeout,
+                heartbeat=heartbeat,
+                heartbeat_timeout=heartbeat_timeout,
             )
             await agent.start()
             try:
@@ -785,6 +819,8 @@ async def serve_unit(
     max_sessions: int = MAX_SESSIONS,
     replay_limit: int = REPLAY_LIMIT,
     max_frame: int = DEFAULT_MAX_FRAME,
+    heartbeat: float | None = HEARTBEAT,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `agent` on one stream until it ends; then cancel what still runs.
@@ -792,6 +828,12 @@ async def serve_unit(
     The whole protocol: handshake, sessions, prompts, cancel, state, input.
     """
     async with open_unit(
-        agent, name=name, max_sessions=max_sessions, replay_limit=replay_limit, max_frame=max_frame
+        agent,
+        name=name,
+        max_sessions=max_sessions,
+        replay_limit=replay_limit,
+        max_frame=max_frame,
+        heartbeat=heartbeat,
+        heartbeat_timeout=heartbeat_timeout,
     ) as unit:
         await unit.serve(stream, task_status=task_status)

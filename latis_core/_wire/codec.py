@@ -210,9 +210,42 @@ def _structure_chunk(value: Any, _: Any) -> ResponseChunk:
 converter = _make_converter()
 _generic_chunk = make_dict_structure_fn(ResponseChunk, converter)
 _unstructure = converter.unstructure
-_hooks: dict[str, tuple[type[Message], Callable[[Any, Any], Any]]] = {
-    name: (cls, converter.get_structure_hook(cls)) for name, cls in MESSAGE_TYPES.items()
-}
+
+
+class _Hooks(dict[str, tuple[type[Message], Callable[[Any, Any], Any]]]):
+    """Each message type's structure hook, made on first use: making all twenty at
+    import costs a short-lived process (the CLI) ~15 ms, and it needs three or four."""
+
+    def __missing__(self, name: str) -> tuple[type[Message], Callable[[Any, Any], Any]]:
+        cls = MESSAGE_TYPES[name]  # KeyError: not a type of this protocol
+        self[name] = entry = (cls, converter.get_structure_hook(cls))
+        return entry
+
+
+_hooks = _Hooks()
+
+
+#: A hello's members that belong to the other role: ignored, whatever their shape
+#: (PROTOCOL.md 4.1), so a controller's `"agent": {"x": 1}` is not a fault.
+_OTHER_ROLE = {"cmdr": ("unit", "agent"), "unit": ("name",)}
+
+
+def _hello_hook(inner: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, cls: Any) -> Any:
+        try:
+            return inner(value, cls)
+        except Exception:
+            # Read again without the other role's members: a fault there is no fault.
+            role = value.get("role") if type(value) is dict else None
+            other = _OTHER_ROLE.get(role) if type(role) is str else None
+            if not other or not any(key in value for key in other):
+                raise
+            return inner({k: v for k, v in value.items() if k not in other}, cls)
+
+    return hook
+
+
+_hooks["hello"] = (Hello, _hello_hook(converter.get_structure_hook(Hello)))
 _dumps = orjson.dumps
 _loads = orjson.loads
 

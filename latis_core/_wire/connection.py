@@ -65,7 +65,9 @@ from latis_core._wire.messages import (
     StateUpdate,
 )
 
-__all__ = ["CLOSED", "NEED_DATA", "REPLIES", "Connection", "Violation"]
+__all__ = [
+    "CLOSED", "HEARTBEAT", "HEARTBEAT_TIMEOUT", "NEED_DATA", "REPLIES", "Connection", "Violation",
+]
 
 
 class _Sentinel:
@@ -147,6 +149,11 @@ _REQUEST_NAMES: Final = frozenset(
     cls.TYPE for role in Role for cls in _REQUESTS[role]
 )
 _KNOWN_NAMES: Final = frozenset(MESSAGE_TYPES)
+#: Seconds of silence before a keep-alive `ping`, by default, on every connection.
+HEARTBEAT = 15.0
+#: Seconds that ping waits for any byte before the connection counts as dead.
+HEARTBEAT_TIMEOUT = 10.0
+
 #: The smallest frame limit a side may announce: room for any hello.
 MIN_MAX_FRAME = 1024
 
@@ -251,10 +258,20 @@ class Connection:
 
     # ---- receiving ------------------------------------------------------------
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes from the stream; `b""` means it ended."""
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float | None = None) -> None:
+        """Feed bytes from the stream; `b""` means it ended.
+
+        `now` (the clock `handle_timer` is given) is when they arrived: the
+        keep-alive's silence is measured from it. Without it, from the next
+        `handle_timer` call (later than the bytes, by up to a whole period).
+        """
         if data:
-            self._heard = True
+            if now is None:
+                self._heard = True
+            else:
+                self._heard = False
+                self._last_heard = now
+                self._ping_at = None
             self._decoder.feed(data)
         else:
             self._eof = True
@@ -381,6 +398,10 @@ class Connection:
     def _before_handshake(self, msg: Any) -> Any:
         cls = type(msg)
         rid = getattr(msg, "id", None)
+        if cls is Error and rid is None and self.our_role is Role.UNIT:
+            # A listener too busy to shake hands says so (and when to come back)
+            # in place of its hello, then closes.
+            return msg
         if cls is not Hello:
             if cls in self._requests_in or cls in self._notes_in:
                 return self._violation(
@@ -522,6 +543,11 @@ class Connection:
         self._closed = True
 
     # ---- keep-alive -------------------------------------------------------------
+
+    def set_keepalive(self, keepalive: float | None, timeout: float) -> None:
+        """Change the keep-alive period (None: none) and its timeout from now on."""
+        self._keepalive = keepalive
+        self._keepalive_timeout = timeout
 
     def get_timer(self) -> float | None:
         """When `handle_timer` must next be called, or None (no keep-alive).

@@ -222,6 +222,9 @@ class StateUpdate:
     id: RequestId
     state: str
     sessions: dict[str, str] = attrs.field(factory=dict)
+    #: (optional; a snapshot of all sessions) what the unit can take: `memory_free`,
+    #: `memory_total` (bytes), `cpus`, `sessions`, `max_sessions` (PROTOCOL.md 4.13).
+    capacity: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -237,6 +240,9 @@ class InputRequest:
     options: tuple[str, ...] = ()
     #: "question" (free text) or "permission" (one of `options`).
     kind: str | None = None
+    #: What the question is about, for policies and people: `tool`, `tool_kind`,
+    #: `path`, `command`, and for a structured question its JSON `schema`.
+    data: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -290,6 +296,9 @@ class Error:
     message: str
     #: With `auth_required`: the challenge to answer in a new `hello`.
     auth: dict[str, Any] | None = None
+    #: With `limit_reached` from a busy listener, before any `hello`: seconds to
+    #: wait before dialing again.
+    retry_after: float | None = None
 
 
 Message: TypeAlias = (

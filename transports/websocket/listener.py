@@ -41,6 +41,11 @@ class WebSocketListener:
         max_pending: connections at most that wait for `accept()` once their
             websocket handshake is done (more are answered 503), and that
             are in their handshake at once (more are closed).
+        rate_per_host: new connections a second one address may make, past
+            `burst_per_host` at once; faster ones are closed at once, unanswered
+            (0: no limit). High by default: a fleet behind one NAT address
+            reconnects at the pace TLS allows.
+        burst_per_host: see `rate_per_host`.
     """
 
     host: str = "0.0.0.0"
@@ -52,6 +57,8 @@ class WebSocketListener:
     client_ca: str | None = None
     max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=_positive)
     max_pending: int = attrs.field(default=64, validator=_positive)
+    rate_per_host: float = 500.0
+    burst_per_host: int = 1000
 
     @classmethod
     def from_url(cls, url: str) -> WebSocketListener:

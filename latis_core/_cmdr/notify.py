@@ -1,0 +1,212 @@
+"""Notifications: when a session starts waiting, or a prompt ends, tell a person.
+
+Where to (docs/config.md, `[notify]`, globally or per unit): a `command` (the
+batch as JSON on its stdin), a `desktop` notification (`notify-send`, when it
+is on PATH), and any `urls` that apprise knows (ntfy, Slack, email, json://
+webhooks ...; `pip install 'latis[notify]'`).
+
+Rate-limited and batched: the first event waits `batch` seconds for others,
+then all go as one notification; after a notification, the next waits at
+least `interval` seconds, gathering what comes meanwhile. So a burst from 30
+agents is one notification, not 30.
+
+URLs carry secrets (tokens in the path, passwords): `redact` shows them only
+as scheme and host, in logs and in `--json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import orjson
+import trio
+
+__all__ = ["EVENTS", "NotifyConfig", "Notifier", "parse_notify", "redact", "redact_url"]
+
+log = logging.getLogger("latis.notify")
+
+#: The events a notification may be for.
+EVENTS = ("waiting", "complete", "failed", "cancelled")
+_KEYS = ("command", "desktop", "urls", "events", "batch", "interval")
+#: Seconds a notification command may run.
+COMMAND_TIMEOUT = 30.0
+
+
+@attrs.frozen
+class NotifyConfig:
+    """A `[notify]` table."""
+
+    command: tuple[str, ...] = ()
+    desktop: bool = False
+    urls: tuple[str, ...] = ()
+    events: tuple[str, ...] = ("waiting", "complete", "failed")
+    #: Seconds the first event of a batch waits for others.
+    batch: float = 1.0
+    #: Seconds at least between two notifications.
+    interval: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.command or self.desktop or self.urls)
+
+    def describe(self) -> dict[str, Any]:
+        """For `--json` and logs: the URLs redacted."""
+        return {
+            "command": list(self.command),
+            "desktop": self.desktop,
+            "urls": [redact(url) for url in self.urls],
+            "events": list(self.events),
+            "batch": self.batch,
+            "interval": self.interval,
+        }
+
+
+def redact(url: str) -> str:
+    """`url` with everything that may be a secret hidden: user, password, path, query,
+    and a "host" that is no host name (apprise puts tokens there: slack://TOKEN/...)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<a notification URL>"
+    if host and "." not in host and ":" not in host and host != "localhost":
+        host = "***"
+    user = "***@" if parts.username or parts.password else ""
+    rest = "/***" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{user}{host}{port}{rest}"
+
+
+def parse_notify(value: object) -> tuple[NotifyConfig, list[tuple[tuple[str, ...], str]]]:
+    """A `[notify]` table and its problems as (key path, message)."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    if type(value) is not dict:
+        return NotifyConfig(), [((), "expected a table")]
+    fields: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in _KEYS:
+            problems.append(((key,), f"unknown key (keys: {', '.join(_KEYS)})"))
+        elif key in ("command", "urls", "events"):
+            if type(item) is not list or any(type(w) is not str for w in item):
+                problems.append(((key,), "expected an array of strings"))
+            elif key == "events" and any(e not in EVENTS for e in item):
+                problems.append(((key,), f"expected events among {', '.join(EVENTS)}"))
+            else:
+                fields[key] = tuple(item)
+        elif key == "desktop":
+            if type(item) is not bool:
+                problems.append(((key,), "expected true or false"))
+            else:
+                fields[key] = item
+        elif type(item) not in (int, float) or item < 0:
+            problems.append(((key,), "expected seconds, 0 or more"))
+        else:
+            fields[key] = float(item)
+    return NotifyConfig(**fields), problems
+
+
+def _summary(events: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    if len(events) == 1:
+        event = events[0]
+        title = f"latis: {event['unit']} {event['event']}"
+        body = str(event.get("question") or event.get("error") or f"session {event['session']}")
+        return title, body
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event["event"]] = counts.get(event["event"], 0) + 1
+    title = f"latis: {len(events)} events"
+    body = ", ".join(f"{n} {name}" for name, n in counts.items())
+    return title, body
+
+
+class Notifier:
+    """Sends one target's notifications, batched and rate-limited (a task runs `run`)."""
+
+    def __init__(self, config: NotifyConfig) -> None:
+        self.config = config
+        self.pending: list[dict[str, Any]] = []
+        self._wake = trio.Event()
+        #: Batches sent (for tests and `status`).
+        self.sent = 0
+
+    def add(self, event: dict[str, Any]) -> None:
+        """Queue an event (ignored unless its kind is one the config asks for)."""
+        if event["event"] not in self.config.events:
+            return
+        self.pending.append(event)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await trio.sleep(self.config.batch)
+            batch, self.pending = self.pending, []
+            self._wake = trio.Event()
+            if batch:
+                try:
+                    await self.send(batch)
+                except Exception:
+                    # A notification must never take the daemon down with it.
+                    log.exception("sending a notification failed")
+                await trio.sleep(max(0.0, self.config.interval - self.config.batch))
+                if self.pending:
+                    self._wake.set()
+
+    async def send(self, events: list[dict[str, Any]]) -> None:
+        """Deliver one batch everywhere the config says; a failure is logged, not raised."""
+        self.sent += 1
+        title, body = _summary(events)
+        payload = {
+            "type": "latis.notification",
+            "title": title,
+            "body": body,
+            "count": len(events),
+            "events": events,
+            "sent_at": time.time(),
+        }
+        config = self.config
+        if config.command:
+            await self._command(orjson.dumps(payload))
+        if config.desktop and shutil.which("notify-send"):
+            await self._run(["notify-send", "--app-name=latis", title, body], b"")
+        if config.urls:
+            await trio.to_thread.run_sync(self._apprise, title, body, payload)
+
+    async def _command(self, data: bytes) -> None:
+        await self._run(list(self.config.command), data)
+
+    async def _run(self, argv: list[str], data: bytes) -> None:
+        try:
+            with trio.move_on_after(COMMAND_TIMEOUT):
+                done = await trio.run_process(argv, stdin=data, check=False,
+                                              stdout=subprocess.DEVNULL, capture_stderr=True)
+                if done.returncode != 0:
+                    log.warning("notification command %s exited %d: %s", argv[0],
+                                done.returncode, done.stderr.decode(errors="replace")[-300:])
+        except OSError as exc:
+            log.warning("notification command %s failed: %s", argv[0], exc)
+
+    def _apprise(self, title: str, body: str, payload: Mapping[str, Any]) -> None:
+        try:
+            import apprise
+        except ImportError:
+            log.warning("notification URLs need apprise: pip install 'latis[notify]'")
+            return
+        for url in self.config.urls:
+            sender = apprise.Apprise()
+            if not sender.add(url):
+                log.warning("notification URL %s is not one apprise knows", redact(url))
+                continue
+            if not sender.notify(title=title, body=body):
+                log.warning("notification to %s failed", redact(url))
+
+
+#: The public name (`latis_core.redact_url`).
+redact_url = redact

@@ -1,0 +1,169 @@
+"""The chunk writer: one task that stores every prompt's chunks, many at a time.
+
+Chunks flow first, disk follows. A prompt's pump publishes a chunk to its
+followers as soon as it arrives and hands it to the writer (`put`, no wait);
+the writer takes everything pending from all prompts and stores it in one
+transaction (one hop to the worker thread), at most `DELAY` seconds after the
+first chunk of a batch arrived, at once when `BATCH` rows are pending.
+Every other state write of the controller goes through `call`, and runs in the
+same hop right after the chunks: one thread hop per batch for everything.
+`room` holds a pump back while more than `LIMIT` rows wait (the daemon's memory
+and what a crash can lose stay bounded).
+
+The durability contract (docs/design.md): what a follower was shown may not
+be on disk yet; a daemon that dies loses at most what was pending, and the
+controller that starts next asks the unit to replay from the last stored seq.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from latis_core._cmdr.state import ChunkIn, StateDB
+
+if TYPE_CHECKING:
+    from latis_core._cmdr.prompts import PromptRecord
+
+__all__ = ["BATCH", "DELAY", "LIMIT", "ChunkWriter"]
+
+_T = TypeVar("_T")
+
+log = logging.getLogger("latis.cmdr")
+
+#: Seconds a chunk waits at most before its batch is written.
+DELAY = 0.005
+#: Rows that make a batch full: written at once, without waiting for `DELAY`.
+BATCH = 4096
+#: Rows pending at most: a pump waits (`room`) while more are.
+LIMIT = 4 * BATCH
+
+
+class ChunkWriter:
+    """Group-commits the chunks of all running prompts (one per controller)."""
+
+    def __init__(
+        self,
+        state: StateDB,
+        run_write: Callable[[Callable[[], None]], Awaitable[None]],
+        *,
+        delay: float = DELAY,
+        batch: int = BATCH,
+        limit: int = LIMIT,
+    ) -> None:
+        self.state = state
+        self._run_write = run_write
+        self.delay = delay
+        self.batch = batch
+        self.limit = limit
+        self._pending: dict[PromptRecord, list[ChunkIn]] = {}
+        #: Other writes waiting for the next hop, each with the box its result goes in.
+        self._ops: list[tuple[Callable[[], Any], list[tuple[bool, Any]]]] = []
+        self._count = 0
+        self._wake = trio.Event()
+        self._urgent = trio.Event()
+        self._written = trio.Event()
+        #: True while `run` runs (until then, and after, `call` hops by itself).
+        self.running = False
+        #: Transactions and rows written, for benchmarks and logs.
+        self.transactions = 0
+        self.rows = 0
+
+    @property
+    def pending(self) -> int:
+        """Rows handed over and not stored yet."""
+        return self._count
+
+    def put(self, record: PromptRecord, rows: list[ChunkIn]) -> None:
+        """Queue `rows` of `record` for the next batch (never waits)."""
+        if not rows:
+            return
+        queued = self._pending.get(record)
+        if queued is None:
+            self._pending[record] = rows
+        else:
+            queued.extend(rows)
+        self._count += len(rows)
+        self._wake.set()
+        if self._count >= self.batch:
+            self._urgent.set()
+
+    async def room(self) -> None:
+        """Wait while more rows are pending than `LIMIT` (backpressure on the pumps)."""
+        while self._count > self.limit:
+            self._urgent.set()
+            await self._written.wait()
+
+    async def call(self, fn: Callable[[], _T]) -> _T:
+        """Run the state write `fn` in the next batch's hop (after its chunks); its result."""
+        box: list[tuple[bool, Any]] = []
+        if self.running:
+            self._ops.append((fn, box))
+            self._wake.set()
+            self._urgent.set()
+            while not box:
+                await self._written.wait()
+        else:  # the writer stopped (the controller is stopping): a hop of its own
+            await self._run_write(functools.partial(self._work, [], [(fn, box)], 0))
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    async def run(self) -> None:
+        """Write batches until cancelled; then write what is still pending, once."""
+        self.running = True
+        try:
+            while True:
+                await self._wake.wait()
+                if not self._urgent.is_set():
+                    with trio.move_on_after(self.delay):
+                        await self._urgent.wait()
+                await self._write_batch()
+        finally:
+            self.running = False
+            if self._pending or self._ops:
+                await self._write_batch()
+
+    async def _write_batch(self) -> None:
+        self._wake = trio.Event()
+        self._urgent = trio.Event()
+        taken, self._pending = self._pending, {}
+        count, self._count = self._count, 0
+        ops, self._ops = self._ops, []
+        batches = [(record.id, rows) for record, rows in taken.items()]
+        # Shielded: a batch taken is a batch stored, and every caller hears
+        # back, even when the controller stops meanwhile.
+        with trio.CancelScope(shield=True):
+            await self._run_write(functools.partial(self._work, batches, ops, count))
+        self.transactions += 1
+        self.rows += count
+        for record, rows in taken.items():
+            record.stored(rows[-1][0])
+        written, self._written = self._written, trio.Event()
+        written.set()
+
+    def _work(
+        self,
+        batches: list[tuple[int, list[ChunkIn]]],
+        ops: list[tuple[Callable[[], Any], list[tuple[bool, Any]]]],
+        count: int,
+    ) -> None:
+        """(In the worker thread) the chunks first, then the writes that must
+        follow them (an end, a question, a session's state)."""
+        if batches:
+            try:
+                self.state.add_chunk_batches(batches)
+            except Exception:
+                # Never silent, never fatal to other prompts: the unit still
+                # holds these chunks for a replay after a restart.
+                log.exception("could not store %d chunks", count)
+        for fn, box in ops:
+            try:
+                box.append((True, fn()))
+            except Exception as exc:  # noqa: BLE001 (raised again in `call`)
+                box.append((False, exc))
