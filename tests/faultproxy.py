@@ -344,6 +344,11 @@ class UdpRelay:
         self.passed = {"up": 0, "down": 0}
         self._upstream: dict[Any, trio.socket.SocketType] = {}
 
+    @property
+    def connections(self) -> int:
+        """Client addresses seen (a QUIC client that dials again has a new one)."""
+        return len(self._upstream)
+
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Relay datagrams until cancelled."""
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -18,6 +18,7 @@ that is left early, or whose scope is cancelled, sends `prompt.cancel`.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -194,13 +195,21 @@ class Peer:
             await trio.lowlevel.checkpoint()
             return
         self._closing = True
+        # Closed because our caller is cancelled (a controller leaving): so are
+        # the transport's own tasks, which would read the other side's part of
+        # a closing handshake (websocket, QUIC). Waiting for it would take the
+        # whole timeout for nothing: the stream is closed forcefully then.
+        cancelled = trio.current_effective_deadline() == -math.inf
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.cancel_timeout
             await self.link.flush()
             self._fail(ConnectionClosed("the connection was closed"))
             for task_scope in self._scopes:
                 task_scope.cancel()
-            await self.link.aclose()
+            if cancelled:
+                await trio.aclose_forcefully(self.link)
+            else:
+                await self.link.aclose()
 
     async def ping(self) -> float:
         """Send `ping`; return the round trip in seconds."""
