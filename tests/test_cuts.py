@@ -290,3 +290,243 @@ async def running_unit(home: Path, *args: str) -> AsyncIterator[trio.Process]:
             yield process
         finally:
             process.terminate()
+
+
+# ---- silence: a stall the heartbeat finds ------------------------------------------------
+
+
+async def test_a_stall_after_half_a_frame_is_found_and_picked_up(home: Path) -> None:
+    """The link stalls after one more chunk and half a frame, then carries nothing:
+    no error, no end, just silence. The heartbeat finds it dead, cmdr drops it,
+    dials again and picks the prompt up: complete and exactly once."""
+    async with behind("tcp", home, "-o", "delay=0.005") as link:
+        proxy: FaultProxy = link.fault
+        async with controller(home, link.config()) as ctl:
+            sid = (await ctl.create_session(link.add(ctl)))["session"]
+            record = await ctl.start_prompt(sid, " ".join(WORDS))
+            seen = Followed()
+            async for kind, event in ctl.follow(record.id):
+                if kind == "chunk":
+                    seen.seqs.append(event.seq)
+                    seen.text += event.text
+                    if event.seq == 20:
+                        proxy.stall(mid_frame="down")
+                        with trio.fail_after(10):
+                            await proxy.wait_mid_frame("down")
+                elif kind == "end":
+                    seen.end = event
+            seen.complete(WORDS)
+            assert proxy.connections == 2
+            assert stored(ctl, sid) == list(range(len(WORDS)))
+
+
+async def test_a_stall_that_outlasts_the_replay_bound_ends_with_the_chunks_lost(
+    home: Path,
+) -> None:
+    """A unit that keeps 300 bytes of chunks for replay goes on writing into a
+    stalled link: what it wrote there is gone, and it no longer keeps it. The
+    prompt ends with `limit_reached` saying which chunks were lost and how
+    many; the chunks before the stall stay stored; no follower hangs."""
+    async with behind("tcp", home, "-o", "delay=0.002", "--replay-limit", "300") as link:
+        proxy: FaultProxy = link.fault
+        async with controller(home, link.config()) as ctl:
+            sid = (await ctl.create_session(link.add(ctl)))["session"]
+            record = await ctl.start_prompt(sid, " ".join(WORDS))
+            seen = Followed()
+            with trio.fail_after(20):
+                async for kind, event in ctl.follow(record.id):
+                    if kind == "chunk":
+                        seen.seqs.append(event.seq)
+                        if event.seq == 20:
+                            proxy.stall()
+                    elif kind == "end":
+                        seen.end = event
+            end = seen.end
+            assert end is not None and end["outcome"] == "error", end
+            assert end["code"] == "limit_reached"
+            got = len(seen.seqs)
+            assert seen.seqs == list(range(got)) and got >= 21
+            assert end["chunks"] == got
+            assert f"after chunk {got - 1}" in end["message"]
+            assert "the cut outlasted its replay limit; the chunks are lost" in end["message"]
+            assert f"chunks {got} to " in end["message"]
+            assert stored(ctl, sid) == list(range(got))
+            [entry] = ctl.state.transcript(sid)
+            assert entry.prompt.state == "error"
+            assert entry.prompt.error.startswith("limit_reached: ")
+
+
+# ---- a unit killed ------------------------------------------------------------------------
+
+
+async def both(*followers: Any) -> list[Followed]:
+    """Run followers (coroutine functions returning `Followed`) side by side."""
+    results: list[Followed] = [Followed() for _ in followers]
+
+    async def run(i: int) -> None:
+        results[i] = await followers[i]()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(followers)):
+            nursery.start_soon(run, i)
+    return results
+
+
+def assert_lost(seen: Followed, unit: str) -> None:
+    """The prompt ended `unit_lost`, naming the unit, the chunks it had and what to do."""
+    end = seen.end
+    assert end is not None and end["outcome"] == "error", end
+    assert end["code"] == "unit_lost"
+    assert seen.seqs == list(range(len(seen.seqs)))
+    assert end["chunks"] == len(seen.seqs)
+    assert f"unit {unit!r} was lost (" in end["message"]
+    assert f"after {len(seen.seqs)} chunks of the prompt" in end["message"]
+    assert f"latis unit up {unit}" in end["message"]
+
+
+async def follow_and_kill(
+    ctl: latis_core.Controller, sid: str, kill: Any, at: int = 10
+) -> list[Followed]:
+    """Two followers of a long prompt; at chunk `at`, `kill()` the unit."""
+    record = await ctl.start_prompt(sid, " ".join(WORDS))
+
+    async def first() -> Followed:
+        seen = Followed()
+        async for kind, event in ctl.follow(record.id):
+            if kind == "chunk":
+                seen.seqs.append(event.seq)
+                if event.seq == at:
+                    await kill()
+            elif kind == "end":
+                seen.end = event
+        return seen
+
+    async def second() -> Followed:
+        return await follow(ctl, record.id)
+
+    with trio.fail_after(30):
+        return await both(first, second)
+
+
+async def test_a_killed_process_unit_ends_its_prompt_unit_lost_for_every_follower(
+    home: Path,
+) -> None:
+    """SIGKILL of a unit the process provisioner runs: the provisioner sees it gone,
+    and every follower gets `unit_lost` (not a hang) with the chunks it had."""
+    config = daemon() + """
+[units.p]
+agent_options = { delay = "0.02" }
+[units.p.provisioner]
+type = "process"
+"""
+    async with controller(home, config) as ctl:
+        sid = (await ctl.create_session("p"))["session"]
+        rt = ctl.units["p"]
+        assert rt.provisioner is not None
+        pid = int(rt.provisioner.context.resources.get("pid") or 0)
+
+        async def kill() -> None:
+            os.kill(pid, signal.SIGKILL)
+
+        try:
+            seen = await follow_and_kill(ctl, sid, kill)
+        finally:
+            await ctl.down("p")
+        for one in seen:
+            assert_lost(one, "p")
+            assert "its provisioner reports it" in one.end["message"]  # type: ignore[index]
+        assert seen[0].seqs == seen[1].seqs
+        [entry] = ctl.state.transcript(sid)
+        assert entry.prompt.state == "error" and entry.prompt.error.startswith("unit_lost: ")
+
+
+@pytest.mark.parametrize("kind", ["tcp", "quic"])
+async def test_a_killed_unit_that_cmdr_dials_ends_its_prompt_within_the_bound(
+    kind: str, home: Path
+) -> None:
+    """SIGKILL of a unit with no provisioner (nothing but its connection tells):
+    cmdr tries to dial it again for `unit_lost_after` (1 s here), then every
+    follower gets `unit_lost`."""
+    async with behind(kind, home, "-o", "delay=0.02") as link:
+        async with controller(home, link.config(unit_lost_after=1.0)) as ctl:
+            sid = (await ctl.create_session(link.add(ctl)))["session"]
+
+            async def kill() -> None:
+                link.process.kill()
+                await link.process.wait()
+
+            seen = await follow_and_kill(ctl, sid, kill)
+            for one in seen:
+                assert_lost(one, "u")
+                assert "no connection to it for 1 s" in one.end["message"]  # type: ignore[index]
+            status = {entry["unit"]: entry for entry in await ctl.status()}
+            assert status["u"]["connection"] == "unreachable"
+
+
+@pytest.mark.slow
+async def test_a_killed_container_ends_its_prompt_unit_lost(
+    podman: str, home: Path
+) -> None:
+    """`podman kill -s KILL` of a unit's container: the container provisioner sees it
+    exited, and every follower gets `unit_lost`."""
+    import uuid
+
+    from podman_image import IMAGE, UNIT_COMMAND, podman_run, python_mounts
+
+    name = f"latis-cut-{uuid.uuid4().hex[:8]}"
+    table = {"type": "container", "image": IMAGE, "mounts": python_mounts(),
+             "command": UNIT_COMMAND, "name": name}
+    config = daemon() + '[units.c]\nagent_options = { delay = "0.02" }\n[units.c.provisioner]\n'
+    config += "".join(f"{key} = {json.dumps(value)}\n" for key, value in table.items())
+    try:
+        async with controller(home, config) as ctl:
+            sid = (await ctl.create_session("c"))["session"]
+
+            async def kill() -> None:
+                await trio.to_thread.run_sync(functools.partial(
+                    podman_run, "kill", "-s", "KILL", name, check=False))
+
+            seen = await follow_and_kill(ctl, sid, kill)
+            for one in seen:
+                assert_lost(one, "c")
+                assert "its provisioner reports it" in one.end["message"]  # type: ignore[index]
+    finally:
+        await trio.to_thread.run_sync(functools.partial(
+            podman_run, "rm", "-f", "-t", "0", name, check=False))
+
+
+# ---- under load -----------------------------------------------------------------------------
+
+
+async def test_a_hundred_prompts_streaming_under_a_cut_all_complete_exactly_once(
+    home: Path,
+) -> None:
+    """100 prompts stream at once on one unit (100 sessions) when the link is cut
+    for a second: every one of them completes, each chunk once, in order."""
+    words = [f"w{i}" for i in range(60)]
+    async with behind("tcp", home, "-o", "delay=0.01") as link:
+        proxy: FaultProxy = link.fault
+        async with controller(home, link.config()) as ctl, trio.open_nursery() as nursery:
+            name = link.add(ctl)
+            sids = [(await ctl.create_session(name))["session"] for _ in range(100)]
+            records = [await ctl.start_prompt(sid, " ".join(words)) for sid in sids]
+            results: dict[int, Followed] = {}
+
+            async def one(prompt_id: int) -> None:
+                results[prompt_id] = await follow(ctl, prompt_id)
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as followers:
+                    for record in records:
+                        followers.start_soon(one, record.id)
+                    # Cut once the prompts are under way.
+                    while not any(r.received >= 10 for r in records):
+                        await trio.sleep(0.01)
+                    proxy.cut()
+                    nursery.start_soon(restore_after, proxy, 1.0)
+            assert proxy.connections == 2
+            assert any(r.received < len(words) - 1 for r in records) or True
+            for record in records:
+                results[record.id].complete(words)
+            for sid in sids:
+                assert stored(ctl, sid) == list(range(len(words)))

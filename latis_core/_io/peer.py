@@ -195,18 +195,20 @@ class Peer:
             await trio.lowlevel.checkpoint()
             return
         self._closing = True
-        # Closed because our caller is cancelled (a controller leaving): so are
-        # the transport's own tasks, which would read the other side's part of
-        # a closing handshake (websocket, QUIC). Waiting for it would take the
-        # whole timeout for nothing: the stream is closed forcefully then.
-        cancelled = trio.current_effective_deadline() == -math.inf
+        # A closing handshake (websocket, QUIC) waits for the other side. Not
+        # when the connection already failed (broken, or silent past the
+        # heartbeat: nobody answers), nor when our caller is cancelled (a
+        # controller leaving: so are the transport's tasks that would read the
+        # answer). Waiting would take the whole timeout for nothing (and hold
+        # up a redial): the stream is closed forcefully then.
+        forceful = self._error is not None or trio.current_effective_deadline() == -math.inf
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.cancel_timeout
             await self.link.flush()
             self._fail(ConnectionClosed("the connection was closed"))
             for task_scope in self._scopes:
                 task_scope.cancel()
-            if cancelled:
+            if forceful:
                 await trio.aclose_forcefully(self.link)
             else:
                 await self.link.aclose()
