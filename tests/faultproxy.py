@@ -207,6 +207,7 @@ class FaultProxy:
         self.passed = {"up": 0, "down": 0}
         self._refusing = False
         self._delay = 0.0
+        self._stall_new = False
         self._changed = trio.Event()
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -240,6 +241,9 @@ class FaultProxy:
             _reset(client)
             return
         relayed = _Relayed(self, client, server)
+        if self._stall_new:
+            relayed.up.stall(False)
+            relayed.down.stall(False)
         self.relayed.append(relayed)
         self.connections += 1
         self._wake()
@@ -289,13 +293,15 @@ class FaultProxy:
         self._delay = 0.0
         self.release()
 
-    def stall(self, mid_frame: str | None = None) -> None:
-        """Stop passing bytes on the connections open now (new ones pass).
+    def stall(self, mid_frame: str | None = None, *, new: bool = False) -> None:
+        """Stop passing bytes on the connections open now, until `release()`.
 
         Args:
             mid_frame: "down" or "up": that way, first let through the header and
                 half the payload of the next frame, then stop (plain framing only).
+            new: stall new connections too (they connect, and hear nothing).
         """
+        self._stall_new = new
         for relayed in self.relayed:
             relayed.up.stall(mid_frame == "up")
             relayed.down.stall(mid_frame == "down")
@@ -309,7 +315,8 @@ class FaultProxy:
             await trio.sleep(0.005)
 
     def release(self) -> None:
-        """Let stalled connections go on."""
+        """Let stalled connections go on (and new ones pass)."""
+        self._stall_new = False
         for relayed in self.relayed:
             relayed.up.release()
             relayed.down.release()
