@@ -272,7 +272,14 @@ class DialIns:
                           f"cmdr, `latis unit accept {name}` (it dials again until then)",
                           ErrorCode.LIMIT_REACHED)
         client = rt.client
-        if client is not None and not client.peer.closed:
+        proved = _enrollment_of(client) if client is not None else None
+        if client is not None and not client.peer.closed and proved not in (None, eid):
+            # Its connection was made with a key this use just retired (a rotation
+            # is complete): the unit on the new key takes over, without downtime.
+            log.warning("unit %s: dialed in with its new key; closing its connection on "
+                        "the old one", name)
+            await client.peer.aclose()
+        elif client is not None and not client.peer.closed:
             answered = False
             with trio.move_on_after(LIVENESS_TIMEOUT):
                 try:
@@ -447,6 +454,13 @@ class DialIns:
             }
             for lr in self.listeners.values()
         ]
+
+
+def _enrollment_of(client: UnitClient) -> str | None:
+    """The enrollment id a connected unit proved (None if it proved none)."""
+    auth = client.hello.auth
+    eid = auth.get("enrollment") if isinstance(auth, dict) else None
+    return eid if isinstance(eid, str) else None
 
 
 def _dropped(lr: ListenerRuntime, where: str, exc: ConnectError) -> None:

@@ -62,8 +62,8 @@ options, where a session's value replaces the unit's):
 
 addresses: unix:PATH, tcp://HOST:PORT, ws://HOST:PORT/PATH, wss://…, quic://HOST:PORT
 
-exit status: 0 when stdin ends or on SIGTERM, 1 on a failure (or cmdr refused the
-unit's enrollment), 2 on a usage error.
+exit status: 0 when stdin ends or on SIGTERM, 1 on a failure, 2 on a usage error,
+4 when cmdr refused the unit's enrollment (wrong, expired, revoked, rotated away).
 """
 
 
