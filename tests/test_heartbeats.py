@@ -147,6 +147,52 @@ async def test_a_silent_unit_is_pinged_and_dropped_within_the_bound(
     assert "went silent: no reply within 10 s of a keep-alive ping" in unit.peer.why_closed
 
 
+async def test_a_unit_that_drops_a_silent_controller_keeps_the_prompt_for_a_resume(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A controller asks for a prompt, reads a few chunks, then hears and says nothing:
+    the unit's heartbeat drops it, the prompt goes on into the replay log, and a
+    new connection picks it up after the
+    last chunk the first one read: every chunk once, then complete."""
+    words = [f"w{i}" for i in range(100)]
+    async with latis_core.open_unit(
+        latis_core.EchoAgent(delay=0.1), name="u", heartbeat=1.0, heartbeat_timeout=1.0
+    ) as unit, trio.open_nursery() as nursery:
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(unit.serve, theirs)
+        await ours.send_all(frame({"type": "hello", "id": 0, "protocol": 1, "role": "cmdr"}))
+        await ours.send_all(frame({"type": "session.create", "id": 1}))
+        buffer = bytearray()
+        seqs: list[int] = []
+        sid = None
+        while True:  # reads (a deaf controller's kernel would), never answers
+            data = await ours.receive_some()
+            if not data:
+                break
+            buffer += data
+            while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack(">I", buffer[:4])[0]:
+                (size,) = struct.unpack(">I", buffer[:4])
+                message = orjson.loads(bytes(buffer[4:4 + size]))
+                del buffer[:4 + size]
+                if message["type"] == "ack" and sid is None:
+                    sid = message["data"]["session"]
+                    await ours.send_all(frame({"type": "prompt.send", "id": 2, "session": sid,
+                                               "text": " ".join(words)}))
+                elif message["type"] == "response.chunk" and len(seqs) < 5:
+                    seqs.append(message["seq"])
+        assert seqs == [0, 1, 2, 3, 4] and sid is not None
+        dropped = trio.current_time()
+        again, theirs_again = trio.testing.memory_stream_pair()
+        nursery.start_soon(unit.serve, theirs_again)
+        async with latis_core.connect(again) as cmdr:
+            stream = await latis_core.Session(cmdr, sid).reattach(2, after=seqs[-1])
+            rest = [chunk.seq async for chunk in stream]
+        assert seqs + rest == list(range(len(words)))
+        assert stream.outcome == "complete"
+        assert dropped < 5.0  # the drop came while the prompt still ran (10 s of chunks)
+        nursery.cancel_scope.cancel()
+
+
 # ---- end to end --------------------------------------------------------------------------
 
 

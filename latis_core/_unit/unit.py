@@ -165,8 +165,11 @@ class _Run:
         self.log.append(msg)
         self.log_bytes += len(text) + _CHUNK_OVERHEAD if data is None else _cost(msg)
         sink = self.sink
-        if sink is not None and sink.closed:
-            self.sink = sink = None  # its controller is gone: keep everything for a resume
+        if sink is not None and (sink.closed or sink.conn.closed):
+            # Its controller is gone (or its connection failed, as when our
+            # heartbeat found it silent, before the connection's task noticed):
+            # keep everything for a resume.
+            self.sink = sink = None
         if sink is not None:
             try:
                 sink.link.cork(sink.conn.send(msg))
