@@ -49,7 +49,8 @@ TOPICS = {
   3    cancelled (the prompt was cancelled), or timed out
   4    auth: a proof of identity or an enrollment was refused
   5    cmdr unreachable (the daemon is not running and could not start)
-  6    unit unreachable (not connected, its dial or provisioner failed)
+  6    unit unreachable (not connected, its dial or provisioner failed, or lost
+       while a prompt ran: unit_lost)
   130  interrupted (Ctrl-C)
 
 latis-unit uses the same: 4 when cmdr refuses its enrollment.""",

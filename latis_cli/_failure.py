@@ -19,6 +19,7 @@ from ._cmdr import AUTH, CANCELLED, CMDR_UNREACHABLE, ERROR, INTERRUPTED, UNIT_U
 _BY_CODE = {
     "unreachable": UNIT_UNREACHABLE,
     "provision_failed": UNIT_UNREACHABLE,
+    "unit_lost": UNIT_UNREACHABLE,
     "unauthorized": AUTH,
     "auth_required": AUTH,
     "cancelled": CANCELLED,

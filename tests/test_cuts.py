@@ -36,6 +36,7 @@ import latis_core
 from latis_core._cmdr.config import parse_config
 from latis_core._cmdr.state import StateDB
 
+LATIS = [sys.executable, "-m", "latis_cli"]
 #: The units' side of the heartbeat (cmdr's is in `daemon`).
 BEAT = ("--heartbeat", "0.5", "--heartbeat-timeout", "1")
 WORDS = [f"w{i}" for i in range(300)]
@@ -531,3 +532,66 @@ async def test_a_hundred_prompts_streaming_under_a_cut_all_complete_exactly_once
                 results[record.id].complete(words)
             for sid in sids:
                 assert stored(ctl, sid) == list(range(len(words)))
+
+
+async def test_every_cli_follower_of_a_killed_unit_hears_unit_lost(home: Path) -> None:
+    """Through the real daemon: `latis prompt` and a `latis attach` both follow a
+    prompt when its unit is killed (SIGKILL); both end with the unit_lost message
+    on stderr (which unit, what was seen, what to do) and exit 6 (unit
+    unreachable), without a traceback."""
+    env = {**os.environ, "LATIS_HOME": str(home / "cmdr"), "NO_COLOR": "1"}
+    env.pop("LATIS_CONFIG", None)
+
+    async def latis(*args: str) -> Any:
+        done = await trio.run_process([*LATIS, *args], env=env, capture_stdout=True,
+                                      capture_stderr=True, check=False)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done
+
+    (home / "cmdr").mkdir()
+    (home / "cmdr" / "config.toml").write_text(daemon() + """
+[units.p]
+agent_options = { delay = "0.02" }
+[units.p.provisioner]
+type = "process"
+""")
+    try:
+        sid = json.loads((await latis("session", "new", "--unit", "p", "--json")).stdout)[
+            "session"]
+        socket = f"{home}/cmdr/run/units/p/unit.sock".encode()
+        [pid] = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
+                 and socket in _cmdline(entry)]
+        followers: dict[str, Any] = {}
+
+        async def run(name: str, *args: str) -> None:
+            followers[name] = await trio.run_process(
+                [*LATIS, *args], env=env, capture_stdout=True, capture_stderr=True,
+                check=False)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "prompt", "prompt", "--session", sid, " ".join(WORDS))
+            with trio.fail_after(20):
+                while (await latis("session", "show", sid, "--json")).stdout.count(
+                        b'"running"') == 0:
+                    await trio.sleep(0.1)
+            nursery.start_soon(run, "attach", "attach", sid)
+            await trio.sleep(0.5)  # both follow it now
+            os.kill(pid, signal.SIGKILL)
+        for name, done in followers.items():
+            stderr = done.stderr.decode()
+            assert done.returncode == 6, (name, done.stdout, stderr)
+            assert "unit 'p' was lost (" in stderr and "latis unit up p" in stderr, stderr
+            assert "Traceback" not in stderr
+            assert done.stdout.decode().startswith("w0 w1"), name
+    finally:
+        with trio.CancelScope(shield=True):
+            for stop in (("unit", "down", "p"), ("daemon", "stop")):
+                await trio.run_process([*LATIS, *stop], env=env, check=False,
+                                       capture_stdout=True, capture_stderr=True)
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
