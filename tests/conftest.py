@@ -83,8 +83,9 @@ def nothing_left_running() -> Iterator[None]:
         except (ProcessLookupError, PermissionError):
             pass
     listed = "\n".join(f"  pid {pid}: {argv}" for pid, argv in sorted(left.items()))
-    pytest.fail(f"the tests left {len(left)} process(es) running (now killed):\n{listed}",
-                pytrace=False)
+    pytest.fail(
+        f"the tests left {len(left)} process(es) running (now killed):\n{listed}", pytrace=False
+    )
 
 
 @pytest.fixture(scope="session")

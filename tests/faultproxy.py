@@ -79,10 +79,11 @@ class _Frames:
         self.header = b""
         self.left = 0  # payload bytes of the current frame still to come
 
-    def split_mid_frame(self, data: bytes) -> int | None:
-        """Feed `data`; return how many of its bytes end half-way through a frame's
-        payload that starts in it (None if no frame with two or more payload bytes
-        starts in `data` with its header whole)."""
+    def feed(self, data: bytes, *, split: bool = False) -> int | None:
+        """Follow `data` through the frames. With `split`, stop half-way through the
+        payload of the first frame (of two or more payload bytes) whose header
+        ends in `data`, and return how many bytes of `data` come before that
+        point (the rest is this frame's, as if fed next); None if there is none."""
         at = 0
         while at < len(data):
             if self.left:
@@ -97,26 +98,11 @@ class _Frames:
                 return None
             (size,) = struct.unpack(">I", self.header)
             self.header = b""
-            if size >= 2:
+            if split and size >= 2:
                 self.left = size - size // 2  # what is held back
                 return at + size // 2
             self.left = size
         return None
-
-    def feed(self, data: bytes) -> None:
-        at = 0
-        while at < len(data):
-            if self.left:
-                step = min(self.left, len(data) - at)
-                self.left -= step
-                at += step
-                continue
-            need = 4 - len(self.header)
-            self.header += data[at : at + need]
-            at += min(need, len(data) - at)
-            if len(self.header) == 4:
-                (self.left,) = struct.unpack(">I", self.header)
-                self.header = b""
 
 
 class _Pipe:
@@ -153,7 +139,7 @@ class _Pipe:
                         await sink.send_eof()
                     return
             if self.mid_frame:
-                split = self.frames.split_mid_frame(data)
+                split = self.frames.feed(data, split=True)
                 if split is not None:
                     await sink.send_all(data[:split])
                     self.held = data[split:]

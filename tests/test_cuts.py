@@ -17,8 +17,6 @@ import functools
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -28,25 +26,16 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from faultproxy import FaultProxy, UdpRelay, tcp_target, unix_target
-from sshd import running_sshd, sshd_unavailable
-from units import UNIT, listening_unit
+from clirun import LATIS, cli_env, latis
+from cutlinks import behind, daemon, running_unit
+from faultproxy import FaultProxy, tcp_target
+from sshd import sshd_unavailable
 
 import latis_core
 from latis_core._cmdr.config import parse_config
 from latis_core._cmdr.state import StateDB
 
-LATIS = [sys.executable, "-m", "latis_cli"]
-#: The units' side of the heartbeat (cmdr's is in `daemon`).
-BEAT = ("--heartbeat", "0.5", "--heartbeat-timeout", "1")
 WORDS = [f"w{i}" for i in range(300)]
-
-
-def daemon(unit_lost_after: float = 20.0, **more: Any) -> str:
-    lines = ["[daemon]", "heartbeat = 0.5", "heartbeat_timeout = 1.0",
-             f"unit_lost_after = {unit_lost_after}"]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in more.items()]
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
@@ -55,111 +44,6 @@ def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="lcut", dir="/tmp") as folder:
         monkeypatch.setenv("LATIS_HOME", str(Path(folder) / "cmdr"))
         yield Path(folder)
-
-
-@attrs.define
-class Link:
-    """A unit behind a fault: how cmdr dials it (an address, or a dial table for
-    what an address cannot say), the fault, the unit's process."""
-
-    url: str | None
-    fault: Any
-    process: trio.Process
-    table: dict[str, Any] | None = None
-
-    def config(self, name: str = "u", **daemon_table: Any) -> str:
-        """The config: `daemon(**daemon_table)`, and the unit if it needs a table."""
-        if self.table is None:
-            return daemon(**daemon_table)
-        lines = [f"[units.{name}.dial]"]
-        lines += [f"{key} = {json.dumps(value)}" for key, value in self.table.items()]
-        return daemon(**daemon_table) + "\n".join(lines) + "\n"
-
-    def add(self, ctl: latis_core.Controller, name: str = "u") -> str:
-        """Make sure `ctl` knows the unit; return its name."""
-        if self.url is not None:
-            ctl.add_address(self.url, name=name)
-        return name
-
-
-# Joins stdin and stdout to a unix socket (the unit's), as `ssh host socat - UNIX:…`
-# would: what runs over ssh ends with the ssh connection; the unit does not.
-UNIX_RELAY = """
-import os, socket, sys, threading
-os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-sock = socket.socket(socket.AF_UNIX)
-sock.connect(sys.argv[1])
-def up():
-    try:
-        while data := os.read(0, 65536):
-            sock.sendall(data)
-    except OSError:
-        pass
-    os._exit(0)
-def down():
-    try:
-        while data := sock.recv(65536):
-            while data:
-                data = data[os.write(1, data):]
-    except OSError:
-        pass
-    os._exit(0)
-threading.Thread(target=up).start()
-down()
-"""
-
-
-@asynccontextmanager
-async def behind(
-    kind: str, home: Path, *unit_args: str
-) -> AsyncIterator[Link]:
-    """A `latis-unit --listen` of `kind` and a fault between it and cmdr."""
-    args = (*BEAT, *unit_args)
-    async with trio.open_nursery() as nursery:
-        if kind in ("tcp", "tls"):
-            tls = ("--tls",) if kind == "tls" else ()
-            async with listening_unit(home, "tcp://127.0.0.1:0", *tls, *args) as unit:
-                assert unit.port is not None
-                proxy = await nursery.start(FaultProxy(tcp_target("127.0.0.1", unit.port)).serve)
-                url = f"tcp://127.0.0.1:{proxy.port}"
-                if unit.fingerprint:
-                    url += f"?fingerprint={unit.fingerprint}"
-                yield Link(url, proxy, unit.process)
-        elif kind == "websocket":
-            async with listening_unit(home, "ws://127.0.0.1:0/latis", *args) as unit:
-                assert unit.port is not None
-                proxy = await nursery.start(FaultProxy(tcp_target("127.0.0.1", unit.port)).serve)
-                url = f"ws://127.0.0.1:{proxy.port}/latis"
-                yield Link(url, proxy, unit.process)
-        elif kind == "unix":
-            async with listening_unit(home, f"unix:{home}/u.sock", *args) as unit:
-                proxy = await nursery.start(
-                    FaultProxy(unix_target(f"{home}/u.sock"), path=f"{home}/p.sock").serve)
-                yield Link(f"unix:{proxy.path}", proxy, unit.process)
-        elif kind == "quic":
-            async with listening_unit(home, "quic://127.0.0.1:0", *args) as unit:
-                assert unit.port is not None
-                relay = await nursery.start(UdpRelay(unit.port).serve)
-                url = f"quic://127.0.0.1:{relay.port}?fingerprint={unit.fingerprint}"
-                yield Link(url, relay, unit.process)
-        elif kind == "ssh":
-            why = sshd_unavailable()
-            if why is not None:
-                pytest.skip(why)
-            with running_sshd() as sshd:
-                async with listening_unit(home, f"unix:{home}/u.sock", *args) as unit:
-                    proxy = await nursery.start(
-                        FaultProxy(tcp_target("127.0.0.1", sshd.port)).serve)
-                    table = {
-                        "type": "ssh", "host": "127.0.0.1", "port": proxy.port,
-                        "user": sshd.user, "identity": [sshd.client_key],
-                        "host_key": sshd.host_key, "grace": 0.2,
-                        "command": [sys.executable, "-c", UNIX_RELAY, f"{home}/u.sock"],
-                    }
-                    yield Link(None, proxy, unit.process, table)
-        else:
-            raise AssertionError(kind)
-        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -185,8 +69,13 @@ class Followed:
 
 
 async def follow(
-    ctl: latis_core.Controller, prompt_id: int, at: int | None = None,
-    fault: Any = None, *, down_for: float = 1.0, nursery: trio.Nursery | None = None,
+    ctl: latis_core.Controller,
+    prompt_id: int,
+    at: int | None = None,
+    fault: Any = None,
+    *,
+    down_for: float = 1.0,
+    nursery: trio.Nursery | None = None,
 ) -> Followed:
     """Follow a prompt to its end; at chunk `at`, cut `fault` for `down_for` seconds."""
     seen = Followed()
@@ -230,12 +119,15 @@ async def test_a_cut_mid_prompt_is_picked_up_complete_and_exactly_once(
     cmdr redials, picks the prompt up after the last chunk it had, and every follower
     (one there all along, one that comes after the cut) sees each chunk once, in order;
     the stored transcript holds each once."""
+    if kind == "ssh" and (why := sshd_unavailable()) is not None:
+        pytest.skip(why)
     async with behind(kind, home, "-o", "delay=0.005") as link:
         async with controller(home, link.config()) as ctl, trio.open_nursery() as nursery:
             sid = (await ctl.create_session(link.add(ctl)))["session"]
             record = await ctl.start_prompt(sid, " ".join(WORDS))
-            seen = await follow(ctl, record.id, 40, link.fault, nursery=nursery,
-                                down_for=DOWN_FOR.get(kind, 1.0))
+            seen = await follow(
+                ctl, record.id, 40, link.fault, nursery=nursery, down_for=DOWN_FOR.get(kind, 1.0)
+            )
             late = await follow(ctl, record.id)
             assert link.fault.connections == 2  # picked up on a new connection
             seen.complete(WORDS)
@@ -247,7 +139,9 @@ async def test_a_cut_mid_prompt_is_picked_up_complete_and_exactly_once(
 async def test_a_cut_under_a_unit_that_dials_in_is_picked_up(home: Path) -> None:
     """The same over a dial-in (TLS with cmdr's CA): the unit redials through the
     restored link and the prompt goes on where it was."""
-    config = daemon() + """
+    config = (
+        daemon()
+        + """
 [units.edge]
 agent = "echo"
 [[units.edge.accept]]
@@ -256,6 +150,7 @@ host = "127.0.0.1"
 port = 0
 tls = true
 """
+    )
     async with controller(home, config) as ctl, trio.open_nursery() as nursery:
         enrolled = await ctl.dialins.enroll("edge", "127.0.0.1")
         [listener] = ctl.dialins.listener_of(ctl.units["edge"])
@@ -265,8 +160,17 @@ tls = true
         secret.write_text(enrolled["secret"] + "\n")
         secret.chmod(0o600)
         url = f"tcp://127.0.0.1:{proxy.port}?fingerprint={enrolled['fingerprint']}"
-        async with running_unit(home, "--connect", url, "--secret-file", str(secret),
-                                "--name", "edge", "-o", "delay=0.005"):
+        async with running_unit(
+            home,
+            "--connect",
+            url,
+            "--secret-file",
+            str(secret),
+            "--name",
+            "edge",
+            "-o",
+            "delay=0.005",
+        ):
             with trio.fail_after(20):
                 await ctl.units["edge"]._connected.wait()
             sid = (await ctl.create_session("edge"))["session"]
@@ -276,21 +180,6 @@ tls = true
             assert stored(ctl, sid) == list(range(len(WORDS)))
             assert listener.stats.accepted >= 2
         nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def running_unit(home: Path, *args: str) -> AsyncIterator[trio.Process]:
-    """`latis-unit ARGS` (echo agent, the test heartbeat) until the block ends."""
-    env = {**os.environ, "LATIS_HOME": str(home / "unit-home")}
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(functools.partial(
-            trio.run_process, [*UNIT, *BEAT, "--agent", "echo", *args],
-            stderr=subprocess.DEVNULL, env=env, check=False,
-        ))
-        try:
-            yield process
-        finally:
-            process.terminate()
 
 
 # ---- silence: a stall the heartbeat finds ------------------------------------------------
@@ -414,12 +303,15 @@ async def test_a_killed_process_unit_ends_its_prompt_unit_lost_for_every_followe
 ) -> None:
     """SIGKILL of a unit the process provisioner runs: the provisioner sees it gone,
     and every follower gets `unit_lost` (not a hang) with the chunks it had."""
-    config = daemon() + """
+    config = (
+        daemon()
+        + """
 [units.p]
 agent_options = { delay = "0.02" }
 [units.p.provisioner]
 type = "process"
 """
+    )
     async with controller(home, config) as ctl:
         sid = (await ctl.create_session("p"))["session"]
         rt = ctl.units["p"]
@@ -465,9 +357,7 @@ async def test_a_killed_unit_that_cmdr_dials_ends_its_prompt_within_the_bound(
 
 
 @pytest.mark.slow
-async def test_a_killed_container_ends_its_prompt_unit_lost(
-    podman: str, home: Path
-) -> None:
+async def test_a_killed_container_ends_its_prompt_unit_lost(podman: str, home: Path) -> None:
     """`podman kill -s KILL` of a unit's container: the container provisioner sees it
     exited, and every follower gets `unit_lost`."""
     import uuid
@@ -475,8 +365,13 @@ async def test_a_killed_container_ends_its_prompt_unit_lost(
     from podman_image import IMAGE, UNIT_COMMAND, podman_run, python_mounts
 
     name = f"latis-cut-{uuid.uuid4().hex[:8]}"
-    table = {"type": "container", "image": IMAGE, "mounts": python_mounts(),
-             "command": UNIT_COMMAND, "name": name}
+    table = {
+        "type": "container",
+        "image": IMAGE,
+        "mounts": python_mounts(),
+        "command": UNIT_COMMAND,
+        "name": name,
+    }
     config = daemon() + '[units.c]\nagent_options = { delay = "0.02" }\n[units.c.provisioner]\n'
     config += "".join(f"{key} = {json.dumps(value)}\n" for key, value in table.items())
     try:
@@ -484,16 +379,18 @@ async def test_a_killed_container_ends_its_prompt_unit_lost(
             sid = (await ctl.create_session("c"))["session"]
 
             async def kill() -> None:
-                await trio.to_thread.run_sync(functools.partial(
-                    podman_run, "kill", "-s", "KILL", name, check=False))
+                await trio.to_thread.run_sync(
+                    functools.partial(podman_run, "kill", "-s", "KILL", name, check=False)
+                )
 
             seen = await follow_and_kill(ctl, sid, kill)
             for one in seen:
                 assert_lost(one, "c")
                 assert "its provisioner reports it" in one.end["message"]  # type: ignore[index]
     finally:
-        await trio.to_thread.run_sync(functools.partial(
-            podman_run, "rm", "-f", "-t", "0", name, check=False))
+        await trio.to_thread.run_sync(
+            functools.partial(podman_run, "rm", "-f", "-t", "0", name, check=False)
+        )
 
 
 # ---- under load -----------------------------------------------------------------------------
@@ -539,40 +436,34 @@ async def test_every_cli_follower_of_a_killed_unit_hears_unit_lost(home: Path) -
     prompt when its unit is killed (SIGKILL); both end with the unit_lost message
     on stderr (which unit, what was seen, what to do) and exit 6 (unit
     unreachable), without a traceback."""
-    env = {**os.environ, "LATIS_HOME": str(home / "cmdr"), "NO_COLOR": "1"}
-    env.pop("LATIS_CONFIG", None)
-
-    async def latis(*args: str) -> Any:
-        done = await trio.run_process([*LATIS, *args], env=env, capture_stdout=True,
-                                      capture_stderr=True, check=False)
-        assert done.returncode == 0, (args, done.stdout, done.stderr)
-        return done
-
+    env = cli_env(home / "cmdr")
     (home / "cmdr").mkdir()
-    (home / "cmdr" / "config.toml").write_text(daemon() + """
+    (home / "cmdr" / "config.toml").write_text(
+        daemon()
+        + """
 [units.p]
 agent_options = { delay = "0.02" }
 [units.p.provisioner]
 type = "process"
-""")
+"""
+    )
     try:
-        sid = json.loads((await latis("session", "new", "--unit", "p", "--json")).stdout)[
-            "session"]
-        socket = f"{home}/cmdr/run/units/p/unit.sock".encode()
-        [pid] = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
-                 and socket in _cmdline(entry)]
+        made = await latis(home / "cmdr", "session", "new", "--unit", "p", "--json")
+        sid = json.loads(made.stdout)["session"]
+        [pid] = unit_pids(f"{home}/cmdr/run/units/p/unit.sock")
         followers: dict[str, Any] = {}
 
         async def run(name: str, *args: str) -> None:
             followers[name] = await trio.run_process(
-                [*LATIS, *args], env=env, capture_stdout=True, capture_stderr=True,
-                check=False)
+                [*LATIS, *args], env=env, capture_stdout=True, capture_stderr=True, check=False
+            )
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run, "prompt", "prompt", "--session", sid, " ".join(WORDS))
             with trio.fail_after(20):
-                while (await latis("session", "show", sid, "--json")).stdout.count(
-                        b'"running"') == 0:
+                while (await latis(home / "cmdr", "session", "show", sid, "--json")).stdout.count(
+                    b'"running"'
+                ) == 0:
                     await trio.sleep(0.1)
             nursery.start_soon(run, "attach", "attach", sid)
             await trio.sleep(0.5)  # both follow it now
@@ -586,12 +477,19 @@ type = "process"
     finally:
         with trio.CancelScope(shield=True):
             for stop in (("unit", "down", "p"), ("daemon", "stop")):
-                await trio.run_process([*LATIS, *stop], env=env, check=False,
-                                       capture_stdout=True, capture_stderr=True)
+                await trio.run_process(
+                    [*LATIS, *stop], env=env, check=False, capture_stdout=True, capture_stderr=True
+                )
 
 
-def _cmdline(proc: Path) -> bytes:
-    try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
+def unit_pids(socket: str) -> list[int]:
+    """The processes whose command line names `socket` (the process provisioner's unit)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if socket.encode() in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found

@@ -12,9 +12,7 @@ the unit.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,16 +23,14 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from clirun import latis
 from faultproxy import FaultProxy, tcp_target
 from helpers import ConnectionPair
 from units import listening_unit
 
 import latis_core
-from latis_core import ConnectionClosed, Ping, Pong, Role
+from latis_core import ConnectionClosed, Ping, Pong
 from latis_core._cmdr.config import parse_config
-
-LATIS = [sys.executable, "-m", "latis_cli"]
-
 
 # ---- the clock, without I/O --------------------------------------------------------------
 
@@ -109,8 +105,15 @@ def frame(obj: dict[str, Any]) -> bytes:
     return struct.pack(">I", len(payload)) + payload
 
 
-UNIT_HELLO = {"type": "hello", "id": 0, "protocol": 1, "role": "unit", "unit": "mute",
-              "agent": {"name": "echo", "version": "1"}, "capabilities": []}
+UNIT_HELLO = {
+    "type": "hello",
+    "id": 0,
+    "protocol": 1,
+    "role": "unit",
+    "unit": "mute",
+    "agent": {"name": "echo", "version": "1"},
+    "capabilities": [],
+}
 
 
 async def test_a_silent_unit_is_pinged_and_dropped_within_the_bound(
@@ -155,9 +158,12 @@ async def test_a_unit_that_drops_a_silent_controller_keeps_the_prompt_for_a_resu
     new connection picks it up after the
     last chunk the first one read: every chunk once, then complete."""
     words = [f"w{i}" for i in range(100)]
-    async with latis_core.open_unit(
-        latis_core.EchoAgent(delay=0.1), name="u", heartbeat=1.0, heartbeat_timeout=1.0
-    ) as unit, trio.open_nursery() as nursery:
+    async with (
+        latis_core.open_unit(
+            latis_core.EchoAgent(delay=0.1), name="u", heartbeat=1.0, heartbeat_timeout=1.0
+        ) as unit,
+        trio.open_nursery() as nursery,
+    ):
         ours, theirs = trio.testing.memory_stream_pair()
         nursery.start_soon(unit.serve, theirs)
         await ours.send_all(frame({"type": "hello", "id": 0, "protocol": 1, "role": "cmdr"}))
@@ -172,12 +178,20 @@ async def test_a_unit_that_drops_a_silent_controller_keeps_the_prompt_for_a_resu
             buffer += data
             while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack(">I", buffer[:4])[0]:
                 (size,) = struct.unpack(">I", buffer[:4])
-                message = orjson.loads(bytes(buffer[4:4 + size]))
-                del buffer[:4 + size]
+                message = orjson.loads(bytes(buffer[4 : 4 + size]))
+                del buffer[: 4 + size]
                 if message["type"] == "ack" and sid is None:
                     sid = message["data"]["session"]
-                    await ours.send_all(frame({"type": "prompt.send", "id": 2, "session": sid,
-                                               "text": " ".join(words)}))
+                    await ours.send_all(
+                        frame(
+                            {
+                                "type": "prompt.send",
+                                "id": 2,
+                                "session": sid,
+                                "text": " ".join(words),
+                            }
+                        )
+                    )
                 elif message["type"] == "response.chunk" and len(seqs) < 5:
                     seqs.append(message["seq"])
         assert seqs == [0, 1, 2, 3, 4] and sid is not None
@@ -202,18 +216,6 @@ def home() -> Iterator[Path]:
         yield Path(folder)
 
 
-async def latis(home: Path, *args: str, check: bool = True) -> Any:
-    """Run the `latis` CLI in `home`; return the finished process (stdout, stderr)."""
-    env = {**os.environ, "LATIS_HOME": str(home / "cmdr"), "NO_COLOR": "1", "COLUMNS": "200"}
-    env.pop("LATIS_CONFIG", None)
-    done = await trio.run_process([*LATIS, *args], env=env, capture_stdout=True,
-                                  capture_stderr=True, check=False)
-    if check:
-        assert done.returncode == 0, (args, done.stdout, done.stderr)
-    assert b"Traceback" not in done.stderr
-    return done
-
-
 @asynccontextmanager
 async def daemon_of(home: Path, config: str) -> AsyncIterator[None]:
     """A real `latis daemon` over `config`, stopped (with what it started) at the end."""
@@ -223,11 +225,11 @@ async def daemon_of(home: Path, config: str) -> AsyncIterator[None]:
         yield
     finally:
         with trio.CancelScope(shield=True):
-            await latis(home, "daemon", "stop", check=False)
+            await latis(home / "cmdr", "daemon", "stop", check=False)
 
 
 async def unit_status(home: Path, name: str) -> dict[str, Any]:
-    rows = json.loads((await latis(home, "status", "--json")).stdout)
+    rows = json.loads((await latis(home / "cmdr", "status", "--json")).stdout)
     units = rows["units"] if isinstance(rows, dict) else rows
     [row] = [row for row in units if row["unit"] == name]
     return row  # type: ignore[no-any-return]
@@ -255,14 +257,14 @@ host = "127.0.0.1"
 port = {proxy.port}
 """
             async with daemon_of(home, config):
-                await latis(home, "unit", "up", "u")
+                await latis(home / "cmdr", "unit", "up", "u")
                 assert (await unit_status(home, "u"))["connection"] == "connected"
                 proxy.stall(new=True)
                 with trio.fail_after(20):
                     while (row := await unit_status(home, "u"))["connection"] != "unreachable":
                         await trio.sleep(0.2)
                 assert "went silent" in row["error"] or "handshake" in row["error"], row
-                text = (await latis(home, "status")).stdout.decode()
+                text = (await latis(home / "cmdr", "status")).stdout.decode()
                 assert "FAILED" in text  # the table's word for it
                 proxy.release()
                 with trio.fail_after(30):
@@ -280,8 +282,7 @@ async def test_a_unit_drops_a_controller_gone_silent(home: Path) -> None:
         assert unit.port is not None
         stream = await trio.open_tcp_stream("127.0.0.1", unit.port)
         async with stream:
-            await stream.send_all(frame({"type": "hello", "id": 0, "protocol": 1,
-                                         "role": "cmdr"}))
+            await stream.send_all(frame({"type": "hello", "id": 0, "protocol": 1, "role": "cmdr"}))
             got = b""
             with trio.fail_after(20):
                 while True:
@@ -295,7 +296,7 @@ async def test_a_unit_drops_a_controller_gone_silent(home: Path) -> None:
         messages = []
         while got:
             (size,) = struct.unpack(">I", got[:4])
-            messages.append(orjson.loads(got[4:4 + size]))
-            got = got[4 + size:]
+            messages.append(orjson.loads(got[4 : 4 + size]))
+            got = got[4 + size :]
         assert [m["type"] for m in messages] == ["hello", "ping"]
         assert unit.process.returncode is None  # the unit goes on, for the next controller

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import struct
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -24,9 +23,11 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
+import attrs
 import orjson
 import pytest
 import trio
+from clirun import latis
 from faultproxy import FaultProxy, tcp_target
 from latis_transports.tcp import TcpDialer
 from units import UNIT
@@ -36,8 +37,6 @@ from latis_core import EchoAgent, Enrollment
 from latis_core._cmdr.config import parse_config
 from latis_core._cmdr.state import StateDB
 from latis_core._wire.auth import prove
-
-LATIS = [sys.executable, "-m", "latis_cli"]
 
 CONFIG = """
 [daemon]
@@ -147,8 +146,8 @@ async def recv(stream: trio.abc.Stream, buffer: bytearray) -> dict[str, Any] | N
         if len(buffer) >= 4:
             (size,) = struct.unpack(">I", buffer[:4])
             if len(buffer) >= 4 + size:
-                payload = bytes(buffer[4:4 + size])
-                del buffer[:4 + size]
+                payload = bytes(buffer[4 : 4 + size])
+                del buffer[: 4 + size]
                 return orjson.loads(payload)  # type: ignore[no-any-return]
         try:
             data = await stream.receive_some(65536)
@@ -160,10 +159,19 @@ async def recv(stream: trio.abc.Stream, buffer: bytearray) -> dict[str, Any] | N
 
 
 def hello_with(enrollment_id: str, secret: bytes, challenge: str) -> dict[str, Any]:
-    return {"type": "hello", "id": 0, "protocol": 1, "role": "unit", "unit": "edge",
-            "agent": {"name": "echo", "version": ""}, "capabilities": [],
-            "auth": {"enrollment": enrollment_id,
-                     "proof": prove(secret, "unit", challenge, enrollment_id)}}
+    return {
+        "type": "hello",
+        "id": 0,
+        "protocol": 1,
+        "role": "unit",
+        "unit": "edge",
+        "agent": {"name": "echo", "version": ""},
+        "capabilities": [],
+        "auth": {
+            "enrollment": enrollment_id,
+            "proof": prove(secret, "unit", challenge, enrollment_id),
+        },
+    }
 
 
 async def prove_by_hand(c: Cmdr, enrollment_id: str, secret: bytes) -> dict[str, Any] | None:
@@ -173,8 +181,7 @@ async def prove_by_hand(c: Cmdr, enrollment_id: str, secret: bytes) -> dict[str,
         buffer = bytearray()
         hello = await recv(stream, buffer)
         assert hello is not None
-        await stream.send_all(frame(hello_with(enrollment_id, secret,
-                                               hello["auth"]["challenge"])))
+        await stream.send_all(frame(hello_with(enrollment_id, secret, hello["auth"]["challenge"])))
         with trio.move_on_after(3):
             return await recv(stream, buffer)
         return None
@@ -381,8 +388,10 @@ async def test_the_daemon_socket_closes_a_silent_connection(home: Path) -> None:
     async with trio.open_nursery() as nursery:
         running = await nursery.start(serve_daemon, config)
         idle = [await trio.open_unix_socket(str(paths().socket)) for _ in range(20)]
-        async with await trio.open_unix_socket(str(paths().socket)) as stream, \
-                latis_core.connect(stream) as client:
+        async with (
+            await trio.open_unix_socket(str(paths().socket)) as stream,
+            latis_core.connect(stream) as client,
+        ):
             await client.ping()
         with trio.fail_after(10):
             for stream in idle:
@@ -396,47 +405,49 @@ async def test_the_daemon_socket_closes_a_silent_connection(home: Path) -> None:
 # ---- the CLI, with real units -----------------------------------------------------------
 
 
-async def latis(home: Path, *args: str, check: bool = True) -> Any:
-    env = {**os.environ, "LATIS_HOME": str(home / "cmdr"), "NO_COLOR": "1", "COLUMNS": "200"}
-    env.pop("LATIS_CONFIG", None)
-    done = await trio.run_process([*LATIS, *args], env=env, capture_stdout=True,
-                                  capture_stderr=True, check=False)
-    if check:
-        assert done.returncode == 0, (args, done.stdout, done.stderr)
-    assert b"Traceback" not in done.stderr
-    return done
+@attrs.define
+class UnitRun:
+    """A `latis-unit` process and the file its stderr goes to."""
+
+    process: trio.Process
+    log: Path
+
+    def said(self) -> bytes:
+        return self.log.read_bytes()
 
 
 @asynccontextmanager
-async def unit_process(home: Path, url: str, secret: str, tag: str) -> AsyncIterator[Any]:
+async def unit_process(home: Path, url: str, secret: str, tag: str) -> AsyncIterator[UnitRun]:
     """`latis-unit --connect URL` with `secret` in a 0600 file, until the block ends
-    (or it exits: then `.returncode` and `.stderr` say how)."""
+    (or it exits: its `returncode`, and what it said)."""
     path = home / f"secret-{tag}"
     path.write_text(secret + "\n")
     path.chmod(0o600)
     log = home / f"unit-{tag}.log"
     env = {**os.environ, "LATIS_HOME": str(home / f"unit-{tag}")}
-    with open(log, "wb") as err:
+    err = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
         async with trio.open_nursery() as nursery:
-            process = await nursery.start(functools.partial(
-                trio.run_process,
-                [*UNIT, "--connect", url, "--secret-file", str(path), "--name", "edge"],
-                stderr=err, env=env, check=False,
-            ))
-            process.log = log
+            process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    [*UNIT, "--connect", url, "--secret-file", str(path), "--name", "edge"],
+                    stderr=err,
+                    env=env,
+                    check=False,
+                )
+            )
             try:
-                yield process
+                yield UnitRun(process, log)
             finally:
                 process.terminate()
+    finally:
+        os.close(err)
 
 
-async def status_of(home: Path) -> dict[str, Any]:
-    return json.loads((await latis(home, "status", "--json")).stdout)  # type: ignore[no-any-return]
-
-
-async def edge_connected(home: Path) -> bool:
-    data = await status_of(home)
-    units = data["units"] if isinstance(data, dict) else data
+async def edge_connected(at: Path) -> bool:
+    """Whether `latis status` says unit edge is connected."""
+    units = json.loads((await latis(at, "status", "--json")).stdout)["units"]
     return any(u["unit"] == "edge" and u["connection"] == "connected" for u in units)
 
 
@@ -444,8 +455,9 @@ async def test_the_key_lifecycle_through_the_cli(home: Path) -> None:
     """`latis unit enroll --approve`, `pending`, `accept`, `rotate` and `revoke` on a
     real daemon with real `latis-unit --connect` processes; `latis listeners`
     counts each refusal, including the per-source rate limit."""
-    (home / "cmdr").mkdir()
-    (home / "cmdr" / "config.toml").write_text("""
+    at = home / "cmdr"
+    at.mkdir()
+    (at / "config.toml").write_text("""
 [units.edge]
 agent = "echo"
 [[units.edge.accept]]
@@ -457,36 +469,54 @@ rate_per_host = 1
 burst_per_host = 3
 """)
     try:
-        enrolled = json.loads((await latis(
-            home, "unit", "enroll", "edge", "--address", "127.0.0.1", "--approve", "--ttl",
-            "600", "--json")).stdout)
+        enrolled = json.loads(
+            (
+                await latis(
+                    at,
+                    "unit",
+                    "enroll",
+                    "edge",
+                    "--address",
+                    "127.0.0.1",
+                    "--approve",
+                    "--ttl",
+                    "600",
+                    "--json",
+                )
+            ).stdout
+        )
         assert enrolled["approval"] is True and enrolled["expires_at"] is not None
         url = enrolled["urls"][0]
         async with unit_process(home, url, enrolled["secret"], "a") as first:
             with trio.fail_after(20):
-                while not json.loads((await latis(home, "unit", "pending", "--json")).stdout):
+                while not json.loads((await latis(at, "unit", "pending", "--json")).stdout):
                     await trio.sleep(0.2)
-            listed = (await latis(home, "unit", "pending")).stdout.decode()
+            listed = (await latis(at, "unit", "pending")).stdout.decode()
             assert listed.startswith(f"edge\t{enrolled['enrollment']}\tfrom 127.0.0.1:")
-            await latis(home, "unit", "accept", "edge")
+            await latis(at, "unit", "accept", "edge")
             with trio.fail_after(20):
-                while not await edge_connected(home):
+                while not await edge_connected(at):
                     await trio.sleep(0.2)
-            rotated = json.loads((await latis(
-                home, "unit", "rotate", "edge", "--address", "127.0.0.1", "--json")).stdout)
+            rotated = json.loads(
+                (
+                    await latis(at, "unit", "rotate", "edge", "--address", "127.0.0.1", "--json")
+                ).stdout
+            )
             async with unit_process(home, rotated["urls"][0], rotated["secret"], "b") as second:
                 with trio.fail_after(20):
-                    await first.wait()  # the old key was refused once the new one was used
-                assert first.returncode == 4 and b"was rotated" in first.log.read_bytes()
-                assert await edge_connected(home)
-                revoke = await latis(home, "unit", "revoke", "edge")
-                assert b"revoked 1 enrollment(s) of unit 'edge'; its connection was cut" in \
-                    revoke.stderr
+                    await first.process.wait()  # its old key was refused once the new one was used
+                assert first.process.returncode == 4 and b"was rotated" in first.said()
+                assert await edge_connected(at)
+                revoke = await latis(at, "unit", "revoke", "edge")
+                assert (
+                    b"revoked 1 enrollment(s) of unit 'edge'; its connection was cut"
+                    in revoke.stderr
+                )
                 with trio.fail_after(20):
-                    await second.wait()  # its redial was refused: it stops
-                assert second.returncode == 4  # refused (CLI.md)
-                assert b"was revoked" in second.log.read_bytes()
-                assert not await edge_connected(home)
+                    await second.process.wait()  # its redial was refused: it stops
+                assert second.process.returncode == 4  # refused (CLI.md)
+                assert b"was revoked" in second.said()
+                assert not await edge_connected(at)
         # The rate limit: a burst of 3 from one address, then 1 a second.
         port = int(url.split(":")[2].split("?")[0])
         streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(8)]
@@ -499,11 +529,11 @@ burst_per_host = 3
                     closed += 1
             await stream.aclose()
         assert closed >= 4
-        [row] = json.loads((await latis(home, "listeners", "--json")).stdout)
+        [row] = json.loads((await latis(at, "listeners", "--json")).stdout)
         assert row["refused"].get("rate_limited", 0) >= 4, row
         assert row["refused"].get("rotated") == 1 and row["refused"].get("revoked") == 1
-        table = (await latis(home, "listeners")).stdout.decode()
+        table = (await latis(at, "listeners")).stdout.decode()
         assert "rate_limited" in table
     finally:
         with trio.CancelScope(shield=True):
-            await latis(home, "daemon", "stop", check=False)
+            await latis(at, "daemon", "stop", check=False)
