@@ -88,3 +88,27 @@ def test_provision_cloud_prints_every_row() -> None:
     assert list(results) == ["ec2_floor", "ec2_handoff", "ec2_latis", "k8s_floor",
                              "k8s_handoff", "k8s_latis"]
     assert all(row["median"] > 0 for row in results.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_recovery_short_prints_every_transport() -> None:
+    """benchmarks/recovery.py --short measures a pick-up and a death on every transport."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "recovery.py"), "--short", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=290,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.rstrip("\n").splitlines()
+    rows = json.loads(lines[-1])["rows"]
+    kinds = ["tcp", "tls", "websocket", "unix", "ssh", "quic", "dial-in", "process"]
+    assert list(rows) == kinds
+    for kind in kinds:
+        assert f"\n{kind} " in "\n".join(lines[:-1]), kind
+        if "skipped" not in rows[kind]:
+            assert len(rows[kind]["death"]) == 1, kind
+            if kind != "process":
+                assert len(rows[kind]["restored"]) == 1, kind
