@@ -182,6 +182,27 @@ tls = true
         nursery.cancel_scope.cancel()
 
 
+async def test_a_slow_link_cut_mid_prompt_still_carries_every_chunk_once(home: Path) -> None:
+    """A slow link (each piece of data held 50 ms before it is passed on, each way)
+    is cut mid-prompt and comes back slow: the prompt completes, exactly once."""
+    words = WORDS[:100]
+    async with behind("tcp", home, "-o", "delay=0.005") as link:
+        proxy: FaultProxy = link.fault
+        async with controller(home, link.config()) as ctl, trio.open_nursery() as nursery:
+            sid = (await ctl.create_session(link.add(ctl)))["session"]
+            proxy.delay(0.05)
+            record = await ctl.start_prompt(sid, " ".join(words))
+
+            async def slow_again() -> None:  # the restore ends the delay: put it back
+                await proxy.wait_connections(2)
+                proxy.delay(0.05)
+
+            nursery.start_soon(slow_again)
+            seen = await follow(ctl, record.id, 30, proxy, nursery=nursery)
+            seen.complete(words)
+            assert stored(ctl, sid) == list(range(len(words)))
+
+
 # ---- silence: a stall the heartbeat finds ------------------------------------------------
 
 

@@ -28,7 +28,7 @@ import orjson
 import pytest
 import trio
 from clirun import latis
-from faultproxy import FaultProxy, tcp_target
+from faultproxy import FaultProxy
 from latis_transports.tcp import TcpDialer
 from units import UNIT
 
@@ -357,18 +357,26 @@ async def test_a_redial_while_the_old_connection_is_half_open_gets_in(
     home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The unit's side of its connection is reset (a NAT forgot it), cmdr's side stays
-    open and silent. The unit dials again at once: cmdr pings the old connection,
-    which cannot answer, so it gives way; the newcomer is let in with no refusal
-    and no traceback in the log."""
+    open and silent. The unit dials again at once, from another address (it
+    roamed): cmdr pings the old connection, which cannot answer, so it gives way;
+    the newcomer is let in with no refusal and no traceback in the log."""
+    source = ["127.0.0.1"]
+
+    async def target() -> trio.abc.Stream:  # the unit's address, as cmdr sees it
+        return await trio.open_tcp_stream("127.0.0.1", c.port, local_address=source[0])
+
     async with cmdr(home) as c:
         enrollment = await c.enroll()
         async with trio.open_nursery() as nursery:
-            proxy = await nursery.start(FaultProxy(tcp_target("127.0.0.1", c.port)).serve)
+            proxy = await nursery.start(FaultProxy(target).serve)
             async with dialing_unit(c.dialer(proxy.port), enrollment) as refused:
                 old = await c.wait_connected()
+                assert "from 127.0.0.1:" in str(c.ctl.units["edge"].via)
+                source[0] = "127.0.0.2"
                 proxy.half_open("client")
                 new = await c.wait_connected(other_than=old)
                 assert old.peer.closed
+                assert "from 127.0.0.2:" in str(c.ctl.units["edge"].via)
                 await c.answers()
                 assert not refused
             nursery.cancel_scope.cancel()
@@ -376,6 +384,136 @@ async def test_a_redial_while_the_old_connection_is_half_open_gets_in(
         assert c.listener.stats.accepted == 2
         assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
         assert new is not old
+
+
+async def test_malformed_proofs_are_refused_and_change_nothing(home: Path) -> None:
+    """A proof made for the other role, a truncated one, one that is not a string, a
+    truncated or oversized (1 MB) enrollment id: each refused; the enrollment is
+    still unused (its TTL still runs, nobody waits for approval), and the real
+    unit gets in after."""
+    async with cmdr(home) as c:
+        enrollment = await c.enroll(approval=True)
+        eid, secret = enrollment.id, enrollment.secret
+
+        async def attempt(hello_of: Any) -> dict[str, Any] | None:
+            async with c.dialer().connect() as stream:
+                buffer = bytearray()
+                hello = await recv(stream, buffer)
+                assert hello is not None
+                try:
+                    await stream.send_all(frame(hello_of(hello["auth"]["challenge"])))
+                except trio.BrokenResourceError:
+                    pass  # closed before it was all sent (the oversized one)
+                with trio.fail_after(10):
+                    answer = await recv(stream, buffer)
+                    assert await recv(stream, buffer) is None  # then closed
+                return answer
+
+        def with_auth(auth: dict[str, Any]) -> dict[str, Any]:
+            return {**hello_with(eid, secret, "x"), "auth": auth}
+
+        answers = [
+            await attempt(
+                lambda ch: with_auth({"enrollment": eid, "proof": prove(secret, "cmdr", ch, eid)})
+            ),
+            await attempt(
+                lambda ch: with_auth(
+                    {"enrollment": eid, "proof": prove(secret, "unit", ch, eid)[:-4]}
+                )
+            ),
+            await attempt(lambda ch: with_auth({"enrollment": eid, "proof": 12345})),
+            await attempt(
+                lambda ch: with_auth(
+                    {"enrollment": eid[:-2], "proof": prove(secret, "unit", ch, eid)}
+                )
+            ),
+        ]
+        assert [a["code"] for a in answers if a] == ["unauthorized"] * 4
+        huge = await attempt(lambda ch: with_auth({"enrollment": "e" * 1_000_000, "proof": "p"}))
+        # Refused on its 4 length bytes, not read: the error may be lost to the reset.
+        assert huge is None or huge["code"] == "frame_too_large"
+        with trio.fail_after(10):  # counted as cmdr lets go of it, maybe after we saw the end
+            while "handshake" not in c.refused():
+                await trio.sleep(0.01)
+        assert c.refused() == {"wrong_proof": 3, "unknown_unit": 1, "handshake": 1}
+        row = c.ctl.state.enrollment(eid)
+        assert row is not None and row.state == "new" and row.seen_from is None
+        assert await c.ctl.dialins.pending() == []
+        async with dialing_unit(c.dialer(), enrollment):
+            with trio.fail_after(15):
+                while not await c.ctl.dialins.pending():
+                    await trio.sleep(0.01)
+            await c.ctl.dialins.accept("edge")
+            await c.wait_connected()
+
+
+async def test_a_flood_from_one_address_is_throttled_while_another_enrolls(
+    home: Path,
+) -> None:
+    """200 connections at once from one address, past its rate (5 a second, burst
+    5): the excess is closed unanswered and counted `rate_limited`; a unit from
+    another address enrolls meanwhile."""
+    config = CONFIG + "rate_per_host = 5\nburst_per_host = 5\n"
+    async with cmdr(home, config) as c:
+        enrollment = await c.enroll()
+        flood = []
+        for _ in range(200):
+            flood.append(await trio.open_tcp_stream("127.0.0.1", c.port, local_address="127.0.0.2"))
+        with trio.fail_after(15):
+            while c.refused().get("rate_limited", 0) < 190:
+                await trio.sleep(0.01)
+        async with dialing_unit(c.dialer(), enrollment) as refused:
+            await c.wait_connected()
+            await c.answers()
+        assert not refused
+        for stream in flood:
+            await stream.aclose()
+        assert c.refused()["rate_limited"] <= 195
+
+
+async def test_a_unit_certificate_from_cmdrs_ca_cannot_pose_as_cmdr(home: Path) -> None:
+    """A listener showing a certificate cmdr's CA issued for a unit (client use only),
+    or for another name, fails the unit's pin check before it proves anything."""
+    import ssl
+
+    from latis_core import CertificateAuthority
+    from latis_core._os.tls import CMDR_NAME
+
+    async with cmdr(home) as c:
+        await c.enroll()
+        ca = CertificateAuthority.load_or_create(c.ctl.paths.data_dir / "tls")
+        assert ca.fingerprint == c.fingerprint
+        for n, (hosts, server, client) in enumerate(
+            [([CMDR_NAME], False, True), (["evil.example"], True, False)]
+        ):
+            chain, key = ca.issue("a unit", hosts, server=server, client=client)
+            (home / f"fake{n}.pem").write_bytes(chain)
+            (home / f"fake{n}.key").write_bytes(key)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(home / f"fake{n}.pem", home / f"fake{n}.key")
+            [listener] = await trio.open_ssl_over_tcp_listeners(0, context, host="127.0.0.1")
+            port = listener.transport_listener.socket.getsockname()[1]
+            async with listener, trio.open_nursery() as nursery:
+
+                async def serve_one(
+                    listener: trio.SSLListener[trio.SocketStream] = listener,
+                    task_status: Any = trio.TASK_STATUS_IGNORED,
+                ) -> None:
+                    task_status.started()
+                    stream = await listener.accept()
+                    try:
+                        await stream.do_handshake()
+                        await stream.receive_some()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+
+                await nursery.start(serve_one)
+                with pytest.raises(
+                    latis_core.ConnectError, match="was not issued by the pinned CA .* for cmdr"
+                ):
+                    async with c.dialer(port).connect():
+                        pass
+                nursery.cancel_scope.cancel()
 
 
 async def test_the_daemon_socket_closes_a_silent_connection(home: Path) -> None:
