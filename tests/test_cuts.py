@@ -514,3 +514,44 @@ def unit_pids(socket: str) -> list[int]:
         except (OSError, ValueError):
             continue
     return found
+
+
+async def test_a_daemon_killed_mid_prompt_loses_no_chunk(home: Path) -> None:
+    """SIGKILL of the daemon while a prompt streams: the unit goes on alone; the next
+    `latis attach` starts a new daemon, which picks the prompt up after the last
+    chunk stored. The answer is whole, each chunk stored once."""
+    at = home / "cmdr"
+    at.mkdir()
+    (at / "config.toml").write_text(
+        daemon()
+        + """
+[units.p]
+agent_options = { delay = "0.01" }
+[units.p.provisioner]
+type = "process"
+"""
+    )
+    words = " ".join(WORDS)
+    try:
+        made = await latis(at, "session", "new", "--unit", "p", "--json")
+        sid = json.loads(made.stdout)["session"]
+        await latis(at, "prompt", "--session", sid, "--detach", words)
+        pid = json.loads((await latis(at, "daemon", "status", "--json")).stdout)["pid"]
+
+        async def stored_chunks() -> int:
+            shown = json.loads((await latis(at, "session", "show", sid, "--json")).stdout)
+            return int(shown["prompts"][0]["chunks"])
+
+        with trio.fail_after(20):
+            while await stored_chunks() < 20:
+                await trio.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        assert await stored_chunks() < len(WORDS)  # killed mid-prompt
+        attached = await latis(at, "attach", sid)
+        assert attached.stdout.decode() == words + "\n"
+        [prompt] = json.loads((await latis(at, "session", "show", sid, "--json")).stdout)["prompts"]
+        assert (prompt["state"], prompt["chunks"]) == ("complete", len(WORDS))
+    finally:
+        with trio.CancelScope(shield=True):
+            for stop in (("unit", "down", "p"), ("daemon", "stop")):
+                await latis(at, *stop, check=False)
