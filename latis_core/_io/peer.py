@@ -209,7 +209,9 @@ class Peer:
             for task_scope in self._scopes:
                 task_scope.cancel()
             if forceful:
-                await trio.aclose_forcefully(self.link)
+                with trio.CancelScope() as forcefully:  # trio.aclose_forcefully, for a Link
+                    forcefully.cancel()
+                    await self.link.aclose()
             else:
                 await self.link.aclose()
 
