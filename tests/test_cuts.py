@@ -105,7 +105,15 @@ def stored(ctl: latis_core.Controller, sid: str) -> list[int]:
 # ---- a cut while a prompt streams ------------------------------------------------------
 
 
-DIALED = ["tcp", "tls", "websocket", "unix", "ssh", "quic"]
+#: The transports cmdr dials (quic is slow: its cut must outlast the heartbeat's bound).
+DIALED = [
+    "tcp",
+    "tls",
+    "websocket",
+    "unix",
+    "ssh",
+    pytest.param("quic", marks=pytest.mark.slow),
+]
 #: Seconds a cut lasts: QUIC carries on after a short blackout (it resends what
 #: was lost), so its cut outlasts the heartbeat's bound (1.5 s here).
 DOWN_FOR = {"quic": 2.5}
