@@ -182,10 +182,13 @@ class DaemonClient:
         return await self.call(Method.STATUS)
 
     async def unit_up(
-        self, unit: str, progress: Callable[[str], None] | None = None
+        self, unit: str, progress: Callable[[str], None] | None = None, *, wait: bool = True
     ) -> dict[str, Any]:
-        """Provision (if needed), start and connect `unit`; `progress` hears each step."""
-        return await self.call(Method.UNIT_UP, self._progress(progress), unit=unit)
+        """Provision (if needed), start and connect `unit`; `progress` hears each step.
+        With `wait` False, return once the unit's platform took the request (no
+        connection yet)."""
+        return await self.call(Method.UNIT_UP, self._progress(progress), unit=unit,
+                               wait=None if wait else False)
 
     async def unit_down(
         self, unit: str, progress: Callable[[str], None] | None = None
@@ -274,6 +277,17 @@ class DaemonClient:
     ) -> dict[str, Any]:
         """Destroy `unit` (as `unit_destroy`) and make the daemon forget it."""
         return await self.call(Method.UNIT_REMOVE, self._progress(progress), unit=unit)
+
+    async def unit_orphans(self) -> dict[str, Any]:
+        """What provisioners made for units not in config: `{orphans: [...], errors}`."""
+        return await self.call(Method.UNIT_ORPHANS)
+
+    async def unit_scale(
+        self, unit: str, replicas: int, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Make `unit`'s group `replicas` units; `{unit, replicas, members}`."""
+        return await self.call(Method.UNIT_SCALE, self._progress(progress), unit=unit,
+                               replicas=replicas)
 
     async def agents_list(self) -> dict[str, Any]:
         """The agent behind each unit."""

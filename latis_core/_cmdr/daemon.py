@@ -47,7 +47,14 @@ from latis_core._cmdr.coordinate import (
 )
 from latis_core._cmdr.inbox import parse_item_id
 from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
-from latis_core._errors import DaemonRunning, ErrorCode, LatisError, RequestError, error_code
+from latis_core._errors import (
+    DaemonRunning,
+    ErrorCode,
+    LatisError,
+    ProvisionError,
+    RequestError,
+    error_code,
+)
 from latis_core._io.link import HIGH_WATER, Link
 from latis_core._io.server import ServerConnection, serve_stream
 from latis_core._io.unix import listen_unix
@@ -526,23 +533,44 @@ def _progress(c: _Client, rid: RequestId) -> Callable[[str], None]:
 
 async def _unit_up(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     name = _param(params, "unit")
+    wait = params.get("wait") is not False
     with trio.CancelScope(shield=True):
-        rt = await c.ctl.up(name, _progress(c, rid))
-    return {"unit": name, "connection": rt.state}
+        rt = await c.ctl.up(name, _progress(c, rid), wait=wait)
+    data: dict[str, Any] = {"unit": name, "connection": rt.state}
+    if not wait and rt.provisioner is not None:
+        with contextlib.suppress(ProvisionError, OSError):
+            found = await rt.provisioner.status()
+            data |= {"provision": found.state.value, "provision_detail": found.detail}
+    return data
 
 
 async def _unit_down(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     name = _param(params, "unit")
     with trio.CancelScope(shield=True):
-        await c.ctl.down(name)
+        await c.ctl.down(name, _progress(c, rid))
     return {"unit": name, "connection": ConnectionState.DISCONNECTED}
 
 
 async def _unit_destroy(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     name = _param(params, "unit")
     with trio.CancelScope(shield=True):
-        await c.ctl.destroy(name)
+        await c.ctl.destroy(name, _progress(c, rid))
     return {"unit": name, "destroyed": True}
+
+
+async def _unit_orphans(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    return await c.ctl.orphans()
+
+
+async def _unit_scale(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    name = _param(params, "unit")
+    replicas = int(params["replicas"])
+    try:
+        with trio.CancelScope(shield=True):
+            members = await c.ctl.scale(name, replicas, _progress(c, rid))
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
+    return {"unit": name, "replicas": replicas, "members": members}
 
 
 async def _unit_enroll(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
@@ -794,6 +822,8 @@ _METHODS: dict[Method, Handler] = {
     Method.CONFIG_RELOAD: _config_reload,
     Method.CONFIG_USE: _config_use,
     Method.UNIT_REMOVE: _unit_remove,
+    Method.UNIT_ORPHANS: _unit_orphans,
+    Method.UNIT_SCALE: _unit_scale,
     Method.AGENTS_LIST: _agents,
     Method.SESSION_GET: _session_get,
     Method.SESSION_PRUNE: _session_prune,
