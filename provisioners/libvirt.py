@@ -180,7 +180,7 @@ def find_orphans(uri: str) -> list[Orphan]:
             if unit is not None:
                 state = "running" if domain.isActive() else "defined"
                 found.append(Orphan(unit, f"domain {domain.name()} at {uri}, {state}",
-                                    run_dir=run_dir))
+                                    run_dir=run_dir, resource=domain.name(), state=state))
         return found
     finally:
         conn.close()

@@ -165,6 +165,10 @@ class Orphan:
     pid: int | None = None
     #: The run dir of the unit it was started for (its sockets' folder), where known.
     run_dir: str | None = None
+    #: What it is, as the back end names it ("pid 4242", "latis-box").
+    resource: str = ""
+    #: Its state in the back end's words ("running", "defined").
+    state: str = ""
 
 
 def detect_accel() -> tuple[str, str]:
@@ -242,7 +246,8 @@ def find_orphans() -> list[Orphan]:
             qmp_path = _qmp_path(argv)
             detail = f"pid {entry.name} (qmp {qmp_path})"
             run_dir = os.path.dirname(qmp_path) if qmp_path else None
-            found.append(Orphan(unit, detail, int(entry.name), run_dir))
+            found.append(Orphan(unit, detail, int(entry.name), run_dir,
+                                f"pid {entry.name}", "running"))
     return found
 
 
