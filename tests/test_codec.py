@@ -446,7 +446,8 @@ class TestBadInput:
     def test_the_other_roles_members_are_ignored(self) -> None:
         """A controller's hello may carry a unit's `agent`, even a malformed one: ignored."""
         for agent in (b'"echo"', b'{"x":1}', b"null"):
-            msg = decode(b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","agent":' + agent + b"}")
+            head = b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","agent":'
+            msg = decode(head + agent + b"}")
             assert isinstance(msg, Hello) and msg.role == "cmdr" and msg.agent is None
 
     def test_message_type_set(self) -> None:

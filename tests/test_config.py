@@ -14,7 +14,6 @@ from typing import Any, Literal
 import attrs
 import pytest
 
-from latis_core._plugins import registry as _registry
 from latis_core._cmdr.config import (
     Config,
     ConfigError,
@@ -27,6 +26,7 @@ from latis_core._cmdr.config import (
 )
 from latis_core._cmdr.config_lines import _Locator as Locator
 from latis_core._cmdr.config_write import add_unit, add_unit_text, init_text
+from latis_core._plugins import registry as _registry
 
 # -- fake plugins ------------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ import latis_core
 from latis_core import ErrorCode, RequestError
 from latis_core._cmdr.config import parse_config
 from latis_core._cmdr.daemon import Daemon, DaemonRunning, serve_daemon
-from latis_core._os.paths import paths
 from latis_core._cmdr.state import StateDB
+from latis_core._os.paths import paths
 
 WORDS = " ".join(f"w{i}" for i in range(30))
 CONFIG = """

@@ -25,10 +25,10 @@ from latis_transports.tcp import TcpDialer
 
 import latis_core
 from latis_core import ConnectError, EchoAgent, Enrollment
-from latis_core._wire.auth import prove
 from latis_core._cmdr.config import parse_config
-from latis_core._os.paths import paths
 from latis_core._cmdr.state import StateDB
+from latis_core._os.paths import paths
+from latis_core._wire.auth import prove
 
 CONFIG = """
 [daemon]

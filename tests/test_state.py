@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from latis_core._wire.messages import State as SessionState
-from latis_core._plugins.provision import Resources
 from latis_core._cmdr.schema import MIGRATIONS as REAL_MIGRATIONS
 from latis_core._cmdr.state import (
     ChunkRow,
@@ -27,6 +25,8 @@ from latis_core._cmdr.state import (
     StateError,
     UnitResources,
 )
+from latis_core._plugins.provision import Resources
+from latis_core._wire.messages import State as SessionState
 
 
 class Clock:
