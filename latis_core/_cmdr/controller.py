@@ -713,7 +713,12 @@ class Controller(HumanLoop, PromptEngine):
             for seed in [{"pid": str(pid)} for pid in pids] or [{}]:
                 provisioner = self._provisioner(name, unit_config, MemoryResources(seed))
                 log.warning("destroying the orphan %s (%s) of unit %s", kind, seed or "", name)
-                await provisioner.destroy()
+                try:
+                    await provisioner.destroy()
+                finally:
+                    close = getattr(provisioner, "aclose", None)
+                    if close is not None:
+                        await close()  # (a libvirt connection)
             destroyed = True
         return destroyed
 
