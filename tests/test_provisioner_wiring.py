@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from standins import Kmock, Moto, aws_credentials, kill_pid_file, kmock_server, moto_server
+from standins import Kmock, Moto, kill_pid_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,19 +133,6 @@ def cli() -> Iterator[Cli]:
 
 
 # ---- cloud-aws, on moto -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[Moto]:
-    with aws_credentials(), moto_server() as server:
-        yield server
-
-
-@pytest.fixture
-def ec2(moto: Moto) -> Iterator[Any]:
-    moto.reset()
-    with aws_credentials():
-        yield moto.ec2()
 
 
 def cloud_unit(moto: Moto, name: str, unit_dir: Path) -> str:
@@ -263,12 +250,6 @@ def test_json_up_shows_no_progress(cli: Cli, moto: Moto, ec2: Any) -> None:
 
 
 # ---- kubernetes, on kmock -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def kmock() -> Iterator[Kmock]:
-    with kmock_server() as server:
-        yield server
 
 
 def pods(kmock: Kmock, namespace: str) -> list[str]:
