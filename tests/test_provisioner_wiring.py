@@ -283,6 +283,8 @@ namespace = "{namespace}" }}
         secret = api.read_namespaced_secret(f"latis-{member}", namespace)
         assert base64.b64decode(secret.data["enrollment"]).startswith(b"latis-enroll-1:")
     assert cli.json("unit", "status", "grp-2")["member_of"] == "grp"
+    refused = cli.run("unit", "destroy", "grp-2", "--yes")
+    assert refused.returncode != 0 and "latis unit scale grp N" in refused.stderr
 
     api.create_namespaced_pod(
         namespace,

@@ -595,6 +595,7 @@ class Controller(HumanLoop, PromptEngine):
         resources), so `up` works again at once.
         """
         rt = self.unit(name)
+        _not_a_member(rt, "destroy")
         with rt.hearing(progress or (lambda _: None)):
             await self._forget(rt)
         await self._drop_members(name)
@@ -626,6 +627,7 @@ class Controller(HumanLoop, PromptEngine):
                 self._notify(sid, State.CLOSED.value)
             await self.db(self.state.mark_unit_destroyed, name)
             return
+        _not_a_member(self.units[name], "remove")
         await self._forget(self.units[name])
         await self._drop_members(name)
         del self.units[name]
@@ -943,6 +945,16 @@ def _describe_config(config: UnitConfig) -> dict[str, Any]:
         "dial": config.dial.table | {"type": config.dial.type} if config.dial else None,
         "accept": [a.table | {"type": a.type} for a in config.accept],
     }
+
+
+def _not_a_member(rt: UnitRuntime, verb: str) -> None:
+    """Refuse to `verb` a member of a group: its group's provisioner owns its pod."""
+    if rt.member_of is not None:
+        raise RequestError(
+            ErrorCode.BAD_MESSAGE.value,
+            f"unit {rt.name!r} is a member of unit {rt.member_of!r}'s group: to {verb} it, "
+            f"scale the group down (`latis unit scale {rt.member_of} N`)",
+        )
 
 
 def _orphan_row(kind: str, orphan: Any) -> dict[str, Any]:
