@@ -41,7 +41,7 @@ import trio
 from latis_core._cmdr.placement import never_fits, placed, resolve_agents
 from latis_core._cmdr.usage import tag_coordination
 from latis_core._errors import LatisError, StrategyFailed, error_code
-from latis_core._plugins.registry import load_strategy
+from latis_core._plugins.registry import load_placement, load_strategy
 
 if TYPE_CHECKING:
     from latis_core._cmdr.controller import Controller
@@ -437,10 +437,12 @@ def check(
     names and each one's slot (see `latis_core._cmdr.placement.resolve_agents`).
 
     Raises:
-        ValueError: no agents, an unknown strategy or group, a bad option or `require`.
+        ValueError: no agents, an unknown strategy, placement policy or group, a bad
+            option or `require`.
     """
     try:
         strategy_class = load_strategy(settings.strategy)
+        load_placement(settings.placement)
     except LookupError as exc:
         raise ValueError(str(exc.args[0])) from None
     strategy_class(settings.options)  # refuses options it does not take
@@ -463,7 +465,8 @@ async def coordinate(
     """Run `task` over the units' agents with `settings.strategy`; see the module docstring.
 
     Raises:
-        ValueError: no agents, an unknown strategy, a bad option or `require` (`check`).
+        ValueError: no agents, an unknown strategy or placement policy, a bad option or
+            `require` (`check`).
     """
     settings = settings or CoordinationSettings()
     strategy_class, names, slots = check(controller, units, settings)
