@@ -33,8 +33,10 @@ def log(ctx: Any, event: str, text: str = "") -> None:
     path = os.environ.get("TEAM_LOG")
     if not path:
         return
-    line = json.dumps({"unit": _name(), "session": ctx.session_id, "event": event,
-                       "text": text}) + "\n"
+    line = (
+        json.dumps({"unit": _name(), "session": ctx.session_id, "event": event, "text": text})
+        + "\n"
+    )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line.encode())
@@ -58,6 +60,11 @@ def _prompts_logged() -> int:
         return 0
 
 
+def _gate_open() -> bool:
+    gate = os.environ.get("TEAM_GATE")
+    return not gate or os.path.exists(gate)
+
+
 async def _hold() -> None:
     """Wait while the test holds the agents: until `$TEAM_BARRIER` prompts are in the
     log (all agents were prompted at once), and until the file `$TEAM_GATE` exists."""
@@ -65,8 +72,7 @@ async def _hold() -> None:
     with trio.move_on_after(30):  # a barrier never met shows as a missing line in the log
         while _prompts_logged() < barrier:
             await trio.sleep(0.02)
-    gate = os.environ.get("TEAM_GATE")
-    while gate and not os.path.exists(gate):
+    while not _gate_open():
         await trio.sleep(0.02)
     delay = float(os.environ.get("TEAM_DELAY", "0"))
     if delay:

@@ -74,8 +74,17 @@ class Team:
             config: more keys of its `[units.NAME]` table (`max_sessions`, `labels`, ...).
             env: more `TEAM_*` settings (`TEAM_GATE`, `TEAM_DELAY`, `TEAM_BARRIER`).
         """
-        command = [*UNIT, "--name", name, "--agent", "python",
-                   "-o", f"target=team_agents:{agent}", "-o", f"path={TESTS}"]
+        command = [
+            *UNIT,
+            "--name",
+            name,
+            "--agent",
+            "python",
+            "-o",
+            f"target=team_agents:{agent}",
+            "-o",
+            f"path={TESTS}",
+        ]
         if unit_max is not None:
             command += ["--max-sessions", str(unit_max)]
         variables = {"TEAM_NAME": name, "TEAM_LOG": str(self.log), **env}
@@ -86,9 +95,10 @@ class Team:
             self.set_memory_free(name, 64 * GiB)
         keys = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (config or {}).items())
         self.toml.append(
-            f"[units.{name}]\n{keys}[units.{name}.dial]\ntype = \"local\"\n"
+            f'[units.{name}]\n{keys}[units.{name}.dial]\ntype = "local"\n'
             f"command = {json.dumps(command)}\n"
-            f"env = {{ {', '.join(f'{k} = {json.dumps(v)}' for k, v in variables.items())} }}\n")
+            f"env = {{ {', '.join(f'{k} = {json.dumps(v)}' for k, v in variables.items())} }}\n"
+        )
 
     def group(self, name: str, units: Sequence[str]) -> None:
         self.toml.append(f"[groups]\n{name} = {json.dumps(list(units))}\n")
@@ -141,24 +151,46 @@ class Team:
             async with latis_core.open_controller(parse_config(self.config_text()), state) as ctl:
                 yield ctl
 
-    def run(self, *args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 60, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
         """`latis ARGS` (the config written first), its output captured."""
         self.write_config()
-        return subprocess.run([*LATIS, *args], capture_output=True, text=True, env=self.env,
-                              cwd=self.path, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+        return subprocess.run(
+            [*LATIS, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.path,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         """`latis ARGS` in the background, stdin not a terminal, stdout and stderr piped."""
         self.write_config()
-        return subprocess.Popen([*LATIS, *args], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=self.env, cwd=self.path)
+        return subprocess.Popen(
+            [*LATIS, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd=self.path,
+        )
 
     def close(self) -> None:
         """Stop the daemon and every process of this home; remove it."""
         if (self.path / "config.toml").exists():
-            subprocess.run([*LATIS, "daemon", "stop"], capture_output=True, env=self.env,
-                           cwd=self.path, timeout=30, check=False)
+            subprocess.run(
+                [*LATIS, "daemon", "stop"],
+                capture_output=True,
+                env=self.env,
+                cwd=self.path,
+                timeout=30,
+                check=False,
+            )
         for pid in _processes_of(self.path):
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -68,11 +68,15 @@ async def test_a_full_pool_makes_the_next_task_wait_and_never_oversubscribes(
         await wait_for(lambda: len(team.logged("prompt")) == 2, "the first task's prompts")
         nursery.start_soon(run, "second", second)
         await wait_for(lambda: any(e.type == "note" for e in second), "the wait's reason")
-        reason = ("queued: no unit has room (p1 holds its max_sessions (1); "
-                  "p2 holds its max_sessions (1))")
+        reason = (
+            "queued: no unit has room (p1 holds its max_sessions (1); "
+            "p2 holds its max_sessions (1))"
+        )
         assert [e.text for e in second if e.type == "note"] == [reason]
         assert [(e.agent, e.state, e.text) for e in second if e.type == "state"] == [
-            ("pool", "queued", reason), ("pool#2", "queued", reason)]
+            ("pool", "queued", reason),
+            ("pool#2", "queued", reason),
+        ]
         assert len(team.logged("prompt")) == 2
         team.open_gate()
     assert results["first"].outcome == results["second"].outcome == "complete"
@@ -97,7 +101,8 @@ async def test_a_memory_budget_waits_for_free_memory(team: Team) -> None:
         nursery.start_soon(run)
         await wait_for(lambda: any(e.type == "note" for e in events), "the wait's reason")
         assert [e.text for e in events if e.type == "note"] == [
-            "queued: no unit with 2 GiB free (m has 1 GiB free)"]
+            "queued: no unit with 2 GiB free (m has 1 GiB free)"
+        ]
         team.set_memory_free("m", 3 * GiB)
         await trio.sleep(1.5)  # three probes later: still not enough for two
         assert team.received("m") == []
@@ -113,10 +118,13 @@ async def test_a_task_that_can_never_fit_is_refused_at_once(team: Team) -> None:
     team.unit("p2", config={"max_sessions": 1})
     team.group("pool", ["p1", "p2"])
     async with team.controller() as ctl:
-        with pytest.raises(ValueError, match="3 agents can never run at once on p1, p2: "
-                           "their max_sessions add up to 2"):
-            await ctl.coordinate("t", ["p1"], settings=latis_core.CoordinationSettings(
-                count=2, source="pool"))
+        with pytest.raises(
+            ValueError,
+            match="3 agents can never run at once on p1, p2: their max_sessions add up to 2",
+        ):
+            await ctl.coordinate(
+                "t", ["p1"], settings=latis_core.CoordinationSettings(count=2, source="pool")
+            )
     assert team.received("p1") == []
 
 
@@ -129,7 +137,11 @@ async def test_groups_and_label_selectors_name_their_units(team: Team) -> None:
     async with team.controller() as ctl:
         result = await ctl.coordinate("look", ["group:reviewers", "label:gpu"])
         assert [(e.agent, e.unit) for e in result.agents] == [
-            ("a", "a"), ("c", "c"), ("b", "b"), ("c#2", "c")]
+            ("a", "a"),
+            ("c", "c"),
+            ("b", "b"),
+            ("c#2", "c"),
+        ]
         with pytest.raises(ValueError, match=r"no group 'nope' in config \(groups: reviewers\)"):
             await ctl.coordinate("x", ["group:nope"])
         with pytest.raises(ValueError, match="no unit has the label 'tpu'"):
@@ -142,8 +154,9 @@ async def test_count_from_a_pool_spreads_by_room(team: Team) -> None:
     for name in ("p1", "p2"):
         team.unit(name, unit_max=2, config={"max_sessions": 2}, TEAM_BARRIER="4")
     async with team.controller() as ctl:
-        result = await ctl.coordinate("t", [], settings=latis_core.CoordinationSettings(
-            count=4, source="p1,p2"))
+        result = await ctl.coordinate(
+            "t", [], settings=latis_core.CoordinationSettings(count=4, source="p1,p2")
+        )
     assert result.outcome == "complete"
     assert sorted(e.unit for e in result.agents) == ["p1", "p1", "p2", "p2"]
     assert most_at_once(team, "p1") == most_at_once(team, "p2") == 2
@@ -195,11 +208,13 @@ def test_a_placement_policy_of_ones_own(team: Team, tmp_path: Path) -> None:
     """A policy registered in `latis.placement` by an installed distribution is chosen
     with --placement; an unknown one is refused with the names there are."""
     team.env["PYTHONPATH"] = install_plugin(
-        tmp_path, "latis.placement", "last", "team_policy:Last", PLUGIN)
+        tmp_path, "latis.placement", "last", "team_policy:Last", PLUGIN
+    )
     team.unit("p1")
     team.unit("p2")
-    ran = team.run("coordinate", "--count", "2", "--from", "p1,p2", "--placement", "last",
-                   "--json", "t")
+    ran = team.run(
+        "coordinate", "--count", "2", "--from", "p1,p2", "--placement", "last", "--json", "t"
+    )
     assert ran.returncode == 0, ran.stderr
     started = [line for line in ran.stdout.splitlines() if '"type": "started"' in line]
     assert len(started) == 2 and all('"unit": "p2"' in line for line in started)
@@ -208,4 +223,3 @@ def test_a_placement_policy_of_ones_own(team: Team, tmp_path: Path) -> None:
     assert wrong.returncode == 2, wrong.stderr
     assert "unknown placement policy 'nosuch' (known: capacity, last)" in wrong.stderr
     assert "Traceback" not in wrong.stderr
-

@@ -20,16 +20,19 @@ async def coordinate(
 ) -> tuple[latis_core.Coordination, list[latis_core.CoordinationEvent]]:
     events: list[latis_core.CoordinationEvent] = []
     async with team.controller() as ctl:
-        result = await ctl.coordinate("the task", agents, events.append,
-                                      latis_core.CoordinationSettings(**settings))
+        result = await ctl.coordinate(
+            "the task", agents, events.append, latis_core.CoordinationSettings(**settings)
+        )
     return result, events
 
 
 def test_addresses_are_lines_that_name_another_agent() -> None:
     """A line `@label text` (`@label:` and `@label,` too) starts a message; the lines
     after it belong to it; unknown labels and the sender itself are not addresses."""
-    reply = ("I looked.\n@b: check line 3\nand line 4\n@zed not an agent\n"
-             "@a talking to myself\n@c, and you line 9")
+    reply = (
+        "I looked.\n@b: check line 3\nand line 4\n@zed not an agent\n"
+        "@a talking to myself\n@c, and you line 9"
+    )
     assert addressed(reply, ["a", "b", "c"], "a") == [
         ("b", "check line 3\nand line 4\n@zed not an agent\n@a talking to myself"),
         ("c", "and you line 9"),
@@ -47,8 +50,9 @@ async def test_a_message_is_delivered_to_the_agent_it_addresses(team: Team) -> N
     assert team.received("a") == ["the task"]
     assert team.received("b") == ["the task", "Message from a: please check line 3\nand line 4"]
     assert team.received("c") == ["the task", "Message from a: line 9"]
-    routed = [(e.agent, e.step, e.source) for e in events
-              if e.type == "prompt" and e.step == "route"]
+    routed = [
+        (e.agent, e.step, e.source) for e in events if e.type == "prompt" and e.step == "route"
+    ]
     assert sorted(routed) == [("b", "route", "a"), ("c", "route", "a")]
     assert ("b", "b answer 2") in [(e.agent, e.text) for e in events if e.type == "reply"]
 
@@ -66,10 +70,12 @@ async def test_the_hop_bound_cuts_a_loop(team: Team, hops: int) -> None:
     assert team.received("b")[1:] == ["Message from a: ping"] * hops
     notes = sorted(e.text for e in events if e.type == "note")
     last = ("b", "a") if hops % 2 == 0 else ("a", "b")  # who speaks last in a's chain
-    assert notes == sorted([
-        f"hop bound reached ({hops}): {last[0]}'s message to @{last[1]} was not delivered",
-        f"hop bound reached ({hops}): {last[1]}'s message to @{last[0]} was not delivered",
-    ])
+    assert notes == sorted(
+        [
+            f"hop bound reached ({hops}): {last[0]}'s message to @{last[1]} was not delivered",
+            f"hop bound reached ({hops}): {last[1]}'s message to @{last[0]} was not delivered",
+        ]
+    )
 
 
 async def test_a_message_to_an_agent_named_twice_goes_to_that_one(team: Team) -> None:
@@ -86,14 +92,14 @@ async def test_a_message_to_an_agent_named_twice_goes_to_that_one(team: Team) ->
 
 
 @pytest.mark.parametrize("strategy", ["pipeline", "lead"])
-async def test_strategies_that_keep_their_order_do_not_route(
-    team: Team, strategy: str
-) -> None:
+async def test_strategies_that_keep_their_order_do_not_route(team: Team, strategy: str) -> None:
     """In pipeline and lead a reply's `@agent` lines are text, never deliveries."""
     team.unit("a", replies=["TASK b: this\n@b go now", "done @b"])
     team.unit("b")
     result, events = await coordinate(team, ["a", "b"], strategy=strategy)
     assert result.outcome == "complete"
     assert [len(team.received("a")), len(team.received("b"))] == [
-        1 if strategy == "pipeline" else 2, 1]
+        1 if strategy == "pipeline" else 2,
+        1,
+    ]
     assert not any(e.step == "route" for e in events)

@@ -21,8 +21,9 @@ async def coordinate(
     """Run a coordination in a controller of this process; its result and its events."""
     events: list[latis_core.CoordinationEvent] = []
     async with team.controller() as ctl:
-        result = await ctl.coordinate(task, agents, events.append,
-                                      latis_core.CoordinationSettings(**settings))
+        result = await ctl.coordinate(
+            task, agents, events.append, latis_core.CoordinationSettings(**settings)
+        )
     return result, events
 
 
@@ -45,7 +46,8 @@ async def test_parallel_gives_every_agent_the_task_at_once(team: Team) -> None:
     assert [e["event"] for e in team.events()] == ["prompt"] * 3 + ["done"] * 3
     assert sorted(replies(events)) == [(u, "answer", f"{u} answer 1") for u in "abc"]
     assert [(e.agent, e.outcome, e.state) for e in result.agents] == [
-        (u, "complete", "completed") for u in "abc"]
+        (u, "complete", "completed") for u in "abc"
+    ]
 
 
 async def test_merge_with_hands_every_answer_to_the_merging_agent(team: Team) -> None:
@@ -54,8 +56,9 @@ async def test_merge_with_hands_every_answer_to_the_merging_agent(team: Team) ->
     team.unit("a")
     team.unit("b")
     team.unit("m", replies=["m answer 1", "the merged answer"])
-    result, events = await coordinate(team, "review the plan", ["a", "b", "m"],
-                                      options={"merge_with": "m"})
+    result, events = await coordinate(
+        team, "review the plan", ["a", "b", "m"], options={"merge_with": "m"}
+    )
     assert (result.outcome, result.final) == ("complete", "the merged answer")
     assert team.received("a") == team.received("b") == ["review the plan"]
     first, merge = team.received("m")
@@ -65,7 +68,9 @@ async def test_merge_with_hands_every_answer_to_the_merging_agent(team: Team) ->
         assert f"--- {name} ---\n{name} answer 1" in merge
     # The merge came after every answer of the first step.
     log = [(e["event"], e["text"]) for e in team.events()]
-    answered = [i for i, (event, text) in enumerate(log) if event == "done" and text.endswith("answer 1")]
+    answered = [
+        i for i, (event, text) in enumerate(log) if event == "done" and text.endswith("answer 1")
+    ]
     assert len(answered) == 3 and log.index(("prompt", merge)) > max(answered)
     assert replies(events)[-1] == ("m", "merge", "the merged answer")
 
@@ -86,15 +91,16 @@ async def test_pipeline_hands_each_output_to_the_next_agent(team: Team) -> None:
     last output is the final answer."""
     for name in "abc":
         team.unit(name)
-    result, events = await coordinate(team, "draft a reply", ["c", "a", "b"],
-                                      strategy="pipeline")
+    result, events = await coordinate(team, "draft a reply", ["c", "a", "b"], strategy="pipeline")
     assert team.received("c") == ["draft a reply"]
     assert team.received("a") == [
         "draft a reply\n\nThe previous agent (c) produced:\n\nc answer 1\n\n"
-        "Continue from its output."]
+        "Continue from its output."
+    ]
     assert team.received("b") == [
         "draft a reply\n\nThe previous agent (a) produced:\n\na answer 1\n\n"
-        "Continue from its output."]
+        "Continue from its output."
+    ]
     assert [e["unit"] for e in team.events() if e["event"] == "prompt"] == ["c", "a", "b"]
     assert [step for _, step, _ in replies(events)] == ["stage 1", "stage 2", "stage 3"]
     assert (result.outcome, result.final) == ("complete", "b answer 1")
@@ -105,14 +111,17 @@ async def test_pipeline_skips_a_failed_stage(team: Team) -> None:
     team.unit("a")
     team.unit("bad", "fail")
     team.unit("c")
-    result, _ = await coordinate(team, "t", ["a", "bad", "c"], strategy="pipeline",
-                                 require="2")
-    assert team.received("bad") == ["t\n\nThe previous agent (a) produced:\n\na answer 1\n\n"
-                                     "Continue from its output."]
+    result, _ = await coordinate(team, "t", ["a", "bad", "c"], strategy="pipeline", require="2")
+    assert team.received("bad") == [
+        "t\n\nThe previous agent (a) produced:\n\na answer 1\n\nContinue from its output."
+    ]
     assert team.received("c") == team.received("bad")
     assert (result.outcome, result.final) == ("complete", "c answer 1")
     assert [(e.agent, e.outcome) for e in result.agents] == [
-        ("a", "complete"), ("bad", "error"), ("c", "complete")]
+        ("a", "complete"),
+        ("bad", "error"),
+        ("c", "complete"),
+    ]
     assert "scripted failure" in (result.agents[1].error or "")
 
 
@@ -124,14 +133,22 @@ async def test_roundtable_shows_everyone_the_last_round(team: Team) -> None:
     agent gets the last round's answers and gives the final answer."""
     team.unit("a", replies=["a one", "a two", "a final"])
     team.unit("b", replies=["b one", "b two"])
-    result, events = await coordinate(team, "name the project", ["a", "b"],
-                                      strategy="roundtable",
-                                      options={"rounds": "2", "final": "a"})
-    round2 = ("name the project\n\nRound 2 of 2. The answers of the last round:\n\n"
-              "--- a ---\na one\n\n--- b ---\nb one\n\n"
-              "Give your answer again, improved by what the others said.")
-    final = ("name the project\n\nThe answers of the last round:\n\n"
-             "--- a ---\na two\n\n--- b ---\nb two\n\nGive the final answer.")
+    result, events = await coordinate(
+        team,
+        "name the project",
+        ["a", "b"],
+        strategy="roundtable",
+        options={"rounds": "2", "final": "a"},
+    )
+    round2 = (
+        "name the project\n\nRound 2 of 2. The answers of the last round:\n\n"
+        "--- a ---\na one\n\n--- b ---\nb one\n\n"
+        "Give your answer again, improved by what the others said."
+    )
+    final = (
+        "name the project\n\nThe answers of the last round:\n\n"
+        "--- a ---\na two\n\n--- b ---\nb two\n\nGive the final answer."
+    )
     assert team.received("a") == ["name the project", round2, final]
     assert team.received("b") == ["name the project", round2]
     # Round 2 starts only when round 1 has ended (for everyone).
@@ -145,8 +162,9 @@ async def test_roundtable_shows_everyone_the_last_round(team: Team) -> None:
 async def test_roundtable_without_final_answers_with_the_last_round(team: Team) -> None:
     team.unit("a")
     team.unit("b")
-    result, _ = await coordinate(team, "t", ["a", "b"], strategy="roundtable",
-                                 options={"rounds": "3"})
+    result, _ = await coordinate(
+        team, "t", ["a", "b"], strategy="roundtable", options={"rounds": "3"}
+    )
     assert len(team.received("a")) == len(team.received("b")) == 3
     assert result.final == "--- a ---\na answer 3\n\n--- b ---\nb answer 3"
 
@@ -157,15 +175,19 @@ async def test_roundtable_without_final_answers_with_the_last_round(team: Team) 
 async def test_lead_plans_dispatches_gathers_and_answers(team: Team) -> None:
     """The lead's plan is split among the workers (several sub-tasks to one run in order
     on it; a unit named twice is two workers); the results go back to the lead."""
-    plan = "Here is my plan.\nTASK w: step one\nTASK v: step two\nTASK w: step three\n" \
-           "TASK w#2: step four"
+    plan = (
+        "Here is my plan.\nTASK w: step one\nTASK v: step two\nTASK w: step three\n"
+        "TASK w#2: step four"
+    )
     team.unit("boss", replies=[plan, "all four steps are done"])
     team.unit("w")
     team.unit("v")
-    result, events = await coordinate(team, "port the tests", ["boss", "w", "v", "w"],
-                                      strategy="lead", options={"lead": "boss"})
+    result, events = await coordinate(
+        team, "port the tests", ["boss", "w", "v", "w"], strategy="lead", options={"lead": "boss"}
+    )
     assert team.received("boss")[0] == "port the tests\n\n" + INSTRUCTIONS.format(
-        workers="w, v, w#2")
+        workers="w, v, w#2"
+    )
     # w and w#2 are two sessions of unit w: the first got steps one and three, in order.
     by_session: dict[str, list[str]] = {}
     for e in team.events():
@@ -173,8 +195,10 @@ async def test_lead_plans_dispatches_gathers_and_answers(team: Team) -> None:
             by_session.setdefault(e["session"], []).append(e["text"])
     assert sorted(by_session.values()) == [["step four"], ["step one", "step three"]]
     assert team.received("v") == ["step two"]
-    results = ("--- w: step one ---\nw answer 1\n\n--- v: step two ---\nv answer 1\n\n"
-               "--- w: step three ---\nw answer 2\n\n--- w#2: step four ---\nw answer 1")
+    results = (
+        "--- w: step one ---\nw answer 1\n\n--- v: step two ---\nv answer 1\n\n"
+        "--- w: step three ---\nw answer 2\n\n--- w#2: step four ---\nw answer 1"
+    )
     assert team.received("boss")[1] == RESULTS.format(task="port the tests", results=results)
     assert (result.outcome, result.final) == ("complete", "all four steps are done")
     steps = [(agent, step) for agent, step, _ in replies(events)]
@@ -201,8 +225,9 @@ async def test_a_plan_that_does_not_parse_twice_is_reported(team: Team) -> None:
     assert len(team.received("boss")) == 2
     assert team.received("w") == []
     assert result.outcome == "error"
-    assert result.error == ("the plan of boss did not parse twice: line 1: 'nobody' is not "
-                            "one of the agents (w)")
+    assert result.error == (
+        "the plan of boss did not parse twice: line 1: 'nobody' is not one of the agents (w)"
+    )
     assert result.final is None
 
 
@@ -217,8 +242,10 @@ async def test_an_agent_named_twice_is_two_sessions(team: Team) -> None:
     assert [e.agent for e in result.agents] == ["a", "a#2"]
     sessions = {e["session"] for e in team.events() if e["event"] == "prompt"}
     assert len(sessions) == 2 and sessions == {e.session for e in result.agents}
-    assert sorted(replies(events)) == [("a", "answer", "a answer 1"),
-                                       ("a#2", "answer", "a answer 1")]
+    assert sorted(replies(events)) == [
+        ("a", "answer", "a answer 1"),
+        ("a#2", "answer", "a answer 1"),
+    ]
     for label in ("a", "a#2"):
         chunks = "".join(e.text for e in events if e.type == "chunk" and e.agent == label)
         assert chunks == "a answer 1"

@@ -17,9 +17,12 @@ carries the seconds since the coordination began (`elapsed`).
 Faults: an agent whose prompt fails, whose unit disconnects or that runs
 past `agent_timeout` is reported (`ended`, failed) and left out; the others
 go on. `require` (`all`, `any` or a number) says how many agents must end
-well; once that cannot happen any more the rest is cancelled. `timeout`
-bounds the whole coordination. Cancelling the coordination (Ctrl-C in the
-CLI) cancels every prompt it started and waits, bounded, for their ends.
+well; once that cannot happen any more the rest is cancelled (their `ended`
+says cancelled, with the shortfall) and the coordination fails. `timeout`
+bounds the whole coordination: past it every prompt is cancelled and so is
+the coordination (outcome "cancelled", error "timed out after N s").
+Cancelling the coordination (Ctrl-C in the CLI) cancels every prompt it
+started and waits, bounded, for their ends.
 
 Routing: in strategies whose `routes` is true, a reply line `@label text`
 sends `text` (and the lines after it, up to the next `@label`) to that agent
@@ -277,6 +280,11 @@ class _Team:
         if len(self.alive()) < self.needed:
             self.doomed.cancel()
 
+    def shortfall(self) -> str:
+        """Why `require` is not met: how many agents failed."""
+        failed = len(self.labels) - len(self.alive())
+        return f"{failed} of {len(self.labels)} agents failed (require {self.settings.require})"
+
     def queued(self, reason: str) -> None:
         """Placement waits: say why, for every agent."""
         self.note(reason)
@@ -497,8 +505,10 @@ async def coordinate(
                                 agent.unit = unit
                                 nursery.start_soon(team.open, agent)
                     final = await strategy.run(team)
-            if whole.cancelled_caught:
-                outcome, error = "error", f"timed out after {limit:g} s"
+            if whole.cancelled_caught:  # timed out: cancelled by its bound (exit 3)
+                outcome, error = "cancelled", f"timed out after {limit:g} s"
+            elif team.doomed.cancelled_caught:  # the agents still working were cancelled
+                outcome, error = "error", team.shortfall()
         except StrategyFailed as exc:
             outcome, error = "error", str(exc)
         except BaseException:
@@ -514,11 +524,8 @@ async def coordinate(
                         team.event("ended", agent, outcome="complete")
                     else:
                         team.fail(agent, error or "cancelled", "cancelled")
-            good = len(team.alive())
-            if outcome == "complete" and good < team.needed:
-                outcome = "error"
-                error = (f"{len(units) - good} of {len(units)} agents failed "
-                         f"(require {settings.require})")
+            if outcome == "complete" and len(team.alive()) < team.needed:
+                outcome, error = "error", team.shortfall()
             if outcome != "complete":
                 final = None
             team.event("final", text=final or "", outcome=outcome, error=error)
