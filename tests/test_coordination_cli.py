@@ -243,6 +243,12 @@ def test_the_record_lists_and_shows_every_coordination(team: Team) -> None:
         "first task",
     )
     assert (second["state"], second["units"]) == ("error", ["a", "bad"])
+    # Every session a coordination opened counts for it in `latis usage --by coordination`.
+    usage = json.loads(ok(team.run("usage", "--by", "coordination", "--json")).stdout)
+    assert {row["key"]: row["prompts"] for row in usage["rows"]} == {
+        first["id"]: 2,
+        second["id"]: 2,
+    }
     listed = ok(team.run("coordination", "list")).stdout.splitlines()
     assert listed[0].startswith(second["id"]) and "parallel" in listed[0]
     assert "error" in listed[0] and "a,bad  second task" in listed[0]

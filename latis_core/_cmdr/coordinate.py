@@ -312,10 +312,19 @@ class _Team:
             self.fail(agent, error_code(exc)[1])
             return
         agent.session = str(created["session"])
-        # Tagged with the coordination's id, for `latis usage --by coordination`.
-        await self.controller.db(tag_coordination, self.controller.state, agent.session,
-                                 self.id)
         self.event("started", agent)
+
+    async def tag(self) -> None:
+        """Tag every session opened with the coordination's id, in one write (for
+        `latis usage --by coordination`; off the agents' way: their prompts go on)."""
+        state = self.controller.state
+        sessions = [a.session for a in self.agents.values() if a.session is not None]
+
+        def store() -> None:
+            for session in sessions:
+                tag_coordination(state, session, self.id)
+
+        await self.controller.db(store)
 
     async def ask(self, label: str, text: str, *, step: str = "") -> str | None:
         return await self._ask(label, text, step, "task", 0)
@@ -504,6 +513,7 @@ async def coordinate(
                             for agent, unit in zip(team.agents.values(), chosen, strict=True):
                                 agent.unit = unit
                                 nursery.start_soon(team.open, agent)
+                    keeper.start_soon(team.tag)
                     final = await strategy.run(team)
             if whole.cancelled_caught:  # timed out: cancelled by its bound (exit 3)
                 outcome, error = "cancelled", f"timed out after {limit:g} s"
@@ -556,12 +566,21 @@ class _Record:
         if event.type != "chunk":  # chunks are in the prompts' own transcripts
             self.pending.append(event.to_dict())
 
-    async def flush(self) -> None:
+    async def flush(self, end: Coordination | None = None) -> None:
+        """Store the events pending (and with `end`, how it ended), in one write."""
+        state = self.controller.state
         async with self.lock:
             batch, self.pending = self.pending, []
-            if batch:
-                await self.controller.db(
-                    self.controller.state.add_coordination_events, self.id, self.stored, batch)
+            first = self.stored
+
+            def store() -> None:
+                if batch:
+                    state.add_coordination_events(self.id, first, batch)
+                if end is not None:
+                    state.end_coordination(self.id, end.outcome, end.final, end.error)
+
+            if batch or end is not None:
+                await self.controller.db(store)
                 self.stored += len(batch)
 
     async def keep(self) -> None:
@@ -570,9 +589,7 @@ class _Record:
             await self.flush()
 
     async def finish(self, result: Coordination) -> None:
-        await self.flush()
-        await self.controller.db(self.controller.state.end_coordination, self.id,
-                                 result.outcome, result.final, result.error)
+        await self.flush(result)
 
 
 def _ended(agent: _Agent) -> CoordinationEvent:
