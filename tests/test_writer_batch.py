@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from latis_core._cmdr.state import StateDB, StateError
 from latis_core._cmdr.writer import ChunkWriter
@@ -56,6 +57,7 @@ async def test_the_writers_calls_share_one_transaction(state: StateDB) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run)
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits for work
         async with trio.open_nursery() as calls:
             for name, session in (("a", "s1"), ("b", "nope"), ("c", "s1")):
                 calls.start_soon(call, name, session)

@@ -500,8 +500,8 @@ async def coordinate(
                  coordination_id)
     outcome, error, final = "complete", None, None
     limit = settings.timeout
-    await controller.db(controller.state.add_coordination, coordination_id, task,
-                        settings.strategy, _settings_dict(settings), list(units))
+    # Stored by the record's first write, beside the agents' first steps (not before them).
+    record.row = (task, settings.strategy, _settings_dict(settings), list(units))
     async with trio.open_nursery() as keeper:
         keeper.start_soon(record.keep)
         try:
@@ -553,11 +553,14 @@ def _settings_dict(settings: CoordinationSettings) -> dict[str, Any]:
 
 
 class _Record:
-    """Stores a coordination's events (all but chunks) as they come, in batches."""
+    """Stores a coordination (its row with its first write) and its events (all but
+    chunks) as they come, in batches."""
 
     def __init__(self, controller: Controller, id: str) -> None:
         self.controller = controller
         self.id = id
+        #: (task, strategy, settings, units) until the row is stored.
+        self.row: tuple[str, str, dict[str, Any], list[str]] | None = None
         self.pending: list[dict[str, Any]] = []
         self.stored = 0
         self.lock = trio.Lock()
@@ -572,21 +575,25 @@ class _Record:
         async with self.lock:
             batch, self.pending = self.pending, []
             first = self.stored
+            row = self.row
 
             def store() -> None:
+                if row is not None:
+                    state.add_coordination(self.id, *row)
                 if batch:
                     state.add_coordination_events(self.id, first, batch)
                 if end is not None:
                     state.end_coordination(self.id, end.outcome, end.final, end.error)
 
-            if batch or end is not None:
+            if row is not None or batch or end is not None:
                 await self.controller.db(store)
+                self.row = None
                 self.stored += len(batch)
 
     async def keep(self) -> None:
         while True:
-            await trio.sleep(0.2)
             await self.flush()
+            await trio.sleep(0.2)
 
     async def finish(self, result: Coordination) -> None:
         await self.flush(result)
