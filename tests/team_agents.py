@@ -98,17 +98,19 @@ async def answer(text: str, ctx: Any) -> AsyncIterator[str]:
 
 
 async def fail(text: str, ctx: Any) -> AsyncIterator[str]:
-    """Log the prompt, say a word, then fail it."""
+    """Log the prompt, say a word, hold (`_hold`), then fail it."""
     log(ctx, "prompt", text)
     yield "starting "
+    await _hold()
     raise RuntimeError("scripted failure")
 
 
 async def vanish(text: str, ctx: Any) -> AsyncIterator[str]:
-    """Log the prompt, say a word, then end the unit's process: its connection drops."""
+    """Log the prompt, say a word, hold (`_hold`), then end the unit's process: its
+    connection drops."""
     log(ctx, "prompt", text)
     yield "going "
-    await trio.sleep(0.2)
+    await _hold()
     os._exit(3)
 
 

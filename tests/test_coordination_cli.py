@@ -49,7 +49,7 @@ def test_a_failing_or_disconnecting_agent_under_each_require(team: Team, fault: 
     gate = team.gate()
     team.unit("ok1", TEAM_GATE=gate)
     team.unit("ok2", TEAM_GATE=gate)
-    team.unit("bad", fault)
+    team.unit("bad", fault, TEAM_BARRIER="3")  # fails once all three were prompted
     why = "scripted failure" if fault == "fail" else "unit bad disconnected"
 
     ran = team.run("coordinate", "-a", "ok1,ok2,bad", "--require", "all", "the task")
@@ -95,11 +95,13 @@ def test_the_whole_task_timeout_cancels_every_agent(team: Team) -> None:
     """--timeout bounds the whole task: every prompt is cancelled; exit 3 (timed out)."""
     for name in ("a", "b"):
         team.unit(name, TEAM_GATE=team.gate())
-    ran = team.run("coordinate", "-a", "a,b", "--timeout", "1", "slowly")
+    for name in ("a", "b"):  # up first: the bound is for the task, not the units' start
+        ok(team.run("unit", "up", name))
+    ran = team.run("coordinate", "-a", "a,b", "--timeout", "2", "slowly")
     assert ran.returncode == 3, ran.stderr
-    assert "[a] ⊘ cancelled: timed out after 1 s" in ran.stderr
+    assert "[a] ⊘ cancelled: timed out after 2 s" in ran.stderr
     assert "latis: coordination co-" in ran.stderr
-    assert " cancelled: timed out after 1 s (latis coordination show" in ran.stderr
+    assert " cancelled: timed out after 2 s (latis coordination show" in ran.stderr
     assert sorted(team.logged("cancelled")) == ["a", "b"]
     assert "Traceback" not in ran.stderr
 
