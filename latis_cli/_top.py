@@ -32,7 +32,7 @@ __all__ = ["Feed", "Rows", "open_feed", "rows", "top"]
 #: Who answers a question from here, as the inbox records it (`answered_by`).
 BY = "top"
 #: The text of a prompt shown in a table, at most (characters).
-PROMPT_WIDTH = 18
+PROMPT_WIDTH = 15
 #: A chunk sequence past any prompt's: reattaching after it replays nothing.
 NO_REPLAY = 2**31
 
