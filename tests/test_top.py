@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 from test_cli import Home, home  # noqa: F401  (the fixture: a latis home of its own)
 
-from latis_cli._top import open_feed
+from latis_cli.top._feed import open_feed
 
 textual = pytest.importorskip("textual")
 
 from textual.pilot import Pilot  # noqa: E402
 from textual.widgets import DataTable, Input, Static  # noqa: E402
 
-from latis_cli._top_ui import TopApp  # noqa: E402
+from latis_cli.top._screen import TopApp  # noqa: E402
 
 WORDS = " ".join(f"w{i}" for i in range(40))
 #: How long a test waits for what the screen should come to show (a bound, not a measure).

@@ -1,9 +1,4 @@
-"""`latis top`: every unit, session and waiting question on one screen, live.
-
-The screen itself is `_top_ui` (textual, imported only when it is shown).
-This module holds what does not need textual: the command, the plain output
-when stdout is not a terminal, the rows every view shows, and `Feed`, the
-bridge to the daemon.
+"""`Feed`: cmdr for `latis top`'s screen, which does not run on trio.
 
 textual runs its own (asyncio) loop; latis talks to cmdr on trio. `Feed` keeps
 one trio loop in a thread of its own (`latis_core.blocking.Portal`) with one
@@ -16,315 +11,16 @@ was, with a note saying what did not answer, and the keys keep working.
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, Any
+from typing import Any
 
-from cyclopts import Parameter
-
-from ._cmdr import ERROR, INTERRUPTED, OK, USAGE
-
-__all__ = ["Feed", "Rows", "open_feed", "rows", "top"]
+__all__ = ["Feed", "Sink", "open_feed"]
 
 #: Who answers a question from here, as the inbox records it (`answered_by`).
 BY = "top"
-#: The text of a prompt shown in a table, at most (characters).
-PROMPT_WIDTH = 15
 #: A chunk sequence past any prompt's: reattaching after it replays nothing.
 NO_REPLAY = 2**31
-
-
-# ---- the command ---------------------------------------------------------------------------
-
-
-def top(
-    *,
-    once: bool = False,
-    timeout: float = 5.0,
-    refresh: float = 2.0,
-    json_output: Annotated[bool, Parameter(name="--json")] = False,
-) -> int:
-    """The fleet on one screen: units, sessions, the inbox and one session's stream, live.
-
-    Keys (shown at the bottom): `/` filter, `enter` open (follow a session's
-    stream; answer an inbox question), `a` answer, `c` cancel the session's
-    prompt, `n` a new prompt (to the session, or a new session on the unit),
-    `tab` the next pane, `escape` back, `q` quit.
-
-    Not on a terminal (a pipe, a file, `watch`), or with --once, it prints the
-    three tables once and exits, like `latis status`. Every call to the daemon
-    has a deadline (--timeout): a unit or daemon that does not answer leaves
-    the screen as it was, with a note, and never freezes it.
-
-    For example:
-      latis top
-      latis top --once
-      latis top --json | jq '.sessions[] | select(.state == "waiting")'
-
-    Args:
-        once: print the tables once and exit, even on a terminal.
-        timeout: seconds each call to the daemon may take.
-        refresh: seconds between two reads of units, sessions and the inbox
-            (besides a read at each change of a session's state).
-        json_output: print the units, sessions and inbox once as JSON.
-    """
-    if timeout <= 0 or refresh <= 0:
-        print("latis: --timeout and --refresh take seconds > 0", file=sys.stderr)
-        return USAGE
-    if once or json_output or not (sys.stdout.isatty() and sys.stdin.isatty()):
-        return _print_once(timeout, json_output)
-    from ._failure import report
-
-    try:
-        with open_feed(timeout) as feed:
-            problem = feed.check_config()
-            if problem is not None:
-                print(problem, file=sys.stderr)
-                return ERROR
-            from ._top_ui import TopApp
-
-            TopApp(feed, refresh=refresh).run()
-        return OK
-    except KeyboardInterrupt:
-        return INTERRUPTED
-    except BaseException as exc:  # noqa: BLE001 (every failure ends here, as a message)
-        return report(exc)
-
-
-def _print_once(timeout: float, as_json: bool) -> int:
-    from ._run import run_with_cmdr
-
-    async def work(cmdr: Any) -> int:
-        import trio
-
-        parts: dict[str, Any] = {}
-        async with trio.open_nursery() as nursery:
-            for name, call in (
-                ("status", cmdr.status),
-                ("inbox", cmdr.inbox_list),
-                ("usage", cmdr.usage),
-            ):
-                nursery.start_soon(_bounded_into, parts, name, call, timeout)
-        for name, value in parts.items():
-            if isinstance(value, BaseException):
-                from ._failure import describe
-
-                print(f"latis: {name}: {describe(value)[0]}", file=sys.stderr)
-        found = rows(_ok(parts.get("status")), _ok(parts.get("inbox")), _ok(parts.get("usage")))
-        if as_json:
-            print(json.dumps(found.as_json(), indent=2))
-        else:
-            _print_tables(found)
-        return OK if all(not isinstance(v, BaseException) for v in parts.values()) else ERROR
-
-    return run_with_cmdr(work)
-
-
-async def _bounded_into(
-    parts: dict[str, Any], name: str, call: Callable[[], Any], seconds: float
-) -> None:
-    import trio
-
-    try:
-        with trio.fail_after(seconds):
-            parts[name] = await call()
-    except trio.TooSlowError:
-        parts[name] = TimeoutError(f"cmdr did not answer within {seconds:g} s")
-    except Exception as exc:  # reported with the others, the rest still shows
-        parts[name] = exc
-
-
-def _ok(value: Any) -> Any:
-    return None if isinstance(value, BaseException) else value
-
-
-def _print_tables(found: Rows) -> None:
-    from ._console import print_table
-
-    if not found.units:
-        print(
-            "no units yet: latis prompt \"hello\" brings up the built-in unit 'local'",
-            file=sys.stderr,
-        )
-    else:
-        print_table(UNIT_COLUMNS, [cells for _, cells in found.units])
-    if found.sessions:
-        print()
-        print_table(SESSION_COLUMNS, [cells for _, cells in found.sessions])
-    if found.inbox:
-        print()
-        print_table(INBOX_COLUMNS, [cells for _, cells in found.inbox])
-    else:
-        print("nothing waits for an answer", file=sys.stderr)
-
-
-# ---- what each view shows ------------------------------------------------------------------
-
-UNIT_COLUMNS = ("unit", "provisioner", "connection", "sessions", "load")
-SESSION_COLUMNS = ("session", "unit", "agent", "state", "prompt", "elapsed", "context", "cost")
-INBOX_COLUMNS = ("id", "unit", "session", "question", "options", "since")
-
-#: A table's rows: (key, cells) each; the key is the unit, session or question id.
-Table = list[tuple[str, tuple[str, ...]]]
-
-
-class Rows:
-    """The three tables, built from what the daemon said (parts it did not say: empty)."""
-
-    def __init__(self) -> None:
-        self.units: Table = []
-        self.sessions: Table = []
-        self.inbox: Table = []
-        #: Session id -> its unit, state and the open question's id (for the keys).
-        self.session_info: dict[str, dict[str, Any]] = {}
-        #: Question id -> its inbox item.
-        self.items: dict[str, dict[str, Any]] = {}
-
-    def as_json(self) -> dict[str, Any]:
-        """The tables as lists of objects (`latis top --json`)."""
-
-        def objects(columns: Sequence[str], table: Table) -> list[dict[str, str]]:
-            return [dict(zip(columns, cells, strict=True)) for _, cells in table]
-
-        return {
-            "units": objects(UNIT_COLUMNS, self.units),
-            "sessions": objects(SESSION_COLUMNS, self.sessions),
-            "inbox": objects(INBOX_COLUMNS, self.inbox),
-        }
-
-
-def rows(
-    status: Mapping[str, Any] | None,
-    inbox: Mapping[str, Any] | None,
-    usage: Mapping[str, Any] | None,
-    states: Mapping[str, str] | None = None,
-    now: float | None = None,
-) -> Rows:
-    """The tables from `status`, `inbox.list` and `usage` (by session) answers.
-
-    `states` (session -> state, from a live subscription) wins over the
-    state `status` gave, which may be older.
-    """
-    now = time.time() if now is None else now
-    states = states or {}
-    out = Rows()
-    spend = {row["key"]: row for row in (usage or {}).get("rows", []) if row.get("key")}
-    for unit in (status or {}).get("units", []):
-        name = unit["unit"]
-        agent = (unit.get("agent") or {}).get("name") or "-"
-        sessions = unit.get("sessions") or []
-        live = [states.get(s["id"], s["state"]) for s in sessions]
-        busy, waiting = live.count("busy"), live.count("waiting")
-        load = ", ".join(
-            part
-            for part in (f"{busy} busy" if busy else "", f"{waiting} waiting" if waiting else "")
-            if part
-        )
-        out.units.append(
-            (
-                name,
-                (
-                    name,
-                    unit.get("provisioner") or "-",
-                    _connection(unit),
-                    str(len(sessions)),
-                    load or "idle",
-                ),
-            )
-        )
-        for session, state in zip(sessions, live, strict=True):
-            sid = session["id"]
-            prompt = session.get("prompt") or {}
-            running = state in ("busy", "waiting")
-            context = session.get("context") or spend.get(sid) or {}
-            out.sessions.append(
-                (
-                    sid,
-                    (
-                        sid,
-                        name,
-                        agent,
-                        state,
-                        _clip(prompt.get("text") or "-", PROMPT_WIDTH),
-                        _elapsed(now - prompt["started_at"]) if running and prompt else "-",
-                        _context(context),
-                        _cost(spend.get(sid)),
-                    ),
-                )
-            )
-            out.session_info[sid] = {
-                "unit": name,
-                "state": state,
-                "question": (session.get("question") or {}).get("id"),
-            }
-    for item in (inbox or {}).get("items", []):
-        if item.get("state", "open") != "open":
-            continue
-        out.items[item["id"]] = item
-        out.inbox.append(
-            (
-                item["id"],
-                (
-                    item["id"],
-                    item["unit"],
-                    item["session"],
-                    _clip(item["question"], 60),
-                    ", ".join(item.get("options") or []) or "(free text)",
-                    _elapsed(now - item["since"]) if item.get("since") else "-",
-                ),
-            )
-        )
-        info = out.session_info.get(item["session"])
-        if info is not None and info["question"] is None:
-            info["question"] = item["id"]
-    return out
-
-
-def _connection(unit: Mapping[str, Any]) -> str:
-    return "FAILED" if unit.get("connection") == "unreachable" else str(unit.get("connection"))
-
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _elapsed(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _count(value: float) -> str:
-    if value >= 1_000_000:
-        return f"{value / 1_000_000:.1f}M"
-    if value >= 1000:
-        return f"{value / 1000:.0f}k"
-    return f"{value:.0f}"
-
-
-def _context(context: Mapping[str, Any]) -> str:
-    used = context.get("context_used")
-    if used is None:
-        return "-"
-    size = context.get("context_size")
-    return _count(used) + (f"/{_count(size)}" if size else "")
-
-
-def _cost(row: Mapping[str, Any] | None) -> str:
-    if not row or row.get("cost") is None:
-        return "-"
-    currency = row.get("currency") or "USD"
-    return f"${row['cost']:.4f}" if currency == "USD" else f"{row['cost']:.4f} {currency}"
-
-
-# ---- the bridge to the daemon -----------------------------------------------------------------
 
 #: What the feed hands the screen: (kind, data). Kinds: "status", "inbox", "usage",
 #: "states" (session -> state), "stream" (the followed session's events), "note"
@@ -387,7 +83,7 @@ class Feed:
 
     def check_config(self) -> str | None:
         """Tell cmdr which config this command reads (waits); the problem, if it serves another."""
-        from ._run import check_config
+        from .._run import check_config
 
         result: str | None = self._portal.run(check_config, self._cmdr)
         return result
@@ -425,7 +121,7 @@ class Feed:
             try:
                 await afn(*args)
             except Exception as exc:  # told on screen; the other tasks go on
-                from ._failure import describe
+                from .._failure import describe
 
                 self.sink("problem", describe(exc)[0])
 
@@ -459,7 +155,7 @@ class Feed:
         try:
             data = await self._call(kind, call)
         except Exception as exc:  # one part failing leaves the others
-            from ._failure import describe
+            from .._failure import describe
 
             self.sink("problem", f"{kind}: {describe(exc)[0]}")
             return
@@ -570,7 +266,7 @@ class Feed:
                         seen = last["id"] if last else seen
                         stream = None
             except Exception as exc:
-                from ._failure import describe
+                from .._failure import describe
 
                 self.sink("stream", (session, [("end", describe(exc)[0])]))
 

@@ -1,13 +1,13 @@
 """The screen of `latis top` (textual): four panes, a status line and the keys.
 
-Everything it knows comes from `_top.Feed` as `FeedEvent`s; everything it asks
+Everything it knows comes from `_feed.Feed` as `FeedEvent`s; everything it asks
 goes to the feed, which answers later. Nothing here waits for the daemon.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -16,7 +16,10 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, Static
 
-from ._top import INBOX_COLUMNS, SESSION_COLUMNS, UNIT_COLUMNS, Feed, Rows, Table, rows
+from ._rows import INBOX_COLUMNS, SESSION_COLUMNS, UNIT_COLUMNS, Rows, Table, rows
+
+if TYPE_CHECKING:
+    from ._feed import Feed
 
 __all__ = ["FeedEvent", "TopApp"]
 
@@ -25,7 +28,7 @@ KEEP = 40_000
 
 
 class FeedEvent(Message):
-    """Something the feed heard from cmdr (see `_top.Sink` for the kinds)."""
+    """Something the feed heard from cmdr (see `_feed.Sink` for the kinds)."""
 
     def __init__(self, kind: str, data: Any) -> None:
         super().__init__()
