@@ -122,6 +122,7 @@ def session_of(where: Home, unit: str) -> dict[str, Any]:
     return dict(found)
 
 
+@pytest.mark.slow
 def test_the_tables_fill_and_a_question_is_answered_from_the_screen(fleet: Home) -> None:
     """Units and sessions fill; a waiting question shows in the inbox, is answered
     with `a`, and the prompt goes on to its end, followed live in the stream pane."""
@@ -157,6 +158,7 @@ def test_the_tables_fill_and_a_question_is_answered_from_the_screen(fleet: Home)
     assert item["answered_by"] == "top"
 
 
+@pytest.mark.slow
 def test_a_new_prompt_streams_and_a_cancel_reaches_the_unit(fleet: Home) -> None:
     """`n` on a unit opens a session there and sends the prompt, which streams live
     into the pane; `c` cancels it on the unit, which stops producing."""
@@ -185,6 +187,7 @@ def test_a_new_prompt_streams_and_a_cancel_reaches_the_unit(fleet: Home) -> None
     assert again["chunks"] == prompt["chunks"], "the unit kept producing"
 
 
+@pytest.mark.slow
 def test_filter_and_keys_work_while_cmdr_does_not_answer(fleet: Home) -> None:
     """With the daemon stopped dead (SIGSTOP), calls time out with a note on the
     status line, and the screen still takes keys: `/` filters, `escape` clears."""
@@ -208,6 +211,23 @@ def test_filter_and_keys_work_while_cmdr_does_not_answer(fleet: Home) -> None:
     drive(scenario, timeout=0.5, refresh=0.2)
 
 
+@pytest.mark.slow
+def test_it_connects_again_when_cmdr_restarts(fleet: Home) -> None:
+    """`latis daemon restart` under a running screen: it says so, connects again by
+    itself, and what happens after the restart shows up."""
+
+    async def scenario(app: TopApp, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: len(cells(app, "units")) == 3, "the units")
+        await asyncio.to_thread(fleet.ok, "daemon", "restart")
+        await until(pilot, lambda: "connected to cmdr again" in text_of(app, "#bar"), "it back")
+        await asyncio.to_thread(fleet.ok, "prompt", "--unit", "asker", "--detach", "again")
+        await until(pilot, lambda: column(app, "inbox", "question") == ["Sure?"], "the question")
+        await until(pilot, lambda: column(app, "sessions", "state") == ["waiting"], "it waits")
+
+    drive(scenario)
+
+
+@pytest.mark.slow
 def test_off_a_terminal_it_prints_the_tables_once(fleet: Home) -> None:
     """Piped, `latis top` prints units, sessions and the inbox once, like `latis status`;
     --json gives the same rows as objects."""

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
+import trio
+
 __all__ = ["Feed", "Sink", "open_feed"]
 
 #: Who answers a question from here, as the inbox records it (`answered_by`).
@@ -30,8 +32,6 @@ Sink = Callable[[str, Any], None]
 
 @asynccontextmanager
 async def _connected() -> AsyncIterator[tuple[Any, Any, Any]]:
-    import trio
-
     from latis_core import open_daemon
 
     async with open_daemon() as cmdr, trio.open_nursery() as nursery:
@@ -65,8 +65,6 @@ class Feed:
     """
 
     def __init__(self, portal: Any, cmdr: Any, nursery: Any, token: Any, timeout: float) -> None:
-        import trio
-
         self._portal = portal
         self._cmdr = cmdr
         self._nursery = nursery
@@ -75,6 +73,8 @@ class Feed:
         #: Where results go; set it before `start`.
         self.sink: Sink = lambda kind, data: None
         self._wanted = trio.Event()
+        #: Set (and replaced) when a new connection replaces a lost one.
+        self._reconnected = trio.Event()
         self._follow_scope: trio.CancelScope | None = None
         #: The session followed, and the stream of its prompt (to cancel it there).
         self._followed: tuple[str, Any] | None = None
@@ -128,19 +128,32 @@ class Feed:
         self._token.run_sync_soon(self._nursery.start_soon, guarded)
 
     async def _call(self, what: str, afn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """`await afn(...)` within the deadline; None (and a note) if it did not answer."""
-        import trio
+        """`await afn(...)` within the deadline; None (and a note) if it did not answer.
 
-        with trio.move_on_after(self.timeout):
-            return await afn(*args, **kwargs)
-        self.sink("problem", f"{what}: cmdr did not answer within {self.timeout:g} s")
-        return None
+        The note goes out at the deadline: giving up on a call waits a while
+        more (bounded) for the daemon to end it, which a stuck daemon never does.
+        """
+        call = trio.CancelScope()
+        result: Any = None
+
+        async def deadline() -> None:
+            await trio.sleep(self.timeout)
+            self.sink("problem", f"{what}: cmdr did not answer within {self.timeout:g} s")
+            call.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(deadline)
+            with call:
+                result = await afn(*args, **kwargs)
+            nursery.cancel_scope.cancel()
+        return None if call.cancelled_caught else result
 
     async def _refresher(self, refresh: float) -> None:
-        import trio
-
         while True:
             self._wanted = trio.Event()
+            if self._cmdr.unit.peer.closed and not await self._reconnect():
+                await trio.sleep(refresh)
+                continue
             async with trio.open_nursery() as nursery:
                 for kind, call in (
                     ("status", self._cmdr.status),
@@ -162,11 +175,42 @@ class Feed:
         if data is not None:
             self.sink(kind, data)
 
+    async def _reconnect(self) -> bool:
+        """A new connection to cmdr once the old one is lost (a daemon restart),
+        held until the feed closes; whether there is one. Never starts cmdr:
+        a daemon someone stopped stays stopped."""
+        from latis_core import CmdrUnreachable, ConnectError, open_daemon
+
+        async def hold(task_status: Any) -> None:
+            async with open_daemon(autostart=False) as cmdr:
+                task_status.started(cmdr)
+                await trio.sleep_forever()
+
+        try:
+            with trio.fail_after(self.timeout):
+                self._cmdr = await self._nursery.start(hold)
+        except (CmdrUnreachable, ConnectError, OSError, trio.TooSlowError):
+            self.sink("problem", "lost cmdr; trying again (latis daemon status)")
+            return False
+        self.sink("note", "connected to cmdr again")
+        self._reconnected.set()
+        self._reconnected = trio.Event()
+        return True
+
     async def _watch(self) -> None:
-        async with self._cmdr.subscribe() as updates:
-            async for update in updates:
-                self.sink("states", dict(update.sessions))
-                self._wanted.set()
+        """Sessions' states as they change, from the daemon's memory (subscribed
+        again on each new connection)."""
+        while True:
+            cmdr = self._cmdr
+            try:
+                async with cmdr.subscribe() as updates:
+                    async for update in updates:
+                        self.sink("states", dict(update.sessions))
+                        self._wanted.set()
+            except Exception:  # the connection is lost: the refresher makes another
+                pass
+            if self._cmdr is cmdr:
+                await self._reconnected.wait()
 
     async def _answer(self, item: str, text: str) -> None:
         if (
@@ -177,8 +221,6 @@ class Feed:
         self._wanted.set()
 
     async def _cancel(self, session: str) -> None:
-        import trio
-
         followed = self._followed
         if followed is not None and followed[0] == session and not followed[1].done:
             followed[1].cancel_nowait()
@@ -206,8 +248,6 @@ class Feed:
         self._wanted.set()
 
     async def _new_session(self, unit: str, text: str) -> None:
-        import trio
-
         self.sink("note", f"bringing unit {unit} up")
         # Provisioning may take minutes: its own, longer deadline.
         with trio.move_on_after(max(self.timeout, 300)):
@@ -220,8 +260,6 @@ class Feed:
         self.sink("problem", f"unit {unit} did not come up in time")
 
     async def _follow_start(self, session: str | None, text: str | None) -> None:
-        import trio
-
         if self._follow_scope is not None:
             self._follow_scope.cancel()
         self._follow_scope = None
