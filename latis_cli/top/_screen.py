@@ -70,7 +70,7 @@ class TopApp(App[None]):
         Binding("c", "cancel", "cancel"),
         Binding("n", "new", "new prompt"),
         Binding("q", "quit", "quit"),
-        Binding("escape", "leave", "back", show=False),
+        Binding("escape", "leave", "back"),
     ]
 
     def __init__(self, feed: Feed, refresh: float = 2.0) -> None:
@@ -309,8 +309,11 @@ class TopApp(App[None]):
             if session is not None:
                 item_id = self.view.session_info.get(session, {}).get("question")
         item = self.view.items.get(item_id or "")
+        if item is None and self.view.items and self._focused_pane() != "inbox":
+            # Nothing selected waits: the oldest question does (the label says whose).
+            item = next(iter(self.view.items.values()))
         if item is None:
-            self._say("nothing waits for an answer here", problem=True)
+            self._say("nothing waits for an answer", problem=True)
             return
         options = f" [{', '.join(item['options'])}]" if item.get("options") else ""
         self._ask(
