@@ -72,6 +72,9 @@ BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 #: Seconds between progress lines while `up` waits for a unit to dial in.
 PROGRESS_EVERY = 5.0
 
+#: How much of a session's last prompt `status` shows (characters).
+PROMPT_PREVIEW = 200
+
 
 @attrs.define(eq=False)
 class UnitRuntime:
@@ -799,18 +802,22 @@ class Controller(HumanLoop, PromptEngine):
 
     async def _session_status(self, sid: str, state: str) -> dict[str, Any]:
         """A session in `status`: its state (and A2A's), context use while it
-        works or waits, and the question it waits on."""
+        works or waits, the question it waits on, and its last prompt."""
         entry: dict[str, Any] = {"id": sid, "state": state, "a2a_state": a2a_state(state)}
         if state in ("busy", "waiting"):
             entry["context"] = await self.context_of(sid)
-        if state == "waiting":
-            last = await self.read(self.reads.last_prompt, sid)
-            if last is not None:
-                pending = await self.read(self.reads.pending_inputs, last.id)
-                if pending:
-                    entry["question"] = {"id": f"{last.id}.{pending[0].number}",
-                                         "question": pending[0].question,
-                                         "since": pending[0].asked_at}
+        last = await self.read(self.reads.last_prompt, sid)
+        if last is not None:
+            # What it works on (or last did): `latis top` and the dashboard show it.
+            entry["prompt"] = {"id": last.id, "text": last.text[:PROMPT_PREVIEW],
+                               "state": str(last.state), "started_at": last.started_at,
+                               "ended_at": last.ended_at}
+        if state == "waiting" and last is not None:
+            pending = await self.read(self.reads.pending_inputs, last.id)
+            if pending:
+                entry["question"] = {"id": f"{last.id}.{pending[0].number}",
+                                     "question": pending[0].question,
+                                     "since": pending[0].asked_at}
         return entry
 
     def _client(self, rt: UnitRuntime) -> UnitClient:
