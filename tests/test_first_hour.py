@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 from test_cli import UNIT, Home
 from test_cli import home as home  # noqa: F401 (the fixture: a fresh LATIS_HOME)
+from units import listening_process
 
 #: Exit statuses (../shared/CLI.md, `latis help exit-codes`).
 OK, ERROR, USAGE, AUTH, UNIT_UNREACHABLE, INTERRUPTED = 0, 1, 2, 4, 6, 130
@@ -75,22 +75,11 @@ def units(home: Home) -> dict[str, dict[str, Any]]:
 
 
 @contextmanager
-def listening_unit(home: Home, *args: str) -> Iterator[int]:
-    """`latis-unit --listen tcp://127.0.0.1:0 ARGS` (echo agent); the port it got."""
-    env = {**home.env, "LATIS_HOME": str(home.path / "unit-home")}
-    process = subprocess.Popen(
-        [*UNIT, "--listen", "tcp://127.0.0.1:0", "--agent", "echo", *args],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-    )
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        port = re.search(r"\(port (\d+)\)", line)
-        assert port, line
-        yield int(port.group(1))
-    finally:
-        process.terminate()
-        process.wait(10)
+def listening_unit(home: Home) -> Iterator[int]:
+    """`latis-unit --listen tcp://127.0.0.1:0` (echo agent, plain TCP); the port it got."""
+    with listening_process(home.path, "tcp://127.0.0.1:0") as unit:
+        assert unit.port is not None
+        yield unit.port
 
 
 # ---- 1. every failure is a message and an exit status ---------------------------------------
@@ -130,8 +119,10 @@ class TestFailuresAreMessages:
         home.ok("unit", "up", "slow")
         words = " ".join(f"w{i}" for i in range(100))
         running = home.popen("coordinate", "--agents", "slow,local", words)
-        wait_for(lambda: any(a["state"] == "busy" for a in home.json("status")["active"]),
-                 "the coordination's prompt is busy")
+        wait_for(
+            lambda: any(a["state"] == "busy" for a in home.json("status")["active"]),
+            "the coordination's prompt is busy",
+        )
         running.send_signal(signal.SIGINT)
         _, stderr = running.communicate(timeout=30)
         assert running.returncode == INTERRUPTED, stderr
@@ -264,7 +255,8 @@ def test_the_transports_are_installed_and_a_broken_plugin_says_why(
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: latis-pigeon\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
-        "[latis.transports]\npigeon = latis_pigeon_missing:Transport\n")
+        "[latis.transports]\npigeon = latis_pigeon_missing:Transport\n"
+    )
     home.env["PYTHONPATH"] = str(tmp_path)
     shown = home.ok("plugins")
     assert "pigeon (unavailable)" in shown.stdout
@@ -280,19 +272,50 @@ class TestTypedOptions:
     def test_dial_options_and_provisioner_options(self, home: Home) -> None:
         """`--dial-option port=N` and `--set ready_timeout=5` are numbers to the config."""
         with listening_unit(home) as port:
-            home.ok("unit", "add", "gpu", "--dial", "tcp", "--dial-option", "host=127.0.0.1",
-                    "--dial-option", f"port={port}")
+            home.ok(
+                "unit",
+                "add",
+                "gpu",
+                "--dial",
+                "tcp",
+                "--dial-option",
+                "host=127.0.0.1",
+                "--dial-option",
+                f"port={port}",
+            )
             assert home.ok("prompt", "-u", "gpu", "typed").stdout == "typed\n"
-        home.ok("unit", "add", "p", "--provisioner", "process", "--set", "ready_timeout=5",
-                "-o", "delay=0", "-o", "repeat=2")
+        home.ok(
+            "unit",
+            "add",
+            "p",
+            "--provisioner",
+            "process",
+            "--set",
+            "ready_timeout=5",
+            "-o",
+            "delay=0",
+            "-o",
+            "repeat=2",
+        )
         assert home.ok("prompt", "-u", "p", "twice").stdout == "twice twice\n"
 
     def test_text_that_is_not_a_number_is_refused(self, home: Home) -> None:
         """A value that does not read as its type: the key and the type, exit 1, file as it was."""
         config = home.path / "latis.toml"
         config.write_text("# mine\n")
-        message = failed(home, ERROR, "unit", "add", "gpu", "--dial", "tcp", "--dial-option",
-                         "host=h", "--dial-option", "port=many")
+        message = failed(
+            home,
+            ERROR,
+            "unit",
+            "add",
+            "gpu",
+            "--dial",
+            "tcp",
+            "--dial-option",
+            "host=h",
+            "--dial-option",
+            "port=many",
+        )
         assert "dial.port: expected an integer" in message
         assert config.read_text() == "# mine\n"
 
@@ -320,8 +343,7 @@ class TestSmallerThings:
         """`latis ls`, `unit ls`, `unit rm`, `session ls`, `session rm` exist."""
         home.ok("prompt", "hi")
         assert json.loads(home.ok("ls", "--json").stdout)["units"]
-        assert [u["unit"] for u in json.loads(home.ok("unit", "ls", "--json").stdout)] == [
-            "local"]
+        assert [u["unit"] for u in json.loads(home.ok("unit", "ls", "--json").stdout)] == ["local"]
         [session] = home.json("session", "ls")
         home.ok("session", "rm", session["session"])
         assert home.json("session", "ls") == []
@@ -345,8 +367,12 @@ class TestSmallerThings:
         home.ok("prompt", "-u", "slow", "--detach", words)
         primary, secondary = pty.openpty()
         attach = subprocess.Popen(
-            [sys.executable, "-m", "latis_cli", "attach"], stdin=secondary,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=home.env, cwd=home.path,
+            [sys.executable, "-m", "latis_cli", "attach"],
+            stdin=secondary,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=home.env,
+            cwd=home.path,
         )
         os.close(secondary)
         try:
@@ -363,8 +389,10 @@ class TestSmallerThings:
         assert attach.returncode == OK, stderr
         assert b"detached; the prompt runs on" in stderr and b"Traceback" not in stderr
         [session] = home.json("session", "ls")
-        wait_for(lambda: home.json("session", "ls")[0]["last_prompt"] == "complete",
-                 "the prompt ends on its own")
+        wait_for(
+            lambda: home.json("session", "ls")[0]["last_prompt"] == "complete",
+            "the prompt ends on its own",
+        )
         shown = home.json("session", "show", session["session"])
         assert shown["prompts"][0]["answer"] == words
 
@@ -421,14 +449,15 @@ def test_the_seed_examples_load_as_written(home: Home) -> None:
     rows = {u["unit"]: u for u in json.loads(home.ok("unit", "list", "--json").stdout)}
     assert (rows["dev-local"]["provisioner"], rows["dev-local"]["dial"]) == ("process", "local")
     assert (rows["vm1"]["provisioner"], rows["vm1"]["dial"]) == ("qemu", "tcp")
-    assert (rows["cloud1"]["provisioner"], rows["cloud1"]["accept"]) == ("cloud-aws",
-                                                                         ["websocket"])
+    assert (rows["cloud1"]["provisioner"], rows["cloud1"]["accept"]) == ("cloud-aws", ["websocket"])
     assert rows["box"]["provisioner"] == "container"
     assert home.ok("prompt", "-u", "dev-local", "seed words").stdout == "seed words\n"
     with listening_unit(home) as port:
         with config.open("a") as out:
-            out.write(f'\n[units.far]\nconnection.dial = {{ via = "tcp", address = '
-                      f'"127.0.0.1:{port}" }}\n')
+            out.write(
+                f'\n[units.far]\nconnection.dial = {{ via = "tcp", address = '
+                f'"127.0.0.1:{port}" }}\n'
+            )
         assert home.ok("prompt", "-u", "far", "over tcp").stdout == "over tcp\n"
     config.write_text('[units.x]\nconnection.dial = { via = "carrier", address = "a:1" }\n')
     message = failed(home, ERROR, "unit", "list")
@@ -454,16 +483,22 @@ def test_units_that_dial_in_share_the_listener(home: Home, tmp_path: Path) -> No
     enrollment = json.loads(added.stdout)
     assert len(home.json("listeners")) == 1
     before = config.read_text()
-    message = failed(home, ERROR, "unit", "add", "c", "--accept",
-                     f"tcp://127.0.0.1:{free}?tls=0")
+    message = failed(home, ERROR, "unit", "add", "c", "--accept", f"tcp://127.0.0.1:{free}?tls=0")
     assert "shared with unit 'a', which sets tls = true" in message
     assert config.read_text() == before
 
     secret = tmp_path / "secret"
     secret.write_text(enrollment["secret"] + "\n")
     secret.chmod(0o600)
-    dial_in = [*UNIT, "--connect", enrollment["urls"][0], "--secret-file", str(secret),
-               "--name", "b"]
+    dial_in = [
+        *UNIT,
+        "--connect",
+        enrollment["urls"][0],
+        "--secret-file",
+        str(secret),
+        "--name",
+        "b",
+    ]
     unit = subprocess.Popen(dial_in, stderr=subprocess.PIPE, text=True, env=home.env)
     try:
         assert unit.stderr is not None
