@@ -156,6 +156,19 @@ class TestTheDaemonFollowsTheConfig:
         assert home.ok("prompt", "-u", "demo", "from the file").stdout == "from the file\n"
         assert home.json("daemon", "status")["config"] == str(home.path / "latis.toml")
 
+    def test_daemon_reload_takes_the_file_and_says_what_is_wrong(self, home: Home) -> None:
+        """`daemon reload` on a daemon serving the built-in config takes the file written
+        since; a file with a mistake is named with its line (exit 1), the old config served."""
+        home.ok("prompt", "hi")
+        config = home.path / "latis.toml"
+        config.write_text('[units.x]\nprovisioner = { type = "proces" }\n')
+        message = failed(home, ERROR, "daemon", "reload")
+        assert "latis.toml:2: unit 'x': provisioner.type: unknown provisioner 'proces'" in message
+        config.write_text('[units.x]\nprovisioner = { type = "process" }\n')
+        reload = said(home.ok("daemon", "reload"))
+        assert f"cmdr read {config} again" in reload and "added: x" in reload
+        assert home.ok("prompt", "-u", "x", "served").stdout == "served\n"
+
     def test_another_config_is_refused_with_the_way_out(self, home: Home) -> None:
         """A command reading another file than the daemon serves says both and how to switch;
         `daemon restart --config` switches, and `daemon status` names the file."""
