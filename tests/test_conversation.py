@@ -10,7 +10,10 @@ second prompt knowing the first; `--new`, `session use`, `LATIS_SESSION`,
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import time
+from pathlib import Path
 
 from test_cli import Home
 from test_cli import home as home  # noqa: F401 (the fixture: a fresh LATIS_HOME)
@@ -111,3 +114,15 @@ def test_the_daemon_closes_sessions_idle_past_the_config(home: Home) -> None:
         time.sleep(0.2)
     assert sid not in _sessions(home)
     assert _sessions(home, "--all")[sid]["state"] == "closed"
+
+
+def test_the_readmes_conversation_is_true(home: Home) -> None:
+    """The README's conversation, run as written: each prompt prints what its comment says."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"### A conversation\n.*?```sh\n(.*?)```", readme, re.S)
+    assert block, "README.md has no conversation example"
+    lines = [line for line in block.group(1).splitlines() if line.startswith("latis ")]
+    new, first, second = (line.partition("#") for line in lines[:3])
+    home.ok(*shlex.split(new[0])[1:])
+    for command, _, said in (first, second):
+        assert home.ok(*shlex.split(command)[1:]).stdout == said.strip() + "\n"
