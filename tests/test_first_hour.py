@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_cli import UNIT, Home
 from test_cli import home as home  # noqa: F401 (the fixture: a fresh LATIS_HOME)
 from units import listening_process
@@ -169,6 +170,7 @@ class TestTheDaemonFollowsTheConfig:
         assert f"cmdr read {config} again" in reload and "added: x" in reload
         assert home.ok("prompt", "-u", "x", "served").stdout == "served\n"
 
+    @pytest.mark.slow
     def test_another_config_is_refused_with_the_way_out(self, home: Home) -> None:
         """A command reading another file than the daemon serves says both and how to switch;
         `daemon restart --config` switches, and `daemon status` names the file."""
@@ -189,6 +191,7 @@ class TestTheDaemonFollowsTheConfig:
         assert f"config: {ex1}" in home.ok("daemon", "status").stdout
         assert home.ok("prompt", "-u", "alpha", "now").stdout == "now\n"
 
+    @pytest.mark.slow
     def test_hand_edits_are_served_and_a_removed_unit_stops(self, home: Home) -> None:
         """A unit added by hand is served at the next command; one removed by hand is stopped
         at the next (here `daemon reload`), marked in `status`, and `unit rm` forgets it."""
@@ -227,8 +230,9 @@ class TestDestroyThenUp:
         command = "local:" + shlex.join([*UNIT, "--stdio", "--agent", "echo"])
         home.ok("connect", command, "--name", "far")
         home.ok("unit", "destroy", "far", "--yes")
-        home.ok("unit", "up", "far")
         assert home.ok("prompt", "-u", "far", "still here").stdout == "still here\n"
+        home.ok("unit", "destroy", "far", "--yes")
+        assert "unit far: connected" in said(home.ok("unit", "up", "far"))
         assert "removed unit 'far'" in said(home.ok("unit", "rm", "far"))
         assert "far" not in units(home)
 
@@ -282,6 +286,7 @@ def test_the_transports_are_installed_and_a_broken_plugin_says_why(
 
 
 class TestTypedOptions:
+    @pytest.mark.slow
     def test_dial_options_and_provisioner_options(self, home: Home) -> None:
         """`--dial-option port=N` and `--set ready_timeout=5` are numbers to the config."""
         with listening_unit(home) as port:
@@ -373,6 +378,7 @@ class TestSmallerThings:
         assert f"{sid}\tlocal, idle, current" in home.ok("__complete", "attach", "").stdout
         assert "box" in home.ok("__complete", "unit", "up", "").stdout.splitlines()
 
+    @pytest.mark.slow
     def test_attach_has_a_detach_key(self, home: Home) -> None:
         """On a terminal, Ctrl-] leaves `attach` (exit 0) and the prompt runs on to its end."""
         home.ok("unit", "add", "slow", "--provisioner", "process", "-o", "delay=0.05")
