@@ -291,49 +291,19 @@ class TestTypedOptions:
         """`--dial-option port=N` and `--set ready_timeout=5` are numbers to the config."""
         with listening_unit(home) as port:
             home.ok(
-                "unit",
-                "add",
-                "gpu",
-                "--dial",
-                "tcp",
-                "--dial-option",
-                "host=127.0.0.1",
-                "--dial-option",
-                f"port={port}",
+                *f"unit add gpu --dial tcp --dial-option host=127.0.0.1 "
+                f"--dial-option port={port}".split()
             )
             assert home.ok("prompt", "-u", "gpu", "typed").stdout == "typed\n"
-        home.ok(
-            "unit",
-            "add",
-            "p",
-            "--provisioner",
-            "process",
-            "--set",
-            "ready_timeout=5",
-            "-o",
-            "delay=0",
-            "-o",
-            "repeat=2",
-        )
+        home.ok(*"unit add p --provisioner process --set ready_timeout=5 -o repeat=2".split())
         assert home.ok("prompt", "-u", "p", "twice").stdout == "twice twice\n"
 
     def test_text_that_is_not_a_number_is_refused(self, home: Home) -> None:
         """A value that does not read as its type: the key and the type, exit 1, file as it was."""
         config = home.path / "latis.toml"
         config.write_text("# mine\n")
-        message = failed(
-            home,
-            ERROR,
-            "unit",
-            "add",
-            "gpu",
-            "--dial",
-            "tcp",
-            "--dial-option",
-            "host=h",
-            "--dial-option",
-            "port=many",
-        )
+        add = "unit add gpu --dial tcp --dial-option host=h --dial-option port=many"
+        message = failed(home, ERROR, *add.split())
         assert "dial.port: expected an integer" in message
         assert config.read_text() == "# mine\n"
 
@@ -509,15 +479,8 @@ def test_units_that_dial_in_share_the_listener(home: Home, tmp_path: Path) -> No
     secret = tmp_path / "secret"
     secret.write_text(enrollment["secret"] + "\n")
     secret.chmod(0o600)
-    dial_in = [
-        *UNIT,
-        "--connect",
-        enrollment["urls"][0],
-        "--secret-file",
-        str(secret),
-        "--name",
-        "b",
-    ]
+    url = enrollment["urls"][0]
+    dial_in = [*UNIT, "--connect", url, "--secret-file", str(secret), "--name", "b"]
     unit = subprocess.Popen(dial_in, stderr=subprocess.PIPE, text=True, env=home.env)
     try:
         assert unit.stderr is not None
