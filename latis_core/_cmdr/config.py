@@ -44,7 +44,7 @@ from latis_core._cmdr.config_lines import _Keys, _Locator
 from latis_core._cmdr.config_seed import connection_tables
 from latis_core._cmdr.notify import NotifyConfig, parse_notify
 from latis_core._cmdr.policy import Rule, parse_rules
-from latis_core._errors import LatisError
+from latis_core._errors import ErrorCode, LatisError
 from latis_core._os.paths import paths
 from latis_core._plugins import registry as _registry
 from latis_core._wire.connection import HEARTBEAT, HEARTBEAT_TIMEOUT
@@ -256,6 +256,8 @@ class ConfigError(LatisError):
     The message has one line per problem. `problems` holds them, for programs
     (empty when the file itself could not be found or read).
     """
+
+    code = ErrorCode.BAD_CONFIG
 
     def __init__(self, message: str, problems: Sequence[ConfigProblem] = ()) -> None:
         super().__init__(message)
