@@ -119,6 +119,7 @@ class Controller(HumanLoop, PromptEngine):
         #: Stores every prompt's chunks, many at a time (started with the controller).
         self.writer = ChunkWriter(state, self._hop)
         self._state_listeners: list[Callable[[str, str], None]] = []
+        self._unit_listeners: list[Callable[[UnitRuntime], None]] = []
         for name, unit_config in config.units.items():
             self.units[name] = self._runtime(name, unit_config)
         from latis_core._cmdr.dialin import DialIns
@@ -427,6 +428,8 @@ class Controller(HumanLoop, PromptEngine):
         rt.since = time.time()
         transport = rt.via or (rt.dialer.describe() if rt.dialer is not None else "")
         await self.db(self.state.set_connection, rt.name, state, transport, error)
+        for listener in list(self._unit_listeners):
+            listener(rt)
 
     async def down(self, name: str) -> None:
         """Disconnect from the unit and stop it (if it has a provisioner)."""
@@ -646,6 +649,11 @@ class Controller(HumanLoop, PromptEngine):
         """Call `listener(session, state)` at every session state change; returns a remover."""
         self._state_listeners.append(listener)
         return lambda: self._state_listeners.remove(listener)
+
+    def add_unit_listener(self, listener: Callable[[UnitRuntime], None]) -> Callable[[], None]:
+        """Call `listener(unit)` at every change of a unit's connection; returns a remover."""
+        self._unit_listeners.append(listener)
+        return lambda: self._unit_listeners.remove(listener)
 
     # ---- after a restart ------------------------------------------------------------------
 
