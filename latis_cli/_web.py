@@ -58,20 +58,28 @@ def web(
             if json_output:
                 print(json.dumps(result))
             else:
-                print("the dashboard stopped" if result["stopped"]
-                      else "the dashboard was not served", file=sys.stderr)
+                print(
+                    "the dashboard stopped"
+                    if result["stopped"]
+                    else "the dashboard was not served",
+                    file=sys.stderr,
+                )
             return OK
         info = await cmdr.web_start(host=host, port=port, tls=tls, new_token=new_token)
         if json_output:
             print(json.dumps(info))
         else:
             how = "now served" if info["started"] else "served"
-            print(f"the dashboard is {how} by cmdr (pid {info['pid']}); open this URL, "
-                  "which holds its token (keep it private):", file=sys.stderr)
+            print(
+                f"the dashboard is {how} by cmdr (pid {info['pid']}); open this URL, "
+                "which holds its token (keep it private):",
+                file=sys.stderr,
+            )
             print(info["login"], flush=True)
             if info["tls"]:
-                print(f"HTTPS with cmdr's own CA: trust {info['ca']} in your browser",
-                      file=sys.stderr)
+                print(
+                    f"HTTPS with cmdr's own CA: trust {info['ca']} in your browser", file=sys.stderr
+                )
         if open_browser:
             import webbrowser
 

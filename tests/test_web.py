@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from web_helpers import latis_home, sse_events
+from web_helpers import latis, latis_home, sse_events
 
 from latis_core import RequestError
 from latis_core._cmdr.api import METHODS, Method
@@ -66,15 +66,15 @@ async def browser_like(info: dict) -> AsyncIterator[httpx.AsyncClient]:
         first = await client.get(info["login"])
         assert first.status_code == 303
         hello = (await client.get("/api/v1/hello")).json()
-        client.headers.update({"origin": info["url"].rstrip("/"),
-                               "x-latis-csrf": hello["csrf"]})
+        client.headers.update({"origin": info["url"].rstrip("/"), "x-latis-csrf": hello["csrf"]})
         yield client
 
 
 def bearer(info: dict) -> httpx.AsyncClient:
     """A script's client: the token as a bearer token."""
-    return httpx.AsyncClient(base_url=info["url"], timeout=20,
-                             headers={"authorization": f"Bearer {token_of(info)}"})
+    return httpx.AsyncClient(
+        base_url=info["url"], timeout=20, headers={"authorization": f"Bearer {token_of(info)}"}
+    )
 
 
 class TestToken:
@@ -138,7 +138,8 @@ class TestToken:
         useless at once."""
         async with dashboard() as (daemon, info):
             assert stat.S_IMODE(os.stat(info["token_file"]).st_mode) == 0o600
-            assert Path(info["token_file"]).read_text().strip() == token_of(info)
+            token = await trio.to_thread.run_sync(Path(info["token_file"]).read_text)
+            assert token.strip() == token_of(info)
             async with browser_like(info) as old:
                 assert (await old.get("/api/v1/call/status")).status_code == 200
                 again = await start_web(daemon, new_token=True)
@@ -153,8 +154,7 @@ class TestToken:
         """DNS rebinding: a page of another site whose name resolves to 127.0.0.1
         reaches nothing, even with the token."""
         async with dashboard() as (_, info), bearer(info) as client:
-            response = await client.get("/api/v1/call/status",
-                                        headers={"host": "attacker.example"})
+            response = await client.get("/api/v1/call/status", headers={"host": "attacker.example"})
             assert response.status_code == 421
             assert SECRET not in response.text
 
@@ -176,15 +176,17 @@ class TestCrossOrigin:
                 assert SECRET not in response.text
             without_origin = {k: v for k, v in client.headers.items() if k != "origin"}
             async with httpx.AsyncClient(base_url=info["url"], cookies=client.cookies) as bare:
-                response = await bare.post("/api/v1/sessions", json=body,
-                                           headers=without_origin)
+                response = await bare.post("/api/v1/sessions", json=body, headers=without_origin)
             assert response.status_code == 403
             assert daemon.session_states == {}  # nothing was opened
             # A bearer token is not ambient: no CSRF token needed, a foreign Origin still
             # refused.
             async with bearer(info) as script:
-                foreign = await script.post("/api/v1/call/inbox.list", json={},
-                                            headers={"origin": "http://attacker.example"})
+                foreign = await script.post(
+                    "/api/v1/call/inbox.list",
+                    json={},
+                    headers={"origin": "http://attacker.example"},
+                )
                 assert foreign.status_code == 403
             created = await client.post("/api/v1/sessions", json=body)
             assert created.status_code == 201
@@ -201,13 +203,14 @@ class TestApi:
             assert {m["method"] for m in listed} == {m.value for m in METHODS}
             bad = await client.post("/api/v1/call/unit.up", json={"unit": 3})
             assert bad.status_code == 400
-            assert bad.json()["error"] == {"code": "bad_message",
-                                           "message": "params.unit: expected a string"}
+            assert bad.json()["error"] == {
+                "code": "bad_message",
+                "message": "params.unit: expected a string",
+            }
             assert (await client.get(f"/api/v1/call/unit.up?unit={SECRET}")).status_code == 405
             assert (await client.get("/api/v1/call/no.such")).status_code == 404
             missing = await client.post("/api/v1/call/unit.up", json={"unit": "nope"})
-            assert (missing.status_code, missing.json()["error"]["code"]) == (
-                404, "unknown_unit")
+            assert (missing.status_code, missing.json()["error"]["code"]) == (404, "unknown_unit")
             up = await client.post("/api/v1/call/unit.up", json={"unit": SECRET})
             assert up.json() == {"unit": SECRET, "connection": "connected"}
             pending = await client.get("/api/v1/call/inbox.list?all=true")
@@ -216,8 +219,12 @@ class TestApi:
     async def test_a_streaming_method_streams_its_progress(self, home: Path) -> None:
         """A method that streams (unit.up) sends its progress as events, then its result."""
         async with dashboard() as (_, info), bearer(info) as client:
-            async with client.stream("POST", "/api/v1/call/unit.up", json={"unit": SECRET},
-                                     headers={"accept": "text/event-stream"}) as response:
+            async with client.stream(
+                "POST",
+                "/api/v1/call/unit.up",
+                json={"unit": SECRET},
+                headers={"accept": "text/event-stream"},
+            ) as response:
                 seen = [item async for item in sse_events(response)]
         kinds = [event for event, _ in seen]
         assert kinds[-1] == "result" and "chunk" in kinds
@@ -230,11 +237,13 @@ class TestApi:
         """Through the API alone: a session (echo agent asking a question), a prompt,
         its chunks live; the question answered by `inbox.answer` lets it finish."""
         async with dashboard() as (_, info), bearer(info) as client:
-            created = await client.post("/api/v1/sessions", json={
-                "unit": SECRET, "options": {"ask": "Which colour?"}})
+            created = await client.post(
+                "/api/v1/sessions", json={"unit": SECRET, "options": {"ask": "Which colour?"}}
+            )
             sid = created.json()["session"]
-            sent = await client.post(f"/api/v1/sessions/{sid}/prompts",
-                                     json={"text": "paint the shed"})
+            sent = await client.post(
+                f"/api/v1/sessions/{sid}/prompts", json={"text": "paint the shed"}
+            )
             assert sent.status_code == 201
             prompt = sent.json()["prompt"]
             chunks: list[str] = []
@@ -242,8 +251,10 @@ class TestApi:
                 async for event, data in sse_events(response):
                     if event == "input":
                         assert data["question"] == "Which colour?"
-                        answered = await client.post("/api/v1/call/inbox.answer", json={
-                            "id": data["id"], "answer": "deep green", "by": "web"})
+                        answered = await client.post(
+                            "/api/v1/call/inbox.answer",
+                            json={"id": data["id"], "answer": "deep green", "by": "web"},
+                        )
                         assert answered.json()["answered_by"] == "web"
                     elif event == "chunk":
                         chunks.append(data["text"])
@@ -256,21 +267,23 @@ class TestApi:
             assert entry["inputs"][0]["answer"] == "deep green"
             assert "".join(c["text"] for c in entry["chunks"]) == "deep green paint the shed"
             # A follower that comes late (or reconnects) gets what it missed, by seq.
-            async with client.stream("GET", f"/api/v1/prompts/{prompt}/events",
-                                     headers={"last-event-id": "2"}) as response:
-                late = [data["seq"] async for event, data in sse_events(response)
-                        if event == "chunk"]
+            async with client.stream(
+                "GET", f"/api/v1/prompts/{prompt}/events", headers={"last-event-id": "2"}
+            ) as response:
+                late = [
+                    data["seq"] async for event, data in sse_events(response) if event == "chunk"
+                ]
             assert late == [3, 4]
 
     async def test_cancel_and_close_from_the_api(self, home: Path) -> None:
         """A long prompt cancelled from the API ends `cancelled`; closing the session
         closes it on the unit (unknown to it afterwards)."""
         async with dashboard() as (daemon, info), bearer(info) as client:
-            sid = (await client.post("/api/v1/sessions", json={"unit": SECRET})).json()[
-                "session"]
+            sid = (await client.post("/api/v1/sessions", json={"unit": SECRET})).json()["session"]
             words = " ".join(f"w{i}" for i in range(500))
-            prompt = (await client.post(f"/api/v1/sessions/{sid}/prompts",
-                                        json={"text": words})).json()["prompt"]
+            prompt = (
+                await client.post(f"/api/v1/sessions/{sid}/prompts", json={"text": words})
+            ).json()["prompt"]
             async with client.stream("GET", f"/api/v1/prompts/{prompt}/events") as response:
                 async for event, data in sse_events(response):
                     if event == "chunk" and data["seq"] == 3:
@@ -283,8 +296,7 @@ class TestApi:
             closed = await client.post(f"/api/v1/sessions/{sid}/close")
             assert closed.json() == {"session": sid, "state": "closed"}
             again = await client.post(f"/api/v1/sessions/{sid}/prompts", json={"text": "x"})
-            assert (again.status_code, again.json()["error"]["code"]) == (
-                404, "unknown_session")
+            assert (again.status_code, again.json()["error"]["code"]) == (404, "unknown_session")
             assert sid not in daemon.session_states
 
     async def test_the_event_stream_follows_the_controller(self, home: Path) -> None:
@@ -296,18 +308,21 @@ class TestApi:
                 events = sse_events(response)
                 assert (await events.__anext__())[0] == "ready"
                 sid = (await client.post("/api/v1/sessions", json={"unit": SECRET})).json()[
-                    "session"]
+                    "session"
+                ]
                 await client.post(f"/api/v1/sessions/{sid}/prompts", json={"text": "hi"})
                 async for event, data in events:
                     seen.append((event, data))
-                    if event == "session" and data["state"] == "idle" and len(
-                            [s for s in seen if s[0] == "session"]) > 1:
+                    if (
+                        event == "session"
+                        and data["state"] == "idle"
+                        and len([s for s in seen if s[0] == "session"]) > 1
+                    ):
                         break
             units = [d for e, d in seen if e == "unit"]
             assert units[-1]["unit"] == SECRET and units[-1]["connection"] == "connected"
             states = [(d["session"], d["unit"], d["state"]) for e, d in seen if e == "session"]
-            assert states == [(sid, SECRET, "idle"), (sid, SECRET, "busy"),
-                              (sid, SECRET, "idle")]
+            assert states == [(sid, SECRET, "idle"), (sid, SECRET, "busy"), (sid, SECRET, "idle")]
             numbers = [d["seq"] for _, d in seen]
             assert numbers == sorted(numbers)
 
@@ -336,6 +351,33 @@ class TestTls:
             with pytest.raises(httpx.ConnectError):  # no CA: the certificate is not trusted
                 async with httpx.AsyncClient() as untrusting:
                     await untrusting.get(url)
+
+
+class TestCli:
+    @pytest.mark.slow
+    def test_latis_web_prints_the_url_and_refuses_clear_text_off_loopback(self, home: Path) -> None:
+        """`latis web` starts cmdr and prints the URL with the token (on stdout, for
+        scripts); asked for another address without TLS it says why, exits 1 and the
+        dashboard stays where it was; `--stop` stops it."""
+        (home / "config.toml").write_text(CONFIG)
+        try:
+            served = latis(home, "web", "--port", "0")
+            assert served.returncode == 0, served.stderr
+            url = served.stdout.strip()
+            assert url.startswith("http://127.0.0.1:") and "?token=" in url
+            assert "keep it private" in served.stderr
+            again = latis(home, "web", "--json")
+            assert again.returncode == 0 and '"started": false' in again.stdout
+            assert url in again.stdout
+            refused = latis(home, "web", "--host", "0.0.0.0")
+            assert refused.returncode == 1
+            assert "not loopback" in refused.stderr and "--tls" in refused.stderr
+            assert "Traceback" not in refused.stderr
+            assert url in latis(home, "web").stdout  # still served, where it was
+            stopped = latis(home, "web", "--stop")
+            assert (stopped.returncode, stopped.stderr.strip()) == (0, "the dashboard stopped")
+        finally:
+            latis(home, "daemon", "stop")
 
 
 class TestConfig:
@@ -387,8 +429,9 @@ class TestCheck:
             ("GET", "", [HOST, ("cookie", "latis_web_8340=t0ken")], 401),  # not the token
         ],
     )
-    def test_decisions(self, method: str, query: str, headers: list[tuple[str, str]],
-                       status: int) -> None:
+    def test_decisions(
+        self, method: str, query: str, headers: list[tuple[str, str]], status: int
+    ) -> None:
         assert check(self.KEYS, method, "/", query, headers).status == status
 
 

@@ -57,8 +57,9 @@ def latis(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedPr
     """Run the `latis` CLI in `home`."""
     env = {**os.environ, "LATIS_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "120"}
     env.pop("LATIS_CONFIG", None)
-    return subprocess.run([*LATIS, *args], capture_output=True, text=True, env=env, cwd=home,
-                          timeout=timeout)
+    return subprocess.run(
+        [*LATIS, *args], capture_output=True, text=True, env=env, cwd=home, timeout=timeout
+    )
 
 
 async def sse_events(response: Any) -> AsyncIterator[tuple[str, Any]]:
@@ -88,7 +89,12 @@ def chromium(width: int = 1400, height: int = 900) -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

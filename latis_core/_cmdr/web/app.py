@@ -48,10 +48,18 @@ log = logging.getLogger("latis.web")
 #: The API's version, in its paths (`/api/v1/...`).
 API_VERSION = 1
 #: Methods that change nothing: these may also be called with GET.
-READ_ONLY = frozenset({
-    Method.STATUS, Method.UNIT_PENDING, Method.AGENTS_LIST, Method.SESSION_GET,
-    Method.COORDINATION_LIST, Method.COORDINATION_GET, Method.INBOX_LIST, Method.USAGE,
-})
+READ_ONLY = frozenset(
+    {
+        Method.STATUS,
+        Method.UNIT_PENDING,
+        Method.AGENTS_LIST,
+        Method.SESSION_GET,
+        Method.COORDINATION_LIST,
+        Method.COORDINATION_GET,
+        Method.INBOX_LIST,
+        Method.USAGE,
+    }
+)
 #: The HTTP status of each error code (others: 500 for `internal`, else 409).
 STATUS = {
     ErrorCode.BAD_MESSAGE: 400,
@@ -72,9 +80,11 @@ FILES = {
 #: Sent with every answer: no framing, no sniffing, no referrer (the URL may hold
 #: the token), scripts and styles from this origin only, nothing cached.
 HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-     b"connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -129,17 +139,20 @@ class _Guard:
         keys = self.server.keys
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         query = scope.get("query_string", b"").decode("latin-1")
-        decision = check(keys, scope["method"], scope["path"], query, headers) \
-            if keys is not None else None
+        decision = (
+            check(keys, scope["method"], scope["path"], query, headers)
+            if keys is not None
+            else None
+        )
         if decision is None or decision.status:
             status = decision.status if decision is not None else 503
             reason = decision.reason if decision is not None else "starting"
             if scope["path"].startswith("/api/"):
-                response = _error("unauthorized" if status == 401 else "forbidden", reason,
-                                  status)
+                response = _error("unauthorized" if status == 401 else "forbidden", reason, status)
             else:
-                response = Response(_refusal(status, reason), status,
-                                    media_type="text/html; charset=utf-8")
+                response = Response(
+                    _refusal(status, reason), status, media_type="text/html; charset=utf-8"
+                )
             if status == 401:
                 response.headers["www-authenticate"] = 'Bearer realm="latis"'
             await response(scope, receive, secured)
@@ -147,8 +160,10 @@ class _Guard:
         if decision.login:
             # The token leaves the URL (and the history): a cookie holds the proof.
             assert keys is not None
-            response = Response(status_code=303, headers={
-                "location": scope["path"], "set-cookie": keys.set_cookie()})
+            response = Response(
+                status_code=303,
+                headers={"location": scope["path"], "set-cookie": keys.set_cookie()},
+            )
             await response(scope, receive, secured)
             return
         await self.app(scope, receive, secured)
@@ -176,6 +191,12 @@ class _Caller:
     def send(self, message: Any) -> None:
         if type(message) is ResponseChunk:
             self._on_chunk(message)
+
+
+def _caller(daemon: Daemon, on_chunk: Callable[[ResponseChunk], None] = lambda _: None) -> Any:
+    """A `_Caller`, typed as the protocol client the handlers are annotated with (it
+    has what they use of one)."""
+    return _Caller(daemon, on_chunk)
 
 
 def _typed(method: Method, query: dict[str, str]) -> dict[str, Any]:
@@ -237,38 +258,56 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
 
     async def hello(request: Request) -> Response:
         assert server.keys is not None
-        return _json({"api": API_VERSION, "version": __version__, "pid": os.getpid(),
-                      "csrf": server.keys.csrf, "seq": hub.seq})
+        return _json(
+            {
+                "api": API_VERSION,
+                "version": __version__,
+                "pid": os.getpid(),
+                "csrf": server.keys.csrf,
+                "seq": hub.seq,
+            }
+        )
 
     async def methods(request: Request) -> Response:
-        return _json({"methods": [
-            {"method": m.value, "required": list(spec.required), "optional": list(spec.optional),
-             "streams": spec.streams, "read_only": m in READ_ONLY}
-            for m, spec in METHODS.items()]})
+        return _json(
+            {
+                "methods": [
+                    {
+                        "method": m.value,
+                        "required": list(spec.required),
+                        "optional": list(spec.optional),
+                        "streams": spec.streams,
+                        "read_only": m in READ_ONLY,
+                    }
+                    for m, spec in METHODS.items()
+                ]
+            }
+        )
 
     async def call(request: Request) -> Response:
         try:
             method = Method(request.path_params["method"])
         except ValueError:
-            return _error(ErrorCode.UNKNOWN_TYPE.value,
-                          f"no method {request.path_params['method']!r} (GET /api/v1/methods)")
+            return _error(
+                ErrorCode.UNKNOWN_TYPE.value,
+                f"no method {request.path_params['method']!r} (GET /api/v1/methods)",
+            )
         try:
             if request.method == "GET":
                 if method not in READ_ONLY:
-                    return _error(ErrorCode.BAD_MESSAGE.value,
-                                  f"{method} changes things: POST it", 405)
+                    return _error(
+                        ErrorCode.BAD_MESSAGE.value, f"{method} changes things: POST it", 405
+                    )
                 params = _typed(method, dict(request.query_params))
             else:
                 params = await _body(request)
             problem = check_params(method, params)
             if problem is not None:
                 return _error(ErrorCode.BAD_MESSAGE.value, problem)
-            if METHODS[method].streams and "text/event-stream" in request.headers.get(
-                    "accept", ""):
+            if METHODS[method].streams and "text/event-stream" in request.headers.get("accept", ""):
                 return _sse(_streamed(method, params))
             seq = hub.seq
-            result = await _daemon.call_method(_Caller(daemon, lambda _: None), method, 0,
-                                               params)
+            result = await _daemon.call_method(_caller(daemon), method, 0, params)
         except Exception as exc:
             return _failure(exc)
         if method == Method.STATUS:
@@ -281,15 +320,18 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
         send, receive = trio.open_memory_channel[bytes](math.inf)
 
         def chunk(message: ResponseChunk) -> None:
-            data = {"seq": message.seq, "kind": message.kind, "text": message.text,
-                    "data": message.data}
+            data = {
+                "seq": message.seq,
+                "kind": message.kind,
+                "text": message.text,
+                "data": message.data,
+            }
             send.send_nowait(sse("chunk", data, message.seq))
 
         async def run() -> None:
             async with send:
                 try:
-                    result = await _daemon.call_method(_Caller(daemon, chunk), method, 0,
-                                                       params)
+                    result = await _daemon.call_method(_caller(daemon, chunk), method, 0, params)
                     await send.send(sse("result", result))
                 except Exception as exc:
                     code, message = error_code(exc)
@@ -328,19 +370,37 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
         except Exception as exc:
             return _failure(exc)
         shown = entries[-last:] if last > 0 else []
-        return _json({
-            "session": sid, "unit": row.unit, "state": row.state,
-            "prompts": [{
-                "id": e.prompt.id, "text": e.prompt.text, "state": e.prompt.state,
-                "started_at": e.prompt.started_at, "ended_at": e.prompt.ended_at,
-                "error": e.prompt.error,
-                "chunks": [{"seq": c.seq, "text": c.text, "kind": c.kind} for c in e.chunks],
-                "inputs": [{"id": f"{e.prompt.id}.{i.number}", "question": i.question,
-                            "options": list(i.options), "answer": i.answer}
-                           for i in e.inputs],
-            } for e in shown],
-            "more": len(entries) - len(shown),
-        })
+        return _json(
+            {
+                "session": sid,
+                "unit": row.unit,
+                "state": row.state,
+                "prompts": [
+                    {
+                        "id": e.prompt.id,
+                        "text": e.prompt.text,
+                        "state": e.prompt.state,
+                        "started_at": e.prompt.started_at,
+                        "ended_at": e.prompt.ended_at,
+                        "error": e.prompt.error,
+                        "chunks": [
+                            {"seq": c.seq, "text": c.text, "kind": c.kind} for c in e.chunks
+                        ],
+                        "inputs": [
+                            {
+                                "id": f"{e.prompt.id}.{i.number}",
+                                "question": i.question,
+                                "options": list(i.options),
+                                "answer": i.answer,
+                            }
+                            for i in e.inputs
+                        ],
+                    }
+                    for e in shown
+                ],
+                "more": len(entries) - len(shown),
+            }
+        )
 
     async def send_prompt(request: Request) -> Response:
         sid = request.path_params["session"]
@@ -375,12 +435,12 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
     async def follow(request: Request) -> Response:
         prompt_id = request.path_params["prompt"]
         try:
-            after = int(request.headers.get("last-event-id")
-                        or request.query_params.get("after", "-1"))
+            after = int(
+                request.headers.get("last-event-id") or request.query_params.get("after", "-1")
+            )
         except ValueError:
             return _error(ErrorCode.BAD_MESSAGE.value, "after: expected a chunk's seq")
-        if prompt_id not in ctl.prompts and await ctl.read(
-                ctl.reads.get_prompt, prompt_id) is None:
+        if prompt_id not in ctl.prompts and await ctl.read(ctl.reads.get_prompt, prompt_id) is None:
             return _error(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
         return _sse(_follow(prompt_id, after))
 
@@ -390,12 +450,20 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
         try:
             async for kind, payload in ctl.follow(prompt_id, after):
                 if kind == "chunk":
-                    yield sse("chunk", {"seq": payload.seq, "text": payload.text,
-                                        "kind": payload.kind}, payload.seq)
+                    yield sse(
+                        "chunk",
+                        {"seq": payload.seq, "text": payload.text, "kind": payload.kind},
+                        payload.seq,
+                    )
                 elif kind == "input":
-                    yield sse("input", {"id": f"{prompt_id}.{payload.input}",
-                                        "question": payload.question,
-                                        "options": list(payload.options or ())})
+                    yield sse(
+                        "input",
+                        {
+                            "id": f"{prompt_id}.{payload.input}",
+                            "question": payload.question,
+                            "options": list(payload.options or ()),
+                        },
+                    )
                 else:
                     yield sse("end", payload)
                     return

@@ -65,7 +65,7 @@ def parse_web(value: object) -> tuple[WebConfig, list[tuple[tuple[str, ...], str
                 fields[key] = item
         elif key == "host":
             if type(item) is not str or not item:
-                problems.append(((key,), "expected an address, e.g. \"127.0.0.1\""))
+                problems.append(((key,), 'expected an address, e.g. "127.0.0.1"'))
             else:
                 fields[key] = item
         elif key == "port":

@@ -100,12 +100,12 @@ class Hub:
                 self._unit_of[sid] = unit
         if state == "closed":
             self._unit_of.pop(sid, None)
-        self._publish("session", {"session": sid, "state": state, "unit": unit,
-                                  "at": time.time()})
+        self._publish("session", {"session": sid, "state": state, "unit": unit, "at": time.time()})
 
     def _on_unit(self, rt: UnitRuntime) -> None:
-        self._publish("unit", {"unit": rt.name, "connection": rt.state, "error": rt.error,
-                               "at": rt.since})
+        self._publish(
+            "unit", {"unit": rt.name, "connection": rt.state, "error": rt.error, "at": rt.since}
+        )
 
     async def stream(self) -> AsyncIterator[bytes]:
         """One browser's events: `ready` (with the current `seq`), then as they come."""

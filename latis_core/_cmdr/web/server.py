@@ -103,14 +103,7 @@ class WebServer:
         from latis_core._cmdr.web.events import Hub
 
         settings = self.settings
-        if not is_loopback(settings.host) and not settings.tls:
-            raise RequestError(
-                ErrorCode.BAD_MESSAGE.value,
-                f"web: {settings.host} is not loopback: the dashboard controls agents that "
-                "run commands, and other machines would reach it in clear text. Serve it "
-                "with TLS (`latis web --tls`, or `tls = true` in [web]: a certificate from "
-                "cmdr's own CA), or on 127.0.0.1",
-            )
+        _check_clear_text(settings)
         config = hypercorn.config.Config()
         config.bind = [f"{_bracket(settings.host)}:{settings.port}"]
         config.accesslog = None
@@ -119,10 +112,11 @@ class WebServer:
         config.graceful_timeout = 1.0
         if settings.tls:
             config.certfile, config.keyfile, self.ca = await trio.to_thread.run_sync(
-                self._tls_files)
+                self._tls_files
+            )
         token = await trio.to_thread.run_sync(load_token, self.token_file)
         hub = self.hub = Hub(self.daemon.controller)
-        app = create_app(self.daemon, self, hub)
+        app: Any = create_app(self.daemon, self, hub)  # an ASGI app, as hypercorn types it
         failed: OSError | None = None
         started = False
         try:
@@ -130,7 +124,8 @@ class WebServer:
                 async with trio.open_nursery() as nursery:
                     try:
                         binds = await nursery.start(
-                            functools.partial(hypercorn.trio.serve, app, config))
+                            functools.partial(hypercorn.trio.serve, app, config)
+                        )
                     except OSError as exc:
                         failed = exc
                         nursery.cancel_scope.cancel()
@@ -178,6 +173,18 @@ class WebServer:
         }
 
 
+def _check_clear_text(settings: WebConfig) -> None:
+    """Refuse to serve clear text anywhere but on loopback."""
+    if not is_loopback(settings.host) and not settings.tls:
+        raise RequestError(
+            ErrorCode.BAD_MESSAGE.value,
+            f"web: {settings.host} is not loopback: the dashboard controls agents that "
+            "run commands, and other machines would reach it in clear text. Serve it "
+            "with TLS (`latis web --tls`, or `tls = true` in [web]: a certificate from "
+            "cmdr's own CA), or on 127.0.0.1",
+        )
+
+
 async def start_web(
     daemon: Daemon,
     host: str | None = None,
@@ -193,6 +200,7 @@ async def start_web(
         port=base.port if port is None else port,
         tls=base.tls if tls is None else tls,
     )
+    _check_clear_text(settings)
     running: WebServer | None = daemon.web
     if running is not None:
         same = attrs.evolve(settings, enabled=running.settings.enabled) == running.settings
