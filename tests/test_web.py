@@ -327,6 +327,34 @@ class TestApi:
             assert numbers == sorted(numbers)
 
 
+class TestHub:
+    async def test_a_browser_that_stops_reading_is_told_to_resync(self, home: Path) -> None:
+        """Events pile up for a stream nobody reads: past the limit they are dropped
+        (memory stays bounded) and the stream says `resync` instead."""
+        from latis_core._cmdr.web.events import LIMIT
+
+        async with dashboard() as (daemon, _):
+            hub = daemon.web.hub
+            stream = hub.stream()
+            assert (await stream.__anext__()).startswith(b"event: ready")
+            for n in range(LIMIT + 10):  # the fault: a reader that never reads
+                hub._publish("session", {"session": f"s{n}", "state": "busy"})
+            assert (await stream.__anext__()).startswith(b"event: resync")
+            hub._publish("session", {"session": "after", "state": "idle"})
+            assert b'"after"' in await stream.__anext__()
+            await stream.aclose()
+            assert hub.streams == 0
+
+    def test_the_page_never_builds_html_from_data(self) -> None:
+        """The page's script puts text in the page, never markup (agent output is
+        hostile): no innerHTML, outerHTML, insertAdjacentHTML or document.write."""
+        from importlib.resources import files
+
+        script = (files("latis_core._cmdr.web") / "static" / "app.js").read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in script
+
+
 class TestTls:
     async def test_a_non_loopback_address_needs_tls(self, home: Path) -> None:
         """Off loopback, the dashboard is refused without TLS (and says so); with it,

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(
     "apt-get install chromium chromium-driver)",
 )
 
-WORDS = " ".join(f"word{i}" for i in range(40))
+#: Ends with markup: an agent's words are shown as text, never run as HTML.
+WORDS = " ".join(f"word{i}" for i in range(40)) + " <img src=x onerror=document.title='owned'>"
 CONFIG = """
 [units.box]
 agent_options = { delay = "0.05" }
@@ -147,6 +148,8 @@ def test_a_prompt_sent_from_the_page_streams_into_it_and_a_cancel_stops_it(
     assert "word39" not in partial and "complete" not in text_of(browser, "transcript")
     wait(browser, lambda d: "complete" in text_of(d, "transcript"))
     assert reply(browser) == WORDS
+    assert not browser.find_elements("css selector", "#transcript img")
+    assert browser.title == "latis"
     # The session row went busy and back to idle, live.
     wait(
         browser,

@@ -101,6 +101,7 @@ function sessionRow(session) {
   const cells = row.cells;
   cells[1].textContent = session.unit || "";
   cells[2].textContent = session.state + (session.question ? ": " + session.question : "");
+  cells[2].title = cells[2].textContent;
   cells[2].className = "state-" + session.state;
   const ctx = session.context;
   cells[3].textContent = ctx && ctx.used && ctx.size
