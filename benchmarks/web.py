@@ -95,8 +95,11 @@ def summary(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0}
     ordered = sorted(values)
-    return {"n": len(values), "median": statistics.median(ordered),
-            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]}
+    return {
+        "n": len(values),
+        "median": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+    }
 
 
 class Run:
@@ -138,10 +141,15 @@ class Run:
         await trio.sleep(self.args.window)
         c1, t1 = cpu_seconds(self.pid), time.monotonic()
         share = 100 * (c1 - c0) / (t1 - t0)
-        self.rows[name] = {"what": what, "cmdr_cpu_pct": share,
-                           "per_session_pct": share / self.args.streaming}
-        log(f"{name}: cmdr {share:.1f}% of a core, "
-            f"{share / self.args.streaming:.2f}% per streaming session")
+        self.rows[name] = {
+            "what": what,
+            "cmdr_cpu_pct": share,
+            "per_session_pct": share / self.args.streaming,
+        }
+        log(
+            f"{name}: cmdr {share:.1f}% of a core, "
+            f"{share / self.args.streaming:.2f}% per streaming session"
+        )
 
     async def phase_floor(self) -> None:
         started = await self.start_prompts()
@@ -154,12 +162,16 @@ class Run:
         started = await self.start_prompts()
         received = [0]
         async with contextlib.AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(latis_core.open_daemon(autostart=False))
-                       for _ in started]
+            clients = [
+                await stack.enter_async_context(latis_core.open_daemon(autostart=False))
+                for _ in started
+            ]
             async with trio.open_nursery() as nursery:
                 for cmdr, (sid, prompt) in zip(clients, started, strict=True):
 
-                    async def follow(cmdr: Any = cmdr, sid: str = sid, prompt: int = prompt) -> None:
+                    async def follow(
+                        cmdr: Any = cmdr, sid: str = sid, prompt: int = prompt
+                    ) -> None:
                         stream = await cmdr.session(sid).reattach(prompt)
                         async for _ in stream:
                             received[0] += 1
@@ -174,18 +186,22 @@ class Run:
         first_sid, _ = started[0]
         received = [0]
         stamps = self.home / "attach-stamps.txt"
-        attach = subprocess.Popen(
+        attach = await trio.lowlevel.open_process(
             f"{' '.join(LATIS)} attach {first_sid} --json | "
             f"{sys.executable} {HERE / '_web_agent.py'} stamp {stamps}",
-            shell=True, env=os.environ.copy(), start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            shell=True,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             async with trio.open_nursery() as nursery:
-                for _, prompt in started[1 if self.browser else 0:]:
+                for _, prompt in started[1 if self.browser else 0 :]:
 
                     async def follow(prompt: int = prompt) -> None:
                         async with self.http.stream(
-                                "GET", f"/api/v1/prompts/{prompt}/events") as response:
+                            "GET", f"/api/v1/prompts/{prompt}/events"
+                        ) as response:
                             async for line in response.aiter_lines():
                                 if line.startswith("event: chunk"):
                                     received[0] += 1
@@ -201,10 +217,11 @@ class Run:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(attach.pid, signal.SIGTERM)
-            attach.wait(10)
+            with trio.move_on_after(10):
+                await attach.wait()
         self.rows["cpu_web"]["chunks"] = received[0]
         log(f"  the followers received {received[0]} chunks (the page's aside)")
-        self.latency(stamps)
+        await trio.to_thread.run_sync(self.latency, stamps)
 
     # ---- the browser -------------------------------------------------------------------
 
@@ -215,10 +232,16 @@ class Run:
         count = len(self.sessions)
         t0 = time.monotonic()
         driver.get(self.info["login"])
-        WebDriverWait(driver, 120, poll_frequency=0.02).until(lambda d: d.execute_script(
-            "return document.querySelectorAll('#sessions tbody tr').length") >= count)
-        self.rows["page_load"] = {"what": f"the page shows {count} sessions",
-                                  "ms": 1000 * (time.monotonic() - t0)}
+        WebDriverWait(driver, 120, poll_frequency=0.02).until(
+            lambda d: (
+                d.execute_script("return document.querySelectorAll('#sessions tbody tr').length")
+                >= count
+            )
+        )
+        self.rows["page_load"] = {
+            "what": f"the page shows {count} sessions",
+            "ms": 1000 * (time.monotonic() - t0),
+        }
         log(f"page_load: {self.rows['page_load']['ms']:.0f} ms for {count} sessions")
 
     def follow_in_page(self, sid: str) -> None:
@@ -227,7 +250,8 @@ class Run:
         driver = self.browser
         driver.execute_script(f"document.querySelector('tr[data-session=\"{sid}\"]').click()")
         WebDriverWait(driver, 30, poll_frequency=0.02).until(
-            lambda d: d.find_element("id", "cancel").is_enabled())
+            lambda d: d.find_element("id", "cancel").is_enabled()
+        )
         driver.execute_script(OBSERVER)
 
     def latency(self, stamps: Path) -> None:
@@ -248,11 +272,15 @@ class Run:
                 dom[sent] = float(shown) - float(sent)
         keys = set(attach) & set(dom) if self.browser is not None else set(attach)
         both = sorted(s for s in keys if float(s) > live)
-        self.rows["lat_attach"] = {"what": "unit -> latis attach --json printed it",
-                                   **summary([1000 * attach[s] for s in both])}
+        self.rows["lat_attach"] = {
+            "what": "unit -> latis attach --json printed it",
+            **summary([1000 * attach[s] for s in both]),
+        }
         if self.browser is not None:
-            self.rows["lat_web_dom"] = {"what": "unit -> the page's DOM holds it",
-                                        **summary([1000 * dom[s] for s in both])}
+            self.rows["lat_web_dom"] = {
+                "what": "unit -> the page's DOM holds it",
+                **summary([1000 * dom[s] for s in both]),
+            }
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -274,15 +302,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             run.info = await cmdr.web_start(port=0)
             run.pid = int(run.info["pid"])
             token = run.info["login"].rsplit("token=", 1)[1]
-            run.http = httpx.AsyncClient(base_url=run.info["url"], timeout=60,
-                                         headers={"authorization": f"Bearer {token}"})
+            run.http = httpx.AsyncClient(
+                base_url=run.info["url"], timeout=60, headers={"authorization": f"Bearer {token}"}
+            )
             log(f"opening {args.sessions} sessions")
             limit = trio.CapacityLimiter(8)
 
             async def open_one(i: int) -> None:
                 async with limit:
-                    reply = await run.http.post("/api/v1/sessions",
-                                                json={"unit": f"bench-{i % UNITS}"})
+                    reply = await run.http.post(
+                        "/api/v1/sessions", json={"unit": f"bench-{i % UNITS}"}
+                    )
                     reply.raise_for_status()
                     run.sessions.append(reply.json()["session"])
 
@@ -293,11 +323,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 run.browser = await trio.to_thread.run_sync(chromium)
                 await trio.to_thread.run_sync(run.open_page)
             else:
-                log("no browser (chromium and chromium-driver are not installed, or "
-                    "--no-browser): the page rows are skipped")
+                log(
+                    "no browser (chromium and chromium-driver are not installed, or "
+                    "--no-browser): the page rows are skipped"
+                )
             for phase in (run.phase_floor, run.phase_attach, run.phase_web):
-                log(f"phase {phase.__name__[6:]}: {args.streaming} streaming at "
-                    f"{args.rate:g} chunks/s")
+                log(
+                    f"phase {phase.__name__[6:]}: {args.streaming} streaming at "
+                    f"{args.rate:g} chunks/s"
+                )
                 await phase()
             await run.http.aclose()
         os.kill(run.pid, signal.SIGTERM)  # as `latis daemon stop` does
@@ -313,14 +347,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [f"web dashboard: {args.sessions} sessions, {args.streaming} streaming at "
-             f"{args.rate:g} chunks/s each, {args.window:g} s windows",
-             f"{'row':<12} {'what':<48} {'value':>30}"]
+    lines = [
+        f"web dashboard: {args.sessions} sessions, {args.streaming} streaming at "
+        f"{args.rate:g} chunks/s each, {args.window:g} s windows",
+        f"{'row':<12} {'what':<48} {'value':>30}",
+    ]
     floor = rows.get("cpu_floor", {}).get("per_session_pct")
     for name, row in rows.items():
         if "per_session_pct" in row:
-            extra = "" if name == "cpu_floor" or floor is None else \
-                f" (+{row['per_session_pct'] - floor:.2f})"
+            extra = (
+                ""
+                if name == "cpu_floor" or floor is None
+                else f" (+{row['per_session_pct'] - floor:.2f})"
+            )
             value = f"{row['per_session_pct']:.2f}%{extra} of a core/session"
         elif "ms" in row:
             value = f"{row['ms']:.0f} ms"
@@ -329,17 +368,19 @@ def table(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         else:
             value = "no samples"
         lines.append(f"{name:<12} {row['what']:<48} {value:>30}")
-    lines.append("cpu rows: cmdr's utime+stime over the window / streaming sessions; "
-                 "(+x): above cpu_floor, the cost of following")
-    lines.append("lat rows: the same chunks, from the unit sending them (one pipe hop "
-                 "before cmdr)")
+    lines.append(
+        "cpu rows: cmdr's utime+stime over the window / streaming sessions; "
+        "(+x): above cpu_floor, the cost of following"
+    )
+    lines.append("lat rows: the same chunks, from the unit sending them (one pipe hop before cmdr)")
     return "\n".join(lines)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--short", action="store_true",
-                        help="200 sessions, 10 streaming, 2 s windows")
+    parser.add_argument(
+        "--short", action="store_true", help="200 sessions, 10 streaming, 2 s windows"
+    )
     parser.add_argument("--sessions", type=int)
     parser.add_argument("--streaming", type=int)
     parser.add_argument("--rate", type=float, default=20.0, help="chunks a second per prompt")

@@ -166,12 +166,14 @@ def test_a_prompt_sent_from_the_page_streams_into_it_and_a_cancel_stops_it(
 
 @pytest.mark.slow
 def test_a_question_is_answered_from_the_page(home: Path, browser: Any) -> None:
-    """A prompt sent from the CLI asks a question (echo's `ask`); the page's inbox
-    shows it, an answer typed there reaches the agent and the prompt goes on."""
+    """A prompt sent from the CLI asks a question (echo's `ask`); the page, which
+    follows the session, picks the prompt up live; its inbox shows the question, an
+    answer typed there reaches the agent and the prompt goes on, in the page too."""
     url = serve(home)
     sid = new_session(home, "asker")
     browser.get(url)
-    wait(browser, lambda d: "live" == text_of(d, "live"))
+    wait(browser, lambda d: d.find_elements("css selector", f'tr[data-session="{sid}"]'))[0].click()
+    wait(browser, lambda d: d.find_element("id", "prompt-text").is_enabled())
     sent = latis(home, "prompt", "--session", sid, "--detach", "ship it")
     assert sent.returncode == 0, sent.stderr
     item = wait(browser, lambda d: d.find_elements("css selector", "#inbox li"))[0]
@@ -181,6 +183,8 @@ def test_a_question_is_answered_from_the_page(home: Path, browser: Any) -> None:
     field.send_keys("yes, after lunch")
     item.find_element("css selector", "button[type=submit], form > button:last-child").click()
     wait(browser, lambda d: not d.find_elements("css selector", "#inbox li"))
+    wait(browser, lambda d: "complete" in text_of(d, "transcript"))
+    assert reply(browser) == "yes, after lunch ship it"
     attached = latis(home, "attach", sid)
     assert attached.returncode == 0, attached.stderr
     assert "yes, after lunch ship it" in attached.stdout

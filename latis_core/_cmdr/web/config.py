@@ -5,7 +5,6 @@ Nothing heavy here: the config reader imports it with every command.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import attrs
@@ -43,6 +42,8 @@ def is_loopback(host: str) -> bool:
     """Whether `host` is this machine's loopback (only this machine can reach it)."""
     if host.lower() == "localhost":
         return True
+    import ipaddress  # (here: the config reader imports this module with every command)
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
