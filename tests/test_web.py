@@ -368,9 +368,10 @@ class TestTls:
             assert info["url"].startswith("https://") and info["ca"]
             url = f"https://127.0.0.1:{info['port']}/"
             trust = ssl.create_default_context(cafile=info["ca"])
-            async with httpx.AsyncClient(base_url=url, verify=trust) as client:
+            async with httpx.AsyncClient(base_url=url, verify=trust, http2=True) as client:
                 response = await client.get(f"/?token={token_of(info)}")
                 assert response.status_code == 303
+                assert response.http_version == "HTTP/2"  # as browsers get it over TLS
                 assert "secure" in response.headers["set-cookie"].lower()
                 assert (await client.get("/api/v1/call/status")).status_code == 200
             with pytest.raises(httpx.HTTPError):
