@@ -87,6 +87,7 @@ app.command(unit_app)
 app.command(agents_app)
 app.command(daemon)
 app.command(image_app)
+app.command("latis_cli._web:web", name="web")
 app.register_install_completion_command()
 
 

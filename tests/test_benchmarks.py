@@ -106,3 +106,22 @@ def test_coordinate_short_prints_every_row() -> None:
     table = proc.stdout.splitlines()[:-1]
     assert [line.split()[:2] for line in table[1:7]] == [
         [row, str(results[row]["units"])] for row in results]
+
+
+@pytest.mark.timeout(240)
+def test_web_short_prints_every_row() -> None:
+    """benchmarks/web.py --short runs the dashboard under load, browser included, and
+    prints each row."""
+    from web_helpers import have_chromium
+
+    if not have_chromium():
+        pytest.skip("chromium and chromium-driver are not installed (.ci/run installs them)")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "web.py"), "--short", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=230,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(proc.stdout.splitlines()[-1])["rows"]
+    assert list(rows) == ["page_load", "cpu_floor", "cpu_attach", "cpu_web", "lat_attach",
+                          "lat_web_dom"]
+    assert rows["lat_web_dom"]["n"] > 0 and rows["cpu_web"]["chunks"] > 0

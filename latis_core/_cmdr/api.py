@@ -74,6 +74,10 @@ class Method(enum.StrEnum):
     INBOX_ANSWER = "inbox.answer"
     #: Usage and cost as the agents report them, rolled up.
     USAGE = "usage"
+    #: Serve the web dashboard (or say where it is served): its URL with the token.
+    WEB_START = "web.start"
+    #: Stop serving the web dashboard.
+    WEB_STOP = "web.stop"
 
 
 @attrs.frozen
@@ -134,6 +138,11 @@ METHODS: dict[Method, MethodSpec] = {
     Method.INBOX_LIST: MethodSpec(optional=("all",), kinds={"all": bool}),
     Method.INBOX_ANSWER: MethodSpec(required=("id", "answer"), optional=("by",)),
     Method.USAGE: MethodSpec(optional=("by",)),
+    Method.WEB_START: MethodSpec(
+        optional=("host", "port", "tls", "new_token"),
+        kinds={"port": int, "tls": bool, "new_token": bool},
+    ),
+    Method.WEB_STOP: MethodSpec(),
 }
 
 

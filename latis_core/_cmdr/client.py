@@ -378,6 +378,20 @@ class DaemonClient:
         coordination, day): `{"by", "rows", "unreported"}`."""
         return await self.call(Method.USAGE, by=by)
 
+    async def web_start(
+        self, host: str | None = None, port: int | None = None, tls: bool | None = None,
+        new_token: bool = False,
+    ) -> dict[str, Any]:
+        """Serve the web dashboard from the daemon (unless it is served; other
+        `host`, `port` or `tls` move it): `{url, login, token_file, tls, ca, started}`,
+        where `login` is the URL with the token (docs/web.md)."""
+        return await self.call(Method.WEB_START, host=host, port=port, tls=tls,
+                               new_token=new_token or None)
+
+    async def web_stop(self) -> dict[str, Any]:
+        """Stop serving the web dashboard: `{stopped}` (false: it was not served)."""
+        return await self.call(Method.WEB_STOP)
+
     async def daemon_stop(self) -> dict[str, Any]:
         """Stop the daemon (units that run by themselves keep running)."""
         return await self.call(Method.DAEMON_STOP)

@@ -152,6 +152,7 @@ class Controller(HumanLoop, PromptEngine):
         #: Stores every prompt's chunks, many at a time (started with the controller).
         self.writer = ChunkWriter(state, self._hop)
         self._state_listeners: list[Callable[[str, str], None]] = []
+        self._unit_listeners: list[Callable[[UnitRuntime], None]] = []
         for name, unit_config in config.units.items():
             self.units[name] = self._runtime(name, unit_config)
         for rt in list(self.units.values()):
@@ -571,6 +572,8 @@ class Controller(HumanLoop, PromptEngine):
         rt.since = time.time()
         transport = rt.via or (rt.dialer.describe() if rt.dialer is not None else "")
         await self.db(self.state.set_connection, rt.name, state, transport, error)
+        for listener in list(self._unit_listeners):
+            listener(rt)
 
     async def down(self, name: str, progress: Callable[[str], None] | None = None) -> None:
         """Disconnect from the unit and stop it (if it has a provisioner; a group's
@@ -897,6 +900,11 @@ class Controller(HumanLoop, PromptEngine):
         """Call `listener(session, state)` at every session state change; returns a remover."""
         self._state_listeners.append(listener)
         return lambda: self._state_listeners.remove(listener)
+
+    def add_unit_listener(self, listener: Callable[[UnitRuntime], None]) -> Callable[[], None]:
+        """Call `listener(unit)` at every change of a unit's connection; returns a remover."""
+        self._unit_listeners.append(listener)
+        return lambda: self._unit_listeners.remove(listener)
 
     # ---- after a restart ------------------------------------------------------------------
 

@@ -142,6 +142,16 @@ class Daemon:
         self.coordinations: dict[str, _Running] = {}
         #: Where detached coordinations run (set once the daemon serves).
         self.nursery: trio.Nursery | None = None
+        #: The web dashboard, while it is served (latis_core._cmdr.web.server).
+        self.web: Any = None
+
+    async def new_session(self, unit: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Open a session on `unit` (for `session.create` and the dashboard)."""
+        await self.refresh_config()
+        with trio.CancelScope(shield=True):
+            data = await self.controller.create_session(unit, options)
+        self.set_state(data["session"], "idle")
+        return data
 
     async def refresh_config(self, force: bool = False) -> dict[str, Any]:
         """Read the config file again if it changed since it was read (or if `force`).
@@ -330,11 +340,7 @@ def _on_session_create(c: _Client, msg: SessionCreate) -> None:
     unit = options.pop("unit", "local")
 
     async def work() -> None:
-        await c.daemon.refresh_config()
-        with trio.CancelScope(shield=True):
-            data = await c.ctl.create_session(str(unit), options)
-        c.daemon.set_state(data["session"], "idle")
-        c.send(Ack(msg.id, data))
+        c.send(Ack(msg.id, await c.daemon.new_session(str(unit), options)))
 
     c.spawn(msg.id, work)
 
@@ -436,7 +442,6 @@ def _on_call(c: _Client, msg: Call) -> None:
         c.send(Error(msg.id, ErrorCode.UNKNOWN_TYPE.value,
                      f"no method {msg.method!r} (methods: {', '.join(sorted(_METHODS))})"))
         return
-    method = _METHODS[name]
     params = dict(msg.params or {})
     problem = check_params(name, params)
     if problem is not None:
@@ -444,12 +449,10 @@ def _on_call(c: _Client, msg: Call) -> None:
         return
 
     async def work() -> None:
-        if name not in _OWN_CONFIG:
-            await c.daemon.refresh_config()
         with trio.CancelScope() as scope:
             c.calls[msg.id] = scope
             try:
-                data = await method(c, msg.id, params)
+                data = await call_method(c, name, msg.id, params)
             finally:
                 c.calls.pop(msg.id, None)
         if scope.cancelled_caught:
@@ -806,6 +809,18 @@ async def _usage(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str
         raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
 
 
+async def _web_start(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    from latis_core._cmdr.web.server import start_web
+
+    return await start_web(c.daemon, **params)
+
+
+async def _web_stop(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    from latis_core._cmdr.web.server import stop_web
+
+    return await stop_web(c.daemon)
+
+
 #: The method table: one handler per method of `latis_core._cmdr.api` (a test checks).
 _METHODS: dict[Method, Handler] = {
     Method.STATUS: _status,
@@ -835,11 +850,23 @@ _METHODS: dict[Method, Handler] = {
     Method.INBOX_LIST: _inbox_list,
     Method.INBOX_ANSWER: _inbox_answer,
     Method.USAGE: _usage,
+    Method.WEB_START: _web_start,
+    Method.WEB_STOP: _web_stop,
 }
 
 
 #: Methods that read the config themselves (or need none): no refresh before them.
 _OWN_CONFIG = {Method.CONFIG_RELOAD, Method.CONFIG_USE, Method.DAEMON_STOP}
+
+
+async def call_method(
+    c: _Client, name: Method, rid: RequestId, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Run method `name` of the table for `c`: a protocol client, or the web API's
+    caller (anything with `daemon`, `ctl` and `send`). `params` are checked already."""
+    if name not in _OWN_CONFIG:
+        await c.daemon.refresh_config()
+    return await _METHODS[name](c, rid, params)
 
 
 def _absolute(path: str | Path | None) -> Path | None:
@@ -909,6 +936,10 @@ async def serve_daemon(
                         nursery.start_soon(ctl.reconnect_known)
                         nursery.start_soon(_stop_on_signal, signals, stop)
                         nursery.start_soon(_close_idle_sessions, daemon)
+                        if config.web.enabled:
+                            from latis_core._cmdr.web.server import serve_at_start
+
+                            nursery.start_soon(serve_at_start, daemon)
                         task_status.started(daemon)
                         await stop.wait()
                         log.info("stopping")
