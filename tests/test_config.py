@@ -562,10 +562,10 @@ def test_unknown_top_level_table_and_key(fakes: None) -> None:
         """
     ) == "\n".join(
         [
-            "latis.toml:1: title: unknown key (known: daemon, groups, notify, policy, units)",
+            "latis.toml:1: title: unknown key (known: daemon, groups, notify, policy, units, web)",
             "latis.toml:2: unit: unknown table (did you mean 'units'?)",
             "latis.toml:4: servers: unknown table "
-            "(known: daemon, groups, notify, policy, units)",
+            "(known: daemon, groups, notify, policy, units, web)",
         ]
     )
 
