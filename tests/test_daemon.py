@@ -294,11 +294,15 @@ async def test_the_controller_coordinates_a_task_over_units(home: Path) -> None:
 
 
 async def test_a_failing_agent_does_not_stop_the_others(home: Path) -> None:
-    """An unreachable unit ends with its error while the other agents complete."""
+    """An unreachable unit ends with its error while the other agents complete (with
+    `require any`; under `all` the task has failed and the rest are cancelled)."""
     async with controller(home) as ctl:
-        ended = (await ctl.coordinate("hi", ["gone", "fast"])).agents
+        settings = latis_core.CoordinationSettings(require="any")
+        result = await ctl.coordinate("hi", ["gone", "fast"], settings=settings)
+    ended = result.agents
     assert ended[0].outcome == "error" and "gone" in (ended[0].error or "")
     assert ended[1].outcome == "complete"
+    assert result.outcome == "complete"
 
 
 async def test_the_daemon_client_streams_a_coordination(home: Path) -> None:

@@ -145,6 +145,13 @@ class Daemon:
         #: The web dashboard, while it is served (latis_core._cmdr.web.server).
         self.web: Any = None
 
+    async def call(
+        self, caller: Any, name: Method, rid: RequestId, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run method `name` of the table for `caller` (the web API's way in: it holds
+        the daemon, so it needs no import of this module, which imports it)."""
+        return await call_method(caller, name, rid, params)
+
     async def new_session(self, unit: str, options: dict[str, Any]) -> dict[str, Any]:
         """Open a session on `unit` (for `session.create` and the dashboard)."""
         await self.refresh_config()

@@ -29,7 +29,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from latis_core._cmdr import daemon as _daemon
 from latis_core._cmdr.api import METHODS, Method, check_params
 from latis_core._cmdr.web.auth import check
 from latis_core._cmdr.web.events import Hub, sse
@@ -307,7 +306,7 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
             if METHODS[method].streams and "text/event-stream" in request.headers.get("accept", ""):
                 return _sse(_streamed(method, params))
             seq = hub.seq
-            result = await _daemon.call_method(_caller(daemon), method, 0, params)
+            result = await daemon.call(_caller(daemon), method, 0, params)
         except Exception as exc:
             return _failure(exc)
         if method == Method.STATUS:
@@ -331,7 +330,7 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
         async def run() -> None:
             async with send:
                 try:
-                    result = await _daemon.call_method(_caller(daemon, chunk), method, 0, params)
+                    result = await daemon.call(_caller(daemon, chunk), method, 0, params)
                     await send.send(sse("result", result))
                 except Exception as exc:
                     code, message = error_code(exc)
