@@ -60,6 +60,10 @@ class Home:
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
+    def json(self, *args: str) -> Any:
+        """What a `--json` command printed (one JSON document)."""
+        return json.loads(self.ok(*args, "--json").stdout)
+
     def ndjson(self, *args: str) -> list[dict[str, Any]]:
         """The events a `--json` streaming command printed, one object a line."""
         return [json.loads(line) for line in self.ok(*args, "--json").stdout.splitlines()]
