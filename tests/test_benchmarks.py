@@ -88,3 +88,25 @@ def test_provision_cloud_prints_every_row() -> None:
     assert list(results) == ["ec2_floor", "ec2_handoff", "ec2_latis", "k8s_floor",
                              "k8s_handoff", "k8s_latis"]
     assert all(row["median"] > 0 for row in results.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_load_short_prints_every_target() -> None:
+    """benchmarks/load.py --short runs every part once, small, and prints each row
+    (issue 13's targets; no number is checked here)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "load.py"), "--short", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=590,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.rstrip("\n").splitlines()
+    rows = json.loads(lines[-1])["rows"]
+    names = ["chunk_p99", "added_small", "added_big", "added_flat", "fanout_procs",
+             "fanout_inproc", "cli_prompt", "dialin_first", "dialin_back", "dialin_kib",
+             "status_storm", "config_parse", "unit_add"]
+    assert list(rows) == names
+    table = "\n".join(lines[:-1])
+    for name in names:
+        assert f"\n{name} " in table, f"row {name} missing from:\n{table}"
+        assert rows[name]["latis"] is not None, name
