@@ -22,8 +22,7 @@ import latis_core
 
 
 async def main(path: str) -> None:
-    with open(path) as f:
-        entries = json.load(f)
+    entries = json.loads(await trio.Path(path).read_text())
     since_mark: set[int] = set()
     ever: set[int] = set()
     refused: list[str] = []
@@ -34,7 +33,8 @@ async def main(path: str) -> None:
             since_mark.add(i)
 
         async with latis_core.open_unit(
-            latis_core.EchoAgent(), name=entry["unit"],
+            latis_core.EchoAgent(),
+            name=entry["unit"],
             enrollment=latis_core.Enrollment.parse(entry["secret"]),
         ) as unit:
             _, dialer = latis_core.dialer_from_url(entry["url"])
@@ -45,8 +45,12 @@ async def main(path: str) -> None:
     async def report() -> None:
         while True:
             await trio.sleep(0.25)
-            print(json.dumps({"ever": len(ever), "since_mark": len(since_mark),
-                              "refused": len(refused)}), flush=True)
+            print(
+                json.dumps(
+                    {"ever": len(ever), "since_mark": len(since_mark), "refused": len(refused)}
+                ),
+                flush=True,
+            )
 
     async def read_marks(done: trio.CancelScope) -> None:
         stdin = trio.lowlevel.FdStream(os.dup(0))
@@ -65,7 +69,7 @@ async def main(path: str) -> None:
         for i, entry in enumerate(entries):
             nursery.start_soon(run_unit, i, entry)
             if i % 50 == 49:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
 
 if __name__ == "__main__":

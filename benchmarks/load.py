@@ -147,14 +147,19 @@ def fleet_config(n: int, port: int = 17447) -> str:
     out = []
     for i in range(n):
         if i % 3 == 0:
-            out.append(f'[units.p{i}]\nagent_options = {{ delay = "{i % 7}" }}\n'
-                       f'[units.p{i}.provisioner]\ntype = "process"\n')
+            out.append(
+                f'[units.p{i}]\nagent_options = {{ delay = "{i % 7}" }}\n'
+                f'[units.p{i}.provisioner]\ntype = "process"\n'
+            )
         elif i % 3 == 1:
-            out.append(f'[units.d{i}]\n[units.d{i}.dial]\ntype = "tcp"\n'
-                       f'host = "10.{i // 65536}.{i // 256 % 256}.{i % 256}"\nport = {7000 + i}\n')
+            out.append(
+                f'[units.d{i}]\n[units.d{i}.dial]\ntype = "tcp"\n'
+                f'host = "10.{i // 65536}.{i // 256 % 256}.{i % 256}"\nport = {7000 + i}\n'
+            )
         else:
-            out.append(f'[units.a{i}]\n[[units.a{i}.accept]]\ntype = "tcp"\nport = {port}\n'
-                       f"tls = true\n")
+            out.append(
+                f'[units.a{i}]\n[[units.a{i}.accept]]\ntype = "tcp"\nport = {port}\ntls = true\n'
+            )
     return "\n".join(out)
 
 
@@ -194,14 +199,32 @@ class UnitProcs:
         self.sockets = [os.path.join(folder, "u", f"{name}.sock") for name in self.names]
         self.procs: list[subprocess.Popen[bytes]] = []
         for name, path in zip(self.names, self.sockets, strict=True):
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "latis_core._unit.cli", "--listen", f"unix:{path}",
-                 "--name", name, "--agent", "python", "-o", "target=_load_agent:reply",
-                 "-o", f"path={HERE}", "--max-sessions", str(max_sessions),
-                 "--log-level", "warning"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=open(os.path.join(folder, "u", f"{name}.log"), "wb"),  # noqa: SIM115
-            ))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "latis_core._unit.cli",
+                        "--listen",
+                        f"unix:{path}",
+                        "--name",
+                        name,
+                        "--agent",
+                        "python",
+                        "-o",
+                        "target=_load_agent:reply",
+                        "-o",
+                        f"path={HERE}",
+                        "--max-sessions",
+                        str(max_sessions),
+                        "--log-level",
+                        "warning",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(os.path.join(folder, "u", f"{name}.log"), "wb"),  # noqa: SIM115
+                )
+            )
         deadline = time.monotonic() + 60
         for path, proc in zip(self.sockets, self.procs, strict=True):
             while not (os.path.exists(path) and is_listening(path)):
@@ -213,8 +236,10 @@ class UnitProcs:
         """The daemon's config: each unit dialed at its socket; no session closed for idling."""
         out = ["[daemon]\nsession_idle_timeout = 0\n"]
         for name, path in zip(self.names, self.sockets, strict=True):
-            out.append(f'[units.{name}]\nagent = "python"\n[units.{name}.dial]\n'
-                       f'type = "unix"\npath = "{path}"\n')
+            out.append(
+                f'[units.{name}]\nagent = "python"\n[units.{name}.dial]\n'
+                f'type = "unix"\npath = "{path}"\n'
+            )
         return "\n".join(out)
 
     def close(self) -> None:
@@ -235,8 +260,9 @@ async def round_trips(session: latis_core.Session, n: int) -> list[float]:
     return out
 
 
-async def added_latency(sizes: Sizes, direct: latis_core.Session,
-                        daemon: latis_core.Session) -> dict[str, list[float]]:
+async def added_latency(
+    sizes: Sizes, direct: latis_core.Session, daemon: latis_core.Session
+) -> dict[str, list[float]]:
     """Round trips straight and through the daemon, interleaved round by round: medians."""
     out: dict[str, list[float]] = {"direct": [], "daemon": []}
     for _ in range(sizes.rounds):
@@ -266,8 +292,9 @@ async def stream_p99(sizes: Sizes, sessions: list[latis_core.Session]) -> float:
     return pct(latencies, 99)
 
 
-async def fanout(sizes: Sizes, bare: Callable[[], Awaitable[None]],
-                 latis: Callable[[], Awaitable[None]]) -> dict[str, list[float]]:
+async def fanout(
+    sizes: Sizes, bare: Callable[[], Awaitable[None]], latis: Callable[[], Awaitable[None]]
+) -> dict[str, list[float]]:
     """One prompt to every unit, bare and through latis, interleaved: ms each."""
     out: dict[str, list[float]] = {"bare": [], "latis": []}
     await bare()
@@ -308,8 +335,11 @@ async def daemon_rows(sizes: Sizes, units: UnitProcs) -> dict[str, Any]:
         async def hold(upto: int) -> None:
             more = upto - len(held)
             log(f"daemon: {more} more sessions ({upto} held)")
-            held.extend(await gather(
-                more, lambda i: cmdr.create_session(unit=names[(len(held) + i) % len(names)])))
+            held.extend(
+                await gather(
+                    more, lambda i: cmdr.create_session(unit=names[(len(held) + i) % len(names)])
+                )
+            )
 
         await hold(sizes.held_small)
         one_direct = await direct[0].create_session()
@@ -323,13 +353,14 @@ async def daemon_rows(sizes: Sizes, units: UnitProcs) -> dict[str, Any]:
         out["added_big"] = await added_latency(sizes, one_direct, one_daemon)
         out["held"] = len(held)
 
-        straight = await gather(sizes.streams,
-                                lambda i: direct[i % len(direct)].create_session())
+        straight = await gather(sizes.streams, lambda i: direct[i % len(direct)].create_session())
         through = held[: sizes.streams]
         out["streams"] = {"direct": [], "daemon": []}
         for r in range(sizes.rounds):
-            log(f"{sizes.streams} streams of {sizes.chunks} chunks, straight then through the "
-                f"daemon, round {r + 1}/{sizes.rounds}")
+            log(
+                f"{sizes.streams} streams of {sizes.chunks} chunks, straight then through the "
+                f"daemon, round {r + 1}/{sizes.rounds}"
+            )
             out["streams"]["direct"].append(await stream_p99(sizes, straight))
             out["streams"]["daemon"].append(await stream_p99(sizes, through))
 
@@ -340,8 +371,9 @@ async def daemon_rows(sizes: Sizes, units: UnitProcs) -> dict[str, Any]:
             if result.outcome != "complete":
                 raise RuntimeError(f"the coordination ended {result.outcome}: {result.error}")
 
-        out["fanout_procs"] = await fanout(sizes, functools.partial(bare_fanout, direct),
-                                           coordinated)
+        out["fanout_procs"] = await fanout(
+            sizes, functools.partial(bare_fanout, direct), coordinated
+        )
     return out
 
 
@@ -352,14 +384,18 @@ async def inproc_rows(sizes: Sizes, folder: str) -> dict[str, Any]:
     log(f"fan-out to {n} in-process units, {sizes.fanout_rounds} rounds")
     os.makedirs(os.path.join(folder, "i"), exist_ok=True)
     sockets = [os.path.join(folder, "i", f"i{k}.sock") for k in range(n)]
-    config = parse_config("\n".join(
-        f'[units.i{k}]\n[units.i{k}.dial]\ntype = "unix"\npath = "{path}"\n'
-        for k, path in enumerate(sockets)))
+    config = parse_config(
+        "\n".join(
+            f'[units.i{k}]\n[units.i{k}.dial]\ntype = "unix"\npath = "{path}"\n'
+            for k, path in enumerate(sockets)
+        )
+    )
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
         for k, path in enumerate(sockets):
             unit = await stack.enter_async_context(
-                latis_core.open_unit(latis_core.EchoAgent(), name=f"i{k}"))
+                latis_core.open_unit(latis_core.EchoAgent(), name=f"i{k}")
+            )
             listener = await stack.enter_async_context(listen_unix(path))
             nursery.start_soon(trio.serve_listeners, unit.serve, [listener])
         direct = [await stack.enter_async_context(open_direct(p)) for p in sockets]
@@ -382,10 +418,12 @@ async def inproc_rows(sizes: Sizes, folder: str) -> dict[str, Any]:
 def cli_rows(sizes: Sizes, home: LatisHome, latis: list[str]) -> dict[str, list[float]]:
     """`latis prompt "hi"` and the minimal cyclopts app's `--help`, whole processes,
     interleaved round by round (ms)."""
-    log(f"latis prompt \"hi\" against a minimal cyclopts app, {sizes.cli_rounds} rounds")
+    log(f'latis prompt "hi" against a minimal cyclopts app, {sizes.cli_rounds} rounds')
     mini = home.write("mini_app.py", MINI_APP)
-    cases = {"cyclopts": ([sys.executable, mini, "--help"], "greet"),
-             "prompt": ([*latis, "prompt", "hi"], "hi")}
+    cases = {
+        "cyclopts": ([sys.executable, mini, "--help"], "greet"),
+        "prompt": ([*latis, "prompt", "hi"], "hi"),
+    }
     out: dict[str, list[float]] = {name: [] for name in cases}
     for r in range(sizes.cli_rounds + 1):
         for name, (argv, expect) in cases.items():
@@ -434,11 +472,16 @@ class Fleet:
 
     async def start(self, nursery: trio.Nursery, files: list[str]) -> None:
         for path in files:
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, str(HERE / "_load_fleet.py"), path],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=open(path + ".log", "wb"),  # noqa: SIM115
-            )
+            err = os.open(path + ".log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                proc = await trio.lowlevel.open_process(
+                    [sys.executable, str(HERE / "_load_fleet.py"), path],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                )
+            finally:
+                os.close(err)
             self.procs.append(proc)
             self.said.append({})
             nursery.start_soon(self._read, len(self.procs) - 1, proc)
@@ -464,7 +507,7 @@ class Fleet:
         """Seconds until `key` adds up to n (None: not within `limit`)."""
         t0 = perf()
         with trio.move_on_after(limit):
-            while self.total(key) < n:
+            while self.total(key) < n:  # noqa: ASYNC110 (the children's reports change it)
                 await trio.sleep(0.05)
             return perf() - t0
         return None
@@ -483,14 +526,20 @@ async def dialin_async(sizes: Sizes, home: LatisHome, latis: list[str]) -> dict[
     names = [f"f{i}" for i in range(n)]
     log(f"dial-in: enrolling {n} units")
     async with latis_core.open_daemon(autostart=False) as cmdr:
-        enrolled = await gather(n, lambda i: cmdr.unit_enroll(names[i], address="127.0.0.1"),
-                                at_once=32)
+        enrolled = await gather(
+            n, lambda i: cmdr.unit_enroll(names[i], address="127.0.0.1"), at_once=32
+        )
     files = []
     for start in range(0, n, sizes.per_proc):
         path = os.path.join(home.path, f"fleet{start}.json")
-        with open(path, "w") as f:
-            json.dump([{"unit": e["unit"], "secret": e["secret"], "url": e["urls"][0]}
-                       for e in enrolled[start : start + sizes.per_proc]], f)
+        await trio.Path(path).write_text(
+            json.dumps(
+                [
+                    {"unit": e["unit"], "secret": e["secret"], "url": e["urls"][0]}
+                    for e in enrolled[start : start + sizes.per_proc]
+                ]
+            )
+        )
         files.append(path)
 
     def daemon_rss() -> int:
@@ -513,15 +562,26 @@ async def dialin_async(sizes: Sizes, home: LatisHome, latis: list[str]) -> dict[
 
             log("dial-in: restarting cmdr")
             await fleet.mark()
-            stopped = await trio.run_process([*latis, "daemon", "stop"], env=home.env,
-                                             cwd=home.path, capture_stdout=True,
-                                             capture_stderr=True, check=False)
+            stopped = await trio.run_process(
+                [*latis, "daemon", "stop"],
+                env=home.env,
+                cwd=home.path,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
             if stopped.returncode != 0:
                 raise RuntimeError(f"latis daemon stop: {stopped.stderr.decode()[-500:]}")
-            log_size = os.path.getsize(os.path.join(home.path, "log", "cmdr.log"))
+            cmdr_log = trio.Path(home.path, "log", "cmdr.log")
+            log_size = (await cmdr_log.stat()).st_size
             t0 = perf()
-            await trio.run_process([*latis, "daemon", "start"], env=home.env, cwd=home.path,
-                                   capture_stdout=True, capture_stderr=True)
+            await trio.run_process(
+                [*latis, "daemon", "start"],
+                env=home.env,
+                cwd=home.path,
+                capture_stdout=True,
+                capture_stderr=True,
+            )
             out["start_s"] = perf() - t0
             during: list[float] = []
             done = trio.Event()
@@ -539,12 +599,12 @@ async def dialin_async(sizes: Sizes, home: LatisHome, latis: list[str]) -> dict[
             await trio.sleep(1)
             out["rss2_kib"] = daemon_rss()
             out["refused_units"] = fleet.total("refused")
-            listeners = await trio.run_process([*latis, "listeners", "--json"], env=home.env,
-                                               cwd=home.path, capture_stdout=True)
+            listeners = await trio.run_process(
+                [*latis, "listeners", "--json"], env=home.env, cwd=home.path, capture_stdout=True
+            )
             out["listeners"] = json.loads(listeners.stdout)
-            with open(os.path.join(home.path, "log", "cmdr.log"), "rb") as f:
-                f.seek(log_size)
-                lines = f.read().decode(errors="replace").splitlines()
+            text = (await cmdr_log.read_bytes())[log_size:]
+            lines = text.decode(errors="replace").splitlines()
             out["log_lines"] = len(lines)
             out["log_refusal_lines"] = sum("refused" in line for line in lines)
         finally:
@@ -556,8 +616,14 @@ async def dialin_async(sizes: Sizes, home: LatisHome, latis: list[str]) -> dict[
 async def timed_status(latis: list[str], home: LatisHome) -> float:
     """One `latis status` as a whole process, in ms."""
     t0 = perf()
-    result = await trio.run_process([*latis, "status"], env=home.env, cwd=home.path,
-                                    capture_stdout=True, capture_stderr=True, check=False)
+    result = await trio.run_process(
+        [*latis, "status"],
+        env=home.env,
+        cwd=home.path,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"latis status: {result.stderr.decode()[-500:]}")
     return (perf() - t0) * MS
@@ -566,9 +632,15 @@ async def timed_status(latis: list[str], home: LatisHome) -> float:
 def dialin_section(sizes: Sizes, latis: list[str]) -> dict[str, Any]:
     home = LatisHome(latis)
     port = free_port()
-    home.write("latis.toml", "[daemon]\nsession_idle_timeout = 0\n\n" + "\n".join(
-        f'[units.f{i}]\n[[units.f{i}.accept]]\ntype = "tcp"\nhost = "127.0.0.1"\n'
-        f"port = {port}\ntls = true\n" for i in range(sizes.dialins)))
+    home.write(
+        "latis.toml",
+        "[daemon]\nsession_idle_timeout = 0\n\n"
+        + "\n".join(
+            f'[units.f{i}]\n[[units.f{i}.accept]]\ntype = "tcp"\nhost = "127.0.0.1"\n'
+            f"port = {port}\ntls = true\n"
+            for i in range(sizes.dialins)
+        ),
+    )
     try:
         home.__enter__()
         os.environ["LATIS_HOME"] = home.path
@@ -584,63 +656,163 @@ def dialin_section(sizes: Sizes, latis: list[str]) -> dict[str, Any]:
 def build_rows(sizes: Sizes, raw: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
-    def row(name: str, what: str, peer: float | None, latis: float | None, unit: str,
-            target: str, ok: bool | None, ratio: float | None = None) -> None:
+    def row(
+        name: str,
+        what: str,
+        peer: float | None,
+        latis: float | None,
+        unit: str,
+        target: str,
+        ok: bool | None,
+        ratio: float | None = None,
+    ) -> None:
         if ratio is None and peer and latis is not None:
             ratio = latis / peer
-        rows.append({"row": name, "what": what, "peer": peer, "latis": latis, "unit": unit,
-                     "ratio": ratio, "target": target, "ok": ok})
+        rows.append(
+            {
+                "row": name,
+                "what": what,
+                "peer": peer,
+                "latis": latis,
+                "unit": unit,
+                "ratio": ratio,
+                "target": target,
+                "ok": ok,
+            }
+        )
 
     med = statistics.median
     fleet = raw["fleet"]
     streams = fleet["streams"]
     direct_p99, daemon_p99 = med(streams["direct"]), med(streams["daemon"])
-    row("chunk_p99", f"chunk latency p99, {sizes.streams} streams x {sizes.chunks} chunks, "
+    row(
+        "chunk_p99",
+        f"chunk latency p99, {sizes.streams} streams x {sizes.chunks} chunks, "
         f"{fleet['held']} sessions held: straight from the units | through the daemon",
-        direct_p99, daemon_p99, "ms", "<= 3x", daemon_p99 <= 3 * direct_p99)
+        direct_p99,
+        daemon_p99,
+        "ms",
+        "<= 3x",
+        daemon_p99 <= 3 * direct_p99,
+    )
     added = {}
     for key, held in (("added_small", fleet["held_small"]), ("added_big", fleet["held"])):
         d, c = med(fleet[key]["direct"]), med(fleet[key]["daemon"])
         added[key] = c - d
-        row(key, f"one prompt's round trip, {held} sessions held: straight | through the "
-            f"daemon (x = the daemon's added ms)", d, c, "ms", "added <= 0.3 ms",
-            c - d <= 0.3, ratio=c - d)
+        row(
+            key,
+            f"one prompt's round trip, {held} sessions held: straight | through the "
+            f"daemon (x = the daemon's added ms)",
+            d,
+            c,
+            "ms",
+            "added <= 0.3 ms",
+            c - d <= 0.3,
+            ratio=c - d,
+        )
     flat = added["added_big"] - added["added_small"]
-    row("added_flat", f"added latency at {fleet['held']} minus at {fleet['held_small']} "
-        "sessions held", None, flat, "ms", "<= 0.1 ms (flat)", flat <= 0.1)
+    row(
+        "added_flat",
+        f"added latency at {fleet['held']} minus at {fleet['held_small']} sessions held",
+        None,
+        flat,
+        "ms",
+        "<= 0.1 ms (flat)",
+        flat <= 0.1,
+    )
     fp = fleet["fanout_procs"]
-    row("fanout_procs", f"fan-out of one prompt to {sizes.procs} latis-unit processes: plain "
+    row(
+        "fanout_procs",
+        f"fan-out of one prompt to {sizes.procs} latis-unit processes: plain "
         "trio loop on the bare client API | a parallel coordination in the daemon",
-        med(fp["bare"]), med(fp["latis"]), "ms", "<= 1.3x",
-        med(fp["latis"]) <= 1.3 * med(fp["bare"]))
+        med(fp["bare"]),
+        med(fp["latis"]),
+        "ms",
+        "<= 1.3x",
+        med(fp["latis"]) <= 1.3 * med(fp["bare"]),
+    )
     fi = fleet["inproc"]
-    row("fanout_inproc", f"fan-out to {sizes.inproc} in-process units: plain trio loop | the "
-        "library's controller (coordinate)", med(fi["bare"]), med(fi["latis"]), "ms",
-        "<= 1.3x", med(fi["latis"]) <= 1.3 * med(fi["bare"]))
+    row(
+        "fanout_inproc",
+        f"fan-out to {sizes.inproc} in-process units: plain trio loop | the "
+        "library's controller (coordinate)",
+        med(fi["bare"]),
+        med(fi["latis"]),
+        "ms",
+        "<= 1.3x",
+        med(fi["latis"]) <= 1.3 * med(fi["bare"]),
+    )
     cli = fleet["cli"]
-    row("cli_prompt", 'whole process: a minimal cyclopts app\'s --help | latis prompt "hi" '
-        "(daemon running)", med(cli["cyclopts"]), med(cli["prompt"]), "ms", "<= 1.5x",
-        med(cli["prompt"]) <= 1.5 * med(cli["cyclopts"]))
+    row(
+        "cli_prompt",
+        'whole process: a minimal cyclopts app\'s --help | latis prompt "hi" (daemon running)',
+        med(cli["cyclopts"]),
+        med(cli["prompt"]),
+        "ms",
+        "<= 1.5x",
+        med(cli["prompt"]) <= 1.5 * med(cli["cyclopts"]),
+    )
     d = raw["dialin"]
     n = d["units"]
-    row("dialin_first", f"{n} dial-in units connect to a fresh cmdr (TLS, enrolled)", None,
-        d["first_s"], "s", "-", None)
-    row("dialin_back", f"{n} dial-in units all back after `latis daemon stop; start`", None,
-        d["back_s"], "s", "<= 60 s", d["back_s"] is not None and d["back_s"] <= 60)
+    row(
+        "dialin_first",
+        f"{n} dial-in units connect to a fresh cmdr (TLS, enrolled)",
+        None,
+        d["first_s"],
+        "s",
+        "-",
+        None,
+    )
+    row(
+        "dialin_back",
+        f"{n} dial-in units all back after `latis daemon stop; start`",
+        None,
+        d["back_s"],
+        "s",
+        "<= 60 s",
+        d["back_s"] is not None and d["back_s"] <= 60,
+    )
     per_unit = (d["rss2_kib"] - d["rss0_kib"]) / n
-    row("dialin_kib", f"cmdr memory per connected unit after the restart (first connect: "
-        f"{(d['rss1_kib'] - d['rss0_kib']) / n:.1f})", None, per_unit, "KiB", "<= 50 KiB",
-        per_unit <= 50)
+    row(
+        "dialin_kib",
+        f"cmdr memory per connected unit after the restart (first connect: "
+        f"{(d['rss1_kib'] - d['rss0_kib']) / n:.1f})",
+        None,
+        per_unit,
+        "KiB",
+        "<= 50 KiB",
+        per_unit <= 50,
+    )
     status = d["status_ms"]
-    row("status_storm", f"`latis status` during the storm ({len(status)} runs; p50 "
+    row(
+        "status_storm",
+        f"`latis status` during the storm ({len(status)} runs; p50 "
         f"{med(status):.0f} ms): quiet, all connected | the slowest during",
-        med(d["status_quiet_ms"]), max(status) if status else None, "ms", "<= 300 ms",
-        bool(status) and max(status) <= 300)
+        med(d["status_quiet_ms"]),
+        max(status) if status else None,
+        "ms",
+        "<= 300 ms",
+        bool(status) and max(status) <= 300,
+    )
     c = raw["config"]
-    row("config_parse", f"parse a {sizes.config_units}-unit config (in-process)", None,
-        med(c["parse_ms"]), "ms", "< 500 ms (5,000)", med(c["parse_ms"]) < 500)
-    row("unit_add", f"`latis unit add` on the {sizes.config_units}-unit config, whole process",
-        None, med(c["unit_add_ms"]), "ms", "-", None)
+    row(
+        "config_parse",
+        f"parse a {sizes.config_units}-unit config (in-process)",
+        None,
+        med(c["parse_ms"]),
+        "ms",
+        "< 500 ms (5,000)",
+        med(c["parse_ms"]) < 500,
+    )
+    row(
+        "unit_add",
+        f"`latis unit add` on the {sizes.config_units}-unit config, whole process",
+        None,
+        med(c["unit_add_ms"]),
+        "ms",
+        "-",
+        None,
+    )
     return rows
 
 
@@ -657,16 +829,25 @@ def render(sizes: Sizes, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str
     body = []
     for r in rows:
         x = r["ratio"]
-        body.append([
-            r["row"], fmt(r["peer"], r["unit"]), fmt(r["latis"], r["unit"]),
-            "-" if x is None else (f"{x:+.2f} ms" if r["row"].startswith("added_")
-                                    else f"{x:.2f}x"),
-            r["target"], {True: "✓", False: "✗", None: ""}[r["ok"]],
-        ])
+        body.append(
+            [
+                r["row"],
+                fmt(r["peer"], r["unit"]),
+                fmt(r["latis"], r["unit"]),
+                "-"
+                if x is None
+                else (f"{x:+.2f} ms" if r["row"].startswith("added_") else f"{x:.2f}x"),
+                r["target"],
+                {True: "✓", False: "✗", None: ""}[r["ok"]],
+            ]
+        )
     widths = [max(len(str(line[i])) for line in [head, *body]) for i in range(len(head))]
-    lines = [f"latis load benchmark ({'short' if sizes.short else 'full'} sizes), "
-             f"{platform.python_implementation()} {platform.python_version()}, "
-             f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f} at the end", ""]
+    lines = [
+        f"latis load benchmark ({'short' if sizes.short else 'full'} sizes), "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f} at the end",
+        "",
+    ]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     lines.append("  ".join("-" * w for w in widths))
     for line in body:
@@ -685,8 +866,7 @@ def render(sizes: Sizes, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str
         f"dial-in restart: `latis daemon start` took {d['start_s']:.2f} s; units refused for "
         f"good: {d['refused_units']}; cmdr.log since the restart: {d['log_lines']} lines, "
         f"{d['log_refusal_lines']} about refusals; listener: "
-        + ", ".join(f"accepted {lr['accepted']} refused {lr['refused']}"
-                    for lr in d["listeners"]),
+        + ", ".join(f"accepted {lr['accepted']} refused {lr['refused']}" for lr in d["listeners"]),
         "Ratios compare two figures of this run. Numbers on these 2-core shared machines "
         "move by 25% and more between runs.",
     ]
@@ -717,8 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(sizes, rows, raw))
     log(f"done in {perf() - started:.0f} s")
     if args.json:
-        print(json.dumps({"short": sizes.short, "rows": {r["row"]: r for r in rows},
-                          "raw": raw}))
+        print(json.dumps({"short": sizes.short, "rows": {r["row"]: r for r in rows}, "raw": raw}))
     return 0
 
 

@@ -50,8 +50,13 @@ class Home:
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*LATIS, *args], capture_output=True, text=True, env=self.env, cwd=self.path,
-            stdin=subprocess.DEVNULL, timeout=timeout,
+            [*LATIS, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.path,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
         )
 
     def ok(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -70,8 +75,13 @@ class Home:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [*LATIS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=self.env, cwd=self.path, stdin=subprocess.DEVNULL,
+            [*LATIS, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd=self.path,
+            stdin=subprocess.DEVNULL,
         )
 
     def daemon_pid(self) -> int:

@@ -25,6 +25,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from cli_home import Home, cli_home
 from latis_transports import open_unix
 from latis_transports.tcp import TcpDialer
 
@@ -36,8 +37,6 @@ from latis_core._cmdr.dialin import _tell_busy
 from latis_core._cmdr.state import StateDB
 from latis_core._io.accept import RETRY_MAX, RETRY_MIN, Gate, RefusalLog
 from latis_core._os.paths import paths
-
-from cli_home import Home, cli_home
 
 
 @pytest.fixture
@@ -111,19 +110,22 @@ async def test_a_busy_listener_tells_the_unit_why_and_when_to_come_back(
     caplog.set_level(logging.INFO, logger="latis.unit")
     async with busy_cmdr() as (ctl, enrolled):
         edge = listener(ctl, "edge")
-        dialer = TcpDialer(host="127.0.0.1", port=edge.port,
-                           fingerprint=enrolled["fingerprint"])
+        dialer = TcpDialer(host="127.0.0.1", port=edge.port, fingerprint=enrolled["fingerprint"])
         # A connection that never starts TLS holds the one slot.
         holder = await trio.open_tcp_stream("127.0.0.1", edge.port)
         with trio.fail_after(10):
             while edge.stats.accepted < 1:
                 await trio.sleep(0.01)
         frames: list[dict[str, Any] | None] = []
-        async with latis_core.open_unit(
-            EchoAgent(), name="edge", enrollment=Enrollment.parse(enrolled["secret"])
-        ) as unit, trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(
-                latis_core.dial_cmdr, unit, dialer, backoff=(0.05,)))
+        async with (
+            latis_core.open_unit(
+                EchoAgent(), name="edge", enrollment=Enrollment.parse(enrolled["secret"])
+            ) as unit,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(
+                functools.partial(latis_core.dial_cmdr, unit, dialer, backoff=(0.05,))
+            )
 
             async def raw() -> None:
                 async with dialer.connect() as stream:
@@ -146,8 +148,9 @@ async def test_a_busy_listener_tells_the_unit_why_and_when_to_come_back(
     assert error is not None
     assert (error["type"], error["id"], error["code"]) == ("error", None, "limit_reached")
     assert RETRY_MIN <= error["retry_after"] <= RETRY_MAX
-    assert re.fullmatch(r"cmdr is busy with other units' handshakes: dial again in \d+\.\d s",
-                        error["message"])
+    assert re.fullmatch(
+        r"cmdr is busy with other units' handshakes: dial again in \d+\.\d s", error["message"]
+    )
     told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cmdr is busy")]
     assert len(told) == 1 and "dial again in" in told[0]
     said = re.search(r"dial again in (\d+\.\d) s", told[0])
@@ -207,7 +210,9 @@ async def test_retry_times_are_handed_out_like_tickets(autojump_clock: Any) -> N
     times = [gate.retry_after() for _ in range(5)]
     assert times == sorted(times) and len(set(times)) == 5
     assert times[0] >= RETRY_MIN
-    assert all(b - a == pytest.approx(1 / gate.rate()) for a, b in zip(times, times[1:]))
+    assert all(
+        b - a == pytest.approx(1 / gate.rate()) for a, b in zip(times, times[1:], strict=False)
+    )
     late = [gate.retry_after() for _ in range(100)]
     assert max(late) == RETRY_MAX
 
@@ -225,8 +230,9 @@ async def test_refusals_are_logged_as_one_summary_not_one_line_each(
         flooded = listener(ctl, "flooded")
         streams = []
         for _ in range(30):
-            streams.append(await trio.open_tcp_stream(
-                "127.0.0.1", flooded.port, local_address="127.0.0.2"))
+            streams.append(
+                await trio.open_tcp_stream("127.0.0.1", flooded.port, local_address="127.0.0.2")
+            )
         with trio.fail_after(10):
             while sum(flooded.stats.refused.values()) < 28:
                 await trio.sleep(0.01)
@@ -235,8 +241,11 @@ async def test_refusals_are_logged_as_one_summary_not_one_line_each(
         await stream.aclose()
     lines = [r.getMessage() for r in caplog.records if r.name == "latis.accept"]
     assert len(lines) == 1, lines
-    assert re.search(rf"refused {limited} connections in the last 10 s \({limited} "
-                     r"rate_limited from 127\.0\.0\.2\)", lines[0]), lines[0]
+    assert re.search(
+        rf"refused {limited} connections in the last 10 s \({limited} "
+        r"rate_limited from 127\.0\.0\.2\)",
+        lines[0],
+    ), lines[0]
     assert "faster than 0.01 connections a second" in lines[0]
 
 
@@ -273,16 +282,23 @@ def fleet_config(n: int) -> str:
     out = ["[daemon]\nhandshake_timeout = 5.0\n"]
     for i in range(n):
         if i % 3 == 0:
-            out.append(f'[units.p{i}]\nagent_options = {{ delay = "{i % 7}" }}\n'
-                       f'[units.p{i}.provisioner]\ntype = "process"\n')
+            out.append(
+                f'[units.p{i}]\nagent_options = {{ delay = "{i % 7}" }}\n'
+                f'[units.p{i}.provisioner]\ntype = "process"\n'
+            )
         elif i % 3 == 1:
-            out.append(f'[units.d{i}]\n[units.d{i}.dial]\ntype = "tcp"\n'
-                       f'host = "10.{i // 65536}.{i // 256 % 256}.{i % 256}"\nport = {7000 + i}\n')
+            out.append(
+                f'[units.d{i}]\n[units.d{i}.dial]\ntype = "tcp"\n'
+                f'host = "10.{i // 65536}.{i // 256 % 256}.{i % 256}"\nport = {7000 + i}\n'
+            )
         else:
-            out.append(f'[units.a{i}]\n[[units.a{i}.accept]]\ntype = "tcp"\nhost = "127.0.0.1"\n'
-                       f"port = 0\ntls = true\n" if i == 2 else
-                       f'[units.a{i}]\n[[units.a{i}.accept]]\ntype = "tcp"\nport = 17447\n'
-                       f"tls = true\n")
+            out.append(
+                f'[units.a{i}]\n[[units.a{i}.accept]]\ntype = "tcp"\nhost = "127.0.0.1"\n'
+                f"port = 0\ntls = true\n"
+                if i == 2
+                else f'[units.a{i}]\n[[units.a{i}.accept]]\ntype = "tcp"\nport = 17447\n'
+                f"tls = true\n"
+            )
     return "\n".join(out)
 
 
@@ -294,8 +310,11 @@ def test_a_5000_unit_config_loads_and_is_right(tmp_path: Path) -> None:
     path.write_text(text)
     config = load_config(str(path))
     assert len(config.units) == 5001 and "local" in config.units
-    lines = {m.group(1): n for n, line in enumerate(text.splitlines(), 1)
-             if (m := re.fullmatch(r"\[units\.(\w+)\]", line))}
+    lines = {
+        m.group(1): n
+        for n, line in enumerate(text.splitlines(), 1)
+        if (m := re.fullmatch(r"\[units\.(\w+)\]", line))
+    }
     for i in range(5000):
         name = ("p", "d", "a")[i % 3] + str(i)
         unit = config.units[name]
@@ -306,12 +325,15 @@ def test_a_5000_unit_config_loads_and_is_right(tmp_path: Path) -> None:
         elif i % 3 == 1:
             assert unit.dial is not None and unit.dial.type == "tcp"
             assert (unit.dial.options.host, unit.dial.options.port) == (  # type: ignore[attr-defined]
-                f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 7000 + i)
+                f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
+                7000 + i,
+            )
         elif i != 2:
             [accept] = unit.accept
             assert (accept.options.port, accept.options.tls) == (17447, True)  # type: ignore[attr-defined]
-    shared = {u.accept[0].options for n, u in config.units.items()
-              if n.startswith("a") and n != "a2"}
+    shared = {
+        u.accept[0].options for n, u in config.units.items() if n.startswith("a") and n != "a2"
+    }
     assert len(shared) == 1
 
 
@@ -326,12 +348,11 @@ def test_unit_add_on_a_5000_unit_config(home: Home) -> None:
     assert "added unit 'newbie'" in result.stdout + result.stderr
     after = home.config_file.read_text()
     assert after.startswith(text)
-    assert "[units.newbie]" in after[len(text):]
+    assert "[units.newbie]" in after[len(text) :]
     assert len(load_config(str(home.config_file)).units) == 5002
     again = home.run("unit", "add", "newbie", "--provisioner", "process")
     assert again.returncode == 1 and "unit 'newbie': already defined" in again.stderr
-    assert home.ok("prompt", "--unit", "newbie", "--new", "hello fleet").stdout == \
-        "hello fleet\n"
+    assert home.ok("prompt", "--unit", "newbie", "--new", "hello fleet").stdout == "hello fleet\n"
     units = {u["unit"]: u for u in home.json("status")["units"]}
     assert len(units) == 5002
     assert units["newbie"]["connection"] == "connected"
@@ -361,8 +382,9 @@ async def daemon_and_client() -> AsyncIterator[tuple[Daemon, latis_core.UnitClie
 def stored_counts() -> dict[str, int]:
     """Sessions per state, counted over the state file."""
     with StateDB.open_readonly(paths().state_file) as state:
-        return dict(collections.Counter(row.state for row in state.list_sessions()
-                                        if row.state != "closed"))
+        return dict(
+            collections.Counter(row.state for row in state.list_sessions() if row.state != "closed")
+        )
 
 
 def counts(daemon: Daemon) -> dict[str, int]:

@@ -14,7 +14,6 @@ the daemon's busy timeout.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 import trio
+from cli_home import Home, cli_home
 
 import latis_core
 from latis_core import ErrorCode, RequestError
@@ -35,8 +35,6 @@ from latis_core._cmdr.prompts import PromptRecord
 from latis_core._cmdr.state import StateDB
 from latis_core._cmdr.writer import ChunkWriter
 from latis_core._os.paths import paths
-
-from cli_home import Home, cli_home
 
 WORDS = " ".join(f"w{i}" for i in range(40))
 CONFIG = """
@@ -181,7 +179,9 @@ def kill_daemon_mid_stream(home: Home, session: str) -> tuple[int, int]:
             db = sqlite3.connect(f"file:{home.state_file}?mode=ro", uri=True)
             [(stored,)] = db.execute(
                 "SELECT max(seq) FROM chunks JOIN prompts ON chunks.prompt = prompts.id"
-                " WHERE prompts.session = ?", (session,)).fetchall()
+                " WHERE prompts.session = ?",
+                (session,),
+            ).fetchall()
             db.close()
             while True:
                 line = follower.stdout.readline()
@@ -213,8 +213,9 @@ def test_a_daemon_killed_under_load_loses_no_chunk(home: Home) -> None:
         assert "".join(c["text"] for c in chunks) == text
         assert events[-1] == {"type": "outcome", "outcome": "complete"}
     db = sqlite3.connect(home.state_file)
-    rows = db.execute("SELECT prompt, count(*), count(DISTINCT seq), max(seq) FROM chunks"
-                      " GROUP BY prompt").fetchall()
+    rows = db.execute(
+        "SELECT prompt, count(*), count(DISTINCT seq), max(seq) FROM chunks GROUP BY prompt"
+    ).fetchall()
     assert [row[1:] for row in rows] == [(300, 300, 299)] * 4
     db.close()
 

@@ -152,12 +152,14 @@ class ChunkWriter:
         # Shielded: a batch taken is a batch written (or handed back), and every
         # caller hears back, even when the controller stops meanwhile.
         with trio.CancelScope(shield=True):
-            failed = await self._run_write(
-                functools.partial(self._work, batches, ops, final))
+            failed = await self._run_write(functools.partial(self._work, batches, ops, final))
         if failed is not None and not final:
             if not self.failures:
-                log.error("could not store %d chunks (will try again; the prompts wait): %s",
-                          count, failed)
+                log.error(
+                    "could not store %d chunks (will try again; the prompts wait): %s",
+                    count,
+                    failed,
+                )
             self.failures += 1
             for record, rows in taken.items():  # back in front of what came meanwhile
                 newer = self._pending.get(record)
@@ -168,8 +170,12 @@ class ChunkWriter:
             self._urgent.set()
         else:
             if failed is not None:
-                log.error("could not store %d chunks as the controller stopped (their units "
-                          "keep them for the next one's replay): %s", count, failed)
+                log.error(
+                    "could not store %d chunks as the controller stopped (their units "
+                    "keep them for the next one's replay): %s",
+                    count,
+                    failed,
+                )
             elif self.failures:
                 log.warning("stored %d chunks after %d failed attempts", count, self.failures)
                 self.failures = 0
