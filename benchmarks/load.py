@@ -54,6 +54,7 @@ sys.path.insert(0, str(HERE))
 
 # bench.py's isolated LATIS_HOME, minimal cyclopts app, and way to run `latis`.
 from bench import MINI_APP, LatisHome, latis_argv, log  # noqa: E402
+from fleet_config import fleet_config  # noqa: E402  (tests/, on the path since bench)
 
 import latis_core  # noqa: E402
 from latis_core._cmdr.config import parse_config  # noqa: E402
@@ -139,28 +140,6 @@ async def gather(n: int, fn: Callable[[int], Awaitable[Any]], at_once: int = 64)
 
 
 # ---- config --------------------------------------------------------------------------------
-
-
-def fleet_config(n: int, port: int = 17447) -> str:
-    """`n` units, a third each: started by a process, dialed over tcp, dialing in
-    over TLS on one shared listener (the tests' shape: tests/test_fleet.py)."""
-    out = []
-    for i in range(n):
-        if i % 3 == 0:
-            out.append(
-                f'[units.p{i}]\nagent_options = {{ delay = "{i % 7}" }}\n'
-                f'[units.p{i}.provisioner]\ntype = "process"\n'
-            )
-        elif i % 3 == 1:
-            out.append(
-                f'[units.d{i}]\n[units.d{i}.dial]\ntype = "tcp"\n'
-                f'host = "10.{i // 65536}.{i // 256 % 256}.{i % 256}"\nport = {7000 + i}\n'
-            )
-        else:
-            out.append(
-                f'[units.a{i}]\n[[units.a{i}.accept]]\ntype = "tcp"\nport = {port}\ntls = true\n'
-            )
-    return "\n".join(out)
 
 
 def config_rows(sizes: Sizes, latis: list[str]) -> dict[str, Any]:
@@ -562,7 +541,10 @@ async def dialin_async(sizes: Sizes, home: LatisHome, latis: list[str]) -> dict[
 
             log("dial-in: restarting cmdr")
             await fleet.mark()
-            stopped = await trio.run_process(
+            pid = home.daemon_pid()
+            t0 = perf()
+            # (`latis daemon stop` waits 15 s; with a fleet connected cmdr may take longer.)
+            await trio.run_process(
                 [*latis, "daemon", "stop"],
                 env=home.env,
                 cwd=home.path,
@@ -570,8 +552,12 @@ async def dialin_async(sizes: Sizes, home: LatisHome, latis: list[str]) -> dict[
                 capture_stderr=True,
                 check=False,
             )
-            if stopped.returncode != 0:
-                raise RuntimeError(f"latis daemon stop: {stopped.stderr.decode()[-500:]}")
+            with trio.move_on_after(300):
+                while pid is not None and os.path.exists(f"/proc/{pid}"):  # noqa: ASYNC110, ASYNC240
+                    await trio.sleep(0.05)
+            if pid is not None and os.path.exists(f"/proc/{pid}"):  # noqa: ASYNC240
+                raise RuntimeError(f"cmdr (pid {pid}) did not stop within 300 s")
+            out["stop_s"] = perf() - t0
             cmdr_log = trio.Path(home.path, "log", "cmdr.log")
             log_size = (await cmdr_log.stat()).st_size
             t0 = perf()
@@ -856,6 +842,7 @@ def render(sizes: Sizes, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str
     for r in rows:
         lines.append(f"{r['row']}: {r['what']}")
     fleet, d = raw["fleet"], raw["dialin"]
+    n = d["units"]
     lines += [
         "",
         f"per-round values: streams p99 straight {fmt_list(fleet['streams']['direct'])}, "
@@ -863,7 +850,9 @@ def render(sizes: Sizes, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str
         f"{fmt_list(fleet['fanout_procs']['bare'])}, latis "
         f"{fmt_list(fleet['fanout_procs']['latis'])}",
         f"daemon RSS with {fleet['held']} sessions held: {fleet['daemon_rss_kib'] or 0} KiB",
-        f"dial-in restart: `latis daemon start` took {d['start_s']:.2f} s; units refused for "
+        f"dial-in restart: `latis daemon stop` took {d['stop_s']:.1f} s with {n} units "
+        f"connected (until cmdr's process ended), `latis daemon start` {d['start_s']:.2f} s; "
+        f"units refused for "
         f"good: {d['refused_units']}; cmdr.log since the restart: {d['log_lines']} lines, "
         f"{d['log_refusal_lines']} about refusals; listener: "
         + ", ".join(f"accepted {lr['accepted']} refused {lr['refused']}" for lr in d["listeners"]),
