@@ -125,3 +125,24 @@ def test_web_short_prints_every_row() -> None:
     assert list(rows) == ["page_load", "cpu_floor", "cpu_attach", "cpu_web", "lat_attach",
                           "lat_web_dom"]
     assert rows["lat_web_dom"]["n"] > 0 and rows["cpu_web"]["chunks"] > 0
+
+
+@pytest.mark.timeout(600)
+def test_load_short_prints_every_target() -> None:
+    """benchmarks/load.py --short runs every part once, small, and prints each row
+    (issue 13's targets; no number is checked here)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "load.py"), "--short", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=590,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.rstrip("\n").splitlines()
+    rows = json.loads(lines[-1])["rows"]
+    names = ["chunk_p99", "added_small", "added_big", "added_flat", "fanout_procs",
+             "fanout_inproc", "cli_prompt", "dialin_first", "dialin_back", "dialin_kib",
+             "status_storm", "config_parse", "unit_add"]
+    assert list(rows) == names
+    table = "\n".join(lines[:-1])
+    for name in names:
+        assert f"\n{name} " in table, f"row {name} missing from:\n{table}"
+        assert rows[name]["latis"] is not None, name

@@ -172,8 +172,8 @@ class Controller(HumanLoop, PromptEngine):
         """
         return await self.writer.call(functools.partial(fn, *args))
 
-    async def _hop(self, work: Callable[[], None]) -> None:
-        await trio.to_thread.run_sync(work, limiter=self._db_limiter)
+    async def _hop(self, work: Callable[[], _T]) -> _T:
+        return await trio.to_thread.run_sync(work, limiter=self._db_limiter)
 
     @property
     def reads(self) -> StateDB:
