@@ -171,6 +171,8 @@ class TestTheInboxKeeps:
         sid = new_session(home, "asker")
         start_prompt(home, sid, "the plan")
         before = wait_question(home, sid)
+        shown = home.ok("session", "show", sid).stdout
+        assert f"? Go? -> (no answer yet: latis inbox answer {before['id']} ...)" in shown
         home.ok("daemon", "stop")
         # cmdr is gone: `status` reads the state file and still sees a waiting session.
         status = home.json("status")
@@ -184,6 +186,7 @@ class TestTheInboxKeeps:
         home.ok("inbox", "answer", after["id"], "yes")
         ended = wait_ended(home, sid)
         assert (ended["state"], ended["answer"]) == ("complete", "yes the plan")
+        assert ended["inputs"] == [{"id": before["id"], "question": "Go?", "answer": "yes"}]
 
     def test_watch_follows_questions_and_answers(self, home: Home) -> None:
         """`inbox watch --json` prints a line when a question opens and when it is
