@@ -22,6 +22,9 @@ request's last user message, the agents' own wrappers such as
 - `stub:tool` (Anthropic only): a `tool_use` block calling the Bash tool with
   `TOOL_COMMAND`; the turn after it (whose user message carries the
   `tool_result`) is answered `Tool result: ...` or `Tool refused: ...`.
+- `stub:ask` (Anthropic only, when the request offers the AskUserQuestion
+  tool): a `tool_use` block asking `ASK_INPUT`'s question; the turn after it
+  is answered as after `stub:tool`.
 - anything else: `Stub heard: WORD.` in several deltas, WORD being the prompt's
   last word, so a test can tell the answer came from here.
 
@@ -47,12 +50,26 @@ from typing import Any
 
 import trio
 
-__all__ = ["FAIL_MESSAGE", "TOOL_COMMAND", "ModelStub", "Recorded"]
+__all__ = ["ASK_INPUT", "FAIL_MESSAGE", "TOOL_COMMAND", "ModelStub", "Recorded"]
 
 #: In the error the stub returns for `stub:fail`.
 FAIL_MESSAGE = "stub model failure on purpose"
 #: What `stub:tool` asks the Bash tool to run (in the agent's working directory).
 TOOL_COMMAND = "echo stub-tool-ran | tee stub-tool.txt"
+#: What `stub:ask` asks with Claude Code's AskUserQuestion tool.
+ASK_INPUT = {
+    "questions": [
+        {
+            "question": "Which colour should the stub use?",
+            "header": "Colour",
+            "options": [
+                {"label": "Red", "description": "warm"},
+                {"label": "Blue", "description": "cool"},
+            ],
+            "multiSelect": False,
+        }
+    ]
+}
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
@@ -226,6 +243,20 @@ class ModelStub:
                     "id": f"toolu_stub{next(_ids)}",
                     "name": "Bash",
                     "input": tool_input,
+                },
+            ]
+            stop = "tool_use"
+            rec.answer = "tool_use"
+        elif "stub:ask" in prompt and any(
+            t.get("name") == "AskUserQuestion" for t in body.get("tools", [])
+        ):
+            blocks = [
+                {"type": "text", "parts": ["I will ask you."]},
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_stub{next(_ids)}",
+                    "name": "AskUserQuestion",
+                    "input": ASK_INPUT,
                 },
             ]
             stop = "tool_use"

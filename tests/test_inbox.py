@@ -107,6 +107,23 @@ class TestAQuestionInTheInbox:
         home.ok("inbox", "answer", wait_question(home, sid)["id"], "decline")
         assert wait_ended(home, sid)["answer"] == "decline"
 
+    def test_a_form_with_choices_lists_them_as_options(self, home: Home) -> None:
+        """A form whose one choice field is a `oneOf` of titled options (as
+        claude-agent-acp renders Claude's AskUserQuestion) lists the choices as the
+        item's options: a choice is answered by its name or title; other text goes
+        to the form's one free-text field."""
+        write_config(home, acp_unit("acp"))
+        sid = new_session(home, "acp")
+        for answer, content in (("blue — COOL", '{"colour": "Blue"}'),
+                                ("green, please", '{"colour_custom": "green, please"}')):
+            start_prompt(home, sid, "choose")
+            item = wait_question(home, sid)
+            assert (item["question"], item["kind"], item["options"]) == (
+                "Which colour?", "form", ["Red", "Blue"])
+            assert "Red, Blue" in home.ok("inbox").stdout
+            home.ok("inbox", "answer", item["id"], answer)
+            assert wait_ended(home, sid)["answer"] == f"accept {content}"
+
 
 class TestAnsweredOnce:
     def test_two_answer_at_once(self, home: Home) -> None:

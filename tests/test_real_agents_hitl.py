@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from model_stubs import TOOL_COMMAND
+from model_stubs import ASK_INPUT, TOOL_COMMAND
 from test_real_agents import AGENTS_DIR, NETNS, _missing, _no_netns
 
 pytestmark = pytest.mark.slow
@@ -107,6 +107,27 @@ def test_claude_acp_asks_in_the_inbox_and_reports_its_usage() -> None:
     last_context = [c for c in chunks if "used" in c][-1]
     assert (row["context_used"], row["context_size"]) == (
         last_context["used"], last_context["size"])
+
+
+def test_claude_acp_asks_a_question_as_a_form_in_the_inbox() -> None:
+    """Claude Code's AskUserQuestion tool reaches latis as an ACP form elicitation
+    (claude-agent-acp renders it so when the client can show forms, as latis says
+    it can): the inbox lists the question with its choices; a choice named there
+    is the answer Claude Code gets."""
+    report = run("claude-acp", {"text": "stub:ask me", "answer": "blue"})
+    [asked] = report["prompts"]
+    [item] = asked["inbox"]
+    [question] = ASK_INPUT["questions"]
+    assert (item["kind"], item["question"]) == ("form", question["question"])
+    assert item["options"] == [o["label"] for o in question["options"]]
+    assert item["details"]["schema"]["properties"]["question_0_custom"]["title"] == "Other"
+    [logged] = report["inbox_log"]
+    assert (logged["answer"], logged["answered_by"]) == ("blue", "inbox")
+    # The model got the answer as the tool's result, and closed the turn with it.
+    [result] = [r["tool_results"] for r in report["stub"] if r["tool_results"]]
+    assert f'"{question["question"]}"="Blue"' in result[0]["text"]
+    assert not result[0]["is_error"]
+    assert asked["prompt"]["answer"].startswith("I will ask you.Tool result: ")
 
 
 def test_claude_p_reports_tokens_and_cost() -> None:

@@ -191,13 +191,13 @@ class _AcpSession(AgentSession):
         if not isinstance(params, dict):
             await proc.respond_error(rid, INVALID_PARAMS, "params must be an object")
             return
-        question, data = _question(params)
+        question, options, data = _question(params)
         answer: str | None = None
         with trio.CancelScope() as scope:
             proc.watchers.add(scope)
             try:
                 if proc.dead is None:
-                    answer = await reply.ask(question, kind="form", data=data)
+                    answer = await reply.ask(question, options=options, kind="form", data=data)
             finally:
                 proc.watchers.discard(scope)
         if answer is None:

@@ -12,6 +12,9 @@ Prompts with a meaning of their own (anything else is said back):
                     USAGE_OUT out)
     elicit          asks for a branch and a count (`elicitation/create`, form mode)
                     and says `accept {...}`, `decline` or `cancel`
+    choose          asks to pick a colour, or to write another (a form shaped as
+                    claude-agent-acp renders Claude's AskUserQuestion: a `oneOf`
+                    of titled options, and a free-text "Other" field); says the same
 """
 
 from __future__ import annotations
@@ -58,7 +61,18 @@ class HitlAgent(BaseAgent):
         elif verb == "usage":
             return await self.usage(session_id)
         elif verb == "elicit":
-            await self.elicit(session_id)
+            await self.elicit(session_id, {
+                "branch": {"type": "string", "description": "the branch to deploy"},
+                "count": {"type": "integer", "description": "how many replicas"},
+            }, "Which branch, and how many replicas?", ["branch"])
+        elif verb == "choose":
+            await self.elicit(session_id, {
+                "colour": {"type": "string", "title": "Colour", "oneOf": [
+                    {"const": "Red", "title": "Red — warm"},
+                    {"const": "Blue", "title": "Blue — cool"},
+                ]},
+                "colour_custom": {"type": "string", "title": "Other"},
+            }, "Which colour?")
         else:
             await self.say(session_id, text_of(prompt))
         return PromptResponse(stop_reason="end_turn")
@@ -95,16 +109,11 @@ class HitlAgent(BaseAgent):
             input_tokens=USAGE_IN, output_tokens=USAGE_OUT, total_tokens=USAGE_IN + USAGE_OUT,
         ))
 
-    async def elicit(self, session_id: str) -> None:
-        schema = ElicitationSchema(
-            properties={
-                "branch": {"type": "string", "description": "the branch to deploy"},
-                "count": {"type": "integer", "description": "how many replicas"},
-            },
-            required=["branch"],
-        )
+    async def elicit(self, session_id: str, properties: dict[str, Any], message: str,
+                     required: list[str] | None = None) -> None:
+        schema = ElicitationSchema(properties=properties, required=required)
         response = await self.conn.create_elicitation(
-            "Which branch, and how many replicas?",
+            message,
             ElicitationFormSessionMode(session_id=session_id, requested_schema=schema),
         )
         content = getattr(response, "content", None)
