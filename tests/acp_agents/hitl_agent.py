@@ -11,7 +11,8 @@ Prompts with a meaning of their own (anything else is said back):
                     the turn with its tokens (PromptResponse.usage: USAGE_IN in,
                     USAGE_OUT out)
     elicit          asks for a branch and a count (`elicitation/create`, form mode)
-                    and says `accept {...}`, `decline` or `cancel`
+                    and says `accept {...}`, `decline` or `cancel` (and writes it
+                    to elicited.txt in the session's working directory)
     choose          asks to pick a colour, or to write another (a form shaped as
                     claude-agent-acp renders Claude's AskUserQuestion: a `oneOf`
                     of titled options, and a free-text "Other" field); says the same
@@ -20,6 +21,7 @@ Prompts with a meaning of their own (anything else is said back):
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from _base import BaseAgent, main, text_of
@@ -119,6 +121,9 @@ class HitlAgent(BaseAgent):
         content = getattr(response, "content", None)
         said = response.action if content is None else (
             f"{response.action} {json.dumps(content, sort_keys=True)}")
+        # Also in the working directory: a cancelled prompt streams nothing more.
+        with (Path(self.cwds[session_id]) / "elicited.txt").open("a") as f:
+            f.write(said + "\n")
         await self.say(session_id, said)
 
 
