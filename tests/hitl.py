@@ -46,16 +46,20 @@ PATIENCE = 30.0
 def echo_unit(name: str, **options: str) -> str:
     """A `[units.NAME]` table: the echo agent in a `latis-unit` process."""
     opts = ", ".join(f"{key} = {json.dumps(value)}" for key, value in options.items())
-    return (f"[units.{name}]\nagent = \"echo\"\nagent_options = {{ {opts} }}\n"
-            f"[units.{name}.provisioner]\ntype = \"process\"\n")
+    return (
+        f'[units.{name}]\nagent = "echo"\nagent_options = {{ {opts} }}\n'
+        f'[units.{name}.provisioner]\ntype = "process"\n'
+    )
 
 
 def acp_unit(name: str, script: str = "hitl_agent.py") -> str:
     """A `[units.NAME]` table: an ACP test agent (tests/acp_agents/SCRIPT) behind the
     `acp` adapter in a `latis-unit` process."""
     command = json.dumps([sys.executable, str(ACP_AGENTS / script)])
-    return (f"[units.{name}]\nagent = \"acp\"\nagent_command = {command}\n"
-            f"[units.{name}.provisioner]\ntype = \"process\"\n")
+    return (
+        f'[units.{name}]\nagent = "acp"\nagent_command = {command}\n'
+        f'[units.{name}.provisioner]\ntype = "process"\n'
+    )
 
 
 def write_config(home: Home, *tables: str) -> None:
@@ -108,6 +112,7 @@ def prompt_of(home: Home, sid: str, index: int = -1) -> dict[str, Any]:
 
 def wait_ended(home: Home, sid: str) -> dict[str, Any]:
     """Session `sid`'s last prompt, once it ended."""
+
     def ended() -> dict[str, Any] | None:
         prompt = prompt_of(home, sid)
         return prompt if prompt["state"] != "running" else None
@@ -122,8 +127,13 @@ class Lines:
 
     def __init__(self, home: Home, *args: str, stdin: Any = subprocess.DEVNULL) -> None:
         self.proc = subprocess.Popen(
-            [*LATIS, *args], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=home.env, cwd=home.path,
+            [*LATIS, *args],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=home.env,
+            cwd=home.path,
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -66,15 +66,20 @@ def unit_table(spec: dict[str, Any], env: dict[str, str], work: Path) -> str:
         raise SystemExit(f"unknown agent {agent!r}")
 
     def table(values: dict[str, str]) -> str:
-        return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}"
-                                for k, v in values.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in values.items()) + " }"
+        )
 
-    lines = ["[units.agent]", f"agent = {json.dumps(kind)}",
-             f"agent_options = {table(options)}"]
+    lines = ["[units.agent]", f"agent = {json.dumps(kind)}", f"agent_options = {table(options)}"]
     if command:
         lines.append(f"agent_command = {json.dumps(command)}")
-    lines += ["[units.agent.provisioner]", 'type = "process"', f"cwd = {json.dumps(str(work))}",
-              f"env = {table(env)}", f"ready_timeout = {timeout}"]
+    lines += [
+        "[units.agent.provisioner]",
+        'type = "process"',
+        f"cwd = {json.dumps(str(work))}",
+        f"env = {table(env)}",
+        f"ready_timeout = {timeout}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -88,15 +93,24 @@ class Cli:
 
     async def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         def call() -> subprocess.CompletedProcess[str]:
-            return subprocess.run([*LATIS, *args], capture_output=True, text=True,
-                                  env=self.env, cwd=self.home, timeout=120, check=False)
+            return subprocess.run(
+                [*LATIS, *args],
+                capture_output=True,
+                text=True,
+                env=self.env,
+                cwd=self.home,
+                timeout=120,
+                check=False,
+            )
 
         done = await trio.to_thread.run_sync(call)
-        self.calls.append({"args": list(args), "code": done.returncode,
-                           "stderr": done.stderr[-2000:]})
+        self.calls.append(
+            {"args": list(args), "code": done.returncode, "stderr": done.stderr[-2000:]}
+        )
         if check and done.returncode != 0:
-            raise RuntimeError(f"latis {' '.join(args)} exited {done.returncode}: "
-                               f"{done.stderr[-2000:]}")
+            raise RuntimeError(
+                f"latis {' '.join(args)} exited {done.returncode}: {done.stderr[-2000:]}"
+            )
         return done
 
     async def json(self, *args: str) -> Any:
@@ -116,8 +130,11 @@ async def run_prompt(cli: Cli, sid: str, p: dict[str, Any], timeout: float) -> d
                 # The agent's own usage reports, as stored: `attach --json` replays them.
                 replay = (await cli.run("attach", sid, "--json", check=False)).stdout
                 events = [json.loads(line) for line in replay.splitlines() if line.strip()]
-                rec["usage_chunks"] = [e.get("data") for e in events
-                                       if e.get("type") == "chunk" and e.get("kind") == "usage"]
+                rec["usage_chunks"] = [
+                    e.get("data")
+                    for e in events
+                    if e.get("type") == "chunk" and e.get("kind") == "usage"
+                ]
                 return rec
             for item in await cli.json("inbox"):
                 if item["session"] == sid:

@@ -35,8 +35,9 @@ class TestAQuestionInTheInbox:
         and the prompt's own CLI, still waiting at its question, says so."""
         write_config(home, echo_unit("asker", ask="Which database?"))
         sid = new_session(home, "asker")
-        waiting = Lines(home, "prompt", "--session", sid, "migrate it",
-                        stdin=subprocess.PIPE)  # stdin stays open: this CLI waits too
+        waiting = Lines(
+            home, "prompt", "--session", sid, "migrate it", stdin=subprocess.PIPE
+        )  # stdin stays open: this CLI waits too
         try:
             item = wait_question(home, sid)
             assert item["unit"] == "asker" and item["agent"] == "echo"
@@ -62,7 +63,10 @@ class TestAQuestionInTheInbox:
         assert nothing.stdout == "" and "nothing waits for an answer" in nothing.stderr
         [logged] = home.json("inbox", "log")
         assert (logged["id"], logged["answer"], logged["answered_by"]) == (
-            item["id"], "the staging one", "inbox")
+            item["id"],
+            "the staging one",
+            "inbox",
+        )
         assert logged["answered_at"] >= logged["since"]
 
     def test_permission_by_option_id_name_or_number(self, home: Home) -> None:
@@ -72,8 +76,10 @@ class TestAQuestionInTheInbox:
         write_config(home, acp_unit("acp"))
         sid = new_session(home, "acp")
         expected = []
-        for answer, said in (("reject-once", "refused: make deploy"),
-                             ("ALLOW", "ran: make deploy")):
+        for answer, said in (
+            ("reject-once", "refused: make deploy"),
+            ("ALLOW", "ran: make deploy"),
+        ):
             start_prompt(home, sid, "run make deploy")
             item = wait_question(home, sid)
             assert (item["kind"], item["options"]) == ("permission", ["Allow", "Reject"])
@@ -114,12 +120,17 @@ class TestAQuestionInTheInbox:
         to the form's one free-text field."""
         write_config(home, acp_unit("acp"))
         sid = new_session(home, "acp")
-        for answer, content in (("blue — COOL", '{"colour": "Blue"}'),
-                                ("green, please", '{"colour_custom": "green, please"}')):
+        for answer, content in (
+            ("blue — COOL", '{"colour": "Blue"}'),
+            ("green, please", '{"colour_custom": "green, please"}'),
+        ):
             start_prompt(home, sid, "choose")
             item = wait_question(home, sid)
             assert (item["question"], item["kind"], item["options"]) == (
-                "Which colour?", "form", ["Red", "Blue"])
+                "Which colour?",
+                "form",
+                ["Red", "Blue"],
+            )
             assert "Red, Blue" in home.ok("inbox").stdout
             home.ok("inbox", "answer", item["id"], answer)
             assert wait_ended(home, sid)["answer"] == f"accept {content}"
@@ -134,9 +145,14 @@ class TestAnsweredOnce:
         start_prompt(home, sid, "the plan")
         item = wait_question(home, sid)
         racers = [
-            subprocess.Popen([*LATIS, "inbox", "answer", item["id"], f"answer{n}"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=home.env, cwd=home.path)
+            subprocess.Popen(
+                [*LATIS, "inbox", "answer", item["id"], f"answer{n}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=home.env,
+                cwd=home.path,
+            )
             for n in range(4)
         ]
         results = [(r.wait(60), r.stderr.read() if r.stderr else "") for r in racers]
@@ -146,7 +162,7 @@ class TestAnsweredOnce:
         for code, err in results:
             if code != 0:
                 assert code == 1 and "Traceback" not in err
-                assert f"already answered by inbox at 20" in err and f"'{winner}'" in err
+                assert "already answered by inbox at 20" in err and f"'{winner}'" in err
         assert wait_ended(home, sid)["answer"] == f"{winner} the plan"
         [logged] = home.json("inbox", "log")
         assert (logged["answer"], logged["answered_by"]) == (winner, "inbox")
@@ -160,9 +176,14 @@ class TestAnsweredOnce:
         try:
             item = wait_question(home, sid)
             assert own.proc.stdin is not None
-            inbox = subprocess.Popen([*LATIS, "inbox", "answer", item["id"], "from-inbox"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=home.env, cwd=home.path)
+            inbox = subprocess.Popen(
+                [*LATIS, "inbox", "answer", item["id"], "from-inbox"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=home.env,
+                cwd=home.path,
+            )
             own.proc.stdin.write("from-prompt\n")
             own.proc.stdin.flush()
             _, inbox_err = inbox.communicate(timeout=60)
@@ -199,7 +220,8 @@ class TestTheInboxKeeps:
         assert active["question"]["id"] == before["id"]
         after = wait_question(home, sid)  # starts cmdr, which re-attaches the unit
         assert {k: after[k] for k in ("id", "since", "question", "state")} == {
-            k: before[k] for k in ("id", "since", "question", "state")}
+            k: before[k] for k in ("id", "since", "question", "state")
+        }
         home.ok("inbox", "answer", after["id"], "yes")
         ended = wait_ended(home, sid)
         assert (ended["state"], ended["answer"]) == ("complete", "yes the plan")
@@ -221,7 +243,9 @@ class TestTheInboxKeeps:
             assert answered["event"] == "answered"
             assert answered["item"]["id"] == opened["item"]["id"]
             assert (answered["item"]["answer"], answered["item"]["answered_by"]) == (
-                "sure", "inbox")
+                "sure",
+                "inbox",
+            )
             watch.proc.send_signal(signal.SIGINT)
             code, _, err = watch.finish()
         finally:
@@ -251,15 +275,18 @@ class TestStates:
         """`--json` gives each state its A2A task state: waiting is input-required
         (never done), busy is working, a complete prompt completed, a cancelled one
         canceled, a failed one failed."""
-        write_config(home, echo_unit("asker", ask="Go?"), echo_unit("slow", delay="0.2"),
-                     acp_unit("acp", "echo_agent.py"))
+        write_config(
+            home,
+            echo_unit("asker", ask="Go?"),
+            echo_unit("slow", delay="0.2"),
+            acp_unit("acp", "echo_agent.py"),
+        )
         asking = new_session(home, "asker")
         busy = new_session(home, "slow")
         start_prompt(home, asking, "x")
         start_prompt(home, busy, " ".join(f"w{i}" for i in range(300)))
         wait_question(home, asking)
-        states = {s["session"]: (s["state"], s["a2a_state"])
-                  for s in home.json("session", "list")}
+        states = {s["session"]: (s["state"], s["a2a_state"]) for s in home.json("session", "list")}
         assert states[asking] == ("waiting", "input-required")
         assert states[busy] == ("busy", "working")
         active = {a["session"]: a["a2a_state"] for a in home.json("status")["active"]}
@@ -273,29 +300,32 @@ class TestStates:
         failing = new_session(home, "acp")
         start_prompt(home, failing, "fail: on purpose")
         assert wait_ended(home, failing)["a2a_state"] == "failed"
-        states = {s["session"]: (s["state"], s["a2a_state"])
-                  for s in home.json("session", "list")}
+        states = {s["session"]: (s["state"], s["a2a_state"]) for s in home.json("session", "list")}
         assert states[asking] == ("idle", "completed")
         assert states[failing] == ("idle", "failed")
 
     def test_status_shows_waiting_apart_from_busy(self, home: Home) -> None:
         """`status` counts waiting sessions apart from busy ones, with a line per
         waiting session (its question and how to answer it) and per busy one."""
-        write_config(home, echo_unit("asker", ask="Deploy now?"),
-                     echo_unit("slow", delay="0.2"))
+        write_config(home, echo_unit("asker", ask="Deploy now?"), echo_unit("slow", delay="0.2"))
         asking = new_session(home, "asker")
         busy = new_session(home, "slow")
         start_prompt(home, busy, " ".join(f"w{i}" for i in range(300)))
         start_prompt(home, asking, "x")
         item = wait_question(home, asking)
         text = home.ok("status").stdout
-        rows = {line.split()[0]: line.split() for line in text.splitlines()
-                if line.split() and line.split()[0] in ("asker", "slow")}
+        rows = {
+            line.split()[0]: line.split()
+            for line in text.splitlines()
+            if line.split() and line.split()[0] in ("asker", "slow")
+        }
         header = next(line.split() for line in text.splitlines() if line.split()[:1] == ["unit"])
         busy_col, waiting_col = header.index("busy"), header.index("waiting")
         assert (rows["asker"][busy_col], rows["asker"][waiting_col]) == ("0", "1")
         assert (rows["slow"][busy_col], rows["slow"][waiting_col]) == ("1", "0")
-        assert (f"waiting  asker/{asking}  asks 'Deploy now?'" in text
-                and f"latis inbox answer {item['id']} ...)" in text)
+        assert (
+            f"waiting  asker/{asking}  asks 'Deploy now?'" in text
+            and f"latis inbox answer {item['id']} ...)" in text
+        )
         assert f"busy     slow/{busy}" in text
         assert "context: not reported" in text  # the echo agent reports no usage

@@ -40,9 +40,16 @@ pytest.importorskip("apprise", reason="notification URLs go through apprise (lat
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().strip() + '\\n')"
 
 
-def notify_table(*, events: str | None = None, urls: list[str] | None = None,
-                 command: Path | None = None, desktop: bool = False,
-                 batch: float = 0.5, interval: float = 0, table: str = "notify") -> str:
+def notify_table(
+    *,
+    events: str | None = None,
+    urls: list[str] | None = None,
+    command: Path | None = None,
+    desktop: bool = False,
+    batch: float = 0.5,
+    interval: float = 0,
+    table: str = "notify",
+) -> str:
     lines = [f"[{table}]", f"batch = {batch}", f"interval = {interval}"]
     if command is not None:
         lines.append(f"command = {json.dumps([sys.executable, '-c', RECORD, str(command)])}")
@@ -77,8 +84,9 @@ class Hook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                hook.requests.append({"path": self.path, "headers": dict(self.headers),
-                                      "body": json.loads(body)})
+                hook.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": json.loads(body)}
+                )
                 self.send_response(500 if self.path.startswith("/broken") else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -115,16 +123,24 @@ def test_a_command_gets_each_event_as_json_on_stdin(home: Home) -> None:
     assert (waiting["type"], waiting["count"]) == ("latis.notification", 1)
     assert (waiting["title"], waiting["body"]) == ("latis: asker waiting", "Deploy now?")
     [event] = waiting["events"]
-    assert {k: event[k] for k in ("event", "a2a_state", "unit", "session", "agent",
-                                  "prompt", "question", "input")} == {
-        "event": "waiting", "a2a_state": "input-required", "unit": "asker", "session": sid,
-        "agent": "echo", "prompt": item["prompt"], "question": "Deploy now?", "input": 0}
+    assert {
+        k: event[k]
+        for k in ("event", "a2a_state", "unit", "session", "agent", "prompt", "question", "input")
+    } == {
+        "event": "waiting",
+        "a2a_state": "input-required",
+        "unit": "asker",
+        "session": sid,
+        "agent": "echo",
+        "prompt": item["prompt"],
+        "question": "Deploy now?",
+        "input": 0,
+    }
     home.ok("inbox", "answer", item["id"], "yes")
     wait_ended(home, sid)
     _, complete = received(notes, 2)
     [event] = complete["events"]
-    assert (event["event"], event["a2a_state"], event["session"]) == (
-        "complete", "completed", sid)
+    assert (event["event"], event["a2a_state"], event["session"]) == ("complete", "completed", sid)
     assert complete["body"] == f"session {sid}"
 
 
@@ -137,8 +153,9 @@ def test_a_burst_is_one_notification_and_failures_notify(home: Home) -> None:
         home,
         notify_table(command=solo),
         echo_unit("fleet", delay="0.2"),
-        notify_table(command=fleet, batch=1.0, interval=30, events='["failed"]',
-                     table="units.fleet.notify"),
+        notify_table(
+            command=fleet, batch=1.0, interval=30, events='["failed"]', table="units.fleet.notify"
+        ),
         echo_unit("solo"),
     )
     sessions = [new_session(home, "fleet") for _ in range(4)]
@@ -174,15 +191,19 @@ def test_a_webhook_through_apprise_and_secrets_redacted(home: Home, hook: Hook) 
     posted = eventually(lambda: len(hook.requests) >= 2 and hook.requests, "two posts")
     by_path = {r["path"]: r for r in posted}
     ok = by_path["/hooks/tok-3f9a"]
-    assert ok["headers"]["Authorization"] == "Basic " + base64.b64encode(
-        b"latis:s3cr3t-pw").decode()
+    assert (
+        ok["headers"]["Authorization"] == "Basic " + base64.b64encode(b"latis:s3cr3t-pw").decode()
+    )
     assert ok["body"]["title"] == "latis: solo complete"
     assert ok["body"]["message"].startswith("session ")
     assert "/broken/tok-dead" in by_path
 
     shown = home.json("daemon", "status")["notify"]["global"]
-    assert shown["urls"] == [f"json://***@127.0.0.1:{hook.port}/***",
-                             f"json://127.0.0.1:{hook.port}/***", "jsn://127.0.0.1/***"]
+    assert shown["urls"] == [
+        f"json://***@127.0.0.1:{hook.port}/***",
+        f"json://127.0.0.1:{hook.port}/***",
+        "jsn://127.0.0.1/***",
+    ]
     log = home.path / "log" / "cmdr.log"
     eventually(lambda: "not one apprise knows" in log.read_text(), "the typo in cmdr's log")
     logs = "".join(p.read_text() for p in (home.path / "log").glob("*.log"))

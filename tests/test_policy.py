@@ -68,13 +68,17 @@ def test_rules_answer_without_a_person_and_are_logged(home: Home) -> None:
     assert "rule tests-may-run" in text and "rule no-env-files" in text
     # What the daemon runs by, URLs and all, is in `daemon status --json`.
     assert [r["name"] for r in home.json("daemon", "status")["policy"]] == [
-        "tests-may-run", "no-env-files"]
+        "tests-may-run",
+        "no-env-files",
+    ]
 
 
 def test_the_first_matching_rule_decides(home: Home) -> None:
     """Rules are tried in order: an `ask` rule before a catch-all `allow` sends its
     questions to a person; the catch-all answers the rest."""
-    write_config(home, """
+    write_config(
+        home,
+        """
 [[policy]]
 name = "ask-before-deleting"
 command = '\\brm\\b'
@@ -84,7 +88,9 @@ action = "ask"
 name = "anything-on-acp"
 unit = "ac*"
 action = "allow"
-""", acp_unit("acp"))
+""",
+        acp_unit("acp"),
+    )
     sid = new_session(home, "acp")
     start_prompt(home, sid, "run rm -rf build")
     item = wait_question(home, sid)
@@ -100,12 +106,16 @@ action = "allow"
 def test_a_rule_answers_any_agents_question(home: Home) -> None:
     """The policy is cmdr's, the same for every agent: a rule by agent answers the
     echo agent's free-text question too (with the rule's word)."""
-    write_config(home, """
+    write_config(
+        home,
+        """
 [[policy]]
 name = "echo-is-harmless"
 agent = "echo"
 action = "deny"
-""", echo_unit("asker", ask="Proceed?"))
+""",
+        echo_unit("asker", ask="Proceed?"),
+    )
     sid = new_session(home, "asker")
     start_prompt(home, sid, "the plan")
     assert wait_ended(home, sid)["answer"] == "deny the plan"
@@ -119,8 +129,10 @@ def test_a_bad_rule_is_a_config_error(home: Home) -> None:
     write_config(home, '[[policy]]\naction = "maybe"\ncommand = "("\nwho = "me"\n')
     result = home.run("unit", "list")
     assert result.returncode == 1
-    for said in (":2: policy[0].action: expected one of allow, deny, ask",
-                 ":3: policy[0].command: not a regular expression",
-                 ":4: policy[0].who: unknown key"):
+    for said in (
+        ":2: policy[0].action: expected one of allow, deny, ask",
+        ":3: policy[0].command: not a regular expression",
+        ":4: policy[0].who: unknown key",
+    ):
         assert said in result.stderr
     assert "Traceback" not in result.stderr

@@ -41,11 +41,19 @@ def run(agent: str, *prompts: dict[str, Any]) -> dict[str, Any]:
     for why in (_missing(agent), _no_netns()):
         if why:
             pytest.skip(why)
-    spec = {"agent": agent, "agents_dir": str(AGENTS_DIR), "prompts": list(prompts),
-            "timeout": PROMPT_TIMEOUT}
+    spec = {
+        "agent": agent,
+        "agents_dir": str(AGENTS_DIR),
+        "prompts": list(prompts),
+        "timeout": PROMPT_TIMEOUT,
+    }
     proc = subprocess.Popen(
-        [*NETNS, sys.executable, str(DRIVER), json.dumps(spec)], stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [*NETNS, sys.executable, str(DRIVER), json.dumps(spec)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         out, err = proc.communicate(timeout=RUN_TIMEOUT)
@@ -65,8 +73,13 @@ def run(agent: str, *prompts: dict[str, Any]) -> dict[str, Any]:
 
 def messages(report: dict[str, Any]) -> int:
     """How many Anthropic messages the stub answered (12 in, 8 out each)."""
-    return len([r for r in report["stub"] if r["path"].startswith("/v1/messages")
-                and "count_tokens" not in r["path"]])
+    return len(
+        [
+            r
+            for r in report["stub"]
+            if r["path"].startswith("/v1/messages") and "count_tokens" not in r["path"]
+        ]
+    )
 
 
 def the_row(report: dict[str, Any]) -> dict[str, Any]:
@@ -80,20 +93,19 @@ def test_claude_acp_asks_in_the_inbox_and_reports_its_usage() -> None:
     """Claude Code (claude-agent-acp) asks to run a command: the request is in
     `latis inbox` (the command, its options); answered there, the tool runs. Its
     tokens (per turn) and cost (the session's so far) are in `latis usage`."""
-    report = run("claude-acp", {"text": "stub:tool run it", "answer": "allow"},
-                 {"text": "Say the word KIWI"})
+    report = run(
+        "claude-acp", {"text": "stub:tool run it", "answer": "allow"}, {"text": "Say the word KIWI"}
+    )
     asked, said = report["prompts"]
     [item] = asked["inbox"]
     assert (item["kind"], item["agent"], item["state"]) == ("permission", "acp", "open")
     assert TOOL_COMMAND in item["question"]
     assert "Allow" in item["options"] and "Reject" in item["options"]
-    assert (item["details"]["tool_kind"], item["details"]["command"]) == (
-        "execute", TOOL_COMMAND)
+    assert (item["details"]["tool_kind"], item["details"]["command"]) == ("execute", TOOL_COMMAND)
     assert asked["prompt"]["answer"].endswith("Tool result: stub-tool-ran")
     assert said["prompt"]["answer"] == "Stub heard: KIWI."
     [logged] = report["inbox_log"]
-    assert (logged["id"], logged["answer"], logged["answered_by"]) == (
-        item["id"], "Allow", "inbox")
+    assert (logged["id"], logged["answer"], logged["answered_by"]) == (item["id"], "Allow", "inbox")
 
     row = the_row(report)
     n = messages(report)
@@ -106,7 +118,9 @@ def test_claude_acp_asks_in_the_inbox_and_reports_its_usage() -> None:
     assert row["cost"] == pytest.approx(costs[-1]) and row["currency"] == "USD"
     last_context = [c for c in chunks if "used" in c][-1]
     assert (row["context_used"], row["context_size"]) == (
-        last_context["used"], last_context["size"])
+        last_context["used"],
+        last_context["size"],
+    )
 
 
 def test_claude_acp_asks_a_question_as_a_form_in_the_inbox() -> None:
@@ -133,8 +147,7 @@ def test_claude_acp_asks_a_question_as_a_form_in_the_inbox() -> None:
 def test_claude_p_reports_tokens_and_cost() -> None:
     """`claude -p` (the command adapter's claude preset): each run's stream-json
     result carries its tokens and cost; `latis usage` adds them up."""
-    report = run("claude-command", {"text": "Say the word PINEAPPLE"},
-                 {"text": "Now say KIWI"})
+    report = run("claude-command", {"text": "Say the word PINEAPPLE"}, {"text": "Now say KIWI"})
     row = the_row(report)
     n = messages(report)
     assert (row["prompts"], row["reported"]) == (2, 2)
@@ -147,8 +160,7 @@ def test_claude_p_reports_tokens_and_cost() -> None:
 def test_codex_exec_json_reports_tokens_but_no_cost() -> None:
     """`codex exec --json` (format=codex-json): each turn's tokens come from its
     `turn.completed` event; Codex says nothing of cost, and neither does latis."""
-    report = run("codex-command", {"text": "Say the word PINEAPPLE"},
-                 {"text": "Say the word KIWI"})
+    report = run("codex-command", {"text": "Say the word PINEAPPLE"}, {"text": "Say the word KIWI"})
     row = the_row(report)
     reported = [c["usage"] for p in report["prompts"] for c in p["usage_chunks"]]
     assert len(reported) == 2
@@ -156,4 +168,6 @@ def test_codex_exec_json_reports_tokens_but_no_cost() -> None:
     assert row["output_tokens"] == sum(u["output_tokens"] for u in reported)
     assert (row["cost"], row["currency"]) == (None, None)
     assert [p["prompt"]["answer"] for p in report["prompts"]] == [
-        "Stub heard: PINEAPPLE.", "Stub heard: KIWI."]
+        "Stub heard: PINEAPPLE.",
+        "Stub heard: KIWI.",
+    ]

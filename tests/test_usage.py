@@ -48,15 +48,23 @@ def test_acp_usage_adds_up_by_session_unit_agent_and_day(home: Home) -> None:
     write_config(home, acp_unit("acp"), echo_unit("quiet"))
     first, second = new_session(home, "acp"), new_session(home, "acp")
     quiet = new_session(home, "quiet")
-    for sid, text in ((first, "usage"), (first, "usage"), (second, "usage"),
-                      (first, "hello"), (quiet, "hello")):
+    for sid, text in (
+        (first, "usage"),
+        (first, "usage"),
+        (second, "usage"),
+        (first, "hello"),
+        (quiet, "hello"),
+    ):
         home.ok("prompt", "--session", sid, text)
 
     sessions, unreported = rows_by_key(home, "session")
     one = sessions[first]
     assert (one["unit"], one["agent"], one["prompts"], one["reported"]) == ("acp", "acp", 3, 2)
     assert (one["input_tokens"], one["output_tokens"], one["total_tokens"]) == (
-        2 * TURN_IN, 2 * TURN_OUT, 2 * (TURN_IN + TURN_OUT))
+        2 * TURN_IN,
+        2 * TURN_OUT,
+        2 * (TURN_IN + TURN_OUT),
+    )
     assert one["cost"] == pytest.approx(2 * TURN_COST) and one["currency"] == "USD"
     assert (one["context_used"], one["context_size"]) == (2 * (TURN_IN + TURN_OUT), CONTEXT_SIZE)
     two = sessions[second]
@@ -64,8 +72,9 @@ def test_acp_usage_adds_up_by_session_unit_agent_and_day(home: Home) -> None:
     assert two["cost"] == pytest.approx(TURN_COST)
     nothing = sessions[quiet]
     assert (nothing["prompts"], nothing["reported"]) == (1, 0)
-    assert [nothing[k] for k in ("input_tokens", "output_tokens", "total_tokens", "cost",
-                                 "currency")] == [None] * 5
+    assert [
+        nothing[k] for k in ("input_tokens", "output_tokens", "total_tokens", "cost", "currency")
+    ] == [None] * 5
     assert "context_used" not in nothing
     assert unreported == [{"session": quiet, "unit": "quiet", "agent": "echo", "prompts": 1}]
 
@@ -73,7 +82,9 @@ def test_acp_usage_adds_up_by_session_unit_agent_and_day(home: Home) -> None:
         rows, _ = rows_by_key(home, by)
         assert (rows[key]["prompts"], rows[key]["reported"]) == (4, 3)
         assert (rows[key]["input_tokens"], rows[key]["output_tokens"]) == (
-            3 * TURN_IN, 3 * TURN_OUT)
+            3 * TURN_IN,
+            3 * TURN_OUT,
+        )
         assert rows[key]["cost"] == pytest.approx(3 * TURN_COST)
         assert (rows[other]["prompts"], rows[other]["cost"]) == (1, None)
     days, _ = rows_by_key(home, "day")
@@ -82,8 +93,9 @@ def test_acp_usage_adds_up_by_session_unit_agent_and_day(home: Home) -> None:
 
     table = home.ok("usage")
     assert "2,400" in table.stdout and "0.0250 USD" in table.stdout
-    assert (f"session {quiet} (quiet, agent echo): its agent reported no usage for its "
-            "1 prompt(s)") in table.stderr
+    assert (
+        f"session {quiet} (quiet, agent echo): its agent reported no usage for its 1 prompt(s)"
+    ) in table.stderr
 
 
 def test_usage_by_coordination_and_context_in_status(home: Home) -> None:
@@ -104,8 +116,7 @@ def test_usage_by_coordination_and_context_in_status(home: Home) -> None:
     start_prompt(home, sid, "run make deploy")
     wait_question(home, sid)
     [active] = home.json("status")["active"]
-    assert active["context"] == {"context_used": TURN_IN + TURN_OUT,
-                                 "context_size": CONTEXT_SIZE}
+    assert active["context"] == {"context_used": TURN_IN + TURN_OUT, "context_size": CONTEXT_SIZE}
     status = home.ok("status").stdout
     assert f"waiting  acp/{sid}  asks 'Run make deploy'" in status
     assert "context 1,500/200,000" in status
@@ -120,14 +131,18 @@ async def test_openai_stream_usage(home: Home) -> None:
         await response.start()
         await response.chunk(role="assistant", content="Hello")
         await response.chunk(content=" there", finish_reason="stop")
-        await response.chunk(usage={"prompt_tokens": 11, "completion_tokens": 7,
-                                    "total_tokens": 18})
+        await response.chunk(
+            usage={"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        )
         await response.done()
 
     async with open_stub(answer) as stub:
-        write_config(home, "[units.oa]\nagent = \"openai\"\n"
-                     f"agent_options = {{ base_url = \"{stub.base_url}\", model = \"m\" }}\n"
-                     "[units.oa.provisioner]\ntype = \"process\"\n")
+        write_config(
+            home,
+            '[units.oa]\nagent = "openai"\n'
+            f'agent_options = {{ base_url = "{stub.base_url}", model = "m" }}\n'
+            '[units.oa.provisioner]\ntype = "process"\n',
+        )
 
         async def cli(*args: str) -> Any:
             return await trio.to_thread.run_sync(functools.partial(home.ok, *args))

@@ -94,14 +94,19 @@ def _response(params: dict[str, Any], answer: str) -> dict[str, Any]:
     if len(properties) == 1:
         ((name, spec),) = properties.items()
         picked = _pick(text, spec)
-        return {"action": "accept", "content": {name: _coerce(text, spec) if picked is None
-                                                else picked}}
+        return {
+            "action": "accept",
+            "content": {name: _coerce(text, spec) if picked is None else picked},
+        }
     picks = [(name, _pick(text, spec)) for name, spec in properties.items()]
     picks = [(name, value) for name, value in picks if value is not None]
     if len(picks) == 1:
         return {"action": "accept", "content": dict(picks)}
-    free = [name for name, spec in properties.items()
-            if isinstance(spec, dict) and spec.get("type") == "string" and not _choices(spec)]
+    free = [
+        name
+        for name, spec in properties.items()
+        if isinstance(spec, dict) and spec.get("type") == "string" and not _choices(spec)
+    ]
     if len(free) == 1:
         return {"action": "accept", "content": {free[0]: text}}
     return {"action": "accept", "content": {"answer": text}}

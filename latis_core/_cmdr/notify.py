@@ -185,11 +185,16 @@ class Notifier:
     async def _run(self, argv: list[str], data: bytes) -> None:
         try:
             with trio.move_on_after(COMMAND_TIMEOUT):
-                done = await trio.run_process(argv, stdin=data, check=False,
-                                              stdout=subprocess.DEVNULL, capture_stderr=True)
+                done = await trio.run_process(
+                    argv, stdin=data, check=False, stdout=subprocess.DEVNULL, capture_stderr=True
+                )
                 if done.returncode != 0:
-                    log.warning("notification command %s exited %d: %s", argv[0],
-                                done.returncode, done.stderr.decode(errors="replace")[-300:])
+                    log.warning(
+                        "notification command %s exited %d: %s",
+                        argv[0],
+                        done.returncode,
+                        done.stderr.decode(errors="replace")[-300:],
+                    )
         except OSError as exc:
             log.warning("notification command %s failed: %s", argv[0], exc)
 

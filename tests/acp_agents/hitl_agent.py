@@ -55,32 +55,53 @@ class HitlAgent(BaseAgent):
     async def prompt(self, prompt: list[Any], session_id: str, **kwargs: Any) -> PromptResponse:
         verb, _, rest = text_of(prompt).partition(" ")
         if verb == "run":
-            await self.ask(session_id, "execute", f"Run {rest}", rest, "ran",
-                           raw_input={"command": rest})
+            await self.ask(
+                session_id, "execute", f"Run {rest}", rest, "ran", raw_input={"command": rest}
+            )
         elif verb == "edit":
-            await self.ask(session_id, "edit", f"Edit {rest}", rest, "edited",
-                           locations=[ToolCallLocation(path=rest)])
+            await self.ask(
+                session_id,
+                "edit",
+                f"Edit {rest}",
+                rest,
+                "edited",
+                locations=[ToolCallLocation(path=rest)],
+            )
         elif verb == "usage":
             return await self.usage(session_id)
         elif verb == "elicit":
-            await self.elicit(session_id, {
-                "branch": {"type": "string", "description": "the branch to deploy"},
-                "count": {"type": "integer", "description": "how many replicas"},
-            }, "Which branch, and how many replicas?", ["branch"])
+            await self.elicit(
+                session_id,
+                {
+                    "branch": {"type": "string", "description": "the branch to deploy"},
+                    "count": {"type": "integer", "description": "how many replicas"},
+                },
+                "Which branch, and how many replicas?",
+                ["branch"],
+            )
         elif verb == "choose":
-            await self.elicit(session_id, {
-                "colour": {"type": "string", "title": "Colour", "oneOf": [
-                    {"const": "Red", "title": "Red — warm"},
-                    {"const": "Blue", "title": "Blue — cool"},
-                ]},
-                "colour_custom": {"type": "string", "title": "Other"},
-            }, "Which colour?")
+            await self.elicit(
+                session_id,
+                {
+                    "colour": {
+                        "type": "string",
+                        "title": "Colour",
+                        "oneOf": [
+                            {"const": "Red", "title": "Red — warm"},
+                            {"const": "Blue", "title": "Blue — cool"},
+                        ],
+                    },
+                    "colour_custom": {"type": "string", "title": "Other"},
+                },
+                "Which colour?",
+            )
         else:
             await self.say(session_id, text_of(prompt))
         return PromptResponse(stop_reason="end_turn")
 
-    async def ask(self, session_id: str, kind: Any, title: str, what: str, done: str,
-                  **details: Any) -> None:
+    async def ask(
+        self, session_id: str, kind: Any, title: str, what: str, done: str, **details: Any
+    ) -> None:
         call = f"call-{kind}"
         await self.conn.session_update(
             session_id, start_tool_call(call, title, kind=kind, status="pending")
@@ -101,26 +122,42 @@ class HitlAgent(BaseAgent):
     async def usage(self, session_id: str) -> PromptResponse:
         turn = self.turns[session_id] = self.turns.get(session_id, 0) + 1
         await self.say(session_id, "counted")
-        await self.conn.session_update(session_id, UsageUpdate(
-            session_update="usage_update",
-            used=(USAGE_IN + USAGE_OUT) * turn,
-            size=CONTEXT_SIZE,
-            cost=Cost(amount=round(USAGE_COST * turn, 6), currency="USD"),
-        ))
-        return PromptResponse(stop_reason="end_turn", usage=Usage(
-            input_tokens=USAGE_IN, output_tokens=USAGE_OUT, total_tokens=USAGE_IN + USAGE_OUT,
-        ))
+        await self.conn.session_update(
+            session_id,
+            UsageUpdate(
+                session_update="usage_update",
+                used=(USAGE_IN + USAGE_OUT) * turn,
+                size=CONTEXT_SIZE,
+                cost=Cost(amount=round(USAGE_COST * turn, 6), currency="USD"),
+            ),
+        )
+        return PromptResponse(
+            stop_reason="end_turn",
+            usage=Usage(
+                input_tokens=USAGE_IN,
+                output_tokens=USAGE_OUT,
+                total_tokens=USAGE_IN + USAGE_OUT,
+            ),
+        )
 
-    async def elicit(self, session_id: str, properties: dict[str, Any], message: str,
-                     required: list[str] | None = None) -> None:
+    async def elicit(
+        self,
+        session_id: str,
+        properties: dict[str, Any],
+        message: str,
+        required: list[str] | None = None,
+    ) -> None:
         schema = ElicitationSchema(properties=properties, required=required)
         response = await self.conn.create_elicitation(
             message,
             ElicitationFormSessionMode(session_id=session_id, requested_schema=schema),
         )
         content = getattr(response, "content", None)
-        said = response.action if content is None else (
-            f"{response.action} {json.dumps(content, sort_keys=True)}")
+        said = (
+            response.action
+            if content is None
+            else (f"{response.action} {json.dumps(content, sort_keys=True)}")
+        )
         # Also in the working directory: a cancelled prompt streams nothing more.
         with (Path(self.cwds[session_id]) / "elicited.txt").open("a") as f:
             f.write(said + "\n")
