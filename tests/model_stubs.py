@@ -234,33 +234,13 @@ class ModelStub:
             blocks = [{"type": "text", "parts": [f"tick {i} " for i in range(self.slow_events)]}]
             delay = self.slow_delay
             rec.answer = "slow"
-        elif "stub:tool" in prompt and any(t.get("name") == "Bash" for t in body.get("tools", [])):
+        elif "stub:tool" in prompt and _offers(body, "Bash"):
             tool_input = {"command": TOOL_COMMAND, "description": "Run the stub's command"}
-            blocks = [
-                {"type": "text", "parts": ["I will run a command."]},
-                {
-                    "type": "tool_use",
-                    "id": f"toolu_stub{next(_ids)}",
-                    "name": "Bash",
-                    "input": tool_input,
-                },
-            ]
-            stop = "tool_use"
-            rec.answer = "tool_use"
-        elif "stub:ask" in prompt and any(
-            t.get("name") == "AskUserQuestion" for t in body.get("tools", [])
-        ):
-            blocks = [
-                {"type": "text", "parts": ["I will ask you."]},
-                {
-                    "type": "tool_use",
-                    "id": f"toolu_stub{next(_ids)}",
-                    "name": "AskUserQuestion",
-                    "input": ASK_INPUT,
-                },
-            ]
-            stop = "tool_use"
-            rec.answer = "tool_use"
+            blocks = _tool_use("I will run a command.", "Bash", tool_input)
+            stop = rec.answer = "tool_use"
+        elif "stub:ask" in prompt and _offers(body, "AskUserQuestion"):
+            blocks = _tool_use("I will ask you.", "AskUserQuestion", ASK_INPUT)
+            stop = rec.answer = "tool_use"
         else:
             blocks = [{"type": "text", "parts": _split(_echo(prompt))}]
             rec.answer = "text"
@@ -410,6 +390,19 @@ def _split(text: str) -> list[str]:
 
 
 # -- wire formats ------------------------------------------------------------
+
+
+def _offers(body: dict[str, Any], tool: str) -> bool:
+    """Whether an Anthropic request offers the model `tool`."""
+    return any(t.get("name") == tool for t in body.get("tools", []))
+
+
+def _tool_use(text: str, name: str, tool_input: dict[str, Any]) -> list[dict[str, Any]]:
+    """A text block, then a `tool_use` block calling `name` with `tool_input`."""
+    return [
+        {"type": "text", "parts": [text]},
+        {"type": "tool_use", "id": f"toolu_stub{next(_ids)}", "name": name, "input": tool_input},
+    ]
 
 
 def _anthropic_message(model: str, content: list[dict[str, Any]], stop: str) -> dict[str, Any]:
