@@ -7,6 +7,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from podman_image import CI_CONTAINERS_CONF, ensure_image  # noqa: E402
+from standins import Kmock, Moto, aws_credentials, kmock_server, moto_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +32,25 @@ def podman() -> Iterator[str]:
             patch.setenv("CONTAINERS_CONF", str(CI_CONTAINERS_CONF))
         ensure_image()
         yield path
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[Moto]:
+    """A moto EC2 server on loopback (standins.py), for a module's tests."""
+    with aws_credentials(), moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def ec2(moto: Moto) -> Iterator[Any]:
+    """A bare boto3 EC2 client, on the moto server emptied for this test."""
+    moto.reset()
+    with aws_credentials():
+        yield moto.ec2()
+
+
+@pytest.fixture(scope="module")
+def kmock() -> Iterator[Kmock]:
+    """A kmock Kubernetes API emulator on loopback (standins.py), for a module's tests."""
+    with kmock_server() as server:
+        yield server

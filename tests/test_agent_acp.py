@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 import trio
+from latis_agents.acp import AcpAgent
+from latis_agents.acp.permissions import _choose
 
 import latis_core
 from latis_core import ErrorCode, InputRequest, RequestError, ResponseChunk
-from latis_agents.acp import AcpAgent
-from latis_agents.acp.permissions import _choose
 from latis_core._os.pathguard import PathRefused, resolve_inside
 
 pytest.importorskip("acp", reason="the ACP SDK (agent-client-protocol) runs the test agents")

@@ -88,3 +88,40 @@ def test_provision_cloud_prints_every_row() -> None:
     assert list(results) == ["ec2_floor", "ec2_handoff", "ec2_latis", "k8s_floor",
                              "k8s_handoff", "k8s_latis"]
     assert all(row["median"] > 0 for row in results.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_coordinate_short_prints_every_row() -> None:
+    """benchmarks/coordinate.py --short: the fan-out rows beside their floors, in one run."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "coordinate.py"), "--short", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    assert list(results) == [f"{kind}_{who}" for kind in ("inproc", "procs")
+                             for who in ("floor", "engine", "latis")]
+    assert all(0 < row["first"] <= row["done"] <= row["ended"] for row in results.values())
+    table = proc.stdout.splitlines()[:-1]
+    assert [line.split()[:2] for line in table[1:7]] == [
+        [row, str(results[row]["units"])] for row in results]
+
+
+@pytest.mark.timeout(240)
+def test_web_short_prints_every_row() -> None:
+    """benchmarks/web.py --short runs the dashboard under load, browser included, and
+    prints each row."""
+    from web_helpers import have_chromium
+
+    if not have_chromium():
+        pytest.skip("chromium and chromium-driver are not installed (.ci/run installs them)")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "web.py"), "--short", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=230,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(proc.stdout.splitlines()[-1])["rows"]
+    assert list(rows) == ["page_load", "cpu_floor", "cpu_attach", "cpu_web", "lat_attach",
+                          "lat_web_dom"]
+    assert rows["lat_web_dom"]["n"] > 0 and rows["cpu_web"]["chunks"] > 0

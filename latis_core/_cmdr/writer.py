@@ -154,7 +154,22 @@ class ChunkWriter:
         count: int,
     ) -> None:
         """(In the worker thread) the chunks first, then the writes that must
-        follow them (an end, a question, a session's state)."""
+        follow them (an end, a question, a session's state): all in one
+        transaction (each write in a savepoint of its own)."""
+        try:
+            with self.state.batch():
+                self._each(batches, ops, count)
+        except Exception as exc:  # noqa: BLE001 (the commit failed: every caller hears it)
+            log.exception("could not commit a batch of %d chunks and %d writes", count, len(ops))
+            for _, box in ops:
+                box[:] = [(False, exc)]
+
+    def _each(
+        self,
+        batches: list[tuple[int, list[ChunkIn]]],
+        ops: list[tuple[Callable[[], Any], list[tuple[bool, Any]]]],
+        count: int,
+    ) -> None:
         if batches:
             try:
                 self.state.add_chunk_batches(batches)
