@@ -96,6 +96,7 @@ async def _echo(stream: trio.abc.Stream) -> None:
 
 async def _serve(role: str, cert: str, key: str) -> None:
     from latis_agents.echo import EchoAgent
+
     from latis_core._unit.unit import open_unit
 
     options = QuicListener("127.0.0.1", 0, cert=cert, key=key)

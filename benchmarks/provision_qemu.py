@@ -151,7 +151,8 @@ async def provisioned(options: dict[str, Any], after: Callable[[int], Awaitable[
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one round instead of three")
+    parser.add_argument("--quick", "--short", action="store_true",
+                        help="one round instead of three")
     parser.add_argument("--json", action="store_true", help="also print the numbers as JSON")
     args = parser.parse_args()
     rounds = 1 if args.quick else 3

@@ -33,6 +33,7 @@ FIELD_STRATEGIES: dict[Any, st.SearchStrategy[Any]] = {
     str | None: st.none() | texts,
     int: integers,
     int | None: st.none() | integers,
+    float | None: st.none() | st.floats(min_value=0, max_value=1e6, allow_nan=False),
     tuple[str, ...]: st.lists(texts, max_size=4).map(tuple),
     dict[str, Any]: json_objects,
     dict[str, Any] | None: st.none() | json_objects,

@@ -75,6 +75,7 @@ app.command(prompt, name="prompt")
 app.command(attach, name="attach")
 app.command(coordinate, name="coordinate")
 app.command(status, name=["status", "ls"])
+app.command("latis_cli.top:top", name="top")  # textual: imported when run
 app.command(connect, name="connect")
 app.command(listeners, name="listeners")
 app.command(init, name="init")
@@ -87,6 +88,7 @@ app.command(unit_app)
 app.command(agents_app)
 app.command(daemon)
 app.command(image_app)
+app.command("latis_cli._web:web", name="web")
 app.register_install_completion_command()
 
 

@@ -86,10 +86,23 @@ def print_json(data: Any) -> None:
 
 
 @contextmanager
-def progress(title: str) -> Iterator[Any]:
-    """A spinner with a changing message on stderr (on a terminal only); yields `update(text)`."""
-    if not sys.stderr.isatty():
+def progress(title: str, *, keep: bool = False, quiet: bool = False) -> Iterator[Any]:
+    """A spinner with a changing message on stderr (on a terminal only); yields `update(text)`.
+
+    With `keep`, each message also stays, as a line above the spinner (long work:
+    a VM that boots, a cloud instance that dials home); `quiet` shows nothing.
+    """
+    if quiet or not sys.stderr.isatty():
         yield lambda text: None
         return
-    with err().status(title) as status:
-        yield lambda text: status.update(text)
+    from rich.markup import escape
+
+    console = err()
+    with console.status(title) as status:
+
+        def say(text: str) -> None:
+            if keep:
+                console.print(f"[dim]{escape(text)}[/]")
+            status.update(text)
+
+        yield say

@@ -118,8 +118,11 @@ def coordinate(
             agent_timeout=agent_timeout, max_hops=max_hops, count=count, source=from_,
             placement=placement)
         if detach:
-            started = await cmdr.coordinate(task, units, lambda event: None, settings,
-                                            detach=True)
+            try:
+                started = await cmdr.coordinate(task, units, lambda event: None, settings,
+                                                detach=True)
+            except latis_core.RequestError as exc:
+                return _refused(exc)
             if json_output:
                 print(json.dumps({"id": started.id, "outcome": started.outcome}))
             else:
@@ -146,6 +149,8 @@ async def _watch(view: Any, call: Any) -> int:
     daemon then cancels every prompt it started (exit 130)."""
     import trio
 
+    import latis_core
+
     result: Any = None
     interrupted = False
     with view:  # around the nursery: its tasks run until the block's end
@@ -157,6 +162,8 @@ async def _watch(view: Any, call: Any) -> int:
                     result = await call(view.event)
                 except ValueError as exc:  # refused before sending
                     fail(str(exc))
+                except latis_core.RequestError as exc:  # refused by the daemon
+                    _refused(exc)
                 nursery.cancel_scope.cancel()
 
             async def on_sigint() -> None:
@@ -183,6 +190,15 @@ async def _watch(view: Any, call: Any) -> int:
         return USAGE
     view.result(result)
     return {"complete": OK, "cancelled": CANCELLED}.get(result.outcome, ERROR)
+
+
+def _refused(exc: Any) -> int:
+    """A coordination the daemon refused before it started (an unknown strategy, group
+    or placement policy, a bad `--require`): a usage error. Anything else goes on up."""
+    if str(exc.code) != "bad_message":
+        raise exc
+    fail(exc.message)
+    return USAGE
 
 
 class _JsonView:

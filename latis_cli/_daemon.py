@@ -131,6 +131,9 @@ def reload(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
     """Make the daemon read its config file again now (it also does when the file changes).
 
     Units the file no longer names are stopped (provisioned) or disconnected.
+    A daemon that serves the built-in config takes the file commands find
+    from here (`latis init` wrote one, say); one that serves another file
+    reads its own again, and says which.
 
     For example:
       latis daemon reload
@@ -138,10 +141,17 @@ def reload(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
     Args:
         json_output: print a JSON object.
     """
-    from ._run import run_with_cmdr
+    from ._run import config_mismatch, config_path, run_with_cmdr
 
     async def work(cmdr: Any) -> int:
+        wanted = config_path()
+        used = await cmdr.config_use(wanted)
+        if not used.get("match", True):
+            print(config_mismatch(used.get("config"), wanted).replace(
+                "latis: ", "latis: note: ", 1), file=sys.stderr)
         data = await cmdr.config_reload()
+        for key in ("added", "removed"):
+            data[key] = [*used.get(key, []), *data.get(key, [])]
         if json_output:
             print(json.dumps(data, indent=2))
             return OK

@@ -302,7 +302,8 @@ def show(
             "chunks": len(entry.chunks),
             "answer": "".join(c.text for c in entry.chunks if c.kind is None),
             "error": entry.prompt.error,
-            "inputs": [{"question": i.question, "answer": i.answer} for i in entry.inputs],
+            "inputs": [{"id": f"{i.prompt}.{i.number}", "question": i.question,
+                        "answer": i.answer} for i in entry.inputs],
         })
     if json_output:
         print(json.dumps({"session": session, "unit": row.unit, "state": row.state,
@@ -313,7 +314,10 @@ def show(
     for p in prompts:
         out.write(f"\n> {p['text']}\n")
         for inp in p["inputs"]:
-            out.write(f"? {inp['question']} -> {inp['answer']}\n")
+            answer = inp["answer"]
+            if answer is None:  # open: say where it is answered, not "None"
+                answer = f"(no answer yet: latis inbox answer {inp['id']} ...)"
+            out.write(f"? {inp['question']} -> {answer}\n")
         out.write(p["answer"] + "\n")
         if p["state"] != "complete":
             out.write(f"[{p['state']}{': ' + p['error'] if p['error'] else ''}]\n")

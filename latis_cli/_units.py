@@ -1,9 +1,10 @@
-"""`latis unit add|enroll|list|up|down|destroy|status` (the enrollment's life is in
-`_enrollments`), `latis connect`, `latis listeners`,
+"""`latis unit add|enroll|list|up|down|destroy|scale|status` (the enrollment's life is
+in `_enrollments`), `latis connect`, `latis listeners`,
 `latis init`."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -260,13 +261,24 @@ def _reload_daemon() -> int:
     return run_with_cmdr(reload, autostart=False, config=False)
 
 
+#: Provisioners whose units live on this machine and leave nothing behind elsewhere.
+_LOCAL_PROVISIONERS = frozenset({"process", "container"})
+
+
 @unit_app.command(name=["list", "ls"])
 def list_units(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
-    """List the units in config, with how each runs and is reached.
+    """List the units in config, with how each runs and is reached, then the orphans:
+    what provisioners made for units no longer in config (a VM, an instance, a pod,
+    found by its tag, label or name), when cmdr runs.
+
+    `latis unit rm NAME --yes` destroys an orphan. In JSON, each unit has
+    `"orphan": false`; each orphan `"orphan": true`, its `provisioner`,
+    `resource`, `state` and `detail`.
 
     For example:
       latis unit list
       latis unit list --json
+      latis unit list --json | jq '.[] | select(.orphan)'
 
     Args:
         json_output: print a JSON array.
@@ -287,10 +299,14 @@ def list_units(*, json_output: Annotated[bool, Parameter(name="--json")] = False
                 "provisioner": unit.provisioner.type if unit.provisioner else None,
                 "dial": unit.dial.type if unit.dial else None,
                 "accept": [a.type for a in unit.accept],
+                "orphan": False,
             }
         )
+    remote = {u.provisioner.type for u in config.units.values()
+              if u.provisioner is not None} - _LOCAL_PROVISIONERS
+    orphans = _orphans(bool(remote))
     if json_output:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + [{"orphan": True} | o for o in orphans], indent=2))
         return OK
     from rich.table import Table
 
@@ -301,37 +317,144 @@ def list_units(*, json_output: Annotated[bool, Parameter(name="--json")] = False
         table.add_row(row["unit"], row["agent"], row["provisioner"] or "-",
                       row["dial"] or "-", ", ".join(row["accept"]) or "-")
     out().print(table)
+    if orphans:
+        print("orphans: made by latis for units not in config (`latis unit rm NAME --yes` "
+              "destroys one):", file=sys.stderr)
+        table = Table("orphan", "provisioner", "resource", "state", "detail", box=None)
+        for row in orphans:
+            table.add_row(row["unit"], row["provisioner"], row["resource"] or "-",
+                          row["state"] or "-", row["detail"])
+        out().print(table)
     source = config.source or "built-in defaults"
     print(f"config: {source}", file=sys.stderr)
     return OK
 
 
-def _unit_call(method: Callable[[Any], Any], name: str, verb: str) -> int:
-    """Run `method(cmdr)(name, progress)` (a unit method of the daemon client)."""
+def _orphans(say_why_not: bool) -> list[dict[str, Any]]:
+    """The orphans a running cmdr finds (none if it does not run: listing starts
+    nothing); `say_why_not`: say so on stderr then."""
+    from ._cmdr import daemon_pid
+
+    if daemon_pid() is None:
+        if say_why_not:
+            print("orphans: not looked for: cmdr does not run (`latis daemon start`)",
+                  file=sys.stderr)
+        return []
+    found: list[dict[str, Any]] = []
+
+    async def work(cmdr: Any) -> int:
+        from ._run import check_config
+
+        if await check_config(cmdr) is not None:
+            print("orphans: not looked for: cmdr serves another config file", file=sys.stderr)
+            return OK
+        data = await cmdr.unit_orphans()
+        found.extend(data["orphans"])
+        for error in data["errors"]:
+            print(f"latis: could not look for orphans: {error}", file=sys.stderr)
+        return OK
+
+    run_with_cmdr(work, autostart=False, config=False)
+    return found
+
+
+def _unit_call(
+    method: Callable[[Any], Any], name: str, verb: str, json_output: bool = False
+) -> int:
+    """Run `method(cmdr)(name, progress)` (a unit method of the daemon client).
+
+    On a terminal, each step shows as it comes (the provisioner's too: a VM that
+    boots, an instance that dials home); nothing does with `json_output`, which
+    prints the answer as a JSON object instead.
+    """
 
     async def work(cmdr: Any) -> int:
         from ._console import progress
 
-        with progress(f"{verb} unit {name!r}") as say:
+        with progress(f"{verb} unit {name!r}", keep=True, quiet=json_output) as say:
             data = await method(cmdr)(name, say)
-        print(f"unit {name}: {data.get('connection', 'done') if data else 'done'}",
-              file=sys.stderr)
+        if json_output:
+            print(json.dumps(data or {}, indent=2))
+            return OK
+        said = data.get("connection", "done") if data else "done"
+        if data and data.get("provision"):
+            said = f"{data['provision']}" + (f" ({data['provision_detail']})"
+                                             if data.get("provision_detail") else "")
+            said += f", {data['connection']}: not waiting for it"
+        print(f"unit {name}: {said}", file=sys.stderr)
         return OK
 
     return run_with_cmdr(work)
 
 
 @unit_app.command
-def up(name: _UnitName = "local") -> int:
+def up(
+    name: _UnitName = "local",
+    *,
+    wait: Annotated[bool, Parameter(negative="--no-wait")] = True,
+    json_output: Annotated[bool, Parameter(name="--json")] = False,
+) -> int:
     """Provision the unit (if it has a provisioner), start it and connect to it.
+
+    On a terminal it shows each step while it waits (a VM may take minutes to
+    boot; a cloud unit that dials home, until it has dialed in). With
+    --no-wait it returns once the unit's platform took the request (QEMU runs,
+    EC2 took the run, the pods are made) and connects later, when first used.
 
     For example:
       latis unit up box
+      latis unit up vm --no-wait
+      latis unit up cloud1 --json
 
     Args:
         name: the unit.
+        wait: wait until the unit is ready and connected (--no-wait: do not).
+        json_output: print the result as a JSON object (and no progress).
     """
-    return _unit_call(lambda cmdr: cmdr.unit_up, name, "bringing up")
+    return _unit_call(lambda cmdr: functools.partial(cmdr.unit_up, wait=wait), name,
+                      "bringing up", json_output)
+
+
+@unit_app.command
+def scale(
+    name: _UnitName,
+    replicas: int,
+    *,
+    json_output: Annotated[bool, Parameter(name="--json")] = False,
+) -> int:
+    """Make a unit's group so many units (a provisioner that scales: kubernetes).
+
+    Member 0 is the unit itself, member i the unit NAME-i: each its own pod,
+    enrollment and sessions. New members dial in once their pods run; the
+    highest-numbered ones beyond REPLICAS are deleted, with their sessions.
+
+    For example:
+      latis unit scale fleet 3
+      latis unit scale fleet 0
+      latis unit scale fleet 5 --json
+
+    Args:
+        name: the group's unit.
+        replicas: how many units the group has.
+        json_output: print the result as a JSON object.
+    """
+    if replicas < 0:
+        print(f"latis: replicas must be 0 or more, not {replicas}", file=sys.stderr)
+        return USAGE
+
+    async def work(cmdr: Any) -> int:
+        from ._console import progress
+
+        with progress(f"scaling unit {name!r}", keep=True, quiet=json_output) as say:
+            data = await cmdr.unit_scale(name, replicas, say)
+        if json_output:
+            print(json.dumps(data, indent=2))
+        else:
+            members = ", ".join(data["members"]) or "none"
+            print(f"unit {name}: {len(data['members'])} units ({members})", file=sys.stderr)
+        return OK
+
+    return run_with_cmdr(work)
 
 
 @unit_app.command

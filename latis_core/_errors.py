@@ -107,6 +107,9 @@ class ErrorCode(enum.StrEnum):
     #: (cmdr daemon) A question was answered already; the message names who
     #: answered it and when.
     ALREADY_ANSWERED = "already_answered"
+    #: (cmdr daemon) The config file does not read (the message has a line per
+    #: problem, with file and line); the config served before stays served.
+    BAD_CONFIG = "bad_config"
 
 
 #: Errors after which the connection is closed; after any other error the

@@ -31,7 +31,7 @@ import functools
 import secrets
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import attrs
 import trio
@@ -159,10 +159,15 @@ class CloudAwsProvisioner(DialsHome, OneAtATime):
 
     Options = CloudAwsOptions
     options: CloudAwsOptions
+    #: The options that say where `orphans` looks: one look serves a fleet.
+    orphan_scope: ClassVar[tuple[str, ...]] = ("profile", "region", "endpoint_url", "fleet")
 
     def __init__(self, options: CloudAwsOptions, context: ProvisionContext) -> None:
         self.options = options
         self.context = context
+        #: Whether `start` waits for the instance to run; False (`latis unit up
+        #: --no-wait`) returns once EC2 took the run (or start) request.
+        self.wait: bool = True
         self._client: Any = None
         self._client_lock = trio.Lock()
         super().__init__()
@@ -374,14 +379,15 @@ class CloudAwsProvisioner(DialsHome, OneAtATime):
         return _found(instance)
 
     async def _start(self) -> None:
-        """Run the instance if needed (or start it, if stopped); wait until it is running."""
+        """Run the instance if needed (or start it, if stopped); wait until it is running
+        (unless `wait` is False)."""
         found = await self._run_instance()
         if found.state in ("stopping", "stopped"):
             if found.state == "stopping":
                 found = await self._wait_state(found.id, "stopped", self.options.start_timeout)
             self._say(f"starting instance {found.id}")
             await self._ec2("start_instances", lambda c: c.start_instances(InstanceIds=[found.id]))
-        if found.state != "running":
+        if found.state != "running" and self.wait:
             self._say(f"waiting for instance {found.id} to run")
             await self._wait_state(found.id, "running", self.options.start_timeout)
 

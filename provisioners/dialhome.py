@@ -21,18 +21,16 @@ enrollment in one of two ways:
 from __future__ import annotations
 
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
 import trio
 
 from latis_core import ProvisionContext, ProvisionError
+from latis_core._plugins.provision import Enroller
 
 __all__ = ["DialHome", "DialsHome", "Enroller", "Orphan", "unit_script"]
-
-#: `(unit, address) -> {"urls": [...], "secret": LINE, ...}`: `DialIns.enroll`.
-Enroller = Callable[[str, "str | None"], Awaitable[Mapping[str, Any]]]
 
 
 @attrs.frozen

@@ -34,7 +34,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import trio
@@ -150,6 +150,8 @@ class KubernetesProvisioner(DialsHome, OneAtATime):
 
     Options = KubernetesOptions
     options: KubernetesOptions
+    #: The options that say where `orphans` looks: one look serves a namespace.
+    orphan_scope: ClassVar[tuple[str, ...]] = ("host", "kubeconfig", "context", "namespace")
 
     def __init__(self, options: KubernetesOptions, context: ProvisionContext) -> None:
         self.options = options

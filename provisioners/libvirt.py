@@ -33,9 +33,9 @@ import re
 import shutil
 import string
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import trio
@@ -45,7 +45,7 @@ from latis_core._plugins.provision import OneAtATime
 
 from ._detached import read_tail
 from .process import socket_path_problem
-from .qemu import CHANNEL_NAME, ChannelDialer, Orphan, detect_accel
+from .qemu import CHANNEL_NAME, ChannelDialer, Orphan, detect_accel, owned_by
 
 __all__ = ["NAMESPACE", "LibvirtOptions", "LibvirtProvisioner", "find_orphans"]
 
@@ -155,12 +155,14 @@ def _marker(unit: str, run_dir: Path) -> ET.Element:
     return ET.Element(f"{{{NAMESPACE}}}unit", {"name": unit, "run_dir": str(run_dir)})
 
 
-def _unit_of(metadata: str) -> str | None:
-    """The unit named in latis's metadata element (as libvirt returns it), or None."""
+def _unit_of(metadata: str) -> tuple[str | None, str | None]:
+    """The unit named in latis's metadata element (as libvirt returns it), and its run
+    dir; (None, None) if it does not read."""
     try:
-        return ET.fromstring(metadata).get("name")
+        element = ET.fromstring(metadata)
     except ET.ParseError:
-        return None
+        return None, None
+    return element.get("name"), element.get("run_dir")
 
 
 def find_orphans(uri: str) -> list[Orphan]:
@@ -174,10 +176,11 @@ def find_orphans(uri: str) -> list[Orphan]:
                 metadata = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE)
             except libvirt.libvirtError:
                 continue  # not ours: no latis metadata
-            unit = _unit_of(metadata)
+            unit, run_dir = _unit_of(metadata)
             if unit is not None:
                 state = "running" if domain.isActive() else "defined"
-                found.append(Orphan(unit, f"domain {domain.name()} at {uri}, {state}"))
+                found.append(Orphan(unit, f"domain {domain.name()} at {uri}, {state}",
+                                    run_dir=run_dir, resource=domain.name(), state=state))
         return found
     finally:
         conn.close()
@@ -253,7 +256,7 @@ class LibvirtProvisioner(OneAtATime):
             metadata = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE)
         except libvirt.libvirtError:
             metadata = ""
-        if _unit_of(metadata) != self.context.unit:
+        if _unit_of(metadata)[0] != self.context.unit:
             raise ProvisionError(
                 f"libvirt provisioner for unit {self.context.unit!r}: a domain named"
                 f" {self.name!r} exists at {self.options.uri} and latis did not define it"
@@ -528,10 +531,18 @@ class LibvirtProvisioner(OneAtATime):
             return None
         return ChannelDialer(self.channel, self._channel_connected)
 
-    async def orphans(self) -> list[Orphan]:
+    #: One look at a `uri` serves every unit there.
+    orphan_scope: ClassVar[tuple[str, ...]] = ("uri",)
+
+    async def orphans(self, units: Iterable[str] | None = None) -> list[Orphan]:
         """Every domain at this provisioner's `uri` that latis defined (see
-        `find_orphans`): the controller shows those no unit records."""
-        return await self._call("cannot list domains", find_orphans, self.options.uri)
+        `find_orphans`); given `units` (every unit in config), only those this
+        controller defined (their run dir is beside this unit's) for a unit not
+        among them: `latis unit list`."""
+        found = await self._call("cannot list domains", find_orphans, self.options.uri)
+        if units is None:
+            return found
+        return owned_by(found, units, self.context.run_dir)
 
     async def aclose(self) -> None:
         """Close the libvirt connection (the domain runs on)."""

@@ -36,9 +36,10 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import attrs
 import orjson
@@ -59,6 +60,7 @@ from .process import describe_exit, socket_path_problem
 __all__ = [
     "ChannelDialer",
     "Orphan",
+    "owned_by",
     "QemuOptions",
     "QemuProvisioner",
     "detect_accel",
@@ -161,6 +163,12 @@ class Orphan:
     detail: str
     #: The QEMU process, where known.
     pid: int | None = None
+    #: The run dir of the unit it was started for (its sockets' folder), where known.
+    run_dir: str | None = None
+    #: What it is, as the back end names it ("pid 4242", "latis-box").
+    resource: str = ""
+    #: Its state in the back end's words ("running", "defined").
+    state: str = ""
 
 
 def detect_accel() -> tuple[str, str]:
@@ -235,9 +243,20 @@ def find_orphans() -> list[Orphan]:
             continue
         unit = _marker(argv)
         if unit is not None:
-            detail = f"pid {entry.name} (qmp {_qmp_path(argv)})"
-            found.append(Orphan(unit, detail, int(entry.name)))
+            qmp_path = _qmp_path(argv)
+            detail = f"pid {entry.name} (qmp {qmp_path})"
+            run_dir = os.path.dirname(qmp_path) if qmp_path else None
+            found.append(Orphan(unit, detail, int(entry.name), run_dir,
+                                f"pid {entry.name}", "running"))
     return found
+
+
+def owned_by(orphans: Iterable[Orphan], units: Iterable[str], run_dir: Path) -> list[Orphan]:
+    """Those of `orphans` that a controller whose unit run dirs are `RUN_DIR/..`/NAME
+    made (their run dir is under `run_dir`'s parent) for a unit not among `units`."""
+    known, home = set(units), os.fspath(run_dir.parent)
+    return [o for o in orphans if o.unit not in known and o.run_dir is not None
+            and os.path.dirname(o.run_dir) == home]
 
 
 class _Qmp:
@@ -756,7 +775,14 @@ class QemuProvisioner(DetachedProvisioner):
 
         return ChannelDialer(self.channel, guest_open)
 
-    async def orphans(self) -> list[Orphan]:
-        """Every QEMU a `qemu` provisioner started on this machine (see `find_orphans`):
-        the controller shows those whose pid no unit records, and may kill them."""
-        return await trio.to_thread.run_sync(find_orphans)
+    #: Where `orphans` looks does not depend on the options: one look serves every unit.
+    orphan_scope: ClassVar[tuple[str, ...]] = ()
+
+    async def orphans(self, units: Iterable[str] | None = None) -> list[Orphan]:
+        """Every QEMU a `qemu` provisioner started on this machine (see `find_orphans`);
+        given `units` (every unit in config), only those this controller started (their
+        run dir is beside this unit's) for a unit not among them: `latis unit list`."""
+        found = await trio.to_thread.run_sync(find_orphans)
+        if units is None:
+            return found
+        return owned_by(found, units, self.context.run_dir)

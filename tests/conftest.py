@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from podman_image import CI_CONTAINERS_CONF, ensure_image  # noqa: E402
+from standins import Kmock, Moto, aws_credentials, kmock_server, moto_server  # noqa: E402
 
 #: Set in this process's environment (each xdist worker its own), so that every
 #: process the tests start, and what those start, carries it: the daemons that
@@ -102,3 +104,25 @@ def podman() -> Iterator[str]:
             patch.setenv("CONTAINERS_CONF", str(CI_CONTAINERS_CONF))
         ensure_image()
         yield path
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[Moto]:
+    """A moto EC2 server on loopback (standins.py), for a module's tests."""
+    with aws_credentials(), moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def ec2(moto: Moto) -> Iterator[Any]:
+    """A bare boto3 EC2 client, on the moto server emptied for this test."""
+    moto.reset()
+    with aws_credentials():
+        yield moto.ec2()
+
+
+@pytest.fixture(scope="module")
+def kmock() -> Iterator[Kmock]:
+    """A kmock Kubernetes API emulator on loopback (standins.py), for a module's tests."""
+    with kmock_server() as server:
+        yield server

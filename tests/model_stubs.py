@@ -22,6 +22,9 @@ request's last user message, the agents' own wrappers such as
 - `stub:tool` (Anthropic only): a `tool_use` block calling the Bash tool with
   `TOOL_COMMAND`; the turn after it (whose user message carries the
   `tool_result`) is answered `Tool result: ...` or `Tool refused: ...`.
+- `stub:ask` (Anthropic only, when the request offers the AskUserQuestion
+  tool): a `tool_use` block asking `ASK_INPUT`'s question; the turn after it
+  is answered as after `stub:tool`.
 - anything else: `Stub heard: WORD.` in several deltas, WORD being the prompt's
   last word, so a test can tell the answer came from here.
 
@@ -47,12 +50,26 @@ from typing import Any
 
 import trio
 
-__all__ = ["FAIL_MESSAGE", "TOOL_COMMAND", "ModelStub", "Recorded"]
+__all__ = ["ASK_INPUT", "FAIL_MESSAGE", "TOOL_COMMAND", "ModelStub", "Recorded"]
 
 #: In the error the stub returns for `stub:fail`.
 FAIL_MESSAGE = "stub model failure on purpose"
 #: What `stub:tool` asks the Bash tool to run (in the agent's working directory).
 TOOL_COMMAND = "echo stub-tool-ran | tee stub-tool.txt"
+#: What `stub:ask` asks with Claude Code's AskUserQuestion tool.
+ASK_INPUT = {
+    "questions": [
+        {
+            "question": "Which colour should the stub use?",
+            "header": "Colour",
+            "options": [
+                {"label": "Red", "description": "warm"},
+                {"label": "Blue", "description": "cool"},
+            ],
+            "multiSelect": False,
+        }
+    ]
+}
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
@@ -217,19 +234,13 @@ class ModelStub:
             blocks = [{"type": "text", "parts": [f"tick {i} " for i in range(self.slow_events)]}]
             delay = self.slow_delay
             rec.answer = "slow"
-        elif "stub:tool" in prompt and any(t.get("name") == "Bash" for t in body.get("tools", [])):
+        elif "stub:tool" in prompt and _offers(body, "Bash"):
             tool_input = {"command": TOOL_COMMAND, "description": "Run the stub's command"}
-            blocks = [
-                {"type": "text", "parts": ["I will run a command."]},
-                {
-                    "type": "tool_use",
-                    "id": f"toolu_stub{next(_ids)}",
-                    "name": "Bash",
-                    "input": tool_input,
-                },
-            ]
-            stop = "tool_use"
-            rec.answer = "tool_use"
+            blocks = _tool_use("I will run a command.", "Bash", tool_input)
+            stop = rec.answer = "tool_use"
+        elif "stub:ask" in prompt and _offers(body, "AskUserQuestion"):
+            blocks = _tool_use("I will ask you.", "AskUserQuestion", ASK_INPUT)
+            stop = rec.answer = "tool_use"
         else:
             blocks = [{"type": "text", "parts": _split(_echo(prompt))}]
             rec.answer = "text"
@@ -379,6 +390,19 @@ def _split(text: str) -> list[str]:
 
 
 # -- wire formats ------------------------------------------------------------
+
+
+def _offers(body: dict[str, Any], tool: str) -> bool:
+    """Whether an Anthropic request offers the model `tool`."""
+    return any(t.get("name") == tool for t in body.get("tools", []))
+
+
+def _tool_use(text: str, name: str, tool_input: dict[str, Any]) -> list[dict[str, Any]]:
+    """A text block, then a `tool_use` block calling `name` with `tool_input`."""
+    return [
+        {"type": "text", "parts": [text]},
+        {"type": "tool_use", "id": f"toolu_stub{next(_ids)}", "name": name, "input": tool_input},
+    ]
 
 
 def _anthropic_message(model: str, content: list[dict[str, Any]], stop: str) -> dict[str, Any]:

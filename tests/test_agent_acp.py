@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 import trio
+from latis_agents.acp import AcpAgent
+from latis_agents.acp.permissions import _choose
 
 import latis_core
 from latis_core import ErrorCode, InputRequest, RequestError, ResponseChunk
-from latis_agents.acp import AcpAgent
-from latis_agents.acp.permissions import _choose
 from latis_core._os.pathguard import PathRefused, resolve_inside
 
 pytest.importorskip("acp", reason="the ACP SDK (agent-client-protocol) runs the test agents")
@@ -312,6 +312,53 @@ class TestPermission:
         only_allow = options[:1]
         assert _choose(only_allow, "nope") == {"outcome": "cancelled"}
         assert _choose([], "yes") == {"outcome": "cancelled"}
+
+
+# ---- elicitation: structured questions ------------------------------------------------------
+
+
+class TestElicitation:
+    async def test_a_form_and_its_answers(self, tmp_path: Path) -> None:
+        """elicitation/create is an input.request of kind `form` with its schema; a JSON
+        answer is the content, a choice or other text fills the field it belongs to,
+        `decline` declines."""
+        async with acp_unit(tmp_path, "hitl_agent.py") as unit:
+            session = await unit.create_session()
+            asked: list[InputRequest] = []
+
+            async def ask(text: str, answer: str) -> str:
+                async def on_input(request: InputRequest) -> str:
+                    asked.append(request)
+                    return answer
+
+                return await session.prompt(text, on_input=on_input).text()
+
+            assert await ask("elicit", '{"branch": "main"}') == 'accept {"branch": "main"}'
+            form = asked[-1]
+            assert (form.kind, form.options) == ("form", ())
+            assert form.data is not None and form.data["schema"]["required"] == ["branch"]
+            assert await ask("choose", "red") == 'accept {"colour": "Red"}'
+            assert asked[-1].options == ("Red", "Blue")
+            assert await ask("choose", "teal") == 'accept {"colour_custom": "teal"}'
+            assert await ask("elicit", "decline") == "decline"
+
+    async def test_cancel_while_asking_answers_cancel(self, tmp_path: Path) -> None:
+        """Cancelling a prompt whose form waits for an answer answers the agent's
+        request `cancel` (it would wait for ever); the session goes on."""
+        async with acp_unit(tmp_path, "hitl_agent.py") as unit:
+            session = await unit.create_session()
+            stream = session.prompt("elicit")
+            async for ev in stream:
+                if isinstance(ev, InputRequest):
+                    break
+            await stream.aclose()
+            assert stream.outcome == "cancelled"
+            record = tmp_path / "elicited.txt"
+            with trio.fail_after(10):
+                while not record.exists():
+                    await trio.sleep(0.05)
+            assert record.read_text() == "cancel\n"
+            assert await session.prompt("hello").text() == "hello"
 
 
 # ---- cancel and crash -----------------------------------------------------------------------

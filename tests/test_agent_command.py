@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 import trio
+from latis_agents.command import PRESETS, CommandAgent
 
 import latis_core
 from latis_core import ErrorCode, RequestError, UnitClient
-from latis_agents.command import PRESETS, CommandAgent
 
 PROMPT = "héllo 'wörld' \"✓\" $HOME `x` {braces}\nsecond line"
 

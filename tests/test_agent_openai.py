@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 import trio
+from latis_agents.openai import OpenAIAgent
+from latis_agents.openai.agent import TRUNCATED_MARK
+from latis_agents.openai.sse import SSEDecoder
 from openai_stub import OpenAIStub, StubRequest, StubResponse, open_stub, stream_text
 
 import latis_core
 from latis_core import ErrorCode, RequestError, ResponseChunk
-from latis_agents.openai import OpenAIAgent
-from latis_agents.openai.agent import TRUNCATED_MARK
-from latis_agents.openai.sse import SSEDecoder
 
 KEY_ENV = "LATIS_TEST_OPENAI_KEY"
 KEY = "sk-latis-test-" + secrets.token_hex(16)

@@ -233,8 +233,9 @@ class TestDailyFlow:
         assert "== a (complete) ==" in result.stdout and "== b (complete) ==" in result.stdout
         lines = [json.loads(x) for x in home.ok(
             "coordinate", "--agents", "a,b", "--json", "x y").stdout.splitlines()]
-        results = {x["unit"]: x["answer"] for x in lines if x["type"] == "result"}
-        assert results == {"a": "x y", "b": "x y"}
+        replies = {x["unit"]: x["text"] for x in lines if x["type"] == "reply"}
+        assert replies == {"a": "x y", "b": "x y"}
+        assert lines[-1]["type"] == "result" and lines[-1]["outcome"] == "complete"
 
     def test_unit_down_and_destroy(self, home: Home) -> None:
         """down stops the unit's process; destroy removes what was made."""
@@ -255,11 +256,13 @@ class TestDailyFlow:
 
 class TestOutputAndErrors:
     def test_prompt_json_is_ndjson(self, home: Home) -> None:
-        """`prompt --json` prints one JSON object per event, then the outcome."""
+        """`prompt --json` prints one JSON object per event: the session first, then the
+        chunks, then the outcome."""
         lines = [json.loads(x) for x in home.ok("prompt", "--json", "a b").stdout.splitlines()]
         assert [(x["type"], x.get("text")) for x in lines] == [
-            ("chunk", "a "), ("chunk", "b"), ("outcome", None),
+            ("session", None), ("chunk", "a "), ("chunk", "b"), ("outcome", None),
         ]
+        assert lines[0]["session"]
         assert lines[-1]["outcome"] == "complete"
 
     def test_prompt_from_stdin_and_file(self, home: Home) -> None:
@@ -376,7 +379,7 @@ class TestUnitCommand:
         ("option", "says"),
         [
             ("delay=soon", "option 'delay' must be a number of seconds, got 'soon'"),
-            ("colour=red", "unknown option 'colour' (known: ask, delay, repeat)"),
+            ("colour=red", "unknown option 'colour' (known: ask, delay, remember, repeat)"),
             ("oops", "option 'oops' is not KEY=VALUE"),
         ],
     )

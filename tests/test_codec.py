@@ -399,25 +399,25 @@ BAD: list[tuple[bytes, ErrorCode, Any, tuple[str, ...]]] = [
     ),
     # A nested object of the wrong kind, or with a bad field.
     (
-        b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","agent":"echo"}',
+        b'{"type":"hello","id":0,"protocol":1,"role":"unit","agent":"echo"}',
         ErrorCode.BAD_MESSAGE,
         0,
         ("hello", "$.agent", "an object", "a string"),
     ),
     (
-        b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","agent":["echo"]}',
+        b'{"type":"hello","id":0,"protocol":1,"role":"unit","agent":["echo"]}',
         ErrorCode.BAD_MESSAGE,
         0,
         ("hello", "$.agent", "an object", "an array"),
     ),
     (
-        b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","agent":{"name":1}}',
+        b'{"type":"hello","id":0,"protocol":1,"role":"unit","agent":{"name":1}}',
         ErrorCode.BAD_MESSAGE,
         0,
         ("hello", "$.agent.name", "a string", "an integer"),
     ),
     (
-        b'{"type":"hello","id":"h","protocol":1,"role":"cmdr","agent":{}}',
+        b'{"type":"hello","id":"h","protocol":1,"role":"unit","agent":{}}',
         ErrorCode.BAD_MESSAGE,
         "h",
         ("hello", "$.agent.name", "missing"),
@@ -442,6 +442,13 @@ class TestBadInput:
         assert type(exc.request_id) is type(request_id)
         for fragment in fragments:
             assert fragment in exc.message, (fragment, exc.message)
+
+    def test_the_other_roles_members_are_ignored(self) -> None:
+        """A controller's hello may carry a unit's `agent`, even a malformed one: ignored."""
+        for agent in (b'"echo"', b'{"x":1}', b"null"):
+            head = b'{"type":"hello","id":0,"protocol":1,"role":"cmdr","agent":'
+            msg = decode(head + agent + b"}")
+            assert isinstance(msg, Hello) and msg.role == "cmdr" and msg.agent is None
 
     def test_message_type_set(self) -> None:
         """A bad field names the message type in `.message_type`; a bad envelope does not."""

@@ -14,7 +14,6 @@ from typing import Any, Literal
 import attrs
 import pytest
 
-from latis_core._plugins import registry as _registry
 from latis_core._cmdr.config import (
     Config,
     ConfigError,
@@ -27,6 +26,7 @@ from latis_core._cmdr.config import (
 )
 from latis_core._cmdr.config_lines import _Locator as Locator
 from latis_core._cmdr.config_write import add_unit, add_unit_text, init_text
+from latis_core._plugins import registry as _registry
 
 # -- fake plugins ------------------------------------------------------------------------
 
@@ -460,7 +460,7 @@ def test_wrong_kinds_say_what_was_expected(fakes: None) -> None:
         env = { A = 1 }
         timeout = "1m"
         stop_timeout = 1.5
-        init = "yes"
+        init = "maybe"
         mode = "quick"
         level = "medium"
         port = 1.5
@@ -562,9 +562,10 @@ def test_unknown_top_level_table_and_key(fakes: None) -> None:
         """
     ) == "\n".join(
         [
-            "latis.toml:1: title: unknown key (known: daemon, units)",
+            "latis.toml:1: title: unknown key (known: daemon, groups, notify, policy, units, web)",
             "latis.toml:2: unit: unknown table (did you mean 'units'?)",
-            "latis.toml:4: servers: unknown table (known: daemon, units)",
+            "latis.toml:4: servers: unknown table "
+            "(known: daemon, groups, notify, policy, units, web)",
         ]
     )
 
@@ -627,7 +628,8 @@ def test_unknown_unit_key_suggests(fakes: None) -> None:
         """
     ) == (
         "latis.toml:3: unit 'box': colour: unknown key "
-        "(known: accept, agent, agent_command, agent_options, dial, provisioner)"
+        "(known: accept, agent, agent_command, agent_options, connection, dial, heartbeat, "
+        "heartbeat_timeout, labels, max_sessions, notify, provisioner, session_memory)"
     )
 
 

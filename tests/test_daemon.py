@@ -22,8 +22,8 @@ import latis_core
 from latis_core import ErrorCode, RequestError
 from latis_core._cmdr.config import parse_config
 from latis_core._cmdr.daemon import Daemon, DaemonRunning, serve_daemon
-from latis_core._os.paths import paths
 from latis_core._cmdr.state import StateDB
+from latis_core._os.paths import paths
 
 WORDS = " ".join(f"w{i}" for i in range(30))
 CONFIG = """
@@ -282,7 +282,9 @@ async def test_the_controller_coordinates_a_task_over_units(home: Path) -> None:
     """`Controller.coordinate` gives each agent its own session, a unit named twice two."""
     events: list[latis_core.CoordinationEvent] = []
     async with controller(home) as ctl:
-        ended = await ctl.coordinate("hello there", ["fast", "slow", "fast"], events.append)
+        result = await ctl.coordinate("hello there", ["fast", "slow", "fast"], events.append)
+    ended = result.agents
+    assert result.outcome == "complete"
     assert [(e.agent, e.outcome) for e in ended] == [
         ("fast", "complete"), ("slow", "complete"), ("fast#2", "complete")]
     assert len({e.session for e in ended}) == 3
@@ -292,17 +294,21 @@ async def test_the_controller_coordinates_a_task_over_units(home: Path) -> None:
 
 
 async def test_a_failing_agent_does_not_stop_the_others(home: Path) -> None:
-    """An unreachable unit ends with its error while the other agents complete."""
+    """An unreachable unit ends with its error while the other agents complete (with
+    `require any`; under `all` the task has failed and the rest are cancelled)."""
     async with controller(home) as ctl:
-        ended = await ctl.coordinate("hi", ["gone", "fast"])
+        settings = latis_core.CoordinationSettings(require="any")
+        result = await ctl.coordinate("hi", ["gone", "fast"], settings=settings)
+    ended = result.agents
     assert ended[0].outcome == "error" and "gone" in (ended[0].error or "")
     assert ended[1].outcome == "complete"
+    assert result.outcome == "complete"
 
 
 async def test_the_daemon_client_streams_a_coordination(home: Path) -> None:
     """`DaemonClient.coordinate` runs in the daemon and hands over its events as they come."""
     events: list[latis_core.CoordinationEvent] = []
     async with daemon(home), latis_core.open_daemon(autostart=False) as cmdr:
-        ended = await cmdr.coordinate("ping pong", ["fast", "fast"], events.append)
+        ended = (await cmdr.coordinate("ping pong", ["fast", "fast"], events.append)).agents
     assert [e.agent for e in ended] == ["fast", "fast#2"]
     assert {e.type for e in events} >= {"started", "chunk", "ended"}

@@ -25,7 +25,7 @@ pytest.importorskip("moto")
 
 from latis_provisioners.cloud_aws import CloudAwsProvisioner  # noqa: E402
 from provisioning import recorded  # noqa: E402
-from standins import Moto, aws_credentials, kill_pid_file, moto_server, run_user_data  # noqa: E402
+from standins import Moto, aws_credentials, kill_pid_file, run_user_data  # noqa: E402
 
 import latis_core  # noqa: E402
 from latis_core import (  # noqa: E402
@@ -44,20 +44,6 @@ pytestmark = pytest.mark.timeout(60)
 LINE = "latis-enroll-1:u0123456789abcdef:" + "s" * 43
 
 Make = Callable[..., CloudAwsProvisioner]
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[Moto]:
-    with aws_credentials(), moto_server() as server:
-        yield server
-
-
-@pytest.fixture
-def ec2(moto: Moto) -> Iterator[Any]:
-    """A bare client, on a server emptied for this test."""
-    moto.reset()
-    with aws_credentials():
-        yield moto.ec2()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ pytest.importorskip("kubernetes")
 pytest.importorskip("kmock")
 
 from latis_provisioners.kubernetes import KubernetesProvisioner, object_name  # noqa: E402
-from standins import Kmock, free_port, kmock_server, run_pod  # noqa: E402
+from standins import Kmock, free_port, run_pod  # noqa: E402
 
 import latis_core  # noqa: E402
 from latis_core import (  # noqa: E402
@@ -43,12 +43,6 @@ from latis_core import (  # noqa: E402
 pytestmark = pytest.mark.timeout(60)
 
 Make = Callable[..., KubernetesProvisioner]
-
-
-@pytest.fixture(scope="module")
-def kmock() -> Iterator[Kmock]:
-    with kmock_server() as server:
-        yield server
 
 
 class Enroller:

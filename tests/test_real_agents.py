@@ -279,7 +279,11 @@ def test_claude_p_streams_continues_and_fails() -> None:
     )
     first, second, failed = report["prompts"]
     assert first["outcome"] == "complete", first
-    assert [c["text"] for c in first["chunks"]] == ["Stub ", "heard: ", "PINEAPPLE."]
+    assert [c["text"] for c in first["chunks"] if c["kind"] != "usage"] == [
+        "Stub ", "heard: ", "PINEAPPLE."]
+    # The result line's tokens and cost, as Claude Code reported them, follow the text.
+    [usage] = [c for c in first["chunks"] if c["kind"] == "usage"]
+    assert usage["text"] == "" and "usage" in usage["data"]
     assert second["outcome"] == "complete", second
     assert text_of(second) == "Stub heard: BANANA."
     assert failed["outcome"] == "error", failed

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from latis_core._wire.messages import State as SessionState
-from latis_core._plugins.provision import Resources
 from latis_core._cmdr.schema import MIGRATIONS as REAL_MIGRATIONS
 from latis_core._cmdr.state import (
     ChunkRow,
@@ -27,6 +25,8 @@ from latis_core._cmdr.state import (
     StateError,
     UnitResources,
 )
+from latis_core._plugins.provision import Resources
+from latis_core._wire.messages import State as SessionState
 
 
 class Clock:
@@ -80,7 +80,7 @@ class TestOpen:
             assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
             assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
             assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-            assert state.schema_version == len(REAL_MIGRATIONS) == 2
+            assert state.schema_version == len(REAL_MIGRATIONS) == 5
             assert state.check() == "ok"
 
     def test_private_file(self, db_path: Path) -> None:

@@ -14,12 +14,12 @@ from typing import Any, ParamSpec, TypeVar
 import pytest
 import trio
 import trio.testing
+from latis_agents.echo import EchoAgent
 from latis_transports import quic
 from latis_transports.quic import QuicDialer, QuicListener, QuicStream, QuicStreamListener
 
 import latis_core
 from latis_core import ConnectError
-from latis_agents.echo import EchoAgent
 from latis_core._os.tls import CertificateAuthority, TlsFiles, self_signed
 from latis_core._unit.unit import serve_unit
 

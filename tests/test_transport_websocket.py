@@ -27,8 +27,8 @@ from units import conversation
 
 import latis_core
 from latis_core import ConnectError, EchoAgent
-from latis_core._wire.frames import DEFAULT_MAX_FRAME
 from latis_core._os.tls import CMDR_NAME, CertificateAuthority, self_signed, server_context
+from latis_core._wire.frames import DEFAULT_MAX_FRAME
 
 pytestmark = pytest.mark.timeout(30)
 

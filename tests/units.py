@@ -8,8 +8,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import attrs
@@ -25,26 +25,28 @@ UNIT = [sys.executable, "-m", "latis_core._unit.cli"]
 class ListeningUnit:
     """A `latis-unit --listen` process: the port it got and the TLS pin it printed."""
 
-    process: trio.Process
+    process: trio.Process | subprocess.Popen[str]
     port: int | None
     fingerprint: str | None
 
 
 @asynccontextmanager
-async def listening_unit(
-    home: Path, address: str, *args: str
-) -> AsyncIterator[ListeningUnit]:
+async def listening_unit(home: Path, address: str, *args: str) -> AsyncIterator[ListeningUnit]:
     """`latis-unit --listen ADDRESS ARGS` (echo agent, 10 ms a word), until the block ends.
 
     With port 0 in ADDRESS, the port it got is read from what it says on start.
     """
     env = {**os.environ, "LATIS_HOME": str(home / "unit-home")}
     async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(functools.partial(
-            trio.run_process,
-            [*UNIT, "--listen", address, "--agent", "echo", "-o", "delay=0.01", *args],
-            stderr=subprocess.PIPE, env=env, check=False,
-        ))
+        process: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [*UNIT, "--listen", address, "--agent", "echo", "-o", "delay=0.01", *args],
+                stderr=subprocess.PIPE,
+                env=env,
+                check=False,
+            )
+        )
         assert process.stderr is not None
         said = b""
         with trio.fail_after(20):
@@ -88,3 +90,34 @@ async def conversation(unit: latis_core.UnitClient) -> None:
     assert await session.state() == "idle"
     assert (await unit.state()).state == "idle"
     await session.destroy()
+
+
+@contextmanager
+def listening_process(home: Path, address: str, *args: str) -> Iterator[ListeningUnit]:
+    """`listening_unit` for code that is not async: a `latis-unit --listen` child (its
+    `process` is a `subprocess.Popen`), stopped when the block ends."""
+    env = {**os.environ, "LATIS_HOME": str(home / "unit-home")}
+    child = subprocess.Popen(
+        [*UNIT, "--listen", address, "--agent", "echo", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert child.stderr is not None
+        text = ""
+        while "listening on" not in text:
+            line = child.stderr.readline()
+            assert line, f"the unit exited: {text}"
+            text += line
+        port = re.search(r"\(port (\d+)\)", text)
+        pin = re.search(r"TLS certificate (sha256:[0-9a-f]{64})", text)
+        yield ListeningUnit(
+            child,
+            int(port.group(1)) if port else None,
+            pin.group(1) if pin else None,
+        )
+    finally:
+        child.terminate()
+        child.wait(10)

@@ -66,7 +66,9 @@ class _AcpSession(AgentSession):
         self.idle_dropped = 0
         self.terminals: dict[str, _Terminal] = {}
         self.next_terminal = 0
-        self._asking: Any = None
+        #: The agent's request a person is asked about now, and the answer that
+        #: withdraws it if the prompt is cancelled meanwhile.
+        self._asking: tuple[Any, dict[str, Any]] | None = None
         self.closed = False
 
     # ---- updates from the reader ------------------------------------------------------
@@ -167,7 +169,7 @@ class _AcpSession(AgentSession):
         tool = params.get("toolCall")
         title = tool.get("title") if isinstance(tool, dict) else None
         question = str(title) if title else "The agent asks for permission"
-        self._asking = rid
+        self._asking = (rid, {"outcome": {"outcome": "cancelled"}})
         answer: str | None = None
         # The agent may die while the human thinks: then the prompt ends at once.
         with trio.CancelScope() as scope:
@@ -191,15 +193,17 @@ class _AcpSession(AgentSession):
         if not isinstance(params, dict):
             await proc.respond_error(rid, INVALID_PARAMS, "params must be an object")
             return
-        question, data = _question(params)
+        question, options, data = _question(params)
+        self._asking = (rid, {"action": "cancel"})
         answer: str | None = None
         with trio.CancelScope() as scope:
             proc.watchers.add(scope)
             try:
                 if proc.dead is None:
-                    answer = await reply.ask(question, kind="form", data=data)
+                    answer = await reply.ask(question, options=options, kind="form", data=data)
             finally:
                 proc.watchers.discard(scope)
+        self._asking = None
         if answer is None:
             raise proc.gone()
         await proc.respond(rid, _response(params, answer))
@@ -207,7 +211,7 @@ class _AcpSession(AgentSession):
     async def _cancel(self, proc: _Process, rid: int | None) -> None:
         """The prompt was cancelled: tell the agent, and wait (bounded) for it to stop."""
         if self._asking is not None:
-            await proc.respond(self._asking, {"outcome": {"outcome": "cancelled"}})
+            await proc.respond(*self._asking)
             self._asking = None
         if rid is None or proc.dead is not None:
             return

@@ -48,6 +48,10 @@ class Method(enum.StrEnum):
     CONFIG_USE = "config.use"
     #: Destroy a unit (see unit.destroy) and forget it; the CLI removes it from config.
     UNIT_REMOVE = "unit.remove"
+    #: What provisioners made for units that are not in config (found by tag, label, name).
+    UNIT_ORPHANS = "unit.orphans"
+    #: Make a unit's group (a provisioner that scales) so many units.
+    UNIT_SCALE = "unit.scale"
     #: The agent behind each unit.
     AGENTS_LIST = "agents.list"
     #: One session: its unit, state and last prompt.
@@ -70,6 +74,10 @@ class Method(enum.StrEnum):
     INBOX_ANSWER = "inbox.answer"
     #: Usage and cost as the agents report them, rolled up.
     USAGE = "usage"
+    #: Serve the web dashboard (or say where it is served): its URL with the token.
+    WEB_START = "web.start"
+    #: Stop serving the web dashboard.
+    WEB_STOP = "web.stop"
 
 
 @attrs.frozen
@@ -88,7 +96,8 @@ class MethodSpec:
 
 METHODS: dict[Method, MethodSpec] = {
     Method.STATUS: MethodSpec(),
-    Method.UNIT_UP: MethodSpec(required=("unit",), streams=True),
+    Method.UNIT_UP: MethodSpec(required=("unit",), optional=("wait",), kinds={"wait": bool},
+                               streams=True),
     Method.UNIT_DOWN: MethodSpec(required=("unit",), streams=True),
     Method.UNIT_DESTROY: MethodSpec(required=("unit",), streams=True),
     Method.UNIT_ENROLL: MethodSpec(
@@ -108,6 +117,9 @@ METHODS: dict[Method, MethodSpec] = {
     Method.CONFIG_RELOAD: MethodSpec(),
     Method.CONFIG_USE: MethodSpec(optional=("path",)),
     Method.UNIT_REMOVE: MethodSpec(required=("unit",), streams=True),
+    Method.UNIT_ORPHANS: MethodSpec(),
+    Method.UNIT_SCALE: MethodSpec(required=("unit", "replicas"), kinds={"replicas": int},
+                                  streams=True),
     Method.AGENTS_LIST: MethodSpec(),
     Method.SESSION_GET: MethodSpec(required=("session",)),
     Method.SESSION_PRUNE: MethodSpec(optional=("idle",), kinds={"idle": float}),
@@ -126,6 +138,11 @@ METHODS: dict[Method, MethodSpec] = {
     Method.INBOX_LIST: MethodSpec(optional=("all",), kinds={"all": bool}),
     Method.INBOX_ANSWER: MethodSpec(required=("id", "answer"), optional=("by",)),
     Method.USAGE: MethodSpec(optional=("by",)),
+    Method.WEB_START: MethodSpec(
+        optional=("host", "port", "tls", "new_token"),
+        kinds={"port": int, "tls": bool, "new_token": bool},
+    ),
+    Method.WEB_STOP: MethodSpec(),
 }
 
 

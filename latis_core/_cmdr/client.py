@@ -182,10 +182,13 @@ class DaemonClient:
         return await self.call(Method.STATUS)
 
     async def unit_up(
-        self, unit: str, progress: Callable[[str], None] | None = None
+        self, unit: str, progress: Callable[[str], None] | None = None, *, wait: bool = True
     ) -> dict[str, Any]:
-        """Provision (if needed), start and connect `unit`; `progress` hears each step."""
-        return await self.call(Method.UNIT_UP, self._progress(progress), unit=unit)
+        """Provision (if needed), start and connect `unit`; `progress` hears each step.
+        With `wait` False, return once the unit's platform took the request (no
+        connection yet)."""
+        return await self.call(Method.UNIT_UP, self._progress(progress), unit=unit,
+                               wait=None if wait else False)
 
     async def unit_down(
         self, unit: str, progress: Callable[[str], None] | None = None
@@ -275,6 +278,17 @@ class DaemonClient:
         """Destroy `unit` (as `unit_destroy`) and make the daemon forget it."""
         return await self.call(Method.UNIT_REMOVE, self._progress(progress), unit=unit)
 
+    async def unit_orphans(self) -> dict[str, Any]:
+        """What provisioners made for units not in config: `{orphans: [...], errors}`."""
+        return await self.call(Method.UNIT_ORPHANS)
+
+    async def unit_scale(
+        self, unit: str, replicas: int, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Make `unit`'s group `replicas` units; `{unit, replicas, members}`."""
+        return await self.call(Method.UNIT_SCALE, self._progress(progress), unit=unit,
+                               replicas=replicas)
+
     async def agents_list(self) -> dict[str, Any]:
         """The agent behind each unit."""
         return await self.call(Method.AGENTS_LIST)
@@ -363,6 +377,20 @@ class DaemonClient:
         """Usage and cost as the agents report them, by session (or unit, agent,
         coordination, day): `{"by", "rows", "unreported"}`."""
         return await self.call(Method.USAGE, by=by)
+
+    async def web_start(
+        self, host: str | None = None, port: int | None = None, tls: bool | None = None,
+        new_token: bool = False,
+    ) -> dict[str, Any]:
+        """Serve the web dashboard from the daemon (unless it is served; other
+        `host`, `port` or `tls` move it): `{url, login, token_file, tls, ca, started}`,
+        where `login` is the URL with the token (docs/web.md)."""
+        return await self.call(Method.WEB_START, host=host, port=port, tls=tls,
+                               new_token=new_token or None)
+
+    async def web_stop(self) -> dict[str, Any]:
+        """Stop serving the web dashboard: `{stopped}` (false: it was not served)."""
+        return await self.call(Method.WEB_STOP)
 
     async def daemon_stop(self) -> dict[str, Any]:
         """Stop the daemon (units that run by themselves keep running)."""

@@ -44,7 +44,8 @@ from latis_core._cmdr.config_lines import _Keys, _Locator
 from latis_core._cmdr.config_seed import connection_tables
 from latis_core._cmdr.notify import NotifyConfig, parse_notify
 from latis_core._cmdr.policy import Rule, parse_rules
-from latis_core._errors import LatisError
+from latis_core._cmdr.web.config import WebConfig, parse_web
+from latis_core._errors import ErrorCode, LatisError
 from latis_core._os.paths import paths
 from latis_core._plugins import registry as _registry
 from latis_core._wire.connection import HEARTBEAT, HEARTBEAT_TIMEOUT
@@ -69,7 +70,7 @@ _UNIT_KEYS = (
     "agent", "agent_options", "agent_command", "provisioner", "dial", "accept", "connection",
     "heartbeat", "heartbeat_timeout", "max_sessions", "session_memory", "labels", "notify",
 )
-_TOP_KEYS = ("daemon", "units", "groups", "notify", "policy")
+_TOP_KEYS = ("daemon", "units", "groups", "notify", "policy", "web")
 #: `session_memory` units: "512MiB", "2GiB", "1.5GB" (or a number of bytes).
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _FACTOR = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
@@ -208,6 +209,8 @@ class Config:
     notify: NotifyConfig = attrs.Factory(NotifyConfig)
     #: `[[policy]]`: the approval rules, in order (latis_core._cmdr.policy).
     policy: tuple[Rule, ...] = ()
+    #: `[web]`: the dashboard cmdr serves (latis_core._cmdr.web, docs/web.md).
+    web: WebConfig = attrs.Factory(WebConfig)
 
     def unit(self, name: str) -> UnitConfig:
         """The unit called `name`.
@@ -256,6 +259,8 @@ class ConfigError(LatisError):
     The message has one line per problem. `problems` holds them, for programs
     (empty when the file itself could not be found or read).
     """
+
+    code = ErrorCode.BAD_CONFIG
 
     def __init__(self, message: str, problems: Sequence[ConfigProblem] = ()) -> None:
         super().__init__(message)
@@ -655,6 +660,9 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     rules, rule_problems = parse_rules(data.get("policy", []))
     for rpath, message in rule_problems:
         reader.error(None, ("policy", *rpath), message)
+    web, web_problems = parse_web(data.get("web", {}))
+    for wpath, message in web_problems:
+        reader.error(None, ("web", *wpath), message)
     units: dict[str, UnitConfig] = {}
     declared = data.get("units", {})
     if type(declared) is not dict:
@@ -674,7 +682,7 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     groups = _groups(reader, data.get("groups", {}), units)
     if reader.problems:
         raise ConfigError.of(reader.problems)
-    return Config(units, daemon, source, groups, notify, tuple(rules))
+    return Config(units, daemon, source, groups, notify, tuple(rules), web)
 
 
 #: The options that make a listener's address; the others are how it listens.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import os
 import types
 import typing
@@ -315,6 +316,14 @@ def _from_text(t: Any, text: str) -> Any:
     return text
 
 
+@functools.cache
+def _field_types(cls: Any) -> dict[str, Any]:
+    """Each field of the attrs class `cls` and its type, resolved once per class
+    (`get_type_hints` costs more than reading a unit's table)."""
+    types_ = typing.get_type_hints(cls)
+    return {f.name: types_.get(f.name, f.type) for f in attrs.fields(cls)}
+
+
 def typed_text(cls: Any, table: Mapping[str, Any]) -> dict[str, Any]:
     """`table` with each string given for a number or boolean field of `cls` converted.
 
@@ -324,9 +333,10 @@ def typed_text(cls: Any, table: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not attrs.has(cls):
         return dict(table)
-    types_ = typing.get_type_hints(cls)
-    fields = {f.name: types_.get(f.name, f.type) for f in attrs.fields(cls)}
     out = dict(table)
+    if not any(isinstance(value, str) for value in table.values()):
+        return out
+    fields = _field_types(cls)
     for key, value in table.items():
         t = fields.get(key) or fields.get(key.replace("-", "_"))
         if isinstance(value, str) and t is not None:

@@ -18,10 +18,11 @@ picks every running prompt up at the last chunk it stored.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -43,7 +44,16 @@ from latis_core._errors import (
 from latis_core._io.client import Session, UnitClient, connect
 from latis_core._os.paths import Paths
 from latis_core._os.paths import paths as default_paths
-from latis_core._plugins.provision import ProvisionContext, Provisioner, ProvisionError
+from latis_core._plugins.provision import (
+    FindsOrphans,
+    MemoryResources,
+    ProvisionContext,
+    Provisioner,
+    ProvisionError,
+    Resources,
+    Scales,
+    TakesEnroller,
+)
 from latis_core._plugins.registry import dialer_from_url, load_provisioner
 from latis_core._plugins.transport import Dialer
 from latis_core._wire.messages import State
@@ -59,6 +69,11 @@ _T = TypeVar("_T")
 
 #: Backoff between reconnection attempts, in seconds (doubling up to the last).
 BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+#: Seconds between progress lines while `up` waits for a unit to dial in.
+PROGRESS_EVERY = 5.0
+
+#: How much of a session's last prompt `status` shows (characters).
+PROMPT_PREVIEW = 200
 
 
 @attrs.define(eq=False)
@@ -78,6 +93,9 @@ class UnitRuntime:
     via: str | None = None
     #: Added by address (`latis connect URL`), not by config: a reload keeps it.
     keep: bool = False
+    #: The unit whose provisioner made this one as a member of its group (`scale`).
+    member_of: str | None = None
+    _hearing: list[Callable[[str], None]] = attrs.field(factory=list)
     _stop: trio.Event | None = None
     _done: trio.Event | None = None
     _connected: trio.Event = attrs.field(factory=trio.Event)
@@ -98,6 +116,21 @@ class UnitRuntime:
         if self._done is not None:
             await self._done.wait()
 
+    def tell(self, line: str) -> None:
+        """A progress line of the unit's provisioner: to the log, and to whoever
+        hears it now (`hearing`)."""
+        log.info("unit %s: %s", self.name, line)
+        for hear in list(self._hearing):
+            hear(line)
+
+    @contextmanager
+    def hearing(self, say: Callable[[str], None]) -> Iterator[None]:
+        """Pass the provisioner's progress lines to `say` while the block runs."""
+        self._hearing.append(say)
+        try:
+            yield
+        finally:
+            self._hearing.remove(say)
 
 
 class Controller(HumanLoop, PromptEngine):
@@ -119,8 +152,11 @@ class Controller(HumanLoop, PromptEngine):
         #: Stores every prompt's chunks, many at a time (started with the controller).
         self.writer = ChunkWriter(state, self._hop)
         self._state_listeners: list[Callable[[str, str], None]] = []
+        self._unit_listeners: list[Callable[[UnitRuntime], None]] = []
         for name, unit_config in config.units.items():
             self.units[name] = self._runtime(name, unit_config)
+        for rt in list(self.units.values()):
+            self._add_members(rt)
         from latis_core._cmdr.dialin import DialIns
 
         #: cmdr's listeners, for units that dial in.
@@ -136,8 +172,8 @@ class Controller(HumanLoop, PromptEngine):
         """
         return await self.writer.call(functools.partial(fn, *args))
 
-    async def _hop(self, work: Callable[[], None]) -> None:
-        await trio.to_thread.run_sync(work, limiter=self._db_limiter)
+    async def _hop(self, work: Callable[[], _T]) -> _T:
+        return await trio.to_thread.run_sync(work, limiter=self._db_limiter)
 
     @property
     def reads(self) -> StateDB:
@@ -167,24 +203,105 @@ class Controller(HumanLoop, PromptEngine):
         )
         provisioner = None
         if unit_config.provisioner is not None:
-            cls = load_provisioner(unit_config.provisioner.type)
-            context = ProvisionContext(
-                unit=name,
-                agent=unit_config.agent,
-                agent_options=dict(unit_config.agent_options),
-                agent_command=unit_config.agent_command,
-                run_dir=self.paths.units_dir / name,
-                log_dir=self.paths.log_dir,
-                resources=self.state.resources(name),
-            )
-            provisioner = cls(unit_config.provisioner.options, context)
+            provisioner = self._provisioner(name, unit_config, self.state.resources(name))
         dialer: Dialer | None = None
         if unit_config.dial is not None:
             dialer = unit_config.dial.options  # type: ignore[assignment]  # a DIALER
             if getattr(dialer, "command", "") is None:
                 # `local` with no command: the unit the provisioner runs.
                 dialer = provisioner.dialer() if provisioner is not None else None
-        return UnitRuntime(name, unit_config, provisioner, dialer)
+        rt = UnitRuntime(name, unit_config, provisioner, dialer)
+        if provisioner is not None and hasattr(provisioner, "progress"):
+            provisioner.progress = rt.tell
+        return rt
+
+    def _provisioner(
+        self, name: str, unit_config: UnitConfig, resources: Resources
+    ) -> Provisioner:
+        """The provisioner of unit `name` (it has one), with the controller's enroller
+        when its units dial home (unless its options name `connect` and `secret_file`)."""
+        assert unit_config.provisioner is not None
+        cls = load_provisioner(unit_config.provisioner.type)
+        context = ProvisionContext(
+            unit=name,
+            agent=unit_config.agent,
+            agent_options=dict(unit_config.agent_options),
+            agent_command=unit_config.agent_command,
+            run_dir=self.paths.units_dir / name,
+            log_dir=self.paths.log_dir,
+            resources=resources,
+        )
+        options = unit_config.provisioner.options
+        provisioner: Provisioner = cls(options, context)
+        if isinstance(provisioner, TakesEnroller) and not (
+            getattr(options, "connect", None) and getattr(options, "secret_file", None)
+        ):
+            provisioner.set_enroller(self._enroll)
+        return provisioner
+
+    async def _enroll(self, unit: str, address: str | None) -> Mapping[str, Any]:
+        """A provisioner's enroller: a fresh enrollment of `unit` (see `DialIns.enroll`)."""
+        return await self.dialins.enroll(unit, address)
+
+    # ---- groups (a provisioner that scales) ---------------------------------------------
+
+    def _add_members(self, rt: UnitRuntime, members: Sequence[str] | None = None) -> None:
+        """Make the members of `rt`'s group units (the group's config, with no
+        provisioner of their own: their pods dial in on the group's listeners), so
+        that they can be enrolled, dial in and take sessions. `members` defaults to
+        the group's current ones; a unit of config by a member's name stays as it is."""
+        if not isinstance(rt.provisioner, Scales):
+            return
+        if members is None:
+            members = rt.provisioner.member_units()
+        for member in members:
+            if member == rt.name or member in self.units:
+                continue
+            member_config = attrs.evolve(rt.config, name=member, provisioner=None, dial=None,
+                                         line=None)
+            self.units[member] = member_rt = self._runtime(member, member_config)
+            member_rt.member_of = rt.name
+
+    def _members_of(self, group: str) -> list[UnitRuntime]:
+        return [rt for rt in self.units.values() if rt.member_of == group]
+
+    async def _drop_members(self, group: str, keep: Collection[str] = ()) -> list[str]:
+        """Forget the members of `group` not in `keep` (their pods are gone): their
+        connections end, their sessions close, their enrollments retire."""
+        gone = [rt for rt in self._members_of(group) if rt.name not in keep]
+        for rt in gone:
+            await self._forget(rt)
+            del self.units[rt.name]
+        return [rt.name for rt in gone]
+
+    async def scale(
+        self, name: str, replicas: int, progress: Callable[[str], None] | None = None
+    ) -> list[str]:
+        """Make unit `name`'s group `replicas` units (a provisioner that scales: kubernetes).
+
+        New members become units (see `_add_members`) before their pods are made;
+        removed ones are forgotten. Returns the members' names. Does not wait for the
+        new members to dial in.
+
+        Raises:
+            LookupError: no such unit.
+            ValueError: its provisioner makes one unit only, or `replicas` < 0.
+        """
+        rt = self.unit(name)
+        provisioner = rt.provisioner
+        if not isinstance(provisioner, Scales):
+            kind = rt.config.provisioner.type if rt.config.provisioner else "none"
+            raise ValueError(f"unit {name!r} cannot scale: its provisioner ({kind}) runs one "
+                             "unit (the kubernetes provisioner scales)")
+        if replicas < 0:
+            raise ValueError(f"cannot scale unit {name!r} to {replicas} units")
+        self._add_members(rt, provisioner.member_units(replicas))
+        with rt.hearing(progress or (lambda _: None)):
+            members = await provisioner.scale(replicas)
+        await self._drop_members(name, members)
+        if name not in members:
+            await self._disconnect(rt)
+        return members
 
     async def reload(self, config: Config) -> dict[str, list[str]]:
         """Take a new config: add its new units, update those not connected, stop
@@ -197,12 +314,16 @@ class Controller(HumanLoop, PromptEngine):
         added = []
         for name, unit_config in config.units.items():
             rt = self.units.get(name)
-            if rt is None or rt.keep:
+            if rt is None or rt.keep or rt.member_of is not None:
                 added.append(name)
             elif rt.config == unit_config or rt.client is not None:
                 continue
             self.units[name] = self._runtime(name, unit_config)
-        removed = [n for n, rt in self.units.items() if n not in config.units and not rt.keep]
+        for name in config.units:
+            self._add_members(self.units[name])
+        # (A member stays as long as its group is in config.)
+        removed = [n for n, rt in self.units.items() if n not in config.units and not rt.keep
+                   and rt.member_of not in config.units]
         for name in removed:
             try:
                 await self.down(name)
@@ -253,8 +374,17 @@ class Controller(HumanLoop, PromptEngine):
                 f"no unit {name!r} in config (units: {', '.join(sorted(self.units))})"
             ) from None
 
-    async def up(self, name: str, progress: Callable[[str], None] | None = None) -> UnitRuntime:
-        """Provision the unit if it has a provisioner, start it, and connect to it."""
+    async def up(
+        self, name: str, progress: Callable[[str], None] | None = None, *, wait: bool = True
+    ) -> UnitRuntime:
+        """Provision the unit if it has a provisioner, start it, and connect to it.
+
+        `progress` hears each step, the provisioner's own lines too. With `wait`
+        False (`latis unit up --no-wait`), return once the provisioner's platform
+        took the request (a provisioner with a `wait` attribute does not wait for
+        its unit to be ready; see `latis_core._plugins.provision`), without
+        connecting or waiting for the unit to dial in.
+        """
         rt = self.unit(name)
         say = progress or (lambda _: None)
         if (
@@ -265,13 +395,18 @@ class Controller(HumanLoop, PromptEngine):
             return rt
         if rt.provisioner is not None and rt.config.provisioner is not None:
             say(f"starting unit {name!r} ({rt.config.provisioner.type})")
+            self._add_members(rt)
             try:
-                await rt.provisioner.start()
+                with rt.hearing(say), _not_waiting(rt.provisioner, not wait):
+                    await rt.provisioner.start()
             except ProvisionError as exc:
                 await self._set_connection(rt, ConnectionState.UNREACHABLE, str(exc))
                 raise
             if rt.dialer is None:
                 rt.dialer = rt.provisioner.dialer()
+        if not wait:
+            say(f"unit {name!r} started; not waiting for it to be ready")
+            return rt
         if rt.dialer is None:
             await self._wait_dial_in(rt, say)
             return rt
@@ -285,9 +420,19 @@ class Controller(HumanLoop, PromptEngine):
         if rt.config.accept and rt.provisioner is not None:
             limit = self.config.daemon.dial_in_timeout
             say(f"waiting for unit {rt.name!r} to dial in (up to {limit:g} s)")
+            start = trio.current_time()
             with trio.move_on_after(limit):
                 while rt.client is None or rt.client.peer.closed:
-                    await rt._connected.wait()
+                    with trio.move_on_after(PROGRESS_EVERY):
+                        await rt._connected.wait()
+                    if rt.client is None:
+                        say(f"waiting for unit {rt.name!r} to dial in: "
+                            f"{trio.current_time() - start:.0f} s")
+            if rt.client is None or rt.client.peer.closed:
+                raise UnitNotConnected(
+                    f"unit {rt.name!r} did not dial in within {limit:g} s ({rt.how()}; "
+                    f"[daemon] dial_in_timeout); its provisioner says: "
+                    f"{await _provision_state(rt.provisioner)}")
         if rt.client is None or rt.client.peer.closed:
             hint = (f": run on it the line `latis unit enroll {rt.name}` prints"
                     if rt.config.accept else "")
@@ -427,13 +572,19 @@ class Controller(HumanLoop, PromptEngine):
         rt.since = time.time()
         transport = rt.via or (rt.dialer.describe() if rt.dialer is not None else "")
         await self.db(self.state.set_connection, rt.name, state, transport, error)
+        for listener in list(self._unit_listeners):
+            listener(rt)
 
-    async def down(self, name: str) -> None:
-        """Disconnect from the unit and stop it (if it has a provisioner)."""
+    async def down(self, name: str, progress: Callable[[str], None] | None = None) -> None:
+        """Disconnect from the unit and stop it (if it has a provisioner; a group's
+        members stop with it)."""
         rt = self.unit(name)
         await self._disconnect(rt)
+        for member in self._members_of(name):
+            await self._disconnect(member)
         if rt.provisioner is not None:
-            await rt.provisioner.stop()
+            with rt.hearing(progress or (lambda _: None)):
+                await rt.provisioner.stop()
 
     async def _disconnect(self, rt: UnitRuntime) -> None:
         if rt._stop is not None:
@@ -442,16 +593,21 @@ class Controller(HumanLoop, PromptEngine):
             await rt._done.wait()
         await self._set_connection(rt, ConnectionState.DISCONNECTED)
 
-    async def destroy(self, name: str) -> None:
-        """Disconnect, destroy what the provisioner made, and forget the unit's state.
+    async def destroy(self, name: str, progress: Callable[[str], None] | None = None) -> None:
+        """Disconnect, destroy what the provisioner made, and forget the unit's state
+        (a group's members too).
 
         The unit stays in config: it starts a new life (a new state row, no
         resources), so `up` works again at once.
         """
         rt = self.unit(name)
-        await self._forget(rt)
+        _not_a_member(rt, "destroy")
+        with rt.hearing(progress or (lambda _: None)):
+            await self._forget(rt)
+        await self._drop_members(name)
         self.units[name] = self._runtime(name, rt.config)
         self.units[name].keep = rt.keep
+        self._add_members(self.units[name])
 
     async def remove(self, name: str) -> None:
         """Destroy the unit (see `destroy`) and drop it: the controller no longer knows it.
@@ -465,7 +621,8 @@ class Controller(HumanLoop, PromptEngine):
         if name not in self.units:
             row = await self.read(self.reads.get_unit, name)
             if row is None:
-                self.unit(name)  # raises, listing the units there are
+                if not await self._destroy_orphans(name):
+                    self.unit(name)  # raises, listing the units there are
                 return
             rt = self._from_state(name, row.config)
             if rt is not None:
@@ -476,23 +633,114 @@ class Controller(HumanLoop, PromptEngine):
                 self._notify(sid, State.CLOSED.value)
             await self.db(self.state.mark_unit_destroyed, name)
             return
+        _not_a_member(self.units[name], "remove")
         await self._forget(self.units[name])
+        await self._drop_members(name)
         del self.units[name]
 
-    def _from_state(self, name: str, stored: Mapping[str, Any]) -> UnitRuntime | None:
-        """A runtime for a unit only the state knows, from the config it recorded
-        (`_describe_config`); None if that config no longer reads."""
+    def _stored_config(self, name: str, stored: Mapping[str, Any]) -> UnitConfig | None:
+        """The config of unit `name` as the state recorded it (`_describe_config`);
+        None if it no longer reads."""
         import tomli_w
 
         from latis_core._cmdr.config import ConfigError, parse_config
 
         table = {key: value for key, value in stored.items() if value}
         try:
-            unit_config = parse_config(tomli_w.dumps({"units": {name: table}})).units[name]
-            return self._runtime(name, unit_config)
+            return parse_config(tomli_w.dumps({"units": {name: table}})).units[name]
         except (ConfigError, KeyError, LookupError, TypeError, ValueError) as exc:
-            log.warning("unit %s: its recorded config does not read (%s); forgetting it", name,
-                        exc)
+            log.warning("unit %s: its recorded config does not read (%s)", name, exc)
+            return None
+
+    # ---- orphans -------------------------------------------------------------------------
+
+    async def _orphan_finders(self) -> dict[tuple[str, str], tuple[UnitConfig, FindsOrphans]]:
+        """One provisioner per place where orphans may be (per kind and `orphan_scope`),
+        from the units of config and those only the state knows."""
+        configs = [rt.config for rt in self.units.values() if rt.config.provisioner]
+        for row in await self.read(self.reads.list_units):
+            if row.name not in self.units and row.config.get("provisioner"):
+                stored = self._stored_config(row.name, row.config)
+                if stored is not None and stored.provisioner is not None:
+                    configs.append(stored)
+        finders: dict[tuple[str, str], tuple[UnitConfig, FindsOrphans]] = {}
+        for unit_config in configs:
+            plugin = unit_config.provisioner
+            assert plugin is not None
+            try:
+                cls = load_provisioner(plugin.type)
+            except (LookupError, ImportError):
+                continue
+            scope = getattr(cls, "orphan_scope", None)
+            where = plugin.table if scope is None else {
+                key: getattr(plugin.options, key, None) for key in scope}
+            key = (plugin.type, json.dumps(where, sort_keys=True, default=str))
+            if key in finders:
+                continue
+            provisioner = self._provisioner(unit_config.name, unit_config, MemoryResources())
+            if isinstance(provisioner, FindsOrphans):
+                finders[key] = (unit_config, provisioner)
+        return finders
+
+    async def orphans(self) -> dict[str, Any]:
+        """What provisioners made for units this controller does not know (no longer
+        in config, and not only in its state either), found by their tag, label or
+        name: `latis unit list`. Each place is looked at once, all at once.
+
+        Returns `orphans` (each: `unit`, `provisioner`, `resource`, `state`,
+        `detail`) and `errors` (where looking failed, and why).
+        """
+        known = set(self.units)
+        found: list[dict[str, Any]] = []
+        errors: list[str] = []
+
+        async def look(kind: str, finder: FindsOrphans) -> None:
+            try:
+                for orphan in await finder.orphans(known):
+                    found.append(_orphan_row(kind, orphan))
+            except (ProvisionError, OSError) as exc:
+                errors.append(f"{kind}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for (kind, _), (_, finder) in (await self._orphan_finders()).items():
+                nursery.start_soon(look, kind, finder)
+        found.sort(key=lambda row: (row["unit"], row["provisioner"], row["resource"]))
+        return {"orphans": found, "errors": sorted(errors)}
+
+    async def _destroy_orphans(self, name: str) -> bool:
+        """Destroy what provisioners made for `name`, a unit neither config nor state
+        knows (an orphan): with a provisioner for `name` made from the options of the
+        unit whose place it was found in. Whether there was any."""
+        known = set(self.units)
+        destroyed = False
+        for (kind, _), (unit_config, finder) in (await self._orphan_finders()).items():
+            mine = [o for o in await finder.orphans(known) if o.unit == name]
+            if not mine:
+                continue
+            pids = [pid for o in mine if (pid := getattr(o, "pid", None)) is not None]
+            for seed in [{"pid": str(pid)} for pid in pids] or [{}]:
+                provisioner = self._provisioner(name, unit_config, MemoryResources(seed))
+                log.warning("destroying the orphan %s (%s) of unit %s", kind, seed or "", name)
+                try:
+                    await provisioner.destroy()
+                finally:
+                    close = getattr(provisioner, "aclose", None)
+                    if close is not None:
+                        await close()  # (a libvirt connection)
+            destroyed = True
+        return destroyed
+
+    def _from_state(self, name: str, stored: Mapping[str, Any]) -> UnitRuntime | None:
+        """A runtime for a unit only the state knows, from the config it recorded
+        (`_describe_config`); None if that config no longer reads."""
+        unit_config = self._stored_config(name, stored)
+        if unit_config is None:
+            return None
+        try:
+            return self._runtime(name, unit_config)
+        except (LookupError, TypeError, ValueError) as exc:
+            log.warning("unit %s: its recorded provisioner does not load (%s); forgetting it",
+                        name, exc)
             return None
 
     async def _forget(self, rt: UnitRuntime) -> None:
@@ -537,6 +785,8 @@ class Controller(HumanLoop, PromptEngine):
                 "error": rt.error,
                 "since": rt.since,
             }
+            if rt.member_of is not None:
+                entry["member_of"] = rt.member_of
             if rt.provisioner is not None:
                 try:
                     found = await rt.provisioner.status()
@@ -555,18 +805,22 @@ class Controller(HumanLoop, PromptEngine):
 
     async def _session_status(self, sid: str, state: str) -> dict[str, Any]:
         """A session in `status`: its state (and A2A's), context use while it
-        works or waits, and the question it waits on."""
+        works or waits, the question it waits on, and its last prompt."""
         entry: dict[str, Any] = {"id": sid, "state": state, "a2a_state": a2a_state(state)}
         if state in ("busy", "waiting"):
             entry["context"] = await self.context_of(sid)
-        if state == "waiting":
-            last = await self.read(self.reads.last_prompt, sid)
-            if last is not None:
-                pending = await self.read(self.reads.pending_inputs, last.id)
-                if pending:
-                    entry["question"] = {"id": f"{last.id}.{pending[0].number}",
-                                         "question": pending[0].question,
-                                         "since": pending[0].asked_at}
+        last = await self.read(self.reads.last_prompt, sid)
+        if last is not None:
+            # What it works on (or last did): `latis top` and the dashboard show it.
+            entry["prompt"] = {"id": last.id, "text": last.text[:PROMPT_PREVIEW],
+                               "state": str(last.state), "started_at": last.started_at,
+                               "ended_at": last.ended_at}
+        if state == "waiting" and last is not None:
+            pending = await self.read(self.reads.pending_inputs, last.id)
+            if pending:
+                entry["question"] = {"id": f"{last.id}.{pending[0].number}",
+                                     "question": pending[0].question,
+                                     "since": pending[0].asked_at}
         return entry
 
     def _client(self, rt: UnitRuntime) -> UnitClient:
@@ -647,6 +901,11 @@ class Controller(HumanLoop, PromptEngine):
         self._state_listeners.append(listener)
         return lambda: self._state_listeners.remove(listener)
 
+    def add_unit_listener(self, listener: Callable[[UnitRuntime], None]) -> Callable[[], None]:
+        """Call `listener(unit)` at every change of a unit's connection; returns a remover."""
+        self._unit_listeners.append(listener)
+        return lambda: self._unit_listeners.remove(listener)
+
     # ---- after a restart ------------------------------------------------------------------
 
     async def _restore(self, rt: UnitRuntime, client: UnitClient) -> None:
@@ -701,6 +960,50 @@ def _describe_config(config: UnitConfig) -> dict[str, Any]:
         "dial": config.dial.table | {"type": config.dial.type} if config.dial else None,
         "accept": [a.table | {"type": a.type} for a in config.accept],
     }
+
+
+def _not_a_member(rt: UnitRuntime, verb: str) -> None:
+    """Refuse to `verb` a member of a group: its group's provisioner owns its pod."""
+    if rt.member_of is not None:
+        raise RequestError(
+            ErrorCode.BAD_MESSAGE.value,
+            f"unit {rt.name!r} is a member of unit {rt.member_of!r}'s group: to {verb} it, "
+            f"scale the group down (`latis unit scale {rt.member_of} N`)",
+        )
+
+
+def _orphan_row(kind: str, orphan: Any) -> dict[str, Any]:
+    """An orphan as `orphans` lists it, whatever the provisioner's record of it."""
+    pid = getattr(orphan, "pid", None)
+    return {
+        "unit": orphan.unit,
+        "provisioner": kind,
+        "resource": getattr(orphan, "resource", None) or (f"pid {pid}" if pid else ""),
+        "state": getattr(orphan, "state", None) or ("running" if pid else ""),
+        "detail": orphan.detail,
+    }
+
+
+async def _provision_state(provisioner: Provisioner) -> str:
+    """What the provisioner sees of its unit now, in words (for a timeout's message)."""
+    try:
+        found = await provisioner.status()
+    except (ProvisionError, OSError) as exc:
+        return str(exc)
+    return found.state.value + (f", {found.detail}" if found.detail else "")
+
+
+@contextmanager
+def _not_waiting(provisioner: Provisioner, no_wait: bool) -> Iterator[None]:
+    """With `no_wait`, set the provisioner's `wait` (if it has one) False for the block."""
+    if not no_wait or not hasattr(provisioner, "wait"):
+        yield
+        return
+    provisioner.wait = False
+    try:
+        yield
+    finally:
+        provisioner.wait = True
 
 
 def _token(rt: UnitRuntime) -> bytes | None:

@@ -17,9 +17,12 @@ carries the seconds since the coordination began (`elapsed`).
 Faults: an agent whose prompt fails, whose unit disconnects or that runs
 past `agent_timeout` is reported (`ended`, failed) and left out; the others
 go on. `require` (`all`, `any` or a number) says how many agents must end
-well; once that cannot happen any more the rest is cancelled. `timeout`
-bounds the whole coordination. Cancelling the coordination (Ctrl-C in the
-CLI) cancels every prompt it started and waits, bounded, for their ends.
+well; once that cannot happen any more the rest is cancelled (their `ended`
+says cancelled, with the shortfall) and the coordination fails. `timeout`
+bounds the whole coordination: past it every prompt is cancelled and so is
+the coordination (outcome "cancelled", error "timed out after N s").
+Cancelling the coordination (Ctrl-C in the CLI) cancels every prompt it
+started and waits, bounded, for their ends.
 
 Routing: in strategies whose `routes` is true, a reply line `@label text`
 sends `text` (and the lines after it, up to the next `@label`) to that agent
@@ -41,7 +44,7 @@ import trio
 from latis_core._cmdr.placement import never_fits, placed, resolve_agents
 from latis_core._cmdr.usage import tag_coordination
 from latis_core._errors import LatisError, StrategyFailed, error_code
-from latis_core._plugins.registry import load_strategy
+from latis_core._plugins.registry import load_placement, load_strategy
 
 if TYPE_CHECKING:
     from latis_core._cmdr.controller import Controller
@@ -277,6 +280,11 @@ class _Team:
         if len(self.alive()) < self.needed:
             self.doomed.cancel()
 
+    def shortfall(self) -> str:
+        """Why `require` is not met: how many agents failed."""
+        failed = len(self.labels) - len(self.alive())
+        return f"{failed} of {len(self.labels)} agents failed (require {self.settings.require})"
+
     def queued(self, reason: str) -> None:
         """Placement waits: say why, for every agent."""
         self.note(reason)
@@ -304,10 +312,19 @@ class _Team:
             self.fail(agent, error_code(exc)[1])
             return
         agent.session = str(created["session"])
-        # Tagged with the coordination's id, for `latis usage --by coordination`.
-        await self.controller.db(tag_coordination, self.controller.state, agent.session,
-                                 self.id)
         self.event("started", agent)
+
+    async def tag(self) -> None:
+        """Tag every session opened with the coordination's id, in one write (for
+        `latis usage --by coordination`; off the agents' way: their prompts go on)."""
+        state = self.controller.state
+        sessions = [a.session for a in self.agents.values() if a.session is not None]
+
+        def store() -> None:
+            for session in sessions:
+                tag_coordination(state, session, self.id)
+
+        await self.controller.db(store)
 
     async def ask(self, label: str, text: str, *, step: str = "") -> str | None:
         return await self._ask(label, text, step, "task", 0)
@@ -437,10 +454,12 @@ def check(
     names and each one's slot (see `latis_core._cmdr.placement.resolve_agents`).
 
     Raises:
-        ValueError: no agents, an unknown strategy or group, a bad option or `require`.
+        ValueError: no agents, an unknown strategy, placement policy or group, a bad
+            option or `require`.
     """
     try:
         strategy_class = load_strategy(settings.strategy)
+        load_placement(settings.placement)
     except LookupError as exc:
         raise ValueError(str(exc.args[0])) from None
     strategy_class(settings.options)  # refuses options it does not take
@@ -463,7 +482,8 @@ async def coordinate(
     """Run `task` over the units' agents with `settings.strategy`; see the module docstring.
 
     Raises:
-        ValueError: no agents, an unknown strategy, a bad option or `require` (`check`).
+        ValueError: no agents, an unknown strategy or placement policy, a bad option or
+            `require` (`check`).
     """
     settings = settings or CoordinationSettings()
     strategy_class, names, slots = check(controller, units, settings)
@@ -480,8 +500,8 @@ async def coordinate(
                  coordination_id)
     outcome, error, final = "complete", None, None
     limit = settings.timeout
-    await controller.db(controller.state.add_coordination, coordination_id, task,
-                        settings.strategy, _settings_dict(settings), list(units))
+    # Stored by the record's first write, beside the agents' first steps (not before them).
+    record.row = (task, settings.strategy, _settings_dict(settings), list(units))
     async with trio.open_nursery() as keeper:
         keeper.start_soon(record.keep)
         try:
@@ -493,9 +513,12 @@ async def coordinate(
                             for agent, unit in zip(team.agents.values(), chosen, strict=True):
                                 agent.unit = unit
                                 nursery.start_soon(team.open, agent)
+                    keeper.start_soon(team.tag)
                     final = await strategy.run(team)
-            if whole.cancelled_caught:
-                outcome, error = "error", f"timed out after {limit:g} s"
+            if whole.cancelled_caught:  # timed out: cancelled by its bound (exit 3)
+                outcome, error = "cancelled", f"timed out after {limit:g} s"
+            elif team.doomed.cancelled_caught:  # the agents still working were cancelled
+                outcome, error = "error", team.shortfall()
         except StrategyFailed as exc:
             outcome, error = "error", str(exc)
         except BaseException:
@@ -511,11 +534,8 @@ async def coordinate(
                         team.event("ended", agent, outcome="complete")
                     else:
                         team.fail(agent, error or "cancelled", "cancelled")
-            good = len(team.alive())
-            if outcome == "complete" and good < team.needed:
-                outcome = "error"
-                error = (f"{len(units) - good} of {len(units)} agents failed "
-                         f"(require {settings.require})")
+            if outcome == "complete" and len(team.alive()) < team.needed:
+                outcome, error = "error", team.shortfall()
             if outcome != "complete":
                 final = None
             team.event("final", text=final or "", outcome=outcome, error=error)
@@ -533,11 +553,14 @@ def _settings_dict(settings: CoordinationSettings) -> dict[str, Any]:
 
 
 class _Record:
-    """Stores a coordination's events (all but chunks) as they come, in batches."""
+    """Stores a coordination (its row with its first write) and its events (all but
+    chunks) as they come, in batches."""
 
     def __init__(self, controller: Controller, id: str) -> None:
         self.controller = controller
         self.id = id
+        #: (task, strategy, settings, units) until the row is stored.
+        self.row: tuple[str, str, dict[str, Any], list[str]] | None = None
         self.pending: list[dict[str, Any]] = []
         self.stored = 0
         self.lock = trio.Lock()
@@ -546,23 +569,34 @@ class _Record:
         if event.type != "chunk":  # chunks are in the prompts' own transcripts
             self.pending.append(event.to_dict())
 
-    async def flush(self) -> None:
+    async def flush(self, end: Coordination | None = None) -> None:
+        """Store the events pending (and with `end`, how it ended), in one write."""
+        state = self.controller.state
         async with self.lock:
             batch, self.pending = self.pending, []
-            if batch:
-                await self.controller.db(
-                    self.controller.state.add_coordination_events, self.id, self.stored, batch)
+            first = self.stored
+            row = self.row
+
+            def store() -> None:
+                if row is not None:
+                    state.add_coordination(self.id, *row)
+                if batch:
+                    state.add_coordination_events(self.id, first, batch)
+                if end is not None:
+                    state.end_coordination(self.id, end.outcome, end.final, end.error)
+
+            if row is not None or batch or end is not None:
+                await self.controller.db(store)
+                self.row = None
                 self.stored += len(batch)
 
     async def keep(self) -> None:
         while True:
-            await trio.sleep(0.2)
             await self.flush()
+            await trio.sleep(0.2)
 
     async def finish(self, result: Coordination) -> None:
-        await self.flush()
-        await self.controller.db(self.controller.state.end_coordination, self.id,
-                                 result.outcome, result.final, result.error)
+        await self.flush(result)
 
 
 def _ended(agent: _Agent) -> CoordinationEvent:

@@ -47,7 +47,14 @@ from latis_core._cmdr.coordinate import (
 )
 from latis_core._cmdr.inbox import parse_item_id
 from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
-from latis_core._errors import DaemonRunning, ErrorCode, LatisError, RequestError, error_code
+from latis_core._errors import (
+    DaemonRunning,
+    ErrorCode,
+    LatisError,
+    ProvisionError,
+    RequestError,
+    error_code,
+)
 from latis_core._io.link import HIGH_WATER, Link
 from latis_core._io.server import ServerConnection, serve_stream
 from latis_core._io.unix import listen_unix
@@ -135,6 +142,23 @@ class Daemon:
         self.coordinations: dict[str, _Running] = {}
         #: Where detached coordinations run (set once the daemon serves).
         self.nursery: trio.Nursery | None = None
+        #: The web dashboard, while it is served (latis_core._cmdr.web.server).
+        self.web: Any = None
+
+    async def call(
+        self, caller: Any, name: Method, rid: RequestId, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run method `name` of the table for `caller` (the web API's way in: it holds
+        the daemon, so it needs no import of this module, which imports it)."""
+        return await call_method(caller, name, rid, params)
+
+    async def new_session(self, unit: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Open a session on `unit` (for `session.create` and the dashboard)."""
+        await self.refresh_config()
+        with trio.CancelScope(shield=True):
+            data = await self.controller.create_session(unit, options)
+        self.set_state(data["session"], "idle")
+        return data
 
     async def refresh_config(self, force: bool = False) -> dict[str, Any]:
         """Read the config file again if it changed since it was read (or if `force`).
@@ -323,11 +347,7 @@ def _on_session_create(c: _Client, msg: SessionCreate) -> None:
     unit = options.pop("unit", "local")
 
     async def work() -> None:
-        await c.daemon.refresh_config()
-        with trio.CancelScope(shield=True):
-            data = await c.ctl.create_session(str(unit), options)
-        c.daemon.set_state(data["session"], "idle")
-        c.send(Ack(msg.id, data))
+        c.send(Ack(msg.id, await c.daemon.new_session(str(unit), options)))
 
     c.spawn(msg.id, work)
 
@@ -429,7 +449,6 @@ def _on_call(c: _Client, msg: Call) -> None:
         c.send(Error(msg.id, ErrorCode.UNKNOWN_TYPE.value,
                      f"no method {msg.method!r} (methods: {', '.join(sorted(_METHODS))})"))
         return
-    method = _METHODS[name]
     params = dict(msg.params or {})
     problem = check_params(name, params)
     if problem is not None:
@@ -437,12 +456,10 @@ def _on_call(c: _Client, msg: Call) -> None:
         return
 
     async def work() -> None:
-        if name not in _OWN_CONFIG:
-            await c.daemon.refresh_config()
         with trio.CancelScope() as scope:
             c.calls[msg.id] = scope
             try:
-                data = await method(c, msg.id, params)
+                data = await call_method(c, name, msg.id, params)
             finally:
                 c.calls.pop(msg.id, None)
         if scope.cancelled_caught:
@@ -526,23 +543,44 @@ def _progress(c: _Client, rid: RequestId) -> Callable[[str], None]:
 
 async def _unit_up(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     name = _param(params, "unit")
+    wait = params.get("wait") is not False
     with trio.CancelScope(shield=True):
-        rt = await c.ctl.up(name, _progress(c, rid))
-    return {"unit": name, "connection": rt.state}
+        rt = await c.ctl.up(name, _progress(c, rid), wait=wait)
+    data: dict[str, Any] = {"unit": name, "connection": rt.state}
+    if not wait and rt.provisioner is not None:
+        with contextlib.suppress(ProvisionError, OSError):
+            found = await rt.provisioner.status()
+            data |= {"provision": found.state.value, "provision_detail": found.detail}
+    return data
 
 
 async def _unit_down(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     name = _param(params, "unit")
     with trio.CancelScope(shield=True):
-        await c.ctl.down(name)
+        await c.ctl.down(name, _progress(c, rid))
     return {"unit": name, "connection": ConnectionState.DISCONNECTED}
 
 
 async def _unit_destroy(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     name = _param(params, "unit")
     with trio.CancelScope(shield=True):
-        await c.ctl.destroy(name)
+        await c.ctl.destroy(name, _progress(c, rid))
     return {"unit": name, "destroyed": True}
+
+
+async def _unit_orphans(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    return await c.ctl.orphans()
+
+
+async def _unit_scale(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    name = _param(params, "unit")
+    replicas = int(params["replicas"])
+    try:
+        with trio.CancelScope(shield=True):
+            members = await c.ctl.scale(name, replicas, _progress(c, rid))
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
+    return {"unit": name, "replicas": replicas, "members": members}
 
 
 async def _unit_enroll(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
@@ -778,6 +816,18 @@ async def _usage(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str
         raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
 
 
+async def _web_start(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    from latis_core._cmdr.web.server import start_web
+
+    return await start_web(c.daemon, **params)
+
+
+async def _web_stop(c: _Client, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
+    from latis_core._cmdr.web.server import stop_web
+
+    return await stop_web(c.daemon)
+
+
 #: The method table: one handler per method of `latis_core._cmdr.api` (a test checks).
 _METHODS: dict[Method, Handler] = {
     Method.STATUS: _status,
@@ -794,6 +844,8 @@ _METHODS: dict[Method, Handler] = {
     Method.CONFIG_RELOAD: _config_reload,
     Method.CONFIG_USE: _config_use,
     Method.UNIT_REMOVE: _unit_remove,
+    Method.UNIT_ORPHANS: _unit_orphans,
+    Method.UNIT_SCALE: _unit_scale,
     Method.AGENTS_LIST: _agents,
     Method.SESSION_GET: _session_get,
     Method.SESSION_PRUNE: _session_prune,
@@ -805,11 +857,23 @@ _METHODS: dict[Method, Handler] = {
     Method.INBOX_LIST: _inbox_list,
     Method.INBOX_ANSWER: _inbox_answer,
     Method.USAGE: _usage,
+    Method.WEB_START: _web_start,
+    Method.WEB_STOP: _web_stop,
 }
 
 
 #: Methods that read the config themselves (or need none): no refresh before them.
 _OWN_CONFIG = {Method.CONFIG_RELOAD, Method.CONFIG_USE, Method.DAEMON_STOP}
+
+
+async def call_method(
+    c: _Client, name: Method, rid: RequestId, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Run method `name` of the table for `c`: a protocol client, or the web API's
+    caller (anything with `daemon`, `ctl` and `send`). `params` are checked already."""
+    if name not in _OWN_CONFIG:
+        await c.daemon.refresh_config()
+    return await _METHODS[name](c, rid, params)
 
 
 def _absolute(path: str | Path | None) -> Path | None:
@@ -879,6 +943,10 @@ async def serve_daemon(
                         nursery.start_soon(ctl.reconnect_known)
                         nursery.start_soon(_stop_on_signal, signals, stop)
                         nursery.start_soon(_close_idle_sessions, daemon)
+                        if config.web.enabled:
+                            from latis_core._cmdr.web.server import serve_at_start
+
+                            nursery.start_soon(serve_at_start, daemon)
                         task_status.started(daemon)
                         await stop.wait()
                         log.info("stopping")

@@ -22,7 +22,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 import orjson
@@ -185,11 +185,16 @@ class Notifier:
     async def _run(self, argv: list[str], data: bytes) -> None:
         try:
             with trio.move_on_after(COMMAND_TIMEOUT):
-                done = await trio.run_process(argv, stdin=data, check=False,
-                                              stdout=subprocess.DEVNULL, capture_stderr=True)
+                done = await trio.run_process(
+                    argv, stdin=data, check=False, stdout=subprocess.DEVNULL, capture_stderr=True
+                )
                 if done.returncode != 0:
-                    log.warning("notification command %s exited %d: %s", argv[0],
-                                done.returncode, done.stderr.decode(errors="replace")[-300:])
+                    log.warning(
+                        "notification command %s exited %d: %s",
+                        argv[0],
+                        done.returncode,
+                        done.stderr.decode(errors="replace")[-300:],
+                    )
         except OSError as exc:
             log.warning("notification command %s failed: %s", argv[0], exc)
 
@@ -199,6 +204,7 @@ class Notifier:
         except ImportError:
             log.warning("notification URLs need apprise: pip install 'latis[notify]'")
             return
+        _guard_apprise_log(self.config.urls)
         for url in self.config.urls:
             sender = apprise.Apprise()
             if not sender.add(url):
@@ -206,6 +212,57 @@ class Notifier:
                 continue
             if not sender.notify(title=title, body=body):
                 log.warning("notification to %s failed", redact(url))
+
+
+class _HideSecrets(logging.Filter):
+    """Takes the notification URLs' secrets out of log records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            for secret in sorted(self.secrets, key=len, reverse=True):
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, None
+        return True
+
+
+_HIDE = _HideSecrets()
+
+
+def _secrets_of(url: str) -> set[str]:
+    """What `redact` hides of `url`, piece by piece (as apprise may log them)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return {url}
+    credentials, _, host = parts.netloc.rpartition("@")
+    pieces = [*credentials.split(":"), *parts.path.split("/"), parts.fragment]
+    pieces += [value for _, value in parse_qsl(parts.query)]
+    name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    if name and "." not in name and name != "localhost":
+        pieces.append(name)  # no host name: a token (slack://TOKEN/...)
+    found = {unquote(p) for p in pieces} | set(pieces)
+    return {p for p in found if len(p) >= 3}
+
+
+def _guard_apprise_log(urls: Sequence[str]) -> None:
+    """Keep the secrets of `urls` out of cmdr's log. apprise logs the URLs it sends
+    to (at debug whole ones, "JSON POST URL: ...", above that one it cannot parse),
+    and so does urllib3 under it ("POST /hooks/TOKEN"): apprise's records below
+    info are dropped (even at LATIS_LOG_LEVEL=debug), and every handler of the
+    root logger takes the secrets out of whatever record reaches it."""
+    quiet = logging.getLogger("apprise")
+    if quiet.getEffectiveLevel() < logging.INFO:
+        quiet.setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        if _HIDE not in handler.filters:
+            handler.addFilter(_HIDE)
+    for url in urls:
+        _HIDE.secrets |= _secrets_of(url)
 
 
 #: The public name (`latis_core.redact_url`).

@@ -273,6 +273,8 @@ class StateDB:
         self.readonly = False
         self._clock = clock
         self._lock = threading.RLock()
+        #: Inside `batch`: writes are savepoints of its transaction.
+        self._batching = False
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         create_private(self.path)
         self._conn: sqlite3.Connection | None = open_connection(str(self.path), uri=False)
@@ -300,6 +302,7 @@ class StateDB:
         self.readonly = True
         self._clock = clock
         self._lock = threading.RLock()
+        self._batching = False
         uri = f"file:{quote(str(path.absolute()))}?mode=ro"
         self._conn = open_connection(uri, uri=True)
         try:
@@ -358,12 +361,47 @@ class StateDB:
         return self._conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE: take the write lock up front)."""
+    def batch(self) -> Iterator[None]:
+        """Make every write inside one transaction (the chunk writer's hop: group commit).
+
+        Each write inside still stands alone: it runs in a savepoint, so one that
+        fails undoes only its own changes. If the commit itself fails, nothing
+        of the batch is stored and the error is raised.
+        """
         with self._lock:
             if self.readonly:
                 raise StateError(f"the state at {self.path} was opened read-only")
             db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            self._batching = True
+            try:
+                yield
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            finally:
+                self._batching = False
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: take the write lock up front);
+        inside `batch`, a savepoint of the batch's transaction."""
+        with self._lock:
+            if self.readonly:
+                raise StateError(f"the state at {self.path} was opened read-only")
+            db = self._db()
+            if self._batching:
+                db.execute("SAVEPOINT write")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK TO write")
+                    raise
+                finally:
+                    db.execute("RELEASE write")
+                return
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db

@@ -8,7 +8,9 @@ first chunk of a batch arrived, at once when `BATCH` rows are pending.
 Every other state write of the controller goes through `call`, and runs in the
 same hop right after the chunks: one thread hop per batch for everything.
 `room` holds a pump back while more than `LIMIT` rows wait (the daemon's memory
-and what a crash can lose stay bounded).
+and what a crash can lose stay bounded). A batch the disk refuses (full, locked
+past the busy timeout) stays pending, ahead of what comes next, and is tried
+again with a growing pause: it is never dropped while the controller runs.
 
 The durability contract (docs/design.md): what a follower was shown may not
 be on disk yet; a daemon that dies loses at most what was pending, and the
@@ -29,7 +31,7 @@ from latis_core._cmdr.state import ChunkIn, StateDB
 if TYPE_CHECKING:
     from latis_core._cmdr.prompts import PromptRecord
 
-__all__ = ["BATCH", "DELAY", "LIMIT", "ChunkWriter"]
+__all__ = ["BATCH", "DELAY", "LIMIT", "RETRY_MAX", "ChunkWriter"]
 
 _T = TypeVar("_T")
 
@@ -41,6 +43,8 @@ DELAY = 0.005
 BATCH = 4096
 #: Rows pending at most: a pump waits (`room`) while more are.
 LIMIT = 4 * BATCH
+#: Seconds at most between two attempts to store a batch the disk refused.
+RETRY_MAX = 1.0
 
 
 class ChunkWriter:
@@ -49,7 +53,7 @@ class ChunkWriter:
     def __init__(
         self,
         state: StateDB,
-        run_write: Callable[[Callable[[], None]], Awaitable[None]],
+        run_write: Callable[[Callable[[], Any]], Awaitable[Any]],
         *,
         delay: float = DELAY,
         batch: int = BATCH,
@@ -72,6 +76,8 @@ class ChunkWriter:
         #: Transactions and rows written, for benchmarks and logs.
         self.transactions = 0
         self.rows = 0
+        #: Batches the disk refused in a row (each is tried again, none is dropped).
+        self.failures = 0
 
     @property
     def pending(self) -> int:
@@ -108,7 +114,7 @@ class ChunkWriter:
             while not box:
                 await self._written.wait()
         else:  # the writer stopped (the controller is stopping): a hop of its own
-            await self._run_write(functools.partial(self._work, [], [(fn, box)], 0))
+            await self._run_write(functools.partial(self._work, [], [(fn, box)], True))
         ok, value = box[0]
         if not ok:
             raise value
@@ -123,47 +129,106 @@ class ChunkWriter:
                 if not self._urgent.is_set():
                     with trio.move_on_after(self.delay):
                         await self._urgent.wait()
-                await self._write_batch()
+                if not await self._write_batch():
+                    # The disk refused the batch: it is pending again; give the
+                    # disk a moment (the pumps wait in `room` meanwhile).
+                    await trio.sleep(min(RETRY_MAX, self.delay * 2**self.failures))
         finally:
             self.running = False
             if self._pending or self._ops:
-                await self._write_batch()
+                await self._write_batch(final=True)
 
-    async def _write_batch(self) -> None:
+    async def _write_batch(self, *, final: bool = False) -> bool:
+        """Store what is pending in one hop; False if the chunks could not be stored
+        (then they, and the writes queued behind them, are pending again, unless
+        `final`: then the writes run anyway and the unit keeps the chunks for the
+        next controller's replay)."""
         self._wake = trio.Event()
         self._urgent = trio.Event()
         taken, self._pending = self._pending, {}
         count, self._count = self._count, 0
         ops, self._ops = self._ops, []
         batches = [(record.id, rows) for record, rows in taken.items()]
-        # Shielded: a batch taken is a batch stored, and every caller hears
-        # back, even when the controller stops meanwhile.
+        # Shielded: a batch taken is a batch written (or handed back), and every
+        # caller hears back, even when the controller stops meanwhile.
         with trio.CancelScope(shield=True):
-            await self._run_write(functools.partial(self._work, batches, ops, count))
-        self.transactions += 1
-        self.rows += count
-        for record, rows in taken.items():
-            record.stored(rows[-1][0])
+            failed = await self._run_write(functools.partial(self._work, batches, ops, final))
+        if failed is not None and not final:
+            if not self.failures:
+                log.error(
+                    "could not store %d chunks (will try again; the prompts wait): %s",
+                    count,
+                    failed,
+                )
+            self.failures += 1
+            for record, rows in taken.items():  # back in front of what came meanwhile
+                newer = self._pending.get(record)
+                self._pending[record] = rows + newer if newer else rows
+            self._count += count
+            self._ops[:0] = ops
+            self._wake.set()
+            self._urgent.set()
+        else:
+            if failed is not None:
+                log.error(
+                    "could not store %d chunks as the controller stopped (their units "
+                    "keep them for the next one's replay): %s",
+                    count,
+                    failed,
+                )
+            elif self.failures:
+                log.warning("stored %d chunks after %d failed attempts", count, self.failures)
+                self.failures = 0
+            self.transactions += 1
+            self.rows += count
+            if failed is None:
+                for record, rows in taken.items():
+                    record.stored(rows[-1][0])
         written, self._written = self._written, trio.Event()
         written.set()
+        return failed is None
 
     def _work(
         self,
         batches: list[tuple[int, list[ChunkIn]]],
         ops: list[tuple[Callable[[], Any], list[tuple[bool, Any]]]],
-        count: int,
-    ) -> None:
+        final: bool,
+    ) -> Exception | None:
         """(In the worker thread) the chunks first, then the writes that must
-        follow them (an end, a question, a session's state)."""
+        follow them (an end, a question, a session's state), all in one
+        transaction (each write in a savepoint of its own). Returns why the
+        chunks could not be stored (then the writes wait, unless `final`)."""
+        try:
+            with self.state.batch():
+                return self._each(batches, ops, final)
+        except Exception as exc:  # noqa: BLE001 (the transaction failed: none of it is stored)
+            for _, box in ops:
+                box.clear()
+            if final:
+                for _, box in ops:
+                    box.append((False, exc))
+            return exc
+
+    def _each(
+        self,
+        batches: list[tuple[int, list[ChunkIn]]],
+        ops: list[tuple[Callable[[], Any], list[tuple[bool, Any]]]],
+        final: bool,
+    ) -> Exception | None:
         if batches:
             try:
                 self.state.add_chunk_batches(batches)
-            except Exception:
-                # Never silent, never fatal to other prompts: the unit still
-                # holds these chunks for a replay after a restart.
-                log.exception("could not store %d chunks", count)
+            except Exception as exc:  # noqa: BLE001 (reported by the caller, tried again)
+                if not final:
+                    return exc
+                failed: Exception | None = exc
+            else:
+                failed = None
+        else:
+            failed = None
         for fn, box in ops:
             try:
                 box.append((True, fn()))
             except Exception as exc:  # noqa: BLE001 (raised again in `call`)
                 box.append((False, exc))
+        return failed

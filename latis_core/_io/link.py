@@ -441,6 +441,8 @@ class StreamLink(Link):
         if task is not None:
             self._flusher = None
             reschedule(task)
+        if not self.can_lead and self._read_scope is not None:
+            self._read_scope.cancel()  # (a leading read is left to `interrupt`)
 
     def _abort_park(self, _: object) -> Abort:
         self._flusher = None
@@ -482,7 +484,20 @@ class StreamLink(Link):
     async def read(self, spin: int = 0) -> bytes | bytearray | memoryview:
         receive = self.stream.receive_some
         if not self.can_lead:
-            return await receive(READ_SIZE)
+            # Only one task reads here, and a failed write ends its read: a TLS
+            # handshake that failed in the flush task leaves trio's reader
+            # waiting for it for ever, and the peer would never hear.
+            if self.error is not None:
+                raise trio.BrokenResourceError(f"the stream failed: {self.error}")
+            with trio.CancelScope() as scope:
+                self._read_scope = scope
+                try:
+                    data = await receive(READ_SIZE)
+                finally:
+                    self._read_scope = None
+            if scope.cancelled_caught:
+                raise trio.BrokenResourceError(f"the stream failed: {self.error}")
+            return data
         self._reads += 1
         try:
             with trio.CancelScope() as scope:
@@ -514,7 +529,7 @@ class StreamLink(Link):
 
     def interrupt(self) -> None:
         scope = self._read_scope
-        if scope is not None:
+        if scope is not None and self.can_lead:
             scope.cancel()
 
 

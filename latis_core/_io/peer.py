@@ -362,6 +362,11 @@ class Peer:
                 if not scope.cancelled_caught:
                     self._feed(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # What is queued cannot go out either: without this, `aclose` would wait
+            # `cancel_timeout` for a flush that never ends (a TLS handshake that failed
+            # in this read leaves trio's writer waiting for it), holding the
+            # listener's handshake slot all that while.
+            self.link._fail(exc)
             self._fail(ConnectionClosed(f"connection to {self.label} broke: {exc}"), exc)
         finally:
             self._reader_scope = None

@@ -10,15 +10,31 @@ that restarts finds it again.
 Built-in provisioners and plugins register in the entry-point group
 `latis.provisioners`; each is a class with an attrs `Options` class (its
 config table) and a constructor `(options, context)`.
+
+What the controller uses when a provisioner has it (each optional):
+
+- `progress`, an attribute: set to a `Callable[[str], None]` while the
+  controller's `up` (or `down`, `destroy`, `scale`) runs, for the lines the
+  CLI shows as it waits;
+- `wait`, an attribute (True by default): `latis unit up --no-wait` sets it
+  False around `start`, which then returns once the platform took the request
+  instead of once the unit is ready;
+- `set_enroller(enroller)` (`TakesEnroller`): for units that dial home, the
+  controller's way to enroll a unit (`DialIns.enroll`);
+- `orphans(units)` (`FindsOrphans`): what the provisioner's kind made for units
+  not among `units`, for `latis unit list`; `orphan_scope`, a class attribute,
+  names the options that say where it looks (one look per distinct value);
+- `member_units(n)` and `scale(n)` (`Scales`): a labelled group of units, for
+  `latis unit scale`.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -27,6 +43,8 @@ from latis_core._errors import ProvisionError
 from latis_core._plugins.transport import Dialer
 
 __all__ = [
+    "Enroller",
+    "FindsOrphans",
     "MemoryResources",
     "OneAtATime",
     "ProvisionContext",
@@ -35,7 +53,12 @@ __all__ = [
     "ProvisionStatus",
     "Provisioner",
     "Resources",
+    "Scales",
+    "TakesEnroller",
 ]
+
+#: `(unit, address) -> {"urls": [...], "secret": LINE, ...}`: `DialIns.enroll`.
+Enroller = Callable[[str, "str | None"], Awaitable[Mapping[str, Any]]]
 
 
 class ProvisionState(enum.StrEnum):
@@ -159,6 +182,37 @@ class Provisioner(Protocol):
 
     def dialer(self) -> Dialer | None:
         """How to reach the unit this provisioner runs, if it knows (else None)."""
+        ...
+
+
+@runtime_checkable
+class TakesEnroller(Protocol):
+    """A provisioner whose units dial home, enrolled by the controller."""
+
+    def set_enroller(self, enroller: Enroller | None) -> None:
+        """Take the controller's way to enroll a unit (used when a new machine is made)."""
+
+
+@runtime_checkable
+class FindsOrphans(Protocol):
+    """A provisioner that finds what its kind made for units that are not in config."""
+
+    async def orphans(self, units: Iterable[str]) -> Sequence[Any]:
+        """What was made for units not among `units`: objects with `unit`, `detail`
+        and, where known, `resource`, `state` and `pid`."""
+        ...
+
+
+@runtime_checkable
+class Scales(Protocol):
+    """A provisioner of a labelled group of units (member 0 is its own unit)."""
+
+    def member_units(self, replicas: int | None = None) -> list[str]:
+        """The members' unit names for `replicas` (default: the current count)."""
+        ...
+
+    async def scale(self, replicas: int) -> list[str]:
+        """Make the group `replicas` units; return the members' unit names."""
         ...
 
 

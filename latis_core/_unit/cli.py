@@ -59,11 +59,14 @@ options, where a session's value replaces the unit's):
   delay=SECONDS   wait before each chunk (default 0): prompts long enough to watch
   ask=QUESTION    ask the human QUESTION before each answer; the answer is echoed first
   repeat=N        echo the prompt N times (default 1), for long streams
+  remember=1      start each answer with the session's previous prompt, "(you said: ...)":
+                  two prompts of one session share its context
 
 addresses: unix:PATH, tcp://HOST:PORT, ws://HOST:PORT/PATH, wss://…, quic://HOST:PORT
 
 exit status: 0 when stdin ends or on SIGTERM, 1 on a failure, 2 on a usage error,
-4 when cmdr refused the unit's enrollment (wrong, expired, revoked, rotated away).
+4 when cmdr refuses the unit's enrollment (--connect: wrong, expired, revoked, rotated
+away), 130 on Ctrl-C.
 """
 
 
