@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -791,6 +792,37 @@ class TestCrash:
             acks = out.splitlines()
             assert len(acks) == k, (k, acks)
             check_after_crash(path, acks, exact=True)
+
+    def test_power_loss_drops_only_whole_commits_from_the_end(self, tmp_path: Path) -> None:
+        """THREATS.md 4.3: power lost before the WAL reached the disk. With
+        `synchronous=NORMAL` a commit is not synced, so any tail of the WAL may be
+        gone: cut it anywhere (as a disk that dropped unsynced writes would) and
+        the state is whole, and holds a prefix of the commits, never a torn one."""
+        src = tmp_path / "src" / "latis.db"
+        writer = run_writer(src, kill_after=COMMITS)
+        _, err = writer.communicate(timeout=60)
+        assert writer.returncode == -signal.SIGKILL, err
+        wal = src.with_name("latis.db-wal").read_bytes()
+        assert len(wal) > 32  # the commits are in the WAL, not yet in the file
+        rng = random.Random(3)
+        cuts = sorted({0, 32, len(wal)} | {rng.randrange(32, len(wal)) for _ in range(10)})
+        stored: list[int] = []
+        for cut in cuts:
+            path = tmp_path / f"cut{cut}" / "latis.db"
+            path.parent.mkdir(mode=0o700)
+            shutil.copy(src, path)
+            path.with_name("latis.db-wal").write_bytes(wal[:cut])
+            with StateDB(path) as state:  # the daemon after the power came back
+                assert state.check() == "ok", cut
+                session = state.get_session("s1")
+                prompts = state.prompts("s1") if session else []
+                seqs = [c.seq for c in state.chunks(prompts[0].id)] if prompts else []
+                assert seqs == list(range(len(seqs))), f"cut at {cut}: a gap"
+                assert len(seqs) % SIZE == 0, f"cut at {cut}: a torn batch"
+                stored.append(len(seqs))
+        # A longer surviving WAL never holds less; the whole WAL holds everything.
+        assert stored == sorted(stored)
+        assert stored[0] == 0 and stored[-1] == BATCHES * SIZE
 
     def test_sigkill_at_random_moments(self, tmp_path: Path) -> None:
         """THREATS.md 4.2, bounded: killed from outside, wherever it happens to be
