@@ -18,7 +18,6 @@ that is left early, or whose scope is cancelled, sends `prompt.cancel`.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -90,6 +89,18 @@ class _Waiter:
         self.final = False
         self.discard = False
         self.over = False
+
+
+async def _cancelled() -> bool:
+    """Whether the calling task is cancelled, without a deadline walk (which recurses
+    through every enclosing scope: a thousand connections nested in one exit stack
+    are that deep). Cancellation is level-triggered: the caller's next checkpoint
+    outside our shield raises it again."""
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except trio.Cancelled:
+        return True
+    return False
 
 
 class Peer:
@@ -201,7 +212,7 @@ class Peer:
         # controller leaving: so are the transport's tasks that would read the
         # answer). Waiting would take the whole timeout for nothing (and hold
         # up a redial): the stream is closed forcefully then.
-        forceful = self._error is not None or trio.current_effective_deadline() == -math.inf
+        forceful = self._error is not None or await _cancelled()
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.cancel_timeout
             await self.link.flush()
