@@ -7,14 +7,14 @@ import inspect
 import pytest
 
 from latis_core import DaemonClient
-from latis_core._cmdr import daemon
+from latis_core._cmdr import methods
 from latis_core._cmdr.api import METHODS, Method, check_params
 
 
 def test_every_method_has_a_spec_a_handler_and_a_client_method() -> None:
     """Each `Method` is in the spec table, the daemon's table, and on `DaemonClient`."""
     assert set(METHODS) == set(Method)
-    assert set(daemon._METHODS) == set(Method)
+    assert set(methods.HANDLERS) == set(Method)
     for method in Method:
         wrapper = getattr(DaemonClient, method.value.replace(".", "_"), None)
         assert inspect.iscoroutinefunction(wrapper), method

@@ -38,6 +38,7 @@ from latis_core._wire.messages import ResponseChunk
 
 if TYPE_CHECKING:
     from latis_core._cmdr.daemon import Daemon
+    from latis_core._cmdr.methods import Caller
     from latis_core._cmdr.web.server import WebServer
 
 __all__ = ["API_VERSION", "READ_ONLY", "create_app"]
@@ -192,9 +193,10 @@ class _Caller:
             self._on_chunk(message)
 
 
-def _caller(daemon: Daemon, on_chunk: Callable[[ResponseChunk], None] = lambda _: None) -> Any:
-    """A `_Caller`, typed as the protocol client the handlers are annotated with (it
-    has what they use of one)."""
+def _caller(
+    daemon: Daemon, on_chunk: Callable[[ResponseChunk], None] = lambda _: None
+) -> Caller:
+    """The web API's `Caller` of the daemon's methods: progress goes to `on_chunk`."""
     return _Caller(daemon, on_chunk)
 
 
