@@ -1,22 +1,34 @@
-"""The `openai` adapter itself: `OpenAIAgent` (options, the API key, the HTTP
-client), its sessions (the conversation, a streamed request with retries), the
-answer's chunks, and `OpenAIError` with the messages for HTTP and connection
-failures. The package docstring has the whole story.
+"""The `openai` adapter itself: `OpenAIAgent` (its options are read by
+`latis_agents.openai.options`; the HTTP client), its sessions (the conversation,
+a streamed request with retries), the answer's chunks, and `OpenAIError` with
+the messages for HTTP and connection failures. The package docstring has the
+whole story.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 import trio
+from latis_agents.openai.options import (
+    LOOPBACK,
+    OPTIONS,
+    Settings,
+    as_float,
+    as_int,
+    as_str,
+    check_base_url,
+    check_header,
+    completions_url,
+    option_error,
+    read_key,
+)
 from latis_agents.openai.sse import SSEDecoder
 
 from latis_core._plugins.agent import Agent, AgentSession, Reply, _no_command
@@ -48,34 +60,6 @@ _ERROR_BODY_LIMIT = 64 * 1024
 #: finish_reason values that need no mention.
 _NORMAL_FINISH = frozenset({"stop", "tool_calls", "function_call"})
 
-_OPTIONS = (
-    "api_key_env",
-    "base_url",
-    "max_tokens",
-    "model",
-    "retries",
-    "system",
-    "temperature",
-    "timeout",
-)
-_SESSION_OPTIONS = ("max_tokens", "model", "system", "temperature")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-#: Headers `header.NAME` may not set: secrets go through api_key_env, and
-#: these others httpx (or the adapter) must control.
-_REFUSED_HEADERS = {
-    "authorization": "secret",
-    "proxy-authorization": "secret",
-    "api-key": "secret",
-    "x-api-key": "secret",
-    "content-length": "framing",
-    "content-type": "framing",
-    "host": "framing",
-    "transfer-encoding": "framing",
-    "connection": "framing",
-}
-_LOOPBACK = re.compile(r"^(localhost|127(\.\d{1,3}){3}|\[?::1\]?)$", re.IGNORECASE)
 
 
 class OpenAIError(Exception):
@@ -102,166 +86,6 @@ class OpenAIError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.retryable = retryable
-
-
-class _Secret:
-    """A value that does not show itself in reprs, str() or tracebacks' locals."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def __repr__(self) -> str:
-        return "<hidden>"
-
-    __str__ = __repr__
-
-    def reveal(self) -> str:
-        return self._value
-
-    def scrub(self, text: str) -> str:
-        """Return `text` with every occurrence of the secret masked."""
-        return text.replace(self._value, "***") if self._value in text else text
-
-
-# ---- options ----------------------------------------------------------------------------
-
-
-def _error(message: str) -> ValueError:
-    return ValueError(f"openai agent: {message}")
-
-
-def _check_base_url(value: str) -> str:
-    if not value:
-        raise _error("option 'base_url' is required, e.g. -o base_url=http://127.0.0.1:11434/v1")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError as exc:
-        raise _error(f"option 'base_url' is not a URL ({exc}): {value!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _error(
-            f"option 'base_url' must be an http:// or https:// URL with a host, got {value!r}"
-        )
-    if parts.username is not None or parts.password is not None:
-        # Not echoed: it holds credentials.
-        raise _error(
-            "option 'base_url' must not hold credentials (user:password@): put the API key "
-            "in an environment variable and name it with -o api_key_env=NAME"
-        )
-    if parts.fragment:
-        raise _error(f"option 'base_url' must not have a #fragment, got {value!r}")
-    if parts.path.rstrip("/").endswith("/chat/completions"):
-        raise _error(
-            f"option 'base_url' is the API root, without /chat/completions "
-            f"(e.g. http://127.0.0.1:11434/v1), got {value!r}"
-        )
-    return value
-
-
-def _completions_url(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    path = parts.path.rstrip("/") + "/chat/completions"
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def _float(name: str, value: Any, *, minimum: float, above: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _error(f"option {name!r} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise _error(f"option {name!r} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < minimum or (above and number == minimum):
-        bound = f"> {minimum:g}" if above else f">= {minimum:g}"
-        raise _error(f"option {name!r} must be a number {bound}, got {value!r}")
-    return number
-
-
-def _int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _error(f"option {name!r} must be a whole number, got {value!r}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise _error(f"option {name!r} must be a whole number, got {value!r}") from None
-    if number < minimum:
-        raise _error(f"option {name!r} must be >= {minimum}, got {value!r}")
-    return number
-
-
-def _str(name: str, value: Any, *, required: bool = False) -> str:
-    if not isinstance(value, str):
-        raise _error(f"option {name!r} must be text, got {value!r}")
-    if required and not value:
-        raise _error(f"option {name!r} must not be empty")
-    return value
-
-
-def _read_key(name: str) -> _Secret:
-    if not _ENV_NAME.fullmatch(name):
-        # Not echoed: a value that is no variable name may be the key itself.
-        raise _error(
-            "option 'api_key_env' must be the NAME of an environment variable that holds "
-            "the key (letters, digits and _), not the key itself"
-        )
-    shown = repr(name) if _CONVENTIONAL_ENV_NAME.fullmatch(name) else "named by api_key_env"
-    value = os.environ.get(name)
-    if value is None:
-        raise _error(f"environment variable {shown} (option api_key_env) is not set")
-    value = value.strip()
-    if not value:
-        raise _error(f"environment variable {shown} (option api_key_env) is empty")
-    if any(c in value for c in "\r\n\0"):
-        raise _error(f"environment variable {shown} (option api_key_env) holds a line break")
-    return _Secret(value)
-
-
-def _check_header(name: str, value: str) -> None:
-    if not _HEADER_NAME.fullmatch(name):
-        raise _error(f"option 'header.{name}': {name!r} is not a valid HTTP header name")
-    why = _REFUSED_HEADERS.get(name.lower())
-    if why == "secret":
-        raise _error(
-            f"option 'header.{name}' is refused: options show on the command line; put the "
-            f"key in an environment variable and name it with -o api_key_env=NAME"
-        )
-    if why is not None:
-        raise _error(f"option 'header.{name}' is refused: the adapter sets {name} itself")
-    if any(c in value for c in "\r\n\0"):
-        raise _error(f"option 'header.{name}' must be one line")
-
-
-class _Settings:
-    """What a session sends with each request (the agent's, overridden per session)."""
-
-    __slots__ = ("max_tokens", "model", "system", "temperature")
-
-    def __init__(
-        self, model: str, system: str | None, temperature: float | None, max_tokens: int | None
-    ) -> None:
-        self.model = model
-        self.system = system
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-
-    def override(self, options: Mapping[str, Any]) -> _Settings:
-        unknown = sorted(set(options) - set(_SESSION_OPTIONS))
-        if unknown:
-            raise _error(
-                f"unknown session option {unknown[0]!r} (known: {', '.join(_SESSION_OPTIONS)})"
-            )
-        new = _Settings(self.model, self.system, self.temperature, self.max_tokens)
-        if "model" in options:
-            new.model = _str("model", options["model"], required=True)
-        if "system" in options:
-            new.system = _str("system", options["system"]) or None
-        if "temperature" in options:
-            new.temperature = _float("temperature", options["temperature"], minimum=0)
-        if "max_tokens" in options:
-            new.max_tokens = _int("max_tokens", options["max_tokens"], minimum=1)
-        return new
 
 
 # ---- the agent ----------------------------------------------------------------------------
@@ -301,24 +125,24 @@ class OpenAIAgent(Agent):
         retries: int = 0,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.base_url = _check_base_url(_str("base_url", base_url)).rstrip("/")
-        self.url = _completions_url(self.base_url)
-        self.defaults = _Settings(
-            _str("model", model, required=True),
-            (_str("system", system) or None) if system is not None else None,
-            None if temperature is None else _float("temperature", temperature, minimum=0),
-            None if max_tokens is None else _int("max_tokens", max_tokens, minimum=1),
+        self.base_url = check_base_url(as_str("base_url", base_url)).rstrip("/")
+        self.url = completions_url(self.base_url)
+        self.defaults = Settings(
+            as_str("model", model, required=True),
+            (as_str("system", system) or None) if system is not None else None,
+            None if temperature is None else as_float("temperature", temperature, minimum=0),
+            None if max_tokens is None else as_int("max_tokens", max_tokens, minimum=1),
         )
-        self.timeout = _float("timeout", timeout, minimum=0, above=True)
-        self.retries = _int("retries", retries, minimum=0)
+        self.timeout = as_float("timeout", timeout, minimum=0, above=True)
+        self.retries = as_int("retries", retries, minimum=0)
         self.headers = dict(headers or {})
         for name, value in self.headers.items():
-            _check_header(name, value)
+            check_header(name, value)
         self.api_key_env = api_key_env
-        self._key = _read_key(api_key_env) if api_key_env is not None else None
+        self._key = read_key(api_key_env) if api_key_env is not None else None
         host = urlsplit(self.base_url).hostname or ""
         #: Proxies from the environment do not apply to a server on loopback.
-        self.trust_env = not _LOOPBACK.match(host)
+        self.trust_env = not LOOPBACK.match(host)
         self._ssl: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
@@ -334,15 +158,15 @@ class OpenAIAgent(Agent):
             if key.startswith("header."):
                 name = key.removeprefix("header.")
                 if not name:
-                    raise _error("option 'header.NAME=VALUE' needs a NAME")
+                    raise option_error("option 'header.NAME=VALUE' needs a NAME")
                 if name.lower() in {h.lower() for h in headers}:
-                    raise _error(f"option 'header.{name}' is given twice")
+                    raise option_error(f"option 'header.{name}' is given twice")
                 headers[name] = value
-            elif key in _OPTIONS:
+            elif key in OPTIONS:
                 plain[key] = value
             else:
-                raise _error(
-                    f"unknown option {key!r} (known: {', '.join(_OPTIONS)}, header.NAME)"
+                raise option_error(
+                    f"unknown option {key!r} (known: {', '.join(OPTIONS)}, header.NAME)"
                 )
         for required in ("base_url", "model"):
             if not plain.get(required):
@@ -350,27 +174,27 @@ class OpenAIAgent(Agent):
                     "base_url": "http://127.0.0.1:11434/v1",
                     "model": "llama3.2",
                 }[required]
-                raise _error(f"option {required!r} is required, e.g. -o {required}={example}")
+                raise option_error(f"option {required!r} is required, e.g. -o {required}={example}")
         timeout: float = DEFAULT_TIMEOUT
         if "timeout" in plain:
-            timeout = _float("timeout", plain["timeout"], minimum=0, above=True)
+            timeout = as_float("timeout", plain["timeout"], minimum=0, above=True)
         return cls(
             plain["base_url"],
             plain["model"],
             api_key_env=plain.get("api_key_env"),
             system=plain.get("system"),
             temperature=(
-                _float("temperature", plain["temperature"], minimum=0)
+                as_float("temperature", plain["temperature"], minimum=0)
                 if "temperature" in plain
                 else None
             ),
             max_tokens=(
-                _int("max_tokens", plain["max_tokens"], minimum=1)
+                as_int("max_tokens", plain["max_tokens"], minimum=1)
                 if "max_tokens" in plain
                 else None
             ),
             timeout=timeout,
-            retries=_int("retries", plain.get("retries", "0"), minimum=0),
+            retries=as_int("retries", plain.get("retries", "0"), minimum=0),
             headers=headers,
         )
 
@@ -448,7 +272,7 @@ class _Answer:
 class OpenAISession(AgentSession):
     """One conversation: its settings and its history of turns."""
 
-    def __init__(self, agent: OpenAIAgent, settings: _Settings) -> None:
+    def __init__(self, agent: OpenAIAgent, settings: Settings) -> None:
         self.agent = agent
         self.settings = settings
         #: The exchanges so far: user and assistant turns, alternating.

@@ -1,5 +1,5 @@
 """The controller's state: one SQLite file (`Paths.state_file`, `latis.db`), and
-its store, `StateDB`, with the rows it returns.
+its store, `StateDB` (the rows it returns are in `latis_core._cmdr.rows`).
 
 What is kept: the units and what their provisioners made (`resources`), how each
 unit is connected, its sessions, and every prompt with its full streamed reply
@@ -31,7 +31,6 @@ Timestamps are unix seconds (`time.time()`, REAL).
 
 from __future__ import annotations
 
-import enum
 import sqlite3
 import threading
 import time
@@ -41,9 +40,32 @@ from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import quote
 
-import attrs
 import orjson
 
+from latis_core._cmdr.rows import (
+    COORDINATION_SELECT,
+    INPUT_SELECT,
+    PROMPT_SELECT,
+    SESSION_SELECT,
+    UNIT_SELECT,
+    ChunkRow,
+    ConnectionRow,
+    ConnectionState,
+    CoordinationRow,
+    EnrollmentRow,
+    InputRow,
+    PromptRow,
+    PromptState,
+    SessionRow,
+    TranscriptEntry,
+    UnitRow,
+    chunk_row,
+    coordination_row,
+    input_row,
+    prompt_row,
+    session_row,
+    unit_row,
+)
 from latis_core._cmdr.schema import (
     StateError,
     create_private,
@@ -76,173 +98,6 @@ __all__ = [
 
 #: A chunk as `StateDB.add_chunks` takes it: (seq, text, kind, data).
 ChunkIn: TypeAlias = tuple[int, str, str | None, Mapping[str, Any] | None]
-
-
-class ConnectionState(enum.StrEnum):
-    """How the controller is connected to a unit."""
-
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    #: Not connected, and not trying (the unit is down, or was never reached).
-    DISCONNECTED = "disconnected"
-    #: Was connected; the unit stopped answering (missed heartbeats).
-    UNREACHABLE = "unreachable"
-
-
-class PromptState(enum.StrEnum):
-    """Where a prompt is: running, or how it ended."""
-
-    RUNNING = "running"
-    #: `response.complete`.
-    COMPLETE = "complete"
-    #: `response.cancelled`, or its session closed while it ran.
-    CANCELLED = "cancelled"
-    #: `error`.
-    ERROR = "error"
-
-
-@attrs.frozen
-class UnitRow:
-    """A unit. `id` tells apart units that had the same name at different times."""
-
-    id: int
-    name: str
-    #: The provisioner's type ("process", "container"), or None for a unit
-    #: that is only dialed or accepted.
-    provisioner: str | None
-    config: dict[str, Any]
-    created_at: float
-    updated_at: float
-    destroyed_at: float | None
-
-
-@attrs.frozen
-class ConnectionRow:
-    """How a unit is connected."""
-
-    unit: str
-    state: ConnectionState
-    #: What carries it, for people: "unix:/run/…/u1.sock", "dial ssh://host".
-    transport: str
-    #: When `state` last changed.
-    since: float
-    #: When `set_connection` was last called for the unit (a heartbeat, say).
-    last_seen: float
-    error: str | None
-
-
-@attrs.frozen
-class SessionRow:
-    """A session of a unit (its id is the unit's session id)."""
-
-    id: str
-    unit: str
-    state: SessionState
-    created_at: float
-    closed_at: float | None
-    #: `UnitRow.id` of the unit it belongs to.
-    unit_id: int
-
-
-@attrs.frozen
-class PromptRow:
-    """A prompt sent to a session, and how it ended."""
-
-    id: int
-    session: str
-    #: The id the prompt was sent with on the unit's connection.
-    request_id: RequestId
-    text: str
-    state: PromptState
-    started_at: float
-    ended_at: float | None
-    #: How many chunks the unit said the prompt produced (None while it runs).
-    chunks: int | None
-    #: "code: message" for a prompt that ended in an error.
-    error: str | None
-
-
-@attrs.frozen
-class ChunkRow:
-    """One chunk of a reply."""
-
-    prompt: int
-    seq: int
-    text: str
-    kind: str | None
-    data: dict[str, Any] | None
-
-
-@attrs.frozen
-class InputRow:
-    """A question the agent asked during a prompt, and the answer if there is one."""
-
-    prompt: int
-    number: int
-    question: str
-    options: tuple[str, ...]
-    kind: str | None
-    answer: str | None
-    asked_at: float
-    answered_at: float | None
-
-
-@attrs.frozen
-class CoordinationRow:
-    """A stored coordination: what was asked, how, how it ended, and its events."""
-
-    id: str
-    task: str
-    strategy: str
-    #: The settings it ran with (options, require, timeouts, max_hops).
-    settings: dict[str, Any]
-    #: The units named, in order (a unit named twice is listed twice).
-    units: list[str]
-    #: running, complete, error or cancelled.
-    state: str
-    final: str | None
-    error: str | None
-    started_at: float
-    ended_at: float | None
-    #: Every event but the chunks, in order (`CoordinationEvent.to_dict`).
-    events: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data."""
-        return attrs.asdict(self)
-
-
-@attrs.frozen
-class TranscriptEntry:
-    """One prompt of a session's transcript, with its reply and questions."""
-
-    prompt: PromptRow
-    chunks: list[ChunkRow]
-    inputs: list[InputRow]
-
-    @property
-    def answer(self) -> str:
-        """The answer's text: the chunks without a `kind`, in order."""
-        return "".join(chunk.text for chunk in self.chunks if chunk.kind is None)
-
-
-@attrs.frozen
-class EnrollmentRow:
-    """An enrollment as the state holds it (`StateDB.enrollment`)."""
-
-    #: The unit's name.
-    unit: str
-    #: Its id and secret (the secret empty when retired or listed).
-    enrollment: Enrollment
-    #: "new" (never used), "pending" (waits for approval), "active", or "retired".
-    state: str
-    #: When a `new` one stops being usable, or None.
-    expires_at: float | None
-    #: Where and when it was first used.
-    seen_from: str | None
-    seen_at: float | None
-    #: Why it was retired (revoked, rejected, replaced, rotated, destroyed), or None.
-    retired: str | None = None
 
 
 def _retire(
@@ -455,25 +310,25 @@ class StateDB:
                     "UPDATE units SET provisioner = ?, config = ?, updated_at = ? WHERE id = ?",
                     (provisioner, encoded, now, unit_id),
                 )
-            row = db.execute(f"{_UNIT_SELECT} WHERE id = ?", (unit_id,)).fetchone()
-        return _unit_row(row)
+            row = db.execute(f"{UNIT_SELECT} WHERE id = ?", (unit_id,)).fetchone()
+        return unit_row(row)
 
     def get_unit(self, name: str) -> UnitRow | None:
         """The live unit of that name, or None."""
         with self._lock:
             row = (
                 self._db()
-                .execute(f"{_UNIT_SELECT} WHERE name = ? AND destroyed_at IS NULL", (name,))
+                .execute(f"{UNIT_SELECT} WHERE name = ? AND destroyed_at IS NULL", (name,))
                 .fetchone()
             )
-        return None if row is None else _unit_row(row)
+        return None if row is None else unit_row(row)
 
     def list_units(self, include_destroyed: bool = False) -> list[UnitRow]:
         """The live units by name (and destroyed ones too, oldest first, if asked)."""
         where = "" if include_destroyed else " WHERE destroyed_at IS NULL"
         with self._lock:
-            rows = self._db().execute(f"{_UNIT_SELECT}{where} ORDER BY name, id").fetchall()
-        return [_unit_row(row) for row in rows]
+            rows = self._db().execute(f"{UNIT_SELECT}{where} ORDER BY name, id").fetchall()
+        return [unit_row(row) for row in rows]
 
     def mark_unit_destroyed(self, name: str) -> bool:
         """End the live unit of that name; False if there is none.
@@ -766,8 +621,8 @@ class StateDB:
     def get_session(self, id: str) -> SessionRow | None:
         """The session, or None."""
         with self._lock:
-            row = self._db().execute(f"{_SESSION_SELECT} WHERE s.id = ?", (id,)).fetchone()
-        return None if row is None else _session_row(row)
+            row = self._db().execute(f"{SESSION_SELECT} WHERE s.id = ?", (id,)).fetchone()
+        return None if row is None else session_row(row)
 
     def list_sessions(
         self, unit: str | None = None, include_closed: bool = False
@@ -780,12 +635,12 @@ class StateDB:
             args.append(unit)
         if not include_closed:
             where.append("s.state != 'closed'")
-        sql = _SESSION_SELECT
+        sql = SESSION_SELECT
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:
             rows = self._db().execute(sql + " ORDER BY s.created_at, s.rowid", args).fetchall()
-        return [_session_row(row) for row in rows]
+        return [session_row(row) for row in rows]
 
     # -- prompts ------------------------------------------------------------
 
@@ -835,38 +690,38 @@ class StateDB:
     def get_prompt(self, id: int) -> PromptRow | None:
         """The prompt, or None."""
         with self._lock:
-            row = self._db().execute(f"{_PROMPT_SELECT} WHERE id = ?", (id,)).fetchone()
-        return None if row is None else _prompt_row(row)
+            row = self._db().execute(f"{PROMPT_SELECT} WHERE id = ?", (id,)).fetchone()
+        return None if row is None else prompt_row(row)
 
     def prompts(self, session: str) -> list[PromptRow]:
         """The session's prompts, in the order they were sent."""
         with self._lock:
             rows = (
                 self._db()
-                .execute(f"{_PROMPT_SELECT} WHERE session = ? ORDER BY id", (session,))
+                .execute(f"{PROMPT_SELECT} WHERE session = ? ORDER BY id", (session,))
                 .fetchall()
             )
-        return [_prompt_row(row) for row in rows]
+        return [prompt_row(row) for row in rows]
 
     def running_prompts(self) -> list[PromptRow]:
         """Every prompt still running, oldest first (to resume after a restart)."""
         with self._lock:
             rows = (
                 self._db()
-                .execute(f"{_PROMPT_SELECT} WHERE state = 'running' ORDER BY id")
+                .execute(f"{PROMPT_SELECT} WHERE state = 'running' ORDER BY id")
                 .fetchall()
             )
-        return [_prompt_row(row) for row in rows]
+        return [prompt_row(row) for row in rows]
 
     def last_prompt(self, session: str) -> PromptRow | None:
         """The session's latest prompt, or None."""
         with self._lock:
             row = (
                 self._db()
-                .execute(f"{_PROMPT_SELECT} WHERE session = ? ORDER BY id DESC LIMIT 1", (session,))
+                .execute(f"{PROMPT_SELECT} WHERE session = ? ORDER BY id DESC LIMIT 1", (session,))
                 .fetchone()
             )
-        return None if row is None else _prompt_row(row)
+        return None if row is None else prompt_row(row)
 
     # -- chunks -------------------------------------------------------------
 
@@ -934,7 +789,7 @@ class StateDB:
                 )
                 .fetchall()
             )
-        return [_chunk_row(row) for row in rows]
+        return [chunk_row(row) for row in rows]
 
     def last_seq(self, prompt_id: int) -> int:
         """The highest `seq` recorded for the prompt, or -1 if none."""
@@ -1000,14 +855,14 @@ class StateDB:
             rows = (
                 self._db()
                 .execute(
-                    f"{_INPUT_SELECT} WHERE i.prompt = ? AND i.answer IS NULL"
+                    f"{INPUT_SELECT} WHERE i.prompt = ? AND i.answer IS NULL"
                     " AND (SELECT state FROM prompts WHERE id = i.prompt) = 'running'"
                     " ORDER BY i.number",
                     (prompt_id,),
                 )
                 .fetchall()
             )
-        return [_input_row(row) for row in rows]
+        return [input_row(row) for row in rows]
 
     # -- transcript ---------------------------------------------------------
 
@@ -1021,9 +876,9 @@ class StateDB:
         with self._read() as db:
             _need_session(db, session_id)
             prompts = [
-                _prompt_row(row)
+                prompt_row(row)
                 for row in db.execute(
-                    f"{_PROMPT_SELECT} WHERE session = ? ORDER BY id", (session_id,)
+                    f"{PROMPT_SELECT} WHERE session = ? ORDER BY id", (session_id,)
                 )
             ]
             chunks: dict[int, list[ChunkRow]] = {prompt.id: [] for prompt in prompts}
@@ -1033,14 +888,14 @@ class StateDB:
                 " ORDER BY c.prompt, c.seq",
                 (session_id,),
             ):
-                chunks[row[0]].append(_chunk_row(row))
+                chunks[row[0]].append(chunk_row(row))
             inputs: dict[int, list[InputRow]] = {prompt.id: [] for prompt in prompts}
             for row in db.execute(
-                f"{_INPUT_SELECT} JOIN prompts p ON p.id = i.prompt WHERE p.session = ?"
+                f"{INPUT_SELECT} JOIN prompts p ON p.id = i.prompt WHERE p.session = ?"
                 " ORDER BY i.prompt, i.number",
                 (session_id,),
             ):
-                inputs[row[0]].append(_input_row(row))
+                inputs[row[0]].append(input_row(row))
         return [TranscriptEntry(p, chunks[p.id], inputs[p.id]) for p in prompts]
 
 
@@ -1082,7 +937,7 @@ class StateDB:
     def get_coordination(self, id: str) -> CoordinationRow | None:
         """One coordination with its events, or None."""
         with self._read() as db:
-            row = db.execute(f"{_COORDINATION_SELECT} WHERE id = ?", (id,)).fetchone()
+            row = db.execute(f"{COORDINATION_SELECT} WHERE id = ?", (id,)).fetchone()
             if row is None:
                 return None
             events = [
@@ -1092,15 +947,15 @@ class StateDB:
                     (id,),
                 )
             ]
-        return _coordination_row(row, events)
+        return coordination_row(row, events)
 
     def list_coordinations(self, limit: int = 50) -> list[CoordinationRow]:
         """The latest coordinations, newest first (without their events)."""
         with self._lock:
             rows = self._db().execute(
-                f"{_COORDINATION_SELECT} ORDER BY started_at DESC, id DESC LIMIT ?", (limit,)
+                f"{COORDINATION_SELECT} ORDER BY started_at DESC, id DESC LIMIT ?", (limit,)
             ).fetchall()
-        return [_coordination_row(row, []) for row in rows]
+        return [coordination_row(row, []) for row in rows]
 
 
 class UnitResources:
@@ -1152,27 +1007,6 @@ class UnitResources:
 
 # -- helpers -----------------------------------------------------------------
 
-_UNIT_SELECT = (
-    "SELECT id, name, provisioner, config, created_at, updated_at, destroyed_at FROM units"
-)
-_SESSION_SELECT = (
-    "SELECT s.id, u.name, s.state, s.created_at, s.closed_at, s.unit"
-    " FROM sessions s JOIN units u ON u.id = s.unit"
-)
-_PROMPT_SELECT = (
-    "SELECT id, session, request_id, text, state, started_at, ended_at, chunks, error FROM prompts"
-)
-_INPUT_SELECT = (
-    "SELECT i.prompt, i.number, i.question, i.options, i.kind, i.answer, i.asked_at,"
-    " i.answered_at FROM inputs i"
-)
-
-_COORDINATION_SELECT = (
-    "SELECT id, task, strategy, settings, units, state, final, error, started_at, ended_at"
-    " FROM coordinations"
-)
-
-
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -1199,60 +1033,6 @@ def _close_session(db: sqlite3.Connection, id: str, now: float) -> None:
     db.execute(
         "UPDATE sessions SET state = 'closed', closed_at = ? WHERE id = ? AND state != 'closed'",
         (now, id),
-    )
-
-
-def _unit_row(row: Any) -> UnitRow:
-    id, name, provisioner, config, created_at, updated_at, destroyed_at = row
-    return UnitRow(
-        id, name, provisioner, orjson.loads(config), created_at, updated_at, destroyed_at
-    )
-
-
-def _session_row(row: Any) -> SessionRow:
-    id, unit, state, created_at, closed_at, unit_id = row
-    return SessionRow(id, unit, SessionState(state), created_at, closed_at, unit_id)
-
-
-def _prompt_row(row: Any) -> PromptRow:
-    id, session, request_id, text, state, started_at, ended_at, chunks, error = row
-    return PromptRow(
-        id,
-        session,
-        orjson.loads(request_id),
-        text,
-        PromptState(state),
-        started_at,
-        ended_at,
-        chunks,
-        error,
-    )
-
-
-def _chunk_row(row: Any) -> ChunkRow:
-    prompt, seq, text, kind, data = row
-    return ChunkRow(prompt, seq, text, kind, None if data is None else orjson.loads(data))
-
-
-def _coordination_row(row: Any, events: list[dict[str, Any]]) -> CoordinationRow:
-    id, task, strategy, settings, units, state, final, error, started_at, ended_at = row
-    return CoordinationRow(
-        id, task, strategy, orjson.loads(settings), orjson.loads(units), state, final, error,
-        started_at, ended_at, events,
-    )
-
-
-def _input_row(row: Any) -> InputRow:
-    prompt, number, question, options, kind, answer, asked_at, answered_at = row
-    return InputRow(
-        prompt,
-        number,
-        question,
-        tuple(orjson.loads(options)),
-        kind,
-        answer,
-        asked_at,
-        answered_at,
     )
 
 
