@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from latis_agents.echo import EchoAgent as EchoAgent
     from latis_agents.python import PythonAgent as PythonAgent
 
+    from latis_core._cmdr.a2a import a2a_state as a2a_state
     from latis_core._cmdr.client import DaemonClient as DaemonClient
     from latis_core._cmdr.client import daemon_pid as daemon_pid
     from latis_core._cmdr.client import open_daemon as open_daemon
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from latis_core._cmdr.coordinate import agent_labels as agent_labels
     from latis_core._cmdr.coordinate import parse_require as parse_require
     from latis_core._cmdr.daemon import run_daemon as run_daemon
-    from latis_core._cmdr.hitl import a2a_state as a2a_state
     from latis_core._cmdr.notify import redact_url as redact_url
     from latis_core._cmdr.state import StateError as StateError
     from latis_core._cmdr.state import StateStore as StateStore
@@ -277,7 +277,7 @@ __all__ = [
 ]
 
 _WHERE: dict[str, str] = {
-    "a2a_state": "latis_core._cmdr.hitl",
+    "a2a_state": "latis_core._cmdr.a2a",
     "session_context": "latis_core._cmdr.usage",
     "redact_url": "latis_core._cmdr.notify",
     "AlreadyAnswered": "latis_core._errors",

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
+from latis_core._cmdr.a2a import a2a_state
 from latis_core._cmdr.config import Config, UnitConfig
-from latis_core._cmdr.hitl import HumanLoop, a2a_state
+from latis_core._cmdr.hitl import HumanLoop
 from latis_core._cmdr.prompts import PromptEngine, PromptRecord
 from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
 from latis_core._cmdr.writer import ChunkWriter

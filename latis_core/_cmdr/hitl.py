@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from latis_core._cmdr import inbox as _inbox
 from latis_core._cmdr import usage as _usage
+from latis_core._cmdr.a2a import a2a_state
 from latis_core._cmdr.notify import Notifier, NotifyConfig
 from latis_core._cmdr.policy import choose_option, decide, facts_of
 from latis_core._errors import AlreadyAnswered
@@ -32,33 +33,11 @@ if TYPE_CHECKING:
     from latis_core._cmdr.prompts import PromptRecord
     from latis_core._cmdr.state import StateDB
 
-__all__ = ["A2A_STATES", "HumanLoop", "a2a_state"]
+__all__ = ["HumanLoop"]
 
 log = logging.getLogger("latis.cmdr")
 
 _T = TypeVar("_T")
-
-#: latis's session states and prompt outcomes -> A2A task states.
-A2A_STATES = {
-    "idle": "completed",
-    "busy": "working",
-    "waiting": "input-required",
-    "closed": "completed",
-    "running": "working",
-    "complete": "completed",
-    "completed": "completed",
-    "error": "failed",
-    "failed": "failed",
-    "cancelled": "canceled",
-    "open": "input-required",
-    "answered": "completed",
-}
-
-
-def a2a_state(state: str) -> str:
-    """The A2A task state for a latis session state or prompt outcome."""
-    return A2A_STATES.get(state, "unknown")
-
 
 class HumanLoop:
     """Inbox, approval policy, notifications and usage (mixed into `Controller`)."""
