@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from latis_core._cmdr import inbox as _inbox
 from latis_core._cmdr import usage as _usage
 from latis_core._cmdr.a2a import a2a_state
-from latis_core._cmdr.notify import Notifier, NotifyConfig
+from latis_core._cmdr.notifier import Notifier
+from latis_core._cmdr.notify import NotifyConfig
 from latis_core._cmdr.policy import choose_option, decide, facts_of
 from latis_core._errors import AlreadyAnswered
 from latis_core._wire.messages import InputRequest
