@@ -19,15 +19,12 @@ This module is the settings (read with the config, so it imports no trio);
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 
 __all__ = ["EVENTS", "NotifyConfig", "parse_notify", "redact", "redact_url"]
-
-log = logging.getLogger("latis.notify")
 
 #: The events a notification may be for.
 EVENTS = ("waiting", "complete", "failed", "cancelled")
