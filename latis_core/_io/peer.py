@@ -97,7 +97,7 @@ async def _cancelled() -> bool:
     are that deep). Cancellation is level-triggered: the caller's next checkpoint
     outside our shield raises it again."""
     try:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
     except trio.Cancelled:
         return True
     return False
