@@ -97,7 +97,8 @@ async def restore_after(fault: Any, seconds: float) -> None:
     fault.restore()
 
 
-def stored(ctl: latis_core.Controller, sid: str) -> list[int]:
+async def stored(ctl: latis_core.Controller, sid: str) -> list[int]:
+    await ctl.flush()  # the state follows the controller by a batch
     [entry] = ctl.state.transcript(sid)
     return [chunk.seq for chunk in entry.chunks]
 
@@ -140,7 +141,7 @@ async def test_a_cut_mid_prompt_is_picked_up_complete_and_exactly_once(
             assert link.fault.connections == 2  # picked up on a new connection
             seen.complete(WORDS)
             late.complete(WORDS)
-            assert stored(ctl, sid) == list(range(len(WORDS)))
+            assert await stored(ctl, sid) == list(range(len(WORDS)))
             assert link.process.returncode is None  # the same unit all along
 
 
@@ -185,7 +186,7 @@ tls = true
             record = await ctl.start_prompt(sid, " ".join(WORDS))
             seen = await follow(ctl, record.id, 40, proxy, nursery=nursery)
             seen.complete(WORDS)
-            assert stored(ctl, sid) == list(range(len(WORDS)))
+            assert await stored(ctl, sid) == list(range(len(WORDS)))
             assert listener.stats.accepted >= 2
         nursery.cancel_scope.cancel()
 
@@ -208,7 +209,7 @@ async def test_a_slow_link_cut_mid_prompt_still_carries_every_chunk_once(home: P
             nursery.start_soon(slow_again)
             seen = await follow(ctl, record.id, 30, proxy, nursery=nursery)
             seen.complete(words)
-            assert stored(ctl, sid) == list(range(len(words)))
+            assert await stored(ctl, sid) == list(range(len(words)))
 
 
 # ---- silence: a stall the heartbeat finds ------------------------------------------------
@@ -236,7 +237,7 @@ async def test_a_stall_after_half_a_frame_is_found_and_picked_up(home: Path) -> 
                     seen.end = event
             seen.complete(WORDS)
             assert proxy.connections == 2
-            assert stored(ctl, sid) == list(range(len(WORDS)))
+            assert await stored(ctl, sid) == list(range(len(WORDS)))
 
 
 async def test_a_stall_that_outlasts_the_replay_bound_ends_with_the_chunks_lost(
@@ -269,7 +270,7 @@ async def test_a_stall_that_outlasts_the_replay_bound_ends_with_the_chunks_lost(
             assert f"after chunk {got - 1}" in end["message"]
             assert "the cut outlasted its replay limit; the chunks are lost" in end["message"]
             assert f"chunks {got} to " in end["message"]
-            assert stored(ctl, sid) == list(range(got))
+            assert await stored(ctl, sid) == list(range(got))
             [entry] = ctl.state.transcript(sid)
             assert entry.prompt.state == "error"
             assert entry.prompt.error.startswith("limit_reached: ")
@@ -457,7 +458,7 @@ async def test_a_hundred_prompts_streaming_under_a_cut_all_complete_exactly_once
             for record in records:
                 results[record.id].complete(words)
             for sid in sids:
-                assert stored(ctl, sid) == list(range(len(words)))
+                assert await stored(ctl, sid) == list(range(len(words)))
 
 
 async def test_every_cli_follower_of_a_killed_unit_hears_unit_lost(home: Path) -> None:

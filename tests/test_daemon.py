@@ -99,6 +99,7 @@ class TestController:
             assert live[-1] == ("end", {"outcome": "complete", "chunks": 30})
             late = await collect(ctl, record.id, after=24)
             assert [e[1].seq for e in late if e[0] == "chunk"] == [25, 26, 27, 28, 29]
+            await ctl.flush()  # the state follows the controller by a batch
             [entry] = ctl.state.transcript(data["session"])
             assert (entry.prompt.state, len(entry.chunks)) == ("complete", 30)
 
@@ -142,6 +143,7 @@ class TestController:
             assert seen[1] == seen[2]
             assert seen[1][-1][1]["outcome"] == "cancelled"
             assert 0 < seen[1][-1][1]["chunks"] < 30
+            await ctl.flush()
             assert ctl.state.get_session(sid).state == "idle"  # type: ignore[union-attr]
 
     async def test_prompts_outlive_the_controller(self, home: Path) -> None:

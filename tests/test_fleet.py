@@ -359,8 +359,10 @@ async def daemon_and_client() -> AsyncIterator[tuple[Daemon, latis_core.UnitClie
         daemon.stop.set()
 
 
-def stored_counts() -> dict[str, int]:
-    """Sessions per state, counted over the state file."""
+async def stored_counts(daemon: Daemon) -> dict[str, int]:
+    """Sessions per state, counted over the state file (once the daemon's writes
+    behind are in it)."""
+    await daemon.controller.flush()
     with StateDB.open_readonly(paths().state_file) as state:
         return dict(
             collections.Counter(row.state for row in state.list_sessions() if row.state != "closed")
@@ -378,7 +380,7 @@ async def test_session_counts_stay_right_across_many_sessions(home: Home) -> Non
     prompt runs and idle after, and a new daemon counts the same from state."""
     async with daemon_and_client() as (daemon, cmdr):
         sessions = [await cmdr.create_session(unit="fast") for _ in range(300)]
-        assert counts(daemon) == stored_counts() == {"idle": 300}
+        assert counts(daemon) == await stored_counts(daemon) == {"idle": 300}
 
         async def prompt(session: latis_core.Session) -> None:
             assert await session.prompt("one two").text() == "one two"
@@ -386,19 +388,19 @@ async def test_session_counts_stay_right_across_many_sessions(home: Home) -> Non
         async with trio.open_nursery() as nursery:
             for session in sessions[:120]:
                 nursery.start_soon(prompt, session)
-        assert counts(daemon) == stored_counts() == {"idle": 300}
+        assert counts(daemon) == await stored_counts(daemon) == {"idle": 300}
         slow = await cmdr.create_session(unit="slow")
         stream = slow.prompt(" ".join(["w"] * 40))
         async with stream:
             await stream.__anext__()
-            assert counts(daemon) == stored_counts() == {"idle": 300, "busy": 1}
+            assert counts(daemon) == await stored_counts(daemon) == {"idle": 300, "busy": 1}
             assert (await cmdr.state()).state == "busy"
             async for _ in stream:
                 pass
         for session in sessions[:100]:
             await session.destroy()
-        assert counts(daemon) == stored_counts() == {"idle": 201}
+        assert counts(daemon) == await stored_counts(daemon) == {"idle": 201}
         assert (await cmdr.state()).state == "idle"
         assert len((await cmdr.state()).sessions) == 201
     async with daemon_and_client() as (daemon, cmdr):
-        assert counts(daemon) == stored_counts() == {"idle": 201}
+        assert counts(daemon) == await stored_counts(daemon) == {"idle": 201}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -32,7 +33,7 @@ from latis_core._cmdr.a2a import a2a_state
 from latis_core._cmdr.config import Config, UnitConfig
 from latis_core._cmdr.hitl import HumanLoop
 from latis_core._cmdr.prompts import PromptEngine, PromptRecord
-from latis_core._cmdr.state import ConnectionState, PromptState, StateDB
+from latis_core._cmdr.state import ConnectionState, PromptRow, PromptState, StateDB, StateError
 from latis_core._cmdr.writer import ChunkWriter
 from latis_core._errors import (
     ConnectError,
@@ -75,6 +76,16 @@ PROGRESS_EVERY = 5.0
 
 #: How much of a session's last prompt `status` shows (characters).
 PROMPT_PREVIEW = 200
+#: Prompt ids a controller takes from the state at a time (it numbers prompts in memory).
+PROMPT_IDS = 1024
+
+
+@attrs.define(slots=True)
+class OpenSession:
+    """An open session as the controller holds it (the state follows behind)."""
+
+    unit: str
+    state: str = "idle"
 
 
 @attrs.define(eq=False)
@@ -148,6 +159,14 @@ class Controller(HumanLoop, PromptEngine):
         self._reads: StateDB | None = None
         self.units: dict[str, UnitRuntime] = {}
         self.prompts: dict[int, PromptRecord] = {}
+        #: The open sessions, oldest first: what `session_unit` and `status` read
+        #: (the state's rows are written behind, `ChunkWriter.behind`).
+        self.sessions: dict[str, OpenSession] = {
+            row.id: OpenSession(row.unit, str(row.state)) for row in state.list_sessions()
+        }
+        #: Prompt ids taken from the state and not used yet.
+        self._ids = range(0)
+        self._ids_lock = trio.Lock()
         self._watching: set[str] = set()
         self._reattaching: dict[str, trio.Lock] = {}
         #: Stores every prompt's chunks, many at a time (started with the controller).
@@ -186,12 +205,33 @@ class Controller(HumanLoop, PromptEngine):
     async def read(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run a state method that only reads (of `reads`), right here.
 
-        A read takes microseconds, less than a hop to a thread (~70 µs), and
-        in WAL mode a reader never waits for the writer: the loop never
-        blocks behind a write.
+        What this controller wrote behind is stored first (`ChunkWriter.flush`:
+        a read sees the controller's own writes). A read takes microseconds,
+        less than a hop to a thread (~70 µs), and in WAL mode a reader never
+        waits for the writer: the loop never blocks behind a write.
         """
-        await trio.lowlevel.checkpoint()
+        await self.writer.flush()
         return fn(*args)
+
+    async def flush(self) -> None:
+        """Wait until what this controller wrote behind is in the state file.
+
+        The state follows the controller by at most one batch (milliseconds):
+        a prompt's end reaches its followers before the disk. Reads through
+        the controller wait for it by themselves; code that reads the state
+        file directly right after an end (a script, a test) calls this first.
+        """
+        await self.writer.call(lambda: None)  # a batch: everything queued before it
+
+    async def _new_prompt_id(self) -> int:
+        """The next prompt's id, numbered in memory (from a block taken from the state)."""
+        if not self._ids:
+            async with self._ids_lock:
+                if not self._ids:
+                    self._ids = await self.db(self.state.reserve_prompt_ids, PROMPT_IDS)
+        prompt_id = self._ids.start
+        self._ids = self._ids[1:]
+        return prompt_id
 
     # ---- units ------------------------------------------------------------------------
 
@@ -749,8 +789,7 @@ class Controller(HumanLoop, PromptEngine):
         if rt.provisioner is not None:
             await rt.provisioner.destroy()
         for sid in [s.id for s in await self.read(self.reads.list_sessions, rt.name)]:
-            await self.db(self.state.close_session, sid)
-            self._notify(sid, State.CLOSED.value)
+            self._close_session(sid)
         await self.db(self.state.mark_unit_destroyed, rt.name)
 
     async def reconnect_known(self) -> None:
@@ -775,7 +814,15 @@ class Controller(HumanLoop, PromptEngine):
                     nursery.start_soon(again, rt.name)
 
     async def status(self) -> list[dict[str, Any]]:
-        """What runs where: one entry per unit."""
+        """What runs where: one entry per unit.
+
+        The sessions come from memory and their last prompts from one query:
+        the cost grows with the units and sessions shown, not per query.
+        """
+        last = await self.read(self.reads.last_prompts)
+        by_unit: dict[str, list[tuple[str, str]]] = {}
+        for sid, held in self.sessions.items():
+            by_unit.setdefault(held.unit, []).append((sid, held.state))
         out = []
         for rt in self.units.values():
             entry: dict[str, Any] = {
@@ -799,18 +846,19 @@ class Controller(HumanLoop, PromptEngine):
             if rt.client is not None:
                 entry["agent"] = {"name": rt.client.agent.name, "version": rt.client.agent.version}
                 entry["capabilities"] = list(rt.client.capabilities)
-            sessions = await self.read(self.reads.list_sessions, rt.name)
-            entry["sessions"] = [await self._session_status(s.id, s.state) for s in sessions]
+            entry["sessions"] = [await self._session_status(sid, state, last.get(sid))
+                                 for sid, state in by_unit.get(rt.name, ())]
             out.append(entry)
         return out
 
-    async def _session_status(self, sid: str, state: str) -> dict[str, Any]:
+    async def _session_status(
+        self, sid: str, state: str, last: PromptRow | None
+    ) -> dict[str, Any]:
         """A session in `status`: its state (and A2A's), context use while it
         works or waits, the question it waits on, and its last prompt."""
         entry: dict[str, Any] = {"id": sid, "state": state, "a2a_state": a2a_state(state)}
         if state in ("busy", "waiting"):
             entry["context"] = await self.context_of(sid)
-        last = await self.read(self.reads.last_prompt, sid)
         if last is not None:
             # What it works on (or last did): `latis top` and the dashboard show it.
             entry["prompt"] = {"id": last.id, "text": last.text[:PROMPT_PREVIEW],
@@ -844,7 +892,8 @@ class Controller(HumanLoop, PromptEngine):
         if rt.client is None or rt.client.peer.closed:
             await self.up(unit)
         session = await self._client(rt).create_session(**dict(options or {}))
-        await self.db(self.state.add_session, session.id, unit, "idle")
+        self.sessions[session.id] = OpenSession(unit)
+        self.writer.behind(("session", (session.id, "idle", self.state.now(), unit)))
         self._notify(session.id, "idle")
         return {"session": session.id, "unit": unit, "state": "idle"}
 
@@ -873,10 +922,18 @@ class Controller(HumanLoop, PromptEngine):
         Raises:
             RequestError: (unknown_session) no open session has that id.
         """
-        row = await self.read(self.reads.get_session, sid)
-        if row is None or row.state == "closed" or row.unit not in self.units:
+        held = self.sessions.get(sid)
+        if held is None:
+            # Not opened through this controller (written to the state by
+            # another hand): the state knows, and the controller holds it now.
+            row = await self.read(self.reads.get_session, sid)
+            if row is None or row.state == "closed":
+                raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
+            held = self.sessions[sid] = OpenSession(row.unit, str(row.state))
+        rt = self.units.get(held.unit)
+        if rt is None:
             raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
-        return self.units[row.unit]
+        return rt
 
     async def destroy_session(self, sid: str) -> None:
         """End a session (cancelling its prompt, if one runs)."""
@@ -886,12 +943,22 @@ class Controller(HumanLoop, PromptEngine):
         except RequestError as exc:
             if exc.code != ErrorCode.UNKNOWN_SESSION:
                 raise
-        await self.db(self.state.close_session, sid)
-        self._notify(sid, State.CLOSED.value)
+        self._close_session(sid)
 
-    async def _set_session(self, sid: str, state: str) -> None:
-        await self.db(self.state.set_session_state, sid, state)
+    def _set_session(self, sid: str, state: str) -> None:
+        """The session's state changed: kept in memory, written behind, told."""
+        held = self.sessions.get(sid)
+        if held is None:
+            return  # closed meanwhile: it stays closed
+        held.state = state
+        self.writer.behind(("state", (state, sid)))
         self._notify(sid, state)
+
+    def _close_session(self, sid: str) -> None:
+        """The session ended (its running prompts are stored as cancelled)."""
+        self.sessions.pop(sid, None)
+        self.writer.behind(("close", (self.state.now(), sid)))
+        self._notify(sid, State.CLOSED.value)
 
     def _notify(self, sid: str, state: str) -> None:
         for listener in list(self._state_listeners):
@@ -948,8 +1015,7 @@ class Controller(HumanLoop, PromptEngine):
                     stored,
                     f"unknown_session: {why}",
                 )
-        await self.db(self.state.close_session, sid)
-        self._notify(sid, State.CLOSED.value)
+        self._close_session(sid)
 
 
 def _describe_config(config: UnitConfig) -> dict[str, Any]:
@@ -1062,3 +1128,7 @@ async def open_controller(
                 nursery.cancel_scope.cancel()
                 if controller._reads is not None:
                     controller._reads.close()
+    try:  # (after the writer's last batch) the ids not used, for the next controller
+        state.release_prompt_ids(controller._ids)
+    except (StateError, sqlite3.Error) as exc:
+        log.warning("could not give back unused prompt ids: %s", exc)

@@ -14,6 +14,7 @@ works with.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,7 +23,7 @@ import attrs
 import trio
 
 from latis_core._cmdr.inbox import answer_question, check_answer, get_item
-from latis_core._cmdr.state import ChunkIn, PromptState
+from latis_core._cmdr.state import ChunkIn, PromptState, dumps_id
 from latis_core._errors import ConnectionClosed, ErrorCode, LatisError, RequestError
 from latis_core._io.client import PromptStream, Session, UnitClient
 from latis_core._wire.messages import InputRequest, ResponseChunk
@@ -132,7 +133,9 @@ class PromptEngine:
 
         async def session_unit(self, sid: str) -> UnitRuntime: ...
 
-        async def _set_session(self, sid: str, state: str) -> None: ...
+        def _set_session(self, sid: str, state: str) -> None: ...
+
+        async def _new_prompt_id(self) -> int: ...
 
         def _notify(self, sid: str, state: str) -> None: ...
 
@@ -152,19 +155,16 @@ class PromptEngine:
         if rt.client is None or rt.client.peer.closed:
             await self.up(rt.name)
         client = self._client(rt)
+        # Numbered in memory and written behind (its row goes in before its
+        # first chunk's, in the writer's next batch): nothing waits for the disk.
+        prompt_id = await self._new_prompt_id()
         stream = Session(client, sid).prompt(text)
         stream.detach()  # the prompt belongs to the unit until it ends, not to this task
-        state = self.state
-
-        def store() -> int:  # one hop to the worker thread, not two
-            prompt_id = state.add_prompt(sid, text, stream.id)
-            state.set_session_state(sid, "busy")
-            return prompt_id
-
-        prompt_id = await self.db(store)
-        self._notify(sid, "busy")
+        self.writer.behind(
+            ("prompt", (prompt_id, sid, dumps_id(stream.id), text, self.state.now())))
         record = PromptRecord(prompt_id, sid, rt.name, text, stream.id, stream=stream)
         self.prompts[prompt_id] = record
+        self._set_session(sid, "busy")
         self._nursery.start_soon(self._pump, record, stream)
         return record
 
@@ -225,7 +225,7 @@ class PromptEngine:
                 # the chunks before it: stored, maybe answered by the approval
                 # policy; else a person is asked.
                 if await self._on_question(record, ev):
-                    await self._set_session(record.session, "waiting")
+                    self._set_session(record.session, "waiting")
                     published.append(("input", ev))
         writer.put(record, rows)
         record.publish(published)
@@ -240,24 +240,18 @@ class PromptEngine:
         outcome = {"complete": PromptState.COMPLETE, "cancelled": PromptState.CANCELLED}.get(
             end["outcome"], PromptState.ERROR
         )
-        state = self.state
         record.end = end
         record.stream = None
-
-        def store() -> bool:  # in the writer's hop, after the prompt's last chunks
-            state.end_prompt(record.id, outcome, end.get("chunks", 0), error)
-            row = state.get_session(record.session)
-            if row is None or row.state == "closed":
-                return False
-            state.set_session_state(record.session, "idle")
-            return True
-
-        with trio.CancelScope(shield=True):
-            if await self.db(store):
-                self._notify(record.session, "idle")
+        # Written behind, after the prompt's last chunks (the same batch or a
+        # later one): followers learn the end now, the disk within a batch.
+        self.writer.behind(("end", (outcome.value, self.state.now(), end.get("chunks", 0),
+                                    error, record.id)))
+        self._set_session(record.session, "idle")  # (unless it closed meanwhile)
         self._on_prompt_end(record, end)  # the inbox's hook: notifications
         record.publish([("end", end)])
-        self.prompts.pop(record.id, None)
+        # Held until its end is stored: a follower that comes later reads it all there.
+        self.writer.when_stored(functools.partial(self.prompts.pop, record.id, None))
+        await trio.lowlevel.checkpoint()
 
     # ---- a unit lost -----------------------------------------------------------------------
 
@@ -371,7 +365,7 @@ class PromptEngine:
         record = self.prompts.get(prompt_id)
         if record is not None and record.stream is not None:
             record.stream.answer_nowait(number, text)
-        await self._set_session(prompt.session, "busy")
+        self._set_session(prompt.session, "busy")
 
     async def follow(self, prompt_id: int, after: int = -1) -> AsyncIterator[tuple[str, Any]]:
         """The prompt's events after chunk `after`: from state first, then live, to its end.
@@ -454,19 +448,9 @@ class PromptEngine:
         unit = row.unit if row is not None else "?"
         chunks = await self.read(self.reads.last_seq, prompt.id) + 1
         message = _lost(unit, why, chunks)
-        state = self.state
-
-        def store() -> bool:
-            state.end_prompt(prompt.id, PromptState.ERROR, chunks,
-                             f"{ErrorCode.UNIT_LOST.value}: {message}")
-            session = state.get_session(prompt.session)
-            if session is None or session.state == "closed":
-                return False
-            state.set_session_state(prompt.session, "idle")
-            return True
-
-        if await self.db(store):
-            self._notify(prompt.session, "idle")
+        await self.db(self.state.end_prompt, prompt.id, PromptState.ERROR, chunks,
+                      f"{ErrorCode.UNIT_LOST.value}: {message}")
+        self._set_session(prompt.session, "idle")
 
     async def _reattach_prompts(self, rt: UnitRuntime, client: UnitClient) -> None:
         """Pick up the unit's running prompts where each left off.

@@ -79,6 +79,7 @@ from latis_core._wire.messages import RequestId
 from latis_core._wire.messages import State as SessionState
 
 __all__ = [
+    "Behind",
     "ChunkIn",
     "ChunkRow",
     "ConnectionRow",
@@ -91,6 +92,7 @@ __all__ = [
     "SessionRow",
     "StateDB",
     "StateError",
+    "dumps_id",
     "TranscriptEntry",
     "UnitResources",
     "UnitRow",
@@ -181,6 +183,10 @@ class StateDB:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def now(self) -> float:
+        """The state's clock (unix seconds): what its timestamps are."""
+        return self._clock()
 
     def __repr__(self) -> str:
         how = "read-only" if self.readonly else "read-write"
@@ -642,6 +648,56 @@ class StateDB:
             rows = self._db().execute(sql + " ORDER BY s.created_at, s.rowid", args).fetchall()
         return [session_row(row) for row in rows]
 
+    # -- writes behind (the controller's hot path) -----------------------------
+
+    def write_behind(self, writes: Sequence[Behind]) -> list[str]:
+        """Apply writes the controller made without waiting, in order, inside
+        the writer's batch (`batch`). Each is one statement with no checks of
+        its own: the controller checked in memory before it wrote. A write the
+        schema refuses (a row already there, a parent missing) is skipped and
+        described in the list returned; any other error (the disk) is raised,
+        and the batch is tried again whole.
+        """
+        db = self._db()
+        problems = []
+        for kind, values in writes:
+            try:
+                if kind == "close":
+                    _close_session(db, values[1], values[0])
+                else:
+                    cursor = db.execute(_BEHIND[kind], values)
+                    if kind == "session" and cursor.rowcount == 0:
+                        problems.append(f"session {values[0]!r}: unit {values[3]!r} is "
+                                        "not in the state")
+            except sqlite3.IntegrityError as exc:
+                problems.append(f"{kind} {values[0]!r}: {exc}")
+        return problems
+
+    def reserve_prompt_ids(self, n: int) -> range:
+        """Take the next `n` prompt ids for this writer (a controller numbers its
+        prompts in memory). Ids another writer takes afterwards, or a prompt
+        added by `add_prompt`, come after them."""
+        with self._write() as db:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'prompts'").fetchone()
+            if row is None:
+                last = db.execute("SELECT coalesce(max(id), 0) FROM prompts").fetchone()[0]
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('prompts', ?)",
+                           (last + n,))
+            else:
+                last = row[0]
+                db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'prompts'",
+                           (last + n,))
+        return range(last + 1, last + n + 1)
+
+    def release_prompt_ids(self, unused: range) -> None:
+        """Give back ids of `reserve_prompt_ids` not used, if nobody took more since
+        (so that a controller's next life numbers on without a gap)."""
+        if not unused:
+            return
+        with self._write() as db:
+            db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'prompts' AND seq = ?",
+                       (unused.start - 1, unused.stop - 1))
+
     # -- prompts ------------------------------------------------------------
 
     def add_prompt(self, session: str, text: str, request_id: RequestId) -> int:
@@ -712,6 +768,15 @@ class StateDB:
                 .fetchall()
             )
         return [prompt_row(row) for row in rows]
+
+    def last_prompts(self) -> dict[str, PromptRow]:
+        """Each open session's latest prompt, by session (one query, for `status`)."""
+        with self._lock:
+            rows = self._db().execute(
+                f"{PROMPT_SELECT} WHERE id IN (SELECT (SELECT max(p.id) FROM prompts p"
+                " WHERE p.session = s.id) FROM sessions s WHERE s.state != 'closed')"
+            ).fetchall()
+        return {row.session: row for row in map(prompt_row, rows)}
 
     def last_prompt(self, session: str) -> PromptRow | None:
         """The session's latest prompt, or None."""
@@ -1006,6 +1071,28 @@ class UnitResources:
 
 
 # -- helpers -----------------------------------------------------------------
+
+#: A write behind: ("session", (id, state, created_at, unit name)),
+#: ("prompt", (id, session, request id as JSON, text, started_at)),
+#: ("state", (state, session)), ("end", (state, ended_at, chunks, error, prompt id))
+#: or ("close", (closed_at, session)).
+Behind: TypeAlias = tuple[str, tuple[Any, ...]]
+
+_BEHIND = {
+    "session": "INSERT INTO sessions (id, unit, state, created_at)"
+               " SELECT ?, id, ?, ? FROM units WHERE name = ? AND destroyed_at IS NULL",
+    "prompt": "INSERT INTO prompts (id, session, request_id, text, started_at)"
+              " VALUES (?, ?, ?, ?, ?)",
+    "state": "UPDATE sessions SET state = ? WHERE id = ? AND state != 'closed'",
+    "end": "UPDATE prompts SET state = ?, ended_at = ?, chunks = ?, error = ?"
+           " WHERE id = ? AND state = 'running'",
+}
+
+
+def dumps_id(value: Any) -> str:
+    """A request id as the state stores it (JSON)."""
+    return _dumps(value)
+
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()

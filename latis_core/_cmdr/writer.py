@@ -5,16 +5,24 @@ followers as soon as it arrives and hands it to the writer (`put`, no wait);
 the writer takes everything pending from all prompts and stores it in one
 transaction (one hop to the worker thread), at most `DELAY` seconds after the
 first chunk of a batch arrived, at once when `BATCH` rows are pending.
-Every other state write of the controller goes through `call`, and runs in the
-same hop right after the chunks: one thread hop per batch for everything.
+The controller's hot path writes behind too (`behind`: a session opened, a
+prompt started or ended, a session's state), without waiting: those writes
+run first in the batch's transaction (a prompt's row before its chunks), its
+ends and closes after the chunks. What must wait for its result goes through
+`call`, and runs in the same hop after them: one thread hop per batch for
+everything. `flush` waits until what was written behind is stored (the
+controller's reads do, so that they see the controller's own writes), and
+`when_stored` runs a callback then (a prompt leaves memory once its end is
+on disk).
 `room` holds a pump back while more than `LIMIT` rows wait (the daemon's memory
 and what a crash can lose stay bounded). A batch the disk refuses (full, locked
 past the busy timeout) stays pending, ahead of what comes next, and is tried
 again with a growing pause: it is never dropped while the controller runs.
 
 The durability contract (docs/design.md): what a follower was shown may not
-be on disk yet; a daemon that dies loses at most what was pending, and the
-controller that starts next asks the unit to replay from the last stored seq.
+be on disk yet; a daemon that dies loses at most what was pending (at most
+`DELAY` seconds of it), and the controller that starts next asks the unit to
+replay from the last stored seq.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from latis_core._cmdr.state import ChunkIn, StateDB
+from latis_core._cmdr.state import Behind, ChunkIn, StateDB
 
 if TYPE_CHECKING:
     from latis_core._cmdr.prompts import PromptRecord
@@ -48,7 +56,8 @@ RETRY_MAX = 1.0
 
 
 class ChunkWriter:
-    """Group-commits the chunks of all running prompts (one per controller)."""
+    """Group-commits the chunks of all running prompts and the writes made
+    behind (one per controller)."""
 
     def __init__(
         self,
@@ -65,9 +74,17 @@ class ChunkWriter:
         self.batch = batch
         self.limit = limit
         self._pending: dict[PromptRecord, list[ChunkIn]] = {}
+        #: Writes behind: before the chunks (rows they need), after them (ends).
+        self._before: list[Behind] = []
+        self._after: list[Behind] = []
+        #: Callbacks to run once the writes queued before them are stored.
+        self._then: list[Callable[[], object]] = []
         #: Other writes waiting for the next hop, each with the box its result goes in.
         self._ops: list[tuple[Callable[[], Any], list[tuple[bool, Any]]]] = []
         self._count = 0
+        #: Writes behind queued, and stored, since the start (for `flush`).
+        self._queued = 0
+        self._stored = 0
         self._wake = trio.Event()
         self._urgent = trio.Event()
         self._written = trio.Event()
@@ -98,6 +115,33 @@ class ChunkWriter:
         if self._count >= self.batch:
             self._urgent.set()
 
+    def behind(self, write: Behind) -> None:
+        """Queue a write for the next batch (never waits; `StateDB.write_behind`
+        says which there are). Ends and closes go after the batch's chunks."""
+        (self._after if write[0] in _AFTER_CHUNKS else self._before).append(write)
+        self._queued += 1
+        self._wake.set()
+
+    def when_stored(self, fn: Callable[[], object]) -> None:
+        """Call `fn` (in trio) once everything queued so far is stored."""
+        if not (self._before or self._after or self._pending or self._ops):
+            fn()
+            return
+        self._then.append(fn)
+
+    async def flush(self) -> None:
+        """Wait until the writes queued behind so far are stored."""
+        target = self._queued
+        if self._stored >= target:
+            await trio.lowlevel.checkpoint()
+            return
+        if not self.running:
+            await self._write_batch(final=True)
+            return
+        while self._stored < target:
+            self._urgent.set()
+            await self._written.wait()
+
     async def room(self) -> None:
         """Wait while more rows are pending than `LIMIT` (backpressure on the pumps)."""
         while self._count > self.limit:
@@ -114,7 +158,8 @@ class ChunkWriter:
             while not box:
                 await self._written.wait()
         else:  # the writer stopped (the controller is stopping): a hop of its own
-            await self._run_write(functools.partial(self._work, [], [(fn, box)], True))
+            self._ops.append((fn, box))
+            await self._write_batch(final=True)
         ok, value = box[0]
         if not ok:
             raise value
@@ -135,30 +180,36 @@ class ChunkWriter:
                     await trio.sleep(min(RETRY_MAX, self.delay * 2**self.failures))
         finally:
             self.running = False
-            if self._pending or self._ops:
+            if self._pending or self._ops or self._before or self._after:
                 await self._write_batch(final=True)
 
     async def _write_batch(self, *, final: bool = False) -> bool:
-        """Store what is pending in one hop; False if the chunks could not be stored
-        (then they, and the writes queued behind them, are pending again, unless
-        `final`: then the writes run anyway and the unit keeps the chunks for the
+        """Store what is pending in one hop; False if it could not be stored (then
+        it is all pending again, ahead of what came meanwhile, unless `final`:
+        then the other writes run anyway and the unit keeps the chunks for the
         next controller's replay)."""
         self._wake = trio.Event()
         self._urgent = trio.Event()
         taken, self._pending = self._pending, {}
         count, self._count = self._count, 0
         ops, self._ops = self._ops, []
+        before, self._before = self._before, []
+        after, self._after = self._after, []
+        then, self._then = self._then, []
+        queued = self._queued
         batches = [(record.id, rows) for record, rows in taken.items()]
         # Shielded: a batch taken is a batch written (or handed back), and every
         # caller hears back, even when the controller stops meanwhile.
         with trio.CancelScope(shield=True):
-            failed = await self._run_write(functools.partial(self._work, batches, ops, final))
+            failed, problems = await self._run_write(
+                functools.partial(self._work, batches, before, after, ops, final))
+        for problem in problems:
+            log.error("could not store %s", problem)
         if failed is not None and not final:
             if not self.failures:
                 log.error(
-                    "could not store %d chunks (will try again; the prompts wait): %s",
-                    count,
-                    failed,
+                    "could not store %d chunks and %d other writes (will try again; the "
+                    "prompts wait): %s", count, len(before) + len(after) + len(ops), failed,
                 )
             self.failures += 1
             for record, rows in taken.items():  # back in front of what came meanwhile
@@ -166,6 +217,9 @@ class ChunkWriter:
                 self._pending[record] = rows + newer if newer else rows
             self._count += count
             self._ops[:0] = ops
+            self._before[:0] = before
+            self._after[:0] = after
+            self._then[:0] = then
             self._wake.set()
             self._urgent.set()
         else:
@@ -181,54 +235,57 @@ class ChunkWriter:
                 self.failures = 0
             self.transactions += 1
             self.rows += count
+            self._stored = max(self._stored, queued)
             if failed is None:
                 for record, rows in taken.items():
                     record.stored(rows[-1][0])
+            for fn in then:
+                fn()
         written, self._written = self._written, trio.Event()
         written.set()
-        return failed is None
+        return failed is None or final
 
     def _work(
         self,
         batches: list[tuple[int, list[ChunkIn]]],
+        before: list[Behind],
+        after: list[Behind],
         ops: list[tuple[Callable[[], Any], list[tuple[bool, Any]]]],
         final: bool,
-    ) -> Exception | None:
-        """(In the worker thread) the chunks first, then the writes that must
-        follow them (an end, a question, a session's state), all in one
-        transaction (each write in a savepoint of its own). Returns why the
-        chunks could not be stored (then the writes wait, unless `final`)."""
+    ) -> tuple[Exception | None, list[str]]:
+        """(In the worker thread) the writes behind that the chunks need, the
+        chunks, the ends and closes, then the writes that wait for a result,
+        all in one transaction (each of those in a savepoint of its own).
+        Returns why the batch could not be stored (then none of it is, unless
+        `final`: then only the chunks are missing), and the writes behind the
+        schema refused."""
         try:
             with self.state.batch():
-                return self._each(batches, ops, final)
+                problems = self.state.write_behind(before) if before else []
+                failed: Exception | None = None
+                if batches:
+                    try:
+                        self.state.add_chunk_batches(batches)
+                    except Exception as exc:  # noqa: BLE001 (tried again, or reported)
+                        if not final:
+                            raise
+                        failed = exc
+                if after:
+                    problems += self.state.write_behind(after)
+                for fn, box in ops:
+                    try:
+                        box.append((True, fn()))
+                    except Exception as exc:  # noqa: BLE001 (raised again in `call`)
+                        box.append((False, exc))
+                return failed, problems
         except Exception as exc:  # noqa: BLE001 (the transaction failed: none of it is stored)
             for _, box in ops:
                 box.clear()
             if final:
                 for _, box in ops:
                     box.append((False, exc))
-            return exc
+            return exc, []
 
-    def _each(
-        self,
-        batches: list[tuple[int, list[ChunkIn]]],
-        ops: list[tuple[Callable[[], Any], list[tuple[bool, Any]]]],
-        final: bool,
-    ) -> Exception | None:
-        if batches:
-            try:
-                self.state.add_chunk_batches(batches)
-            except Exception as exc:  # noqa: BLE001 (reported by the caller, tried again)
-                if not final:
-                    return exc
-                failed: Exception | None = exc
-            else:
-                failed = None
-        else:
-            failed = None
-        for fn, box in ops:
-            try:
-                box.append((True, fn()))
-            except Exception as exc:  # noqa: BLE001 (raised again in `call`)
-                box.append((False, exc))
-        return failed
+
+#: Writes behind that go after the batch's chunks (they count them, or end a prompt).
+_AFTER_CHUNKS = frozenset({"end", "close"})

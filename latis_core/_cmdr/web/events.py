@@ -93,9 +93,9 @@ class Hub:
     def _on_session(self, sid: str, state: str) -> None:
         unit = self._unit_of.get(sid)
         if unit is None:
-            # First sight of this session: one read of the state (microseconds).
-            row = self.ctl.reads.get_session(sid)
-            unit = row.unit if row is not None else None
+            # First sight of this session: the controller holds it while it is open.
+            held = self.ctl.sessions.get(sid)
+            unit = held.unit if held is not None else None
             if unit is not None and state != "closed":
                 self._unit_of[sid] = unit
         if state == "closed":
