@@ -314,9 +314,9 @@ class _Team:
         agent.session = str(created["session"])
         self.event("started", agent)
 
-    async def tag(self) -> None:
-        """Tag every session opened with the coordination's id, in one write (for
-        `latis usage --by coordination`; off the agents' way: their prompts go on)."""
+    def tag(self) -> None:
+        """Tag every session opened with the coordination's id, in one write behind
+        (for `latis usage --by coordination`; off the agents' way)."""
         state = self.controller.state
         sessions = [a.session for a in self.agents.values() if a.session is not None]
 
@@ -324,7 +324,7 @@ class _Team:
             for session in sessions:
                 tag_coordination(state, session, self.id)
 
-        await self.controller.db(store)
+        self.controller.writer.post(store, f"the sessions of coordination {self.id}")
 
     async def ask(self, label: str, text: str, *, step: str = "") -> str | None:
         return await self._ask(label, text, step, "task", 0)
@@ -375,42 +375,51 @@ class _Team:
         parts: list[str] = []
         outcome, error = "error", None
         limit = self.settings.agent_timeout
-        client = controller.units[agent.unit].client
 
-        async def pump(scope: trio.CancelScope) -> None:
+        def chunks(run: list[Any]) -> None:
+            # The chunks of one kind that came together: one event (the live
+            # view prints text, not chunk boundaries; an event each would cost
+            # more than the chunks themselves).
+            self.set_state(agent, "working")
+            text = "".join(chunk.text for chunk in run)
+            if run[0].kind is None:
+                parts.append(text)
+            self.event("chunk", agent, text=text, kind=run[0].kind, prompt=record.id)
+
+        async def pump() -> None:
             nonlocal outcome, error
-            async for kind, payload in controller.follow(record.id):
-                if kind == "chunk":
-                    self.set_state(agent, "working")
-                    if payload.kind is None:
-                        parts.append(payload.text)
-                    self.event("chunk", agent, text=payload.text, kind=payload.kind,
-                               prompt=record.id)
-                elif kind == "input":
-                    agent.state = "input-required"
-                    self.event("input", agent, text=payload.question, prompt=record.id)
-                else:
-                    outcome = {"complete": "complete", "cancelled": "cancelled"}.get(
-                        payload.get("outcome"), "error")
-                    if outcome == "error":
-                        error = f"{payload.get('code')}: {payload.get('message')}"
-            scope.cancel()
-
-        async def watch(scope: trio.CancelScope) -> None:
-            # The controller would wait for the unit to come back and resume
-            # the prompt; a coordination reports the agent instead.
-            nonlocal error
-            if client is not None:
-                await client.peer.wait_closed()
-                error = f"unit {agent.unit} disconnected"
-                scope.cancel()
-                await controller.cancel(record.id)
+            # `lost`: the controller would wait for the unit to come back and
+            # resume the prompt; a coordination reports the agent instead.
+            async for batch in controller.follow_batches(record.id, lost=True):
+                run: list[Any] = []
+                for kind, payload in batch:
+                    if kind == "chunk":
+                        if run and run[0].kind != payload.kind:
+                            chunks(run)
+                            run = []
+                        run.append(payload)
+                        continue
+                    if run:
+                        chunks(run)
+                        run = []
+                    if kind == "input":
+                        agent.state = "input-required"
+                        self.event("input", agent, text=payload.question, prompt=record.id)
+                    elif kind == "lost":
+                        error = payload
+                        await controller.cancel(record.id)
+                        return
+                    else:
+                        outcome = {"complete": "complete", "cancelled": "cancelled"}.get(
+                            payload.get("outcome"), "error")
+                        if outcome == "error":
+                            error = f"{payload.get('code')}: {payload.get('message')}"
+                if run:
+                    chunks(run)
 
         try:
             with trio.move_on_after(math.inf if limit is None else limit) as scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pump, nursery.cancel_scope)
-                    nursery.start_soon(watch, nursery.cancel_scope)
+                await pump()
             if scope.cancelled_caught:
                 await self._stop(record.id)
                 outcome, error = "error", f"timed out after {limit:g} s"
@@ -513,7 +522,7 @@ async def coordinate(
                             for agent, unit in zip(team.agents.values(), chosen, strict=True):
                                 agent.unit = unit
                                 nursery.start_soon(team.open, agent)
-                    keeper.start_soon(team.tag)
+                    team.tag()
                     final = await strategy.run(team)
             if whole.cancelled_caught:  # timed out: cancelled by its bound (exit 3)
                 outcome, error = "cancelled", f"timed out after {limit:g} s"
@@ -542,8 +551,7 @@ async def coordinate(
             result = Coordination(
                 coordination_id, outcome, final,
                 [_ended(agent) for agent in team.agents.values()], error)
-            with trio.CancelScope(shield=True):
-                await record.finish(result)
+            record.finish(result)
             keeper.cancel_scope.cancel()
     return result
 
@@ -563,40 +571,38 @@ class _Record:
         self.row: tuple[str, str, dict[str, Any], list[str]] | None = None
         self.pending: list[dict[str, Any]] = []
         self.stored = 0
-        self.lock = trio.Lock()
 
     def event(self, event: CoordinationEvent) -> None:
         if event.type != "chunk":  # chunks are in the prompts' own transcripts
             self.pending.append(event.to_dict())
 
-    async def flush(self, end: Coordination | None = None) -> None:
-        """Store the events pending (and with `end`, how it ended), in one write."""
+    def flush(self, end: Coordination | None = None) -> None:
+        """Store the events pending (and with `end`, how it ended), in one write
+        behind (the controller's reads see it; nothing here waits for the disk)."""
         state = self.controller.state
-        async with self.lock:
-            batch, self.pending = self.pending, []
-            first = self.stored
-            row = self.row
+        batch, self.pending = self.pending, []
+        first = self.stored
+        row, self.row = self.row, None
+        self.stored += len(batch)
 
-            def store() -> None:
-                if row is not None:
-                    state.add_coordination(self.id, *row)
-                if batch:
-                    state.add_coordination_events(self.id, first, batch)
-                if end is not None:
-                    state.end_coordination(self.id, end.outcome, end.final, end.error)
+        def store() -> None:
+            if row is not None:
+                state.add_coordination(self.id, *row)
+            if batch:
+                state.add_coordination_events(self.id, first, batch)
+            if end is not None:
+                state.end_coordination(self.id, end.outcome, end.final, end.error)
 
-            if row is not None or batch or end is not None:
-                await self.controller.db(store)
-                self.row = None
-                self.stored += len(batch)
+        if row is not None or batch or end is not None:
+            self.controller.writer.post(store, f"coordination {self.id}")
 
     async def keep(self) -> None:
         while True:
-            await self.flush()
+            self.flush()
             await trio.sleep(0.2)
 
-    async def finish(self, result: Coordination) -> None:
-        await self.flush(result)
+    def finish(self, result: Coordination) -> None:
+        self.flush(result)
 
 
 def _ended(agent: _Agent) -> CoordinationEvent:

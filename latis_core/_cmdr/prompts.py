@@ -72,11 +72,17 @@ class PromptRecord:
     scope: trio.CancelScope | None = None
     #: A re-attach is under way (one at a time).
     resuming: bool = False
+    #: Why its unit's connection is gone, until the prompt is picked up again.
+    lost: str | None = None
     changed: trio.Event = attrs.field(factory=trio.Event)
 
     def publish(self, new: list[tuple[str, Any]]) -> None:
         self.events.extend(new)
         self._trim()
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake its followers (new events, or it was `lost`)."""
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
@@ -199,6 +205,8 @@ class PromptEngine:
                 log.info("prompt %s: connection to unit %s lost", record.id, record.unit)
                 if record.stream is stream:
                     record.stream = None
+                    record.lost = f"unit {record.unit} disconnected"
+                    record.wake()
                     self._watch_unit(record.unit)
             except LatisError as exc:
                 await self._finish(record, _error_end(record, "internal", str(exc)))
@@ -374,16 +382,31 @@ class PromptEngine:
         ("end", dict). Never holds the prompt back: a follower that falls
         behind the in-memory window reads what it missed from state.
         """
+        async for batch in self.follow_batches(prompt_id, after):
+            for event in batch:
+                yield event
+
+    async def follow_batches(
+        self, prompt_id: int, after: int = -1, *, lost: bool = False
+    ) -> AsyncIterator[list[tuple[str, Any]]]:
+        """`follow`, the events that came together in one list (one wake for
+        all of them: for followers that take many at a time).
+
+        With `lost`, a ("lost", why) event also says when the unit's connection
+        is gone (the controller waits for it to come back; the follower may not).
+        """
+        told = False  # of the loss
         seq = after
         index: int | None = None  # the next event to read, counted from the prompt's start
         while True:
             record = self.prompts.get(prompt_id)
             if record is None:
-                async for event in self._replay(prompt_id, seq):
-                    if event[0] == "chunk":
-                        seq = event[1].seq
-                    yield event
-                    if event[0] == "end":
+                async for batch in self._replay(prompt_id, seq):
+                    for kind, payload in batch:
+                        if kind == "chunk":
+                            seq = payload.seq
+                    yield batch
+                    if batch[-1][0] == "end":
                         return
                 if prompt_id not in self.prompts:
                     return
@@ -391,43 +414,59 @@ class PromptEngine:
             if index is None or index < record.first:
                 # Behind the window: the chunks before it come from state.
                 window = _window_seq(record)
+                out: list[tuple[str, Any]] = []
                 if seq + 1 < window:
                     for row in await self.read(self.reads.chunks, prompt_id, seq):
                         if row.seq >= window:
                             break
                         seq = row.seq
-                        yield ("chunk", _chunk(record.request_id, row))
+                        out.append(("chunk", _chunk(record.request_id, row)))
                     if index is None:
                         for pending in await self.read(self.reads.pending_inputs, prompt_id):
-                            yield ("input", _question(record.request_id, pending))
+                            out.append(("input", _question(record.request_id, pending)))
                 index = record.first
+                if out:
+                    yield out
                 continue
             changed = record.changed
-            for kind, payload in record.events[index - record.first :]:
-                index += 1
+            new = record.events[index - record.first :]
+            index += len(new)
+            out = []
+            for kind, payload in new:
                 if kind == "chunk":
                     if payload.seq > seq:
                         seq = payload.seq
-                        yield ("chunk", payload)
+                        out.append(("chunk", payload))
                 else:
-                    yield (kind, payload)
+                    out.append((kind, payload))
                     if kind == "end":
+                        yield out
                         return
+            if lost and record.lost is not None and not told:
+                told = True
+                out.append(("lost", record.lost))
+            if out:
+                yield out
             await changed.wait()
 
-    async def _replay(self, prompt_id: int, seq: int) -> AsyncIterator[tuple[str, Any]]:
+    async def _replay(
+        self, prompt_id: int, seq: int
+    ) -> AsyncIterator[list[tuple[str, Any]]]:
         """A prompt that does not run here: its stored chunks, then its end."""
         since: float | None = None  # since when its unit could not be reached
         while True:
             prompt = await self.read(self.reads.get_prompt, prompt_id)
             if prompt is None:
                 raise RequestError(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
-            for row in await self.read(self.reads.chunks, prompt_id, seq):
-                seq = row.seq
-                yield ("chunk", _chunk(prompt.request_id, row))
+            chunks = [("chunk", _chunk(prompt.request_id, row))
+                      for row in await self.read(self.reads.chunks, prompt_id, seq)]
+            if chunks:
+                seq = chunks[-1][1].seq
             if prompt.state != PromptState.RUNNING:
-                yield ("end", _end_of(prompt))
+                yield [*chunks, ("end", _end_of(prompt))]
                 return
+            if chunks:
+                yield chunks
             if prompt_id in self.prompts:
                 return  # re-attached meanwhile: the caller follows it live
             # Running on a unit we are not attached to: attach (which picks
@@ -506,6 +545,7 @@ class PromptEngine:
         record.resuming = False
         stream.detach()
         record.stream = stream
+        record.lost = None
         self._nursery.start_soon(self._pump, record, stream)
 
 

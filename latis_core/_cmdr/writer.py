@@ -122,6 +122,13 @@ class ChunkWriter:
         self._queued += 1
         self._wake.set()
 
+    def post(self, fn: Callable[[], object], what: str) -> None:
+        """Run the state write `fn` in the next batch's hop, after the chunks,
+        without waiting for it (`what` names it in the log if it fails)."""
+        self._ops.append((fn, _Logged(what)))
+        self._queued += 1
+        self._wake.set()
+
     def when_stored(self, fn: Callable[[], object]) -> None:
         """Call `fn` (in trio) once everything queued so far is stored."""
         if not (self._before or self._after or self._pending or self._ops):
@@ -285,6 +292,19 @@ class ChunkWriter:
                 for _, box in ops:
                     box.append((False, exc))
             return exc, []
+
+
+class _Logged(list[tuple[bool, Any]]):
+    """The box of a posted write: nobody waits for it, so a failure is logged."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def append(self, result: tuple[bool, Any]) -> None:
+        ok, value = result
+        if not ok:
+            log.error("could not store %s: %s", self.what, value)
 
 
 #: Writes behind that go after the batch's chunks (they count them, or end a prompt).
