@@ -653,24 +653,47 @@ class StateDB:
     def write_behind(self, writes: Sequence[Behind]) -> list[str]:
         """Apply writes the controller made without waiting, in order, inside
         the writer's batch (`batch`). Each is one statement with no checks of
-        its own: the controller checked in memory before it wrote. A write the
-        schema refuses (a row already there, a parent missing) is skipped and
-        described in the list returned; any other error (the disk) is raised,
-        and the batch is tried again whole.
+        its own (the controller checked in memory before it wrote); a run of
+        writes of one kind is one `executemany`. A write the schema refuses
+        (a row already there, a parent missing) is skipped and described in
+        the list returned; any other error (the disk) is raised, and the batch
+        is tried again whole.
         """
         db = self._db()
-        problems = []
-        for kind, values in writes:
+        problems: list[str] = []
+        i = 0
+        while i < len(writes):
+            kind = writes[i][0]
+            j = i + 1
+            while j < len(writes) and writes[j][0] == kind:
+                j += 1
+            run = [values for _, values in writes[i:j]]
+            i = j
             try:
                 if kind == "close":
-                    _close_session(db, values[1], values[0])
-                else:
-                    cursor = db.execute(_BEHIND[kind], values)
-                    if kind == "session" and cursor.rowcount == 0:
-                        problems.append(f"session {values[0]!r}: unit {values[3]!r} is "
-                                        "not in the state")
-            except sqlite3.IntegrityError as exc:
-                problems.append(f"{kind} {values[0]!r}: {exc}")
+                    _close_sessions(db, run)
+                    continue
+                cursor = db.executemany(_BEHIND[kind], run)
+            except sqlite3.IntegrityError:
+                # One of them is refused: each on its own, to say which (the
+                # ones already applied apply again as nothing: they are
+                # idempotent, or ignored as there already).
+                for values in run:
+                    try:
+                        if kind == "close":
+                            _close_sessions(db, [values])
+                        else:
+                            db.execute(_BEHIND[kind], values)
+                    except sqlite3.IntegrityError as exc:
+                        problems.append(f"{kind} {values[0]!r}: {exc}")
+                continue
+            if kind == "session" and cursor.rowcount < len(run):
+                ids = [values[0] for values in run]
+                marks = ",".join("?" * len(ids))
+                there = {row[0] for row in db.execute(
+                    f"SELECT id FROM sessions WHERE id IN ({marks})", ids)}  # noqa: S608
+                problems += [f"session {values[0]!r}: unit {values[3]!r} is not in the state"
+                             for values in run if values[0] not in there]
         return problems
 
     def reserve_prompt_ids(self, n: int) -> range:
@@ -1079,9 +1102,9 @@ class UnitResources:
 Behind: TypeAlias = tuple[str, tuple[Any, ...]]
 
 _BEHIND = {
-    "session": "INSERT INTO sessions (id, unit, state, created_at)"
+    "session": "INSERT OR IGNORE INTO sessions (id, unit, state, created_at)"
                " SELECT ?, id, ?, ? FROM units WHERE name = ? AND destroyed_at IS NULL",
-    "prompt": "INSERT INTO prompts (id, session, request_id, text, started_at)"
+    "prompt": "INSERT OR IGNORE INTO prompts (id, session, request_id, text, started_at)"
               " VALUES (?, ?, ?, ?, ?)",
     "state": "UPDATE sessions SET state = ? WHERE id = ? AND state != 'closed'",
     "end": "UPDATE prompts SET state = ?, ended_at = ?, chunks = ?, error = ?"
@@ -1108,6 +1131,20 @@ def _need_session(db: sqlite3.Connection, id: str) -> SessionState:
 def _need_prompt(db: sqlite3.Connection, id: int) -> None:
     if db.execute("SELECT 1 FROM prompts WHERE id = ?", (id,)).fetchone() is None:
         raise StateError(f"no prompt {id} in the state")
+
+
+def _close_sessions(db: sqlite3.Connection, closes: Sequence[tuple[Any, ...]]) -> None:
+    """`_close_session` for each (closed_at, session)."""
+    db.executemany(
+        "UPDATE prompts SET state = 'cancelled', ended_at = ?,"
+        " chunks = (SELECT count(*) FROM chunks WHERE prompt = prompts.id)"
+        " WHERE session = ? AND state = 'running'",
+        closes,
+    )
+    db.executemany(
+        "UPDATE sessions SET state = 'closed', closed_at = ? WHERE id = ? AND state != 'closed'",
+        closes,
+    )
 
 
 def _close_session(db: sqlite3.Connection, id: str, now: float) -> None:

@@ -200,7 +200,7 @@ class ChunkWriter:
         taken, self._pending = self._pending, {}
         count, self._count = self._count, 0
         ops, self._ops = self._ops, []
-        before, self._before = self._before, []
+        before, self._before = _coalesced(self._before, self._after), []
         after, self._after = self._after, []
         then, self._then = self._then, []
         queued = self._queued
@@ -305,6 +305,22 @@ class _Logged(list[tuple[bool, Any]]):
         ok, value = result
         if not ok:
             log.error("could not store %s: %s", self.what, value)
+
+
+def _coalesced(before: list[Behind], after: list[Behind]) -> list[Behind]:
+    """`before` without the session states that a later one in the batch, or the
+    session's close, makes moot (a prompt's busy and idle in one batch: one write)."""
+    last: dict[str, int] = {}
+    for i, (kind, values) in enumerate(before):
+        if kind == "state":
+            last[values[1]] = i
+    if not last:
+        return before
+    for kind, values in after:
+        if kind == "close":
+            last[values[1]] = -1
+    return [write for i, write in enumerate(before)
+            if write[0] != "state" or last[write[1][1]] == i]
 
 
 #: Writes behind that go after the batch's chunks (they count them, or end a prompt).
