@@ -387,20 +387,22 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
     units: list[dict[str, Any]] = []
     attention: list[dict[str, Any]] = []
     try:
-        from latis_core import load_config
+        from latis_core import config_unit_names, paths
 
-        named: set[str] | None = set(load_config(os.environ.get("LATIS_CONFIG") or None).units)
+        named: set[str] | None = config_unit_names(
+            os.environ.get("LATIS_CONFIG") or None, paths().run_dir / "config-units.json")
     except Exception:  # a broken config is reported by the commands that use it
         named = None
     state = _state()
     if state is not None:
         with state:
-            # One query for every unit's sessions, not one per unit (10,000 units).
+            # One query per table, not one per unit (10,000 units).
             by_unit: dict[int, list[Any]] = {}
             for session in state.list_sessions():
                 by_unit.setdefault(session.unit_id, []).append(session)
+            connections = state.list_connections()
             for unit in state.list_units():
-                conn = state.get_connection(unit.name)
+                conn = connections.get(unit.name)
                 sessions = by_unit.get(unit.id, [])
                 for s in sessions:
                     if s.state not in ("busy", "waiting"):

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from latis_core._cmdr.config import DaemonConfig as DaemonConfig
     from latis_core._cmdr.config import PluginConfig as PluginConfig
     from latis_core._cmdr.config import UnitConfig as UnitConfig
+    from latis_core._cmdr.config import config_unit_names as config_unit_names
     from latis_core._cmdr.config import default_config as default_config
     from latis_core._cmdr.config import find_config as find_config
     from latis_core._cmdr.config import load_config as load_config
@@ -185,6 +186,7 @@ __all__ = [
     "Listener",
     "load_agent",
     "load_config",
+    "config_unit_names",
     "LocalProtocolError",
     "make_agent",
     "MemoryResources",
@@ -287,6 +289,7 @@ _WHERE: dict[str, str] = {
     "DaemonConfig": "latis_core._cmdr.config",
     "ConfigError": "latis_core._cmdr.config",
     "load_config": "latis_core._cmdr.config",
+    "config_unit_names": "latis_core._cmdr.config",
     "parse_config": "latis_core._cmdr.config",
     "find_config": "latis_core._cmdr.config",
     "default_config": "latis_core._cmdr.config",

@@ -4,6 +4,7 @@ reading, checking, finding and writing config."""
 from __future__ import annotations
 
 import enum
+import os
 import sys
 import textwrap
 import types
@@ -979,3 +980,28 @@ def test_add_unit_refuses_an_invalid_unit(fakes: None, tmp_path: Path) -> None:
         f"cannot add unit 'b':\n{path}:3: unit 'b': provisioner.image: required option missing"
     )
     assert path.read_text() == "# hello\n"
+
+
+def test_unit_names_are_remembered_until_the_config_changes(tmp_path: Path) -> None:
+    """`latis status` reads the config's unit names from a cache kept beside the
+    config's size and time: a second read does not parse the file (a broken one
+    would raise), and a changed file is read again."""
+    from latis_core import config_unit_names
+
+    config = tmp_path / "latis.toml"
+    cache = tmp_path / "run" / "config-units.json"
+    config.write_text('[units.box.dial]\ntype = "local"\ncommand = ["latis-unit", "--stdio"]\n')
+    assert config_unit_names(config, cache) == {"box", "local"}  # (local: built in)
+    assert cache.exists()
+    # The same file (size and time): the names come from the cache, not a parse.
+    text = config.read_text()
+    stat = config.stat()
+    config.write_text(text.replace("units.box", "units.bad"))  # same size
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert config_unit_names(config, cache) == {"box", "local"}
+    # Changed (its time moved): read again.
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert config_unit_names(config, cache) == {"bad", "local"}
+    config.write_text("[units.box\n")  # broken: the error of a real read
+    with pytest.raises(ConfigError):
+        config_unit_names(config, cache)

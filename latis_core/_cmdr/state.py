@@ -570,6 +570,17 @@ class StateDB:
         name, state, transport, since, last_seen, error = row
         return ConnectionRow(name, ConnectionState(state), transport, since, last_seen, error)
 
+    def list_connections(self) -> dict[str, ConnectionRow]:
+        """How every live unit is connected, by unit (one query, for `latis status`)."""
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT u.name, c.state, c.transport, c.since, c.last_seen, c.error"
+                " FROM connections c JOIN units u ON u.id = c.unit"
+                " WHERE u.destroyed_at IS NULL"
+            ).fetchall()
+        return {name: ConnectionRow(name, ConnectionState(state), transport, since, seen, error)
+                for name, state, transport, since, seen, error in rows}
+
     # -- sessions -----------------------------------------------------------
 
     def add_session(
