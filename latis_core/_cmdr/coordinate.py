@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from latis_core._cmdr.placement import never_fits, placed, resolve_agents
+from latis_core._cmdr.placement import never_fits, placed, resolve_agents, unlimited
 from latis_core._cmdr.usage import tag_coordination
 from latis_core._errors import LatisError, StrategyFailed, error_code
 from latis_core._plugins.registry import load_placement, load_strategy
@@ -222,6 +222,8 @@ class _Agent:
     failed: str | None = None
     outcome: str = "complete"
     state: str = "queued"
+    #: Set once its session is open (or could not be).
+    opened: trio.Event = attrs.Factory(trio.Event)
 
 
 class _Team:
@@ -294,6 +296,8 @@ class _Team:
     async def close(self) -> None:
         """Close every session this coordination opened (frees the units' room)."""
         with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_WAIT):
+            for agent in self.agents.values():
+                await agent.opened.wait()  # (an open still under way: then closed too)
             async with trio.open_nursery() as nursery:
                 for agent in self.agents.values():
                     if agent.session is not None:
@@ -311,8 +315,19 @@ class _Team:
         except (LatisError, LookupError, OSError) as exc:
             self.fail(agent, error_code(exc)[1])
             return
+        finally:
+            agent.opened.set()
         agent.session = str(created["session"])
         self.event("started", agent)
+
+    async def open_all(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Open every agent's session at once (an agent's first prompt waits for its
+        own, not for all of them), then tag them."""
+        async with trio.open_nursery() as nursery:
+            for agent in self.agents.values():
+                nursery.start_soon(self.open, agent)
+            task_status.started()
+        self.tag()
 
     def tag(self) -> None:
         """Tag every session opened with the coordination's id, in one write behind
@@ -344,7 +359,10 @@ class _Team:
 
     async def _ask(self, label: str, text: str, step: str, source: str, hops: int) -> str | None:
         agent = self.agents[label]
-        async with agent.lock:  # one prompt at a time per session
+        # One prompt at a time per session, in the order asked (the lock is
+        # fair: taken before the session is open, the task comes first).
+        async with agent.lock:
+            await agent.opened.wait()
             if agent.failed is not None or agent.session is None:
                 return None
             reply = await self._prompt(agent, text, step, source)
@@ -518,11 +536,15 @@ async def coordinate(
                 with team.doomed:
                     async with placed(controller, slots, settings.placement,
                                       team.queued) as chosen:
-                        async with trio.open_nursery() as nursery:
-                            for agent, unit in zip(team.agents.values(), chosen, strict=True):
-                                agent.unit = unit
-                                nursery.start_soon(team.open, agent)
-                    team.tag()
+                        for agent, unit in zip(team.agents.values(), chosen, strict=True):
+                            agent.unit = unit
+                        # (In the keeper: `close` waits, bounded, for every open.)
+                        await keeper.start(team.open_all)
+                        if not unlimited(controller, slots):
+                            # Placed by capacity: the placement holds until
+                            # every session is open (they count in the next one).
+                            for agent in team.agents.values():
+                                await agent.opened.wait()
                     final = await strategy.run(team)
             if whole.cancelled_caught:  # timed out: cancelled by its bound (exit 3)
                 outcome, error = "cancelled", f"timed out after {limit:g} s"

@@ -51,6 +51,11 @@ class Caller(Protocol):
         """Send `message` (progress chunks, events) to the caller."""
         ...
 
+    def cork(self, message: Any) -> None:
+        """Queue `message` for the caller: it leaves with the next batch (one
+        write for the many events of a coordination's step)."""
+        ...
+
 
 @attrs.define(eq=False)
 class Running:
@@ -283,7 +288,7 @@ async def _coordinate(c: Caller, rid: RequestId, params: dict[str, Any]) -> dict
         data = event.to_dict()
         running.add(data)
         if not detach:
-            c.send(ResponseChunk(rid, seq, "", "event", data))
+            c.cork(ResponseChunk(rid, seq, "", "event", data))
             seq += 1
 
     agents = [str(a) for a in params.get("agents") or []]

@@ -51,6 +51,7 @@ __all__ = [
     "placed",
     "probe",
     "resolve_agents",
+    "unlimited",
 ]
 
 #: Seconds between placement attempts while a coordination waits.
@@ -217,6 +218,12 @@ async def _probe_all(controller: Controller, units: set[str]) -> dict[str, UnitC
     return found
 
 
+def unlimited(controller: Controller, slots: Sequence[Sequence[str]]) -> bool:
+    """Whether every slot is one unit with no limit in config (nothing to place:
+    its sessions may open while the coordination already works)."""
+    return all(len(slot) == 1 and _unlimited(controller, slot[0]) for slot in slots)
+
+
 @asynccontextmanager
 async def placed(
     controller: Controller,
@@ -225,7 +232,7 @@ async def placed(
     on_wait: Callable[[str], None],
 ) -> AsyncIterator[list[str]]:
     """Wait until every slot has a unit (saying why while it waits); hold the
-    placement lock while the block opens the sessions.
+    placement lock while the block opens the sessions (unless `unlimited`).
 
     Raises:
         ValueError: no such placement policy.
@@ -235,11 +242,11 @@ async def placed(
     except LookupError as exc:
         raise ValueError(str(exc.args[0])) from None
     lock = _LOCKS.setdefault(controller, trio.Lock())
-    if all(len(slot) == 1 and _unlimited(controller, slot[0]) for slot in slots):
-        # No choice to make and no limit in config: nothing to probe. (A unit's
-        # own max_sessions still holds: it refuses the session, limit_reached.)
-        async with lock:
-            yield [slot[0] for slot in slots]
+    if unlimited(controller, slots):
+        # No choice to make and no limit in config: nothing to probe, nothing
+        # to hold. (A unit's own max_sessions still holds: it refuses the
+        # session, limit_reached.)
+        yield [slot[0] for slot in slots]
         return
     said = None
     while True:

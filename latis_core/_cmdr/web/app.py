@@ -192,6 +192,8 @@ class _Caller:
         if type(message) is ResponseChunk:
             self._on_chunk(message)
 
+    cork = send
+
 
 def _caller(
     daemon: Daemon, on_chunk: Callable[[ResponseChunk], None] = lambda _: None
