@@ -50,6 +50,21 @@ class ServerConnection:
         """Write `msg` now (after whatever is queued)."""
         self._put(msg, self.link.write)
 
+    def send_many(self, msgs: list[Message]) -> None:
+        """Write `msgs` now, in one write (after whatever is queued)."""
+        if self.closed:
+            return
+        frames = []
+        for msg in msgs:
+            try:
+                frames.append(self.conn.send(msg))
+            except LocalProtocolError as exc:
+                log.error("not sent: %s", exc)
+        try:
+            self.link.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        except trio.BrokenResourceError:
+            self.closed = True
+
     def cork(self, msg: Message) -> None:
         """Queue `msg`; it leaves with the next batch."""
         self._put(msg, self.link.cork)
