@@ -65,3 +65,108 @@ async def test_the_writers_calls_share_one_transaction(state: StateDB) -> None:
     assert writer.transactions == 1
     assert isinstance(results["b"], StateError)
     assert sorted(p.text for p in state.prompts("s1")) == ["a", "c"]
+
+
+# ---- writes behind (the prompt engine's hot path) ---------------------------------------
+
+
+class _Record:
+    """What the writer needs of a prompt record: its id, and to hear what is stored."""
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+        self.stored_upto = -1
+
+    def stored(self, seq: int) -> None:
+        self.stored_upto = seq
+
+
+async def test_writes_behind_land_in_order_with_the_chunks_that_need_them(
+    state: StateDB,
+) -> None:
+    """A session, its prompt, the prompt's chunks, its end and the session's states,
+    queued without waiting in one batch: the prompt's row goes in before its chunks
+    (or they would be dropped), the end after; `flush` returns once all are stored,
+    and a callback queued with them runs then, not before."""
+    writer = ChunkWriter(state, lambda work: trio.to_thread.run_sync(work))
+    [pid] = state.reserve_prompt_ids(1)
+    record = _Record(pid)
+    after: list[bool] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        writer.behind(("session", ("s2", "idle", 1.0, "u")))
+        writer.behind(("prompt", (pid, "s2", "7", "hello", 2.0)))
+        writer.behind(("state", ("busy", "s2")))
+        writer.put(record, [(0, "hel", None, None), (1, "lo", None, None)])  # type: ignore[arg-type]
+        writer.behind(("end", ("complete", 3.0, 2, None, pid)))
+        writer.behind(("state", ("idle", "s2")))
+        writer.when_stored(lambda: after.append(state.get_prompt(pid) is not None))
+        assert state.get_session("s2") is None  # nothing waited for the disk
+        await writer.flush()
+        nursery.cancel_scope.cancel()
+    assert after == [True]
+    [entry] = state.transcript("s2")
+    assert (entry.prompt.id, entry.prompt.state, entry.prompt.chunks) == (pid, "complete", 2)
+    assert [c.text for c in entry.chunks] == ["hel", "lo"]
+    assert state.get_session("s2").state == "idle"  # type: ignore[union-attr]
+    assert record.stored_upto == 1
+
+
+async def test_a_write_behind_the_state_refuses_is_logged_and_the_others_stored(
+    state: StateDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody waits for a write behind, so a refused one (a prompt of a session the
+    state does not have, a session of a unit it does not have) is logged with what it
+    was; the writes of the same batch around it are stored."""
+    writer = ChunkWriter(state, lambda work: trio.to_thread.run_sync(work))
+    first, second, lost = state.reserve_prompt_ids(3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        writer.behind(("prompt", (first, "s1", "1", "one", 1.0)))
+        writer.behind(("prompt", (lost, "nope", "2", "lost", 1.0)))
+        writer.behind(("prompt", (second, "s1", "3", "two", 1.0)))
+        writer.behind(("session", ("s3", "idle", 1.0, "no-such-unit")))
+        await writer.flush()
+        nursery.cancel_scope.cancel()
+    assert [p.id for p in state.prompts("s1")] == [first, second]
+    assert state.get_prompt(lost) is None
+    logged = caplog.text
+    assert f"could not store prompt {lost}" in logged and "FOREIGN KEY" in logged
+    assert "session 's3': unit 'no-such-unit' is not in the state" in logged
+
+
+def test_prompt_ids_taken_in_blocks_never_collide_and_unused_ones_come_back(
+    state: StateDB,
+) -> None:
+    """Two controllers on one file take disjoint blocks; `add_prompt` numbers after
+    both; a block given back whole when nobody took more since lets the next one
+    go on without a gap."""
+    a = state.reserve_prompt_ids(4)
+    b = state.reserve_prompt_ids(4)
+    assert set(a).isdisjoint(b) and a.stop == b.start
+    assert state.add_prompt("s1", "by hand", 1) == b.stop
+    c = state.reserve_prompt_ids(4)
+    state.release_prompt_ids(c[1:])  # one used: the rest comes back
+    assert state.reserve_prompt_ids(1) == range(c.start + 1, c.start + 2)
+    state.release_prompt_ids(a)  # not the last block: nothing changes
+    assert state.reserve_prompt_ids(1).start == c.start + 2
+
+
+async def test_the_last_state_of_a_session_in_a_batch_counts_and_a_close_wins(
+    state: StateDB,
+) -> None:
+    """busy then idle for one session in one batch ends idle (the last one counts);
+    a close in the same batch wins over both."""
+    writer = ChunkWriter(state, lambda work: trio.to_thread.run_sync(work))
+    state.add_session("s2", "u", "idle")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        for sid, last in (("s1", "waiting"), ("s2", "busy")):
+            writer.behind(("state", ("busy", sid)))
+            writer.behind(("state", ("idle", sid)))
+            writer.behind(("state", (last, sid)))
+        writer.behind(("close", (5.0, "s2")))
+        await writer.flush()
+        nursery.cancel_scope.cancel()
+    assert state.get_session("s1").state == "waiting"  # type: ignore[union-attr]
+    assert state.get_session("s2").state == "closed"  # type: ignore[union-attr]

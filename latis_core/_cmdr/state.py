@@ -684,7 +684,10 @@ class StateDB:
                 if kind == "close":
                     _close_sessions(db, run)
                     continue
-                cursor = db.executemany(_BEHIND[kind], run)
+                if len(run) == 1:
+                    cursor = db.execute(_BEHIND[kind], run[0])
+                else:
+                    cursor = db.execute(_BEHIND_RUN[kind], (orjson.dumps(run),))
             except sqlite3.IntegrityError:
                 # One of them is refused: each on its own, to say which (the
                 # ones already applied apply again as nothing: they are
@@ -853,7 +856,12 @@ class StateDB:
 
         `batches` are (prompt id, rows) as `add_chunks` takes them. Rows of a
         prompt that no longer exists are dropped (its session was forgotten
-        meanwhile); a `seq` already recorded keeps its first chunk.
+        meanwhile); a `seq` already recorded keeps its first copy.
+
+        The rows go to SQLite as one JSON array, in one statement: SQLite then
+        inserts them all in one call, without handing Python's GIL back and
+        forth once per row (a busy event loop made a worker thread wait for
+        it at every row).
         """
         dumps = orjson.dumps
         values = [
@@ -864,17 +872,7 @@ class StateDB:
         if not values:
             return
         with self._write() as db:
-            ids = {prompt_id for prompt_id, _ in batches}
-            marks = ",".join("?" * len(ids))
-            known = {row[0] for row in db.execute(
-                f"SELECT id FROM prompts WHERE id IN ({marks})", tuple(ids))}  # noqa: S608
-            if len(known) < len(ids):
-                values = [v for v in values if v[0] in known]
-            db.executemany(
-                "INSERT INTO chunks (prompt, seq, text, kind, data) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (prompt, seq) DO NOTHING",
-                values,
-            )
+            db.execute(_INSERT_CHUNKS, (dumps(values),))
 
     def chunks(self, prompt_id: int, after: int = -1) -> list[ChunkRow]:
         """The prompt's chunks with `seq` > `after`, in order."""
@@ -1121,6 +1119,32 @@ _BEHIND = {
     "end": "UPDATE prompts SET state = ?, ended_at = ?, chunks = ?, error = ?"
            " WHERE id = ? AND state = 'running'",
 }
+#: The same for a run of them given as one JSON array (`write_behind`: one
+#: statement, one release of the GIL, whatever the run's length). A run holds
+#: at most one state per session and one end per prompt (`_coalesced`).
+_BEHIND_RUN = {
+    "session": "INSERT OR IGNORE INTO sessions (id, unit, state, created_at)"
+               " SELECT j.value ->> 0, u.id, j.value ->> 1, j.value ->> 2 FROM json_each(?) j"
+               " JOIN units u ON u.name = j.value ->> 3 AND u.destroyed_at IS NULL",
+    "prompt": "INSERT OR IGNORE INTO prompts (id, session, request_id, text, started_at)"
+              " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4"
+              " FROM json_each(?) WHERE true",
+    "state": "UPDATE sessions SET state = j.value ->> 0 FROM json_each(?) j"
+             " WHERE sessions.id = j.value ->> 1 AND sessions.state != 'closed'",
+    "end": "UPDATE prompts SET state = j.value ->> 0, ended_at = j.value ->> 1,"
+           " chunks = j.value ->> 2, error = j.value ->> 3 FROM json_each(?) j"
+           " WHERE prompts.id = j.value ->> 4 AND prompts.state = 'running'",
+}
+
+
+#: Every chunk of a JSON array of [prompt, seq, text, kind, data] (`add_chunk_batches`);
+#: `WHERE` keeps only known prompts (and parses: INSERT ... SELECT ... ON CONFLICT).
+_INSERT_CHUNKS = (
+    "INSERT INTO chunks (prompt, seq, text, kind, data)"
+    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4"
+    " FROM json_each(?) WHERE EXISTS (SELECT 1 FROM prompts WHERE id = value ->> 0)"
+    " ON CONFLICT (prompt, seq) DO NOTHING"
+)
 
 
 def dumps_id(value: Any) -> str:
@@ -1146,15 +1170,21 @@ def _need_prompt(db: sqlite3.Connection, id: int) -> None:
 
 def _close_sessions(db: sqlite3.Connection, closes: Sequence[tuple[Any, ...]]) -> None:
     """`_close_session` for each (closed_at, session)."""
-    db.executemany(
-        "UPDATE prompts SET state = 'cancelled', ended_at = ?,"
+    if len(closes) == 1:
+        _close_session(db, closes[0][1], closes[0][0])
+        return
+    run = orjson.dumps(closes)
+    db.execute(
+        "UPDATE prompts SET state = 'cancelled', ended_at = j.value ->> 0,"
         " chunks = (SELECT count(*) FROM chunks WHERE prompt = prompts.id)"
-        " WHERE session = ? AND state = 'running'",
-        closes,
+        " FROM json_each(?) j WHERE prompts.session = j.value ->> 1"
+        " AND prompts.state = 'running'",
+        (run,),
     )
-    db.executemany(
-        "UPDATE sessions SET state = 'closed', closed_at = ? WHERE id = ? AND state != 'closed'",
-        closes,
+    db.execute(
+        "UPDATE sessions SET state = 'closed', closed_at = j.value ->> 0 FROM json_each(?) j"
+        " WHERE sessions.id = j.value ->> 1 AND sessions.state != 'closed'",
+        (run,),
     )
 
 
