@@ -1005,3 +1005,16 @@ def test_unit_names_are_remembered_until_the_config_changes(tmp_path: Path) -> N
     config.write_text("[units.box\n")  # broken: the error of a real read
     with pytest.raises(ConfigError):
         config_unit_names(config, cache)
+
+
+def test_unit_names_without_a_config_are_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No config file: the names are the built-in config's (given without loading its
+    plugins, which `latis status` would pay for in start-up time)."""
+    from latis_core import config_unit_names, default_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LATIS_CONFIG", raising=False)
+    monkeypatch.setenv("LATIS_HOME", str(tmp_path / "home"))
+    assert config_unit_names() == set(default_config().units)
