@@ -45,6 +45,9 @@ class ServerConnection:
         self.ending = False
         #: Called once, when the handshake is done (a listener frees a slot).
         self.on_handshake: Callable[[], None] | None = None
+        #: The handshake deadline's wait, ended when the handshake is done (its
+        #: task then ends, instead of holding memory for `handshake_timeout`).
+        self.handshake_wait: trio.CancelScope | None = None
 
     def send(self, msg: Message) -> None:
         """Write `msg` now (after whatever is queued)."""
@@ -106,6 +109,9 @@ class ServerConnection:
                     await link.send_held()
             if not go_on:
                 return
+            if self.handshake_wait is not None and conn.handshake_done:
+                self.handshake_wait.cancel()
+                self.handshake_wait = None
             if self.on_handshake is not None and conn.handshake_done:
                 self.on_handshake()
                 self.on_handshake = None
@@ -173,6 +179,7 @@ async def serve_stream(
         link = open_link(stream, nursery)
         served = make(link, conn, nursery)
         if handshake_timeout is not None:
+            served.handshake_wait = trio.CancelScope()
             nursery.start_soon(_handshake_deadline, served, handshake_timeout, nursery)
         if keepalive is not None:
             nursery.start_soon(_heartbeat, served, label, nursery)
@@ -209,7 +216,9 @@ async def _heartbeat(served: ServerConnection, label: str, nursery: trio.Nursery
 async def _handshake_deadline(
     served: ServerConnection, seconds: float, nursery: trio.Nursery
 ) -> None:
-    await trio.sleep(seconds)
+    if served.handshake_wait is not None:
+        with served.handshake_wait:
+            await trio.sleep(seconds)
     if not served.conn.handshake_done:
         log.warning("closed a connection that did not finish hello within %g s", seconds)
         served.end()
