@@ -98,13 +98,18 @@ class CoordinationEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-ready data (members that are unset are left out)."""
-        return {k: v for k, v in attrs.asdict(self).items() if v not in (None, "")}
+        # (By hand, not attrs.asdict: an event per step of every agent.)
+        return {name: value for name in _EVENT_FIELDS
+                if (value := getattr(self, name)) is not None and value != ""}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CoordinationEvent:
         """Read an event written by `to_dict` (unknown members are ignored)."""
         names = {a.name for a in attrs.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_EVENT_FIELDS = tuple(a.name for a in attrs.fields(CoordinationEvent))
 
 
 @attrs.frozen
