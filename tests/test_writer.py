@@ -279,3 +279,34 @@ async def test_a_batch_that_fails_to_store_is_stored_later(
         assert events[-1] == ("end", {"outcome": "complete", "chunks": 40})
         assert failures == 3
     assert stored_seqs(home.state_file, record.id) == list(range(40))
+
+
+async def test_reads_go_on_while_the_disk_refuses_the_writes(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A controller's reads wait for its writes behind, but not for a disk that
+    refuses them: `status` answers (from memory and what is stored) instead of
+    hanging, and once the disk takes writes again everything is stored."""
+    async with controller() as ctl:
+        store = ctl.state.add_chunk_batches
+        refusing = True
+
+        def refuse(batches: Any) -> None:
+            if refusing:
+                raise sqlite3.OperationalError("database or disk is full")
+            store(batches)
+
+        monkeypatch.setattr(ctl.state, "add_chunk_batches", refuse)
+        sid = (await ctl.create_session("slow"))["session"]
+        record = await ctl.start_prompt(sid, WORDS)
+        while not ctl.writer.failures:  # a batch with chunks was refused
+            await trio.sleep(0.01)
+        other = (await ctl.create_session("slow"))["session"]  # queued behind it
+        with trio.fail_after(20):  # a bound against hanging, not a timing target
+            [unit] = [u for u in await ctl.status() if u["unit"] == "slow"]
+        assert [s["id"] for s in unit["sessions"]] == [sid, other]
+        refusing = False
+        events = [e async for e in ctl.follow(record.id)]
+        assert events[-1] == ("end", {"outcome": "complete", "chunks": 40})
+        await ctl.flush()
+    assert stored_seqs(home.state_file, record.id) == list(range(40))

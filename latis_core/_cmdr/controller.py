@@ -78,6 +78,8 @@ PROGRESS_EVERY = 5.0
 PROMPT_PREVIEW = 200
 #: Prompt ids a controller takes from the state at a time (it numbers prompts in memory).
 PROMPT_IDS = 1024
+#: Seconds a read waits at most for the writes behind to be stored (`Controller.read`).
+FLUSH_WAIT = 1.0
 
 
 @attrs.define(slots=True)
@@ -206,11 +208,14 @@ class Controller(HumanLoop, PromptEngine):
         """Run a state method that only reads (of `reads`), right here.
 
         What this controller wrote behind is stored first (`ChunkWriter.flush`:
-        a read sees the controller's own writes). A read takes microseconds,
-        less than a hop to a thread (~70 µs), and in WAL mode a reader never
-        waits for the writer: the loop never blocks behind a write.
+        a read sees the controller's own writes), waiting at most `FLUSH_WAIT`
+        seconds: while the disk refuses writes (the log says so), reads go on
+        with what is stored. A read takes microseconds, less than a hop to a
+        thread (~70 µs), and in WAL mode a reader never waits for the writer:
+        the loop never blocks behind a write.
         """
-        await self.writer.flush()
+        with trio.move_on_after(FLUSH_WAIT):
+            await self.writer.flush()
         return fn(*args)
 
     async def flush(self) -> None:
