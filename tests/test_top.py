@@ -321,3 +321,14 @@ def test_help_names_the_keys() -> None:
     assert result.returncode == 0
     for words in ("`/` filter", "`enter` open", "`a` answer", "`c` cancel", "`q` quit", "--once"):
         assert words in result.stdout
+
+
+def test_a_feed_event_once_the_screen_is_gone_is_dropped() -> None:
+    """What the feed says while the app closes (its tables already gone) is dropped,
+    not a crash: seen once under load, as `NoMatches: '#units'` at the end of a run."""
+    from latis_cli.top._screen import FeedEvent
+
+    app = TopApp(None, refresh=1.0)  # type: ignore[arg-type]  (never run: no screen)
+    for kind, data in (("status", []), ("states", {"s1": "busy"}), ("inbox", [])):
+        app.on_feed_event(FeedEvent(kind, data))
+    assert app.status is None  # nothing was taken in

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, ScreenStackError
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
@@ -135,6 +135,14 @@ class TopApp(App[None]):
     # ---- what the feed says ---------------------------------------------------------------
 
     def on_feed_event(self, event: FeedEvent) -> None:
+        try:
+            mounted = bool(self.screen.query("#units"))
+        except ScreenStackError:
+            mounted = False
+        if not mounted:
+            # The screen is gone (the app is closing): what the feed still says
+            # has nowhere to go.
+            return
         kind, data = event.kind, event.data
         if kind in ("status", "inbox", "usage"):
             setattr(self, kind, data)
