@@ -17,6 +17,7 @@ picks every running prompt up at the last chunk it stored.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -166,6 +167,10 @@ class Controller(HumanLoop, PromptEngine):
         self.sessions: dict[str, OpenSession] = {
             row.id: OpenSession(row.unit, str(row.state)) for row in state.list_sessions()
         }
+        #: How many open sessions are in each state (the daemon's overall state
+        #: without a scan).
+        self.session_counts: collections.Counter[str] = collections.Counter(
+            held.state for held in self.sessions.values())
         #: Prompt ids taken from the state and not used yet.
         self._ids = range(0)
         self._ids_lock = trio.Lock()
@@ -897,7 +902,7 @@ class Controller(HumanLoop, PromptEngine):
         if rt.client is None or rt.client.peer.closed:
             await self.up(unit)
         session = await self._client(rt).create_session(**dict(options or {}))
-        self.sessions[session.id] = OpenSession(unit)
+        self._hold_session(session.id, unit, "idle")
         self.writer.behind(("session", (session.id, "idle", self.state.now(), unit)))
         self._notify(session.id, "idle")
         return {"session": session.id, "unit": unit, "state": "idle"}
@@ -934,7 +939,7 @@ class Controller(HumanLoop, PromptEngine):
             row = await self.read(self.reads.get_session, sid)
             if row is None or row.state == "closed":
                 raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
-            held = self.sessions[sid] = OpenSession(row.unit, str(row.state))
+            held = self._hold_session(sid, row.unit, str(row.state))
         rt = self.units.get(held.unit)
         if rt is None:
             raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
@@ -950,18 +955,28 @@ class Controller(HumanLoop, PromptEngine):
                 raise
         self._close_session(sid)
 
+    def _hold_session(self, sid: str, unit: str, state: str) -> OpenSession:
+        """Hold an open session (and count it)."""
+        held = self.sessions[sid] = OpenSession(unit, state)
+        self.session_counts[state] += 1
+        return held
+
     def _set_session(self, sid: str, state: str) -> None:
         """The session's state changed: kept in memory, written behind, told."""
         held = self.sessions.get(sid)
         if held is None:
             return  # closed meanwhile: it stays closed
+        self.session_counts[held.state] -= 1
+        self.session_counts[state] += 1
         held.state = state
         self.writer.behind(("state", (state, sid)))
         self._notify(sid, state)
 
     def _close_session(self, sid: str) -> None:
         """The session ended (its running prompts are stored as cancelled)."""
-        self.sessions.pop(sid, None)
+        held = self.sessions.pop(sid, None)
+        if held is not None:
+            self.session_counts[held.state] -= 1
         self.writer.behind(("close", (self.state.now(), sid)))
         self._notify(sid, State.CLOSED.value)
 

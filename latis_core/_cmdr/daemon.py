@@ -29,7 +29,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +105,6 @@ class Daemon:
         self.controller = controller
         self.paths = paths
         self.stop = stop
-        self.session_states: dict[str, str] = {}
-        #: How many sessions are in each state: `overall` without a scan.
-        self.counts: dict[str, int] = {}
         self.subscribers: set[_Client] = set()
         #: The config file's (mtime, size) when it was last read: a change means reload.
         self.config_stamp = _stamp(controller.config.source)
@@ -131,7 +128,6 @@ class Daemon:
         await self.refresh_config()
         with trio.CancelScope(shield=True):
             data = await self.controller.create_session(unit, options)
-        self.set_state(data["session"], "idle")
         return data
 
     async def refresh_config(self, force: bool = False) -> dict[str, Any]:
@@ -176,19 +172,15 @@ class Daemon:
         changed = await self.refresh_config()
         return {"config": str(served) if served else None, "match": True, **changed}
 
-    async def load_states(self) -> None:
-        ctl = self.controller
-        for row in await ctl.read(ctl.reads.list_sessions):
-            self.set_state(row.id, row.state)
+    @property
+    def session_states(self) -> dict[str, str]:
+        """Each open session's state (a copy of what the controller holds)."""
+        return {sid: held.state for sid, held in self.controller.sessions.items()}
 
-    def set_state(self, sid: str, state: str) -> None:
-        """Record session `sid`'s state ("closed" forgets it); O(1) whatever the sessions."""
-        old = self.session_states.pop(sid, None)
-        if old is not None:
-            self.counts[old] -= 1
-        if state != "closed":
-            self.session_states[sid] = state
-            self.counts[state] = self.counts.get(state, 0) + 1
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """How many open sessions are in each state (the controller counts them)."""
+        return self.controller.session_counts
 
     @property
     def overall(self) -> str:
@@ -199,7 +191,6 @@ class Daemon:
         return "idle"
 
     def _on_state(self, sid: str, state: str) -> None:
-        self.set_state(sid, state)
         if not self.subscribers:
             return
         overall = self.overall
@@ -349,7 +340,8 @@ def _on_session_resume(c: _Client, msg: SessionResume) -> None:
             if msg.prompt is not None:
                 c.send(Error(msg.prompt, str(exc.code), exc.message))
             raise
-        state = c.daemon.session_states.get(msg.session, "idle")
+        held = c.ctl.sessions.get(msg.session)
+        state = held.state if held is not None else "idle"
         data: dict[str, Any] = {"session": msg.session, "unit": rt.name, "state": state}
         if msg.prompt is None:
             c.send(Ack(msg.id, data))
@@ -402,12 +394,12 @@ def _on_input_reply(c: _Client, msg: InputReply) -> None:
 
 
 def _snapshot(c: _Client, rid: RequestId, only: str | None) -> StateUpdate | Error:
-    states = c.daemon.session_states
     if only is not None:
-        if only not in states:
+        held = c.ctl.sessions.get(only)
+        if held is None:
             return Error(rid, ErrorCode.UNKNOWN_SESSION.value, f"no session {only!r}")
-        return StateUpdate(rid, c.daemon.overall, {only: states[only]})
-    return StateUpdate(rid, c.daemon.overall, dict(states))
+        return StateUpdate(rid, c.daemon.overall, {only: held.state})
+    return StateUpdate(rid, c.daemon.overall, c.daemon.session_states)
 
 
 def _on_state_get(c: _Client, msg: StateGet) -> None:
@@ -537,7 +529,6 @@ async def serve_daemon(
             ) as listener:
                 stop = trio.Event()
                 daemon = Daemon(ctl, where, stop)
-                await daemon.load_states()
                 if tune_gc:
                     _tune_gc()
                 log.info("cmdr %s listening on %s (pid %d)", __version__, where.socket,

@@ -455,13 +455,16 @@ async def call_method(
 
 def idle_sessions(daemon: Daemon, idle: float) -> list[str]:
     """The open sessions with no prompt running, and none ended for `idle` seconds."""
-    state = daemon.controller.reads
+    ctl = daemon.controller
+    state = ctl.reads
     now = time.time()
     found = []
+    last_prompts = state.last_prompts()  # one query, not one per session
     for session in state.list_sessions(None):
-        if daemon.session_states.get(session.id, "idle") != "idle":
+        held = ctl.sessions.get(session.id)
+        if held is not None and held.state != "idle":
             continue
-        last = state.last_prompt(session.id)
+        last = last_prompts.get(session.id)
         if last is not None and last.ended_at is None:
             continue  # a prompt runs (or was cut off and may be resumed)
         since = max(session.created_at, last.ended_at or 0.0) if last else session.created_at
