@@ -31,6 +31,8 @@ Timestamps are unix seconds (`time.time()`, REAL).
 
 from __future__ import annotations
 
+import itertools
+import operator
 import sqlite3
 import threading
 import time
@@ -665,43 +667,35 @@ class StateDB:
         """Apply writes the controller made without waiting, in order, inside
         the writer's batch (`batch`). Each is one statement with no checks of
         its own (the controller checked in memory before it wrote); a run of
-        writes of one kind is one `executemany`. A write the schema refuses
-        (a row already there, a parent missing) is skipped and described in
-        the list returned; any other error (the disk) is raised, and the batch
-        is tried again whole.
+        writes of one kind is one statement. A write the schema refuses (a row
+        already there, a parent missing) is skipped and described in the list
+        returned; any other error (the disk) is raised, and the batch is tried
+        again whole.
         """
         db = self._db()
         problems: list[str] = []
-        i = 0
-        while i < len(writes):
-            kind = writes[i][0]
-            j = i + 1
-            while j < len(writes) and writes[j][0] == kind:
-                j += 1
-            run = [values for _, values in writes[i:j]]
-            i = j
+
+        def apply(kind: str, run: list[tuple[Any, ...]]) -> int:
+            if kind == "close":
+                _close_sessions(db, run)
+                return len(run)
+            return db.execute(_BEHIND[kind], (orjson.dumps(run),)).rowcount
+
+        for kind, group in itertools.groupby(writes, key=operator.itemgetter(0)):
+            run = [values for _, values in group]
             try:
-                if kind == "close":
-                    _close_sessions(db, run)
-                    continue
-                if len(run) == 1:
-                    cursor = db.execute(_BEHIND[kind], run[0])
-                else:
-                    cursor = db.execute(_BEHIND_RUN[kind], (orjson.dumps(run),))
+                done = apply(kind, run)
             except sqlite3.IntegrityError:
                 # One of them is refused: each on its own, to say which (the
                 # ones already applied apply again as nothing: they are
                 # idempotent, or ignored as there already).
                 for values in run:
                     try:
-                        if kind == "close":
-                            _close_sessions(db, [values])
-                        else:
-                            db.execute(_BEHIND[kind], values)
+                        apply(kind, [values])
                     except sqlite3.IntegrityError as exc:
                         problems.append(f"{kind} {values[0]!r}: {exc}")
                 continue
-            if kind == "session" and cursor.rowcount < len(run):
+            if kind == "session" and done < len(run):
                 ids = [values[0] for values in run]
                 marks = ",".join("?" * len(ids))
                 there = {row[0] for row in db.execute(
@@ -1110,19 +1104,11 @@ class UnitResources:
 #: or ("close", (closed_at, session)).
 Behind: TypeAlias = tuple[str, tuple[Any, ...]]
 
+#: Each kind of write behind, for a run of them given as one JSON array
+#: (`write_behind`: one statement, one release of the GIL, whatever the run's
+#: length). A run holds at most one state per session and one end per prompt
+#: (`_coalesced`).
 _BEHIND = {
-    "session": "INSERT OR IGNORE INTO sessions (id, unit, state, created_at)"
-               " SELECT ?, id, ?, ? FROM units WHERE name = ? AND destroyed_at IS NULL",
-    "prompt": "INSERT OR IGNORE INTO prompts (id, session, request_id, text, started_at)"
-              " VALUES (?, ?, ?, ?, ?)",
-    "state": "UPDATE sessions SET state = ? WHERE id = ? AND state != 'closed'",
-    "end": "UPDATE prompts SET state = ?, ended_at = ?, chunks = ?, error = ?"
-           " WHERE id = ? AND state = 'running'",
-}
-#: The same for a run of them given as one JSON array (`write_behind`: one
-#: statement, one release of the GIL, whatever the run's length). A run holds
-#: at most one state per session and one end per prompt (`_coalesced`).
-_BEHIND_RUN = {
     "session": "INSERT OR IGNORE INTO sessions (id, unit, state, created_at)"
                " SELECT j.value ->> 0, u.id, j.value ->> 1, j.value ->> 2 FROM json_each(?) j"
                " JOIN units u ON u.name = j.value ->> 3 AND u.destroyed_at IS NULL",
@@ -1169,10 +1155,8 @@ def _need_prompt(db: sqlite3.Connection, id: int) -> None:
 
 
 def _close_sessions(db: sqlite3.Connection, closes: Sequence[tuple[Any, ...]]) -> None:
-    """`_close_session` for each (closed_at, session)."""
-    if len(closes) == 1:
-        _close_session(db, closes[0][1], closes[0][0])
-        return
+    """Close each (closed_at, session) given (again: nothing); its running prompts
+    end as cancelled, with the chunks stored."""
     run = orjson.dumps(closes)
     db.execute(
         "UPDATE prompts SET state = 'cancelled', ended_at = j.value ->> 0,"
@@ -1189,16 +1173,7 @@ def _close_sessions(db: sqlite3.Connection, closes: Sequence[tuple[Any, ...]]) -
 
 
 def _close_session(db: sqlite3.Connection, id: str, now: float) -> None:
-    db.execute(
-        "UPDATE prompts SET state = 'cancelled', ended_at = ?,"
-        " chunks = (SELECT count(*) FROM chunks WHERE prompt = prompts.id)"
-        " WHERE session = ? AND state = 'running'",
-        (now, id),
-    )
-    db.execute(
-        "UPDATE sessions SET state = 'closed', closed_at = ? WHERE id = ? AND state != 'closed'",
-        (now, id),
-    )
+    _close_sessions(db, [(now, id)])
 
 
 #: The name `latis_core` exports `StateDB` under (`latis_core.State` is the session-state enum).
