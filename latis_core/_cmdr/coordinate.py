@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from latis_core._cmdr.placement import never_fits, placed, resolve_agents, unlimited
+from latis_core._cmdr.placement import never_fits, placed, resolve_agents
 from latis_core._cmdr.usage import tag_coordination
 from latis_core._errors import LatisError, StrategyFailed, error_code
 from latis_core._plugins.registry import load_placement, load_strategy
@@ -540,12 +540,12 @@ async def coordinate(
             with trio.move_on_after(math.inf if limit is None else limit) as whole:
                 with team.doomed:
                     async with placed(controller, slots, settings.placement,
-                                      team.queued) as chosen:
+                                      team.queued) as (chosen, holding):
                         for agent, unit in zip(team.agents.values(), chosen, strict=True):
                             agent.unit = unit
                         # (In the keeper: `close` waits, bounded, for every open.)
                         await keeper.start(team.open_all)
-                        if not unlimited(controller, slots):
+                        if holding:
                             # Placed by capacity: the placement holds until
                             # every session is open (they count in the next one).
                             for agent in team.agents.values():

@@ -51,7 +51,6 @@ __all__ = [
     "placed",
     "probe",
     "resolve_agents",
-    "unlimited",
 ]
 
 #: Seconds between placement attempts while a coordination waits.
@@ -218,21 +217,17 @@ async def _probe_all(controller: Controller, units: set[str]) -> dict[str, UnitC
     return found
 
 
-def unlimited(controller: Controller, slots: Sequence[Sequence[str]]) -> bool:
-    """Whether every slot is one unit with no limit in config (nothing to place:
-    its sessions may open while the coordination already works)."""
-    return all(len(slot) == 1 and _unlimited(controller, slot[0]) for slot in slots)
-
-
 @asynccontextmanager
 async def placed(
     controller: Controller,
     slots: Sequence[Sequence[str]],
     policy_name: str,
     on_wait: Callable[[str], None],
-) -> AsyncIterator[list[str]]:
-    """Wait until every slot has a unit (saying why while it waits); hold the
-    placement lock while the block opens the sessions (unless `unlimited`).
+) -> AsyncIterator[tuple[list[str], bool]]:
+    """Wait until every slot has a unit (saying why while it waits); yield the
+    units, and whether the placement lock is held: then the block opens every
+    session before it ends (they count in the next placement). Nothing is held
+    when every slot is one unit with no limit in config.
 
     Raises:
         ValueError: no such placement policy.
@@ -242,11 +237,11 @@ async def placed(
     except LookupError as exc:
         raise ValueError(str(exc.args[0])) from None
     lock = _LOCKS.setdefault(controller, trio.Lock())
-    if unlimited(controller, slots):
+    if all(len(slot) == 1 and _unlimited(controller, slot[0]) for slot in slots):
         # No choice to make and no limit in config: nothing to probe, nothing
         # to hold. (A unit's own max_sessions still holds: it refuses the
         # session, limit_reached.)
-        yield [slot[0] for slot in slots]
+        yield [slot[0] for slot in slots], False
         return
     said = None
     while True:
@@ -254,7 +249,7 @@ async def placed(
             found = await _probe_all(controller, {unit for slot in slots for unit in slot})
             answer = policy.place(slots, found)
             if not isinstance(answer, str):
-                yield answer
+                yield answer, True
                 return
         headline = answer.split(" (")[0]  # the details (memory free) change all the time
         if headline != said:
