@@ -55,18 +55,9 @@ class ServerConnection:
 
     def send_many(self, msgs: list[Message]) -> None:
         """Write `msgs` now, in one write (after whatever is queued)."""
-        if self.closed:
-            return
-        frames = []
-        for msg in msgs:
-            try:
-                frames.append(self.conn.send(msg))
-            except LocalProtocolError as exc:
-                log.error("not sent: %s", exc)
-        try:
-            self.link.write(frames[0] if len(frames) == 1 else b"".join(frames))
-        except trio.BrokenResourceError:
-            self.closed = True
+        frames = [frame for msg in msgs if (frame := self._frame(msg)) is not None]
+        if frames:
+            self._write(b"".join(frames), self.link.write)
 
     def cork(self, msg: Message) -> None:
         """Queue `msg`; it leaves with the next batch."""
@@ -77,15 +68,24 @@ class ServerConnection:
         self.ending = True
 
     def _put(self, msg: Message, put: Callable[[bytes], None]) -> None:
+        frame = self._frame(msg)
+        if frame is not None:
+            self._write(frame, put)
+
+    def _frame(self, msg: Message) -> bytes | None:
+        """`msg` encoded, or None when it cannot go (closed, or refused by the
+        connection: logged)."""
         if self.closed:
-            return
+            return None
         try:
-            frame = self.conn.send(msg)
+            return self.conn.send(msg)
         except LocalProtocolError as exc:
             log.error("not sent: %s", exc)
-            return
+            return None
+
+    def _write(self, data: bytes, put: Callable[[bytes], None]) -> None:
         try:
-            put(frame)
+            put(data)
         except trio.BrokenResourceError:
             self.closed = True
 
