@@ -170,3 +170,38 @@ async def test_the_last_state_of_a_session_in_a_batch_counts_and_a_close_wins(
         nursery.cancel_scope.cancel()
     assert state.get_session("s1").state == "waiting"  # type: ignore[union-attr]
     assert state.get_session("s2").state == "closed"  # type: ignore[union-attr]
+
+
+async def test_many_agents_interleaved_writes_land_whole_one_statement_per_kind(
+    state: StateDB,
+) -> None:
+    """Thirty agents each open a session, start a prompt, go busy, end and close,
+    interleaved as a coordination queues them, in one batch: every row lands as
+    it would one agent at a time (the prompt complete, not cancelled by its
+    session's close), and the batch is one statement per kind, not one per write."""
+    writer = ChunkWriter(state, lambda work: trio.to_thread.run_sync(work))
+    ids = list(state.reserve_prompt_ids(30))
+    statements: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        state._db().set_trace_callback(statements.append)  # noqa: SLF001 (counting)
+        for n in range(len(ids)):
+            writer.behind(("session", (f"a{n}", "idle", 1.0, "u")))
+        for n, pid in enumerate(ids):
+            writer.behind(("prompt", (pid, f"a{n}", str(n), "task", 2.0)))
+            writer.behind(("state", ("busy", f"a{n}")))
+            writer.put(_Record(pid), [(0, f"answer {n}", None, None)])  # type: ignore[arg-type]
+        for n, pid in enumerate(ids):
+            writer.behind(("end", ("complete", 3.0, 1, None, pid)))
+            writer.behind(("close", (4.0, f"a{n}")))
+        await writer.flush()
+        state._db().set_trace_callback(None)  # noqa: SLF001
+        nursery.cancel_scope.cancel()
+    for n in range(len(ids)):
+        [entry] = state.transcript(f"a{n}")
+        assert (entry.prompt.state, entry.prompt.chunks) == ("complete", 1)
+        assert [c.text for c in entry.chunks] == [f"answer {n}"]
+        assert state.get_session(f"a{n}").state == "closed"  # type: ignore[union-attr]
+    writes = [s for s in statements if s.lstrip().split()[0] in ("INSERT", "UPDATE")]
+    assert len(writes) <= 7, writes  # session, prompt, state, chunks, end, close (2)

@@ -200,8 +200,8 @@ class ChunkWriter:
         taken, self._pending = self._pending, {}
         count, self._count = self._count, 0
         ops, self._ops = self._ops, []
-        before, self._before = _coalesced(self._before, self._after), []
-        after, self._after = self._after, []
+        before, self._before = _by_kind(_coalesced(self._before, self._after)), []
+        after, self._after = _by_kind(self._after), []
         then, self._then = self._then, []
         queued = self._queued
         batches = [(record.id, rows) for record, rows in taken.items()]
@@ -323,5 +323,20 @@ def _coalesced(before: list[Behind], after: list[Behind]) -> list[Behind]:
             if write[0] != "state" or last[write[1][1]] == i]
 
 
+def _by_kind(writes: list[Behind]) -> list[Behind]:
+    """`writes` with the writes of each kind together (in order within a kind),
+    so that each kind is one statement (`StateDB.write_behind`), not one per write:
+    100 agents interleave a session, a prompt and a state each.
+
+    Safe because a kind only needs writes of the kinds before it: sessions, then
+    prompts (their session is in), then states (one per session left by
+    `_coalesced`); ends, then closes (a close after its prompts' ends leaves
+    them as they ended, which is what their followers were shown).
+    """
+    return sorted(writes, key=lambda write: _KIND_ORDER[write[0]])
+
+
 #: Writes behind that go after the batch's chunks (they count them, or end a prompt).
 _AFTER_CHUNKS = frozenset({"end", "close"})
+#: The order `_by_kind` puts the kinds in.
+_KIND_ORDER = {"session": 0, "prompt": 1, "state": 2, "end": 3, "close": 4}
