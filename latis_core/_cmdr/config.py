@@ -34,20 +34,19 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 
 from latis_core._cmdr.config_convert import _STRICT, _faults, _kind, _unknown, typed_text
+from latis_core._cmdr.config_file import ConfigError, find_config
 from latis_core._cmdr.config_lines import _Keys, _Locator
 from latis_core._cmdr.config_seed import connection_tables
 from latis_core._cmdr.notify import NotifyConfig, parse_notify
 from latis_core._cmdr.policy import Rule, parse_rules
 from latis_core._cmdr.web.config import WebConfig, parse_web
-from latis_core._errors import ErrorCode, LatisError
-from latis_core._os.paths import paths
 from latis_core._plugins import registry as _registry
 from latis_core._wire.connection import HEARTBEAT, HEARTBEAT_TIMEOUT
 
@@ -253,26 +252,6 @@ class ConfigProblem:
         unit = f"unit {self.unit!r}: " if self.unit is not None else ""
         key = f"{self.key}: " if self.key else ""
         return f"{where}: {unit}{key}{self.message}"
-
-
-class ConfigError(LatisError):
-    """The config could not be found, read or understood.
-
-    The message has one line per problem. `problems` holds them, for programs
-    (empty when the file itself could not be found or read).
-    """
-
-    code = ErrorCode.BAD_CONFIG
-
-    def __init__(self, message: str, problems: Sequence[ConfigProblem] = ()) -> None:
-        super().__init__(message)
-        self.problems = tuple(problems)
-
-    @classmethod
-    def of(cls, problems: Sequence[ConfigProblem]) -> ConfigError:
-        """The error for `problems` (one line each, in file order)."""
-        ordered = sorted(problems, key=lambda p: p.line or 0)
-        return cls("\n".join(map(str, ordered)), ordered)
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -748,37 +727,6 @@ def _shown(value: object) -> str:
 def default_config() -> Config:
     """The config without a file: the built-in unit `local` and nothing else."""
     return parse_config("", None)
-
-
-def _existing(path: Path, origin: str) -> Path:
-    if not path.is_file():
-        why = "is not a file" if path.exists() else "does not exist"
-        raise ConfigError(f"{path}: config file {why} (named by {origin})")
-    return path
-
-
-def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """The config file to read, or None for the built-in default.
-
-    First found wins: `explicit` (the CLI's `--config`), `LATIS_CONFIG`,
-    `latis.toml` in the current directory or the nearest parent that has one,
-    then the user config file (`paths().config_file`).
-
-    Raises:
-        ConfigError: `explicit` or `LATIS_CONFIG` names a file that does not exist.
-    """
-    if explicit is not None and os.fspath(explicit) != "":
-        return _existing(Path(explicit).expanduser(), "--config")
-    named = os.environ.get("LATIS_CONFIG")
-    if named:
-        return _existing(Path(named).expanduser(), "LATIS_CONFIG")
-    here = Path.cwd()
-    for folder in (here, *here.parents):
-        candidate = folder / "latis.toml"
-        if candidate.is_file():
-            return candidate
-    user = paths().config_file
-    return user if user.is_file() else None
 
 
 def _read(path: Path) -> str:
