@@ -401,14 +401,14 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
             for session in state.list_sessions():
                 by_unit.setdefault(session.unit_id, []).append(session)
             connections = state.list_connections()
-            for unit in state.list_units():
-                conn = connections.get(unit.name)
-                sessions = by_unit.get(unit.id, [])
+            for unit_id, name, provisioner in state.unit_names():
+                conn = connections.get(name)
+                sessions = by_unit.get(unit_id, [])
                 for s in sessions:
                     if s.state not in ("busy", "waiting"):
                         continue
                     entry: dict[str, Any] = {
-                        "unit": unit.name, "session": s.id, "state": s.state,
+                        "unit": name, "session": s.id, "state": s.state,
                         "a2a_state": a2a_state(s.state),
                         "context": session_context(state, s.id),
                     }
@@ -420,14 +420,14 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
                                              "since": pending[0].asked_at}
                     attention.append(entry)
                 units.append({
-                    "unit": unit.name,
-                    "provisioner": unit.provisioner,
+                    "unit": name,
+                    "provisioner": provisioner,
                     "connection": conn.state if conn else "disconnected",
                     "transport": conn.transport if conn else None,
                     "error": conn.error if conn else None,
                     "last_seen": conn.last_seen if conn else None,
                     "sessions": {s.id: s.state for s in sessions},
-                    "in_config": named is None or unit.name in named,
+                    "in_config": named is None or name in named,
                 })
     from ._current import current_session
 

@@ -31,12 +31,12 @@ if TYPE_CHECKING:
     from latis_core._cmdr.config import DaemonConfig as DaemonConfig
     from latis_core._cmdr.config import PluginConfig as PluginConfig
     from latis_core._cmdr.config import UnitConfig as UnitConfig
-    from latis_core._cmdr.config import config_unit_names as config_unit_names
     from latis_core._cmdr.config import default_config as default_config
     from latis_core._cmdr.config import load_config as load_config
     from latis_core._cmdr.config import parse_config as parse_config
     from latis_core._cmdr.config_file import ConfigError as ConfigError
     from latis_core._cmdr.config_file import find_config as find_config
+    from latis_core._cmdr.config_names import config_unit_names as config_unit_names
     from latis_core._cmdr.config_write import add_unit as add_unit
     from latis_core._cmdr.config_write import init_text as init_text
     from latis_core._cmdr.config_write import remove_unit as remove_unit
@@ -289,7 +289,7 @@ _WHERE: dict[str, str] = {
     "DaemonConfig": "latis_core._cmdr.config",
     "ConfigError": "latis_core._cmdr.config_file",
     "load_config": "latis_core._cmdr.config",
-    "config_unit_names": "latis_core._cmdr.config",
+    "config_unit_names": "latis_core._cmdr.config_names",
     "parse_config": "latis_core._cmdr.config",
     "find_config": "latis_core._cmdr.config_file",
     "default_config": "latis_core._cmdr.config",

@@ -6,14 +6,16 @@ states a connection and a prompt go through, and how a row of each table reads
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 
-from latis_core._wire.auth import Enrollment
-from latis_core._wire.messages import RequestId
-from latis_core._wire.messages import State as SessionState
+from latis_core._wire.enums import RequestId
+from latis_core._wire.enums import State as SessionState
+
+if TYPE_CHECKING:
+    from latis_core._wire.auth import Enrollment
 
 __all__ = [
     "COORDINATION_SELECT",

@@ -8,10 +8,11 @@ are the short form.
 
 from __future__ import annotations
 
-import enum
 from typing import Any, ClassVar, TypeAlias, get_args
 
 import attrs
+
+from latis_core._wire.enums import PROTOCOL_VERSION, RequestId, Role, State
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -41,36 +42,6 @@ __all__ = [
     "StateSubscribe",
     "StateUpdate",
 ]
-
-#: The protocol version this library speaks.
-PROTOCOL_VERSION = 1
-
-#: A request id: a JSON integer or string, chosen by the sender of the request.
-RequestId: TypeAlias = int | str
-
-
-class Role(enum.StrEnum):
-    """Which end of a connection a side is."""
-
-    #: The controller: sends requests, gets replies.
-    CMDR = "cmdr"
-    #: A unit: serves an agent's sessions.
-    UNIT = "unit"
-
-
-class State(enum.StrEnum):
-    """The state of a session, or of a unit (the busiest of its sessions)."""
-
-    #: Nothing running.
-    IDLE = "idle"
-    #: A prompt is being answered.
-    BUSY = "busy"
-    #: The agent asked the human something and waits for the answer.
-    WAITING = "waiting"
-    #: The session was destroyed (only in `state.update`, once).
-    CLOSED = "closed"
-
-
 
 
 @attrs.frozen
