@@ -97,6 +97,10 @@ class Sizes:
         self.parse_rounds = 3 if short else 7
 
 
+#: Seconds between two fan-out runs (the last one's sessions close meanwhile).
+SETTLE = 0.05
+
+
 def pct(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank)."""
     ordered = sorted(values)
@@ -288,6 +292,9 @@ async def fanout(
     await latis()  # warm-up
     for _ in range(sizes.fanout_rounds):
         for name, run in (("bare", bare), ("latis", latis)):
+            # Each run starts on a quiet fleet: a coordination's sessions close
+            # after its answer, and that work must not land in the next run.
+            await trio.sleep(SETTLE)
             t0 = perf()
             await run()
             out[name].append((perf() - t0) * MS)

@@ -223,3 +223,18 @@ def test_a_placement_policy_of_ones_own(team: Team, tmp_path: Path) -> None:
     assert wrong.returncode == 2, wrong.stderr
     assert "unknown placement policy 'nosuch' (known: capacity, last)" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+async def test_a_task_placed_by_capacity_frees_its_room_before_it_returns(team: Team) -> None:
+    """Two tasks one after the other on a one-session pool: the second is never told it
+    is queued (the first's session is closed when the first returns, not after)."""
+    team.unit("p1", config={"max_sessions": 1})
+    team.group("pool", ["p1"])
+    settings = latis_core.CoordinationSettings(count=1, source="pool")
+    second: list[latis_core.CoordinationEvent] = []
+    async with team.controller() as ctl:
+        first = await ctl.coordinate("one", [], lambda event: None, settings)
+        assert ctl.sessions == {}  # closed before the answer came back
+        result = await ctl.coordinate("two", [], second.append, settings)
+    assert first.outcome == result.outcome == "complete"
+    assert [e.text for e in second if e.type == "note"] == []

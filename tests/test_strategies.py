@@ -249,3 +249,21 @@ async def test_an_agent_named_twice_is_two_sessions(team: Team) -> None:
     for label in ("a", "a#2"):
         chunks = "".join(e.text for e in events if e.type == "chunk" and e.agent == label)
         assert chunks == "a answer 1"
+
+
+async def test_sessions_closed_behind_the_answer_are_all_closed_when_the_controller_stops(
+    team: Team,
+) -> None:
+    """A coordination returns with its answer and its sessions close behind it, in the
+    controller (the answer of a fleet does not wait for one more round trip to every
+    unit): a controller that stops right after still closes every one of them."""
+    for name in "ab":
+        team.unit(name)
+    async with team.controller() as ctl:
+        result = await ctl.coordinate("t", ["a", "b"])
+        sessions = [agent.session for agent in result.agents]
+        assert result.outcome == "complete" and all(sessions)
+    with latis_core.StateStore(latis_core.paths().state_file) as state:
+        for sid in sessions:
+            found = state.get_session(str(sid))
+            assert found is not None and found.state == "closed"

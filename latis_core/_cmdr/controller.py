@@ -23,7 +23,15 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -181,6 +189,8 @@ class Controller(HumanLoop, PromptEngine):
         self.state = state
         self.paths = paths
         self._nursery = nursery
+        #: Where `run_behind` runs work: waited for before the controller stops.
+        self._behind = nursery
         self._db_limiter = trio.CapacityLimiter(1)
         self._reads: StateDB | None = None
         self.units: dict[str, UnitRuntime] = {}
@@ -967,6 +977,13 @@ class Controller(HumanLoop, PromptEngine):
             raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
         return rt
 
+    def run_behind(self, fn: Callable[[], Awaitable[object]]) -> None:
+        """Run `fn` in the controller: work its caller need not wait for (a
+        coordination's sessions closing after its answer). A controller that
+        stops waits for it first (with its units still connected and its
+        writer still storing); `fn` bounds itself."""
+        self._behind.start_soon(fn)
+
     async def destroy_session(self, sid: str) -> None:
         """End a session (cancelling its prompt, if one runs)."""
         rt = await self.session_unit(sid)
@@ -1154,7 +1171,9 @@ async def open_controller(
             nursery.start_soon(controller.writer.run)
             await controller.dialins.start(nursery)
             try:
-                yield controller
+                async with trio.open_nursery() as behind:
+                    controller._behind = behind
+                    yield controller
             finally:
                 nursery.cancel_scope.cancel()
                 if controller._reads is not None:

@@ -534,6 +534,10 @@ async def coordinate(
     limit = settings.timeout
     # Stored by the record's first write, beside the agents' first steps (not before them).
     record.row = (task, settings.strategy, _settings_dict(settings), list(units))
+    # Its sessions close after its answer (in the controller's nursery), unless
+    # it was placed by capacity (the next task counts on the room they free)
+    # or it is being cancelled (then they close, bounded, before it returns).
+    close_behind = False
     async with trio.open_nursery() as keeper:
         keeper.start_soon(record.keep)
         try:
@@ -541,6 +545,7 @@ async def coordinate(
                 with team.doomed:
                     async with placed(controller, slots, settings.placement,
                                       team.queued) as (chosen, holding):
+                        close_behind = not holding
                         for agent, unit in zip(team.agents.values(), chosen, strict=True):
                             agent.unit = unit
                         # (In the keeper: `close` waits, bounded, for every open.)
@@ -559,10 +564,14 @@ async def coordinate(
             outcome, error = "error", str(exc)
         except BaseException:
             outcome, error = "cancelled", "cancelled"
+            close_behind = False
             raise
         finally:
             await team.stop_all()
-            await team.close()
+            if close_behind:
+                controller.run_behind(team.close)
+            else:
+                await team.close()
             for agent in team.agents.values():
                 if agent.failed is None:
                     if outcome == "complete":
