@@ -284,9 +284,13 @@ async def stream_p99(sizes: Sizes, sessions: list[latis_core.Session]) -> float:
 
 
 async def fanout(
-    sizes: Sizes, bare: Callable[[], Awaitable[None]], latis: Callable[[], Awaitable[None]]
+    sizes: Sizes,
+    bare: Callable[[], Awaitable[None]],
+    latis: Callable[[], Awaitable[None]],
+    settled: Callable[[], bool] = lambda: True,
 ) -> dict[str, list[float]]:
-    """One prompt to every unit, bare and through latis, interleaved: ms each."""
+    """One prompt to every unit, bare and through latis, interleaved: ms each. Each
+    run starts once `settled()` (and `SETTLE` seconds after the last)."""
     out: dict[str, list[float]] = {"bare": [], "latis": []}
     await bare()
     await latis()  # warm-up
@@ -295,6 +299,8 @@ async def fanout(
             # Each run starts on a quiet fleet: a coordination's sessions close
             # after its answer, and that work must not land in the next run.
             await trio.sleep(SETTLE)
+            while not settled():  # noqa: ASYNC110 (polled between runs, off the clock)
+                await trio.sleep(0.005)
             t0 = perf()
             await run()
             out[name].append((perf() - t0) * MS)
@@ -404,7 +410,8 @@ async def inproc_rows(sizes: Sizes, folder: str) -> dict[str, Any]:
             if result.outcome != "complete":
                 raise RuntimeError(f"the coordination ended {result.outcome}: {result.error}")
 
-        out = await fanout(sizes, functools.partial(bare_fanout, direct), coordinated)
+        out = await fanout(sizes, functools.partial(bare_fanout, direct), coordinated,
+                           lambda: not ctl.sessions)
         nursery.cancel_scope.cancel()
     return out
 
