@@ -3,7 +3,8 @@
     python _load_fleet.py ENROLLMENTS.json
 
 ENROLLMENTS.json is a list of `{"unit", "secret", "url"}` (what `unit.enroll`
-returns). Each unit runs through the public library (`open_unit`, `dial_cmdr`)
+returns). The process runs at nice 19: it stands in for remote machines.
+Each unit runs through the public library (`open_unit`, `dial_cmdr`)
 with the echo agent. Every 0.25 s the process prints one JSON line:
 `{"ever": N, "since_mark": M, "refused": R}`: units connected at least once,
 units connected since the last `mark` line read on stdin, and units cmdr
@@ -22,6 +23,11 @@ import latis_core
 
 
 async def main(path: str) -> None:
+    # These processes stand in for the fleet's own machines: they yield the CPU
+    # to cmdr and the CLI, which on a real fleet would have their host to
+    # themselves (on 2 shared cores, 20 of them at full priority starve any
+    # command run beside them, whatever it does).
+    os.nice(19)
     entries = json.loads(await trio.Path(path).read_text())
     since_mark: set[int] = set()
     ever: set[int] = set()

@@ -67,11 +67,13 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
             table.add_row(*row)
         out().print(table)
         return
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    lines = [" " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += [" " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
-              for row in rows]
-    sys.stdout.write("\n".join(line.rstrip() for line in lines) + "\n")
+    widths = [max(len(c), max(map(len, cells)))
+              for c, cells in zip(columns, zip(*rows, strict=True), strict=True)]
+    # One format per line (10,000 units: one call a row, not one a cell).
+    line = " " + "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [line.format(*columns).rstrip()]
+    lines += [line.format(*row).rstrip() for row in rows]
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def fail(message: str) -> None:
