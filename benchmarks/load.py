@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # bench.py's isolated LATIS_HOME, minimal cyclopts app, and way to run `latis`.
-from bench import MINI_APP, LatisHome, latis_argv, log  # noqa: E402
+from bench import MINI_APP, LatisHome, compile_latis, latis_argv, log  # noqa: E402
 from fleet_config import fleet_config  # noqa: E402  (tests/, on the path since bench)
 
 import latis_core  # noqa: E402
@@ -895,6 +895,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = Sizes(args.short)
     latis = latis_argv()
+    compile_latis()
     started = perf()
     raw: dict[str, Any] = {}
     try:
