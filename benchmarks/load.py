@@ -107,6 +107,19 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs: it exists and has not ended (a daemon whose parent
+    is init stays a zombie until init reaps it, which here takes up to ~2 s)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return line.split()[1] not in ("Z", "X")
+    except OSError:
+        return False
+    return True
+
+
 def rss_kib(pid: int) -> int:
     """The resident memory of `pid`, in KiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -575,9 +588,9 @@ async def dialin_async(sizes: Sizes, home: LatisHome, latis: list[str]) -> dict[
                 check=False,
             )
             with trio.move_on_after(300):
-                while pid is not None and os.path.exists(f"/proc/{pid}"):  # noqa: ASYNC110, ASYNC240
+                while pid is not None and alive(pid):  # noqa: ASYNC110
                     await trio.sleep(0.05)
-            if pid is not None and os.path.exists(f"/proc/{pid}"):  # noqa: ASYNC240
+            if pid is not None and alive(pid):
                 raise RuntimeError(f"cmdr (pid {pid}) did not stop within 300 s")
             out["stop_s"] = perf() - t0
             cmdr_log = trio.Path(home.path, "log", "cmdr.log")
