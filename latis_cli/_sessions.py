@@ -451,8 +451,8 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
     rows = []
     for u in units:
         states = list(u["sessions"].values())
-        busy = sum(1 for s in states if s == "busy")
-        waiting = sum(1 for s in states if s == "waiting")
+        busy = states.count("busy")
+        waiting = states.count("waiting")
         seen = "now" if pid and u["connection"] == "connected" else _ago(u["last_seen"])
         rows.append((u["unit"], u["provisioner"] or "-", _connection(u), str(len(states)),
                      str(busy), str(waiting), seen, _note(u)))
