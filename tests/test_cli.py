@@ -177,6 +177,23 @@ class TestDailyFlow:
         text = home.ok("session", "show", sid).stdout
         assert f"> {WORDS}" in text and WORDS in text
 
+    def test_status_alone_prints_what_the_parsed_command_prints(self, home: Home) -> None:
+        """`latis status` (and `--json`) alone on the command line run before the parser is
+        built; with a global option first they go through it: the same table, the same
+        JSON, and `--help` still answers."""
+        home.add_slow_unit()
+        home.ok("unit", "up", "slow")
+        fast, parsed = home.ok("status"), home.ok("--no-color", "status")
+        assert fast.stdout == parsed.stdout and fast.stderr == parsed.stderr
+        assert "slow" in fast.stdout and "connected" in fast.stdout
+        def seen_aside(data: dict[str, Any]) -> dict[str, Any]:
+            for unit in data["units"]:
+                unit.pop("last_seen")  # (a heartbeat may move it between the two)
+            return data
+
+        assert seen_aside(home.json("status")) == seen_aside(home.json("--no-color", "status"))
+        assert "What runs where" in home.ok("status", "--help").stdout
+
     def test_ctrl_c_cancels_the_prompt_on_the_unit(self, home: Home) -> None:
         """SIGINT mid-stream cancels the prompt on the unit: it stops, the session is idle."""
         home.add_slow_unit(delay="0.1")
