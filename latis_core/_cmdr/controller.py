@@ -1168,7 +1168,7 @@ async def open_controller(
     with unwrap_group():
         # The writer stops last: the tasks' own last writes as they are cancelled
         # (10,000 dial-in units each recording their connection's end) still
-        # go in its batches, not in a thread hop each (10 s at 10,000 units).
+        # go in its batches, not in a thread hop each.
         async with trio.open_nursery() as last:
             async with trio.open_nursery() as nursery:
                 controller = Controller(config, state, paths or default_paths(), nursery)
