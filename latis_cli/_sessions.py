@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from cyclopts import App, Parameter
 
@@ -18,9 +18,6 @@ from . import _complete
 from ._cmdr import ERROR, OK, USAGE
 from ._run import run_with_cmdr
 from ._status import _ago, _state
-
-if TYPE_CHECKING:
-    pass
 
 #: A session id argument, completed from the state file.
 _SessionName = Annotated[str, Parameter(completer=_complete.sessions)]
@@ -103,7 +100,6 @@ def new(
 
 def _check_connector(unit: str, connector: str) -> str | None:
     """Why `unit` cannot be reached through transport `connector` (None if it can)."""
-
     from latis_core import ConfigError, load_config
 
     try:
