@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import tomli
 
 from latis_core._cmdr.config_convert import _STRICT, _faults, _kind, _unknown, typed_text
 from latis_core._cmdr.config_file import ConfigError, find_config
@@ -620,8 +620,8 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     """
     file = str(source) if source is not None else _NO_FILE
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
         found = re.search(r"at line (\d+)", str(exc))
         problem = ConfigProblem(
             file, int(found[1]) if found else None, None, None, f"invalid TOML: {exc}"

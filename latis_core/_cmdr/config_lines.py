@@ -1,4 +1,4 @@
-"""Where keys are in a TOML text: the line of each table and key (tomllib gives none).
+"""Where keys are in a TOML text: the line of each table and key (the TOML parser gives none).
 
 `_Locator(text).line(path)` answers for a key path (`("units", "box", "dial")`,
 an array's entries by index), so that config errors can name their line.
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import re
-import tomllib
 from collections.abc import Callable
 from typing import Any
+
+import tomli
 
 #: A key path from the top of a file: table and key names, array indexes.
 _Keys = tuple[str | int, ...]
@@ -33,8 +34,8 @@ def _split_key(dotted: str) -> tuple[str, ...]:
         # The common case, without a TOML parse per line (config is O(units) lines).
         return tuple(part.strip(" \t") for part in dotted.split("."))
     try:
-        node: Any = tomllib.loads(f"{dotted} = 0")
-    except tomllib.TOMLDecodeError:
+        node: Any = tomli.loads(f"{dotted} = 0")
+    except tomli.TOMLDecodeError:
         return ()
     keys: list[str] = []
     while isinstance(node, dict):
@@ -91,7 +92,7 @@ class _ValueScan:
 
 
 class _Locator:
-    """The line of each table and key in a TOML text (tomllib gives none).
+    """The line of each table and key in a TOML text (the TOML parser gives none).
 
     Knows `[table]` and `[[array]]` headers, `key = ` lines (dotted keys too),
     and inline tables in arrays; a key it cannot place gets the line of the
