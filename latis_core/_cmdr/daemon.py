@@ -258,25 +258,27 @@ class _Client(ServerConnection):
         link = self.link
         try:
             # What came together leaves together: one write per batch, from
-            # this task (no flush task per chunk).
-            async for batch in self.ctl.follow_batches(prompt_id, after):
-                if self.closed:
-                    return
-                out: list[Message] = []
-                for kind, payload in batch:
-                    if kind == "chunk":
-                        out.append(ResponseChunk(rid, payload.seq, payload.text, payload.kind,
-                                                 payload.data))
-                    elif kind == "input":
-                        out.append(InputRequest(rid, payload.input, payload.question,
-                                                payload.options, payload.kind, payload.data))
-                    else:
-                        out.append(_final(rid, payload))
-                self.send_many(out)
-                if batch[-1][0] == "end":
-                    return
-                if link.buffered > HIGH_WATER:
-                    await link.wait_drained()
+            # this task (no flush task per chunk). Closed here when it ends: an
+            # async generator left to the garbage collector costs trio a task.
+            async with contextlib.aclosing(self.ctl.follow_batches(prompt_id, after)) as batches:
+                async for batch in batches:
+                    if self.closed:
+                        return
+                    out: list[Message] = []
+                    for kind, payload in batch:
+                        if kind == "chunk":
+                            out.append(ResponseChunk(rid, payload.seq, payload.text, payload.kind,
+                                                     payload.data))
+                        elif kind == "input":
+                            out.append(InputRequest(rid, payload.input, payload.question,
+                                                    payload.options, payload.kind, payload.data))
+                        else:
+                            out.append(_final(rid, payload))
+                    self.send_many(out)
+                    if batch[-1][0] == "end":
+                        return
+                    if link.buffered > HIGH_WATER:
+                        await link.wait_drained()
         finally:
             self.prompts.pop(rid, None)
 
