@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -388,7 +388,7 @@ class PromptEngine:
 
     async def follow_batches(
         self, prompt_id: int, after: int = -1, *, lost: bool = False
-    ) -> AsyncIterator[list[tuple[str, Any]]]:
+    ) -> AsyncGenerator[list[tuple[str, Any]], None]:
         """`follow`, the events that came together in one list (one wake for
         all of them: for followers that take many at a time).
 
