@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -94,6 +95,46 @@ class TestConcurrency:
                         i % 3 == 2 and got == "busy"
                     )
                 assert len(results) == 100
+            nursery.cancel_scope.cancel()
+
+    async def test_many_connections_at_once_then_one(self) -> None:
+        """Requests waiting at once on many connections (two on each) all get their replies, while
+        requests come and go (a lone one reads its connection itself, many leave it to
+        each connection's reader: the hand-over between the two loses nothing), and a
+        lone request afterwards still does."""
+        async with trio.open_nursery() as nursery:
+            units: list[latis_core.UnitClient] = []
+            async with contextlib.AsyncExitStack() as stack:
+                for _ in range(12):
+                    ours, theirs = socket_stream_pair()
+                    nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent())
+                    units.append(await stack.enter_async_context(latis_core.connect(ours)))
+                sessions = [await unit.create_session() for unit in units]
+                done: list[str] = []
+
+                async def one(i: int) -> None:
+                    for round_ in range(5):
+                        if (i + round_) % 2:
+                            await units[i].ping()
+                            done.append("pong")
+                        else:
+                            text = await sessions[i].prompt(f"a{i} b{round_}").text()
+                            assert text == f"a{i} b{round_}"
+                            done.append(text)
+                        await trio.sleep(0.001 * (i % 3))  # waits start and end unevenly
+
+                async def pings(i: int) -> None:
+                    for _ in range(5):
+                        await units[i].ping()
+                        done.append("pong")
+
+                with trio.fail_after(20):
+                    async with trio.open_nursery() as inner:
+                        for i in range(len(units)):
+                            inner.start_soon(one, i)
+                            inner.start_soon(pings, i)  # two waiting on one connection
+                    assert len(done) == 10 * len(units)
+                    assert await sessions[3].prompt("alone now").text() == "alone now"
             nursery.cancel_scope.cancel()
 
     async def test_request_is_a_checkpoint(self) -> None:
