@@ -137,6 +137,55 @@ class TestConcurrency:
                     assert await sessions[3].prompt("alone now").text() == "alone now"
             nursery.cancel_scope.cancel()
 
+    async def test_take_chunks_takes_what_is_here_up_to_a_gap(self) -> None:
+        """A batch consumer's `take_chunks` returns the chunks already here, in order,
+        without waiting; it leaves a gap in their sequence and the end to `__anext__`,
+        which reports the gap (chunk 3 after chunk 1)."""
+        ours, theirs = socket_stream_pair()
+
+        async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
+            if await answer_hello(unit, msg):
+                return
+            if msg["type"] == "session.create":
+                await unit.send({"type": "ack", "id": msg["id"], "data": {"session": "s"}})
+            elif msg["type"] == "prompt.send":
+                for seq in (0, 1, 3, 4):
+                    await unit.send({"type": "response.chunk", "id": msg["id"], "seq": seq,
+                                     "text": f"c{seq}"})
+                await unit.send({"type": "response.complete", "id": msg["id"], "chunks": 5})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(FakeUnit(theirs, handler).run)
+            async with latis_core.connect(ours) as unit:
+                session = await unit.create_session()
+                stream = session.prompt("go")
+                first = await stream.__anext__()
+                while stream.ready < 4:  # the rest (3 chunks and the end) has arrived
+                    await trio.sleep(0.01)
+                with trio.testing.assert_no_checkpoints():
+                    taken = stream.take_chunks(100)
+                assert [first.text, *(c.text for c in taken)] == ["c0", "c1"]
+                with pytest.raises(latis_core.RemoteProtocolError, match="chunks are missing"):
+                    await stream.__anext__()
+            nursery.cancel_scope.cancel()
+
+    async def test_take_chunks_leaves_the_end(self) -> None:
+        """After `take_chunks` took every chunk, iteration ends with the prompt's outcome."""
+        ours, theirs = socket_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent())
+            async with latis_core.connect(ours) as unit:
+                session = await unit.create_session()
+                stream = session.prompt("a b c d")
+                first = await stream.__anext__()
+                while stream.ready < 4:  # three chunks and the end
+                    await trio.sleep(0.01)
+                rest = stream.take_chunks(100)
+                assert first.text + "".join(c.text for c in rest) == "a b c d"
+                assert [c async for c in stream] == []
+                assert stream.outcome == "complete"
+            nursery.cancel_scope.cancel()
+
     async def test_request_is_a_checkpoint(self) -> None:
         """Awaiting a request always lets other tasks run and honours cancellation."""
         ours, theirs = socket_stream_pair()

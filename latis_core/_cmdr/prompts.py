@@ -183,15 +183,9 @@ class PromptEngine:
                         first = await stream.__anext__()
                     except StopAsyncIteration:
                         break
-                    batch = [first]
-                    while stream.ready and len(batch) < 4096 and not stream.done:
-                        try:
-                            batch.append(await stream.__anext__())
-                        except StopAsyncIteration:
-                            break
+                    # What came with it, in one call: not an `__anext__` a chunk.
+                    batch = [first, *stream.take_chunks(4095)]
                     await self._take(record, batch)
-                    if stream.final is not None:
-                        break
                 chunks = getattr(stream.final, "chunks", None)
                 end = {"outcome": stream.outcome or "complete",
                        "chunks": record.received + 1 if chunks is None else chunks}

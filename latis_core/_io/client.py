@@ -109,6 +109,22 @@ class PromptStream(ReplyStream):
                 return ev  # type: ignore[no-any-return]
             await self.reply(await self._on_input(ev))
 
+    def take_chunks(self, limit: int) -> list[ResponseChunk]:
+        """Up to `limit` chunks that are here already, in order, without waiting
+        (for a consumer that takes a batch at a time). It stops before a question,
+        the end, or a gap in the chunks' sequence: the next `__anext__` takes
+        those (and reports the gap)."""
+        chunks: list[ResponseChunk] = self.take_ready(ResponseChunk, limit)
+        seq = self._next_seq
+        for i, chunk in enumerate(chunks):
+            if chunk.seq != seq:
+                self._w.events.extendleft(reversed(chunks[i:]))
+                del chunks[i:]
+                break
+            seq += 1
+        self._next_seq = seq
+        return chunks
+
     def _check_count(self) -> None:
         sent = getattr(self.final, "chunks", None)
         if sent is not None and sent != self._next_seq:

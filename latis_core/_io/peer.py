@@ -574,6 +574,26 @@ class ReplyStream:
         """How many replies have arrived and wait to be taken (taking them needs no wait)."""
         return len(self._w.events)
 
+    def take_ready(self, cls: type, limit: int) -> list[Any]:
+        """Up to `limit` replies of class `cls` that are here, in order, without
+        waiting: those before the first of another class, never the final one.
+
+        For a consumer that takes a batch at a time (the controller's pump):
+        one call, not an `__anext__` a reply.
+        """
+        w = self._w
+        events = w.events
+        if w.discard or self.final is not None:
+            return []
+        keep = 1 if w.final else 0  # the final reply is left to `__anext__`
+        out: list[Any] = []
+        while len(events) > keep and len(out) < limit and type(events[0]) is cls:
+            out.append(events.popleft())
+        if out and w.over and len(events) <= self._peer.queue_limit // 2:
+            w.over = False
+            self._peer._unpause()
+        return out
+
     def cancel_nowait(self) -> None:
         """Send `prompt.cancel` for this request now, without waiting for its end.
 
