@@ -248,6 +248,60 @@ class TestDaemon:
             state = await unit.state()
             assert state.sessions == {session.id: "idle"}
 
+    async def test_a_client_that_falls_behind_gets_every_chunk_once(self, home: Path) -> None:
+        """A long answer reaches a client that stops reading for a while whole, in order
+        and once: the daemon writes a prompt's chunks to its client as they come, and
+        when the client's connection backs up it goes on at the client's pace (another
+        client, which follows the same prompt, gets it all too)."""
+        config = parse_config(
+            '[units.long]\nagent_options = { repeat = "4000" }\n'
+            '[units.long.provisioner]\ntype = "process"\n'
+        )
+        words = 10
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(serve_daemon, config)
+            async with client(home) as slow, client(home) as other:
+                session = await slow.create_session(unit="long")
+                stream = session.prompt(" ".join(f"w{i}" for i in range(words)))
+                texts = [(await stream.__anext__()).text]
+                info = await call(other, "session.get", session=session.id)
+                follower = await latis_core.Session(other, session.id).reattach(
+                    info["last_prompt"]["id"])
+                await trio.sleep(1.0)  # `slow` reads nothing: its queue and the socket fill
+                with trio.fail_after(60):
+                    texts += [chunk.text async for chunk in stream]
+                    followed = [chunk.text async for chunk in follower]
+                assert stream.outcome == "complete"
+                assert len(texts) == words * 4000
+                assert texts[:words] == [f"w{i} " for i in range(words)]
+                assert "".join(followed) == "".join(texts)
+            running.stop.set()
+
+    async def test_a_failing_write_to_a_client_loses_nothing(
+        self, home: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A fault (injected) while the prompt's pump writes to a client is logged;
+        that client's follower goes on reading the prompt itself, and the prompt runs
+        on: the client gets the whole answer, once."""
+        import latis_core._cmdr.daemon as daemon_module
+
+        real = daemon_module._messages
+        failures: list[int] = []
+
+        def failing_once(rid: Any, events: list[tuple[str, Any]]) -> Any:
+            if not failures and any(kind == "chunk" for kind, _ in events):
+                failures.append(len(events))
+                raise RuntimeError("injected")
+            return real(rid, events)
+
+        monkeypatch.setattr(daemon_module, "_messages", failing_once)
+        async with daemon(home), client(home) as unit:
+            session = await unit.create_session(unit="slow")
+            with trio.fail_after(30):
+                assert await session.prompt(WORDS).text() == WORDS
+            assert failures  # the fault was hit
+            assert await session.prompt("and again").text() == "and again"
+
     async def test_errors_have_codes(self, home: Path) -> None:
         """Unknown units, methods and unreachable units get their own error codes."""
         async with daemon(home), client(home) as unit:

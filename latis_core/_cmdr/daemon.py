@@ -255,32 +255,105 @@ class _Client(ServerConnection):
     async def forward(self, rid: RequestId, prompt_id: int, after: int) -> None:
         """Send prompt `prompt_id`'s events to this client under `rid`, to the end."""
         self.prompts[rid] = prompt_id
-        link = self.link
         try:
-            # What came together leaves together: one write per batch, from
-            # this task (no flush task per chunk). Closed here when it ends: an
-            # async generator left to the garbage collector costs trio a task.
-            async with contextlib.aclosing(self.ctl.follow_batches(prompt_id, after)) as batches:
-                async for batch in batches:
-                    if self.closed:
-                        return
-                    out: list[Message] = []
-                    for kind, payload in batch:
-                        if kind == "chunk":
-                            out.append(ResponseChunk(rid, payload.seq, payload.text, payload.kind,
-                                                     payload.data))
-                        elif kind == "input":
-                            out.append(InputRequest(rid, payload.input, payload.question,
-                                                    payload.options, payload.kind, payload.data))
-                        else:
-                            out.append(_final(rid, payload))
-                    self.send_many(out)
-                    if batch[-1][0] == "end":
-                        return
-                    if link.buffered > HIGH_WATER:
-                        await link.wait_drained()
+            start = None
+            if after == -1:
+                pushed = await self._push(rid, prompt_id)
+                if pushed is None:
+                    return  # the end was sent, or the client is gone
+                after, start = pushed
+            await self._pull(rid, prompt_id, after, start)
         finally:
             self.prompts.pop(rid, None)
+
+    async def _push(self, rid: RequestId, prompt_id: int) -> tuple[int, int | None] | None:
+        """Forward a running prompt's events from its start as it publishes them:
+        written in its pump's task, without a hop through this one.
+
+        Returns None once the end is sent (or the client is gone); else where
+        `_pull` goes on, at the client's pace: (the last chunk sent, the events
+        sent), when this client's link fell behind, or (-1, None) for a prompt
+        whose events are not all in memory.
+        """
+        record = self.ctl.prompts.get(prompt_id)
+        if record is None or not record.whole or record.end is not None:
+            return -1, None  # (partly) in state, or ending: `_pull` reads it as it is
+        link = self.link
+        done = trio.Event()
+        last = -1
+        sent = 0
+        ended = False
+
+        def send(events: list[tuple[str, Any]]) -> bool:
+            nonlocal last, sent, ended
+            more = False
+            try:
+                if self.closed:
+                    return False
+                self.send_many(_messages(rid, events))
+                sent += len(events)
+                for kind, payload in events:
+                    if kind == "chunk":
+                        last = payload.seq
+                    elif kind == "end":
+                        ended = True
+                more = not ended and link.buffered <= HIGH_WATER
+                return more
+            finally:
+                if not more:  # (also if this failed: this task goes on, pulling)
+                    done.set()
+
+        # Nothing runs between this copy and `listen`: every event is sent once.
+        if record.events:
+            try:
+                send(list(record.events))
+            except Exception:  # (a bug: as a listener's, logged; this task pulls)
+                log.exception("prompt %s: writing to a client failed", prompt_id)
+        if not done.is_set():
+            record.listen(send)
+            try:
+                await done.wait()
+            finally:
+                record.unlisten(send)
+        if ended or self.closed:
+            return None
+        await link.wait_drained()
+        return last, sent
+
+    async def _pull(
+        self, rid: RequestId, prompt_id: int, after: int, start: int | None = None
+    ) -> None:
+        """Forward the prompt's events after chunk `after` (after its first `start`
+        events, if given), read as they come, from state first if they are there."""
+        link = self.link
+        # What came together leaves together: one write per batch, from this task
+        # (no flush task per chunk). Closed here when it ends: an async generator
+        # left to the garbage collector costs trio a task.
+        async with contextlib.aclosing(
+            self.ctl.follow_batches(prompt_id, after, start=start)
+        ) as batches:
+            async for batch in batches:
+                if self.closed:
+                    return
+                self.send_many(_messages(rid, batch))
+                if batch[-1][0] == "end":
+                    return
+                if link.buffered > HIGH_WATER:
+                    await link.wait_drained()
+
+
+def _messages(rid: RequestId, events: list[tuple[str, Any]]) -> list[Message]:
+    """A prompt's events as the messages a client gets for its request `rid`."""
+    out: list[Message] = []
+    for kind, payload in events:
+        if kind == "chunk":
+            out.append(ResponseChunk(rid, payload.seq, payload.text, payload.kind, payload.data))
+        elif kind == "input":
+            out.append(InputRequest(rid, payload.input, payload.question, payload.options,
+                                    payload.kind, payload.data))
+        else:
+            out.append(_final(rid, payload))
+    return out
 
 
 # ---- handlers (a fixed table: message class -> function) -------------------------------

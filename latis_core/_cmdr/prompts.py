@@ -75,11 +75,36 @@ class PromptRecord:
     #: Why its unit's connection is gone, until the prompt is picked up again.
     lost: str | None = None
     changed: trio.Event = attrs.field(factory=trio.Event)
+    #: Followers told of each publish as it happens (`listen`), None while none is.
+    listeners: list[Callable[[list[tuple[str, Any]]], bool]] | None = None
 
     def publish(self, new: list[tuple[str, Any]]) -> None:
         self.events.extend(new)
         self._trim()
+        if self.listeners:
+            # Called in the publisher's task: a listener that returns False is done.
+            self.listeners = [listener for listener in self.listeners
+                              if _told(listener, new, self.id)]
         self.wake()
+
+    @property
+    def whole(self) -> bool:
+        """Its events in memory are all it has had: none dropped from the window,
+        none only in state (a prompt picked up after a restart starts at the last
+        chunk stored). A follower can then take them from here alone."""
+        return self.first == 0 and _window_seq(self) == 0
+
+    def listen(self, listener: Callable[[list[tuple[str, Any]]], bool]) -> None:
+        """Call `listener` with each batch of events published from now on, until it
+        returns False (or `unlisten`). It runs in the publisher's task and must not
+        block: a follower that writes to a connection without waiting for a task hop
+        (the daemon's clients)."""
+        self.listeners = [*(self.listeners or ()), listener]
+
+    def unlisten(self, listener: Callable[[list[tuple[str, Any]]], bool]) -> None:
+        """Stop calling `listener` (nothing if it was not listening)."""
+        if self.listeners and listener in self.listeners:
+            self.listeners = [other for other in self.listeners if other is not listener]
 
     def wake(self) -> None:
         """Wake its followers (new events, or it was `lost`)."""
@@ -109,6 +134,17 @@ class PromptRecord:
         if drop:
             del events[:drop]
             self.first += drop
+
+
+def _told(listener: Callable[[list[tuple[str, Any]]], bool],
+          new: list[tuple[str, Any]], prompt_id: int) -> bool:
+    """Give `new` to `listener`; whether it listens on. A listener that fails is
+    dropped (logged): the prompt and its other followers go on."""
+    try:
+        return listener(new)
+    except Exception:
+        log.exception("prompt %s: a follower failed; it is dropped", prompt_id)
+        return False
 
 
 class PromptEngine:
@@ -381,17 +417,25 @@ class PromptEngine:
                 yield event
 
     async def follow_batches(
-        self, prompt_id: int, after: int = -1, *, lost: bool = False
+        self, prompt_id: int, after: int = -1, *, lost: bool = False,
+        start: int | None = None,
     ) -> AsyncGenerator[list[tuple[str, Any]], None]:
         """`follow`, the events that came together in one list (one wake for
         all of them: for followers that take many at a time).
 
         With `lost`, a ("lost", why) event also says when the unit's connection
         is gone (the controller waits for it to come back; the follower may not).
+        With `start`, a follower that was given the prompt's first `start` events
+        (the last chunk among them `after`) goes on from there, its questions not
+        given twice (unless it fell more than the window behind: then the
+        questions still open come from state, as for a new follower).
         """
         told = False  # of the loss
         seq = after
-        index: int | None = None  # the next event to read, counted from the prompt's start
+        # The next event to read, counted from the prompt's start.
+        index: int | None = start
+        # Open questions come from state on a first look behind the window.
+        fresh = True
         while True:
             record = self.prompts.get(prompt_id)
             if record is None:
@@ -415,13 +459,15 @@ class PromptEngine:
                             break
                         seq = row.seq
                         out.append(("chunk", _chunk(record.request_id, row)))
-                    if index is None:
+                    if fresh:
                         for pending in await self.read(self.reads.pending_inputs, prompt_id):
                             out.append(("input", _question(record.request_id, pending)))
                 index = record.first
+                fresh = False
                 if out:
                     yield out
                 continue
+            fresh = False
             changed = record.changed
             new = record.events[index - record.first :]
             index += len(new)
