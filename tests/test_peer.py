@@ -57,6 +57,14 @@ async def answer_hello(unit: FakeUnit, msg: dict[str, Any]) -> bool:
     return False
 
 
+async def first_then_ready(stream: Any, ready: int) -> Any:
+    """The stream's first reply, once `ready` more have arrived behind it."""
+    first = await stream.__anext__()
+    while stream.ready < ready:
+        await trio.sleep(0.01)
+    return first
+
+
 def count_tasks() -> int:
     def walk(task: trio.lowlevel.Task) -> int:
         return 1 + sum(walk(t) for n in task.child_nurseries for t in n.child_tasks)
@@ -159,9 +167,7 @@ class TestConcurrency:
             async with latis_core.connect(ours) as unit:
                 session = await unit.create_session()
                 stream = session.prompt("go")
-                first = await stream.__anext__()
-                while stream.ready < 4:  # the rest (3 chunks and the end) has arrived
-                    await trio.sleep(0.01)
+                first = await first_then_ready(stream, 4)  # 3 chunks and the end
                 with trio.testing.assert_no_checkpoints():
                     taken = stream.take_chunks(100)
                 assert [first.text, *(c.text for c in taken)] == ["c0", "c1"]
@@ -177,9 +183,7 @@ class TestConcurrency:
             async with latis_core.connect(ours) as unit:
                 session = await unit.create_session()
                 stream = session.prompt("a b c d")
-                first = await stream.__anext__()
-                while stream.ready < 4:  # three chunks and the end
-                    await trio.sleep(0.01)
+                first = await first_then_ready(stream, 4)  # three chunks and the end
                 rest = stream.take_chunks(100)
                 assert first.text + "".join(c.text for c in rest) == "a b c d"
                 assert [c async for c in stream] == []
