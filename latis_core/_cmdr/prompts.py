@@ -453,19 +453,19 @@ class PromptEngine:
                 # Behind the window: the chunks before it come from state.
                 window = _window_seq(record)
                 out: list[tuple[str, Any]] = []
-                read = 0
+                from_state = 0
                 if seq + 1 < window:
                     for row in await self.read(self.reads.chunks, prompt_id, seq):
                         if row.seq >= window:
                             break
                         seq = row.seq
                         out.append(("chunk", _chunk(record.request_id, row)))
-                    read = len(out)
+                    from_state = len(out)
                     if fresh:
                         for pending in await self.read(self.reads.pending_inputs, prompt_id):
                             out.append(("input", _question(record.request_id, pending)))
                 fresh = False
-                if not read or seq + 1 >= _window_seq(record):
+                if not from_state or seq + 1 >= _window_seq(record):
                     # Caught up with the window (the read's wait may have moved it on:
                     # then the chunks between come from state too, next time round).
                     index = record.first
