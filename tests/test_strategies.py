@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 from teams import Team, team_fixture
 
 import latis_core
@@ -104,6 +105,39 @@ async def test_pipeline_hands_each_output_to_the_next_agent(team: Team) -> None:
     assert [e["unit"] for e in team.events() if e["event"] == "prompt"] == ["c", "a", "b"]
     assert [step for _, step, _ in replies(events)] == ["stage 1", "stage 2", "stage 3"]
     assert (result.outcome, result.final) == ("complete", "b answer 1")
+
+
+async def test_pipeline_opens_every_stage_session_at_once(team: Team) -> None:
+    """The later stages' sessions open while the first stage works, not when their
+    turn comes: the first stage does not answer until all three are open."""
+    gate = team.gate()
+    team.unit("c", TEAM_GATE=gate)
+    for name in "ab":
+        team.unit(name)
+    started: list[str] = []
+    all_open = trio.Event()
+
+    def on_event(event: latis_core.CoordinationEvent) -> None:
+        if event.type == "started":
+            started.append(event.agent)
+            if len(started) == 3:
+                all_open.set()
+
+    async with team.controller() as ctl, trio.open_nursery() as nursery:
+        result: list[latis_core.Coordination] = []
+
+        async def run() -> None:
+            result.append(await ctl.coordinate(
+                "draft a reply", ["c", "a", "b"], on_event,
+                latis_core.CoordinationSettings(strategy="pipeline")))
+
+        nursery.start_soon(run)
+        with trio.fail_after(20):
+            await all_open.wait()
+        assert team.logged("done") == []  # the first stage still waits at its gate
+        team.open_gate()
+    assert sorted(started) == ["a", "b", "c"]
+    assert result[0].outcome == "complete"
 
 
 async def test_pipeline_skips_a_failed_stage(team: Team) -> None:

@@ -229,6 +229,11 @@ class _Agent:
     state: str = "queued"
     #: Set once its session is open (or could not be).
     opened: trio.Event = attrs.Factory(trio.Event)
+    #: Its session is being opened (or was).
+    opening: bool = False
+    #: A prompt was asked of it before its session was being opened: its first
+    #: prompt opens it, in the asking task (`_Team.open_all`).
+    asked: bool = False
 
 
 class _Team:
@@ -261,11 +266,12 @@ class _Team:
         self.started = trio.current_time()
 
     def event(self, type: str, agent: _Agent | None = None, **fields: Any) -> None:
-        if agent is not None:
-            fields = {"agent": agent.label, "unit": agent.unit, "session": agent.session,
-                      "state": agent.state} | fields
         elapsed = round(trio.current_time() - self.started, 3)
-        self._emit(CoordinationEvent(type, elapsed=elapsed, **fields))
+        if agent is None:
+            self._emit(CoordinationEvent(type, elapsed=elapsed, **fields))
+        else:
+            self._emit(CoordinationEvent(type, agent.label, agent.unit, agent.session,
+                                         state=agent.state, elapsed=elapsed, **fields))
 
     def set_state(self, agent: _Agent, state: str) -> None:
         if agent.state != state:
@@ -302,7 +308,8 @@ class _Team:
         """Close every session this coordination opened (frees the units' room)."""
         with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_WAIT):
             for agent in self.agents.values():
-                await agent.opened.wait()  # (an open still under way: then closed too)
+                if agent.opening:  # (an open still under way: then closed too)
+                    await agent.opened.wait()
             async with trio.open_nursery() as nursery:
                 for agent in self.agents.values():
                     if agent.session is not None:
@@ -315,6 +322,7 @@ class _Team:
             pass  # a unit that went away took its sessions with it
 
     async def open(self, agent: _Agent) -> None:
+        agent.opening = True
         try:
             created = await self.controller.create_session(agent.unit)
         except (LatisError, LookupError, OSError) as exc:
@@ -327,29 +335,34 @@ class _Team:
 
     async def open_all(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Open every agent's session at once (an agent's first prompt waits for its
-        own, not for all of them), then tag them."""
+        own, not for all of them).
+
+        An agent the strategy asks at once (parallel, roundtable, the first of a
+        pipeline) opens its session in the asking task instead, and is prompted
+        there: waking that task from an opening one costs each agent a pass of the
+        scheduler, which with a hundred agents on a busy loop is a tenth of the
+        whole task. The strategy starts when this one says it has started; two
+        passes later its first asks have marked their agents (`asked`). (Were it
+        slower, its agents would be opened here, and their prompts would wait for
+        that as before: only the hop is lost.)
+        """
         async with trio.open_nursery() as nursery:
-            for agent in self.agents.values():
-                nursery.start_soon(self.open, agent)
             task_status.started()
-        self.tag()
-
-    def tag(self) -> None:
-        """Tag every session opened with the coordination's id, in one write behind
-        (for `latis usage --by coordination`; off the agents' way)."""
-        state = self.controller.state
-        sessions = [a.session for a in self.agents.values() if a.session is not None]
-
-        def store() -> None:
-            for session in sessions:
-                tag_coordination(state, session, self.id)
-
-        self.controller.writer.post(store, f"the sessions of coordination {self.id}")
+            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+            for agent in self.agents.values():
+                if not (agent.asked or agent.opening):
+                    nursery.start_soon(self.open, agent)
 
     async def ask(self, label: str, text: str, *, step: str = "") -> str | None:
+        if label in self.agents:
+            self.agents[label].asked = True  # (before any checkpoint: see `open_all`)
         return await self._ask(label, text, step, "task", 0)
 
     async def ask_each(self, prompts: Mapping[str, str], *, step: str = "") -> dict[str, str]:
+        for label in prompts:
+            if label in self.agents:
+                self.agents[label].asked = True
         replies: dict[str, str] = {}
 
         async def one(label: str, text: str) -> None:
@@ -367,7 +380,10 @@ class _Team:
         # One prompt at a time per session, in the order asked (the lock is
         # fair: taken before the session is open, the task comes first).
         async with agent.lock:
-            await agent.opened.wait()
+            if agent.opening:
+                await agent.opened.wait()
+            else:
+                await self.open(agent)
             if agent.failed is not None or agent.session is None:
                 return None
             reply = await self._prompt(agent, text, step, source)
@@ -598,25 +614,32 @@ def _settings_dict(settings: CoordinationSettings) -> dict[str, Any]:
 
 class _Record:
     """Stores a coordination (its row with its first write) and its events (all but
-    chunks) as they come, in batches."""
+    chunks) as they come, in batches; and tags the sessions it opened with its id
+    (for `latis usage --by coordination`), in the same writes."""
 
     def __init__(self, controller: Controller, id: str) -> None:
         self.controller = controller
         self.id = id
         #: (task, strategy, settings, units) until the row is stored.
         self.row: tuple[str, str, dict[str, Any], list[str]] | None = None
-        self.pending: list[dict[str, Any]] = []
+        #: Events not stored yet (made JSON-ready when they are: off the agents' way).
+        self.pending: list[CoordinationEvent] = []
         self.stored = 0
+        #: Sessions opened and not tagged yet.
+        self.sessions: list[str] = []
 
     def event(self, event: CoordinationEvent) -> None:
         if event.type != "chunk":  # chunks are in the prompts' own transcripts
-            self.pending.append(event.to_dict())
+            self.pending.append(event)
+            if event.type == "started" and event.session is not None:
+                self.sessions.append(event.session)
 
     def flush(self, end: Coordination | None = None) -> None:
         """Store the events pending (and with `end`, how it ended), in one write
         behind (the controller's reads see it; nothing here waits for the disk)."""
         state = self.controller.state
         batch, self.pending = self.pending, []
+        sessions, self.sessions = self.sessions, []
         first = self.stored
         row, self.row = self.row, None
         self.stored += len(batch)
@@ -625,7 +648,9 @@ class _Record:
             if row is not None:
                 state.add_coordination(self.id, *row)
             if batch:
-                state.add_coordination_events(self.id, first, batch)
+                state.add_coordination_events(self.id, first, [e.to_dict() for e in batch])
+            for session in sessions:
+                tag_coordination(state, session, self.id)
             if end is not None:
                 state.end_coordination(self.id, end.outcome, end.final, end.error)
 
