@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchrun import run_benchmark
 
 ROWS = [
     "F1",
@@ -50,19 +44,9 @@ def test_bench_quick_prints_every_row() -> None:
     pytest.importorskip("zmq")
     pytest.importorskip("execnet")
     pytest.importorskip("acp", reason="the acp rows run agents written with the ACP SDK")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=290,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.rstrip("\n").splitlines()
-    table = "\n".join(lines[:-1])
+    table, doc = run_benchmark("bench.py", "--quick", timeout=290)
     for name in ROWS:
         assert f"\n{name} " in table, f"row {name} missing from:\n{table}"
-    doc = json.loads(lines[-1])
     assert set(ROWS) <= set(doc["rows"])
     for name in TRANSPORTS:
         assert f"raw_{name}" in doc["rows"], name
@@ -78,13 +62,7 @@ def test_provision_cloud_prints_every_row() -> None:
     """benchmarks/provision_cloud.py runs one round against moto and kmock and prints each row."""
     pytest.importorskip("moto")
     pytest.importorskip("kmock")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "provision_cloud.py"), "--rounds", "1",
-         "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads(proc.stdout.splitlines()[-1])
+    _, results = run_benchmark("provision_cloud.py", "--rounds", "1", timeout=110)
     assert list(results) == ["ec2_floor", "ec2_handoff", "ec2_latis", "k8s_floor",
                              "k8s_handoff", "k8s_latis"]
     assert all(row["median"] > 0 for row in results.values())
@@ -98,12 +76,7 @@ def test_web_short_prints_every_row() -> None:
 
     if not have_chromium():
         pytest.skip("chromium and chromium-driver are not installed (.ci/run installs them)")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "web.py"), "--short", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=230,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = json.loads(proc.stdout.splitlines()[-1])["rows"]
+    rows = run_benchmark("web.py", "--short", timeout=230)[1]["rows"]
     assert list(rows) == ["page_load", "cpu_floor", "cpu_attach", "cpu_web", "lat_attach",
                           "lat_web_dom"]
     assert rows["lat_web_dom"]["n"] > 0 and rows["cpu_web"]["chunks"] > 0
