@@ -15,7 +15,7 @@ import json
 import struct
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,53 @@ async def test_a_unit_that_drops_a_silent_controller_keeps_the_prompt_for_a_resu
         assert stream.outcome == "complete"
         assert dropped < 5.0  # the drop came while the prompt still ran (10 s of chunks)
         nursery.cancel_scope.cancel()
+
+
+async def test_one_silent_controller_among_many_is_dropped_and_the_others_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A unit keeps the keep-alive clocks of all its connections in one task: a
+    controller that stops answering gets one ping 15 s after its hello and is
+    dropped 10 s later, one that goes silent later is found the same way, and the
+    three that answer are pinged every 15 s of silence and stay connected (also
+    after one of them hung up)."""
+
+    async def mute(started: float) -> tuple[list[float], float]:
+        """A controller that says hello and never answers: its pings, when it was closed."""
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(unit.serve, theirs)
+        await ours.send_all(frame({"type": "hello", "id": 0, "protocol": 1, "role": "cmdr"}))
+        pings = []
+        with trio.fail_after(60):
+            while data := await ours.receive_some():
+                if b'"ping"' in data:
+                    pings.append(trio.current_time() - started)
+        return pings, trio.current_time() - started
+
+    async with (
+        latis_core.open_unit(
+            latis_core.EchoAgent(), name="u", heartbeat=15.0, heartbeat_timeout=10.0
+        ) as unit,
+        trio.open_nursery() as nursery,
+        AsyncExitStack() as stack,
+    ):
+        answering = []
+        for _ in range(3):
+            ours, theirs = trio.testing.memory_stream_pair()
+            nursery.start_soon(unit.serve, theirs)
+            answering.append(await stack.enter_async_context(latis_core.connect(ours)))
+        first = await mute(trio.current_time())
+        await answering[0].peer.aclose()
+        await trio.sleep(20)
+        later = await mute(trio.current_time())
+        await trio.sleep(100)  # the others answer ping after ping meanwhile
+        for client in answering[1:]:
+            assert not client.peer.closed
+            assert (await client.create_session()).id
+        nursery.cancel_scope.cancel()
+    for pings, closed in (first, later):
+        assert pings == [pytest.approx(15.0, abs=0.01)]
+        assert closed == pytest.approx(25.0, abs=0.01)
 
 
 # ---- end to end --------------------------------------------------------------------------

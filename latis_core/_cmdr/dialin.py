@@ -49,6 +49,7 @@ from latis_core._io.accept import (
     serve_listener,
 )
 from latis_core._io.client import UnitClient
+from latis_core._io.heartbeat import Heartbeats
 from latis_core._io.peer import open_peer
 from latis_core._wire.auth import METHOD, new_challenge, verify
 from latis_core._wire.codec import encode
@@ -166,15 +167,18 @@ class DialIns:
                 log.info("%s: listening", label)
                 lr.refusals = RefusalLog(label)
                 task_status.started()
-                await serve_listener(
-                    accepting,
-                    functools.partial(self._dialed_in, lr),
-                    gate=self._gate(options),
-                    stats=lr.stats,
-                    label=label,
-                    refuse=_tell_busy,
-                    refusals=lr.refusals,
-                )
+                # One keep-alive clock for all the units that dialed in here.
+                async with trio.open_nursery() as clock:
+                    await serve_listener(
+                        accepting,
+                        functools.partial(self._dialed_in, lr, Heartbeats(clock)),
+                        gate=self._gate(options),
+                        stats=lr.stats,
+                        label=label,
+                        refuse=_tell_busy,
+                        refusals=lr.refusals,
+                    )
+                    clock.cancel_scope.cancel()
         except (OSError, ValueError, ImportError) as exc:
             lr.error = str(exc)
             log.error("%s cannot listen: %s", label, exc)
@@ -196,6 +200,7 @@ class DialIns:
     async def _dialed_in(
         self,
         lr: ListenerRuntime,
+        heartbeats: Heartbeats,
         stream: trio.abc.Stream,
         peer: tuple[str, int] | str | None,
         release: Callable[[], None],
@@ -211,6 +216,7 @@ class DialIns:
                 handshake_timeout=self.ctl.config.daemon.handshake_timeout,
                 keepalive=self.ctl.config.daemon.heartbeat or None,
                 keepalive_timeout=self.ctl.config.daemon.heartbeat_timeout,
+                heartbeats=heartbeats,
                 label=f"a unit dialing in from {where}",
             ) as connection:
                 release()

@@ -50,7 +50,7 @@ from latis_core._errors import (
     RemoteProtocolError,
     RequestError,
 )
-from latis_core._io.heartbeat import heartbeat
+from latis_core._io.heartbeat import Beat, Heartbeats, heartbeat
 from latis_core._io.link import HIGH_WATER, SPIN, Interrupted, Link, open_link
 from latis_core._io.server import HANDSHAKE_MAX_FRAME
 from latis_core._util import unwrap_group
@@ -519,8 +519,11 @@ class Peer:
         try:
             await heartbeat(self.conn, self._write)
         except ConnectionClosed as exc:
-            log.warning("%s went silent: %s; dropping the connection", self.label, exc)
-            self._fail(ConnectionClosed(f"{self.label} went silent: {exc}"))
+            self._silent(exc)
+
+    def _silent(self, exc: ConnectionClosed) -> None:
+        log.warning("%s went silent: %s; dropping the connection", self.label, exc)
+        self._fail(ConnectionClosed(f"{self.label} went silent: {exc}"))
 
     def _abandon_from_gc(self, w: _Waiter) -> None:
         if threading.get_ident() == self._thread:
@@ -700,6 +703,7 @@ async def open_peer(
     label: str = "unit",
     token: bytes | None = None,
     strict: bool = False,
+    heartbeats: Heartbeats | None = None,
 ) -> AsyncIterator[Peer]:
     """Run the cmdr side of a connection over `stream`, handshake first.
 
@@ -719,6 +723,8 @@ async def open_peer(
         strict: refuse anything but the handshake until it is done, with
             frames limited to `HANDSHAKE_MAX_FRAME` (a listener's rule for a
             unit that dialed in and has not proven itself yet).
+        heartbeats: the clock that keeps the keep-alive (one task for many
+            connections: a listener's); None: a task of this connection's own.
 
     Raises:
         ConnectError: the handshake failed (with the unit's reason).
@@ -750,12 +756,17 @@ async def open_peer(
                 conn, link, queue_limit=queue_limit, cancel_timeout=cancel_timeout, label=label
             )
             peer._spawn(nursery, peer._idle_reader)
+            beat: Beat | None = None
             try:
                 await _handshake(peer, hello, handshake_timeout, token)
                 if keepalive is not None:
-                    peer._spawn(nursery, peer._keepalive)
+                    if heartbeats is None:
+                        peer._spawn(nursery, peer._keepalive)
+                    else:
+                        beat = heartbeats.add(conn, peer._write, peer._silent)
                 yield peer
             finally:
+                Heartbeats.remove(beat)
                 await peer.aclose()
                 nursery.cancel_scope.cancel()
 

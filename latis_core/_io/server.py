@@ -9,6 +9,7 @@ or `cork` (with the next batch), and turns a handler's failure into an
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import trio
 
 from latis_core._errors import ConnectionClosed, ErrorCode, LocalProtocolError
-from latis_core._io.heartbeat import HEARTBEAT_TIMEOUT, heartbeat
+from latis_core._io.heartbeat import HEARTBEAT_TIMEOUT, Beat, Heartbeats, heartbeat
 from latis_core._io.link import SPIN, Link, open_link
 from latis_core._wire.connection import CLOSED, NEED_DATA, Connection
 from latis_core._wire.messages import Error, Message, Role
@@ -152,6 +153,7 @@ async def serve_stream(
     handshake_timeout: float | None = None,
     keepalive: float | None = None,
     keepalive_timeout: float = HEARTBEAT_TIMEOUT,
+    heartbeats: Heartbeats | None = None,
     label: str = "a peer",
 ) -> None:
     """Serve one connection over `stream` until it ends, then close `stream`.
@@ -165,7 +167,9 @@ async def serve_stream(
     A connection whose handshake is not done within `handshake_timeout`
     seconds is closed. With `keepalive`, a `ping` follows that many seconds
     of silence, and the connection is closed when nothing answers it within
-    `keepalive_timeout` (`label` names the other side in the log).
+    `keepalive_timeout` (`label` names the other side in the log); its clock
+    is kept by `heartbeats` when given (one task for many connections), else by
+    a task of its own.
     """
     conn = Connection(
         Role.UNIT,
@@ -181,13 +185,19 @@ async def serve_stream(
         if handshake_timeout is not None:
             served.handshake_wait = trio.CancelScope()
             nursery.start_soon(_handshake_deadline, served, handshake_timeout, nursery)
+        beat: Beat | None = None
         if keepalive is not None:
-            nursery.start_soon(_heartbeat, served, label, nursery)
+            if heartbeats is None:
+                nursery.start_soon(_heartbeat, served, label, nursery)
+            else:
+                beat = heartbeats.add(conn, functools.partial(_ping, served),
+                                      functools.partial(_silent, served, label, nursery))
         if started is not None:
             await started(served)
         try:
             await served.run()
         finally:
+            Heartbeats.remove(beat)
             served.detach()
             with trio.CancelScope(shield=True) as scope:
                 # Let a last error (say, frame_too_large) reach the controller.
@@ -198,19 +208,26 @@ async def serve_stream(
 
 
 async def _heartbeat(served: ServerConnection, label: str, nursery: trio.Nursery) -> None:
-    def write(frame: bytes) -> None:
-        if frame and not served.closed:
-            try:
-                served.link.write(frame)
-            except trio.BrokenResourceError:
-                served.closed = True
-
     try:
-        await heartbeat(served.conn, write)
+        await heartbeat(served.conn, functools.partial(_ping, served))
     except ConnectionClosed as exc:
-        log.warning("%s went silent: %s; closed the connection", label, exc)
-        served.end()
-        nursery.cancel_scope.cancel()
+        _silent(served, label, nursery, exc)
+
+
+def _ping(served: ServerConnection, frame: bytes) -> None:
+    if frame and not served.closed:
+        try:
+            served.link.write(frame)
+        except trio.BrokenResourceError:
+            served.closed = True
+
+
+def _silent(
+    served: ServerConnection, label: str, nursery: trio.Nursery, exc: ConnectionClosed
+) -> None:
+    log.warning("%s went silent: %s; closed the connection", label, exc)
+    served.end()
+    nursery.cancel_scope.cancel()
 
 
 async def _handshake_deadline(

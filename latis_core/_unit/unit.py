@@ -30,7 +30,7 @@ import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from latis_core._errors import ErrorCode
-from latis_core._io.heartbeat import HEARTBEAT, HEARTBEAT_TIMEOUT
+from latis_core._io.heartbeat import HEARTBEAT, HEARTBEAT_TIMEOUT, Heartbeats
 from latis_core._io.link import HIGH_WATER, Link
 from latis_core._io.server import ServerConnection, serve_stream
 from latis_core._os.capacity import probe_capacity
@@ -397,6 +397,8 @@ class Unit:
         self.max_frame = max_frame
         self.sessions: dict[str, _Session] = {}
         self._nursery = nursery
+        #: The keep-alive clocks of all its connections, in one task.
+        self._heartbeats = Heartbeats(nursery)
         self._subscribers: set[_Served] = set()
         self._busy = 0
         self._waiting = 0
@@ -438,6 +440,7 @@ class Unit:
             handshake_timeout=self.handshake_timeout,
             keepalive=self.heartbeat,
             keepalive_timeout=self.heartbeat_timeout,
+            heartbeats=self._heartbeats,
             label="the controller",
         )
 
