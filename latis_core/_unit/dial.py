@@ -25,7 +25,8 @@ __all__ = ["DIAL_BACKOFF", "DIAL_CONNECT_TIMEOUT", "RETRY_AFTER_MAX", "dial_cmdr
 log = logging.getLogger("latis.unit")
 
 
-#: Seconds between dial attempts to cmdr (doubling up to the last), before jitter.
+#: Seconds between dial attempts to cmdr (growing up to the last), at most: each
+#: wait is drawn between a tenth of its step and the step.
 DIAL_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 #: The most of a busy cmdr's `retry_after` honoured, in seconds (a bound on a bad value).
 RETRY_AFTER_MAX = 600.0
@@ -76,7 +77,10 @@ async def dial_cmdr(
             continue
         delay = backoff[min(attempt, len(backoff) - 1)]
         attempt += 1
-        await trio.sleep(delay * random.uniform(0.8, 1.2))
+        # Anywhere from a tenth of the step to all of it: a fleet that lost
+        # cmdr at one instant (a restart) comes back spread over the step, not
+        # in waves (a wave past what the listener serves waits a whole step more).
+        await trio.sleep(delay * random.uniform(0.1, 1.0))
 
 
 def _patient(dialer: Dialer) -> Dialer:
