@@ -219,6 +219,22 @@ async def test_retry_times_are_handed_out_like_tickets(autojump_clock: Any) -> N
     assert max(late) == RETRY_MAX
 
 
+async def test_the_rate_of_a_fleet_just_back_is_not_underestimated(autojump_clock: Any) -> None:
+    """Slots freeing at 200 a second for 2 s after a quiet spell: the gate counts
+    200 a second (not 2 s' worth over its whole 5 s window), so a refused unit is
+    told to come back within the time the queue takes, and the waiting room holds
+    what that rate serves."""
+    gate = Gate(200, 200, max_wait=5.0)
+    await trio.sleep(60)  # quiet
+    for _ in range(400):
+        gate.admit("10.0.0.1")
+        gate.release("10.0.0.1")
+        await trio.sleep(1 / 200)
+    assert gate.rate() == pytest.approx(200, rel=0.02)
+    assert gate.room() == pytest.approx(200 * 5.0, rel=0.02)
+    assert gate.retry_after() < 2 * RETRY_MIN
+
+
 # ---- refusals in the log: counts per interval -------------------------------------------
 
 

@@ -242,8 +242,16 @@ class Gate:
                 return
 
     def rate(self) -> float:
-        """Slots freed per second lately (at least 1)."""
-        return max(len(self._freed) / _RATE_WINDOW, 1.0)
+        """Slots freed per second lately (at least 1): over the last `_RATE_WINDOW`
+        seconds, or since the first of them if they began since (a listener just
+        started, or a fleet back after a quiet spell: counted over the whole
+        window, it would look that many times slower, and be told to wait and
+        kept out of the waiting room as if it were)."""
+        freed = self._freed
+        if not freed:
+            return 1.0
+        span = max(trio.current_time() - freed[0], 1.0)
+        return max(len(freed) / span, 1.0)
 
     def room(self) -> int:
         """How many may wait now: what the rate serves within `max_wait`, within bounds.
