@@ -171,6 +171,21 @@ class TestOmitted:
         assert loads(encode(StateGet(1))) == {"type": "state.get", "id": 1}
         assert loads(encode(ResponseComplete(1))) == {"type": "response.complete", "id": 1}
 
+    def test_free_form_data_goes_out_as_it_is(self) -> None:
+        """A reply's data is written as given: an attrs instance in it as its fields,
+        a tuple as a list; what JSON cannot hold is refused, naming its kind."""
+        info = AgentInfo("echo", "1")
+        data = {"units": [{"unit": "u", "agent": info, "caps": ("a", "b")}], "n": None}
+        assert loads(encode(Ack(1, data)))["data"] == {
+            "units": [{"unit": "u", "agent": {"name": "echo", "version": "1"},
+                       "caps": ["a", "b"]}],
+            "n": None,
+        }
+        assert loads(encode(ResponseChunk(1, 0, kind="plan", data={"a": info})))["data"] == {
+            "a": {"name": "echo", "version": "1"}}
+        with pytest.raises(TypeError, match="not JSON serializable: set"):
+            encode(Ack(1, {"x": {1, 2}}))
+
     def test_chunk_keeps_seq_and_text(self) -> None:
         """A chunk always carries seq and text; kind and data only when set."""
         assert loads(encode(ResponseChunk(1, 0))) == {

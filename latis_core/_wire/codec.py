@@ -146,6 +146,12 @@ def _make_converter() -> cattrs.Converter:
     ):
         conv.register_structure_hook_func(_equals(generic), hook)
     conv.register_unstructure_hook_func(_equals(tuple[str, ...]), list)
+    # Free-form data (a reply's `data`, a chunk's, a hello's `auth`) goes to orjson
+    # as it is: it is JSON's own kinds already, and cattrs would walk every value of
+    # it (a `status` of 10,000 units: 190 ms, against 5 ms for orjson). Anything
+    # else in it (an attrs instance) is unstructured as orjson meets it (`_jsonable`).
+    for free in (dict[str, Any], dict[str, Any] | None):
+        conv.register_unstructure_hook_func(_equals(free), _same)
 
     # The structure hook of an attrs class indexes a dict: check it is one first.
     def attrs_hook_factory(cls: type) -> Callable[[Any, Any], Any]:
@@ -175,6 +181,18 @@ def _make_converter() -> cattrs.Converter:
     conv.register_unstructure_hook(ResponseChunk, _unstructure_chunk)
     conv.register_structure_hook(ResponseChunk, _structure_chunk)
     return conv
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """orjson's `default`: an attrs instance in a message's free-form data, as
+    cattrs unstructures it; anything else orjson cannot write is an error."""
+    if attrs.has(type(value)):
+        return _unstructure(value)
+    raise TypeError(f"a {type(value).__name__} cannot go in a message")
 
 
 def _unstructure_chunk(msg: ResponseChunk) -> dict[str, Any]:
@@ -256,7 +274,7 @@ def encode(msg: Message) -> bytes:
         return encode_chunk(msg)
     out = {"type": msg.TYPE}
     out.update(_unstructure(msg))
-    return _dumps(out)
+    return _dumps(out, default=_jsonable)
 
 
 def encode_chunk(msg: ResponseChunk) -> bytes:
@@ -265,7 +283,7 @@ def encode_chunk(msg: ResponseChunk) -> bytes:
         return _dumps({"type": "response.chunk", "id": msg.id, "seq": msg.seq, "text": msg.text})
     out: dict[str, Any] = {"type": "response.chunk"}
     out.update(_unstructure_chunk(msg))
-    return _dumps(out)
+    return _dumps(out, default=_jsonable)
 
 
 def decode(payload: bytes | bytearray | memoryview) -> Message:
