@@ -183,6 +183,27 @@ class TestDaemon:
             assert stat.S_IMODE(os.stat(where.run_dir).st_mode) == 0o700
             assert stat.S_IMODE(os.stat(where.socket).st_mode) == 0o600
 
+    async def test_a_silent_client_is_dropped_and_the_others_kept(self, home: Path) -> None:
+        """The daemon keeps its clients' keep-alive clocks in one task: a client that
+        says hello and then never answers is pinged and dropped; one that answers
+        stays connected and is served after that."""
+        config = parse_config("[daemon]\nheartbeat = 0.3\nheartbeat_timeout = 0.5\n" + CONFIG)
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(serve_daemon, config)
+            assert running.heartbeats is not None
+            async with client(home) as answering, open_unix(paths().socket) as mute:
+                await mute.send_all(latis_core.encode_frame(latis_core.encode(
+                    latis_core.Hello(role="cmdr"))))
+                got = b""
+                with trio.fail_after(10):
+                    while data := await mute.receive_some():
+                        got += data
+                assert b'"ping"' in got
+                await trio.sleep(1)  # the answering client gets pings meanwhile
+                assert not answering.peer.closed
+                assert await call(answering, "status")
+            running.stop.set()
+
     async def test_another_user_is_refused(self, home: Path) -> None:
         """A connection from another uid is closed before a byte is read (SO_PEERCRED)."""
         if os.getuid() != 0:

@@ -47,6 +47,7 @@ from latis_core._errors import (
     RequestError,
     error_code,
 )
+from latis_core._io.heartbeat import Heartbeats
 from latis_core._io.link import HIGH_WATER, Link
 from latis_core._io.server import ServerConnection, serve_stream
 from latis_core._io.unix import listen_unix
@@ -114,6 +115,8 @@ class Daemon:
         self.coordinations: dict[str, Running] = {}
         #: Where detached coordinations run (set once the daemon serves).
         self.nursery: trio.Nursery | None = None
+        #: The keep-alive clocks of all its clients, in one task (set once it serves).
+        self.heartbeats: Heartbeats | None = None
         #: The web dashboard, while it is served (latis_core._cmdr.web.server).
         self.web: Any = None
 
@@ -215,6 +218,7 @@ class Daemon:
             handshake_timeout=daemon.handshake_timeout,
             keepalive=daemon.heartbeat or None,
             keepalive_timeout=daemon.heartbeat_timeout,
+            heartbeats=self.heartbeats,
             label="a CLI client",
         )
 
@@ -611,6 +615,7 @@ async def serve_daemon(
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async with trio.open_nursery() as nursery:
                         daemon.nursery = nursery
+                        daemon.heartbeats = Heartbeats(nursery)
                         nursery.start_soon(trio.serve_listeners, daemon.serve, [listener])
                         nursery.start_soon(ctl.reconnect_known)
                         nursery.start_soon(_stop_on_signal, signals, stop)
