@@ -51,6 +51,7 @@ from latis_core._io.accept import (
 from latis_core._io.client import UnitClient
 from latis_core._io.heartbeat import Heartbeats
 from latis_core._io.peer import open_peer
+from latis_core._util import unwrap_group
 from latis_core._wire.auth import METHOD, new_challenge, verify
 from latis_core._wire.codec import encode
 from latis_core._wire.frames import encode_frame
@@ -167,18 +168,20 @@ class DialIns:
                 log.info("%s: listening", label)
                 lr.refusals = RefusalLog(label)
                 task_status.started()
-                # One keep-alive clock for all the units that dialed in here.
-                async with trio.open_nursery() as clock:
-                    await serve_listener(
-                        accepting,
-                        functools.partial(self._dialed_in, lr, Heartbeats(clock)),
-                        gate=self._gate(options),
-                        stats=lr.stats,
-                        label=label,
-                        refuse=_tell_busy,
-                        refusals=lr.refusals,
-                    )
-                    clock.cancel_scope.cancel()
+                # One keep-alive clock for all the units that dialed in here
+                # (unwrapped: a failed accept is reported below, not as a group).
+                with unwrap_group():
+                    async with trio.open_nursery() as clock:
+                        await serve_listener(
+                            accepting,
+                            functools.partial(self._dialed_in, lr, Heartbeats(clock)),
+                            gate=self._gate(options),
+                            stats=lr.stats,
+                            label=label,
+                            refuse=_tell_busy,
+                            refusals=lr.refusals,
+                        )
+                        clock.cancel_scope.cancel()
         except (OSError, ValueError, ImportError) as exc:
             lr.error = str(exc)
             log.error("%s cannot listen: %s", label, exc)
