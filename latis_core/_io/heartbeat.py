@@ -5,10 +5,10 @@ received restarts the silence, and none within `heartbeat_timeout` seconds
 of the ping ends the connection. Silence is measured from the last byte
 received (the connection is fed the arrival time, `Connection.receive_data`).
 
-`heartbeat` keeps one connection's clock in a task of its own. `Heartbeats`
-keeps the clocks of many in one task: a side that holds thousands of
-connections (a unit's controllers, a listener's dialed-in units) pays a heap
-entry per connection, not a task and a cancel scope (~3 KiB each).
+`Heartbeats` keeps the clocks of many connections in one task: a side that
+holds thousands of them (a unit's controllers, a listener's dialed-in units,
+the daemon's clients) pays a heap entry per connection, not a task and a
+cancel scope (~3 KiB each). A connection alone has a `Heartbeats` of its own.
 """
 
 from __future__ import annotations
@@ -24,26 +24,9 @@ import trio
 from latis_core._errors import ConnectionClosed
 from latis_core._wire.connection import HEARTBEAT, HEARTBEAT_TIMEOUT, Connection
 
-__all__ = ["HEARTBEAT", "HEARTBEAT_TIMEOUT", "Beat", "Heartbeats", "heartbeat"]
+__all__ = ["HEARTBEAT", "HEARTBEAT_TIMEOUT", "Beat", "Heartbeats"]
 
 log = logging.getLogger("latis.heartbeat")
-
-
-async def heartbeat(conn: Connection, write: Callable[[bytes], None]) -> None:
-    """Keep `conn`'s keep-alive clock until it has none; `write` sends a ping.
-
-    Raises:
-        ConnectionClosed: nothing arrived within the timeout of a ping.
-    """
-    write(conn.handle_timer(trio.current_time()))
-    while not conn.closed:
-        deadline = conn.get_timer()
-        if deadline is None:
-            return
-        await trio.sleep_until(deadline)
-        frame = conn.handle_timer(trio.current_time())
-        if frame:
-            write(frame)
 
 
 class Beat:
@@ -67,8 +50,8 @@ class Heartbeats:
 
     The task runs while any connection is on the clock (it is started by the
     first `add` and ends once none is left). A connection's deadline is looked
-    at again when it comes: a byte heard since then moves it on (as `heartbeat`
-    does), a ping that went unanswered calls its `silent` callback.
+    at again when it comes: a byte heard since then moves it on, a ping that
+    went unanswered calls its `silent` callback.
     """
 
     def __init__(self, nursery: trio.Nursery) -> None:
@@ -79,10 +62,6 @@ class Heartbeats:
         #: When the task wakes next (inf while it waits for an `add`).
         self._next = math.inf
         self._wake = trio.Event()
-
-    def __len__(self) -> int:
-        """Entries on the clock (a removed connection's until its deadline comes)."""
-        return len(self._heap)
 
     def add(
         self,
@@ -105,7 +84,8 @@ class Heartbeats:
 
     @staticmethod
     def remove(beat: Beat | None) -> None:
-        """Stop a connection's clock (its entry is dropped when its deadline comes)."""
+        """Stop a connection's clock (its entry is dropped when its deadline comes;
+        what it refers to is let go now)."""
         if beat is not None:
             beat.conn = None
             beat.write = beat.silent = _nothing
@@ -128,9 +108,9 @@ class Heartbeats:
                 while heap and heap[0][0] <= now:
                     _, _, beat = heapq.heappop(heap)
                     self._tick(beat, now)
-                self._next = heap[0][0] if heap else math.inf
                 if not heap:
                     break
+                self._next = heap[0][0]
                 self._wake = trio.Event()
                 with trio.move_on_at(self._next):
                     await self._wake.wait()

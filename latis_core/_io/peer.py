@@ -50,7 +50,7 @@ from latis_core._errors import (
     RemoteProtocolError,
     RequestError,
 )
-from latis_core._io.heartbeat import Beat, Heartbeats, heartbeat
+from latis_core._io.heartbeat import Beat, Heartbeats
 from latis_core._io.link import HIGH_WATER, SPIN, Interrupted, Link, open_link
 from latis_core._io.server import HANDSHAKE_MAX_FRAME
 from latis_core._util import unwrap_group
@@ -515,12 +515,6 @@ class Peer:
 
         nursery.start_soon(run)
 
-    async def _keepalive(self) -> None:
-        try:
-            await heartbeat(self.conn, self._write)
-        except ConnectionClosed as exc:
-            self._silent(exc)
-
     def _silent(self, exc: ConnectionClosed) -> None:
         log.warning("%s went silent: %s; dropping the connection", self.label, exc)
         self._fail(ConnectionClosed(f"{self.label} went silent: {exc}"))
@@ -724,7 +718,7 @@ async def open_peer(
             frames limited to `HANDSHAKE_MAX_FRAME` (a listener's rule for a
             unit that dialed in and has not proven itself yet).
         heartbeats: the clock that keeps the keep-alive (one task for many
-            connections: a listener's); None: a task of this connection's own.
+            connections: a listener's); None: a clock of this connection's own.
 
     Raises:
         ConnectError: the handshake failed (with the unit's reason).
@@ -760,10 +754,8 @@ async def open_peer(
             try:
                 await _handshake(peer, hello, handshake_timeout, token)
                 if keepalive is not None:
-                    if heartbeats is None:
-                        peer._spawn(nursery, peer._keepalive)
-                    else:
-                        beat = heartbeats.add(conn, peer._write, peer._silent)
+                    beat = (heartbeats or Heartbeats(nursery)).add(
+                        conn, peer._write, peer._silent)
                 yield peer
             finally:
                 Heartbeats.remove(beat)

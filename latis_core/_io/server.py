@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from latis_core._errors import ConnectionClosed, ErrorCode, LocalProtocolError
-from latis_core._io.heartbeat import HEARTBEAT_TIMEOUT, Beat, Heartbeats, heartbeat
+from latis_core._io.heartbeat import HEARTBEAT_TIMEOUT, Beat, Heartbeats
 from latis_core._io.link import SPIN, Link, open_link
 from latis_core._wire.connection import CLOSED, NEED_DATA, Connection
 from latis_core._wire.messages import Error, Message, Role
@@ -169,7 +169,7 @@ async def serve_stream(
     of silence, and the connection is closed when nothing answers it within
     `keepalive_timeout` (`label` names the other side in the log); its clock
     is kept by `heartbeats` when given (one task for many connections), else by
-    a task of its own.
+    a clock of its own.
     """
     conn = Connection(
         Role.UNIT,
@@ -187,11 +187,9 @@ async def serve_stream(
             nursery.start_soon(_handshake_deadline, served, handshake_timeout, nursery)
         beat: Beat | None = None
         if keepalive is not None:
-            if heartbeats is None:
-                nursery.start_soon(_heartbeat, served, label, nursery)
-            else:
-                beat = heartbeats.add(conn, functools.partial(_ping, served),
-                                      functools.partial(_silent, served, label, nursery))
+            beat = (heartbeats or Heartbeats(nursery)).add(
+                conn, functools.partial(_ping, served),
+                functools.partial(_silent, served, label, nursery))
         if started is not None:
             await started(served)
         try:
@@ -205,13 +203,6 @@ async def serve_stream(
                 await link.flush()
                 nursery.cancel_scope.cancel()
                 await link.aclose()
-
-
-async def _heartbeat(served: ServerConnection, label: str, nursery: trio.Nursery) -> None:
-    try:
-        await heartbeat(served.conn, functools.partial(_ping, served))
-    except ConnectionClosed as exc:
-        _silent(served, label, nursery, exc)
 
 
 def _ping(served: ServerConnection, frame: bytes) -> None:
