@@ -17,14 +17,18 @@ if TYPE_CHECKING:
     from latis_core import StateStore as State
 
 
+#: A unit's fields in `latis status --json`.
+_UNIT = ("unit", "provisioner", "connection", "transport", "error", "last_seen", "sessions",
+         "in_config")
+_NONE: dict[str, str] = {}
+
+
 def show_status(json_output: bool = False) -> int:
     """Print what runs where (see `latis status --help`); the exit status."""
-    from latis_core import a2a_state, session_context
-
     from ._cmdr import daemon_pid
 
     pid = daemon_pid()
-    units: list[dict[str, Any]] = []
+    units: list[tuple[Any, ...]] = []  # (_UNIT's fields: a dict each only for --json)
     attention: list[dict[str, Any]] = []
     try:
         from latis_core import config_unit_names, paths
@@ -36,46 +40,30 @@ def show_status(json_output: bool = False) -> int:
     state = _state()
     if state is not None:
         with state:
-            # One query per table, not one per unit (10,000 units).
-            by_unit: dict[int, list[Any]] = {}
-            for session in state.list_sessions():
-                by_unit.setdefault(session.unit_id, []).append(session)
-            connections = state.list_connections()
-            for unit_id, name, provisioner in state.unit_names():
-                conn = connections.get(name)
-                sessions = by_unit.get(unit_id, [])
-                for s in sessions:
-                    if s.state not in ("busy", "waiting"):
-                        continue
-                    entry: dict[str, Any] = {
-                        "unit": name, "session": s.id, "state": s.state,
-                        "a2a_state": a2a_state(s.state),
-                        "context": session_context(state, s.id),
-                    }
-                    last = state.last_prompt(s.id)
-                    pending = state.pending_inputs(last.id) if last is not None else []
-                    if s.state == "waiting" and last is not None and pending:
-                        entry["question"] = {"id": f"{last.id}.{pending[0].number}",
-                                             "question": pending[0].question,
-                                             "since": pending[0].asked_at}
-                    attention.append(entry)
-                units.append({
-                    "unit": name,
-                    "provisioner": provisioner,
-                    "connection": conn.state if conn else "disconnected",
-                    "transport": conn.transport if conn else None,
-                    "error": conn.error if conn else None,
-                    "last_seen": conn.last_seen if conn else None,
-                    "sessions": {s.id: s.state for s in sessions},
-                    "in_config": named is None or name in named,
-                })
+            # Plain tuples, one query per table (10,000 units).
+            sessions_of: dict[int, dict[str, str]] = {}
+            active: list[tuple[int, str, str]] = []
+            for unit_id, session, session_state in state.session_states():
+                sessions_of.setdefault(unit_id, {})[session] = session_state
+                if session_state in ("busy", "waiting"):
+                    active.append((unit_id, session, session_state))
+            names: dict[int, str] = {}
+            for unit_id, name, provisioner, conn, transport, error, last_seen in \
+                    state.unit_overview():
+                names[unit_id] = name
+                units.append((name, provisioner, conn or "disconnected", transport, error,
+                              last_seen, sessions_of.get(unit_id, _NONE),
+                              named is None or name in named))
+            attention = [_attention(state, names[unit_id], session, session_state)
+                         for unit_id, session, session_state in active
+                         if unit_id in names]  # (a destroyed unit's sessions are closed)
     from ._current import current_session
 
     current = current_session()
-    data = {"daemon": {"running": pid is not None, "pid": pid}, "units": units,
-            "current_session": current, "active": attention}
     if json_output:
-        print(json.dumps(data, indent=2))
+        print(json.dumps({"daemon": {"running": pid is not None, "pid": pid},
+                          "units": [dict(zip(_UNIT, u, strict=True)) for u in units],
+                          "current_session": current, "active": attention}, indent=2))
         return OK
     from ._console import print_table
 
@@ -89,13 +77,16 @@ def show_status(json_output: bool = False) -> int:
               file=sys.stderr)
         return OK
     rows = []
-    for u in units:
-        states = list(u["sessions"].values())
-        busy = states.count("busy")
-        waiting = states.count("waiting")
-        seen = "now" if pid and u["connection"] == "connected" else _ago(u["last_seen"])
-        rows.append((u["unit"], u["provisioner"] or "-", _connection(u), str(len(states)),
-                     str(busy), str(waiting), seen, _note(u)))
+    for name, provisioner, conn, _transport, error, last_seen, sessions, in_config in units:
+        if sessions:
+            states = list(sessions.values())
+            counts = (str(len(states)), str(states.count("busy")), str(states.count("waiting")))
+        else:
+            counts = ("0", "0", "0")
+        seen = "now" if pid and conn == "connected" else _ago(last_seen)
+        rows.append((name, provisioner or "-",
+                     "FAILED" if conn == "unreachable" else conn,  # (stands out)
+                     *counts, seen, _note(name, conn, error, in_config)))
     print_table(("unit", "provisioner", "connection", "sessions", "busy", "waiting",
                  "last seen", "note"), rows)
     for a in sorted(attention, key=lambda a: a["state"] != "waiting"):
@@ -111,6 +102,22 @@ def show_status(json_output: bool = False) -> int:
         else:
             print(f"busy     {a['unit']}/{a['session']}  {used}")
     return OK
+
+
+def _attention(state: State, unit: str, session: str, session_state: str) -> dict[str, Any]:
+    """A busy or waiting session, with its context use and its question."""
+    from latis_core import a2a_state, session_context
+
+    entry: dict[str, Any] = {
+        "unit": unit, "session": session, "state": session_state,
+        "a2a_state": a2a_state(session_state), "context": session_context(state, session),
+    }
+    last = state.last_prompt(session)
+    pending = state.pending_inputs(last.id) if last is not None else []
+    if session_state == "waiting" and last is not None and pending:
+        entry["question"] = {"id": f"{last.id}.{pending[0].number}",
+                             "question": pending[0].question, "since": pending[0].asked_at}
+    return entry
 
 
 def _state() -> State | None:
@@ -136,15 +143,10 @@ def _ago(when: float | None) -> str:
     return f"{int(seconds)}s ago"
 
 
-def _connection(unit: dict[str, Any]) -> str:
-    """The connection column: FAILED stands out for a unit that could not be reached."""
-    return "FAILED" if unit["connection"] == "unreachable" else str(unit["connection"])
-
-
-def _note(unit: dict[str, Any]) -> str:
+def _note(unit: str, connection: str, error: str | None, in_config: bool) -> str:
     """Why a unit failed, or that config no longer names it (and the way out)."""
-    if not unit["in_config"]:
-        return f"not in config: latis unit rm {unit['unit']}"
-    if unit["connection"] == "unreachable" and unit["error"]:
-        return str(unit["error"])
+    if not in_config:
+        return f"not in config: latis unit rm {unit}"
+    if connection == "unreachable" and error:
+        return error
     return ""

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     from latis_core._cmdr.a2a import a2a_state as a2a_state
     from latis_core._cmdr.client import DaemonClient as DaemonClient
-    from latis_core._cmdr.client import daemon_pid as daemon_pid
     from latis_core._cmdr.client import open_daemon as open_daemon
     from latis_core._cmdr.client import start_daemon as start_daemon
     from latis_core._cmdr.config import Config as Config
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
     from latis_core._cmdr.coordinate import parse_require as parse_require
     from latis_core._cmdr.daemon import run_daemon as run_daemon
     from latis_core._cmdr.notify import redact_url as redact_url
+    from latis_core._cmdr.pidfile import daemon_pid as daemon_pid
     from latis_core._cmdr.state import StateError as StateError
     from latis_core._cmdr.state import StateStore as StateStore
     from latis_core._cmdr.usage import session_context as session_context
@@ -388,7 +388,7 @@ _WHERE: dict[str, str] = {
     "DaemonClient": "latis_core._cmdr.client",
     "open_daemon": "latis_core._cmdr.client",
     "start_daemon": "latis_core._cmdr.client",
-    "daemon_pid": "latis_core._cmdr.client",
+    "daemon_pid": "latis_core._cmdr.pidfile",
     "CoordinationEvent": "latis_core._cmdr.coordinate",
     "Coordination": "latis_core._cmdr.coordinate",
     "CoordinationSettings": "latis_core._cmdr.coordinate",

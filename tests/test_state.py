@@ -294,6 +294,27 @@ class TestConnections:
         assert row is not None
         assert (row.transport, row.error, row.since) == ("accept tcp:1.2.3.4:9", None, 1004.0)
 
+    def test_overview_of_every_live_unit_for_status(self, state: StateDB, clock: Clock) -> None:
+        """`latis status` reads every live unit with its connection in one query, and
+        the open sessions in another: a unit never connected has no connection
+        fields, a destroyed one is not listed, a closed session is not either."""
+        b = state.upsert_unit("b", "process", {})
+        a = state.upsert_unit("a", None, {})
+        state.upsert_unit("gone", None, {})
+        state.set_connection("b", "unreachable", "dial unix:/b", error="3 missed heartbeats")
+        state.set_connection("gone", "connected", "dial unix:/g")
+        state.mark_unit_destroyed("gone")
+        state.add_session("s1", "b")
+        state.add_session("s2", "a", "busy")
+        clock.tick()
+        state.add_session("s3", "b")
+        state.close_session("s1")
+        assert state.unit_overview() == [
+            (a.id, "a", None, None, None, None, None),
+            (b.id, "b", "process", "unreachable", "dial unix:/b", "3 missed heartbeats", 1000.0),
+        ]
+        assert state.session_states() == [(a.id, "s2", "busy"), (b.id, "s3", "idle")]
+
     def test_refusals(self, state: StateDB) -> None:
         with pytest.raises(StateError, match="ghost"):
             state.set_connection("ghost", "connected")

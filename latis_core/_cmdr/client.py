@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from latis_core._cmdr.api import Method, check_params
+from latis_core._cmdr.pidfile import daemon_pid
 from latis_core._errors import CmdrUnreachable, ConnectError
 from latis_core._io.unix import is_listening
 from latis_core._os.paths import make_private_dir, paths
@@ -39,27 +40,6 @@ START_TIMEOUT = 15.0
 
 #: What a streaming method's chunks are handed to: (kind, text, data).
 OnChunk = Callable[[str | None, str, Any], None]
-
-
-def daemon_pid() -> int | None:
-    """The pid of the running daemon, or None (read from its lock file, checked alive)."""
-    pidfile = paths().run_dir / "cmdr.pid"
-    try:
-        text = pidfile.read_text().strip()
-    except OSError:
-        return None
-    if not text.isdigit():
-        return None
-    pid = int(text)
-    try:
-        with open(pidfile) as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            # We got the lock: nobody holds it, the daemon is gone.
-            return None
-    except BlockingIOError:
-        return pid
-    except OSError:
-        return None
 
 
 def _listening(path: str) -> bool:

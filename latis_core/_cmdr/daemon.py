@@ -22,7 +22,6 @@ from another uid is refused (SO_PEERCRED) before a single byte is read.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import logging
 import os
@@ -39,6 +38,7 @@ from latis_core._cmdr.api import Method, check_params
 from latis_core._cmdr.config import Config, default_config, load_config
 from latis_core._cmdr.controller import Controller, open_controller
 from latis_core._cmdr.methods import Caller, Running, call_method, idle_sessions
+from latis_core._cmdr.pidfile import hold_daemon_lock
 from latis_core._cmdr.state import PromptState, StateDB
 from latis_core._errors import (
     DaemonRunning,
@@ -568,23 +568,6 @@ def _stamp(source: Path | None) -> tuple[int, int] | None:
 # ---- running the daemon ------------------------------------------------------------------------
 
 
-def _lock(run_dir: Path) -> Any:
-    """Take this user's daemon lock for as long as the process lives; write our pid."""
-    handle = open(run_dir / "cmdr.pid", "a+")  # noqa: SIM115 (held open: the lock)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip() or "?"
-        handle.close()
-        raise DaemonRunning(f"a cmdr daemon already runs (pid {pid})") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
 async def serve_daemon(
     config: Config,
     *,
@@ -599,7 +582,7 @@ async def serve_daemon(
     """
     where = paths_ or paths()
     run_dir = where.private_run_dir()
-    lock = _lock(run_dir)
+    lock = hold_daemon_lock(run_dir)
     try:
         state = StateDB(config.daemon.state or where.state_file)
         try:

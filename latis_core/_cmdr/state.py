@@ -340,13 +340,17 @@ class StateDB:
             rows = self._db().execute(f"{UNIT_SELECT}{where} ORDER BY name, id").fetchall()
         return [unit_row(row) for row in rows]
 
-    def unit_names(self) -> list[tuple[int, str, str | None]]:
-        """(id, name, provisioner) of every live unit by name: `list_units` without
-        each unit's config (`latis status` over 10,000 units: 5 ms, not 55)."""
+    def unit_overview(self) -> list[tuple[int, str, str | None, str | None, str | None,
+                                          str | None, float | None]]:
+        """(id, name, provisioner, connection state, transport, error, last seen) of
+        every live unit by name, the connection's fields None when it has none:
+        `latis status`'s table in one query of plain tuples (10,000 units: a row
+        object each, and its state's enum, took longer than the query)."""
         with self._lock:
             return self._db().execute(
-                "SELECT id, name, provisioner FROM units WHERE destroyed_at IS NULL"
-                " ORDER BY name, id"
+                "SELECT u.id, u.name, u.provisioner, c.state, c.transport, c.error,"
+                " c.last_seen FROM units u LEFT JOIN connections c ON c.unit = u.id"
+                " WHERE u.destroyed_at IS NULL ORDER BY u.name, u.id"
             ).fetchall()
 
     def mark_unit_destroyed(self, name: str) -> bool:
@@ -585,17 +589,6 @@ class StateDB:
         name, state, transport, since, last_seen, error = row
         return ConnectionRow(name, ConnectionState(state), transport, since, last_seen, error)
 
-    def list_connections(self) -> dict[str, ConnectionRow]:
-        """How every live unit is connected, by unit (one query, for `latis status`)."""
-        with self._lock:
-            rows = self._db().execute(
-                "SELECT u.name, c.state, c.transport, c.since, c.last_seen, c.error"
-                " FROM connections c JOIN units u ON u.id = c.unit"
-                " WHERE u.destroyed_at IS NULL"
-            ).fetchall()
-        return {name: ConnectionRow(name, ConnectionState(state), transport, since, seen, error)
-                for name, state, transport, since, seen, error in rows}
-
     # -- sessions -----------------------------------------------------------
 
     def add_session(
@@ -673,6 +666,15 @@ class StateDB:
         with self._lock:
             rows = self._db().execute(sql + " ORDER BY s.created_at, s.rowid", args).fetchall()
         return [session_row(row) for row in rows]
+
+    def session_states(self) -> list[tuple[int, str, str]]:
+        """(unit id, session id, state) of every open session, oldest first, as plain
+        tuples (`latis status`)."""
+        with self._lock:
+            return self._db().execute(
+                "SELECT unit, id, state FROM sessions WHERE state != 'closed'"
+                " ORDER BY created_at, rowid"
+            ).fetchall()
 
     # -- writes behind (the controller's hot path) -----------------------------
 
