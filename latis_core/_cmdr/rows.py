@@ -6,9 +6,8 @@ states a connection and a prompt go through, and how a row of each table reads
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import attrs
 import orjson
 
 from latis_core._wire.enums import RequestId
@@ -66,8 +65,7 @@ class PromptState(enum.StrEnum):
     ERROR = "error"
 
 
-@attrs.frozen
-class UnitRow:
+class UnitRow(NamedTuple):
     """A unit. `id` tells apart units that had the same name at different times."""
 
     id: int
@@ -81,8 +79,7 @@ class UnitRow:
     destroyed_at: float | None
 
 
-@attrs.frozen
-class ConnectionRow:
+class ConnectionRow(NamedTuple):
     """How a unit is connected."""
 
     unit: str
@@ -96,8 +93,7 @@ class ConnectionRow:
     error: str | None
 
 
-@attrs.frozen
-class SessionRow:
+class SessionRow(NamedTuple):
     """A session of a unit (its id is the unit's session id)."""
 
     id: str
@@ -109,8 +105,7 @@ class SessionRow:
     unit_id: int
 
 
-@attrs.frozen
-class PromptRow:
+class PromptRow(NamedTuple):
     """A prompt sent to a session, and how it ended."""
 
     id: int
@@ -127,8 +122,7 @@ class PromptRow:
     error: str | None
 
 
-@attrs.frozen
-class ChunkRow:
+class ChunkRow(NamedTuple):
     """One chunk of a reply."""
 
     prompt: int
@@ -138,8 +132,7 @@ class ChunkRow:
     data: dict[str, Any] | None
 
 
-@attrs.frozen
-class InputRow:
+class InputRow(NamedTuple):
     """A question the agent asked during a prompt, and the answer if there is one."""
 
     prompt: int
@@ -152,8 +145,7 @@ class InputRow:
     answered_at: float | None
 
 
-@attrs.frozen
-class CoordinationRow:
+class CoordinationRow(NamedTuple):
     """A stored coordination: what was asked, how, how it ended, and its events."""
 
     id: str
@@ -174,11 +166,10 @@ class CoordinationRow:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
-        return attrs.asdict(self)
+        return self._asdict()
 
 
-@attrs.frozen
-class TranscriptEntry:
+class TranscriptEntry(NamedTuple):
     """One prompt of a session's transcript, with its reply and questions."""
 
     prompt: PromptRow
@@ -191,8 +182,7 @@ class TranscriptEntry:
         return "".join(chunk.text for chunk in self.chunks if chunk.kind is None)
 
 
-@attrs.frozen
-class EnrollmentRow:
+class EnrollmentRow(NamedTuple):
     """An enrollment as the state holds it (`StateDB.enrollment`)."""
 
     #: The unit's name.

@@ -16,14 +16,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-
-import attrs
+from typing import NamedTuple
 
 __all__ = ["Paths", "paths"]
 
 
-@attrs.frozen
-class Paths:
+class Paths(NamedTuple):
     """The folders latis uses."""
 
     config_file: Path
