@@ -8,8 +8,6 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import orjson
-
 from latis_core._wire.enums import RequestId
 from latis_core._wire.enums import State as SessionState
 
@@ -36,6 +34,7 @@ __all__ = [
     "chunk_row",
     "coordination_row",
     "input_row",
+    "json_column",
     "prompt_row",
     "session_row",
     "unit_row",
@@ -223,10 +222,19 @@ COORDINATION_SELECT = (
 )
 
 
+def json_column(text: str | bytes) -> Any:
+    """A JSON column's value. orjson is imported on first use, here and in the
+    store: with what it imports itself (uuid, dataclasses, inspect) it took
+    longer than `latis status` takes to read 10,000 units that have no sessions."""
+    import orjson
+
+    return orjson.loads(text)
+
+
 def unit_row(row: Any) -> UnitRow:
     id, name, provisioner, config, created_at, updated_at, destroyed_at = row
     return UnitRow(
-        id, name, provisioner, orjson.loads(config), created_at, updated_at, destroyed_at
+        id, name, provisioner, json_column(config), created_at, updated_at, destroyed_at
     )
 
 
@@ -240,7 +248,7 @@ def prompt_row(row: Any) -> PromptRow:
     return PromptRow(
         id,
         session,
-        orjson.loads(request_id),
+        json_column(request_id),
         text,
         PromptState(state),
         started_at,
@@ -252,13 +260,13 @@ def prompt_row(row: Any) -> PromptRow:
 
 def chunk_row(row: Any) -> ChunkRow:
     prompt, seq, text, kind, data = row
-    return ChunkRow(prompt, seq, text, kind, None if data is None else orjson.loads(data))
+    return ChunkRow(prompt, seq, text, kind, None if data is None else json_column(data))
 
 
 def coordination_row(row: Any, events: list[dict[str, Any]]) -> CoordinationRow:
     id, task, strategy, settings, units, state, final, error, started_at, ended_at = row
     return CoordinationRow(
-        id, task, strategy, orjson.loads(settings), orjson.loads(units), state, final, error,
+        id, task, strategy, json_column(settings), json_column(units), state, final, error,
         started_at, ended_at, events,
     )
 
@@ -269,7 +277,7 @@ def input_row(row: Any) -> InputRow:
         prompt,
         number,
         question,
-        tuple(orjson.loads(options)),
+        tuple(json_column(options)),
         kind,
         answer,
         asked_at,

@@ -42,8 +42,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote
 
-import orjson
-
 from latis_core._cmdr.rows import (
     COORDINATION_SELECT,
     INPUT_SELECT,
@@ -64,6 +62,7 @@ from latis_core._cmdr.rows import (
     chunk_row,
     coordination_row,
     input_row,
+    json_column,
     prompt_row,
     session_row,
     unit_row,
@@ -690,6 +689,8 @@ class StateDB:
         db = self._db()
         problems: list[str] = []
 
+        import orjson
+
         def apply(kind: str, run: list[tuple[Any, ...]]) -> int:
             if kind == "close":
                 _close_sessions(db, run)
@@ -847,6 +848,8 @@ class StateDB:
         """
         if not rows:
             return
+        import orjson
+
         dumps = orjson.dumps
         values = [
             (prompt_id, seq, text, kind, None if data is None else dumps(data).decode())
@@ -872,6 +875,8 @@ class StateDB:
         forth once per row (a busy event loop made a worker thread wait for
         it at every row).
         """
+        import orjson
+
         dumps = orjson.dumps
         values = [
             (prompt_id, seq, text, kind, None if data is None else dumps(data).decode())
@@ -1047,7 +1052,7 @@ class StateDB:
             if row is None:
                 return None
             events = [
-                orjson.loads(event)
+                json_column(event)
                 for (event,) in db.execute(
                     "SELECT event FROM coordination_events WHERE coordination = ? ORDER BY seq",
                     (id,),
@@ -1154,6 +1159,8 @@ def dumps_id(value: Any) -> str:
 
 
 def _dumps(value: Any) -> str:
+    import orjson  # (on first use: see rows.json_column)
+
     return orjson.dumps(value).decode()
 
 
@@ -1180,7 +1187,7 @@ def _need_prompt(db: sqlite3.Connection, id: int) -> None:
 def _close_sessions(db: sqlite3.Connection, closes: Sequence[tuple[Any, ...]]) -> None:
     """Close each (closed_at, session) given (again: nothing); its running prompts
     end as cancelled, with the chunks stored."""
-    run = orjson.dumps(closes)
+    run = _dumps(closes)
     db.execute(
         "UPDATE prompts SET state = 'cancelled', ended_at = j.value ->> 0,"
         " chunks = (SELECT count(*) FROM chunks WHERE prompt = prompts.id)"
