@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -212,6 +212,9 @@ class PromptEngine:
 
     async def _pump(self, record: PromptRecord, stream: PromptStream) -> None:
         record.scope = scope = trio.CancelScope()
+        # The last chunks, when the end came with them (a short answer): published
+        # with the end, so that a follower gets one write, not two.
+        held: list[tuple[str, Any]] = []
         with scope:
             try:
                 while True:
@@ -221,13 +224,13 @@ class PromptEngine:
                         break
                     # What came with it, in one call: not an `__anext__` a chunk.
                     batch = [first, *stream.take_chunks(4095)]
-                    await self._take(record, batch)
+                    held = await self._take(record, batch, hold=stream.ending)
                 chunks = getattr(stream.final, "chunks", None)
                 end = {"outcome": stream.outcome or "complete",
                        "chunks": record.received + 1 if chunks is None else chunks}
-                await self._finish(record, end)
+                await self._finish(record, end, held)
             except RequestError as exc:
-                await self._finish(record, _request_end(record, exc))
+                await self._finish(record, _request_end(record, exc), held)
             except ConnectionClosed:
                 # The unit's connection dropped: the prompt goes on there, and a
                 # reconnection picks it up after the last chunk received. If
@@ -239,9 +242,16 @@ class PromptEngine:
                     record.wake()
                     self._watch_unit(record.unit)
             except LatisError as exc:
-                await self._finish(record, _error_end(record, "internal", str(exc)))
+                await self._finish(record, _error_end(record, "internal", str(exc)), held)
+            finally:
+                if held and record.end is None:  # (stopped before the end they came with)
+                    record.publish(held)
 
-    async def _take(self, record: PromptRecord, batch: list[Any]) -> None:
+    async def _take(
+        self, record: PromptRecord, batch: list[Any], hold: bool = False
+    ) -> list[tuple[str, Any]]:
+        """Publish `batch` and hand its chunks to the writer; with `hold`, return its
+        last events unpublished instead (the caller publishes them with the end)."""
         # Followers first, state after: chunks are published at once and
         # handed to the writer, which stores them in its next batch.
         rows: list[ChunkIn] = []
@@ -266,11 +276,18 @@ class PromptEngine:
                     self._set_session(record.session, "waiting")
                     published.append(("input", ev))
         writer.put(record, rows)
+        if hold:
+            return published
         record.publish(published)
         await writer.room()
+        return []
 
-    async def _finish(self, record: PromptRecord, end: dict[str, Any]) -> None:
+    async def _finish(
+        self, record: PromptRecord, end: dict[str, Any], held: Sequence[tuple[str, Any]] = ()
+    ) -> None:
         if record.end is not None:
+            if held:
+                record.publish(list(held))
             return
         error = None
         if end["outcome"] == "error":
@@ -286,7 +303,7 @@ class PromptEngine:
                                     error, record.id)))
         self._set_session(record.session, "idle")  # (unless it closed meanwhile)
         self._on_prompt_end(record, end)  # the inbox's hook: notifications
-        record.publish([("end", end)])
+        record.publish([*held, ("end", end)])
         # Held until its end is stored: a follower that comes later reads it all there.
         self.writer.when_stored(functools.partial(self.prompts.pop, record.id, None))
         await trio.lowlevel.checkpoint()

@@ -571,6 +571,13 @@ class ReplyStream:
         """How many replies have arrived and wait to be taken (taking them needs no wait)."""
         return len(self._w.events)
 
+    @property
+    def ending(self) -> bool:
+        """Whether the final reply is here and is all that is left: the next
+        `__anext__` ends the iteration without waiting."""
+        w = self._w
+        return bool(w.final) and len(w.events) == 1 and self.final is None
+
     def take_ready(self, cls: type, limit: int) -> list[Any]:
         """Up to `limit` replies of class `cls` that are here, in order, without
         waiting: those before the first of another class, never the final one.
