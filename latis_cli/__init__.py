@@ -18,6 +18,11 @@ def main() -> None:
 
     fast = _FAST.get(tuple(sys.argv[1:]))
     if fast is not None:
+        import gc
+
+        # A read that ends with the process: what it builds (a few objects per
+        # unit) lives until then, and the collector would only walk it again.
+        gc.disable()
         from ._status import show_status
 
         guard(lambda: show_status(json_output=fast))

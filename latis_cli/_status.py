@@ -17,18 +17,14 @@ if TYPE_CHECKING:
     from latis_core import StateStore as State
 
 
-#: A unit's fields in `latis status --json`.
-_UNIT = ("unit", "provisioner", "connection", "transport", "error", "last_seen", "sessions",
-         "in_config")
-_NONE: dict[str, str] = {}
-
-
 def show_status(json_output: bool = False) -> int:
     """Print what runs where (see `latis status --help`); the exit status."""
     from ._cmdr import daemon_pid
 
     pid = daemon_pid()
-    units: list[tuple[Any, ...]] = []  # (_UNIT's fields: a dict each only for --json)
+    #: (id, name, provisioner, connection, transport, error, last seen) per unit.
+    overview: list[tuple[Any, ...]] = []
+    sessions_of: dict[int, dict[str, str]] = {}
     attention: list[dict[str, Any]] = []
     try:
         from latis_core import config_unit_names, paths
@@ -41,28 +37,28 @@ def show_status(json_output: bool = False) -> int:
     if state is not None:
         with state:
             # Plain tuples, one query per table (10,000 units).
-            sessions_of: dict[int, dict[str, str]] = {}
             active: list[tuple[int, str, str]] = []
             for unit_id, session, session_state in state.session_states():
                 sessions_of.setdefault(unit_id, {})[session] = session_state
                 if session_state in ("busy", "waiting"):
                     active.append((unit_id, session, session_state))
-            names: dict[int, str] = {}
-            for unit_id, name, provisioner, conn, transport, error, last_seen in \
-                    state.unit_overview():
-                names[unit_id] = name
-                units.append((name, provisioner, conn or "disconnected", transport, error,
-                              last_seen, sessions_of.get(unit_id, _NONE),
-                              named is None or name in named))
-            attention = [_attention(state, names[unit_id], session, session_state)
-                         for unit_id, session, session_state in active
-                         if unit_id in names]  # (a destroyed unit's sessions are closed)
+            overview = state.unit_overview()
+            if active:
+                names = {row[0]: row[1] for row in overview}
+                attention = [_attention(state, names[unit_id], session, session_state)
+                             for unit_id, session, session_state in active
+                             if unit_id in names]  # (a destroyed unit's sessions are closed)
     from ._current import current_session
 
     current = current_session()
     if json_output:
-        print(json.dumps({"daemon": {"running": pid is not None, "pid": pid},
-                          "units": [dict(zip(_UNIT, u, strict=True)) for u in units],
+        units = [{"unit": name, "provisioner": provisioner,
+                  "connection": conn or "disconnected", "transport": transport,
+                  "error": error, "last_seen": last_seen,
+                  "sessions": sessions_of.get(unit_id, {}),
+                  "in_config": named is None or name in named}
+                 for unit_id, name, provisioner, conn, transport, error, last_seen in overview]
+        print(json.dumps({"daemon": {"running": pid is not None, "pid": pid}, "units": units,
                           "current_session": current, "active": attention}, indent=2))
         return OK
     from ._console import print_table
@@ -72,21 +68,25 @@ def show_status(json_output: bool = False) -> int:
     if current is not None:
         print(f"current session: {current['session']} on unit {current['unit']}",
               file=sys.stderr)
-    if not units:
+    if not overview:
         print("no units yet: latis prompt \"hello\" brings up the built-in unit 'local'",
               file=sys.stderr)
         return OK
     rows = []
-    for name, provisioner, conn, _transport, error, last_seen, sessions, in_config in units:
+    none = ("0", "0", "0")
+    for unit_id, name, provisioner, conn, _transport, error, last_seen in overview:
+        sessions = sessions_of.get(unit_id)
         if sessions:
             states = list(sessions.values())
             counts = (str(len(states)), str(states.count("busy")), str(states.count("waiting")))
         else:
-            counts = ("0", "0", "0")
+            counts = none
         seen = "now" if pid and conn == "connected" else _ago(last_seen)
         rows.append((name, provisioner or "-",
-                     "FAILED" if conn == "unreachable" else conn,  # (stands out)
-                     *counts, seen, _note(name, conn, error, in_config)))
+                     "FAILED" if conn == "unreachable" else conn or "disconnected",
+                     *counts, seen,
+                     "" if (named is None or name in named) and conn != "unreachable"
+                     else _note(name, conn, error, named is None or name in named)))
     print_table(("unit", "provisioner", "connection", "sessions", "busy", "waiting",
                  "last seen", "note"), rows)
     for a in sorted(attention, key=lambda a: a["state"] != "waiting"):
