@@ -156,6 +156,34 @@ async def test_a_stalled_disk_holds_the_prompts_back_at_the_limit(home: Home) ->
     assert stored_seqs(home.state_file, record.id) == list(range(40))
 
 
+async def test_short_answers_stop_at_the_limit_too(home: Home) -> None:
+    """A short answer's chunks go to its followers with its end; while the disk is
+    stalled, a session's short prompts still stop at the writer's limit, not one
+    after another ahead of the disk, and once it is back every chunk is stored."""
+    async with controller() as ctl:
+        ctl.writer.limit = 3
+        sid = (await ctl.create_session("slow"))["session"]
+        first = await ctl.start_prompt(sid, "hi")  # (prompt ids taken, the unit up)
+        ids = [first.id]
+        assert [kind async for kind, _ in ctl.follow(first.id)] == ["chunk", "end"]
+        answered = 0
+        with disk_stalled(home.state_file):
+            for _ in range(12):
+                record = await ctl.start_prompt(sid, "hi")
+                ids.append(record.id)
+                with trio.move_on_after(1) as waited:
+                    events = [e async for e in ctl.follow(record.id)]
+                if waited.cancelled_caught:
+                    break
+                assert [kind for kind, _ in events] == ["chunk", "end"]
+                answered += 1
+            assert answered <= ctl.writer.limit + 2
+        events = [e async for e in ctl.follow(ids[-1])]
+        assert events[-1] == ("end", {"outcome": "complete", "chunks": 1})
+    for prompt_id in ids:
+        assert stored_seqs(home.state_file, prompt_id) == [0]
+
+
 # ---- a real daemon, killed ----------------------------------------------------------------
 
 

@@ -224,7 +224,7 @@ class PromptEngine:
                         break
                     # What came with it, in one call: not an `__anext__` a chunk.
                     batch = [first, *stream.take_chunks(4095)]
-                    held = await self._take(record, batch, hold=stream.ending)
+                    await self._take(record, batch, held if stream.ending else None)
                 chunks = getattr(stream.final, "chunks", None)
                 end = {"outcome": stream.outcome or "complete",
                        "chunks": record.received + 1 if chunks is None else chunks}
@@ -248,10 +248,10 @@ class PromptEngine:
                     record.publish(held)
 
     async def _take(
-        self, record: PromptRecord, batch: list[Any], hold: bool = False
-    ) -> list[tuple[str, Any]]:
-        """Publish `batch` and hand its chunks to the writer; with `hold`, return its
-        last events unpublished instead (the caller publishes them with the end)."""
+        self, record: PromptRecord, batch: list[Any], held: list[tuple[str, Any]] | None = None
+    ) -> None:
+        """Publish `batch` and hand its chunks to the writer; given `held`, its last
+        events go there instead, for the caller to publish with the end."""
         # Followers first, state after: chunks are published at once and
         # handed to the writer, which stores them in its next batch.
         rows: list[ChunkIn] = []
@@ -276,11 +276,11 @@ class PromptEngine:
                     self._set_session(record.session, "waiting")
                     published.append(("input", ev))
         writer.put(record, rows)
-        if hold:
-            return published
-        record.publish(published)
+        if held is None:
+            record.publish(published)
+        else:
+            held += published
         await writer.room()
-        return []
 
     async def _finish(
         self, record: PromptRecord, end: dict[str, Any], held: Sequence[tuple[str, Any]] = ()
