@@ -31,10 +31,12 @@ DIAL_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 #: The most of a busy cmdr's `retry_after` honoured, in seconds (a bound on a bad value).
 RETRY_AFTER_MAX = 600.0
 #: Seconds at least that one dial (connect and TLS) may take. A fleet redialing at
-#: once queues at cmdr's listener (its waiting room, then the kernel's backlog);
-#: a dial that gave up after the transport's usual 10 s would go to the back of
-#: the queue with a longer backoff (at 10,000 units: a tail of 30 s).
-DIAL_CONNECT_TIMEOUT = 30.0
+#: once queues at cmdr's listener (its waiting room, then the kernel's backlog)
+#: and is served at the pace of TLS handshakes (~300 a second on 2 cores: 10,000
+#: units in ~35 s); a dial that gave up before its turn would go to the back of
+#: the queue with a longer backoff. At 30 s, ~2,000 of 10,000 units did, each
+#: time cmdr restarted.
+DIAL_CONNECT_TIMEOUT = 60.0
 
 
 async def dial_cmdr(
