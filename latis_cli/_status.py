@@ -84,9 +84,7 @@ def show_status(json_output: bool = False) -> int:
         seen = "now" if pid and conn == "connected" else _ago(last_seen)
         rows.append((name, provisioner or "-",
                      "FAILED" if conn == "unreachable" else conn or "disconnected",
-                     *counts, seen,
-                     "" if (named is None or name in named) and conn != "unreachable"
-                     else _note(name, conn, error, named is None or name in named)))
+                     *counts, seen, _note(name, conn, error, named is None or name in named)))
     print_table(("unit", "provisioner", "connection", "sessions", "busy", "waiting",
                  "last seen", "note"), rows)
     for a in sorted(attention, key=lambda a: a["state"] != "waiting"):
