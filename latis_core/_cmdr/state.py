@@ -689,13 +689,11 @@ class StateDB:
         db = self._db()
         problems: list[str] = []
 
-        import orjson
-
         def apply(kind: str, run: list[tuple[Any, ...]]) -> int:
             if kind == "close":
                 _close_sessions(db, run)
                 return len(run)
-            return db.execute(_BEHIND[kind], (orjson.dumps(run),)).rowcount
+            return db.execute(_BEHIND[kind], (_dumps(run),)).rowcount
 
         for kind, group in itertools.groupby(writes, key=operator.itemgetter(0)):
             run = [values for _, values in group]
