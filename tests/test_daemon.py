@@ -298,6 +298,27 @@ class TestDaemon:
                 assert "".join(followed) == "".join(texts)
             running.stop.set()
 
+    async def test_a_client_that_goes_away_stops_following_only(self, home: Path) -> None:
+        """A client that hangs up mid-prompt stops following it, nothing more: the
+        prompt runs to its end, a client that comes later reads it whole, and the
+        daemon keeps nothing of the one that left on the prompt it followed."""
+        async with daemon(home) as running:
+            async with client(home) as first:
+                session = await first.create_session(unit="slow")
+                stream = session.prompt(WORDS)
+                assert (await stream.__anext__()).seq == 0
+            async with client(home) as later:
+                info = await call(later, "session.get", session=session.id)
+                prompt_id = info["last_prompt"]["id"]
+                record = running.controller.prompts[prompt_id]
+                assert record.end is None and not record.listeners  # running, unfollowed
+                follower = await latis_core.Session(later, session.id).reattach(prompt_id)
+                with trio.fail_after(10):
+                    chunks = [chunk async for chunk in follower]
+                assert [c.seq for c in chunks] == list(range(30))
+                assert "".join(c.text for c in chunks) == WORDS
+                assert follower.outcome == "complete"
+
     async def test_a_failing_write_to_a_client_loses_nothing(
         self, home: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

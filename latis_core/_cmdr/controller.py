@@ -272,9 +272,17 @@ class Controller(HumanLoop, PromptEngine):
             async with self._ids_lock:
                 if not self._ids:
                     self._ids = await self.db(self.state.reserve_prompt_ids, PROMPT_IDS)
-        prompt_id = self._ids.start
-        self._ids = self._ids[1:]
+        prompt_id = self._prompt_id_nowait()
+        assert prompt_id is not None  # (nothing ran since the block was checked)
         return prompt_id
+
+    def _prompt_id_nowait(self) -> int | None:
+        """The next prompt's id, or None when the block in hand is used up."""
+        ids = self._ids
+        if not ids:
+            return None
+        self._ids = ids[1:]
+        return ids.start
 
     # ---- units ------------------------------------------------------------------------
 

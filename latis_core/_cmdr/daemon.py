@@ -22,6 +22,7 @@ from another uid is refused (SO_PEERCRED) before a single byte is read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -39,6 +40,7 @@ from latis_core._cmdr.config import Config, default_config, load_config
 from latis_core._cmdr.controller import Controller, open_controller
 from latis_core._cmdr.methods import Caller, Running, call_method, idle_sessions
 from latis_core._cmdr.pidfile import hold_daemon_lock
+from latis_core._cmdr.prompts import PromptRecord
 from latis_core._cmdr.state import PromptState, StateDB
 from latis_core._errors import (
     DaemonRunning,
@@ -236,10 +238,15 @@ class _Client(ServerConnection):
         #: Request id -> the scope of a call in progress (so it can be cancelled).
         self.calls: dict[RequestId, trio.CancelScope] = {}
         self.subs: dict[RequestId, str | None] = {}
+        #: Request id -> the prompt followed live (`follow`) and its listener.
+        self.live: dict[RequestId, tuple[PromptRecord, Callable[..., bool]]] = {}
 
     def detach(self) -> None:
         super().detach()
         self.daemon.subscribers.discard(self)
+        for record, listener in self.live.values():
+            record.unlisten(listener)
+        self.live.clear()
 
     def spawn(self, rid: RequestId, work: Callable[[], Awaitable[Any]]) -> None:
         """Run `work` for request `rid`; its errors become the request's `error`."""
@@ -248,81 +255,83 @@ class _Client(ServerConnection):
             try:
                 await work()
             except Exception as exc:
-                code, message = error_code(exc)
-                if code == ErrorCode.INTERNAL and not isinstance(exc, LatisError):
-                    # A bug: answer it, log it, keep serving the others.
-                    log.exception("request %r failed", rid)
-                self.send(Error(rid, code, message))
+                self.fail(rid, exc)
 
         self.nursery.start_soon(run)
 
+    def fail(self, rid: RequestId, exc: Exception) -> None:
+        """Answer request `rid` with `exc` as its error."""
+        code, message = error_code(exc)
+        if code == ErrorCode.INTERNAL and not isinstance(exc, LatisError):
+            # A bug: answer it, log it, keep serving the others.
+            log.error("request %r failed", rid, exc_info=exc)
+        self.send(Error(rid, code, message))
+
     async def forward(self, rid: RequestId, prompt_id: int, after: int) -> None:
-        """Send prompt `prompt_id`'s events to this client under `rid`, to the end."""
+        """Send prompt `prompt_id`'s events to this client under `rid`, to the end
+        (those after chunk `after`; all with -1)."""
+        record = self.ctl.prompts.get(prompt_id)
+        if after == -1 and record is not None and self.follow(rid, record):
+            return  # followed live, in its pump's task
         self.prompts[rid] = prompt_id
         try:
-            start = None
-            if after == -1:
-                pushed = await self._push(rid, prompt_id)
-                if pushed is None:
-                    return  # the end was sent, or the client is gone
-                after, start = pushed
-            await self._pull(rid, prompt_id, after, start)
+            await self._pull(rid, prompt_id, after)
         finally:
             self.prompts.pop(rid, None)
 
-    async def _push(self, rid: RequestId, prompt_id: int) -> tuple[int, int | None] | None:
-        """Forward a running prompt's events from its start as it publishes them:
-        written in its pump's task, without a hop through this one.
+    def follow(self, rid: RequestId, record: PromptRecord) -> bool:
+        """Send a running prompt's events from its start under `rid` as its pump
+        publishes them, written in the pump's task: no task of this client's and
+        no hop through one.
 
-        Returns None once the end is sent (or the client is gone); else where
-        `_pull` goes on, at the client's pace: (the last chunk sent, the events
-        sent), when this client's link fell behind, or (-1, None) for a prompt
-        whose events are not all in memory.
+        False, with nothing sent, for a prompt whose events are not all in memory
+        (or that is ending): `forward` reads those as they are. A client whose
+        link falls behind goes on in a task of its own, at its pace (`_pull`).
         """
-        record = self.ctl.prompts.get(prompt_id)
-        if record is None or not record.whole or record.end is not None:
-            return -1, None  # (partly) in state, or ending: `_pull` reads it as it is
+        if not record.whole or record.end is not None:
+            return False
+        self.prompts[rid] = record.id
         link = self.link
-        done = trio.Event()
         last = -1
         sent = 0
-        ended = False
 
         def send(events: list[tuple[str, Any]]) -> bool:
-            nonlocal last, sent, ended
-            more = False
+            nonlocal last, sent
+            ended = False
             try:
-                if self.closed:
-                    return False
-                self.send_many(_messages(rid, events))
-                sent += len(events)
-                for kind, payload in events:
-                    if kind == "chunk":
-                        last = payload.seq
-                    elif kind == "end":
-                        ended = True
-                more = not ended and link.buffered <= HIGH_WATER
-                return more
-            finally:
-                if not more:  # (also if this failed: this task goes on, pulling)
-                    done.set()
+                if not self.closed:
+                    self.send_many(_messages(rid, events))
+                    sent += len(events)
+                    for kind, payload in events:
+                        if kind == "chunk":
+                            last = payload.seq
+                        elif kind == "end":
+                            ended = True
+                    if not ended and link.buffered <= HIGH_WATER:
+                        return True
+            except Exception:  # (a bug: logged; the rest is read as if behind)
+                log.exception("prompt %s: writing to a client failed", record.id)
+            # Done here: at the end (or this client's), or behind.
+            self.live.pop(rid, None)
+            if ended or self.closed:
+                self.prompts.pop(rid, None)
+            else:
+                self.spawn(rid, functools.partial(self._catch_up, rid, record.id, last, sent))
+            return False
 
         # Nothing runs between this copy and `listen`: every event is sent once.
-        if record.events:
-            try:
-                send(list(record.events))
-            except Exception:  # (a bug: as a listener's, logged; this task pulls)
-                log.exception("prompt %s: writing to a client failed", prompt_id)
-        if not done.is_set():
+        if not record.events or send(list(record.events)):
             record.listen(send)
-            try:
-                await done.wait()
-            finally:
-                record.unlisten(send)
-        if ended or self.closed:
-            return None
-        await link.wait_drained()
-        return last, sent
+            self.live[rid] = (record, send)
+        return True
+
+    async def _catch_up(self, rid: RequestId, prompt_id: int, last: int, sent: int) -> None:
+        """Go on with a prompt followed live until this client fell behind."""
+        try:
+            await self.link.wait_drained()
+            await self._pull(rid, prompt_id, last, sent)
+        finally:
+            self.prompts.pop(rid, None)
 
     async def _pull(
         self, rid: RequestId, prompt_id: int, after: int, start: int | None = None
@@ -439,6 +448,17 @@ def _on_session_resume(c: _Client, msg: SessionResume) -> None:
 
 
 def _on_prompt_send(c: _Client, msg: PromptSend) -> None:
+    # Usually nothing needs a wait: sent to the unit and followed from here, in
+    # this reader's task (no task of its own: one less hop for every prompt).
+    try:
+        record = c.ctl.start_prompt_nowait(msg.session, msg.text)
+    except Exception as exc:
+        c.fail(msg.id, exc)
+        return
+    if record is not None:
+        c.follow(msg.id, record)
+        return
+
     async def work() -> None:
         # Shielded: once sent to the unit, the prompt is recorded even if this
         # client goes away at that moment (it runs on; only following stops).

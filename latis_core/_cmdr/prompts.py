@@ -30,7 +30,7 @@ from latis_core._wire.messages import InputRequest, ResponseChunk
 
 if TYPE_CHECKING:
     from latis_core._cmdr.config import Config
-    from latis_core._cmdr.controller import UnitRuntime
+    from latis_core._cmdr.controller import OpenSession, UnitRuntime
     from latis_core._cmdr.state import StateDB
     from latis_core._cmdr.writer import ChunkWriter
 
@@ -160,6 +160,7 @@ class PromptEngine:
     #: Per unit: held while its prompts are being picked up.
     _reattaching: dict[str, trio.Lock]
     units: dict[str, UnitRuntime]
+    sessions: dict[str, OpenSession]
     _nursery: trio.Nursery
 
     if TYPE_CHECKING:
@@ -179,6 +180,8 @@ class PromptEngine:
 
         async def _new_prompt_id(self) -> int: ...
 
+        def _prompt_id_nowait(self) -> int | None: ...
+
         def _notify(self, sid: str, state: str) -> None: ...
 
         async def _reattach_for(self, sid: str) -> None: ...
@@ -196,10 +199,25 @@ class PromptEngine:
         rt = await self.session_unit(sid)
         if rt.client is None or rt.client.peer.closed:
             await self.up(rt.name)
+        return self._send_prompt(rt, sid, text, await self._new_prompt_id())
+
+    def start_prompt_nowait(self, sid: str, text: str) -> PromptRecord | None:
+        """`start_prompt` when nothing needs a wait: the session held, its unit
+        connected, a prompt id at hand (the usual case). None otherwise, and
+        nothing is sent: the caller then awaits `start_prompt`."""
+        held = self.sessions.get(sid)
+        rt = None if held is None else self.units.get(held.unit)
+        if rt is None or rt.client is None or rt.client.peer.closed:
+            return None
+        prompt_id = self._prompt_id_nowait()
+        if prompt_id is None:
+            return None
+        return self._send_prompt(rt, sid, text, prompt_id)
+
+    def _send_prompt(self, rt: UnitRuntime, sid: str, text: str, prompt_id: int) -> PromptRecord:
         client = self._client(rt)
         # Numbered in memory and written behind (its row goes in before its
         # first chunk's, in the writer's next batch): nothing waits for the disk.
-        prompt_id = await self._new_prompt_id()
         stream = Session(client, sid).prompt(text)
         stream.detach()  # the prompt belongs to the unit until it ends, not to this task
         self.writer.behind(
