@@ -1069,7 +1069,7 @@ class Controller(HumanLoop, PromptEngine):
         for record in [r for r in self.prompts.values() if r.session == sid and r.end is None]:
             if record.scope is not None:
                 record.scope.cancel()
-            await self._finish(record, {
+            self._finish(record, {
                 "outcome": "error", "code": ErrorCode.UNKNOWN_SESSION.value,
                 "message": why, "chunks": record.received + 1})
         for prompt in await self.read(self.reads.prompts, sid):

@@ -246,9 +246,9 @@ class PromptEngine:
                 chunks = getattr(stream.final, "chunks", None)
                 end = {"outcome": stream.outcome or "complete",
                        "chunks": record.received + 1 if chunks is None else chunks}
-                await self._finish(record, end, held)
+                self._finish(record, end, held)
             except RequestError as exc:
-                await self._finish(record, _request_end(record, exc), held)
+                self._finish(record, _request_end(record, exc), held)
             except ConnectionClosed:
                 # The unit's connection dropped: the prompt goes on there, and a
                 # reconnection picks it up after the last chunk received. If
@@ -260,7 +260,7 @@ class PromptEngine:
                     record.wake()
                     self._watch_unit(record.unit)
             except LatisError as exc:
-                await self._finish(record, _error_end(record, "internal", str(exc)), held)
+                self._finish(record, _error_end(record, "internal", str(exc)), held)
             finally:
                 if held and record.end is None:  # (stopped before the end they came with)
                     record.publish(held)
@@ -313,9 +313,10 @@ class PromptEngine:
             held += published
         await writer.room()
 
-    async def _finish(
+    def _finish(
         self, record: PromptRecord, end: dict[str, Any], held: Sequence[tuple[str, Any]] = ()
     ) -> None:
+        # (Not a checkpoint: the pump's last step, and no yield to give up for it.)
         if record.end is not None:
             if held:
                 record.publish(list(held))
@@ -337,7 +338,6 @@ class PromptEngine:
         record.publish([*held, ("end", end)])
         # Held until its end is stored: a follower that comes later reads it all there.
         self.writer.when_stored(functools.partial(self.prompts.pop, record.id, None))
-        await trio.lowlevel.checkpoint()
 
     # ---- a unit lost -----------------------------------------------------------------------
 
@@ -412,8 +412,9 @@ class PromptEngine:
                 record.scope.cancel()
             message = _lost(name, why, record.received + 1)
             log.warning("prompt %s: %s", record.id, message)
-            await self._finish(record, _error_end(record, ErrorCode.UNIT_LOST.value, message))
+            self._finish(record, _error_end(record, ErrorCode.UNIT_LOST.value, message))
             ended += 1
+        await trio.lowlevel.checkpoint()
         return ended
 
     async def cancel(self, prompt_id: int) -> None:
@@ -625,7 +626,7 @@ class PromptEngine:
             )
         except RequestError as exc:
             record.resuming = False
-            await self._finish(record, _request_end(record, exc))
+            self._finish(record, _request_end(record, exc))
             return
         except ConnectionClosed:
             record.resuming = False
@@ -633,7 +634,7 @@ class PromptEngine:
             return
         except LatisError as exc:  # a bug of ours: the prompt ends, it does not hang
             record.resuming = False
-            await self._finish(record, _error_end(record, "internal", str(exc)))
+            self._finish(record, _error_end(record, "internal", str(exc)))
             return
         record.resuming = False
         stream.detach()
