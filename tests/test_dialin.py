@@ -230,6 +230,32 @@ async def test_unit_that_drops_dials_again_and_resumes(home: Path) -> None:
         assert c.listener.stats.accepted == 2
 
 
+async def test_a_stopping_cmdr_records_its_dialed_in_units_as_disconnected(
+    home: Path,
+) -> None:
+    """cmdr stops with a unit dialed in: its state says the unit is disconnected (what
+    `latis status` shows while cmdr is down), not connected; written as the
+    connection ends, and stored before the controller is gone."""
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        async with cmdr(home) as c:
+
+            async def unit_runs() -> None:  # on past cmdr's end
+                async with dialing_unit(c.dialer(), c.enrollment):
+                    await done.wait()
+
+            nursery.start_soon(unit_runs)
+            await c.wait_connected()
+            await c.ctl.flush()
+            with StateDB(paths().state_file) as state:
+                row = state.get_connection("edge")
+                assert row is not None and row.state == "connected"
+        with StateDB(paths().state_file) as state:
+            row = state.get_connection("edge")
+            assert row is not None and row.state == "disconnected"
+        done.set()
+
+
 # ---- refusals of proof --------------------------------------------------------------------
 
 
