@@ -302,10 +302,11 @@ class TestDaemon:
         """A client that hangs up mid-prompt stops following it, nothing more: the
         prompt runs to its end, a client that comes later reads it whole, and the
         daemon keeps nothing of the one that left on the prompt it followed."""
+        words = " ".join(f"w{i}" for i in range(100))  # 2 s on the slow unit
         async with daemon(home) as running:
             async with client(home) as first:
                 session = await first.create_session(unit="slow")
-                stream = session.prompt(WORDS)
+                stream = session.prompt(words)
                 assert (await stream.__anext__()).seq == 0
             async with client(home) as later:
                 info = await call(later, "session.get", session=session.id)
@@ -313,10 +314,10 @@ class TestDaemon:
                 record = running.controller.prompts[prompt_id]
                 assert record.end is None and not record.listeners  # running, unfollowed
                 follower = await latis_core.Session(later, session.id).reattach(prompt_id)
-                with trio.fail_after(10):
+                with trio.fail_after(20):
                     chunks = [chunk async for chunk in follower]
-                assert [c.seq for c in chunks] == list(range(30))
-                assert "".join(c.text for c in chunks) == WORDS
+                assert [c.seq for c in chunks] == list(range(100))
+                assert "".join(c.text for c in chunks) == words
                 assert follower.outcome == "complete"
 
     async def test_a_failing_write_to_a_client_loses_nothing(
