@@ -273,39 +273,26 @@ class PromptEngine:
         # Followers first, state after: chunks are published at once and
         # handed to the writer, which stores them in its next batch.
         writer = self.writer
-        first = batch[0]
-        if type(first) is ResponseChunk:
-            # The usual batch: chunks alone, in order and without a gap (the
-            # stream checks), in one pass each. A prefix received already is
-            # shown once (a resume asks for what follows the last one received,
-            # so this is a guard, not a path).
-            if first.seq <= record.received:
-                batch = batch[record.received + 1 - first.seq:]
-            if batch:
-                record.received = batch[-1].seq
-            rows: list[ChunkIn] = [(ev.seq, ev.text, ev.kind, ev.data) for ev in batch]
-            published: list[tuple[str, Any]] = [("chunk", ev) for ev in batch]
-        else:
-            # A question first, chunks after it.
-            rows, published = [], []
-            for ev in batch:
-                if type(ev) is ResponseChunk:
-                    if ev.seq <= record.received:
-                        continue
-                    record.received = ev.seq
-                    rows.append((ev.seq, ev.text, ev.kind, ev.data))
-                    published.append(("chunk", ev))
-                elif type(ev) is InputRequest:
-                    writer.put(record, rows)
-                    rows = []
-                    record.publish(published)
-                    published = []
-                    # The inbox's hook (latis_core._cmdr.hitl), in the writer's hop
-                    # after the chunks before it: stored, maybe answered by the
-                    # approval policy; else a person is asked.
-                    if await self._on_question(record, ev):
-                        self._set_session(record.session, "waiting")
-                        published.append(("input", ev))
+        published: list[tuple[str, Any]] = []
+        if type(batch[0]) is InputRequest:
+            # A question comes first in its batch (the chunks after it follow).
+            # The inbox's hook (latis_core._cmdr.hitl), in the writer's hop after
+            # the chunks before it: stored, maybe answered by the approval
+            # policy; else a person is asked.
+            question, batch = batch[0], batch[1:]
+            if await self._on_question(record, question):
+                self._set_session(record.session, "waiting")
+                published.append(("input", question))
+        # Chunks alone from here, in order and without a gap (the stream checks),
+        # in one pass each. A prefix received already is shown once (a resume
+        # asks for what follows the last one received, so this is a guard, not a
+        # path).
+        if batch and batch[0].seq <= record.received:
+            batch = batch[record.received + 1 - batch[0].seq:]
+        if batch:
+            record.received = batch[-1].seq
+        rows: list[ChunkIn] = [(ev.seq, ev.text, ev.kind, ev.data) for ev in batch]
+        published += [("chunk", ev) for ev in batch]
         writer.put(record, rows)
         if held is None:
             record.publish(published)
