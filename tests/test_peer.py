@@ -65,6 +65,30 @@ async def first_then_ready(stream: Any, ready: int) -> Any:
     return first
 
 
+def paced_unit(go: trio.Event, *, question: bool) -> Handler:
+    """A unit whose prompt sends chunks 0 and 1, waits for `go`, then sends (a
+    question and) chunk 2 and the end."""
+
+    async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
+        if await answer_hello(unit, msg):
+            return
+        if msg["type"] == "session.create":
+            await unit.send({"type": "ack", "id": msg["id"], "data": {"session": "s"}})
+        elif msg["type"] == "prompt.send":
+            rid = msg["id"]
+            for seq in (0, 1):
+                await unit.send({"type": "response.chunk", "id": rid, "seq": seq,
+                                 "text": f"c{seq}"})
+            await go.wait()
+            if question:
+                await unit.send({"type": "input.request", "id": rid, "input": 0,
+                                 "question": "go on?"})
+            await unit.send({"type": "response.chunk", "id": rid, "seq": 2, "text": "c2"})
+            await unit.send({"type": "response.complete", "id": rid, "chunks": 3})
+
+    return handler
+
+
 def count_tasks() -> int:
     def walk(task: trio.lowlevel.Task) -> int:
         return 1 + sum(walk(t) for n in task.child_nurseries for t in n.child_tasks)
@@ -188,6 +212,70 @@ class TestConcurrency:
                 assert first.text + "".join(c.text for c in rest) == "a b c d"
                 assert [c async for c in stream] == []
                 assert stream.outcome == "complete"
+            nursery.cancel_scope.cancel()
+
+    async def test_a_sink_takes_chunks_while_the_consumer_waits(self) -> None:
+        """`on_ready`: chunks that arrive while the consumer waits in `__anext__` are
+        taken by the sink without waking the consumer; a question wakes it, and
+        every chunk is seen once, in order, around it."""
+        ours, theirs = socket_stream_pair()
+        go = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(FakeUnit(theirs, paced_unit(go, question=True)).run)
+            async with latis_core.connect(ours) as unit:
+                session = await unit.create_session()
+                stream = session.prompt("go")
+                seen: list[str] = []
+                woken: list[Any] = []
+
+                async def consume() -> None:
+                    woken.append(await stream.__anext__())
+
+                stream.on_ready(lambda: seen.extend(c.text for c in stream.take_chunks(100)))
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(consume)
+                    with trio.fail_after(10):
+                        while len(seen) < 2:
+                            await trio.sleep(0.01)
+                    assert woken == []  # still waiting: both chunks went to the sink
+                    go.set()
+                assert type(woken[0]) is latis_core.InputRequest
+                assert seen == ["c0", "c1"]  # taken before the question came
+                stream.on_ready(None)
+                assert [c.text async for c in stream] == ["c2"]
+                assert stream.outcome == "complete"
+            nursery.cancel_scope.cancel()
+
+    async def test_a_sink_that_fails_leaves_the_replies_to_the_consumer(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A sink that raises is logged and dropped; the consumer gets every chunk,
+        and the connection serves on."""
+        ours, theirs = socket_stream_pair()
+        go = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(FakeUnit(theirs, paced_unit(go, question=False)).run)
+            async with latis_core.connect(ours) as unit:
+                session = await unit.create_session()
+                stream = session.prompt("go")
+                got: list[str] = []
+
+                def sink() -> None:
+                    raise RuntimeError("a bug in the sink")
+
+                async def consume() -> None:
+                    got.extend([c.text async for c in stream])
+
+                stream.on_ready(sink)
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(consume)
+                    with trio.fail_after(10):
+                        while "taking replies failed" not in caplog.text:
+                            await trio.sleep(0.01)
+                    go.set()
+                assert got == ["c0", "c1", "c2"]
+                again = [c.text async for c in session.prompt("again")]
+                assert again == ["c0", "c1", "c2"]  # the connection serves on
             nursery.cancel_scope.cancel()
 
     async def test_request_is_a_checkpoint(self) -> None:

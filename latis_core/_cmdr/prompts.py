@@ -233,7 +233,19 @@ class PromptEngine:
         # The last chunks, when the end came with them (a short answer): published
         # with the end, so that a follower gets one write, not two.
         held: list[tuple[str, Any]] = []
+        writer = self.writer
+
+        def take() -> None:
+            # In the task that read them, while this one waits in `__anext__`
+            # (`ReplyStream.on_ready`): chunks alone, the writer with room. A
+            # question, the end, or a full writer wake this task instead.
+            if writer.has_room:
+                chunks = stream.take_chunks(4095)
+                if chunks:
+                    self._take_chunks(record, chunks, None)
+
         with scope:
+            stream.on_ready(take)
             try:
                 while True:
                     try:
@@ -262,6 +274,7 @@ class PromptEngine:
             except LatisError as exc:
                 self._finish(record, _error_end(record, "internal", str(exc)), held)
             finally:
+                stream.on_ready(None)
                 if held and record.end is None:  # (stopped before the end they came with)
                     record.publish(held)
 
@@ -270,9 +283,6 @@ class PromptEngine:
     ) -> None:
         """Publish `batch` and hand its chunks to the writer; given `held`, its last
         events go there instead, for the caller to publish with the end."""
-        # Followers first, state after: chunks are published at once and
-        # handed to the writer, which stores them in its next batch.
-        writer = self.writer
         published: list[tuple[str, Any]] = []
         if type(batch[0]) is InputRequest:
             # A question comes first in its batch (the chunks after it follow).
@@ -283,22 +293,36 @@ class PromptEngine:
             if await self._on_question(record, question):
                 self._set_session(record.session, "waiting")
                 published.append(("input", question))
-        # Chunks alone from here, in order and without a gap (the stream checks),
-        # in one pass each. A prefix received already is shown once (a resume
-        # asks for what follows the last one received, so this is a guard, not a
-        # path).
+        self._take_chunks(record, batch, held, published)
+        await self.writer.room()
+
+    def _take_chunks(
+        self,
+        record: PromptRecord,
+        batch: list[ResponseChunk],
+        held: list[tuple[str, Any]] | None,
+        published: list[tuple[str, Any]] | None = None,
+    ) -> None:
+        """Publish chunks (after `published`, if given) and hand them to the writer;
+        given `held`, they go there instead, for the caller to publish with the end."""
+        # Followers first, state after: chunks are published at once and
+        # handed to the writer, which stores them in its next batch. In order
+        # and without a gap (the stream checks), in one pass each. A prefix
+        # received already is shown once (a resume asks for what follows the
+        # last one received, so this is a guard, not a path).
         if batch and batch[0].seq <= record.received:
             batch = batch[record.received + 1 - batch[0].seq:]
         if batch:
             record.received = batch[-1].seq
         rows: list[ChunkIn] = [(ev.seq, ev.text, ev.kind, ev.data) for ev in batch]
-        published += [("chunk", ev) for ev in batch]
-        writer.put(record, rows)
+        events = [("chunk", ev) for ev in batch]
+        if published:
+            events = published + events
+        self.writer.put(record, rows)
         if held is None:
-            record.publish(published)
+            record.publish(events)
         else:
-            held += published
-        await writer.room()
+            held += events
 
     def _finish(
         self, record: PromptRecord, end: dict[str, Any], held: Sequence[tuple[str, Any]] = ()

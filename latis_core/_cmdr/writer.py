@@ -149,6 +149,11 @@ class ChunkWriter:
             self._urgent.set()
             await self._written.wait()
 
+    @property
+    def has_room(self) -> bool:
+        """Whether `room` would not wait now."""
+        return self._count <= self.limit
+
     async def room(self) -> None:
         """Wait while more rows are pending than `LIMIT` (backpressure on the pumps)."""
         while self._count > self.limit:

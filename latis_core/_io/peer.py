@@ -98,13 +98,15 @@ CANCEL_TIMEOUT = 5.0
 class _Waiter:
     """One request in flight: its queued replies and the task waiting for them."""
 
-    __slots__ = ("discard", "events", "final", "id", "over", "reading", "task")
+    __slots__ = ("discard", "events", "final", "id", "over", "reading", "sink", "task")
 
     def __init__(self, rid: RequestId) -> None:
         self.id = rid
         self.events: deque[Any] = deque()
         #: The task parked until an event arrives, if any.
         self.task: Task | None = None
+        #: Takes replies in the reading task while `task` waits (`ReplyStream.on_ready`).
+        self.sink: Callable[[], object] | None = None
         #: Whether this waiter's task leads and waits in read().
         self.reading = False
         self.final = False
@@ -417,9 +419,13 @@ class Peer:
         conn = self.conn
         waiters = self._waiters
         conn.receive_data(data, trio.current_time())
+        # Waiters with a sink, told once the whole read is decoded: a batch a call.
+        sinks: dict[_Waiter, None] | None = None
         while True:
             ev: Any = conn.next_event()
             if ev is NEED_DATA:
+                if sinks:
+                    self._run_sinks(sinks)
                 return
             if ev is CLOSED:
                 self._fail(ConnectionClosed(f"{self.label} closed the connection"))
@@ -457,7 +463,27 @@ class Peer:
             if not w.over and len(w.events) > self.queue_limit:
                 w.over = True
                 self._over += 1
-            self._wake(w)
+            if w.sink is None:
+                self._wake(w)
+            elif sinks is None:
+                sinks = {w: None}
+            else:
+                sinks[w] = None
+
+    def _run_sinks(self, sinks: dict[_Waiter, None]) -> None:
+        for w in sinks:
+            sink = w.sink
+            # Only while its task waits for replies (parked, or leading this very
+            # read): a task busy with an earlier reply takes the next ones itself,
+            # in order. The final reply is always its task's.
+            if sink is not None and not w.final and (w.task is not None or self._leader is w):
+                try:
+                    sink()
+                except Exception:  # (a bug: logged; its task takes the replies)
+                    log.exception("request %r: taking replies failed", w.id)
+                    w.sink = None
+            if w.events:
+                self._wake(w)
 
     def _on_violation(self, v: Violation) -> None:
         log.warning("%s broke the protocol: %s: %s", self.label, v.code, v.message)
@@ -597,6 +623,19 @@ class ReplyStream:
             w.over = False
             self._peer._unpause()
         return out
+
+    def on_ready(self, sink: Callable[[], object] | None) -> None:
+        """Have `sink` take replies as they arrive, in the task that reads them,
+        while the consumer's task waits in `__anext__` (None: stop).
+
+        It runs once per read that brought replies, must not block, and takes
+        what it can with `take_ready`; whatever it leaves (a reply of another
+        kind, the final one) wakes the waiting task as usual. A consumer that
+        handles most replies synchronously so skips a task switch per batch
+        (the controller's prompt pump: the daemon's chunks cross one task, not
+        two).
+        """
+        self._w.sink = sink
 
     def cancel_nowait(self) -> None:
         """Send `prompt.cancel` for this request now, without waiting for its end.
