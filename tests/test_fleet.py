@@ -219,6 +219,32 @@ async def test_retry_times_are_handed_out_like_tickets(autojump_clock: Any) -> N
     assert max(late) == RETRY_MAX
 
 
+async def test_waiters_are_served_in_order_of_arrival_among_hosts_with_room() -> None:
+    """Two connections from a host at its bound wait; one from another host then
+    takes a free slot at once; the first two get theirs in order as slots free."""
+    gate = Gate(3, 1, max_wait=30.0)
+    assert gate.admit("10.0.0.1") is None  # the host's one slot
+    order: list[str] = []
+
+    async def wait(host: str, tag: str) -> None:
+        assert await gate.wait(host)
+        order.append(tag)
+
+    async with trio.open_nursery() as nursery:
+        for tag in ("a1", "a2"):
+            nursery.start_soon(wait, "10.0.0.1", tag)
+            await trio.testing.wait_all_tasks_blocked()
+        assert order == [] and gate.waiting == 2
+        nursery.start_soon(wait, "10.0.0.2", "b1")
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["b1"]
+        gate.release("10.0.0.1")
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["b1", "a1"]
+        gate.release("10.0.0.1")
+    assert order == ["b1", "a1", "a2"] and gate.waiting == 0
+
+
 async def test_the_rate_of_a_fleet_just_back_is_not_underestimated(autojump_clock: Any) -> None:
     """Slots freeing at 200 a second for 2 s after a quiet spell: the gate counts
     200 a second (not 2 s' worth over its whole 5 s window), so a refused unit is
