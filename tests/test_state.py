@@ -148,6 +148,24 @@ class TestUnits:
         assert state.get_unit("nope") is None
         assert [u.name for u in state.list_units()] == ["a", "b"]
 
+    def test_upsert_many_at_once(self, state: StateDB, clock: Clock) -> None:
+        """A config's units in one call (cmdr's start): new ones added, changed ones
+        updated, unchanged ones left as they were (their `updated_at` too)."""
+        same = state.upsert_unit("same", None, {"agent": "echo"})
+        changed = state.upsert_unit("changed", "process", {"agent": "echo"})
+        clock.tick()
+        state.upsert_units([("same", None, {"agent": "echo"}),
+                            ("changed", "container", {"image": "x"}),
+                            ("new", None, {})])
+        assert state.get_unit("same") == same
+        now = state.get_unit("changed")
+        assert now is not None and now.id == changed.id
+        assert (now.provisioner, now.config, now.updated_at) == ("container", {"image": "x"},
+                                                                 1001.0)
+        added = state.get_unit("new")
+        assert added is not None and added.created_at == 1001.0
+        assert [u.name for u in state.list_units()] == ["changed", "new", "same"]
+
     def test_destroyed_unit_and_readd_starts_clean(self, state: StateDB, clock: Clock) -> None:
         old = state.upsert_unit("u1", "process", {"v": 1})
         old_resources = state.resources("u1")

@@ -28,6 +28,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Collection,
+    Iterable,
     Iterator,
     Mapping,
     Sequence,
@@ -213,8 +214,7 @@ class Controller(HumanLoop, PromptEngine):
         self.writer = ChunkWriter(state, self._hop)
         self._state_listeners: list[Callable[[str, str], None]] = []
         self._unit_listeners: list[Callable[[UnitRuntime], None]] = []
-        for name, unit_config in config.units.items():
-            self.units[name] = self._runtime(name, unit_config)
+        self.units.update(self._runtimes(config.units.items()))
         for rt in list(self.units.values()):
             self._add_members(rt)
         from latis_core._cmdr.dialin import DialIns
@@ -287,12 +287,21 @@ class Controller(HumanLoop, PromptEngine):
     # ---- units ------------------------------------------------------------------------
 
     def _runtime(self, name: str, unit_config: UnitConfig) -> UnitRuntime:
-        # Known to state from the start: status lists it, its resources have a home.
-        self.state.upsert_unit(
-            name,
-            unit_config.provisioner.type if unit_config.provisioner else None,
-            _describe_config(unit_config),
-        )
+        return self._runtimes([(name, unit_config)])[name]
+
+    def _runtimes(self, units: Iterable[tuple[str, UnitConfig]]) -> dict[str, UnitRuntime]:
+        """The units' runtimes, each known to state from the start (status lists it,
+        its resources have a home): stored in one transaction (a fleet's config
+        of 10,000 units, at cmdr's start or a reload)."""
+        units = list(units)
+        self.state.upsert_units([
+            (name, unit_config.provisioner.type if unit_config.provisioner else None,
+             _describe_config(unit_config))
+            for name, unit_config in units
+        ])
+        return {name: self._new_runtime(name, unit_config) for name, unit_config in units}
+
+    def _new_runtime(self, name: str, unit_config: UnitConfig) -> UnitRuntime:
         provisioner = None
         if unit_config.provisioner is not None:
             provisioner = self._provisioner(name, unit_config, self.state.resources(name))
@@ -342,8 +351,8 @@ class Controller(HumanLoop, PromptEngine):
         provisioner of their own: their pods dial in on the group's listeners), so
         that they can be enrolled, dial in and take sessions. `members` defaults to
         the group's current ones; a unit of config by a member's name stays as it is."""
-        if not isinstance(rt.provisioner, Scales):
-            return
+        if rt.provisioner is None or not isinstance(rt.provisioner, Scales):
+            return  # (most have none: a protocol's isinstance is slow, 10,000 times)
         if members is None:
             members = rt.provisioner.member_units()
         for member in members:
@@ -404,13 +413,15 @@ class Controller(HumanLoop, PromptEngine):
         Returns the names of the units `added` and `removed`.
         """
         added = []
+        changed = []
         for name, unit_config in config.units.items():
             rt = self.units.get(name)
             if rt is None or rt.keep or rt.member_of is not None:
                 added.append(name)
             elif rt.config == unit_config or rt.client is not None:
                 continue
-            self.units[name] = self._runtime(name, unit_config)
+            changed.append((name, unit_config))
+        self.units.update(self._runtimes(changed))
         for name in config.units:
             self._add_members(self.units[name])
         # (A member stays as long as its group is in config.)
@@ -854,13 +865,12 @@ class Controller(HumanLoop, PromptEngine):
             except (LatisError, ProvisionError, OSError) as exc:
                 log.warning("could not re-attach to unit %s: %s", name, exc)
 
+        # One query for all (a fleet of 10,000 units: not a read each).
+        overview = await self.read(self.reads.unit_overview)
+        known = {row[1]: row[3] for row in overview}
         async with trio.open_nursery() as nursery:
             for rt in list(self.units.values()):
-                row = await self.read(self.reads.get_connection, rt.name)
-                if row is not None and row.state in (
-                    ConnectionState.CONNECTED,
-                    ConnectionState.CONNECTING,
-                ):
+                if known.get(rt.name) in (ConnectionState.CONNECTED, ConnectionState.CONNECTING):
                     nursery.start_soon(again, rt.name)
 
     async def status(self) -> list[dict[str, Any]]:

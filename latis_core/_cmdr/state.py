@@ -322,6 +322,32 @@ class StateDB:
             row = db.execute(f"{UNIT_SELECT} WHERE id = ?", (unit_id,)).fetchone()
         return unit_row(row)
 
+    def upsert_units(self, units: Sequence[tuple[str, str | None, Mapping[str, Any]]]) -> None:
+        """`upsert_unit` of each (name, provisioner, config), in one transaction; a
+        live unit whose row says the same is not written."""
+        if not units:
+            return
+        now = self._clock()
+        with self._write() as db:
+            live = {name: (unit_id, provisioner, config) for unit_id, name, provisioner, config
+                    in db.execute("SELECT id, name, provisioner, config FROM units"
+                                  " WHERE destroyed_at IS NULL")}
+            inserts = []
+            updates = []
+            for name, provisioner, config in units:
+                encoded = _dumps(config)
+                found = live.get(name)
+                if found is None:
+                    inserts.append((name, provisioner, encoded, now, now))
+                elif found[1:] != (provisioner, encoded):
+                    updates.append((provisioner, encoded, now, found[0]))
+            db.executemany(
+                "INSERT INTO units (name, provisioner, config, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)", inserts)
+            db.executemany(
+                "UPDATE units SET provisioner = ?, config = ?, updated_at = ? WHERE id = ?",
+                updates)
+
     def get_unit(self, name: str) -> UnitRow | None:
         """The live unit of that name, or None."""
         with self._lock:
