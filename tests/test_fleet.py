@@ -37,7 +37,14 @@ from latis_core._cmdr.config import load_config, parse_config
 from latis_core._cmdr.daemon import Daemon, serve_daemon
 from latis_core._cmdr.dialin import _tell_busy
 from latis_core._cmdr.state import StateDB
-from latis_core._io.accept import RETRY_MAX, RETRY_MIN, Gate, RefusalLog
+from latis_core._io.accept import (
+    RETRY_MAX,
+    RETRY_MIN,
+    Gate,
+    ListenerStats,
+    RefusalLog,
+    serve_listener,
+)
 from latis_core._os.paths import paths
 
 
@@ -158,6 +165,101 @@ async def test_a_busy_listener_tells_the_unit_why_and_when_to_come_back(
     said = re.search(r"dial again in (\d+\.\d) s", told[0])
     assert said is not None and said.group(1) != f"{error['retry_after']:.1f}"  # two tickets
     assert edge.stats.refused["busy"] == 2
+
+
+async def test_a_listener_that_stops_refuses_new_connections_while_its_own_end() -> None:
+    """Once a listener stops accepting, its port refuses new connections at once,
+    while the connections it served are still ending (cmdr stopping with a fleet
+    connected): a unit redialing then is told so, instead of waiting unanswered."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    ending = trio.Event()
+    ended = trio.Event()
+
+    async def handler(stream: trio.abc.Stream, peer: Any, release: Any) -> None:
+        release()
+        try:
+            await trio.sleep_forever()
+        finally:
+            ending.set()
+            with trio.CancelScope(shield=True):
+                await ended.wait()  # a slow end, like 10,000 of them
+
+    stop = trio.CancelScope()
+
+    async def serve() -> None:
+        with stop:
+            await serve_listener(listeners[0], handler, gate=Gate(8, 8), stats=ListenerStats(),
+                                 label="test")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        first = await trio.open_tcp_stream("127.0.0.1", port)
+        await trio.testing.wait_all_tasks_blocked()
+        stop.cancel()  # the listener, and the connection it serves
+        try:
+            with trio.fail_after(5):
+                await ending.wait()
+            with pytest.raises(OSError):  # (before: taken by the kernel, then nothing)
+                await trio.open_tcp_stream("127.0.0.1", port)
+        finally:
+            ended.set()
+    await first.aclose()
+
+
+class ClosedPort:
+    """cmdr's address while it restarts: a real TCP port that nothing listens on;
+    records when (trio's clock) each dial came."""
+
+    def __init__(self) -> None:
+        self.dials: list[float] = []
+        self.tcp = TcpDialer("127.0.0.1", free_port())
+        self.describe = self.tcp.describe
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[trio.abc.Stream]:
+        self.dials.append(trio.current_time())
+        async with self.tcp.connect() as stream:
+            yield stream
+
+
+async def test_a_unit_redials_a_closed_port_within_ten_seconds(autojump_clock: Any) -> None:
+    """While cmdr's port refuses connections (it restarts), a dial-in unit's backoff
+    stops growing at 10 s."""
+    closed = ClosedPort()
+    async with trio.open_nursery() as nursery:
+        unit = await nursery.start(_serve_unit, "u")
+        nursery.start_soon(latis_core.dial_cmdr, unit, closed)
+        await trio.sleep(300)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(closed.dials, closed.dials[1:], strict=False)]
+    assert len(gaps) > 25 and max(gaps) <= 10.0 + 0.5, gaps  # (+ the dial itself)
+    assert max(gaps) > 5.0  # it did back off
+
+
+class SilentHost(ClosedPort):
+    """A host that never answers: each dial gives up (the fault is injected)."""
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[trio.abc.Stream]:
+        self.dials.append(trio.current_time())
+        await trio.sleep(1)
+        raise latis_core.ConnectError("cannot connect to tcp://10.0.0.9:1: no answer within 1 s")
+        yield  # (a generator: unreachable)
+
+
+async def test_a_unit_backs_off_further_from_a_host_that_does_not_answer(
+    autojump_clock: Any,
+) -> None:
+    """No answer at all (not a refusal): the backoff grows to its last step, 30 s."""
+    silent = SilentHost()
+    async with trio.open_nursery() as nursery:
+        unit = await nursery.start(_serve_unit, "u")
+        nursery.start_soon(latis_core.dial_cmdr, unit, silent)
+        await trio.sleep(600)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(silent.dials, silent.dials[1:], strict=False)]
+    assert max(gaps) > 12.0, gaps
 
 
 class BusyCmdr:

@@ -396,37 +396,65 @@ async def serve_listener(
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(refusals.run)
-        while True:
-            await gate.wait_for_room()
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _TRANSIENT:
-                    raise
-                log.error("%s: accept failed (%s); retrying in 0.1 s", label, exc)
-                await trio.sleep(0.1)
-                continue
-            if _given_up(stream):
-                stats.refuse("gone")
-                await trio.aclose_forcefully(stream)
-                continue
-            peer = peer_of(stream)
-            host = _host(peer)
-            if gate.too_fast(host, trio.current_time()):
-                # Silence: a flood from one address gets no answer and costs no handshake.
-                stats.refuse("rate_limited")
-                refusals.note("rate_limited", host,
-                              f"faster than {gate.rate_per_host:g} connections a second")
-                await trio.aclose_forcefully(stream)
-                continue
-            if gate.admit(host) is None:  # the common case, without a task in between
-                stats.accepted += 1
-                nursery.start_soon(_serve_one, handler, stream, peer, host, gate)
-            else:
-                nursery.start_soon(
-                    _wait_or_refuse, handler, stream, peer, host, gate, stats, refusals,
-                    refuse, refusing,
-                )
+        try:
+            await _accept(listener, handler, gate, stats, label, refusals, refusing, refuse,
+                          nursery)
+        finally:
+            # Closed as soon as nothing more is accepted, not once the connections
+            # served have ended: a cmdr stopping with 10,000 units connected takes
+            # seconds to end their tasks, and the connections the kernel took in
+            # meanwhile (the units redialing) waited for nothing until the process
+            # exited. Closed, the port refuses them: they dial again soon.
+            with trio.CancelScope(shield=True):
+                try:
+                    await listener.aclose()
+                except Exception as exc:  # (closing is best effort: the owner closes too)
+                    log.debug("%s: closing the listener: %s", label, exc)
+
+
+async def _accept(
+    listener: trio.abc.Listener[Any],
+    handler: Handler,
+    gate: Gate,
+    stats: ListenerStats,
+    label: str,
+    refusals: RefusalLog,
+    refusing: _Refusing,
+    refuse: Refuser | None,
+    nursery: trio.Nursery,
+) -> None:
+    """`serve_listener`'s loop: accept, then serve, wait or refuse each connection."""
+    while True:
+        await gate.wait_for_room()
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _TRANSIENT:
+                raise
+            log.error("%s: accept failed (%s); retrying in 0.1 s", label, exc)
+            await trio.sleep(0.1)
+            continue
+        if _given_up(stream):
+            stats.refuse("gone")
+            await trio.aclose_forcefully(stream)
+            continue
+        peer = peer_of(stream)
+        host = _host(peer)
+        if gate.too_fast(host, trio.current_time()):
+            # Silence: a flood from one address gets no answer and costs no handshake.
+            stats.refuse("rate_limited")
+            refusals.note("rate_limited", host,
+                          f"faster than {gate.rate_per_host:g} connections a second")
+            await trio.aclose_forcefully(stream)
+            continue
+        if gate.admit(host) is None:  # the common case, without a task in between
+            stats.accepted += 1
+            nursery.start_soon(_serve_one, handler, stream, peer, host, gate)
+        else:
+            nursery.start_soon(
+                _wait_or_refuse, handler, stream, peer, host, gate, stats, refusals,
+                refuse, refusing,
+            )
 
 
 async def _wait_or_refuse(

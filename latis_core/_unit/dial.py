@@ -4,7 +4,9 @@ For units behind NAT and ephemeral boxes (`latis-unit --connect URL`): the unit
 proves its enrollment in `hello`, and redials with backoff and jitter until
 cmdr refuses the proof. A cmdr too busy to shake hands (a fleet reconnecting
 at once) says when to come back (`retry_after`): the unit waits that long plus
-up to a quarter more, never less, so that a refused fleet spreads out.
+up to a quarter more, never less, so that a refused fleet spreads out. A port
+that refuses connections outright (cmdr restarting) is dialed again within
+`REFUSED_BACKOFF_MAX` seconds however long it has refused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from latis_core._errors import ConnectError
 from latis_core._plugins.transport import Dialer
 from latis_core._unit.unit import Unit
 
-__all__ = ["DIAL_BACKOFF", "DIAL_CONNECT_TIMEOUT", "RETRY_AFTER_MAX", "dial_cmdr"]
+__all__ = [
+    "DIAL_BACKOFF",
+    "DIAL_CONNECT_TIMEOUT",
+    "REFUSED_BACKOFF_MAX",
+    "RETRY_AFTER_MAX",
+    "dial_cmdr",
+]
 
 log = logging.getLogger("latis.unit")
 
@@ -28,6 +36,11 @@ log = logging.getLogger("latis.unit")
 #: Seconds between dial attempts to cmdr (growing up to the last), at most: each
 #: wait is drawn between a tenth of its step and the step.
 DIAL_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+#: The longest step after a dial that nothing answered at once with a refusal
+#: (the host is up, cmdr's port is closed: cmdr is restarting). Such a dial costs
+#: both sides nothing, and a fleet that stepped up to 30 s while cmdr restarted
+#: (~8 s for 10,000 units) trickled back for 20 s after the rest.
+REFUSED_BACKOFF_MAX = 10.0
 #: The most of a busy cmdr's `retry_after` honoured, in seconds (a bound on a bad value).
 RETRY_AFTER_MAX = 600.0
 #: Seconds at least that one dial (connect and TLS) may take. A fleet redialing at
@@ -65,11 +78,13 @@ async def dial_cmdr(
 
     while True:
         unit.retry_after = None
+        refused = False
         try:
             async with dialer.connect() as stream:
                 await unit.serve(stream, on_handshake=welcomed)
         except (ConnectError, OSError, trio.BrokenResourceError) as exc:
             log.warning("cannot reach %s: %s", label, exc)
+            refused = _refused_outright(exc)
         if unit.refused is not None:
             return unit.refused
         if unit.retry_after is not None:
@@ -78,11 +93,28 @@ async def dial_cmdr(
             await trio.sleep(told * random.uniform(1.0, 1.25))
             continue
         delay = backoff[min(attempt, len(backoff) - 1)]
+        if refused:
+            delay = min(delay, REFUSED_BACKOFF_MAX)
         attempt += 1
         # Anywhere from a tenth of the step to all of it: a fleet that lost
         # cmdr at one instant (a restart) comes back spread over the step, not
         # in waves (a wave past what the listener serves waits a whole step more).
         await trio.sleep(delay * random.uniform(0.1, 1.0))
+
+
+def _refused_outright(exc: BaseException) -> bool:
+    """Whether every address dialed refused the connection (nothing listens there)."""
+    leaves: list[BaseException] = []
+    stack = [exc]
+    while stack and len(leaves) < 64:
+        current = stack.pop()
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        elif current.__cause__ is not None:
+            stack.append(current.__cause__)
+        else:
+            leaves.append(current)
+    return bool(leaves) and all(isinstance(leaf, ConnectionRefusedError) for leaf in leaves)
 
 
 def _patient(dialer: Dialer) -> Dialer:
