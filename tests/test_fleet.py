@@ -167,7 +167,7 @@ async def test_a_busy_listener_tells_the_unit_why_and_when_to_come_back(
     assert edge.stats.refused["busy"] == 2
 
 
-async def test_a_listener_that_stops_refuses_new_connections_while_its_own_end() -> None:
+async def test_a_stopping_listener_refuses_new_connections_while_its_own_end() -> None:
     """Once a listener stops accepting, its port refuses new connections at once,
     while the connections it served are still ending (cmdr stopping with a fleet
     connected): a unit redialing then is told so, instead of waiting unanswered."""

@@ -36,10 +36,10 @@ log = logging.getLogger("latis.unit")
 #: Seconds between dial attempts to cmdr (growing up to the last), at most: each
 #: wait is drawn between a tenth of its step and the step.
 DIAL_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-#: The longest step after a dial that nothing answered at once with a refusal
-#: (the host is up, cmdr's port is closed: cmdr is restarting). Such a dial costs
-#: both sides nothing, and a fleet that stepped up to 30 s while cmdr restarted
-#: (~8 s for 10,000 units) trickled back for 20 s after the rest.
+#: The longest step after a dial refused outright (the host is up, nothing listens
+#: on cmdr's port: cmdr is restarting). Such a dial costs both sides nothing; at
+#: 30 s, a unit that stepped up while cmdr restarted (~8 s with 10,000 units
+#: connected) could come back up to 30 s after cmdr did.
 REFUSED_BACKOFF_MAX = 10.0
 #: The most of a busy cmdr's `retry_after` honoured, in seconds (a bound on a bad value).
 RETRY_AFTER_MAX = 600.0
