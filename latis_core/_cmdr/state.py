@@ -303,28 +303,16 @@ class StateDB:
 
     def upsert_unit(self, name: str, provisioner: str | None, config: Mapping[str, Any]) -> UnitRow:
         """Add the unit, or update the live unit of that name; return its row."""
-        now = self._clock()
-        encoded = _dumps(config)
-        with self._write() as db:
-            unit_id = self._live_unit_id(db, name)
-            if unit_id is None:
-                cursor = db.execute(
-                    "INSERT INTO units (name, provisioner, config, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (name, provisioner, encoded, now, now),
-                )
-                unit_id = int(cursor.lastrowid or 0)
-            else:
-                db.execute(
-                    "UPDATE units SET provisioner = ?, config = ?, updated_at = ? WHERE id = ?",
-                    (provisioner, encoded, now, unit_id),
-                )
-            row = db.execute(f"{UNIT_SELECT} WHERE id = ?", (unit_id,)).fetchone()
-        return unit_row(row)
+        with self._lock:  # (reentrant: the write and its read, with nothing between)
+            self.upsert_units([(name, provisioner, config)])
+            row = self.get_unit(name)
+        assert row is not None
+        return row
 
     def upsert_units(self, units: Sequence[tuple[str, str | None, Mapping[str, Any]]]) -> None:
-        """`upsert_unit` of each (name, provisioner, config), in one transaction; a
-        live unit whose row says the same is not written."""
+        """Add each (name, provisioner, config), or update the live unit of that
+        name, in one transaction; a live unit whose row says the same is not
+        written."""
         if not units:
             return
         now = self._clock()
