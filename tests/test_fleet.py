@@ -223,22 +223,32 @@ class ClosedPort:
             yield stream
 
 
+async def dial_gaps(dialer: ClosedPort | SilentHost, seconds: float) -> list[float]:
+    """A unit dialing `dialer` for `seconds` (trio's clock): the gaps between dials."""
+    async with trio.open_nursery() as nursery:
+        unit = await nursery.start(_serve_unit, "u")
+        nursery.start_soon(latis_core.dial_cmdr, unit, dialer)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return [b - a for a, b in zip(dialer.dials, dialer.dials[1:], strict=False)]
+
+
 async def test_a_unit_redials_a_closed_port_within_ten_seconds(autojump_clock: Any) -> None:
     """While cmdr's port refuses connections (it restarts), a dial-in unit's backoff
     stops growing at 10 s."""
-    closed = ClosedPort()
-    async with trio.open_nursery() as nursery:
-        unit = await nursery.start(_serve_unit, "u")
-        nursery.start_soon(latis_core.dial_cmdr, unit, closed)
-        await trio.sleep(300)
-        nursery.cancel_scope.cancel()
-    gaps = [b - a for a, b in zip(closed.dials, closed.dials[1:], strict=False)]
+    gaps = await dial_gaps(ClosedPort(), 300)
     assert len(gaps) > 25 and max(gaps) <= 10.0 + 0.5, gaps  # (+ the dial itself)
     assert max(gaps) > 5.0  # it did back off
 
 
-class SilentHost(ClosedPort):
+class SilentHost:
     """A host that never answers: each dial gives up (the fault is injected)."""
+
+    def __init__(self) -> None:
+        self.dials: list[float] = []
+
+    def describe(self) -> str:
+        return "a silent host"
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[trio.abc.Stream]:
@@ -252,13 +262,7 @@ async def test_a_unit_backs_off_further_from_a_host_that_does_not_answer(
     autojump_clock: Any,
 ) -> None:
     """No answer at all (not a refusal): the backoff grows to its last step, 30 s."""
-    silent = SilentHost()
-    async with trio.open_nursery() as nursery:
-        unit = await nursery.start(_serve_unit, "u")
-        nursery.start_soon(latis_core.dial_cmdr, unit, silent)
-        await trio.sleep(600)
-        nursery.cancel_scope.cancel()
-    gaps = [b - a for a, b in zip(silent.dials, silent.dials[1:], strict=False)]
+    gaps = await dial_gaps(SilentHost(), 600)
     assert max(gaps) > 12.0, gaps
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -87,6 +87,19 @@ def paced_unit(go: trio.Event, *, question: bool) -> Handler:
             await unit.send({"type": "response.complete", "id": rid, "chunks": 3})
 
     return handler
+
+
+@contextlib.asynccontextmanager
+async def paced_session(*, question: bool) -> AsyncIterator[tuple[Any, trio.Event]]:
+    """A session on a `paced_unit`, and the event that lets its prompts go on."""
+    ours, theirs = socket_stream_pair()
+    go = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(FakeUnit(theirs, paced_unit(go, question=question)).run)
+        async with latis_core.connect(ours) as unit:
+            session = await unit.create_session()
+            yield session, go
+        nursery.cancel_scope.cancel()
 
 
 def count_tasks() -> int:
@@ -218,65 +231,53 @@ class TestConcurrency:
         """`on_ready`: chunks that arrive while the consumer waits in `__anext__` are
         taken by the sink without waking the consumer; a question wakes it, and
         every chunk is seen once, in order, around it."""
-        ours, theirs = socket_stream_pair()
-        go = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(FakeUnit(theirs, paced_unit(go, question=True)).run)
-            async with latis_core.connect(ours) as unit:
-                session = await unit.create_session()
-                stream = session.prompt("go")
-                seen: list[str] = []
-                woken: list[Any] = []
+        async with paced_session(question=True) as (session, go):
+            stream = session.prompt("go")
+            seen: list[str] = []
+            woken: list[Any] = []
 
-                async def consume() -> None:
-                    woken.append(await stream.__anext__())
+            async def consume() -> None:
+                woken.append(await stream.__anext__())
 
-                stream.on_ready(lambda: seen.extend(c.text for c in stream.take_chunks(100)))
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(consume)
-                    with trio.fail_after(10):
-                        while len(seen) < 2:
-                            await trio.sleep(0.01)
-                    assert woken == []  # still waiting: both chunks went to the sink
-                    go.set()
-                assert type(woken[0]) is latis_core.InputRequest
-                assert seen == ["c0", "c1"]  # taken before the question came
-                stream.on_ready(None)
-                assert [c.text async for c in stream] == ["c2"]
-                assert stream.outcome == "complete"
-            nursery.cancel_scope.cancel()
+            stream.on_ready(lambda: seen.extend(c.text for c in stream.take_chunks(100)))
+            async with trio.open_nursery() as inner:
+                inner.start_soon(consume)
+                with trio.fail_after(10):
+                    while len(seen) < 2:
+                        await trio.sleep(0.01)
+                assert woken == []  # still waiting: both chunks went to the sink
+                go.set()
+            assert type(woken[0]) is latis_core.InputRequest
+            assert seen == ["c0", "c1"]  # taken before the question came
+            stream.on_ready(None)
+            assert [c.text async for c in stream] == ["c2"]
+            assert stream.outcome == "complete"
 
     async def test_a_sink_that_fails_leaves_the_replies_to_the_consumer(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A sink that raises is logged and dropped; the consumer gets every chunk,
         and the connection serves on."""
-        ours, theirs = socket_stream_pair()
-        go = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(FakeUnit(theirs, paced_unit(go, question=False)).run)
-            async with latis_core.connect(ours) as unit:
-                session = await unit.create_session()
-                stream = session.prompt("go")
-                got: list[str] = []
+        async with paced_session(question=False) as (session, go):
+            stream = session.prompt("go")
+            got: list[str] = []
 
-                def sink() -> None:
-                    raise RuntimeError("a bug in the sink")
+            def sink() -> None:
+                raise RuntimeError("a bug in the sink")
 
-                async def consume() -> None:
-                    got.extend([c.text async for c in stream])
+            async def consume() -> None:
+                got.extend([c.text async for c in stream])
 
-                stream.on_ready(sink)
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(consume)
-                    with trio.fail_after(10):
-                        while "taking replies failed" not in caplog.text:
-                            await trio.sleep(0.01)
-                    go.set()
-                assert got == ["c0", "c1", "c2"]
-                again = [c.text async for c in session.prompt("again")]
-                assert again == ["c0", "c1", "c2"]  # the connection serves on
-            nursery.cancel_scope.cancel()
+            stream.on_ready(sink)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(consume)
+                with trio.fail_after(10):
+                    while "taking replies failed" not in caplog.text:
+                        await trio.sleep(0.01)
+                go.set()
+            assert got == ["c0", "c1", "c2"]
+            again = [c.text async for c in session.prompt("again")]
+            assert again == ["c0", "c1", "c2"]  # the connection serves on
 
     async def test_request_is_a_checkpoint(self) -> None:
         """Awaiting a request always lets other tasks run and honours cancellation."""
