@@ -308,7 +308,9 @@ class _Team:
         """Close every session this coordination opened (frees the units' room)."""
         with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_WAIT):
             for agent in self.agents.values():
-                if agent.opening:  # (an open still under way: then closed too)
+                # (An open still under way: then closed too. Only those are
+                # awaited: a wait is a pass of the scheduler, even when set.)
+                if agent.opening and not agent.opened.is_set():
                     await agent.opened.wait()
             async with trio.open_nursery() as nursery:
                 for agent in self.agents.values():
@@ -570,7 +572,8 @@ async def coordinate(
                             # Placed by capacity: the placement holds until
                             # every session is open (they count in the next one).
                             for agent in team.agents.values():
-                                await agent.opened.wait()
+                                if not agent.opened.is_set():
+                                    await agent.opened.wait()
                     final = await strategy.run(team)
             if whole.cancelled_caught:  # timed out: cancelled by its bound (exit 3)
                 outcome, error = "cancelled", f"timed out after {limit:g} s"
