@@ -238,7 +238,9 @@ class _LineView:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        # Interrupted (or the daemon lost) mid-line: what came is printed, not dropped.
+        for agent in list(self.lines):
+            self.flush(agent)
 
     def say(self, agent: str, text: str) -> None:
         print(f"[{agent:>{self.width}}] {text}", flush=True)

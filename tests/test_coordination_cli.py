@@ -11,6 +11,7 @@ import pty
 import select
 import signal
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -111,13 +112,24 @@ def test_the_whole_task_timeout_cancels_every_agent(team: Team) -> None:
 
 def test_sigint_cancels_every_prompt_on_every_unit(team: Team) -> None:
     """SIGINT to the CLI: every running prompt is cancelled on its unit (each unit saw
-    prompt.cancel by the time the CLI exits), exit 130, no traceback."""
+    prompt.cancel by the time the CLI exits), exit 130, no traceback; what each agent
+    had said is printed, the line it was in the middle of too."""
     for name in ("a", "b", "c"):
-        team.unit(name, TEAM_GATE=team.gate())
+        # Its first chunk (up to the first space): a line, and the start of the next.
+        team.unit(name, TEAM_GATE=team.gate(), TEAM_REPLIES=f'["{name}1\\n{name}2 {name}3"]')
     proc = team.popen("coordinate", "-a", "a,b,c", "wait for it")
-    wait_for(lambda: len(team.logged("prompt")) == 3, "every agent's prompt")
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    wait_for(lambda: {"[a] a1\n", "[b] b1\n", "[c] c1\n"} <= set(lines), "every first line")
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    reader.join(10)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert {"[a] a2 \n", "[b] b2 \n", "[c] c2 \n"} <= set(lines), lines
+    assert "a3" not in "".join(lines)
     assert proc.returncode == 130, err
     assert "latis: interrupted: cancelling every running prompt" in err
     assert "Traceback" not in err
