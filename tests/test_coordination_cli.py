@@ -291,6 +291,18 @@ def test_the_record_lists_and_shows_every_coordination(team: Team) -> None:
     assert "Traceback" not in missing.stderr
 
 
+# -- routing ----------------------------------------------------------------------------
+
+
+def test_max_hops_zero_routes_nothing(team: Team) -> None:
+    """--max-hops 0 reaches the daemon as 0 (no message is delivered), not as the default."""
+    team.unit("a", replies=["@b ping"])
+    team.unit("b")
+    ran = ok(team.run("coordinate", "-a", "a,b", "--max-hops", "0", "t"))
+    assert team.received("b") == ["t"]
+    assert "hop bound reached (0): a's message to @b was not delivered" in ran.stderr
+
+
 # -- refused at once -----------------------------------------------------------------------
 
 
@@ -309,6 +321,13 @@ def test_the_record_lists_and_shows_every_coordination(team: Team) -> None:
         ),
         (["-a", "group:nope"], "no group 'nope' in config (groups: none)"),
         (["--count", "2"], "--count needs --from"),
+        (["-a", "a,nosuch"], "no unit 'nosuch' (units: a, local)"),
+        (["--count", "1", "--from", "a,nosuch"], "no unit 'nosuch' (units: a, local)"),
+        (["-a", "a", "--merge-with", "z"], "--merge-with 'z' is not one of the agents (a)"),
+        (["-a", "a", "-s", "lead"], "the lead strategy needs at least one agent besides"),
+        (["-a", "a", "--timeout", "-1"], "the timeout must be more than 0 seconds, not -1"),
+        (["-a", "a", "--agent-timeout", "0"], "the agent timeout must be more than 0 seconds"),
+        (["-a", "a", "--max-hops", "-1"], "the max hops must be 0 or more, not -1"),
     ],
 )
 def test_a_task_that_cannot_start_is_a_usage_error(

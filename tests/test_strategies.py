@@ -76,11 +76,25 @@ async def test_merge_with_hands_every_answer_to_the_merging_agent(team: Team) ->
     assert replies(events)[-1] == ("m", "merge", "the merged answer")
 
 
-async def test_merge_with_an_agent_not_in_the_team_fails_before_prompting(team: Team) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "options", "agents", "message"),
+    [
+        ("parallel", {"merge_with": "zed"}, ["a"],
+         "--merge-with 'zed' is not one of the agents (a)"),
+        ("roundtable", {"final": "zed"}, ["a"], "--final 'zed' is not one of the agents (a)"),
+        ("lead", {"lead": "zed"}, ["a", "a"], "--lead 'zed' is not one of the agents (a, a#2)"),
+        ("lead", {}, ["a"], "the lead strategy needs at least one agent besides the lead"),
+    ],
+)
+async def test_an_option_naming_an_agent_not_there_is_refused_before_anything_starts(
+    team: Team, strategy: str, options: dict[str, str], agents: list[str], message: str
+) -> None:
     team.unit("a")
-    result, _ = await coordinate(team, "x", ["a"], options={"merge_with": "zed"})
-    assert result.outcome == "error"
-    assert result.error == "--merge-with 'zed' is not one of the agents (a)"
+    settings = latis_core.CoordinationSettings(strategy=strategy, options=options)
+    async with team.controller() as ctl:
+        with pytest.raises(ValueError) as refused:
+            await ctl.coordinate("x", agents, settings=settings)
+    assert str(refused.value) == message
     assert team.received("a") == []
 
 

@@ -499,26 +499,41 @@ def new_coordination_id() -> str:
 
 def check(
     controller: Controller, units: Sequence[str], settings: CoordinationSettings
-) -> tuple[Any, list[str], list[tuple[str, ...]]]:
-    """Check a coordination before it starts: its strategy class, the agents'
+) -> tuple[Strategy, list[str], list[tuple[str, ...]]]:
+    """Check a coordination before it starts: its strategy (built), the agents'
     names and each one's slot (see `latis_core._cmdr.placement.resolve_agents`).
 
     Raises:
-        ValueError: no agents, an unknown strategy, placement policy or group, a bad
-            option or `require`.
+        ValueError: no agents, an unknown unit, strategy, placement policy or group, a
+            bad option (one that names an agent not there too), `require`, timeout,
+            hop bound or count.
     """
+    for what, value in (("timeout", settings.timeout),
+                        ("agent timeout", settings.agent_timeout)):
+        if value is not None and not value > 0:  # (NaN too)
+            raise ValueError(f"the {what} must be more than 0 seconds, not {value:g}")
+    if settings.max_hops < 0 or settings.count < 0:
+        what, value = (("max hops", settings.max_hops) if settings.max_hops < 0
+                       else ("count", settings.count))
+        raise ValueError(f"the {what} must be 0 or more, not {value}")
     try:
         strategy_class = load_strategy(settings.strategy)
         load_placement(settings.placement)
     except LookupError as exc:
         raise ValueError(str(exc.args[0])) from None
-    strategy_class(settings.options)  # refuses options it does not take
+    strategy: Strategy = strategy_class(settings.options)  # refuses options it does not take
     names, slots = resolve_agents(controller.config, units, settings.count, settings.source)
+    unknown = sorted({unit for slot in slots for unit in slot} - set(controller.units))
+    if unknown:
+        raise ValueError(f"no unit {unknown[0]!r} (units: {', '.join(sorted(controller.units))})")
+    check_labels = getattr(strategy, "check", None)
+    if check_labels is not None:
+        check_labels(agent_labels(names))
     parse_require(settings.require, len(names))
     never = never_fits(controller.config, slots)
     if never is not None:
         raise ValueError(never)
-    return strategy_class, names, slots
+    return strategy, names, slots
 
 
 async def coordinate(
@@ -536,8 +551,7 @@ async def coordinate(
             `require` (`check`).
     """
     settings = settings or CoordinationSettings()
-    strategy_class, names, slots = check(controller, units, settings)
-    strategy: Strategy = strategy_class(settings.options)
+    strategy, names, slots = check(controller, units, settings)
     units = names
     coordination_id = coordination_id or new_coordination_id()
     record = _Record(controller, coordination_id)
@@ -546,7 +560,7 @@ async def coordinate(
         record.event(event)
         on_event(event)
 
-    team = _Team(controller, task, units, settings, bool(strategy_class.routes), emit,
+    team = _Team(controller, task, units, settings, bool(strategy.routes), emit,
                  coordination_id)
     outcome, error, final = "complete", None, None
     limit = settings.timeout

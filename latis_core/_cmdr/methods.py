@@ -293,10 +293,11 @@ async def _coordinate(c: Caller, rid: RequestId, params: dict[str, Any]) -> dict
 
     agents = [str(a) for a in params.get("agents") or []]
     options = {str(k): str(v) for k, v in (params.get("options") or {}).items()}
+    hops = params.get("max_hops")  # (0 is a bound too: no routing)
     settings = CoordinationSettings(
         strategy=str(params.get("strategy") or "parallel"), options=options,
         require=str(params.get("require") or "all"), timeout=params.get("timeout"),
-        agent_timeout=params.get("agent_timeout"), max_hops=int(params.get("max_hops") or 3),
+        agent_timeout=params.get("agent_timeout"), max_hops=3 if hops is None else int(hops),
         count=int(params.get("count") or 0), source=params.get("source"),
         placement=str(params.get("placement") or "capacity"))
     task = _param(params, "task")

@@ -3,7 +3,9 @@
 A strategy is a class registered in the entry-point group `latis.strategies`
 (`parallel`, `pipeline`, `roundtable`, `lead` are built in). The controller
 builds it as `Strategy(options)` (the `--merge-with`, `--rounds`, ... of the
-CLI, as strings; unknown or bad ones raise `ValueError`) and awaits
+CLI, as strings; unknown or bad ones raise `ValueError`), calls its
+`check(labels)` if it has one (the agents' labels: an option that names an
+agent who is not there raises `ValueError`, before anything starts), and awaits
 `run(team)`. The strategy only decides who gets which text when: the `Team`
 runs each prompt in the agent's session, streams its events, stores it,
 applies the timeouts and routes `@agent` messages (when `routes` is true).

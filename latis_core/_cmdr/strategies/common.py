@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from latis_core._errors import StrategyFailed
-
 __all__ = ["answers_block", "check_agent", "check_options"]
 
 
@@ -25,10 +23,10 @@ def check_agent(what: str, label: str, labels: Sequence[str]) -> None:
     """Refuse an option that names an agent not in the coordination.
 
     Raises:
-        StrategyFailed: `label` is not one of `labels`.
+        ValueError: `label` is not one of `labels`.
     """
     if label not in labels:
-        raise StrategyFailed(f"{what} {label!r} is not one of the agents ({', '.join(labels)})")
+        raise ValueError(f"{what} {label!r} is not one of the agents ({', '.join(labels)})")
 
 
 def answers_block(answers: Mapping[str, str]) -> str:

@@ -79,13 +79,17 @@ class Lead:
         check_options("lead", options, ("lead",))
         self.lead = options.get("lead")
 
+    def check(self, labels: Sequence[str]) -> None:
+        """Refuse a `lead` that is not one of the agents, or a lead with no one to lead."""
+        lead = self.lead or labels[0]
+        check_agent("--lead", lead, labels)
+        if not [label for label in labels if label != lead]:
+            raise ValueError("the lead strategy needs at least one agent besides the lead")
+
     async def run(self, team: Team) -> str | None:
         """Plan (once more if it does not parse), dispatch, gather, answer."""
         lead = self.lead or team.labels[0]
-        check_agent("--lead", lead, team.labels)
         workers = [label for label in team.labels if label != lead]
-        if not workers:
-            raise StrategyFailed("the lead strategy needs at least one agent besides the lead")
         instructions = INSTRUCTIONS.format(workers=", ".join(workers))
         plan = await self._ask_lead(team, lead, f"{team.task}\n\n{instructions}", "plan")
         try:

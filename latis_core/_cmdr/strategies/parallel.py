@@ -8,7 +8,7 @@ Replies may address another agent (`@label ...`) and are routed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from latis_core._cmdr.strategies.common import answers_block, check_agent, check_options
@@ -30,10 +30,13 @@ class Parallel:
         check_options("parallel", options, ("merge_with",))
         self.merge_with = options.get("merge_with")
 
+    def check(self, labels: Sequence[str]) -> None:
+        """Refuse a `merge_with` that is not one of the agents."""
+        if self.merge_with is not None:
+            check_agent("--merge-with", self.merge_with, labels)
+
     async def run(self, team: Team) -> str | None:
         """Ask everyone; then, with `merge_with`, ask that agent to merge."""
-        if self.merge_with is not None:
-            check_agent("--merge-with", self.merge_with, team.labels)
         answers = await team.ask_each({label: team.task for label in team.alive()},
                                       step="answer")
         if self.merge_with is None:

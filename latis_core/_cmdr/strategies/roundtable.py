@@ -9,7 +9,7 @@ rounds. Replies may address another agent (`@label ...`) and are routed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from latis_core._cmdr.strategies.common import answers_block, check_agent, check_options
@@ -39,10 +39,13 @@ class Roundtable:
             raise ValueError("roundtable: rounds must be at least 1")
         self.final = options.get("final")
 
+    def check(self, labels: Sequence[str]) -> None:
+        """Refuse a `final` that is not one of the agents."""
+        if self.final is not None:
+            check_agent("--final", self.final, labels)
+
     async def run(self, team: Team) -> str | None:
         """Run the rounds; then the final answer."""
-        if self.final is not None:
-            check_agent("--final", self.final, team.labels)
         answers: dict[str, str] = {}
         for number in range(1, self.rounds + 1):
             if number == 1:
