@@ -120,6 +120,15 @@ def restart(*, config: Path | None = None, timeout: float = 15.0) -> int:
         config: the config file to serve.
         timeout: seconds to wait for the old daemon to exit.
     """
+    from latis_core import ConfigError, load_config
+
+    _use(config)
+    try:  # A config the new daemon would refuse leaves the running one as it is.
+        load_config(os.environ.get("LATIS_CONFIG") or None)
+    except ConfigError as exc:
+        print(f"latis: {exc}\nlatis: the daemon was not restarted (it runs on, with the "
+              "config it has)", file=sys.stderr)
+        return ERROR
     stopped = stop(timeout=timeout)
     if stopped != OK:
         return stopped

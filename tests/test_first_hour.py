@@ -33,7 +33,7 @@ from test_cli import home as home  # noqa: F401 (the fixture: a fresh LATIS_HOME
 from units import listening_process
 
 #: Exit statuses (../shared/CLI.md, `latis help exit-codes`).
-OK, ERROR, USAGE, AUTH, UNIT_UNREACHABLE, INTERRUPTED = 0, 1, 2, 4, 6, 130
+OK, ERROR, USAGE, AUTH, CMDR_UNREACHABLE, UNIT_UNREACHABLE, INTERRUPTED = 0, 1, 2, 4, 5, 6, 130
 
 
 def said(result: Any) -> str:
@@ -169,6 +169,26 @@ class TestTheDaemonFollowsTheConfig:
         reload = said(home.ok("daemon", "reload"))
         assert f"cmdr read {config} again" in reload and "added: x" in reload
         assert home.ok("prompt", "-u", "x", "served").stdout == "served\n"
+
+    def test_a_config_the_daemon_would_refuse_is_shown_and_keeps_it_running(
+        self, home: Home
+    ) -> None:
+        """`daemon restart` with a mistake in the file says where (exit 1) and leaves the
+        running daemon as it is; a daemon that cannot start says why, not only "see the
+        log" (exit 5)."""
+        home.ok("prompt", "hi")
+        pid = home.json("daemon", "status")["pid"]
+        config = home.path / "latis.toml"
+        config.write_text('[units.x]\nprovisioner = { type = "process" }\nmax_sessions = "two"\n')
+        where = "latis.toml:3: unit 'x': max_sessions: expected a whole number above 0, got 'two'"
+        message = failed(home, ERROR, "daemon", "restart")
+        assert where in message and "the daemon was not restarted" in message
+        assert home.json("daemon", "status")["pid"] == pid
+
+        home.ok("daemon", "stop")
+        message = failed(home, CMDR_UNREACHABLE, "daemon", "start")
+        assert "cmdr exited at start (status 1): " in message and where in message
+        assert f"(log: {home.path / 'log' / 'cmdr.log'})" in message
 
     @pytest.mark.slow
     def test_another_config_is_refused_with_the_way_out(self, home: Home) -> None:

@@ -12,11 +12,13 @@ a lock file, and the daemon itself holds a second lock for its whole life.
 from __future__ import annotations
 
 import fcntl
+import os
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latis_core._cmdr.api import Method, check_params
@@ -61,6 +63,7 @@ def start_daemon(quiet: bool = False) -> int:
             return pid
         where.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(where.log_dir / "cmdr.log", "ab")  # noqa: SIM115 (handed to the child)
+        start = log.seek(0, os.SEEK_END)
         with log:
             child = subprocess.Popen(
                 [sys.executable, "-m", "latis_core._cmdr"],
@@ -77,12 +80,31 @@ def start_daemon(quiet: bool = False) -> int:
                     print(f"started cmdr (pid {child.pid})", file=sys.stderr)
                 return child.pid
             if child.poll() is not None:
+                why = _start_error(where.log_dir / "cmdr.log", start)
                 raise CmdrUnreachable(
-                    f"cmdr exited at start (status {child.returncode}); "
-                    f"see {where.log_dir / 'cmdr.log'}"
+                    f"cmdr exited at start (status {child.returncode})"
+                    + (f": {why}\n(log: " if why else "; see ")
+                    + f"{where.log_dir / 'cmdr.log'}" + (")" if why else "")
                 )
             time.sleep(0.02)
         raise CmdrUnreachable(f"cmdr did not start within {START_TIMEOUT:g} s")
+
+
+def _start_error(log: Path, start: int, lines: int = 20) -> str:
+    """The error a daemon that exited at start logged last (after byte `start` of
+    its log), without the log's line prefix: say a bad config's line. "" if none."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(start)
+            text = f.read(1 << 16).decode(errors="replace")
+    except OSError:
+        return ""
+    found = text.rfind(" ERROR ")
+    if found < 0:
+        return ""
+    # "DATE TIME latis-cmdr ERROR logger: message" (and the message's own lines)
+    message = text[found + len(" ERROR "):].partition(": ")[2]
+    return "\n".join(message.strip().splitlines()[:lines])
 
 
 class DaemonClient:
