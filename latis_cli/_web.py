@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from cyclopts import Parameter
 
-from ._cmdr import OK
+from ._cmdr import OK, USAGE
 
 
 def web(
@@ -51,6 +51,10 @@ def web(
         json_output: print the result as JSON (fields: docs/web.md).
     """
     from ._run import run_with_cmdr
+
+    if port is not None and not 0 <= port <= 65535:
+        print(f"latis: --port {port}: expected a port number from 0 to 65535", file=sys.stderr)
+        return USAGE
 
     async def work(cmdr: Any) -> int:
         if stop:

@@ -382,6 +382,35 @@ class TestTls:
                     await untrusting.get(url)
 
 
+class TestWhere:
+    async def test_an_address_it_cannot_listen_on_is_said_and_the_daemon_goes_on(
+        self, home: Path
+    ) -> None:
+        """A port in use, a port out of range, a host that does not resolve: each
+        refused with why and the way out (not an internal error), and the dashboard
+        served before goes on where it was."""
+        taken = trio.socket.socket()
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with taken:
+            async with dashboard(host="127.0.0.1") as (daemon, served):
+                with pytest.raises(RequestError, match=(
+                    f"cannot listen on 127.0.0.1:{port}: Address already in use "
+                    r"\(another port: `latis web --port N`")):
+                    await start_web(daemon, port=port)
+                with pytest.raises(RequestError,
+                                   match="port 70000: expected a port number from 0 to 65535"):
+                    await start_web(daemon, port=70000)
+                with pytest.raises(RequestError, match=(
+                    r"cannot listen on nosuch.invalid:0: .*\(another host: `latis web --host")):
+                    await start_web(daemon, host="nosuch.invalid", port=0, tls=True)
+                assert daemon.web is not None
+                assert daemon.web.describe(started=False)["login"] == served["login"]
+                async with bearer(served) as client:
+                    assert (await client.get("/api/v1/hello")).json()["api"] == 1
+
+
 class TestCli:
     @pytest.mark.slow
     def test_latis_web_prints_the_url_and_refuses_clear_text_off_loopback(self, home: Path) -> None:
@@ -403,6 +432,8 @@ class TestCli:
             assert "not loopback" in refused.stderr and "--tls" in refused.stderr
             assert "Traceback" not in refused.stderr
             assert url in latis(home, "web").stdout  # still served, where it was
+            bad = latis(home, "web", "--port", "70000")
+            assert bad.returncode == 2 and "expected a port number from 0 to 65535" in bad.stderr
             stopped = latis(home, "web", "--stop")
             assert (stopped.returncode, stopped.stderr.strip()) == (0, "the dashboard stopped")
         finally:

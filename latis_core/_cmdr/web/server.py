@@ -126,8 +126,8 @@ class WebServer:
                         binds = await nursery.start(
                             functools.partial(hypercorn.trio.serve, app, config)
                         )
-                    except OSError as exc:
-                        failed = exc
+                    except* OSError as group:  # (hypercorn's nurseries wrap it, twice)
+                        failed = _first(group)
                         nursery.cancel_scope.cancel()
                     else:
                         port = int(binds[0].rsplit(":", 1)[1])
@@ -147,11 +147,15 @@ class WebServer:
             if self.daemon.web is self:
                 self.daemon.web = None
         if failed is not None:
+            way_out = (
+                "another host: `latis web --host H`, or `host` in [web]"
+                if isinstance(failed, socket.gaierror)
+                else "another port: `latis web --port N`, or `port` in [web]; 0 picks a free one"
+            )
             raise RequestError(
                 ErrorCode.BAD_MESSAGE.value,
                 f"web: cannot listen on {settings.host}:{settings.port}: "
-                f"{failed.strerror or failed} (another port: `latis web --port N`, "
-                "or `port` in [web]; 0 picks a free one)",
+                f"{failed.strerror or failed} ({way_out})",
             )
 
     async def stop(self) -> None:
@@ -171,6 +175,12 @@ class WebServer:
             "started": started,
             "pid": os.getpid(),
         }
+
+
+def _first(group: BaseExceptionGroup[OSError]) -> OSError:
+    """The first error of `group`, however deep."""
+    found = group.exceptions[0]
+    return _first(found) if isinstance(found, BaseExceptionGroup) else found
 
 
 def _check_clear_text(settings: WebConfig) -> None:
@@ -200,21 +210,36 @@ async def start_web(
         port=base.port if port is None else port,
         tls=base.tls if tls is None else tls,
     )
+    if not 0 <= settings.port <= 65535:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value,
+                           f"web: port {settings.port}: expected a port number from 0 to 65535")
     _check_clear_text(settings)
     running: WebServer | None = daemon.web
+    before = None
     if running is not None:
         same = attrs.evolve(settings, enabled=running.settings.enabled) == running.settings
         if same or (host is None and port is None and tls is None):
             if new_token:
                 await trio.to_thread.run_sync(running.rotate)
             return running.describe(started=False)
-        await stop_web(daemon)
+        before = running.settings  # (on the port it got, if it asked for any free one)
+        if running.keys is not None:
+            before = attrs.evolve(before, port=running.keys.port)
+        await stop_web(daemon)  # (it may hold the port the new one asks for)
     if daemon.nursery is None:
         raise RequestError(ErrorCode.INTERNAL.value, "the daemon is not serving yet")
     server = WebServer(daemon, settings)
     if new_token:
         await trio.to_thread.run_sync(server.rotate)
-    daemon.web = await daemon.nursery.start(server.run)
+    try:
+        daemon.web = await daemon.nursery.start(server.run)
+    except RequestError:
+        if before is not None:  # the one served before comes back where it was
+            try:
+                daemon.web = await daemon.nursery.start(WebServer(daemon, before).run)
+            except RequestError as exc:
+                log.error("the dashboard could not be served again: %s", exc.message)
+        raise
     return server.describe(started=True)
 
 
