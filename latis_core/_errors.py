@@ -250,7 +250,10 @@ def error_code(exc: BaseException) -> tuple[str, str]:
 
     A `LookupError` (no such unit, session or plugin) is `unknown_unit`; any
     other exception that is not a `LatisError` is a bug: `internal`, with its type.
+    A group of one exception (however deep: nurseries wrap) is that exception.
     """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
     if isinstance(exc, RequestError):
         return str(exc.code), exc.message
     if isinstance(exc, LatisError):
