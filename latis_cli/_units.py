@@ -77,6 +77,7 @@ def add(
       latis unit add b2 --provisioner container --image img --set engine=docker
       latis unit add edge --accept tcp://0.0.0.0:7447 --address cmdr.example.com
       latis unit add gpu --dial tcp --dial-option host=gpu1 --dial-option port=7447
+      latis unit add gpu --dial tcp://gpu1:7447      (the same: an address)
 
     Args:
         name: the unit's name.
@@ -84,7 +85,8 @@ def add(
         image: the container image (with --provisioner container).
         agent: the agent the unit runs.
         option: an agent option KEY=VALUE (repeatable).
-        dial: how cmdr reaches it (local, unix, ...); default: what the provisioner gives.
+        dial: how cmdr reaches it: a type (local, unix, ...) or an address, as `latis
+            connect` takes it; default: what the provisioner gives.
         dial_option: a dialer option KEY=VALUE (repeatable).
         set_: a provisioner option KEY=VALUE (repeatable).
         accept: the unit dials in to cmdr's listener at this address.
@@ -111,7 +113,13 @@ def add(
         print("latis: --image and --set need --provisioner", file=sys.stderr)
         return USAGE
     if dial is not None:
-        table["dial"] = {"type": dial, **dial_options}
+        try:
+            # An address (`tcp://gpu1:7447`, as `latis connect` takes) or a type.
+            spelled = _dial_table(dial) if ":" in dial else {"type": dial}
+        except (ValueError, ImportError, LookupError) as exc:
+            print(f"latis: --dial: {exc}", file=sys.stderr)
+            return USAGE
+        table["dial"] = {**spelled, **dial_options}
     if accept is not None:
         try:
             table["accept"] = [_accept_table(accept)]
@@ -139,6 +147,21 @@ def add(
         return status
     print(f"added unit {name!r} to {path}", file=sys.stderr)
     return OK
+
+
+def _dial_table(url: str) -> dict[str, Any]:
+    """The dial table for an address: its type and the options that are not the defaults."""
+    import attrs
+
+    from latis_core import dialer_from_url
+
+    kind, dialer = dialer_from_url(url)
+    table: dict[str, Any] = {"type": kind}
+    for field in attrs.fields(type(dialer)):
+        value = getattr(dialer, field.name)
+        if value != field.default:
+            table[field.name] = list(value) if isinstance(value, tuple) else value
+    return table
 
 
 def _accept_table(url: str) -> dict[str, Any]:

@@ -324,6 +324,18 @@ class TestOutputAndErrors:
         assert result.returncode == 6, result.stderr
         assert "nothing.sock" in result.stderr
 
+    def test_unit_add_takes_an_address_to_dial(self, home: Home) -> None:
+        """`unit add --dial URL` (as `latis connect` takes it) writes the type and its
+        options; the unit is reached there; an address latis does not know: exit 2."""
+        socket = home.path / "run" / "units" / "local" / "unit.sock"
+        home.ok("prompt", "start the local unit")
+        home.ok("unit", "add", "again", "--dial", f"unix:{socket}")
+        assert f'[units.again.dial]\ntype = "unix"\npath = "{socket}"' in (
+            home.path / "latis.toml").read_text()
+        assert home.ok("prompt", "--unit", "again", "by address").stdout == "by address\n"
+        wrong = home.run("unit", "add", "other", "--dial", "nope://x")
+        assert wrong.returncode == 2 and "'nope://x' is not an address latis knows" in wrong.stderr
+
     def test_two_clis_start_one_daemon(self, home: Home) -> None:
         """Two commands that start cmdr at the same moment start one daemon."""
         procs = [home.popen("session", "new") for _ in range(3)]
