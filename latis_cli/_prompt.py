@@ -27,7 +27,7 @@ def prompt(
         str | None, Parameter(name=["--session", "-s"], completer=_complete.sessions)
     ] = None,
     new: bool = False,
-    file: Path | None = None,
+    file: Annotated[Path | None, Parameter(allow_leading_hyphen=True)] = None,
     detach: bool = False,
     json_output: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
@@ -60,11 +60,13 @@ def prompt(
         unit: the unit (default: the current session's, else `local`).
         session: prompt this session (it does not become current).
         new: start a new session (it becomes current).
-        file: read the prompt from this file.
+        file: read the prompt from this file (`-`: from stdin).
         detach: send the prompt and return; it runs on.
         json_output: print one JSON object per event (NDJSON); the first names the session.
     """
-    if file is not None:
+    if file is not None and str(file) == "-":
+        body = sys.stdin.read()
+    elif file is not None:
         try:
             body = file.read_text()
         except OSError as exc:

@@ -283,10 +283,11 @@ class TestOutputAndErrors:
         assert lines[-1]["outcome"] == "complete"
 
     def test_prompt_from_stdin_and_file(self, home: Home) -> None:
-        """The prompt may come from stdin or from a file."""
+        """The prompt may come from stdin or from a file (`--file -`: stdin)."""
         assert home.ok("prompt", input="from stdin\n").stdout == "from stdin\n"
         (home.path / "task.md").write_text("from a file")
         assert home.ok("prompt", "--file", "task.md").stdout == "from a file\n"
+        assert home.ok("prompt", "--file", "-", input="dash\n").stdout == "dash\n"
 
     def test_question_answered_from_stdin(self, home: Home) -> None:
         """An agent's question is answered from stdin when it is not a terminal."""
