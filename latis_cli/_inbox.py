@@ -210,6 +210,10 @@ def log(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> in
     return run_with_cmdr(work)
 
 
+#: Sessions whose agent reported no usage listed one per line, at most; more: per agent.
+UNREPORTED_LINES = 5
+
+
 def usage(
     *,
     by: str = "session",
@@ -254,9 +258,21 @@ def usage(
             table.add_row(str(row["key"] or "-"), str(row["prompts"]), str(row["reported"]),
                           num(row["input_tokens"]), num(row["output_tokens"]), cost.strip())
         out().print(table)
-        for s in data["unreported"]:
-            print(f"session {s['session']} ({s['unit']}, agent {s['agent']}): its agent "
-                  f"reported no usage for its {s['prompts']} prompt(s)", file=sys.stderr)
+        silent = data["unreported"]
+        if len(silent) <= UNREPORTED_LINES:
+            for s in silent:
+                print(f"session {s['session']} ({s['unit']}, agent {s['agent']}): its agent "
+                      f"reported no usage for its {s['prompts']} prompt(s)", file=sys.stderr)
+            return OK
+        # Many: a line per agent, not per session (`--json` lists each).
+        agents: dict[str, list[dict[str, Any]]] = {}
+        for s in silent:
+            agents.setdefault(str(s["agent"]), []).append(s)
+        for agent, sessions in sorted(agents.items()):
+            units = sorted({str(s["unit"]) for s in sessions})
+            print(f"agent {agent} reported no usage for {sum(s['prompts'] for s in sessions)} "
+                  f"prompt(s) in {len(sessions)} session(s) (units: {', '.join(units)}; "
+                  "`latis usage --json` lists them)", file=sys.stderr)
         return OK
 
     return run_with_cmdr(work)

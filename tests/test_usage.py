@@ -158,3 +158,16 @@ async def test_openai_stream_usage(home: Home) -> None:
     assert (row["cost"], row["currency"]) == (None, None)
     assert unreported == []
     assert wait_ended(home, sid)["state"] == "complete"
+
+
+def test_many_silent_sessions_are_one_line_per_agent(home: Home) -> None:
+    """Past a few sessions whose agent reported nothing, `latis usage` says so once per
+    agent (how many prompts, sessions, which units), not once per session."""
+    for i in range(6):
+        home.ok("prompt", "--new", f"p{i}")
+    said = home.ok("usage").stderr
+    assert said.strip() == (
+        "agent echo reported no usage for 6 prompt(s) in 6 session(s) (units: local; "
+        "`latis usage --json` lists them)"
+    )
+    assert len(home.json("usage")["unreported"]) == 6
