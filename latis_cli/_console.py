@@ -59,7 +59,9 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     A long one, or one that is not for a terminal, is laid out without rich; so are
     its header's styles (none off a terminal anyway).
     """
-    if len(rows) <= PLAIN_ROWS:
+    # Off a terminal rich would wrap a long cell (an error) over lines at 80 columns:
+    # plain, a row is one line, for grep and awk.
+    if len(rows) <= PLAIN_ROWS and sys.stdout.isatty():
         from rich.table import Table
 
         table = Table(*columns, box=None)
