@@ -20,6 +20,8 @@ from ._inbox import inbox_app, usage
 from ._prompt import attach, prompt
 from ._sessions import session_app, status
 from ._units import connect, init, listeners, unit_app
+from ._web import web
+from .top import top
 
 HELP = """A control plane for AI agents that run anywhere.
 
@@ -63,13 +65,6 @@ latis-unit uses the same: 4 when cmdr refuses its enrollment.""",
   LATIS_NO_COLOR, NO_COLOR   no colour (as --no-color); FORCE_COLOR forces it""",
 }
 
-#: The first line of each lazily imported command's help (for `latis --help`).
-LAZY_HELP = {
-    "top": "The fleet on one screen: units, sessions, the inbox and one session's "
-           "stream, live.",
-    "web": "Serve the web dashboard from cmdr and print its URL (it holds the token).",
-}
-
 app = App(
     name="latis",
     # Plain text: rendering markdown costs ~60 ms, a third of `latis --help`.
@@ -82,9 +77,7 @@ app.command(prompt, name="prompt")
 app.command(attach, name="attach")
 app.command(coordinate, name="coordinate")
 app.command(status, name=["status", "ls"])
-# Imported when run (textual, the web server); their help here is their
-# docstring's first line (tests/test_first_hour.py checks it).
-app.command("latis_cli.top:top", name="top", help=LAZY_HELP["top"])
+app.command(top, name="top")  # (textual: imported when the screen is shown)
 app.command(connect, name="connect")
 app.command(listeners, name="listeners")
 app.command(init, name="init")
@@ -97,7 +90,7 @@ app.command(unit_app)
 app.command(agents_app)
 app.command(daemon)
 app.command(image_app)
-app.command("latis_cli._web:web", name="web", help=LAZY_HELP["web"])
+app.command(web, name="web")  # (the web server: imported by the daemon)
 app.register_install_completion_command()
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from cyclopts import Parameter
 
 from .._cmdr import ERROR, INTERRUPTED, OK, USAGE
-from ._rows import INBOX_COLUMNS, SESSION_COLUMNS, UNIT_COLUMNS, Rows, rows
+
+if TYPE_CHECKING:  # (imported when run: `latis --help` imports this module)
+    from ._rows import Rows
 
 __all__ = ["top"]
 
@@ -100,6 +102,8 @@ def _print_once(timeout: float, as_json: bool) -> int:
                 from .._failure import describe
 
                 print(f"latis: {name}: {describe(value)[0]}", file=sys.stderr)
+        from ._rows import rows
+
         found = rows(_ok(parts.get("status")), _ok(parts.get("inbox")), _ok(parts.get("usage")))
         if as_json:
             print(json.dumps(found.as_json(), indent=2))
@@ -130,6 +134,7 @@ def _ok(value: Any) -> Any:
 
 def _print_tables(found: Rows) -> None:
     from .._console import print_table
+    from ._rows import INBOX_COLUMNS, SESSION_COLUMNS, UNIT_COLUMNS
 
     if not found.units:
         print(
