@@ -50,7 +50,8 @@ TOPICS = {
   2    usage (a wrong argument, an empty prompt, a file that is not there)
   3    cancelled (the prompt was cancelled), or timed out
   4    auth: a proof of identity or an enrollment was refused
-  5    cmdr unreachable (the daemon is not running and could not start)
+  5    cmdr unreachable (the daemon is not running and could not start, or
+       it stopped while the command ran)
   6    unit unreachable (not connected, its dial or provisioner failed, or lost
        while a prompt ran: unit_lost)
   130  interrupted (Ctrl-C)

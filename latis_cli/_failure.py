@@ -57,7 +57,12 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if name == "RequestError":
         message = str(getattr(exc, "message", exc))
         return _hint(str(code), message), _BY_CODE.get(str(code), ERROR)
-    if name in ("UnitNotConnected", "ConnectError", "ConnectionClosed", "TransportError"):
+    if name == "ConnectionClosed":
+        # The CLI talks to cmdr only (a unit's failures come back as errors it
+        # sends): this connection is cmdr's, and cmdr went away mid-command.
+        return (f"{exc}: cmdr stopped while this command ran (see `latis daemon status` and "
+                "its log; `latis daemon start` starts it)"), CMDR_UNREACHABLE
+    if name in ("UnitNotConnected", "ConnectError", "TransportError"):
         return str(exc), UNIT_UNREACHABLE
     if name == "ConfigError":
         return f"{exc}", ERROR

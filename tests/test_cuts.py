@@ -525,6 +525,53 @@ def unit_pids(socket: str) -> list[int]:
     return found
 
 
+async def test_a_cli_following_a_killed_daemon_says_cmdr_stopped(home: Path) -> None:
+    """SIGKILL of the daemon under a `latis prompt` that follows: what came is printed,
+    then that cmdr stopped while it ran and where to look; exit 5 (cmdr unreachable),
+    not 6 (unit), and no traceback."""
+    at = home / "cmdr"
+    at.mkdir()
+    (at / "config.toml").write_text(
+        daemon()
+        + """
+[units.p]
+agent_options = { delay = "0.02" }
+[units.p.provisioner]
+type = "process"
+"""
+    )
+    try:
+        made = await latis(at, "session", "new", "--unit", "p", "--json")
+        sid = json.loads(made.stdout)["session"]
+        pid = json.loads((await latis(at, "daemon", "status", "--json")).stdout)["pid"]
+        followed: list[Any] = []
+
+        async def follow() -> None:
+            followed.append(await trio.run_process(
+                [*LATIS, "prompt", "--session", sid, " ".join(WORDS)], env=cli_env(at),
+                capture_stdout=True, capture_stderr=True, check=False))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            with trio.fail_after(20):
+                while True:
+                    shown = json.loads((await latis(at, "session", "show", sid, "--json")).stdout)
+                    if shown["prompts"] and shown["prompts"][0]["chunks"] >= 5:
+                        break
+                    await trio.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+        [done] = followed
+        stderr = done.stderr.decode()
+        assert done.returncode == 5, (done.stdout, stderr)
+        assert "cmdr stopped while this command ran (see `latis daemon status`" in stderr
+        assert "Traceback" not in stderr
+        assert done.stdout.decode().startswith("w0 w1 w2 w3 w4")
+    finally:
+        with trio.CancelScope(shield=True):
+            for stop in (("unit", "down", "p"), ("daemon", "stop")):
+                await latis(at, *stop, check=False)
+
+
 async def test_a_daemon_killed_mid_prompt_loses_no_chunk(home: Path) -> None:
     """SIGKILL of the daemon while a prompt streams: the unit goes on alone; the next
     `latis attach` starts a new daemon, which picks the prompt up after the last
