@@ -32,6 +32,7 @@ as `Message from SENDER: text`; its reply may route on. A chain is cut after
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import secrets
@@ -65,6 +66,9 @@ __all__ = [
 
 #: How long a cancelled coordination waits for its prompts' ends, in seconds.
 CANCEL_WAIT = 5.0
+#: Seconds a coordination's sessions wait to close behind its answer: long enough
+#: for the answer to reach its caller before every unit is woken to close one.
+CLOSE_BEHIND_AFTER = 0.005
 
 
 @attrs.frozen
@@ -304,18 +308,22 @@ class _Team:
         for agent in self.agents.values():
             self.event("state", agent, text=reason)
 
-    async def close(self) -> None:
-        """Close every session this coordination opened (frees the units' room)."""
-        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_WAIT):
-            for agent in self.agents.values():
-                # (An open still under way: then closed too. Only those are
-                # awaited: a wait is a pass of the scheduler, even when set.)
-                if agent.opening and not agent.opened.is_set():
-                    await agent.opened.wait()
-            async with trio.open_nursery() as nursery:
+    async def close(self, after: float = 0) -> None:
+        """Close every session this coordination opened (frees the units' room),
+        `after` seconds from now (shielded: a coordination being cancelled closes them)."""
+        with trio.CancelScope(shield=True):
+            if after:
+                await trio.sleep(after)
+            with trio.move_on_after(CANCEL_WAIT):
                 for agent in self.agents.values():
-                    if agent.session is not None:
-                        nursery.start_soon(self._close, agent.session)
+                    # (An open still under way: then closed too. Only those are
+                    # awaited: a wait is a pass of the scheduler, even when set.)
+                    if agent.opening and not agent.opened.is_set():
+                        await agent.opened.wait()
+                async with trio.open_nursery() as nursery:
+                    for agent in self.agents.values():
+                        if agent.session is not None:
+                            nursery.start_soon(self._close, agent.session)
 
     async def _close(self, session: str) -> None:
         try:
@@ -602,7 +610,7 @@ async def coordinate(
         finally:
             await team.stop_all()
             if close_behind:
-                controller.run_behind(team.close)
+                controller.run_behind(functools.partial(team.close, CLOSE_BEHIND_AFTER))
             else:
                 await team.close()
             for agent in team.agents.values():
