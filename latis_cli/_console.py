@@ -69,8 +69,9 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
             table.add_row(*row)
         out().print(table)
         return
-    widths = [max(len(c), max(map(len, cells)))
-              for c, cells in zip(columns, zip(*rows, strict=True), strict=True)]
+    cells = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    widths = [max(len(c), max(map(len, col), default=0))
+              for c, col in zip(columns, cells, strict=True)]
     # One format per line (10,000 units: one call a row, not one a cell).
     line = " " + "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [line.format(*columns).rstrip()]

@@ -45,17 +45,13 @@ def _ago(when: float | None) -> str:
 
 
 def _table(items: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+    from ._console import print_table
 
-    from ._console import out
-
-    table = Table("id", "unit", "session", "agent", "question", "options", "since", "prompt",
-                  box=None)
-    for item in items:
-        table.add_row(item["id"], item["unit"], item["session"], item["agent"],
-                      item["question"], ", ".join(item["options"]) or "(free text)",
-                      _ago(item["since"]), str(item["prompt"]))
-    out().print(table)
+    print_table(
+        ("id", "unit", "session", "agent", "question", "options", "since", "prompt"),
+        [(item["id"], item["unit"], item["session"], item["agent"], item["question"],
+          ", ".join(item["options"]) or "(free text)", _ago(item["since"]), str(item["prompt"]))
+         for item in items])
 
 
 @inbox_app.default
@@ -195,16 +191,12 @@ def log(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> in
         if json_output:
             print(json.dumps(items, indent=2))
             return OK
-        from rich.table import Table
+        from ._console import print_table
 
-        from ._console import out
-
-        table = Table("id", "unit", "session", "question", "answer", "by", "when", box=None)
-        for item in items:
-            table.add_row(item["id"], item["unit"], item["session"], item["question"],
-                          str(item["answer"]), str(item["answered_by"]),
-                          _ago(item["answered_at"]))
-        out().print(table)
+        print_table(("id", "unit", "session", "question", "answer", "by", "when"),
+                    [(item["id"], item["unit"], item["session"], item["question"],
+                      str(item["answer"]), str(item["answered_by"]), _ago(item["answered_at"]))
+                     for item in items])
         return OK
 
     return run_with_cmdr(work)
@@ -245,19 +237,20 @@ def usage(
         if json_output:
             print(json.dumps(data, indent=2))
             return OK
-        from rich.table import Table
-
-        from ._console import out
+        from ._console import print_table
 
         def num(value: float | None) -> str:
             return "-" if value is None else f"{value:,.0f}"
 
-        table = Table(by, "prompts", "reported", "input", "output", "cost", box=None)
-        for row in data["rows"]:
-            cost = "-" if row["cost"] is None else f"{row['cost']:.4f} {row['currency'] or ''}"
-            table.add_row(str(row["key"] or "-"), str(row["prompts"]), str(row["reported"]),
-                          num(row["input_tokens"]), num(row["output_tokens"]), cost.strip())
-        out().print(table)
+        def cost(row: dict[str, Any]) -> str:
+            if row["cost"] is None:
+                return "-"
+            return f"{row['cost']:.4f} {row['currency'] or ''}".strip()
+
+        print_table((by, "prompts", "reported", "input", "output", "cost"),
+                    [(str(row["key"] or "-"), str(row["prompts"]), str(row["reported"]),
+                      num(row["input_tokens"]), num(row["output_tokens"]), cost(row))
+                     for row in data["rows"]])
         silent = data["unreported"]
         if len(silent) <= UNREPORTED_LINES:
             for s in silent:

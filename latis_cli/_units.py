@@ -331,23 +331,17 @@ def list_units(*, json_output: Annotated[bool, Parameter(name="--json")] = False
     if json_output:
         print(json.dumps(rows + [{"orphan": True} | o for o in orphans], indent=2))
         return OK
-    from rich.table import Table
+    from ._console import print_table
 
-    from ._console import out
-
-    table = Table("unit", "agent", "provisioner", "dial", "accept", box=None)
-    for row in rows:
-        table.add_row(row["unit"], row["agent"], row["provisioner"] or "-",
-                      row["dial"] or "-", ", ".join(row["accept"]) or "-")
-    out().print(table)
+    print_table(("unit", "agent", "provisioner", "dial", "accept"),
+                [(row["unit"], row["agent"], row["provisioner"] or "-", row["dial"] or "-",
+                  ", ".join(row["accept"]) or "-") for row in rows])
     if orphans:
         print("orphans: made by latis for units not in config (`latis unit rm NAME --yes` "
               "destroys one):", file=sys.stderr)
-        table = Table("orphan", "provisioner", "resource", "state", "detail", box=None)
-        for row in orphans:
-            table.add_row(row["unit"], row["provisioner"], row["resource"] or "-",
-                          row["state"] or "-", row["detail"])
-        out().print(table)
+        print_table(("orphan", "provisioner", "resource", "state", "detail"),
+                    [(row["unit"], row["provisioner"], row["resource"] or "-",
+                      row["state"] or "-", row["detail"]) for row in orphans])
     source = config.source or "built-in defaults"
     print(f"config: {source}", file=sys.stderr)
     return OK
@@ -697,16 +691,14 @@ def listeners(*, json_output: Annotated[bool, Parameter(name="--json")] = False)
         if not rows:
             print("no listeners: no unit has an accept entry", file=sys.stderr)
             return OK
-        from rich.table import Table
+        from ._console import print_table
 
-        from ._console import out
+        def refused(row: dict[str, Any]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(row["refused"].items())) or "0"
 
-        table = Table("listener", "port", "tls", "accepted", "refused", "error", box=None)
-        for row in rows:
-            refused = ", ".join(f"{k} {v}" for k, v in sorted(row["refused"].items())) or "0"
-            table.add_row(row["listener"], str(row["port"] or "-"), "yes" if row["tls"] else
-                          "no", str(row["accepted"]), refused, row["error"] or "")
-        out().print(table)
+        print_table(("listener", "port", "tls", "accepted", "refused", "error"),
+                    [(row["listener"], str(row["port"] or "-"), "yes" if row["tls"] else "no",
+                      str(row["accepted"]), refused(row), row["error"] or "") for row in rows])
         return OK
 
     return run_with_cmdr(work)
