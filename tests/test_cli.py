@@ -324,6 +324,11 @@ class TestOutputAndErrors:
         result = home.run("prompt", "--unit", "gone", "x")
         assert result.returncode == 6, result.stderr
         assert "nothing.sock" in result.stderr
+        # Off a terminal a table's row is one line, its long error too (for grep).
+        home.env["COLUMNS"] = "80"
+        [row] = [line for line in home.ok("status").stdout.splitlines()
+                 if line.startswith(" gone ")]
+        assert "FAILED" in row and "nothing.sock" in row and len(row) > 80
 
     def test_unit_add_takes_an_address_to_dial(self, home: Home) -> None:
         """`unit add --dial URL` (as `latis connect` takes it) writes the type and its
