@@ -452,6 +452,10 @@ class TestUnitCommand:
                                 text=True, timeout=30)
         assert result.returncode == 2
         assert "--connect needs --secret-file FILE" in result.stderr
+        # The error first, then a one-line usage: not under eleven lines of options.
+        first, usage = result.stderr.splitlines()
+        assert first.startswith("latis-unit: error: --connect needs --secret-file FILE")
+        assert usage.startswith("usage: latis-unit --stdio | --listen ADDRESS | --connect URL")
 
     def test_version_and_help(self) -> None:
         """--version prints the version; --help shows examples."""

@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from latis_core._wire.connection import HEARTBEAT, HEARTBEAT_TIMEOUT
 
@@ -70,8 +70,17 @@ away), 130 on Ctrl-C.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said first and in two lines: the whole
+    usage (eleven lines of options) buried the one that says what is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nusage: {self.prog} --stdio | --listen "
+                     "ADDRESS | --connect URL [options] (--help shows them all)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="latis-unit",
         description="Serve an agent over the latis protocol.",
         epilog=EPILOG,
