@@ -315,11 +315,17 @@ class StateDB:
         written."""
         if not units:
             return
+        import orjson
+
         now = self._clock()
+        names = orjson.dumps([name for name, _, _ in units]).decode()
         with self._write() as db:
+            # The rows of these names only (the live-name index): one unit, as a
+            # scaling group adds its members one by one, reads one row, not all.
             live = {name: (unit_id, provisioner, config) for unit_id, name, provisioner, config
                     in db.execute("SELECT id, name, provisioner, config FROM units"
-                                  " WHERE destroyed_at IS NULL")}
+                                  " WHERE destroyed_at IS NULL"
+                                  " AND name IN (SELECT value FROM json_each(?))", (names,))}
             inserts = []
             updates = []
             for name, provisioner, config in units:
