@@ -5,7 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["unwrap_group"]
+__all__ = ["leaves", "unwrap_group"]
+
+
+def leaves(exc: BaseException, *, causes: bool = False) -> Iterator[BaseException]:
+    """The exceptions at the bottom of `exc`, in order: a group's, however deep
+    (nurseries wrap); with `causes`, what each was raised from too (trio's
+    "all attempts to connect" error is raised from a group of one per address)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner, causes=causes)
+    elif causes and exc.__cause__ is not None:
+        yield from leaves(exc.__cause__, causes=True)
+    else:
+        yield exc
 
 
 @contextmanager

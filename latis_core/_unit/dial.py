@@ -11,6 +11,7 @@ that refuses connections outright (cmdr restarting) is dialed again within
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ import trio
 from latis_core._errors import ConnectError
 from latis_core._plugins.transport import Dialer
 from latis_core._unit.unit import Unit
+from latis_core._util import leaves
 
 __all__ = [
     "DIAL_BACKOFF",
@@ -104,17 +106,8 @@ async def dial_cmdr(
 
 def _refused_outright(exc: BaseException) -> bool:
     """Whether every address dialed refused the connection (nothing listens there)."""
-    leaves: list[BaseException] = []
-    stack = [exc]
-    while stack and len(leaves) < 64:
-        current = stack.pop()
-        if isinstance(current, BaseExceptionGroup):
-            stack.extend(current.exceptions)
-        elif current.__cause__ is not None:
-            stack.append(current.__cause__)
-        else:
-            leaves.append(current)
-    return bool(leaves) and all(isinstance(leaf, ConnectionRefusedError) for leaf in leaves)
+    found = list(itertools.islice(leaves(exc, causes=True), 64))
+    return bool(found) and all(isinstance(leaf, ConnectionRefusedError) for leaf in found)
 
 
 def _patient(dialer: Dialer) -> Dialer:

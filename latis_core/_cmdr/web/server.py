@@ -26,6 +26,7 @@ import trio
 from latis_core._cmdr.web.auth import Keys, load_token, new_token
 from latis_core._cmdr.web.config import WebConfig, is_loopback
 from latis_core._errors import ErrorCode, RequestError
+from latis_core._util import leaves
 
 if TYPE_CHECKING:
     from latis_core._cmdr.daemon import Daemon
@@ -127,7 +128,7 @@ class WebServer:
                             functools.partial(hypercorn.trio.serve, app, config)
                         )
                     except* OSError as group:  # (hypercorn's nurseries wrap it, twice)
-                        failed = _first(group)
+                        failed = next(e for e in leaves(group) if isinstance(e, OSError))
                         nursery.cancel_scope.cancel()
                     else:
                         port = int(binds[0].rsplit(":", 1)[1])
@@ -175,12 +176,6 @@ class WebServer:
             "started": started,
             "pid": os.getpid(),
         }
-
-
-def _first(group: BaseExceptionGroup[OSError]) -> OSError:
-    """The first error of `group`, however deep."""
-    found = group.exceptions[0]
-    return _first(found) if isinstance(found, BaseExceptionGroup) else found
 
 
 def _check_clear_text(settings: WebConfig) -> None:
