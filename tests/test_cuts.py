@@ -53,6 +53,37 @@ async def controller(home: Path, config: str) -> AsyncIterator[latis_core.Contro
             yield ctl
 
 
+@asynccontextmanager
+async def process_unit_session(home: Path, delay: str) -> AsyncIterator[tuple[Path, str]]:
+    """A daemon's home (`home`/cmdr) with unit `p` (process provisioner, the echo
+    agent, `delay` s before each chunk) and a session on it: (home, session id).
+    On exit the unit and the daemon are stopped."""
+    at = home / "cmdr"
+    at.mkdir()
+    (at / "config.toml").write_text(
+        daemon()
+        + f"""
+[units.p]
+agent_options = {{ delay = "{delay}" }}
+[units.p.provisioner]
+type = "process"
+"""
+    )
+    try:
+        made = await latis(at, "session", "new", "--unit", "p", "--json")
+        yield at, json.loads(made.stdout)["session"]
+    finally:
+        with trio.CancelScope(shield=True):
+            for stop in (("unit", "down", "p"), ("daemon", "stop")):
+                await latis(at, *stop, check=False)
+
+
+async def stored_chunks(at: Path, sid: str) -> int:
+    """How many chunks of the session's first prompt the daemon has stored."""
+    shown = json.loads((await latis(at, "session", "show", sid, "--json")).stdout)
+    return int(shown["prompts"][0]["chunks"]) if shown["prompts"] else 0
+
+
 @attrs.define
 class Followed:
     """What one follower of a prompt saw."""
@@ -466,32 +497,20 @@ async def test_every_cli_follower_of_a_killed_unit_hears_unit_lost(home: Path) -
     prompt when its unit is killed (SIGKILL); both end with the unit_lost message
     on stderr (which unit, what was seen, what to do) and exit 6 (unit
     unreachable), without a traceback."""
-    env = cli_env(home / "cmdr")
-    (home / "cmdr").mkdir()
-    (home / "cmdr" / "config.toml").write_text(
-        daemon()
-        + """
-[units.p]
-agent_options = { delay = "0.02" }
-[units.p.provisioner]
-type = "process"
-"""
-    )
-    try:
-        made = await latis(home / "cmdr", "session", "new", "--unit", "p", "--json")
-        sid = json.loads(made.stdout)["session"]
-        [pid] = unit_pids(f"{home}/cmdr/run/units/p/unit.sock")
+    async with process_unit_session(home, "0.02") as (at, sid):
+        [pid] = unit_pids(f"{at}/run/units/p/unit.sock")
         followers: dict[str, Any] = {}
 
         async def run(name: str, *args: str) -> None:
             followers[name] = await trio.run_process(
-                [*LATIS, *args], env=env, capture_stdout=True, capture_stderr=True, check=False
+                [*LATIS, *args], env=cli_env(at), capture_stdout=True, capture_stderr=True,
+                check=False,
             )
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run, "prompt", "prompt", "--session", sid, " ".join(WORDS))
             with trio.fail_after(20):
-                while (await latis(home / "cmdr", "session", "show", sid, "--json")).stdout.count(
+                while (await latis(at, "session", "show", sid, "--json")).stdout.count(
                     b'"running"'
                 ) == 0:
                     await trio.sleep(0.1)
@@ -504,12 +523,6 @@ type = "process"
             assert "unit 'p' was lost (" in stderr and "latis unit up p" in stderr, stderr
             assert "Traceback" not in stderr
             assert done.stdout.decode().startswith("w0 w1"), name
-    finally:
-        with trio.CancelScope(shield=True):
-            for stop in (("unit", "down", "p"), ("daemon", "stop")):
-                await trio.run_process(
-                    [*LATIS, *stop], env=env, check=False, capture_stdout=True, capture_stderr=True
-                )
 
 
 def unit_pids(socket: str) -> list[int]:
@@ -529,20 +542,7 @@ async def test_a_cli_following_a_killed_daemon_says_cmdr_stopped(home: Path) -> 
     """SIGKILL of the daemon under a `latis prompt` that follows: what came is printed,
     then that cmdr stopped while it ran and where to look; exit 5 (cmdr unreachable),
     not 6 (unit), and no traceback."""
-    at = home / "cmdr"
-    at.mkdir()
-    (at / "config.toml").write_text(
-        daemon()
-        + """
-[units.p]
-agent_options = { delay = "0.02" }
-[units.p.provisioner]
-type = "process"
-"""
-    )
-    try:
-        made = await latis(at, "session", "new", "--unit", "p", "--json")
-        sid = json.loads(made.stdout)["session"]
+    async with process_unit_session(home, "0.02") as (at, sid):
         pid = json.loads((await latis(at, "daemon", "status", "--json")).stdout)["pid"]
         followed: list[Any] = []
 
@@ -554,10 +554,7 @@ type = "process"
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow)
             with trio.fail_after(20):
-                while True:
-                    shown = json.loads((await latis(at, "session", "show", sid, "--json")).stdout)
-                    if shown["prompts"] and shown["prompts"][0]["chunks"] >= 5:
-                        break
+                while await stored_chunks(at, sid) < 5:
                     await trio.sleep(0.05)
             os.kill(pid, signal.SIGKILL)
         [done] = followed
@@ -566,48 +563,22 @@ type = "process"
         assert "cmdr stopped while this command ran (see `latis daemon status`" in stderr
         assert "Traceback" not in stderr
         assert done.stdout.decode().startswith("w0 w1 w2 w3 w4")
-    finally:
-        with trio.CancelScope(shield=True):
-            for stop in (("unit", "down", "p"), ("daemon", "stop")):
-                await latis(at, *stop, check=False)
 
 
 async def test_a_daemon_killed_mid_prompt_loses_no_chunk(home: Path) -> None:
     """SIGKILL of the daemon while a prompt streams: the unit goes on alone; the next
     `latis attach` starts a new daemon, which picks the prompt up after the last
     chunk stored. The answer is whole, each chunk stored once."""
-    at = home / "cmdr"
-    at.mkdir()
-    (at / "config.toml").write_text(
-        daemon()
-        + """
-[units.p]
-agent_options = { delay = "0.01" }
-[units.p.provisioner]
-type = "process"
-"""
-    )
     words = " ".join(WORDS)
-    try:
-        made = await latis(at, "session", "new", "--unit", "p", "--json")
-        sid = json.loads(made.stdout)["session"]
+    async with process_unit_session(home, "0.01") as (at, sid):
         await latis(at, "prompt", "--session", sid, "--detach", words)
         pid = json.loads((await latis(at, "daemon", "status", "--json")).stdout)["pid"]
-
-        async def stored_chunks() -> int:
-            shown = json.loads((await latis(at, "session", "show", sid, "--json")).stdout)
-            return int(shown["prompts"][0]["chunks"])
-
         with trio.fail_after(20):
-            while await stored_chunks() < 20:
+            while await stored_chunks(at, sid) < 20:
                 await trio.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
-        assert await stored_chunks() < len(WORDS)  # killed mid-prompt
+        assert await stored_chunks(at, sid) < len(WORDS)  # killed mid-prompt
         attached = await latis(at, "attach", sid)
         assert attached.stdout.decode() == words + "\n"
         [prompt] = json.loads((await latis(at, "session", "show", sid, "--json")).stdout)["prompts"]
         assert (prompt["state"], prompt["chunks"]) == ("complete", len(WORDS))
-    finally:
-        with trio.CancelScope(shield=True):
-            for stop in (("unit", "down", "p"), ("daemon", "stop")):
-                await latis(at, *stop, check=False)
