@@ -57,6 +57,16 @@ async def answer_hello(unit: FakeUnit, msg: dict[str, Any]) -> bool:
     return False
 
 
+async def answer_opening(unit: FakeUnit, msg: dict[str, Any]) -> bool:
+    """Answer `hello`, or a `session.create` (with session "s"); False for anything else."""
+    if await answer_hello(unit, msg):
+        return True
+    if msg["type"] == "session.create":
+        await unit.send({"type": "ack", "id": msg["id"], "data": {"session": "s"}})
+        return True
+    return False
+
+
 async def first_then_ready(stream: Any, ready: int) -> Any:
     """The stream's first reply, once `ready` more have arrived behind it."""
     first = await stream.__anext__()
@@ -70,11 +80,9 @@ def paced_unit(go: trio.Event, *, question: bool) -> Handler:
     question and) chunk 2 and the end."""
 
     async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
-        if await answer_hello(unit, msg):
+        if await answer_opening(unit, msg):
             return
-        if msg["type"] == "session.create":
-            await unit.send({"type": "ack", "id": msg["id"], "data": {"session": "s"}})
-        elif msg["type"] == "prompt.send":
+        if msg["type"] == "prompt.send":
             rid = msg["id"]
             for seq in (0, 1):
                 await unit.send({"type": "response.chunk", "id": rid, "seq": seq,
@@ -189,11 +197,9 @@ class TestConcurrency:
         ours, theirs = socket_stream_pair()
 
         async def handler(unit: FakeUnit, msg: dict[str, Any]) -> None:
-            if await answer_hello(unit, msg):
+            if await answer_opening(unit, msg):
                 return
-            if msg["type"] == "session.create":
-                await unit.send({"type": "ack", "id": msg["id"], "data": {"session": "s"}})
-            elif msg["type"] == "prompt.send":
+            if msg["type"] == "prompt.send":
                 for seq in (0, 1, 3, 4):
                     await unit.send({"type": "response.chunk", "id": msg["id"], "seq": seq,
                                      "text": f"c{seq}"})
