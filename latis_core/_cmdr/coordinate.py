@@ -520,10 +520,9 @@ def check(
                         ("agent timeout", settings.agent_timeout)):
         if value is not None and not value > 0:  # (NaN too)
             raise ValueError(f"the {what} must be more than 0 seconds, not {value:g}")
-    if settings.max_hops < 0 or settings.count < 0:
-        what, value = (("max hops", settings.max_hops) if settings.max_hops < 0
-                       else ("count", settings.count))
-        raise ValueError(f"the {what} must be 0 or more, not {value}")
+    for what, number in (("max hops", settings.max_hops), ("count", settings.count)):
+        if number < 0:
+            raise ValueError(f"the {what} must be 0 or more, not {number}")
     try:
         strategy_class = load_strategy(settings.strategy)
         load_placement(settings.placement)
