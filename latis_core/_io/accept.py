@@ -203,6 +203,10 @@ class Gate:
             return f"{self.waiting} connections are waiting for a slot"  # first come, first served
         return None
 
+    def _room_for(self, host: str) -> bool:
+        """Whether a slot is free for `host` (the bounds only: not who waits)."""
+        return self.pending < self.max_pending and self._per_host[host] < self.max_pending_per_host
+
     def admit(self, host: str) -> str | None:
         """Take a slot for `host` now; return None, or why there is none."""
         why = self.full(host)
@@ -233,7 +237,7 @@ class Gate:
         if not queue or self.pending >= self.max_pending:
             return
         for waiter in queue:  # the first whose host has room (nearly always the first)
-            if not waiter.gone and self._per_host[waiter.host] < self.max_pending_per_host:
+            if not waiter.gone and self._room_for(waiter.host):
                 queue.remove(waiter)
                 self.waiting -= 1
                 self._room_event.set()
@@ -276,7 +280,7 @@ class Gate:
         waiter = _Waiter(host)
         self._queue.append(waiter)
         self.waiting += 1
-        if self.pending < self.max_pending and self._per_host[host] < self.max_pending_per_host:
+        if self._room_for(host):
             # It may take a slot at once: the others waiting could not (their
             # hosts are at their bound), or they would hold one already. Not
             # looked for otherwise: going through the whole queue at every
