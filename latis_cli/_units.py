@@ -149,19 +149,23 @@ def add(
     return OK
 
 
-def _dial_table(url: str) -> dict[str, Any]:
-    """The dial table for an address: its type and the options that are not the defaults."""
+def _plugin_table(kind: str, options: Any) -> dict[str, Any]:
+    """A dial or accept table: its type and the options that are not the defaults."""
     import attrs
 
+    table: dict[str, Any] = {"type": kind}
+    for field in attrs.fields(type(options)):
+        value = getattr(options, field.name)
+        if value != field.default:
+            table[field.name] = value
+    return table
+
+
+def _dial_table(url: str) -> dict[str, Any]:
+    """The dial table for an address (as `latis connect` takes it)."""
     from latis_core import dialer_from_url
 
-    kind, dialer = dialer_from_url(url)
-    table: dict[str, Any] = {"type": kind}
-    for field in attrs.fields(type(dialer)):
-        value = getattr(dialer, field.name)
-        if value != field.default:
-            table[field.name] = list(value) if isinstance(value, tuple) else value
-    return table
+    return _plugin_table(*dialer_from_url(url))
 
 
 def _accept_table(url: str) -> dict[str, Any]:
@@ -178,11 +182,7 @@ def _accept_table(url: str) -> dict[str, Any]:
     from latis_core import listener_from_url
 
     kind, listener = listener_from_url(url)
-    table: dict[str, Any] = {"type": kind}
-    for field in attrs.fields(type(listener)):
-        value = getattr(listener, field.name)
-        if value != field.default:
-            table[field.name] = value
+    table = _plugin_table(kind, listener)
     if "tls" in (f.name for f in attrs.fields(type(listener))):
         if "tls" in parse_qs(urlsplit(url).query):
             table["tls"] = listener.tls  # spelled out, even as the default
