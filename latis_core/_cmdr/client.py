@@ -62,7 +62,8 @@ def start_daemon(quiet: bool = False) -> int:
         if pid is not None and _listening(str(where.socket)):
             return pid
         where.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(where.log_dir / "cmdr.log", "ab")  # noqa: SIM115 (handed to the child)
+        logged = where.log_dir / "cmdr.log"
+        log = open(logged, "ab")  # noqa: SIM115 (handed to the child)
         start = log.seek(0, os.SEEK_END)
         with log:
             child = subprocess.Popen(
@@ -80,11 +81,10 @@ def start_daemon(quiet: bool = False) -> int:
                     print(f"started cmdr (pid {child.pid})", file=sys.stderr)
                 return child.pid
             if child.poll() is not None:
-                why = _start_error(where.log_dir / "cmdr.log", start)
+                why = _start_error(logged, start)
+                exited = f"cmdr exited at start (status {child.returncode})"
                 raise CmdrUnreachable(
-                    f"cmdr exited at start (status {child.returncode})"
-                    + (f": {why}\n(log: " if why else "; see ")
-                    + f"{where.log_dir / 'cmdr.log'}" + (")" if why else "")
+                    f"{exited}: {why}\n(log: {logged})" if why else f"{exited}; see {logged}"
                 )
             time.sleep(0.02)
         raise CmdrUnreachable(f"cmdr did not start within {START_TIMEOUT:g} s")
