@@ -26,7 +26,7 @@ from latis_core._cmdr.config import (
     parse_config,
 )
 from latis_core._cmdr.config_lines import _Locator as Locator
-from latis_core._cmdr.config_write import add_unit, add_unit_text, init_text
+from latis_core._cmdr.config_write import add_unit, add_unit_text, init_text, remove_unit
 from latis_core._plugins import registry as _registry
 
 # -- fake plugins ------------------------------------------------------------------------
@@ -980,6 +980,73 @@ def test_add_unit_refuses_an_invalid_unit(fakes: None, tmp_path: Path) -> None:
         f"cannot add unit 'b':\n{path}:3: unit 'b': provisioner.image: required option missing"
     )
     assert path.read_text() == "# hello\n"
+
+
+PROCESS = '{ type = "process" }'
+
+
+def test_remove_unit_keeps_the_comments_of_what_follows(fakes: None, tmp_path: Path) -> None:
+    """Comments just above the next table are that table's: `unit rm` keeps them."""
+    path = tmp_path / "latis.toml"
+    path.write_text(f"""# header
+[units.aa]   # aa is first
+# aa's own note
+provisioner = {PROCESS}
+
+# ---- zz: the important box ----
+[units.zz]
+provisioner = {PROCESS}
+""")
+    config = remove_unit(path, "aa")
+    assert path.read_text() == f"""# header
+
+# ---- zz: the important box ----
+[units.zz]
+provisioner = {PROCESS}
+"""
+    assert sorted(config.units) == ["local", "zz"]
+
+
+def test_remove_unit_keeps_the_reference_latis_init_wrote(fakes: None, tmp_path: Path) -> None:
+    """The commented reference after the demo unit stays when the demo goes."""
+    path = tmp_path / "latis.toml"
+    path.write_text(init_text())
+    add_unit(path, "mine", {"provisioner": {"type": "process"}})
+    remove_unit(path, "demo")
+    text = path.read_text()
+    assert "[units.demo" not in text and "[units.mine.provisioner]" in text
+    assert "# port = 7447" in text  # the last lines of the reference
+
+
+@pytest.mark.parametrize("text", [
+    f"# mine\n[units]\naa = {{ provisioner = {PROCESS} }}  # inline\n"
+    f"bb = {{ provisioner = {PROCESS} }}\n",
+    f"# mine\n[units]\naa.provisioner = {PROCESS}\naa.max_sessions = 2\n"
+    f"bb.provisioner = {PROCESS}\n",
+    f"# mine\nunits.aa.provisioner = {PROCESS}\nunits.bb.provisioner = {PROCESS}\n",
+])
+def test_remove_unit_takes_an_inline_unit_out_alone(
+    fakes: None, tmp_path: Path, text: str
+) -> None:
+    path = tmp_path / "latis.toml"
+    path.write_text(text)
+    remove_unit(path, "aa")
+    kept = path.read_text()
+    assert kept == "".join(line for line in text.splitlines(True) if "aa" not in line)
+    assert kept.startswith("# mine\n")
+
+
+def test_remove_unit_refuses_to_lose_comments(fakes: None, tmp_path: Path) -> None:
+    """A form latis cannot cut out alone: with comments in the file, nothing is written
+    and the error names the unit's line; without, the file is rewritten."""
+    path = tmp_path / "latis.toml"
+    text = f'[units]\naa = {{ provisioner = {PROCESS}, labels = [\n  "x",\n] }}\n'
+    path.write_text("# mine\n" + text)
+    with pytest.raises(ConfigError, match=r"latis.toml:3: unit 'aa' .* by hand"):
+        remove_unit(path, "aa")
+    assert path.read_text() == "# mine\n" + text
+    path.write_text(text)
+    assert sorted(remove_unit(path, "aa").units) == ["local"]
 
 
 def test_unit_names_are_remembered_until_the_config_changes(tmp_path: Path) -> None:

@@ -91,13 +91,17 @@ def _defined(config: Config) -> set[str]:
 def remove_unit(path: str | os.PathLike[str], name: str) -> Config:
     """Take unit `name` out of the config file at `path`; return the result.
 
-    The unit's tables go (`[units.NAME]` and its sub-tables); the rest of the
-    file stays as written, comments and all. A unit written inline in
-    `[units]` is taken out by rewriting the file through tomli-w (comments
-    are then lost). Nothing is written unless the result is a valid config.
+    The unit's tables go (`[units.NAME]` and its sub-tables), or its line in
+    `[units]` when it is written inline; the rest of the file stays as
+    written, comments and all (comments just above the next table are that
+    table's, and stay). A file latis cannot edit so is rewritten through
+    tomli-w only when it has no comments to lose; otherwise nothing is written
+    and the error names the unit's line. Nothing is written unless the result
+    is a valid config that differs from the file by that unit alone.
 
     Raises:
-        ConfigError: the file does not define the unit, or is not valid.
+        ConfigError: the file does not define the unit, is not valid, or
+            would lose its comments.
     """
     import tomllib
 
@@ -109,27 +113,74 @@ def remove_unit(path: str | os.PathLike[str], name: str) -> Config:
     if name not in _defined(before):
         raise ConfigError(f"{target}: no unit {name!r} in this file "
                           f"(units: {', '.join(sorted(_defined(before))) or 'none'})")
+    wanted = tomllib.loads(text)
+    wanted["units"].pop(name)
+    for edit in (_without_tables, _without_inline):
+        after_text = edit(text, name)
+        try:
+            if tomllib.loads(after_text) == wanted:
+                break
+        except tomllib.TOMLDecodeError:
+            pass
+    else:
+        if "#" in text:  # a comment (or a '#' in a string: refused alike, to be safe)
+            raise ConfigError(
+                f"{target}:{before.units[name].line}: unit {name!r} is written in a form "
+                "latis cannot take out without rewriting the file, which would lose its "
+                "comments: delete it there by hand (then `latis daemon reload`)")
+        after_text = tomli_w.dumps(wanted)
+    after = parse_config(after_text, target)
+    target.write_text(after_text, encoding="utf-8")
+    return after
+
+
+def _without_tables(text: str, name: str) -> str:
+    """`text` without the tables `[units.NAME]` and `[units.NAME.*]`.
+
+    Comment and blank lines at the end of the unit's last table stay: just
+    above the next table (or at the end of the file) they belong to what
+    follows, such as the reference `latis init` writes.
+    """
     kept: list[str] = []
+    held: list[str] = []  # comments inside the unit, kept if no key of it follows
     inside = False
     for line in text.splitlines(keepends=True):
         header = _HEADER.match(line)
         if header:
-            keys = _header_keys(header[1])
-            inside = keys[:2] == ["units", name]
-        if not inside:
-            kept.append(line)
-    after_text = "".join(kept)
-    try:
-        after = parse_config(after_text, target)
-    except ConfigError:
-        after = None
-    if after is None or _defined(after) != _defined(before) - {name}:
-        data = tomllib.loads(text)
-        data["units"].pop(name, None)
-        after_text = tomli_w.dumps(data)
-        after = parse_config(after_text, target)
-    target.write_text(after_text, encoding="utf-8")
-    return after
+            now_inside = _header_keys(header[1])[:2] == ["units", name]
+            if inside and not now_inside:
+                kept.extend(held)
+            held = []
+            inside = now_inside
+            if inside:
+                continue
+        elif inside:
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                held.append(line)
+            else:
+                held = []  # the unit's own comments, among its keys
+            continue
+        kept.append(line)
+    return "".join(kept + held)
+
+
+def _without_inline(text: str, name: str) -> str:
+    """`text` without the lines that define unit `name` inline: `NAME = {...}` or
+    `NAME.KEY = ...` in `[units]`, `units.NAME... = ...` before any table."""
+    quoted = "|".join(re.escape(form) for form in (name, f'"{name}"', f"'{name}'"))
+    in_units = re.compile(rf"^\s*(?:{quoted})\s*[.=]")
+    at_top = re.compile(rf"^\s*units\s*\.\s*(?:{quoted})\s*[.=]")
+    kept: list[str] = []
+    table: list[str] = []
+    for line in text.splitlines(keepends=True):
+        header = _HEADER.match(line)
+        if header:
+            table = _header_keys(header[1])
+        elif (table == ["units"] and in_units.match(line)) or (not table and at_top.match(line)):
+            continue
+        kept.append(line)
+    return "".join(kept)
 
 
 def init_text() -> str:
