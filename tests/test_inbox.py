@@ -305,6 +305,34 @@ class TestStates:
         assert states[asking] == ("idle", "completed")
         assert states[failing] == ("idle", "failed")
 
+    def test_a_second_prompt_leaves_the_first_as_it_was(self, home: Home) -> None:
+        """A prompt to a session that waits for an answer, or is busy, is refused (exit 1,
+        the question's inbox id, `latis attach`); nothing of it is stored, and the first
+        prompt goes on: its session still waiting (not pruned as idle), then answered."""
+        write_config(home, echo_unit("asker", ask="Go on?"), echo_unit("slow", delay="0.2"))
+        asking = new_session(home, "asker")
+        start_prompt(home, asking, "first")
+        item = wait_question(home, asking)
+        refused = home.run("prompt", "--session", asking, "second")
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert f"latis inbox answer {item['id']} ANSWER" in refused.stderr
+        assert f"latis attach {asking}" in refused.stderr
+        shown = home.json("session", "show", asking)
+        assert [p["text"] for p in shown["prompts"]] == ["first"]
+        home.ok("session", "prune", "--idle", "0")
+        states = {s["session"]: s["state"] for s in home.json("session", "list")}
+        assert states[asking] == "waiting"
+        home.ok("inbox", "answer", item["id"], "yes")
+        assert wait_ended(home, asking)["state"] == "complete"
+
+        busy = new_session(home, "slow")
+        start_prompt(home, busy, " ".join(f"w{i}" for i in range(100)))
+        refused = home.run("prompt", "--session", busy, "again")
+        assert refused.returncode == 1
+        assert f"session {busy!r} is busy with prompt" in refused.stderr
+        states = {s["session"]: s["state"] for s in home.json("session", "list")}
+        assert states[busy] == "busy"
+
     def test_status_shows_waiting_apart_from_busy(self, home: Home) -> None:
         """`status` counts waiting sessions apart from busy ones, with a line per
         waiting session (its question and how to answer it) and per busy one."""

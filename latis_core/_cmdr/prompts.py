@@ -195,7 +195,12 @@ class PromptEngine:
         ) -> UnitRuntime: ...
 
     async def start_prompt(self, sid: str, text: str) -> PromptRecord:
-        """Send a prompt; the controller runs it until its end, whoever follows it."""
+        """Send a prompt; the controller runs it until its end, whoever follows it.
+
+        Raises:
+            RequestError: (session_busy) the session runs a prompt already (one at
+                a time: the unit would refuse it); (unknown_session) no such session.
+        """
         rt = await self.session_unit(sid)
         if rt.client is None or rt.client.peer.closed:
             await self.up(rt.name)
@@ -215,6 +220,11 @@ class PromptEngine:
         return self._send_prompt(rt, sid, text, prompt_id)
 
     def _send_prompt(self, rt: UnitRuntime, sid: str, text: str, prompt_id: int) -> PromptRecord:
+        held = self.sessions.get(sid)
+        if held is not None and held.state in ("busy", "waiting"):
+            # Refused here, not by the unit: its refusal would be this session's
+            # latest prompt, an error that hides the one still running.
+            raise RequestError(ErrorCode.SESSION_BUSY.value, self._busy(sid))
         client = self._client(rt)
         # Numbered in memory and written behind (its row goes in before its
         # first chunk's, in the writer's next batch): nothing waits for the disk.
@@ -227,6 +237,21 @@ class PromptEngine:
         self._set_session(sid, "busy")
         self._nursery.start_soon(self._pump, record, stream)
         return record
+
+    def _busy(self, sid: str) -> str:
+        """Why a prompt to session `sid` is refused: the prompt it runs, and what to do."""
+        running = [r for r in self.prompts.values() if r.session == sid and r.end is None]
+        if not running:
+            return f"session {sid!r} runs a prompt (one at a time): wait for its end"
+        record = running[-1]
+        asked = [p for kind, p in record.events if kind == "input"]
+        if self.sessions[sid].state == "waiting" and asked:
+            return (f"session {sid!r} waits for an answer to prompt {record.id}'s question "
+                    f"({asked[-1].question!r}): answer it with `latis inbox answer "
+                    f"{record.id}.{asked[-1].input} ANSWER` or `latis attach {sid}`")
+        return (f"session {sid!r} is busy with prompt {record.id} (one prompt at a time): "
+                f"follow it with `latis attach {sid}`, or start another session "
+                "(`latis prompt --new`)")
 
     async def _pump(self, record: PromptRecord, stream: PromptStream) -> None:
         record.scope = scope = trio.CancelScope()
