@@ -56,35 +56,47 @@ def prompt(
       latis prompt --json "hello" | jq .
 
     Args:
-        text: the prompt; "-" (the default) reads it from stdin.
+        text: the prompt (without it, the prompt is read from stdin).
         unit: the unit (default: the current session's, else `local`).
-        session: prompt this session (it does not become current).
+        session: prompt this session (it does not become current; not with --unit).
         new: start a new session (it becomes current).
-        file: read the prompt from this file (`-`: from stdin).
+        file: read the prompt from this file (`-`: from stdin; not with TEXT).
         detach: send the prompt and return; it runs on.
         json_output: print one JSON object per event (NDJSON); the first names the session.
     """
-    if file is not None and str(file) == "-":
-        body = sys.stdin.read()
-    elif file is not None:
-        try:
-            body = file.read_text()
-        except OSError as exc:
-            print(f"latis: cannot read the prompt from {file}: {exc.strerror}", file=sys.stderr)
+    for given, other in (("--new", "--session"), ("--session", "--unit"), ("--file", "TEXT")):
+        values = {"--new": new, "--session": session, "--unit": unit, "--file": file,
+                  "TEXT": text != "-"}
+        if values[given] and values[other]:
+            print(f"latis: {given} and {other} exclude each other", file=sys.stderr)
             return USAGE
-    elif text == "-":
-        if sys.stdin.isatty():
-            print("latis: give the prompt as an argument, with --file, or on stdin",
-                  file=sys.stderr)
-            return USAGE
-        body = sys.stdin.read()
-    else:
-        body = text
+    source = "stdin" if file is None or str(file) == "-" else str(file)
+    try:
+        if file is not None and str(file) == "-":
+            body = sys.stdin.read()
+        elif file is not None:
+            try:
+                body = file.read_text(encoding="utf-8")
+            except OSError as exc:
+                print(f"latis: cannot read the prompt from {file}: {exc.strerror}",
+                      file=sys.stderr)
+                return USAGE
+        elif text == "-":
+            if sys.stdin.isatty():
+                print("latis: give the prompt as an argument, with --file, or on stdin",
+                      file=sys.stderr)
+                return USAGE
+            body = sys.stdin.read()
+        else:
+            source = "the argument"
+            body = text
+        body.encode("utf-8")  # (stdin read with surrogateescape: its bad bytes show here)
+    except UnicodeError:
+        print(f"latis: the prompt ({source}) is not UTF-8 text; nothing was sent",
+              file=sys.stderr)
+        return USAGE
     if not body.strip():
         print("latis: the prompt is empty; nothing was sent", file=sys.stderr)
-        return USAGE
-    if new and session is not None:
-        print("latis: --new and --session exclude each other", file=sys.stderr)
         return USAGE
     from ._run import run_with_cmdr
 

@@ -75,6 +75,8 @@ def run_with_cmdr(
     except KeyboardInterrupt:
         return INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 (every failure ends here, as a message)
-        from ._failure import report
+        from ._failure import cause, report
 
+        if isinstance(cause(exc), BrokenPipeError):
+            raise cause(exc) from None  # the reader went away: `guard` ends quietly
         return report(exc)

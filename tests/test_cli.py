@@ -289,6 +289,36 @@ class TestOutputAndErrors:
         assert home.ok("prompt", "--file", "task.md").stdout == "from a file\n"
         assert home.ok("prompt", "--file", "-", input="dash\n").stdout == "dash\n"
 
+    def test_a_prompt_that_is_not_utf8_or_given_twice_is_refused(self, home: Home) -> None:
+        """Bytes that are not UTF-8 (stdin, a file), or the prompt from two places, or a
+        session and a unit: exit 2 with what was wrong, and nothing starts the daemon."""
+        (home.path / "latin1.md").write_bytes(b"caf\xe9\n")
+        stdin = subprocess.run([*LATIS, "prompt"], input=b"\xff\xfe bad\n", capture_output=True,
+                               env=home.env, cwd=home.path, timeout=60)
+        assert stdin.returncode == 2
+        assert stdin.stderr.decode() == (
+            "latis: the prompt (stdin) is not UTF-8 text; nothing was sent\n")
+        for args, said in (
+            (["--file", "latin1.md"], "the prompt (latin1.md) is not UTF-8 text"),
+            (["--file", "latin1.md", "also this"], "--file and TEXT exclude each other"),
+            (["-s", "S", "--unit", "local", "hi"], "--session and --unit exclude each other"),
+        ):
+            result = home.run("prompt", *args)
+            assert (result.returncode, result.stdout) == (2, ""), result
+            assert said in result.stderr
+        assert not (home.path / "run" / "cmdr.pid").exists()
+
+    def test_a_reader_that_goes_away_ends_the_command_quietly(self, home: Home) -> None:
+        """`latis prompt ... | head -c 5`: no message (no "a bug?"), exit 1."""
+        home.ok("session", "new", "-o", "repeat=5000")
+        with subprocess.Popen([*LATIS, "prompt", "a b c d e f g h"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=home.env, cwd=home.path) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.read(5) == b"a b c"
+            proc.stdout.close()
+            assert proc.wait(timeout=60) == 1
+            assert proc.stderr.read() == b""
+
     def test_question_answered_from_stdin(self, home: Home) -> None:
         """An agent's question is answered from stdin when it is not a terminal."""
         home.ok("unit", "add", "asker", "--provisioner", "process", "-o", "ask=Sure?")
