@@ -17,15 +17,12 @@ inbox_app = App(
     name="inbox",
     help="""What the agents ask, on every unit and session, oldest first.
 
-Examples
---------
-```
-latis inbox
-latis inbox answer 12.0 allow
-latis inbox answer 14.0 "use the staging database"
-latis inbox watch
-latis inbox log --json
-```""",
+For example:
+  latis inbox
+  latis inbox answer 12.0 allow
+  latis inbox answer 14.0 "use the staging database"
+  latis inbox watch
+  latis inbox log --json""",
     help_format="plaintext",
 )
 
@@ -58,12 +55,9 @@ def _table(items: list[dict[str, Any]]) -> None:
 def inbox(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """List the open questions and permission requests of every unit and session.
 
-    Examples
-    --------
-    ```
-    latis inbox
-    latis inbox --json | jq '.[] | select(.kind == "permission") | .id'
-    ```
+    For example:
+      latis inbox
+      latis inbox --json | jq '.[] | select(.kind == "permission") | .id'
 
     Args:
         json_output: print a JSON array (fields: PROTOCOL.md §15.1, `inbox.list`).
@@ -94,19 +88,26 @@ def answer(
     Answered once: if someone answered first (another inbox, the prompt's own
     CLI, the dashboard), this says who, when and what, and exits 1.
 
-    Examples
-    --------
-    ```
-    latis inbox answer 12.0 allow
-    latis inbox answer 12.0 2
-    latis inbox answer 14.0 "use the staging database"
-    ```
+    For example:
+      latis inbox answer 12.0 allow
+      latis inbox answer 12.0 2
+      latis inbox answer 14.0 "use the staging database"
 
     Args:
         id: the question's id (`latis inbox` shows it: PROMPT.INPUT, e.g. 12.0).
         text: the answer.
         json_output: print the result as JSON.
     """
+
+    import re
+
+    if not re.fullmatch(r"[0-9]+\.[0-9]+", id, re.ASCII):
+        print(f"latis: {id!r} is not a question's id: they look like 12.0 "
+              "(`latis inbox` lists the open ones)", file=sys.stderr)
+        return USAGE
+    if not text:
+        print(f"latis: the answer to {id} is empty; nothing was sent", file=sys.stderr)
+        return USAGE
 
     async def work(cmdr: Any) -> int:
         result = await cmdr.inbox_answer(id, text, by=_BY)
@@ -123,15 +124,12 @@ def answer(
 def watch(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """Follow the inbox live: each question as it opens, and when it is answered.
 
-    Prints one line per change (NDJSON with --json: `{"event": "open"|"answered",
-    "item": {...}}`) until Ctrl-C.
+    Prints one line per change (NDJSON with --json: `{"event": "open"|"answered"|
+    "ended", "item": {...}}`; `ended`: its prompt ended without an answer) until Ctrl-C.
 
-    Examples
-    --------
-    ```
-    latis inbox watch
-    latis inbox watch --json | jq -r 'select(.event == "open") | .item.question'
-    ```
+    For example:
+      latis inbox watch
+      latis inbox watch --json | jq -r 'select(.event == "open") | .item.question'
 
     Args:
         json_output: print NDJSON, one change a line.
@@ -147,15 +145,17 @@ def watch(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> 
                 known[item["id"]] = item
                 if before is not None and before["state"] == item["state"]:
                     continue
-                if first and item["state"] == "answered":
-                    continue  # history: `latis inbox log` shows it
-                event = "open" if item["state"] == "open" else "answered"
+                event = item["state"]
+                if first and event != "open":
+                    continue  # history: `latis inbox log` shows the answered
                 if json_output:
                     print(json.dumps({"event": event, "item": item}), flush=True)
                 elif event == "open":
                     options = ", ".join(item["options"]) or "free text"
                     print(f"{item['id']}  {item['unit']}/{item['session']}  asks: "
                           f"{item['question']}  [{options}]", flush=True)
+                elif event == "ended":
+                    print(f"{item['id']}  ended unanswered (its prompt ended)", flush=True)
                 else:
                     print(f"{item['id']}  answered by {item['answered_by']}: "
                           f"{item['answer']}", flush=True)
@@ -174,12 +174,9 @@ def log(*, json_output: Annotated[bool, Parameter(name="--json")] = False) -> in
     """Answered questions, oldest first: who answered (a person, or `rule NAME` of
     the approval policy), when, and what.
 
-    Examples
-    --------
-    ```
-    latis inbox log
-    latis inbox log --json | jq '.[] | select(.rule != null)'
-    ```
+    For example:
+      latis inbox log
+      latis inbox log --json | jq '.[] | select(.rule != null)'
 
     Args:
         json_output: print a JSON array.
@@ -215,13 +212,10 @@ def usage(
     coordination or day. Agents that report nothing are listed apart: no number
     is made up.
 
-    Examples
-    --------
-    ```
-    latis usage
-    latis usage --by day
-    latis usage --by unit --json
-    ```
+    For example:
+      latis usage
+      latis usage --by day
+      latis usage --by unit --json
 
     Args:
         by: session, unit, agent, coordination or day.

@@ -287,8 +287,10 @@ def show(
         out.write(f"\n> {p['text']}\n")
         for inp in p["inputs"]:
             answer = inp["answer"]
-            if answer is None:  # open: say where it is answered, not "None"
+            if answer is None and p["state"] == "running":  # where it is answered, not "None"
                 answer = f"(no answer yet: latis inbox answer {inp['id']} ...)"
+            elif answer is None:
+                answer = "(no answer: the prompt ended first)"
             out.write(f"? {inp['question']} -> {answer}\n")
         out.write(p["answer"] + "\n")
         if p["state"] != "complete":

@@ -253,6 +253,49 @@ class TestTheInboxKeeps:
             watch.stop()
         assert code == 130 and "Traceback" not in err
 
+    def test_a_question_whose_prompt_ended_is_ended_not_open(self, home: Home) -> None:
+        """Its session closed before an answer: `watch` says `ended` (not `open` again),
+        `inbox --json --all`-like lists show it `ended`/`canceled`, `session show` does not
+        offer an answer that would fail, and a new `watch` does not list it."""
+        write_config(home, echo_unit("asker", ask="Go?"))
+        sid = new_session(home, "asker")
+        watch = Lines(home, "inbox", "watch", "--json")
+        try:
+            start_prompt(home, sid, "the plan")
+            opened = json.loads(watch.line())
+            home.ok("session", "destroy", sid)
+            ended = json.loads(watch.line())
+            assert ended["event"] == "ended"
+            assert ended["item"]["id"] == opened["item"]["id"]
+            assert (ended["item"]["state"], ended["item"]["a2a_state"]) == ("ended", "canceled")
+        finally:
+            watch.stop()
+        shown = home.ok("session", "show", sid).stdout
+        assert "? Go? -> (no answer: the prompt ended first)" in shown
+        assert "latis inbox answer" not in shown
+        again = Lines(home, "inbox", "watch", "--json")
+        try:
+            start_prompt(home, new_session(home, "asker"), "next")
+            assert json.loads(again.line())["item"]["question"] == "Go?"  # the new one only
+        finally:
+            again.stop()
+
+    def test_answer_ids_and_answers_are_checked_here(self, home: Home) -> None:
+        """An id that is not PROMPT.INPUT, or an empty answer: exit 2, what is wrong, and
+        the daemon is not even asked; an id past SQLite's integers is unknown, not a crash."""
+        for bad in ("", "5", "abc", "5.0.0", "\u00b2.0", "1.x"):
+            result = home.run("inbox", "answer", bad, "y")
+            assert result.returncode == 2, (bad, result.stderr)
+            assert "is not a question's id: they look like 12.0" in result.stderr
+        empty = home.run("inbox", "answer", "5.0", "")
+        assert (empty.returncode, empty.stderr) == (
+            2, "latis: the answer to 5.0 is empty; nothing was sent\n")
+        assert not (home.path / "run" / "cmdr.pid").exists()
+        huge = home.run("inbox", "answer", "99999999999999999999.0", "y")
+        assert huge.returncode == 1 and "Traceback" not in huge.stderr
+        assert "not an inbox item id" in huge.stderr
+        home.ok("daemon", "status")
+
     def test_watch_text_lines(self, home: Home) -> None:
         """Without --json, one readable line a change; an open question already in the
         inbox when watch starts is shown first."""

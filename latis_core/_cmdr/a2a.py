@@ -21,6 +21,7 @@ A2A_STATES = {
     "cancelled": "canceled",
     "open": "input-required",
     "answered": "completed",
+    "ended": "canceled",  # a question whose prompt ended before an answer
 }
 
 

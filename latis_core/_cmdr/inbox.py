@@ -13,6 +13,7 @@ question's number in it), e.g. `"12.0"`.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,6 +54,8 @@ class InboxItem:
     answered_at: float | None
     rule: str | None
     data: dict[str, Any] | None
+    #: The state of the question's prompt (`running` while it can be answered).
+    prompt_state: str = "running"
 
     @property
     def id(self) -> str:
@@ -60,7 +63,10 @@ class InboxItem:
 
     @property
     def state(self) -> str:
-        return "open" if self.answer is None else "answered"
+        """`open`, `answered`, or `ended` (its prompt ended before an answer)."""
+        if self.answer is not None:
+            return "answered"
+        return "open" if self.prompt_state == "running" else "ended"
 
     def to_dict(self) -> dict[str, Any]:
         """The item as `inbox.list` sends it (PROTOCOL.md §15.1)."""
@@ -93,15 +99,19 @@ def parse_item_id(item: str) -> tuple[int, int]:
     Raises:
         ValueError: not an item id.
     """
-    prompt, dot, number = item.partition(".")
-    if not dot or not prompt.isdigit() or not number.isdigit():
+    if not _ITEM_ID.fullmatch(item):
         raise ValueError(f"{item!r} is not an inbox item id (they look like 12.0)")
+    prompt, _, number = item.partition(".")
     return int(prompt), int(number)
+
+
+#: PROMPT.INPUT: ASCII digits, of a size SQLite's integers hold.
+_ITEM_ID = re.compile(r"[0-9]{1,18}\.[0-9]{1,9}")
 
 
 _SELECT = (
     "SELECT i.prompt, i.number, u.name, s.id, u.config, i.question, i.options, i.kind,"
-    " i.asked_at, i.answer, i.answered_by, i.answered_at, i.rule, i.data"
+    " i.asked_at, i.answer, i.answered_by, i.answered_at, i.rule, i.data, p.state"
     " FROM inputs i JOIN prompts p ON p.id = i.prompt JOIN sessions s ON s.id = p.session"
     " JOIN units u ON u.id = s.unit"
 )
@@ -109,12 +119,12 @@ _SELECT = (
 
 def _item(row: Sequence[Any]) -> InboxItem:
     (prompt, number, unit, session, config, question, options, kind, since, answer, by, at,
-     rule, data) = row
+     rule, data, prompt_state) = row
     agent = orjson.loads(config).get("agent") if config else None
     return InboxItem(
         prompt, number, unit, session, str(agent or "?"), question,
         tuple(orjson.loads(options)), kind, since, answer, by, at, rule,
-        None if data is None else orjson.loads(data),
+        None if data is None else orjson.loads(data), prompt_state,
     )
 
 
