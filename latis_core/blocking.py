@@ -75,6 +75,10 @@ def _from_plain_thread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> A
     return value
 
 
+#: Why a call after the end of its `with` block fails.
+_CLOSED = "closed: the `with` block that opened this connection has ended"
+
+
 class Portal:
     """A trio loop in a daemon thread, and calls into it that wait for the result."""
 
@@ -104,14 +108,25 @@ class Portal:
             nursery.cancel_scope.cancel()
 
     def run(self, afn: Callable[..., Any], *args: Any) -> Any:
-        """Run `await afn(*args)` in the trio thread; return its result."""
-        return _from_plain_thread(trio.from_thread.run, afn, *args, trio_token=self._token)
+        """Run `await afn(*args)` in the trio thread; return its result.
+
+        Raises:
+            trio.ClosedResourceError: the loop has ended (the `with` block that
+                opened what is used here has ended).
+        """
+        try:
+            return _from_plain_thread(trio.from_thread.run, afn, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise trio.ClosedResourceError(_CLOSED) from None
 
     def run_sync(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run `fn(*args)` in the trio thread; return its result."""
-        return _from_plain_thread(  # type: ignore[no-any-return]
-            trio.from_thread.run_sync, fn, *args, trio_token=self._token
-        )
+        """Run `fn(*args)` in the trio thread; return its result (raises as `run`)."""
+        try:
+            return _from_plain_thread(  # type: ignore[no-any-return]
+                trio.from_thread.run_sync, fn, *args, trio_token=self._token
+            )
+        except trio.RunFinishedError:
+            raise trio.ClosedResourceError(_CLOSED) from None
 
     @contextmanager
     def wrap(self, acm: AbstractAsyncContextManager[_T]) -> Iterator[_T]:
@@ -129,11 +144,15 @@ class Portal:
     ) -> None:
         leave, left = trio.Event(), trio.Event()
         box: list[Exception] = []
+        started = False
         try:
             async with acm as value:
                 task_status.started((value, leave, left, box))
+                started = True
                 await leave.wait()
         except Exception as exc:
+            if not started:
+                raise  # entering failed: `start` hands it to the thread entering the block
             # After started(), an error belongs to the thread leaving the block.
             box.append(exc)
         finally:

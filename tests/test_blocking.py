@@ -9,8 +9,9 @@ import threading
 import time
 
 import pytest
+import trio
 
-from latis_core import ErrorCode, InputRequest, RequestError, blocking
+from latis_core import ConnectError, ErrorCode, InputRequest, RequestError, blocking
 
 
 def test_prompt_streams_without_async() -> None:
@@ -79,6 +80,28 @@ def test_errors_keep_their_type() -> None:
         with pytest.raises(RequestError) as info:
             unit.resume_session("nope")
         assert info.value.code == ErrorCode.UNKNOWN_SESSION
+
+
+def test_a_failed_connect_raises_its_own_error() -> None:
+    """A connection that cannot be made raises what the async API raises (not trio's
+    "child exited without calling task_status.started()")."""
+    with pytest.raises(ConnectError, match="cannot connect to unix:/nonexistent"):
+        with blocking.connect("unix:/nonexistent"):
+            pass
+    with pytest.raises(ValueError, match="not an address latis knows"):
+        with blocking.connect("garbage"):
+            pass
+    with pytest.raises(ConnectError, match="closed the connection during the handshake"):
+        with blocking.connect_local(options={"nosuch": "1"}):
+            pass
+
+
+def test_a_call_after_the_block_says_it_is_closed() -> None:
+    with blocking.connect_local() as unit:
+        session = unit.create_session()
+    for call in (unit.create_session, unit.ping, lambda: session.prompt("x").text()):
+        with pytest.raises(trio.ClosedResourceError, match="`with` block .* has ended"):
+            call()
 
 
 def test_closing_a_stream_cancels_the_prompt() -> None:
