@@ -127,6 +127,17 @@ class TestPrompts:
                     await session.prompt("again").text()
                 assert info.value.code == ErrorCode.SESSION_BUSY
 
+    async def test_a_prompt_right_after_leaving_one_waits_for_its_cancel(self) -> None:
+        """`break` out of a prompt's chunks cancels it; the next prompt, sent at once,
+        starts when the cancelled one has ended (not `session_busy`), every time."""
+        async with latis_core.connect_local(options={"delay": "0.02", "repeat": "20"}) as unit:
+            session = await unit.create_session()
+            for i in range(25):
+                async for chunk in session.prompt(f"p{i}"):
+                    assert chunk.text.startswith(f"p{i}")
+                    break
+            assert await session.prompt("last").text() == " ".join(["last"] * 20)
+
     async def test_unknown_session(self) -> None:
         """A prompt to a session that does not exist fails with unknown_session."""
         async with latis_core.connect_local() as unit:

@@ -76,6 +76,9 @@ REPLAY_LIMIT = 8 * 1024 * 1024
 MAX_SESSIONS = 1000
 #: What a chunk costs in the replay log beyond its text (an estimate).
 _CHUNK_OVERHEAD = 48
+#: How long a prompt sent right after the cancel of the session's running one
+#: waits for that one's end before it is refused (`session_busy`).
+CANCELLED_WAIT = 10.0
 
 UNIT_CAPABILITIES = ("session.resume", "prompt.cancel", "state.subscribe", "input")
 
@@ -725,16 +728,28 @@ def _on_session_resume(s: _Served, msg: SessionResume) -> None:
     s.unit._nursery.start_soon(s.unit._resume, s, msg)
 
 
-def _on_prompt_send(s: _Served, msg: PromptSend) -> None:
+def _on_prompt_send(s: _Served, msg: PromptSend, waited: bool = False) -> None:
     session = _known_session(s, msg.id, msg.session)
     if session is None:
         return
-    if session.run is not None:
+    running = session.run
+    if running is not None and running.scope.cancel_called and not waited:
+        # Its cancel came first (a client that left a prompt and sent the next at
+        # once, as a `break` out of its chunks does): this one starts after it ends.
+        async def after_it() -> None:
+            with trio.move_on_after(CANCELLED_WAIT):
+                await running.done.wait()
+            if not s.closed:
+                _on_prompt_send(s, msg, waited=True)
+
+        s.unit._nursery.start_soon(after_it)
+        return
+    if running is not None:
         s.send(
             Error(
                 msg.id,
                 ErrorCode.SESSION_BUSY.value,
-                f"session {session.id!r} is answering prompt {session.run.id!r}",
+                f"session {session.id!r} is answering prompt {running.id!r}",
             )
         )
         return
