@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import trio
@@ -461,3 +464,72 @@ class TestBadInput:
             await wire.stream.send_stream.aclose()
             with trio.fail_after(5):
                 assert await wire.process.wait() == 0
+
+
+class TestCallersMistakes:
+    """A script's wrong argument is a TypeError that says which, at the call: nothing
+    is sent that the other side would refuse later (or, for an answer, never)."""
+
+    async def test_prompts_and_answers_must_be_text(self) -> None:
+        async with latis_core.connect_local(options={"ask": "Go on?"}) as unit:
+            session = await unit.create_session()
+            with pytest.raises(TypeError, match="a prompt's text must be a str, got int"):
+                session.prompt(123)  # type: ignore[arg-type]
+
+            async def five(_: InputRequest) -> str:
+                return 5  # type: ignore[return-value]
+
+            async def boom(_: InputRequest) -> str:
+                raise ZeroDivisionError("boom")
+
+            with trio.fail_after(10):
+                with pytest.raises(TypeError, match="on_input must return the answer as a str"):
+                    await session.prompt("x", on_input=five).text()
+                with pytest.raises(ZeroDivisionError):
+                    await session.prompt("x", on_input=boom).text()
+                # Each of those prompts was cancelled: the session takes the next.
+                stream = session.prompt("next")
+                async for event in stream:
+                    if isinstance(event, InputRequest):
+                        with pytest.raises(TypeError, match="an answer must be a str, got int"):
+                            await stream.reply(5)  # type: ignore[arg-type]
+                        await stream.reply("yes")
+                assert stream.outcome == "complete"
+
+    async def test_wrong_kinds_of_arguments(self) -> None:
+        with pytest.raises(TypeError, match="argv is the command line as a list of words"):
+            async with latis_core.connect_local("latis-unit --stdio"):  # type: ignore[arg-type]
+                pass
+        with pytest.raises(TypeError, match=r"needs an Agent, got function: .*PythonAgent"):
+            async with latis_core.connect_agent(lambda text: text):  # type: ignore[arg-type]
+                pass
+        with pytest.raises(TypeError, match="token must be bytes"):
+            async with latis_core.connect("tcp://127.0.0.1:1", token="abc"):  # type: ignore[arg-type]
+                pass
+
+
+def test_a_script_without_logging_set_up_gets_exceptions_not_log_lines(tmp_path: Path) -> None:
+    """An agent failing under a script prints nothing to stderr (no last-resort log
+    lines, no traceback): the script gets the RequestError, once."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import trio, latis_core\n"
+        "class Boom(latis_core.Agent):\n"
+        "    info = latis_core.AgentInfo('boom', '1')\n"
+        "    async def open_session(self, sid, options):\n"
+        "        return self\n"
+        "    async def prompt(self, text, reply):\n"
+        "        raise RuntimeError('kaput')\n"
+        "async def main():\n"
+        "    async with latis_core.connect_agent(Boom()) as unit:\n"
+        "        session = await unit.create_session()\n"
+        "        try:\n"
+        "            await session.prompt('x').text()\n"
+        "        except latis_core.RequestError as exc:\n"
+        "            print(exc)\n"
+        "trio.run(main)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, "agent_error: RuntimeError: kaput\n", "")

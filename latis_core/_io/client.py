@@ -107,7 +107,15 @@ class PromptStream(ReplyStream):
             self.pending = ev
             if self._on_input is None:
                 return ev  # type: ignore[no-any-return]
-            await self.reply(await self._on_input(ev))
+            try:
+                answer = await self._on_input(ev)
+                if type(answer) is not str:
+                    raise TypeError(f"on_input must return the answer as a str, got "
+                                    f"{type(answer).__name__}")
+            except BaseException:
+                await self.aclose()  # nobody will answer: the prompt stops here
+                raise
+            await self.reply(answer)
 
     def take_chunks(self, limit: int) -> list[ResponseChunk]:
         """Up to `limit` chunks that are here already, in order, without waiting
@@ -139,6 +147,8 @@ class PromptStream(ReplyStream):
         pending = self.pending
         if pending is None:
             raise RuntimeError("the agent has asked nothing that waits for an answer")
+        if type(text) is not str:
+            raise TypeError(f"an answer must be a str, got {type(text).__name__}")
         self.pending = None
         self.answer_nowait(pending.input, text)
         await checkpoint()
@@ -146,6 +156,8 @@ class PromptStream(ReplyStream):
     def answer_nowait(self, number: int, text: str) -> None:
         """Answer question `number` of this prompt now, without waiting (for a
         controller that relays answers given elsewhere)."""
+        if type(text) is not str:
+            raise TypeError(f"an answer must be a str, got {type(text).__name__}")
         if self.pending is not None and self.pending.input == number:
             self.pending = None
         self._peer.send_nowait(InputReply(self.id, number, text))
@@ -195,6 +207,8 @@ class Session:
             on_input: called when the agent asks something; returns the answer.
                 Without it the `InputRequest` is yielded, for `reply`.
         """
+        if type(text) is not str:
+            raise TypeError(f"a prompt's text must be a str, got {type(text).__name__}")
         peer = self.unit.peer
         msg = PromptSend(peer.next_id(), self.id, text)
         return PromptStream(peer, peer._start(msg), on_input)
@@ -357,6 +371,9 @@ async def connect(
     Raises:
         ConnectError: the handshake failed, or a proof of identity did.
     """
+    if token is not None and not isinstance(token, (bytes, bytearray)):
+        raise TypeError(f"token must be bytes (the token file's contents; token_file=PATH "
+                        f"reads one), got {type(token).__name__}")
     options: dict[str, Any] = dict(
         hello=Hello(name=name),
         max_frame=max_frame,

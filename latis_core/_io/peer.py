@@ -71,6 +71,11 @@ from latis_core._wire.messages import (
 __all__ = ["Peer", "ReplyStream", "open_peer"]
 
 log = logging.getLogger("latis.peer")
+# A library's logs go where its user's logging sends them, and nowhere when it is
+# not configured (Python's last-resort handler would print warnings, and the
+# failures raised anyway, to stderr: twice in a notebook). Every connection
+# imports this module, so every "latis.*" logger of a script has the handler.
+logging.getLogger("latis").addHandler(logging.NullHandler())
 
 #: Per trio run, how many tasks wait for a reply now, on any connection (a
 #: one-item list). One alone leads its connection's reads: its reply skips

@@ -69,7 +69,11 @@ class Reply(Protocol):
         kind: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> str:
-        """Ask the human; return the answer (one of `options`, if given).
+        """Ask the human; return the answer.
+
+        `options` are offered; cmdr's inbox holds a person to them (by name, id or
+        number), but the unit does not check what comes back: a controller of
+        its own may answer anything (PROTOCOL.md §9), so check it if it matters.
 
         `data` says what the question is about (`tool`, `tool_kind`, `path`,
         `command`, or a structured question's `schema`): cmdr's approval policy

@@ -33,6 +33,9 @@ async def connect_agent(agent: Agent, **kwargs: Any) -> AsyncIterator[UnitClient
     The unit runs in this trio run, over a kernel socket pair; leaving the
     block ends both. `kwargs` are as for `connect`.
     """
+    if not isinstance(agent, Agent):
+        hint = ": for a function, PythonAgent(fn)" if callable(agent) else ""
+        raise TypeError(f"connect_agent needs an Agent, got {type(agent).__name__}{hint}")
     ours, theirs = socket_stream_pair()
     with unwrap_group():
         async with trio.open_nursery() as nursery:
@@ -85,6 +88,9 @@ async def connect_local(
     Raises:
         ConnectError: the unit could not be started, or the handshake failed.
     """
+    if isinstance(argv, str):
+        raise TypeError("argv is the command line as a list of words, not a str: "
+                        "for example ['latis-unit', '--stdio']")
     open_local = load_transport("local").open_local
     if argv is None:
         argv = unit_command(agent, options)
