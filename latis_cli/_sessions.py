@@ -167,7 +167,7 @@ def prune(
         idle: seconds without a prompt (default: the config's session_idle_timeout).
         json_output: print a JSON object.
     """
-    if idle is not None and idle < 0:
+    if idle is not None and not 0 <= idle < float("inf"):  # (nan fails too)
         print("latis: --idle takes seconds >= 0", file=sys.stderr)
         return USAGE
 

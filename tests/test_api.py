@@ -37,6 +37,15 @@ def test_the_protocol_documents_every_method() -> None:
         (Method.UNIT_UP, {"unit": "a", "force": True}, "params.force: unit.up takes no such"),
         (Method.COORDINATE, {"task": "t", "agents": "a,b"}, "params.agents: expected a list"),
         (Method.STATUS, {}, None),
+        # JSON writes 3600 for 3600.0: a whole number is a number (but true is not).
+        (Method.SESSION_PRUNE, {"idle": 3600}, None),
+        (Method.SESSION_PRUNE, {"idle": 0.5}, None),
+        (Method.SESSION_PRUNE, {"idle": True}, "params.idle: expected a number"),
+        (Method.COORDINATION_LIST, {"limit": True}, "params.limit: expected an integer"),
+        (Method.COORDINATION_LIST, {"limit": 2.0}, "params.limit: expected an integer"),
+        (Method.COORDINATION_LIST, {"limit": 10**23}, "params.limit: expected an integer"),
+        (Method.COORDINATE, {"task": "t", "agents": ["a"], "timeout": 30}, None),
+        (Method.INBOX_LIST, {"all": 1}, "params.all: expected true or false"),
     ],
 )
 def test_params_are_checked_against_the_spec(

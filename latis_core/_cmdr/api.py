@@ -161,6 +161,23 @@ def check_params(method: Method, params: Mapping[str, Any]) -> str | None:
             return f"params.{name}: required"
     for name, value in params.items():
         kind = spec.kinds.get(name, str)
-        if value is not None and not isinstance(value, kind):
-            return f"params.{name}: expected {'a string' if kind is str else 'a ' + kind.__name__}"
+        if value is not None and not _is(value, kind):
+            return f"params.{name}: expected {_KIND_NAMES.get(kind, kind.__name__)}"
     return None
+
+
+#: What a parameter of each kind is called in an error.
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "an object"}
+#: The integers a parameter may be (SQLite's, with room to spare).
+_INT_BOUND = 2**62
+
+
+def _is(value: Any, kind: type) -> bool:
+    """Whether `value` (from JSON) is a `kind`: JSON writes 30 for 30.0, so a number
+    may be an integer; true is not a number."""
+    if kind is float:
+        return type(value) in (int, float) and abs(value) < _INT_BOUND
+    if kind is int:
+        return type(value) is int and abs(value) < _INT_BOUND
+    return isinstance(value, kind)
