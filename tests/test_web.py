@@ -299,6 +299,37 @@ class TestApi:
             assert (again.status_code, again.json()["error"]["code"]) == (404, "unknown_session")
             assert sid not in daemon.session_states
 
+    async def test_what_a_client_gets_wrong_is_a_json_4xx(self, home: Path) -> None:
+        """Ids past any integer, an unknown path or method, a body over the limit, a
+        second prompt to a busy session: each a 4xx in the API's JSON form (not a 500,
+        not plain text), and whole numbers where the API takes a number."""
+        async with dashboard() as (daemon, info), bearer(info) as client:
+            huge = 10**23
+            for method, path in (("POST", f"/api/v1/prompts/{huge}/cancel"),
+                                 ("GET", f"/api/v1/prompts/{huge}/events"),
+                                 ("GET", f"/api/v1/call/coordination.list?limit={huge}"),
+                                 ("GET", f"/api/v1/prompts/1/events?after={huge}"),
+                                 ("GET", "/api/v1/nope"),
+                                 ("PUT", "/api/v1/call/status")):
+                answer = await client.request(method, path)
+                assert 400 <= answer.status_code < 500, (path, answer.status_code, answer.text)
+                assert set(answer.json()["error"]) == {"code", "message"}, path
+            answer = await client.post("/api/v1/call/inbox.answer",
+                                       json={"id": f"{huge}.0", "answer": "x"})
+            assert answer.status_code == 400
+            big = await client.post("/api/v1/call/session.get", content=b" " * (17 << 20))
+            assert (big.status_code, big.json()["error"]["code"]) == (413, "frame_too_large")
+            pruned = await client.post("/api/v1/call/session.prune", json={"idle": 3600})
+            assert pruned.json()["idle"] == 3600
+            sid = (await client.post("/api/v1/sessions", json={"unit": SECRET})).json()["session"]
+            words = " ".join(f"w{i}" for i in range(2000))
+            first = await client.post(f"/api/v1/sessions/{sid}/prompts", json={"text": words})
+            second = await client.post(f"/api/v1/sessions/{sid}/prompts", json={"text": "x"})
+            assert (second.status_code, second.json()["error"]["code"]) == (409, "session_busy")
+            assert f"is busy with prompt {first.json()['prompt']}" in second.json()["error"][
+                "message"]
+            assert (await client.get("/api/v1/hello")).status_code == 200
+
     async def test_the_event_stream_follows_the_controller(self, home: Path) -> None:
         """/api/v1/events: `ready`, then each session's states (with its unit) and the
         unit's connection, as the controller changes them."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -70,7 +70,16 @@ STATUS = {
     ErrorCode.UNREACHABLE: 502,
     ErrorCode.PROVISION_FAILED: 502,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.FRAME_TOO_LARGE: 413,
 }
+#: A request's body: at most this many bytes (a prompt's frame, and room for
+#: its JSON), in at most this many seconds.
+BODY_LIMIT = 16 * 1024 * 1024 + 64 * 1024
+BODY_TIMEOUT = 30.0
+#: An error's message is cut here (it may quote what was sent).
+MESSAGE_LIMIT = 2000
+#: Ids beyond this are no prompt's (SQLite's integers stop at 2**63).
+_ID_BOUND = 2**62
 #: The page's files: name -> media type.
 FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -107,14 +116,27 @@ def _json(data: Any, status: int = 200) -> Response:
 def _error(code: str, message: str, status: int | None = None) -> Response:
     if status is None:
         status = STATUS.get(code, 409)  # type: ignore[call-overload]
+    if len(message) > MESSAGE_LIMIT:  # (it may quote what the client sent, all of it)
+        message = message[:MESSAGE_LIMIT] + "…"
     return _json({"error": {"code": code, "message": message}}, status)
 
 
 def _failure(exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnect):
+        return Response(status_code=400)  # nobody to read it: not a failure of ours
     code, message = error_code(exc)
     if code == ErrorCode.INTERNAL and not isinstance(exc, LatisError):
         log.exception("a web request failed")
     return _error(code, message)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """404 and 405 in the API's JSON form (Starlette's are plain text)."""
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        return _error("method_not_allowed",
+                      f"{request.method} is not served at {request.url.path}", 405)
+    return _error("not_found", f"nothing is served at {request.url.path} (docs/web.md)", 404)
 
 
 class _Guard:
@@ -221,7 +243,18 @@ def _typed(method: Method, query: dict[str, str]) -> dict[str, Any]:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > BODY_LIMIT:
+        raise _too_large()
+    raw = bytearray()
+    with trio.move_on_after(BODY_TIMEOUT) as late:
+        async for part in request.stream():
+            raw += part
+            if len(raw) > BODY_LIMIT:
+                raise _too_large()
+    if late.cancelled_caught:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value,
+                           f"the body did not arrive within {BODY_TIMEOUT:g} s")
     if not raw.strip():
         return {}
     try:
@@ -231,6 +264,11 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RequestError(ErrorCode.BAD_MESSAGE.value, "the body is not a JSON object")
     return data
+
+
+def _too_large() -> RequestError:
+    return RequestError(ErrorCode.FRAME_TOO_LARGE.value,
+                        f"the body is over {BODY_LIMIT} bytes (a prompt is at most 16 MiB)")
 
 
 def _text(data: dict[str, Any], name: str) -> str:
@@ -427,6 +465,8 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
 
     async def cancel(request: Request) -> Response:
         prompt_id = request.path_params["prompt"]
+        if prompt_id >= _ID_BOUND:
+            return _error(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
         if prompt_id not in ctl.prompts:
             row = await ctl.read(ctl.reads.get_prompt, prompt_id)
             if row is None:
@@ -442,7 +482,11 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
                 request.headers.get("last-event-id") or request.query_params.get("after", "-1")
             )
         except ValueError:
+            after = _ID_BOUND
+        if not -1 <= after < _ID_BOUND:
             return _error(ErrorCode.BAD_MESSAGE.value, "after: expected a chunk's seq")
+        if prompt_id >= _ID_BOUND:
+            return _error(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
         if prompt_id not in ctl.prompts and await ctl.read(ctl.reads.get_prompt, prompt_id) is None:
             return _error(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
         return _sse(_follow(prompt_id, after))
@@ -488,4 +532,5 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
         Route("/api/v1/prompts/{prompt:int}/events", follow),
         Route("/api/v1/prompts/{prompt:int}/cancel", cancel, methods=["POST"]),
     ]
-    return _Guard(Starlette(routes=routes), server)
+    handlers = {404: _not_found, 405: _not_found}
+    return _Guard(Starlette(routes=routes, exception_handlers=handlers), server)

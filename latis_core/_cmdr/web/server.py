@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["WebServer", "serve_at_start", "start_web", "stop_web"]
 
 log = logging.getLogger("latis.web")
+#: Seconds a client has for its TLS handshake.
+HANDSHAKE_TIMEOUT = 10.0
 
 #: Host names every server answers for (besides its listen address and `names`).
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -111,6 +113,8 @@ class WebServer:
         config.errorlog = log
         config.include_server_header = False
         config.graceful_timeout = 1.0
+        # A TLS handshake is before any proof: a client gets seconds, not a minute.
+        config.ssl_handshake_timeout = HANDSHAKE_TIMEOUT
         if settings.tls:
             config.certfile, config.keyfile, self.ca = await trio.to_thread.run_sync(
                 self._tls_files
