@@ -330,6 +330,29 @@ class TestApi:
                 "message"]
             assert (await client.get("/api/v1/hello")).status_code == 200
 
+    async def test_a_coordination_whose_client_goes_away_ends_cancelled(self, home: Path) -> None:
+        """A coordination streamed over the API is cancelled when its client goes away,
+        and stored as such (it stayed `running`); the daemon goes on."""
+        async with dashboard() as (_, info), bearer(info) as client:
+            words = " ".join(f"w{i}" for i in range(300))
+            async with client.stream("POST", "/api/v1/call/coordinate",
+                                     json={"task": words, "agents": [SECRET]},
+                                     headers={"accept": "text/event-stream"}) as response:
+                seen = 0
+                async for _ in sse_events(response):
+                    seen += 1
+                    if seen > 5:
+                        break
+            with trio.fail_after(20):
+                while True:
+                    listed = (await client.get("/api/v1/call/coordination.list")).json()
+                    [latest] = listed["coordinations"]
+                    if latest["state"] != "running":
+                        break
+                    await trio.sleep(0.05)
+            assert latest["state"] == "cancelled"
+            assert (await client.get("/api/v1/call/status")).status_code == 200
+
     async def test_the_event_stream_follows_the_controller(self, home: Path) -> None:
         """/api/v1/events: `ready`, then each session's states (with its unit) and the
         unit's connection, as the controller changes them."""

@@ -612,23 +612,25 @@ async def coordinate(
                 controller.run_behind(functools.partial(team.close, CLOSE_BEHIND_AFTER))
             else:
                 await team.close()
-            for agent in team.agents.values():
-                if agent.failed is None:
-                    if outcome == "complete":
-                        agent.state = "completed"
-                        team.event("ended", agent, outcome="complete")
-                    else:
-                        team.fail(agent, error or "cancelled", "cancelled")
-            if outcome == "complete" and len(team.alive()) < team.needed:
-                outcome, error = "error", team.shortfall()
-            if outcome != "complete":
-                final = None
-            team.event("final", text=final or "", outcome=outcome, error=error)
-            result = Coordination(
-                coordination_id, outcome, final,
-                [_ended(agent) for agent in team.agents.values()], error)
-            record.finish(result)
-            keeper.cancel_scope.cancel()
+            try:  # (an `on_event` that raises here must not keep the record open)
+                for agent in team.agents.values():
+                    if agent.failed is None:
+                        if outcome == "complete":
+                            agent.state = "completed"
+                            team.event("ended", agent, outcome="complete")
+                        else:
+                            team.fail(agent, error or "cancelled", "cancelled")
+                if outcome == "complete" and len(team.alive()) < team.needed:
+                    outcome, error = "error", team.shortfall()
+                if outcome != "complete":
+                    final = None
+                team.event("final", text=final or "", outcome=outcome, error=error)
+            finally:
+                result = Coordination(
+                    coordination_id, outcome, final,
+                    [_ended(agent) for agent in team.agents.values()], error)
+                record.finish(result)
+                keeper.cancel_scope.cancel()
     return result
 
 

@@ -15,6 +15,7 @@ not even a static file, is served without the token. The API (docs/web.md):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
 import math
@@ -367,22 +368,35 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
                 "text": message.text,
                 "data": message.data,
             }
-            send.send_nowait(sse("chunk", data, message.seq))
+            # (Its client gone, the stream ended: what the method still says is dropped.)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                send.send_nowait(sse("chunk", data, message.seq))
+
+        scope = trio.CancelScope()
 
         async def run() -> None:
-            async with send:
-                try:
-                    result = await daemon.call(_caller(daemon, chunk), method, 0, params)
-                    await send.send(sse("result", result))
-                except Exception as exc:
-                    code, message = error_code(exc)
-                    await send.send(sse("error", {"code": code, "message": message}))
+            with scope, contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                async with send:
+                    try:
+                        result = await daemon.call(_caller(daemon, chunk), method, 0, params)
+                        last = sse("result", result)
+                    except Exception as exc:
+                        code, message = error_code(exc)
+                        last = sse("error", {"code": code, "message": message})
+                    send.send_nowait(last)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
+        # The method runs in the daemon's nursery, not in one of this generator's: a
+        # generator that yields inside a nursery is left suspended when its client
+        # goes away, and the method never learnt it was cancelled (a coordination
+        # stayed `running` in its record). Whatever ends the stream cancels it here.
+        assert daemon.nursery is not None  # (the dashboard itself runs in it)
+        daemon.nursery.start_soon(run)
+        try:
             async with receive:
                 async for data in receive:
                     yield data
+        finally:
+            scope.cancel()
 
     async def events(request: Request) -> Response:
         return _sse(hub.stream())
