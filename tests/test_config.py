@@ -332,6 +332,24 @@ def test_unknown_transport_with_the_real_registry() -> None:
     )
 
 
+@pytest.mark.parametrize(("table", "said"), [
+    ('units.a.accept = [{ type = "tcp", port = 99999 }]',
+     "accept[0]: invalid value (port must be from 0 to 65535, got 99999)"),
+    ('units.a.accept = [{ type = "websocket", port = -1 }]',
+     "accept[0]: invalid value (port must be from 0 to 65535, got -1)"),
+    ('units.a.dial = { type = "tcp", host = "h", port = 0 }',
+     "dial: invalid value (port must be from 1 to 65535, got 0)"),
+    ('units.a.dial = { type = "tcp", host = "h", connect_timeout = -1 }',
+     "dial: invalid value (connect_timeout must be > 0 seconds, got -1"),
+    ('units.a.dial = { type = "websocket", url = "ws://h:1/", connect_timeout = 0 }',
+     "dial: invalid value (connect_timeout must be > 0 seconds, got 0"),
+])
+def test_ports_and_timeouts_of_the_real_transports(table: str, said: str) -> None:
+    """A port out of range (it wrapped around when listened on) or a timeout that is not
+    above 0 (a ValueError inside a prompt) is a config error at its line."""
+    assert error_of(table).startswith(f"latis.toml:1: unit 'a': {said}")
+
+
 def test_missing_type(fakes: None) -> None:
     assert error_of(
         """\

@@ -26,6 +26,8 @@ import trio
 
 from latis_core._errors import ConnectError
 
+from . import checks
+
 __all__ = ["TcpDialer", "TcpListener", "parse_host_port"]
 
 #: The port latis listens on unless told otherwise.
@@ -88,14 +90,14 @@ class TcpDialer:
     """
 
     host: str
-    port: int = DEFAULT_PORT
+    port: int = attrs.field(default=DEFAULT_PORT, validator=checks.remote_port)
     tls: bool = False
     ca: str | None = None
     fingerprint: str | None = None
     cert: str | None = None
     key: str | None = None
     server_name: str | None = None
-    connect_timeout: float = 10.0
+    connect_timeout: float = attrs.field(default=10.0, validator=checks.seconds)
 
     @property
     def uses_tls(self) -> bool:
@@ -195,7 +197,7 @@ class TcpListener:
     """
 
     host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
+    port: int = attrs.field(default=DEFAULT_PORT, validator=checks.port)
     tls: bool = False
     cert: str | None = None
     key: str | None = None

@@ -18,10 +18,12 @@ from aioquic.quic.connection import NetworkAddress
 from latis_core._errors import ConnectError
 from latis_core._util import unwrap_group
 
+from ..checks import port as _port
+from ..checks import seconds as _positive
 from .connection import _ClientConnection
 from .constants import ABORTED, ALPN, DEFAULT_PORT, SEND_BUFFER, WINDOW
 from .internals import _Quic
-from .options import _parse_url, _pin, _port, _positive, _where
+from .options import _parse_url, _pin, _where
 from .stream import QuicStream
 from .udp import _BATCH, _MAX_DATAGRAM, _udp_socket
 

@@ -17,9 +17,11 @@ from cryptography import x509
 
 from latis_core._util import unwrap_group
 
+from ..checks import port as _port
+from ..checks import seconds as _positive
 from .constants import ALPN, DEFAULT_PORT, WINDOW
 from .endpoint import _Server
-from .options import _parse_url, _port, _positive, _where
+from .options import _parse_url, _where
 from .stream import QuicStream
 from .udp import _udp_socket
 

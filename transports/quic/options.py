@@ -7,8 +7,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import attrs
-
 from latis_core._os.tls import normalize_pin
 
 from .constants import DEFAULT_PORT
@@ -16,16 +14,6 @@ from .constants import DEFAULT_PORT
 
 def _where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _positive(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 seconds, got {value!r}")
-
-
-def _port(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{attribute.name} must be from 0 to 65535, got {value!r}")
 
 
 def _pin(value: str | None) -> str | None:

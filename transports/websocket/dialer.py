@@ -18,6 +18,7 @@ from latis_core._errors import ConnectError
 from latis_core._util import unwrap_group
 from latis_core._wire.frames import DEFAULT_MAX_FRAME, HEADER_SIZE
 
+from .. import checks
 from .options import DEFAULT_PATH, _positive
 from .reader import RECEIVE_SIZE, _ReaderTask
 from .stream import WebSocketStream, _peer_address
@@ -150,7 +151,7 @@ class WebSocketDialer:
     cert: str | None = None
     key: str | None = None
     max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=_positive)
-    connect_timeout: float = 10.0
+    connect_timeout: float = attrs.field(default=10.0, validator=checks.seconds)
 
     @classmethod
     def from_url(cls, url: str) -> WebSocketDialer:

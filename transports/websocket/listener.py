@@ -16,6 +16,7 @@ import trio
 from latis_core._util import unwrap_group
 from latis_core._wire.frames import DEFAULT_MAX_FRAME, HEADER_SIZE
 
+from .. import checks
 from .acceptor import WebSocketAcceptor
 from .options import DEFAULT_PATH, _positive
 
@@ -49,7 +50,7 @@ class WebSocketListener:
     """
 
     host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
+    port: int = attrs.field(default=DEFAULT_PORT, validator=checks.port)
     path: str = DEFAULT_PATH
     tls: bool = False
     cert: str | None = None
