@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from latis_core._cmdr.usage import session_context as session_context
     from latis_core._errors import AgentError as AgentError
     from latis_core._errors import AlreadyAnswered as AlreadyAnswered
+    from latis_core._errors import AuthRefused as AuthRefused
     from latis_core._errors import CmdrUnreachable as CmdrUnreachable
     from latis_core._errors import ConnectError as ConnectError
     from latis_core._errors import ConnectionClosed as ConnectionClosed
@@ -166,6 +167,7 @@ __all__ = [
     "connect_agent",
     "connect_local",
     "ConnectError",
+    "AuthRefused",
     "Connection",
     "ConnectionClosed",
     "Controller",
@@ -381,6 +383,7 @@ _WHERE: dict[str, str] = {
     "dialer_from_url": "latis_core._plugins.registry",
     "listener_from_url": "latis_core._plugins.registry",
     "AgentError": "latis_core._errors",
+    "AuthRefused": "latis_core._errors",
     "CmdrUnreachable": "latis_core._errors",
     "DaemonRunning": "latis_core._errors",
     "UnitNotConnected": "latis_core._errors",

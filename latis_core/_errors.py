@@ -9,6 +9,7 @@ Our exception hierarchy (each error's `code` is what the daemon answers with)::
     ├── RequestError             the other side answered a request with `error` (its code)
     ├── TransportError           the bytes could not get through (unreachable)
     │   ├── ConnectError         a connection could not be opened
+    │   │   ├── AuthRefused      a proof of identity failed in the handshake (unauthorized)
     │   │   ├── UnitNotConnected a unit the controller should talk to is not connected
     │   │   └── CmdrUnreachable  the cmdr daemon is not running and could not be started
     │   └── ConnectionClosed     an open connection ended
@@ -33,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "AgentError",
+    "AuthRefused",
     "AlreadyAnswered",
     "CmdrUnreachable",
     "ConnectError",
@@ -205,6 +207,13 @@ class ConnectError(TransportError):
 
 class ConnectionClosed(TransportError):
     """The connection ended (closed by either side, broken, or gone silent)."""
+
+
+class AuthRefused(ConnectError):
+    """A proof of identity failed in a handshake: the other side refused ours, asked
+    for one we cannot give (no token), or gave none that holds (`unauthorized`)."""
+
+    code = ErrorCode.UNAUTHORIZED
 
 
 class UnitNotConnected(ConnectError):

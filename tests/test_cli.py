@@ -547,9 +547,14 @@ class TestConnectByAddress:
         port, pin = listening("tcp://127.0.0.1:0", "--tls", "--token-file", str(token))
         url = f"tcp://127.0.0.1:{port}?fingerprint={pin}"
         wrong = home.run("connect", url, "--name", "edge")
-        assert wrong.returncode != 0
+        assert wrong.returncode == 4  # auth (latis help exit-codes), not 6
         assert "asks for proof of its token" in wrong.stderr
         assert "--token-file to latis connect" in wrong.stderr
+        other = home.path / "other.token"
+        other.write_text("another-token-long-enough-too")
+        other.chmod(0o600)
+        refused = home.run("connect", url, "--name", "edge", "--token-file", str(other))
+        assert refused.returncode == 4 and "unauthorized" in refused.stderr
         self.connected(home, url, "--token-file", str(token))
 
     def test_websocket(self, home: Home, listening: Any) -> None:

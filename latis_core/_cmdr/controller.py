@@ -46,6 +46,7 @@ from latis_core._cmdr.prompts import PromptEngine, PromptRecord
 from latis_core._cmdr.state import ConnectionState, PromptRow, PromptState, StateDB, StateError
 from latis_core._cmdr.writer import ChunkWriter
 from latis_core._errors import (
+    AuthRefused,
     ConnectError,
     ConnectionClosed,
     ErrorCode,
@@ -619,9 +620,9 @@ class Controller(HumanLoop, PromptEngine):
                     rt.client = None
                     await self._set_connection(rt, ConnectionState.UNREACHABLE, message)
                     if not started:
-                        first.append(
-                            UnitNotConnected(f"unit {rt.name!r} ({rt.how()}): {message}")
-                        )
+                        # (A failed proof stays one: `unauthorized`, exit 4 in the CLI.)
+                        failed = AuthRefused if isinstance(exc, AuthRefused) else UnitNotConnected
+                        first.append(failed(f"unit {rt.name!r} ({rt.how()}): {message}"))
                         started = True
                         task_status.started()
                         return

@@ -43,6 +43,7 @@ from trio.lowlevel import (
 
 from latis_core._errors import (
     FATAL_CODES,
+    AuthRefused,
     ConnectError,
     ConnectionClosed,
     ErrorCode,
@@ -76,6 +77,8 @@ log = logging.getLogger("latis.peer")
 # failures raised anyway, to stderr: twice in a notebook). Every connection
 # imports this module, so every "latis.*" logger of a script has the handler.
 logging.getLogger("latis").addHandler(logging.NullHandler())
+#: A refused hello with one of these codes is a failed proof of identity.
+_AUTH_CODES = (ErrorCode.UNAUTHORIZED, ErrorCode.AUTH_REQUIRED)
 
 #: Per trio run, how many tasks wait for a reply now, on any connection (a
 #: one-item list). One alone leads its connection's reads: its reply skips
@@ -820,7 +823,7 @@ async def _handshake(peer: Peer, hello: Hello, limit: float, token: bytes | None
             try:
                 reply = await peer.request(hello)
                 if token is not None:
-                    raise ConnectError(
+                    raise AuthRefused(
                         f"{peer.label} did not ask for its token: it is not the unit the "
                         f"token belongs to, or it runs without --token-file"
                     )
@@ -829,10 +832,14 @@ async def _handshake(peer: Peer, hello: Hello, limit: float, token: bytes | None
                     raise
                 reply = await _prove(peer, hello, token, exc)
         except RequestError as exc:
-            raise ConnectError(f"{peer.label} refused the handshake: {exc}") from exc
+            refused = AuthRefused if exc.code in _AUTH_CODES else ConnectError
+            raise refused(f"{peer.label} refused the handshake: {exc}") from exc
         except ConnectionClosed as exc:
             why = f" ({peer.closed_because})" if peer.closed_because else ""
-            raise ConnectError(
+            # (An `unauthorized` before the close: our proof was refused.)
+            code = (peer.closed_because or "").partition(":")[0]
+            refused = AuthRefused if code in _AUTH_CODES else ConnectError
+            raise refused(
                 f"{peer.label} closed the connection during the handshake{why}"
             ) from exc
         except RemoteProtocolError as exc:
@@ -847,7 +854,7 @@ async def _prove(peer: Peer, hello: Hello, token: bytes | None, asked: RequestEr
     """Answer a unit's `auth_required` with a new hello; check the unit's proof back."""
     challenge = (asked.auth or {}).get("challenge")
     if token is None:
-        raise ConnectError(
+        raise AuthRefused(
             f"{peer.label} asks for proof of its token: give the token file "
             f"(token_file in the unit's dial table, --token-file to latis connect, "
             f"token= to latis_core.connect)"
@@ -861,7 +868,7 @@ async def _prove(peer: Peer, hello: Hello, token: bytes | None, asked: RequestEr
     )
     theirs = (peer.remote.auth or {}).get("proof")
     if not verify(token, Role.UNIT.value, ours, "", theirs):
-        raise ConnectError(
+        raise AuthRefused(
             f"{peer.label} did not prove it knows the token: it is not the unit it claims to be"
         )
     return reply
