@@ -636,6 +636,9 @@ def connect(
 
     # The daemon reads the file: give it a path that means the same there.
     token_path = os.path.abspath(os.path.expanduser(token_file)) if token_file else None
+    if token_path is not None and not os.path.isfile(token_path):
+        print(f"latis: no such file: {token_file} (--token-file)", file=sys.stderr)
+        return USAGE
 
     async def work(cmdr: Any) -> int:
         from ._console import progress

@@ -1025,6 +1025,16 @@ provisioner = {PROCESS}
     assert sorted(config.units) == ["local", "zz"]
 
 
+def test_remove_unit_written_by_add_unit(fakes: None, tmp_path: Path) -> None:
+    """`add_unit` writes only sub-tables (`[units.box.provisioner]`): the last unit taken
+    out leaves the file as it was before it came."""
+    path = tmp_path / "latis.toml"
+    path.write_text("# my units\n")
+    add_unit(path, "box", {"provisioner": {"type": "process"}})
+    remove_unit(path, "box")
+    assert path.read_text().strip() == "# my units"
+
+
 def test_remove_unit_keeps_the_reference_latis_init_wrote(fakes: None, tmp_path: Path) -> None:
     """The commented reference after the demo unit stays when the demo goes."""
     path = tmp_path / "latis.toml"

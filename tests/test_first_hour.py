@@ -264,6 +264,24 @@ class TestDestroyThenUp:
         home.ok("unit", "rm", "bad")
         assert "bad" not in units(home)
 
+    def test_a_retried_address_is_one_unit_and_names_are_not_taken_over(
+        self, home: Home
+    ) -> None:
+        """Connecting to the same address again reuses its unit (no `tcp-2`, `tcp-3`, ...
+        left FAILED); --name of a unit in config, or a bad name, is refused; a token file
+        that is not there is a usage error."""
+        for _ in range(3):
+            failed(home, UNIT_UNREACHABLE, "connect", "tcp://127.0.0.1:1")
+        assert [name for name in units(home) if name.startswith("tcp-")] == ["tcp-1"]
+        home.ok("unit", "add", "demo", "--provisioner", "process")
+        taken = failed(home, ERROR, "connect", "tcp://127.0.0.1:2", "--name", "demo")
+        assert "unit 'demo' exists already (in config" in taken
+        assert "bad unit name 'Bad_Name'" in failed(
+            home, ERROR, "connect", "tcp://127.0.0.1:2", "--name", "Bad_Name")
+        assert "no such file: /nonexistent (--token-file)" in failed(
+            home, USAGE, "connect", "tcp://127.0.0.1:2", "--token-file", "/nonexistent")
+        assert units(home)["demo"]["connection"] != "connected"
+
     def test_unit_rm_takes_a_unit_out_of_the_file(self, home: Home) -> None:
         """`unit rm` stops a provisioned unit and removes its table; the rest stays as written;
         off a terminal it needs --yes (exit 2)."""

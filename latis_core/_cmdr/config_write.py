@@ -118,10 +118,11 @@ def remove_unit(path: str | os.PathLike[str], name: str) -> Config:
     for edit in (_without_tables, _without_inline):
         after_text = edit(text, name)
         try:
-            if tomllib.loads(after_text) == wanted:
-                break
+            got = tomllib.loads(after_text)
         except tomllib.TOMLDecodeError:
-            pass
+            continue
+        if {**got, "units": got.get("units", {})} == wanted:  # (no [units] left: the same)
+            break
     else:
         if "#" in text:  # a comment (or a '#' in a string: refused alike, to be safe)
             raise ConfigError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import json
 import logging
 import sqlite3
@@ -448,15 +449,37 @@ class Controller(HumanLoop, PromptEngine):
         `container://NAME`, `local:COMMAND`. Returns the unit's name (given,
         or made from the address).
 
+        The same address again (a retry) is the unit it made the first time. A
+        name in config, or a connected unit's, is not taken over.
+
         Raises:
-            ValueError: the address is not one latis knows how to dial.
+            ValueError: the address is not one latis knows how to dial, or the
+                name is not a unit name or is taken.
             ImportError: its transport's optional dependencies are missing.
         """
-        from latis_core._cmdr.config import PluginConfig
+        from latis_core._cmdr.config import _UNIT_NAME, PluginConfig
 
         kind, dialer = dialer_from_url(address)
-        unit_name = name or f"{kind}-{len(self.units) + 1}"
         table = {"url": address} | ({"token_file": token_file} if token_file else {})
+        for known, rt in self.units.items():
+            dial = rt.config.dial
+            if rt.keep and dial is not None and dial.table.get("url") == address and (
+                    name in (None, known)):
+                if dial.token_file != token_file and rt.state != ConnectionState.CONNECTED:
+                    # A retry with (another) token file: the next dial uses it.
+                    dial = attrs.evolve(dial, table=table, token_file=token_file)
+                    rt.config = attrs.evolve(rt.config, dial=dial)
+                return known
+        if name is not None and not _UNIT_NAME.fullmatch(name):
+            raise ValueError(f"bad unit name {name!r}: expected lower-case letters, digits, "
+                             "'_', '.' and '-', starting with a letter or a digit")
+        if name is not None and name in self.units:
+            taken = self.units[name]
+            where = "added by address" if taken.keep else "in config"
+            raise ValueError(f"unit {name!r} exists already ({where}: {taken.how()}): give "
+                             f"another --name (`latis unit rm {name}` takes it out)")
+        unit_name = name or next(f"{kind}-{n}" for n in itertools.count(1)
+                                 if f"{kind}-{n}" not in self.units)
         unit_config = UnitConfig(
             name=unit_name,
             dial=PluginConfig(type=kind, options=dialer, table=table, token_file=token_file),
