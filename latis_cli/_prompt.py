@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -177,6 +178,11 @@ async def _run_prompt(
             except latis_core.RequestError as exc:
                 if exc.code != "unknown_session":
                     raise
+                if os.environ.get("LATIS_SESSION"):  # named for this shell: not replaced
+                    print(f"latis: LATIS_SESSION names session {current['session']!r}, which "
+                          "is closed or unknown here: `unset LATIS_SESSION`, or name an open "
+                          "one (latis session ls)", file=sys.stderr)
+                    return ERROR
                 # Closed (idle, destroyed, its unit gone): a new one takes its place.
     if session is None:
         target = on = unit or "local"

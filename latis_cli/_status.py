@@ -66,7 +66,8 @@ def show_status(json_output: bool = False) -> int:
     daemon = f"cmdr runs (pid {pid})" if pid else "cmdr is not running (last known state)"
     print(daemon, file=sys.stderr)
     if current is not None:
-        print(f"current session: {current['session']} on unit {current['unit']}",
+        on = f"on unit {current['unit']}" if current["unit"] else "(not a session known here)"
+        print(f"current session: {current['session']} {on}",
               file=sys.stderr)
     if not overview:
         print("no units yet: latis prompt \"hello\" brings up the built-in unit 'local'",

@@ -65,6 +65,15 @@ def test_new_use_and_the_shell_override(home: Home) -> None:
     wrong = home.run("session", "use", "no-such-id")
     assert wrong.returncode == 1 and "latis session ls lists them" in wrong.stderr
 
+    # A LATIS_SESSION that names no open session is said, not replaced by a new one each
+    # time (that also moved every other shell's current session).
+    home.env["LATIS_SESSION"] = "no-such-id"
+    named = home.run("prompt", "five")
+    assert named.returncode == 1 and "LATIS_SESSION names session 'no-such-id'" in named.stderr
+    assert "current session: no-such-id (not a session known here)" in home.ok("status").stderr
+    del home.env["LATIS_SESSION"]
+    assert home.json("status")["current_session"]["session"] == first
+
 
 def test_prompt_json_names_the_session_first(home: Home) -> None:
     """`prompt --json` emits the session id as its first line, then the chunks, then the end."""
