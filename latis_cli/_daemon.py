@@ -173,21 +173,22 @@ def reload(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
     return run_with_cmdr(work, autostart=False, config=False)
 
 
-def _served() -> str | None:
-    """The config file the running daemon serves (None if it serves none or is unreachable)."""
+def _served() -> tuple[str | None, str | None]:
+    """The config file the running daemon serves (None: it serves none, or is
+    unreachable), and what is wrong with that file since it changed (None: nothing)."""
     import trio
 
     from latis_core import LatisError, open_daemon
 
-    async def ask() -> str | None:
+    async def ask() -> tuple[str | None, str | None]:
         async with open_daemon(autostart=False) as cmdr:
-            found = (await cmdr.status())["daemon"].get("config")
-            return str(found) if found else None
+            found = (await cmdr.status())["daemon"]
+            return found.get("config") or None, found.get("config_error")
 
     try:
         return trio.run(ask)
     except (LatisError, OSError):
-        return None
+        return None, None
 
 
 @daemon.command
@@ -211,7 +212,7 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
 
     pid = daemon_pid()
     where = paths()
-    served = _served() if pid is not None else None
+    served, problem = _served() if pid is not None else (None, None)
     try:
         here: str | None = config_path()
     except Exception:  # a --config that does not exist: said by the commands that read it
@@ -222,6 +223,7 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
         "socket": str(where.socket),
         "log": str(where.log_dir / "cmdr.log"),
         "config": served,
+        "config_error": problem,
         "config_here": here,
     }
     if json_output:
@@ -234,13 +236,16 @@ def status(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
                 info["policy"] = found.get("policy")
                 return OK
 
-            run_with_cmdr(more, autostart=False)
+            run_with_cmdr(more, autostart=False, config=False)
         print(json.dumps(info))
     elif pid is None:
         print("cmdr is not running")
     else:
         print(f"cmdr runs (pid {pid}), socket {where.socket}")
         print(f"config: {_named(served)}")
+        if problem:
+            print(f"  it no longer reads (what it read before is served):\n"
+                  f"  {problem.replace(chr(10), chr(10) + '  ')}")
         if served != here:
             print(f"(commands run here read {_named(here)}: "
                   f"latis daemon restart{' --config ' + here if here else ''})")

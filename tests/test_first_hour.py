@@ -169,6 +169,13 @@ class TestTheDaemonFollowsTheConfig:
         reload = said(home.ok("daemon", "reload"))
         assert f"cmdr read {config} again" in reload and "added: x" in reload
         assert home.ok("prompt", "-u", "x", "served").stdout == "served\n"
+        # A served file that stops reading: `daemon status` names it and says what is wrong.
+        config.write_text("[units.x\n")
+        shown = home.ok("daemon", "status").stdout
+        assert f"config: {config}\n  it no longer reads" in shown and "latis.toml:1:" in shown
+        status = home.json("daemon", "status")
+        assert status["config"] == str(config) and "latis.toml:1:" in status["config_error"]
+        assert status["notify"] is not None
 
     def test_a_config_the_daemon_would_refuse_is_shown_and_keeps_it_running(
         self, home: Home

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from latis_core._cmdr.api import Method
+from latis_core._cmdr.config_file import ConfigError
 from latis_core._cmdr.coordinate import (
     CoordinationEvent,
     CoordinationSettings,
@@ -86,12 +87,20 @@ def _param(params: dict[str, Any], name: str) -> str:
 
 async def _status(c: Caller, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     ctl = c.ctl
+    # (Its own refresh: a file that no longer reads is reported here, not a failure.)
+    try:
+        await c.daemon.refresh_config()
+        problem = None
+    except ConfigError as exc:
+        problem = str(exc)
     return {
         "daemon": {
             "pid": os.getpid(),
             "version": __version__,
             "socket": str(c.daemon.paths.socket),
             "config": str(ctl.config.source) if ctl.config.source else None,
+            # The served file's error since it changed (what it read before is served).
+            "config_error": problem,
         },
         "units": await ctl.status(),
         "listeners": ctl.dialins.status(),
@@ -440,7 +449,7 @@ HANDLERS: dict[Method, Handler] = {
 
 
 #: Methods that read the config themselves (or need none): no refresh before them.
-_OWN_CONFIG = {Method.CONFIG_RELOAD, Method.CONFIG_USE, Method.DAEMON_STOP}
+_OWN_CONFIG = {Method.CONFIG_RELOAD, Method.CONFIG_USE, Method.DAEMON_STOP, Method.STATUS}
 
 
 async def call_method(
