@@ -18,6 +18,7 @@ prompts; other session options are ignored.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -82,7 +83,13 @@ class EchoAgent(Agent):
                    remember=_flag(options.get("remember", "0")))
 
     async def open_session(self, session_id: str, options: Mapping[str, Any]) -> AgentSession:
-        own = {k: v for k, v in options.items() if k in _OPTIONS and v is not None}
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:  # (a typo would otherwise be a session without the option, silently)
+            close = difflib.get_close_matches(unknown[0], _OPTIONS, 1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"echo agent: unknown option {unknown[0]!r} ({hint}known: "
+                             f"{', '.join(sorted(_OPTIONS))})")
+        own = {k: v for k, v in options.items() if v is not None}
         if not own:
             return _EchoSession(self, self.remember)
         unit = {"delay": str(self.delay), "repeat": str(self.repeat), "ask": self.ask or "",

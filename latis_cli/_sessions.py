@@ -76,6 +76,8 @@ def new(
             return ERROR
 
     async def work(cmdr: Any) -> int:
+        import latis_core
+
         from ._console import progress
 
         target = unit
@@ -85,7 +87,13 @@ def new(
                 target = data["unit"]
             else:
                 await cmdr.unit_up(unit, say)
-        session = await cmdr.create_session(unit=target, **options)
+        try:
+            session = await cmdr.create_session(unit=target, **options)
+        except latis_core.RequestError as exc:
+            if exc.code != "bad_message":
+                raise
+            print(f"latis: {exc.message} (unit {target})", file=sys.stderr)  # -o: a usage error
+            return USAGE
         from ._current import set_current_session
 
         set_current_session(session.id, target)

@@ -326,10 +326,20 @@ class TestOutputAndErrors:
         assert result.stdout == "yes indeed the plan\n"
 
     def test_session_options_reach_the_agent(self, home: Home) -> None:
-        """session new takes -o KEY=VALUE session options; a malformed one is a usage error."""
-        assert home.ok("session", "new", "-o", "mode=x").stdout.strip()
+        """session new takes -o KEY=VALUE session options; a malformed one, one the agent
+        does not know (a typo: it was dropped silently) or a bad value is a usage error
+        that says which."""
+        assert home.ok("session", "new", "-o", "repeat=2").stdout.strip()
+        assert home.ok("prompt", "twice").stdout == "twice twice\n"
         bad = home.run("session", "new", "-o", "nonsense")
         assert bad.returncode == 2 and "not KEY=VALUE" in bad.stderr
+        typo = home.run("session", "new", "-o", "dealy=0.5")
+        assert typo.returncode == 2
+        assert ("latis: session options: echo agent: unknown option 'dealy' (did you mean "
+                "'delay'? known: ask, delay, remember, repeat) (unit local)") in typo.stderr
+        wrong = home.run("session", "new", "-o", "delay=abc")
+        assert wrong.returncode == 2 and "option 'delay' must be a number" in wrong.stderr
+        assert "Traceback" not in wrong.stderr and "PATH" not in wrong.stderr
 
     def test_connector(self, home: Home) -> None:
         """--connector checks the way a unit is reached, or connects to an address."""

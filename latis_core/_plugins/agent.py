@@ -130,7 +130,12 @@ class Agent(abc.ABC):
 
     @abc.abstractmethod
     async def open_session(self, session_id: str, options: Mapping[str, Any]) -> AgentSession:
-        """Start a session; `options` come from `session.create`."""
+        """Start a session; `options` come from `session.create`.
+
+        Raises:
+            ValueError: an option is unknown or its value wrong (the unit answers
+                `bad_message` with the message: say which and what is expected).
+        """
 
     async def resume_session(self, session_id: str) -> AgentSession:
         """Load a session this unit does not hold (say, after the unit restarted).

@@ -490,6 +490,10 @@ class Unit:
             sid = new_session_id()
             try:
                 agent_session = await self.agent.open_session(sid, msg.options or {})
+            except ValueError as exc:  # the request's options: the client's to fix
+                log.info("session options refused: %s", exc)
+                served.send(Error(msg.id, ErrorCode.BAD_MESSAGE.value, f"session options: {exc}"))
+                return
             except Exception as exc:
                 log.exception("the agent could not open a session")
                 served.send(
