@@ -87,7 +87,7 @@ def _hint(code: str, message: str) -> str:
                 "`latis unit list` each unit's agent (options: docs/config.md)")
     if code in ("unreachable", "provision_failed"):
         return f"{message}\n  `latis status` shows each unit; the daemon's log: {_log()}"
-    if code == "unknown_session":
+    if code == "unknown_session" and "is closed" not in message:
         return f"{message}\n  `latis session ls` lists the open sessions"
     return message
 

@@ -107,6 +107,12 @@ def test_prune_closes_idle_sessions_and_keeps_their_transcripts(home: Home) -> N
     assert "remember this" in home.ok("session", "show", sid).stdout
     closed = home.run("session", "use", sid)
     assert closed.returncode == 1 and "is closed" in closed.stderr
+    for args in (("session", "resume", sid), ("session", "destroy", sid),
+                 ("prompt", "--session", sid, "hi")):
+        said = home.run(*args)  # closed, not "no session" (and not "latis session ls")
+        assert said.returncode == 1
+        assert f"session {sid!r} is closed (its transcript stays: latis session show {sid})" in (
+            said.stderr), args
 
     again = home.ok("prompt", "after the prune")
     assert again.stdout == "after the prune\n" and "(now current)" in again.stderr

@@ -1011,7 +1011,9 @@ class Controller(HumanLoop, PromptEngine):
             # Not opened through this controller (written to the state by
             # another hand): the state knows, and the controller holds it now.
             row = await self.read(self.reads.get_session, sid)
-            if row is None or row.state == "closed":
+            if row is not None and row.state == "closed":
+                raise RequestError(ErrorCode.UNKNOWN_SESSION.value, _closed(sid))
+            if row is None:
                 raise RequestError(ErrorCode.UNKNOWN_SESSION.value, f"no session {sid!r}")
             held = self._hold_session(sid, row.unit, str(row.state))
         rt = self.units.get(held.unit)
@@ -1172,6 +1174,12 @@ def _not_waiting(provisioner: Provisioner, no_wait: bool) -> Iterator[None]:
         yield
     finally:
         provisioner.wait = True
+
+
+def _closed(sid: str) -> str:
+    """What to say of a session that was closed (its transcript stays)."""
+    return (f"session {sid!r} is closed (its transcript stays: latis session show {sid}); "
+            "`latis prompt --new` opens another")
 
 
 def _token(rt: UnitRuntime) -> bytes | None:
