@@ -266,6 +266,9 @@ class TestDaemon:
             assert info["unit"] == "fast" and info["last_prompt"]["state"] == "complete"
             again = await session.reattach(info["last_prompt"]["id"])
             assert await again.text() == "through the daemon"
+            # After its last chunk (`latis attach --after 100`): nothing, not "chunks missing".
+            past = await session.reattach(info["last_prompt"]["id"], after=100)
+            assert await past.text() == "" and past.outcome == "complete"
             state = await unit.state()
             assert state.sessions == {session.id: "idle"}
 

@@ -66,14 +66,14 @@ class PromptStream(ReplyStream):
     that iterates, cancels the prompt on the unit.
     """
 
-    __slots__ = ("_next_seq", "_on_input", "pending")
+    __slots__ = ("_first_seq", "_next_seq", "_on_input", "pending")
 
     def __init__(
         self, peer: Peer, w: Any, on_input: InputHandler | None = None, first_seq: int = 0
     ) -> None:
         super().__init__(peer, w)
         self._on_input = on_input
-        self._next_seq = first_seq
+        self._first_seq = self._next_seq = first_seq
         #: The question the agent waits on an answer to, if any.
         self.pending: InputRequest | None = None
 
@@ -135,6 +135,8 @@ class PromptStream(ReplyStream):
 
     def _check_count(self) -> None:
         sent = getattr(self.final, "chunks", None)
+        if sent is not None and self._next_seq == self._first_seq >= sent:
+            return  # picked up after its last chunk (`reattach(after=...)`): nothing missing
         if sent is not None and sent != self._next_seq:
             raise RemoteProtocolError(
                 f"the unit sent {sent} chunks for prompt {self.id!r}, "
