@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     import latis_core
 
 
+#: The largest prompt text: a frame is at most 16 MiB, with room for the message around it.
+PROMPT_LIMIT = 16 * 1024 * 1024 - 4096
+
+
 def prompt(
     text: str = "-",
     *,
@@ -98,6 +102,11 @@ def prompt(
         return USAGE
     if not body.strip():
         print("latis: the prompt is empty; nothing was sent", file=sys.stderr)
+        return USAGE
+    size = len(body.encode("utf-8"))
+    if size > PROMPT_LIMIT:
+        print(f"latis: the prompt is {size:,} bytes; a prompt is at most {PROMPT_LIMIT:,} "
+              f"(16 MiB, less its message's envelope); nothing was sent", file=sys.stderr)
         return USAGE
     from ._run import run_with_cmdr
 
@@ -361,7 +370,12 @@ async def _stream(
     out.flush()
     if interrupted:
         return INTERRUPTED
-    return CANCELLED if outcome == "cancelled" else OK
+    if outcome == "cancelled":
+        # Not by us (Ctrl-C is `interrupted`): another client, or its session closed.
+        print(f"latis: the prompt was cancelled elsewhere (another client, or session "
+              f"{session_id} closed: latis session show {session_id})", file=sys.stderr)
+        return CANCELLED
+    return OK
 
 
 def _chunk_json(event: Any) -> dict[str, Any]:

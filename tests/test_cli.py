@@ -290,9 +290,11 @@ class TestOutputAndErrors:
         assert home.ok("prompt", "--file", "-", input="dash\n").stdout == "dash\n"
 
     def test_a_prompt_that_is_not_utf8_or_given_twice_is_refused(self, home: Home) -> None:
-        """Bytes that are not UTF-8 (stdin, a file), or the prompt from two places, or a
-        session and a unit: exit 2 with what was wrong, and nothing starts the daemon."""
+        """Bytes that are not UTF-8 (stdin, a file), the prompt from two places, a session
+        and a unit, a prompt over the frame limit: exit 2 with what was wrong, and nothing
+        starts the daemon."""
         (home.path / "latin1.md").write_bytes(b"caf\xe9\n")
+        (home.path / "big.md").write_bytes(b"x" * (17 << 20))
         stdin = subprocess.run([*LATIS, "prompt"], input=b"\xff\xfe bad\n", capture_output=True,
                                env=home.env, cwd=home.path, timeout=60)
         assert stdin.returncode == 2
@@ -302,6 +304,7 @@ class TestOutputAndErrors:
             (["--file", "latin1.md"], "the prompt (latin1.md) is not UTF-8 text"),
             (["--file", "latin1.md", "also this"], "--file and TEXT exclude each other"),
             (["-s", "S", "--unit", "local", "hi"], "--session and --unit exclude each other"),
+            (["--file", "big.md"], "the prompt is 17,825,792 bytes; a prompt is at most"),
         ):
             result = home.run("prompt", *args)
             assert (result.returncode, result.stdout) == (2, ""), result
@@ -318,6 +321,21 @@ class TestOutputAndErrors:
             proc.stdout.close()
             assert proc.wait(timeout=60) == 1
             assert proc.stderr.read() == b""
+
+    def test_a_prompt_cancelled_elsewhere_says_so(self, home: Home) -> None:
+        """Its session closed by another command: exit 3, and a line that says why (it
+        ended silently)."""
+        sid = home.ok("session", "new", "-o", "delay=0.1").stdout.strip()
+        with subprocess.Popen([*LATIS, "prompt", " ".join(["w"] * 300)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=home.env, cwd=home.path) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.read(2) == "w "  # streaming
+            home.ok("session", "destroy", sid)
+            assert proc.wait(timeout=60) == 3
+            said = proc.stderr.read()
+        assert f"the prompt was cancelled elsewhere (another client, or session {sid} closed" in (
+            said)
 
     def test_question_answered_from_stdin(self, home: Home) -> None:
         """An agent's question is answered from stdin when it is not a terminal."""
