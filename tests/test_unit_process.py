@@ -496,6 +496,17 @@ class TestCallersMistakes:
                         await stream.reply("yes")
                 assert stream.outcome == "complete"
 
+    async def test_a_unit_that_exits_at_once_says_why_in_the_error(self) -> None:
+        """Its stderr's reason is in the ConnectError (in a notebook, the unit's stderr
+        is the server's terminal), and the unit is named by its agent."""
+        with pytest.raises(latis_core.ConnectError) as info:
+            async with latis_core.connect_local(options={"nosuch": "1"}):
+                pass
+        assert str(info.value).startswith("local unit (latis-unit --agent echo) closed")
+        assert str(info.value).endswith(
+            "(the unit exited with code 2: latis-unit: error: echo agent: unknown option "
+            "'nosuch' (known: ask, delay, remember, repeat))")
+
     async def test_wrong_kinds_of_arguments(self) -> None:
         with pytest.raises(TypeError, match="argv is the command line as a list of words"):
             async with latis_core.connect_local("latis-unit --stdio"):  # type: ignore[arg-type]

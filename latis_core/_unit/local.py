@@ -8,6 +8,8 @@ as a child process and speaks to it. Both hand back the same `UnitClient` that
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -91,19 +93,78 @@ async def connect_local(
     if isinstance(argv, str):
         raise TypeError("argv is the command line as a list of words, not a str: "
                         "for example ['latis-unit', '--stdio']")
-    open_local = load_transport("local").open_local
     if argv is None:
+        kwargs.setdefault("label", f"local unit (latis-unit --agent {agent})")
         argv = unit_command(agent, options)
     kwargs.setdefault("label", f"local unit {argv[0]!r}" if argv else "local unit")
-    async with open_local(argv, env=env, cwd=cwd, stderr=stderr, grace=grace) as stream:
+    with unwrap_group():
+        async with _relayed(argv, env, cwd, stderr, grace, kwargs) as unit:
+            yield unit
+
+
+@asynccontextmanager
+async def _relayed(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    stderr: int | None,
+    grace: float,
+    kwargs: dict[str, Any],
+) -> AsyncIterator[UnitClient]:
+    """`connect_local`'s work, in a nursery of its own: the unit's stderr relayed."""
+    open_local = load_transport("local").open_local
+    async with trio.open_nursery() as nursery:
+        tail = None
+        if stderr is None:
+            # Its stderr comes through here (to ours, as before: in a notebook, the
+            # cell's), so that a unit that exits says why in the error, not only on
+            # a terminal the user may not see (a notebook server's).
+            tail, stderr = await nursery.start(_relay_stderr)
         try:
-            async with connect(stream, **kwargs) as unit:
-                yield unit
-        except ConnectError as exc:
-            code = await _exit_code(stream.process)
-            if code is None:
-                raise
-            raise ConnectError(f"{exc} (the unit exited with code {code})") from exc
+            async with open_local(argv, env=env, cwd=cwd, stderr=stderr, grace=grace) as stream:
+                if tail is not None:
+                    os.close(stderr)  # (the child has its copy)
+                try:
+                    async with connect(stream, **kwargs) as unit:
+                        yield unit
+                except ConnectError as exc:
+                    code = await _exit_code(stream.process)
+                    if code is None:
+                        raise
+                    said = _last_line(tail)
+                    raise ConnectError(f"{exc} (the unit exited with code {code}"
+                                       f"{': ' + said if said else ''})") from exc
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _relay_stderr(*, task_status: Any) -> None:
+    """Copy a pipe to our stderr, keeping its last bytes; started with (tail, write end)."""
+    read_end, write_end = os.pipe()
+    tail = bytearray()
+    async with trio.lowlevel.FdStream(read_end) as pipe:
+        task_status.started((tail, write_end))
+        while data := await pipe.receive_some():
+            tail += data
+            del tail[:-_TAIL]
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(data.decode("utf-8", "replace"))
+                sys.stderr.flush()
+
+
+#: Bytes of a unit's stderr kept for its error message.
+_TAIL = 4096
+
+
+def _last_line(tail: bytearray | None) -> str:
+    """Why a unit exited, from the end of its stderr: the last line that says
+    `error` (latis-unit's own is followed by a line of usage), else the last."""
+    if not tail:
+        return ""
+    lines = [line.strip() for line in bytes(tail).decode("utf-8", "replace").splitlines()]
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or [""])[-1]
 
 
 async def _exit_code(process: trio.Process) -> int | None:
