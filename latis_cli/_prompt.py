@@ -372,8 +372,9 @@ async def _stream(
         return INTERRUPTED
     if outcome == "cancelled":
         # Not by us (Ctrl-C is `interrupted`): another client, or its session closed.
-        print(f"latis: the prompt was cancelled elsewhere (another client, or session "
-              f"{session_id} closed: latis session show {session_id})", file=sys.stderr)
+        print(f"latis: the prompt was cancelled elsewhere (by another client, or as session "
+              f"{session_id} closed or its unit stopped: latis session show {session_id})",
+              file=sys.stderr)
         return CANCELLED
     return OK
 

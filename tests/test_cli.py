@@ -334,8 +334,23 @@ class TestOutputAndErrors:
             home.ok("session", "destroy", sid)
             assert proc.wait(timeout=60) == 3
             said = proc.stderr.read()
-        assert f"the prompt was cancelled elsewhere (another client, or session {sid} closed" in (
-            said)
+        assert f"cancelled elsewhere (by another client, or as session {sid} closed" in said
+
+    def test_a_unit_taken_down_under_a_prompt_cancels_it(self, home: Home) -> None:
+        """`unit down` (or `rm`) while a prompt runs there: the prompt ends `cancelled`,
+        exit 3, not `unit_lost` with "bring it back with latis unit up"."""
+        home.ok("unit", "add", "pp", "--provisioner", "process", "-o", "delay=0.1")
+        sid = home.ok("session", "new", "--unit", "pp").stdout.strip()
+        with subprocess.Popen([*LATIS, "prompt", "-s", sid, " ".join(["w"] * 300)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=home.env, cwd=home.path) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.read(2) == "w "
+            home.ok("unit", "down", "pp")
+            assert proc.wait(timeout=60) == 3
+            said = proc.stderr.read()
+        assert "its unit stopped" in said and "was lost" not in said
+        assert home.json("session", "show", sid)["prompts"][-1]["state"] == "cancelled"
 
     def test_question_answered_from_stdin(self, home: Home) -> None:
         """An agent's question is answered from stdin when it is not a terminal."""

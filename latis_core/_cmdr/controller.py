@@ -92,6 +92,8 @@ PROMPT_PREVIEW = 200
 PROMPT_IDS = 1024
 #: Seconds a read waits at most for the writes behind to be stored (`Controller.read`).
 FLUSH_WAIT = 1.0
+#: Seconds `down` and `destroy` wait for the unit's cancelled prompts to end.
+STOP_WAIT = 5.0
 
 
 @attrs.define(slots=True)
@@ -706,12 +708,25 @@ class Controller(HumanLoop, PromptEngine):
         """Disconnect from the unit and stop it (if it has a provisioner; a group's
         members stop with it)."""
         rt = self.unit(name)
+        await self._cancel_prompts_on([name, *(m.name for m in self._members_of(name))])
         await self._disconnect(rt)
         for member in self._members_of(name):
             await self._disconnect(member)
         if rt.provisioner is not None:
             with rt.hearing(progress or (lambda _: None)):
                 await rt.provisioner.stop()
+
+    async def _cancel_prompts_on(self, names: Sequence[str]) -> None:
+        """Cancel the prompts running on these units and wait, bounded, for their ends:
+        a unit taken down on purpose ends them `cancelled`, not `unit_lost` (whose
+        message says to bring the unit back)."""
+        running = [r for r in self.prompts.values() if r.unit in names and r.end is None]
+        for record in running:
+            await self.cancel(record.id)
+        with trio.move_on_after(STOP_WAIT):
+            for record in running:
+                while record.end is None:
+                    await record.changed.wait()
 
     async def _disconnect(self, rt: UnitRuntime) -> None:
         rt._set_stop()
@@ -728,6 +743,7 @@ class Controller(HumanLoop, PromptEngine):
         """
         rt = self.unit(name)
         _not_a_member(rt, "destroy")
+        await self._cancel_prompts_on([name, *(m.name for m in self._members_of(name))])
         with rt.hearing(progress or (lambda _: None)):
             await self._forget(rt)
         await self._drop_members(name)
