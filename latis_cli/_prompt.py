@@ -218,7 +218,7 @@ async def _send(
     if detach:
         await cmdr.ping()  # the daemon has the prompt: it runs on without us
         if as_json:
-            print(json.dumps({"session": session.id, "detached": True}))
+            print(json.dumps({"type": "detached", "session": session.id}))
         else:
             print(f"detached: latis attach {session.id}", file=sys.stderr)
         await cmdr.aclose()
@@ -314,7 +314,7 @@ async def _stream(
             async def ask(request: Any, scope: trio.CancelScope) -> None:
                 nonlocal asking, left
                 with scope:
-                    answer = await _ask(request, as_json, keys)
+                    answer = await _ask(request, as_json, session_id, keys)
                     if answer is None:
                         left = "waiting"
                         await leave()
@@ -388,7 +388,7 @@ def _chunk_json(event: Any) -> dict[str, Any]:
     return data
 
 
-async def _ask(request: Any, as_json: bool, keys: Any = None) -> str | None:
+async def _ask(request: Any, as_json: bool, session_id: str, keys: Any = None) -> str | None:
     """The answer to the agent's question, or None when nobody here can give one."""
     import trio
 
@@ -396,7 +396,7 @@ async def _ask(request: Any, as_json: bool, keys: Any = None) -> str | None:
     options = request.options
     if as_json:
         print(json.dumps({"type": "input", "input": request.input, "question": question,
-                          "options": list(options)}), flush=True)
+                          "options": list(options), "session": session_id}), flush=True)
     hint = f" [{'/'.join(options)}]" if options else ""
     if keys is not None:
         typed: str = await keys.line(f"\n{question}{hint} ")
@@ -405,7 +405,7 @@ async def _ask(request: Any, as_json: bool, keys: Any = None) -> str | None:
         line: str = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
         if not line:
             print(f"\nlatis: the agent asks {question!r}; it waits in the inbox "
-                  "(latis inbox answer ID ANSWER)", file=sys.stderr)
+                  f"(`latis inbox` lists it with its id)", file=sys.stderr)
             return None
         return line.rstrip("\n")
     answer: str = await trio.to_thread.run_sync(

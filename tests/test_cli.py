@@ -281,6 +281,10 @@ class TestOutputAndErrors:
         ]
         assert lines[0]["session"]
         assert lines[-1]["outcome"] == "complete"
+        detached = [json.loads(x) for x in home.ok("prompt", "--json", "--detach", "c").stdout
+                    .splitlines()]
+        assert detached == [{"type": "session", "session": lines[0]["session"]},
+                            {"type": "detached", "session": lines[0]["session"]}]
 
     def test_prompt_from_stdin_and_file(self, home: Home) -> None:
         """The prompt may come from stdin or from a file (`--file -`: stdin)."""
