@@ -397,6 +397,18 @@ async def test_enrolling_again_revokes_the_old_secret(home: Path) -> None:
         assert "was replaced" in reason, reason
 
 
+async def test_revoking_a_unit_that_never_dialed_in_or_a_negative_ttl_is_refused(
+    home: Path,
+) -> None:
+    """Not "revoked 0 enrollment(s)" for a unit that does not dial in; not a secret that
+    expired before it was printed."""
+    async with cmdr(home) as c:
+        with pytest.raises(ValueError, match="unit 'local' does not dial in: it has no"):
+            await c.ctl.dialins.revoke("local")
+        with pytest.raises(ValueError, match="ttl must be 0 .* got -5"):
+            await c.ctl.dialins.enroll("edge", ttl=-5, rotate=True)
+
+
 # ---- before the proof: nothing but the handshake ---------------------------------------
 
 

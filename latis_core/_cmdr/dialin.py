@@ -341,6 +341,8 @@ class DialIns:
         """
         ctl = self.ctl
         rt = ctl.unit(name)
+        if ttl is not None and not ttl >= 0:
+            raise ValueError(f"ttl must be 0 (no limit) or more seconds, got {ttl:g}")
         if not rt.config.accept:
             raise ValueError(
                 f"unit {name!r} does not dial in: give it an accept entry "
@@ -381,10 +383,16 @@ class DialIns:
         }
 
     async def revoke(self, name: str) -> dict[str, Any]:
-        """Retire every enrollment of unit `name` for good and cut its connection now."""
+        """Retire every enrollment of unit `name` for good and cut its connection now.
+
+        Raises:
+            ValueError: the unit does not dial in and never did (nothing to revoke).
+        """
         ctl = self.ctl
         rt = ctl.unit(name)
         ids = await ctl.db(ctl.state.revoke_enrollments, name)
+        if not ids and not rt.config.accept:
+            raise ValueError(f"unit {name!r} does not dial in: it has no enrollment to revoke")
         cut = rt.client is not None and rt.via is not None  # only what dialed in
         if cut:
             assert rt.client is not None

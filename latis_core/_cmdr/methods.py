@@ -189,7 +189,10 @@ async def _unit_rotate(c: Caller, rid: RequestId, params: dict[str, Any]) -> dic
 
 
 async def _unit_revoke(c: Caller, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
-    return await c.ctl.dialins.revoke(_param(params, "unit"))
+    try:
+        return await c.ctl.dialins.revoke(_param(params, "unit"))
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_MESSAGE.value, str(exc)) from None
 
 
 async def _unit_pending(c: Caller, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
