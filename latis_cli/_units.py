@@ -126,6 +126,11 @@ def add(
         except (ValueError, ImportError, LookupError) as exc:
             print(f"latis: --accept: {exc}", file=sys.stderr)
             return USAGE
+    if not {"provisioner", "dial", "accept"} & set(table):
+        print(f"latis: unit {name!r} needs a way to be reached: --provisioner TYPE (cmdr "
+              "starts it), --dial ADDRESS (it listens) or --accept URL (it dials in)",
+              file=sys.stderr)
+        return USAGE
     path = _config_path()
     before = path.read_bytes() if path.exists() else None
     try:

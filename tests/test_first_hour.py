@@ -283,6 +283,8 @@ class TestDestroyThenUp:
         home.ok("unit", "add", "demo", "--provisioner", "process")
         taken = failed(home, ERROR, "connect", "tcp://127.0.0.1:2", "--name", "demo")
         assert "unit 'demo' exists already (in config" in taken
+        assert "unit 'nodial' needs a way to be reached: --provisioner TYPE" in failed(
+            home, USAGE, "unit", "add", "nodial")
         assert "bad unit name 'Bad_Name'" in failed(
             home, ERROR, "connect", "tcp://127.0.0.1:2", "--name", "Bad_Name")
         assert "no such file: /nonexistent (--token-file)" in failed(
