@@ -144,6 +144,8 @@ def _ago(when: float | None) -> str:
 
 def _note(unit: str, connection: str, error: str | None, in_config: bool) -> str:
     """Why a unit failed, or that config no longer names it (and the way out)."""
+    if not in_config and connection == "connected":
+        return "not in config: connected for this daemon's run (latis connect)"
     if not in_config:
         return f"not in config: latis unit rm {unit}"
     if connection == "unreachable" and error:

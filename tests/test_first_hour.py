@@ -256,6 +256,8 @@ class TestDestroyThenUp:
         """A unit added by address survives destroy + up, and `unit rm` takes it away."""
         command = "local:" + shlex.join([*UNIT, "--stdio", "--agent", "echo"])
         home.ok("connect", command, "--name", "far")
+        note = next(line for line in home.ok("status").stdout.splitlines() if "far" in line)
+        assert "not in config: connected for this daemon's run (latis connect)" in note
         home.ok("unit", "destroy", "far", "--yes")
         assert home.ok("prompt", "-u", "far", "still here").stdout == "still here\n"
         home.ok("unit", "destroy", "far", "--yes")
