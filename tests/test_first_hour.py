@@ -19,6 +19,7 @@ import re
 import select
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -176,6 +177,31 @@ class TestTheDaemonFollowsTheConfig:
         status = home.json("daemon", "status")
         assert status["config"] == str(config) and "latis.toml:1:" in status["config_error"]
         assert status["notify"] is not None
+
+    def test_reload_says_what_it_did_not_do(self, home: Home) -> None:
+        """A listener that cannot listen, a listener no unit names any more, a connected
+        unit whose table changed (kept as it was): `daemon reload` says each."""
+        config = home.path / "latis.toml"
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            config.write_text('[units.x]\nprovisioner = { type = "process" }\n'
+                              '[units.edge]\naccept = [{ type = "tcp", host = "127.0.0.1", '
+                              'port = 0 }]\n')
+            home.ok("prompt", "-u", "x", "hi")
+            config.write_text('[units.x]\nprovisioner = { type = "process" }\n'
+                              'agent_options = { repeat = "2" }\n'
+                              '[units.busy]\naccept = [{ type = "tcp", host = "127.0.0.1", '
+                              f'port = {port} }}]\n')
+            shown = said(home.ok("daemon", "reload"))
+        assert "added: busy" in shown and "removed: edge" in shown
+        assert "changed but connected, kept as they were: x" in shown
+        assert f"note: unit busy: tcp: 127.0.0.1:{port} does not listen:" in shown
+        assert "no unit names it now; it listens until a daemon restart" in shown
+        home.ok("unit", "down", "x")
+        home.ok("daemon", "reload")
+        assert home.ok("prompt", "-u", "x", "again").stdout == "again again\n"
 
     def test_a_config_the_daemon_would_refuse_is_shown_and_keeps_it_running(
         self, home: Home

@@ -414,15 +414,21 @@ class Controller(HumanLoop, PromptEngine):
         start the listeners it names that do not run yet.
 
         Units added by address (`add_address`) are not config's: they stay.
-        Returns the names of the units `added` and `removed`.
+        Returns the names of the units `added` and `removed`, those `kept` as they
+        were because they are connected (a change applies to a unit not connected),
+        and `notes` on the listeners (one that does not listen, one no unit names).
         """
         added = []
         changed = []
+        kept = []
         for name, unit_config in config.units.items():
             rt = self.units.get(name)
             if rt is None or rt.keep or rt.member_of is not None:
                 added.append(name)
-            elif rt.config == unit_config or rt.client is not None:
+            elif rt.config == unit_config:
+                continue
+            elif rt.client is not None:
+                kept.append(name)
                 continue
             changed.append((name, unit_config))
         self.units.update(self._runtimes(changed))
@@ -439,7 +445,8 @@ class Controller(HumanLoop, PromptEngine):
             del self.units[name]
         self.config = config
         await self.dialins.start(self._nursery)
-        return {"added": added, "removed": removed}
+        notes = self.dialins.problems([*added, *(name for name, _ in changed)])
+        return {"added": added, "removed": removed, "kept": kept, "notes": notes}
 
     def add_address(
         self, address: str, name: str | None = None, token_file: str | None = None

@@ -40,7 +40,7 @@ from latis_core._cmdr.config import Config, default_config, load_config
 from latis_core._cmdr.controller import Controller, open_controller
 from latis_core._cmdr.methods import Caller, Running, call_method, idle_sessions
 from latis_core._cmdr.pidfile import hold_daemon_lock
-from latis_core._cmdr.prompts import PromptRecord
+from latis_core._cmdr.prompts import PromptRecord, lost_with_unit
 from latis_core._cmdr.state import PromptState, StateDB
 from latis_core._errors import (
     DaemonRunning,
@@ -428,6 +428,14 @@ def _on_session_resume(c: _Client, msg: SessionResume) -> None:
             if msg.prompt is not None:
                 c.send(Error(msg.prompt, str(exc.code), exc.message))
             raise
+        if msg.prompt is None and (rt.client is None or rt.client.peer.closed):
+            # To be prompted next: bring its unit back now, which resumes its sessions,
+            # so that one its agent could not resume is said here, not at the prompt.
+            with contextlib.suppress(LatisError, OSError):
+                await c.ctl.up(rt.name)
+            if msg.session not in c.ctl.sessions:
+                raise RequestError(ErrorCode.UNKNOWN_SESSION.value,
+                                   lost_with_unit(msg.session, rt.name))
         held = c.ctl.sessions.get(msg.session)
         state = held.state if held is not None else "idle"
         data: dict[str, Any] = {"session": msg.session, "unit": rt.name, "state": state}

@@ -25,7 +25,7 @@ import logging
 import shlex
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -132,6 +132,22 @@ class DialIns:
                     lr = ListenerRuntime(accept.type, accept.options)
                     self.listeners[key] = lr
                     await nursery.start(self._run, lr)
+
+    def problems(self, names: Sequence[str]) -> list[str]:
+        """What a reload should say of the listeners: those of units `names` that do
+        not listen (and why), and those no unit names any more (they run until a
+        daemon restart)."""
+        said = []
+        for name in names:
+            rt = self.ctl.units.get(name)
+            for lr in self.listener_of(rt) if rt is not None else ():
+                if lr.error is not None:
+                    said.append(f"unit {name}: {lr.describe()} does not listen: {lr.error}")
+        named = {(accept.type, accept.options)
+                 for rt in self.ctl.units.values() for accept in rt.config.accept}
+        said += [f"{lr.describe()}: no unit names it now; it listens until a daemon restart"
+                 for key, lr in self.listeners.items() if key not in named]
+        return said
 
     def listener_of(self, unit: UnitRuntime) -> list[ListenerRuntime]:
         """The listeners a unit may dial in on."""

@@ -203,7 +203,9 @@ class PromptEngine:
         """
         rt = await self.session_unit(sid)
         if rt.client is None or rt.client.peer.closed:
-            await self.up(rt.name)
+            await self.up(rt.name)  # (its sessions are resumed: this one may be gone)
+            if sid not in self.sessions:
+                raise RequestError(ErrorCode.UNKNOWN_SESSION.value, lost_with_unit(sid, rt.name))
         return self._send_prompt(rt, sid, text, await self._new_prompt_id())
 
     def start_prompt_nowait(self, sid: str, text: str) -> PromptRecord | None:
@@ -685,6 +687,12 @@ def _window_seq(record: PromptRecord) -> int:
         if kind == "chunk":
             return int(payload.seq)
     return record.next_seq
+
+
+def lost_with_unit(sid: str, unit: str) -> str:
+    """What to say of a session its unit did not have when it came back."""
+    return (f"session {sid!r} was lost when unit {unit!r} came back (its agent could not "
+            f"resume it; its transcript stays: latis session show {sid})")
 
 
 def _lost(unit: str, why: str, chunks: int) -> str:
