@@ -170,7 +170,8 @@ def reload(*, json_output: Annotated[bool, Parameter(name="--json")] = False) ->
                 print(f"  {key}: {', '.join(data[key])}", file=sys.stderr)
         if data.get("kept"):
             print(f"  changed but connected, kept as they were: {', '.join(data['kept'])} "
-                  "(latis unit down NAME, then latis daemon reload, takes the change)", file=sys.stderr)
+                  "(latis unit down NAME, then latis daemon reload, takes the change)",
+                  file=sys.stderr)
         for note in [*used.get("notes", []), *data.get("notes", [])]:
             print(f"  note: {note}", file=sys.stderr)
         return OK
