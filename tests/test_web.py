@@ -534,6 +534,9 @@ class TestCheck:
             ("POST", "token=t0ken", [HOST], 401),  # the token in a URL only logs a GET in
             ("GET", "", [HOST, COOKIE], 0),
             ("GET", "", [("host", "evil:8340"), COOKIE], 421),
+            ("GET", "", [("host", "127.0.0.1:8340@evil.example"), COOKIE], 421),
+            ("GET", "", [("host", "[::1]evil"), COOKIE], 421),
+            ("GET", "", [("host", "127.0.0.1:x"), COOKIE], 421),
             ("GET", "", [HOST, COOKIE, ("origin", "http://evil")], 403),
             ("POST", "", [HOST, COOKIE, ORIGIN], 403),
             ("POST", "", [HOST, COOKIE, (CSRF := "x-latis-csrf", KEYS.csrf)], 403),

@@ -29,6 +29,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -132,11 +133,14 @@ class Decision:
 
 
 def _host_name(host: str) -> str:
-    """`Host` without its port: `127.0.0.1:8340` → `127.0.0.1`, `[::1]:80` → `[::1]`."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.rsplit(":", 1)[0] if ":" in host else host
+    """`Host` without its port: `127.0.0.1:8340` → `127.0.0.1`, `[::1]:80` → `[::1]`;
+    "" for anything that is not a host and an optional port (`a:1@evil`, `[::1]x`)."""
+    found = _HOST.fullmatch(host.strip().lower())
+    return found[1] if found else ""
+
+
+#: A Host header: a name or an IPv4 address, or an IPv6 one in brackets; then a port.
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::[0-9]{1,5})?")
 
 
 def _cookies(header: str) -> dict[str, str]:
