@@ -27,7 +27,9 @@ def unwrap_group() -> Iterator[None]:
 
     Our context managers run the caller's block inside a nursery of their own;
     the caller should see the `RequestError` it caused, not a group of one.
-    A group of several (the block and a task of ours failed) stays a group.
+    A group of several (the block and a task of ours failed) stays a group,
+    unless one is a KeyboardInterrupt or SystemExit: that one is raised (what
+    came of it, the connection's end, is its consequence).
     """
     try:
         yield
@@ -35,4 +37,8 @@ def unwrap_group() -> Iterator[None]:
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
             exc = group.exceptions[0]
             raise exc from exc.__cause__
+        stop = group.subgroup((KeyboardInterrupt, SystemExit))
+        if stop is not None:
+            first = next(leaves(stop))
+            raise first from first.__cause__
         raise

@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -544,3 +545,23 @@ def test_a_script_without_logging_set_up_gets_exceptions_not_log_lines(tmp_path:
                           timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (
         0, "agent_error: RuntimeError: kaput\n", "")
+
+
+async def test_an_agent_that_exits_the_process_is_a_systemexit_not_a_group() -> None:
+    """An in-process agent raising SystemExit (or KeyboardInterrupt) reaches the script
+    as that exception, not as a group of it and the connection's end."""
+
+    class Quits(latis_core.Agent):
+        info = latis_core.AgentInfo("quits", "1")
+
+        async def open_session(self, session_id: str, options: Any) -> Any:
+            return self
+
+        async def prompt(self, text: str, reply: Any) -> None:
+            raise SystemExit(3)
+
+    with pytest.raises(SystemExit) as info:
+        async with latis_core.connect_agent(Quits()) as unit:  # type: ignore[abstract]
+            session = await unit.create_session()
+            await session.prompt("x").text()
+    assert info.value.code == 3
