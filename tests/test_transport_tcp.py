@@ -100,9 +100,14 @@ async def test_tls_with_the_printed_fingerprint(tmp_path: Path) -> None:
         with pytest.raises(ConnectError, match="does not match the pinned sha256:0000"):
             async with unit.dialer(fingerprint="sha256:" + "0" * 64).connect():
                 pass
-        with pytest.raises(ConnectError, match="TLS with tcp://127.0.0.1:.* failed"):
+        with pytest.raises(ConnectError, match="TLS with tcp://127.0.0.1:.* failed.*pin the"):
             async with unit.dialer(fingerprint=None, tls=True).connect():
                 pass  # system CAs know no self-signed certificate
+        clear = unit.dialer(fingerprint=None).url()
+        with pytest.raises(ConnectError, match=r"during the handshake \(a unit that listens with"
+                                               r" --tls needs its pin"):
+            async with latis_core.connect(clear, handshake_timeout=5):
+                pass  # clear text: the unit hangs up on our hello
         async with unit.dialer().connect() as stream, latis_core.connect(stream) as client:
             assert await client.ping() > 0  # the unit serves on after the refused ones
     async with listening_unit(tmp_path, "--tls") as again:

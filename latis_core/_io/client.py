@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import trio
 from trio.lowlevel import checkpoint
 
-from latis_core._errors import RemoteProtocolError
+from latis_core._errors import ConnectError, RemoteProtocolError
 from latis_core._io.peer import CANCEL_TIMEOUT, QUEUE_LIMIT, Peer, ReplyStream, open_peer
 from latis_core._plugins.registry import dialer_from_url
 from latis_core._wire.auth import read_secret_file
@@ -396,7 +396,16 @@ async def connect(
     if token is None and token_file is not None:
         options["token"] = _read_token(token_file)
     _, dialer = dialer_from_url(_with_fingerprint(stream, fingerprint))
-    async with dialer.connect() as link, open_peer(
-        link, label=stream if label == "unit" else label, **options
-    ) as peer:
-        yield UnitClient(peer)
+    entered = False
+    try:
+        async with dialer.connect() as link, open_peer(
+            link, label=stream if label == "unit" else label, **options
+        ) as peer:
+            entered = True
+            yield UnitClient(peer)
+    except ConnectError as exc:
+        if entered or getattr(dialer, "uses_tls", True) or "during the handshake" not in str(exc):
+            raise
+        # Clear text to a unit that speaks TLS: it hangs up on our hello.
+        raise ConnectError(f"{exc} (a unit that listens with --tls needs its pin in the "
+                           "address: ?fingerprint=sha256:..., as latis-unit prints it)") from exc

@@ -424,7 +424,12 @@ async def tls_connect(
         await tls.do_handshake()
     except (ssl.SSLError, trio.BrokenResourceError) as exc:
         cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
-        raise ConnectError(f"TLS with {what} failed: {_reason(cause)}") from exc
+        hint = ""
+        if isinstance(cause, ssl.SSLCertVerificationError) and pin is None and ca is None:
+            # A unit's own certificate is self-signed: it is pinned, not verified.
+            hint = (" (pin the unit's certificate: ?fingerprint=sha256:... in the address, "
+                    "as `latis-unit --listen ... --tls` prints it)")
+        raise ConnectError(f"TLS with {what} failed: {_reason(cause)}{hint}") from exc
     if pin is not None:
         check_pin(peer_chain(tls._ssl_object), pin, what=what)
     return tls
