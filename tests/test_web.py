@@ -130,6 +130,9 @@ class TestToken:
             assert (await client.get("/static/app.js")).status_code == 200
             status = await client.get("/api/v1/call/status")
             assert SECRET in status.text
+            async with httpx.AsyncClient(base_url=info["url"]) as fresh:
+                deep = await fresh.get(f"/api/v1/call/status?a=1&token={token_of(info)}&b=2")
+                assert deep.headers["location"] == "/api/v1/call/status?a=1&b=2"  # the rest
 
     async def test_the_token_file_is_private_and_a_new_token_locks_old_browsers_out(
         self, home: Path
@@ -209,6 +212,9 @@ class TestApi:
             }
             assert (await client.get(f"/api/v1/call/unit.up?unit={SECRET}")).status_code == 405
             assert (await client.get("/api/v1/call/no.such")).status_code == 404
+            listed = await client.post("/api/v1/sessions", json={"unit": ["local"]})
+            assert (listed.status_code, listed.json()["error"]["message"]) == (
+                400, "unit: expected a unit's name")
             missing = await client.post("/api/v1/call/unit.up", json={"unit": "nope"})
             assert (missing.status_code, missing.json()["error"]["code"]) == (404, "unknown_unit")
             up = await client.post("/api/v1/call/unit.up", json={"unit": SECRET})

@@ -22,6 +22,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 import trio
@@ -171,7 +172,8 @@ class _Guard:
             status = decision.status if decision is not None else 503
             reason = decision.reason if decision is not None else "starting"
             if scope["path"].startswith("/api/"):
-                response = _error("unauthorized" if status == 401 else "forbidden", reason, status)
+                code = {401: "unauthorized", 421: "misdirected"}.get(status, "forbidden")
+                response = _error(code, reason, status)
             else:
                 response = Response(
                     _refusal(status, reason), status, media_type="text/html; charset=utf-8"
@@ -183,9 +185,13 @@ class _Guard:
         if decision.login:
             # The token leaves the URL (and the history): a cookie holds the proof.
             assert keys is not None
+            # (The rest of the query stays: `…/transcript?prompts=1&token=T`.)
+            rest = urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+                              if k != "token"])
             response = Response(
                 status_code=303,
-                headers={"location": scope["path"], "set-cookie": keys.set_cookie()},
+                headers={"location": scope["path"] + (f"?{rest}" if rest else ""),
+                         "set-cookie": keys.set_cookie()},
             )
             await response(scope, receive, secured)
             return
@@ -407,7 +413,10 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
             options = body.get("options") or {}
             if not isinstance(options, dict):
                 raise RequestError(ErrorCode.BAD_MESSAGE.value, "options: expected an object")
-            data = await daemon.new_session(str(body.get("unit") or "local"), options)
+            unit = body.get("unit", "local")
+            if not isinstance(unit, str) or not unit:
+                raise RequestError(ErrorCode.BAD_MESSAGE.value, "unit: expected a unit's name")
+            data = await daemon.new_session(unit, options)
         except Exception as exc:
             return _failure(exc)
         return _json(data, 201)

@@ -182,7 +182,7 @@ def check(
     if bearer[:7].lower() == "bearer ":
         if _same(bearer[7:].strip(), keys.token):
             return Decision()
-        return Decision(401, "wrong token")
+        return Decision(401, "wrong token: run `latis web` for this dashboard's URL and token")
     if _same(_cookies(head.get("cookie", "")).get(keys.cookie_name), keys.cookie_value):
         if method not in SAFE_METHODS:
             if origin is None:
