@@ -68,3 +68,28 @@ def test_an_unknown_plugin_names_the_known_ones() -> None:
     """Asking for a plugin that does not exist lists those that do."""
     with pytest.raises(LookupError, match=r"unknown agent 'nope' \(known: .*echo"):
         registry.load_agent("nope")
+
+
+def test_an_address_error_names_what_can_be_done_and_the_address() -> None:
+    """To listen, only the schemes that listen are offered; urllib's own complaint
+    ("Invalid IPv6 URL") comes with the address it is about."""
+    with pytest.raises(ValueError) as listen:
+        registry.listener_from_url("foo://x")
+    assert str(listen.value).endswith("expected one of unix:, tcp://, ws://, wss://, quic://")
+    with pytest.raises(ValueError) as dial:
+        registry.dialer_from_url("foo://x")
+    assert "local:" in str(dial.value) and "ssh://" in str(dial.value)
+    with pytest.raises(ValueError, match=r"^'tcp://\[::1': Invalid IPv6 URL"):
+        registry.dialer_from_url("tcp://[::1")
+
+
+def test_latis_unit_max_sessions_must_be_one_or_more() -> None:
+    import subprocess
+    import sys
+
+    for bad in ("0", "x"):
+        done = subprocess.run(
+            [sys.executable, "-m", "latis_core._unit.cli", "--stdio", "--max-sessions", bad],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode == 2
+        assert f"--max-sessions: expected a whole number of at least 1, got {bad}" in done.stderr

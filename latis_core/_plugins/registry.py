@@ -184,12 +184,27 @@ def _from_url(url: str, attribute: str, ability: str) -> tuple[str, Any]:
     if name is None:
         raise ValueError(
             f"{url!r} is not an address latis knows: expected one of "
-            + ", ".join(f"{s}:" if s in ("local", "unix") else f"{s}://" for s in SCHEMES)
+            + ", ".join(f"{s}:" if s in ("local", "unix") else f"{s}://" for s in SCHEMES
+                        if _has(SCHEMES[s], attribute))
         )
     cls = getattr(load_transport(name), attribute, None)
     if cls is None:
         raise ValueError(f"transport {name!r} cannot {ability} ({url!r})")
-    return name, cls.from_url(url)
+    try:
+        return name, cls.from_url(url)
+    except ValueError as exc:
+        if url in str(exc):
+            raise
+        raise ValueError(f"{url!r}: {exc}") from None  # (urllib's "Invalid IPv6 URL")
+
+
+def _has(name: str, attribute: str) -> bool:
+    """Whether transport `name` has a DIALER or LISTENER (said yes when it cannot load:
+    the error that follows says why)."""
+    try:
+        return getattr(load_transport(name), attribute, None) is not None
+    except (ImportError, LookupError):
+        return True
 
 
 def dialer_from_url(url: str) -> tuple[str, Any]:

@@ -79,6 +79,17 @@ class _Parser(argparse.ArgumentParser):
                      "ADDRESS | --connect URL [options] (--help shows them all)\n")
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="latis-unit",
@@ -139,7 +150,10 @@ def _parser() -> argparse.ArgumentParser:
         help="an option for the agent (repeatable)",
     )
     parser.add_argument("--name", help="the unit's name in its hello (default: the host name)")
-    parser.add_argument("--max-sessions", type=int, default=1000, metavar="N")
+    parser.add_argument(
+        "--max-sessions", type=_at_least_one, default=1000, metavar="N",
+        help="sessions the unit holds at most (default: 1000); more get limit_reached",
+    )
     parser.add_argument(
         "--max-frame", type=int, default=16 * 1024 * 1024, metavar="BYTES",
         help="the largest frame accepted (default: 16 MiB)",
