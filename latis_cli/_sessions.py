@@ -217,7 +217,10 @@ def list_sessions(
 
     current = (current_session() or {}).get("session")
     rows: list[dict[str, Any]] = []
-    if state is not None:
+    unknown = False
+    if state is None:
+        unknown = unit is not None and unit not in _unit_names(None)
+    else:
         with state:
             for s in state.list_sessions(unit, include_closed=all_):
                 last = state.last_prompt(s.id)
@@ -230,6 +233,10 @@ def list_sessions(
                     "a2a_state": a2a_state(last.state if s.state == "idle" and last
                                            else s.state),
                 })
+            unknown = not rows and unit is not None and unit not in _unit_names(state)
+    if unknown:
+        print(f"latis: no unit {unit!r} (latis status lists them)", file=sys.stderr)
+        return ERROR
     if json_output:
         print(json.dumps(rows, indent=2))
         return OK
@@ -244,6 +251,21 @@ def list_sessions(
         for row in rows
     ])
     return OK
+
+
+def _unit_names(state: Any) -> set[str]:
+    """The units config names and those the state knows (a typo is in neither)."""
+    from latis_core import config_unit_names, paths
+
+    names: set[str] = {"local"}
+    try:
+        names |= set(config_unit_names(os.environ.get("LATIS_CONFIG") or None,
+                                       paths().run_dir / "config-units.json"))
+    except Exception:  # noqa: BLE001 (a broken config is said by the commands that use it)
+        pass
+    if state is not None:  # (open: the caller's `with`)
+        names |= {row[1] for row in state.unit_overview()}
+    return names
 
 
 @session_app.command

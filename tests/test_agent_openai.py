@@ -187,7 +187,8 @@ class TestStreaming:
             assert "temperature" not in body
             with pytest.raises(RequestError) as info:
                 await unit.session(modle="typo")
-            assert info.value.code == ErrorCode.AGENT_ERROR
+            assert info.value.code == ErrorCode.BAD_MESSAGE  # the request's options, not the agent
+            assert "session options: " in info.value.message
             assert "unknown session option 'modle'" in info.value.message
             with pytest.raises(RequestError) as info:
                 await unit.session(temperature="hot")

@@ -64,6 +64,8 @@ def test_new_use_and_the_shell_override(home: Home) -> None:
 
     wrong = home.run("session", "use", "no-such-id")
     assert wrong.returncode == 1 and "latis session ls lists them" in wrong.stderr
+    typo = home.run("session", "list", "--unit", "lokal")  # not "no sessions", exit 0
+    assert typo.returncode == 1 and "no unit 'lokal'" in typo.stderr
 
     # A LATIS_SESSION that names no open session is said, not replaced by a new one each
     # time (that also moved every other shell's current session).

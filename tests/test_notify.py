@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import stat
 import sys
 import threading
@@ -33,6 +34,7 @@ from hitl import (
 )
 from test_cli import Home
 from test_cli import home as home  # noqa: F401 (the fixture: a fresh LATIS_HOME)
+from test_first_hour import unit_pids
 
 pytest.importorskip("apprise", reason="notification URLs go through apprise (latis[notify])")
 
@@ -145,7 +147,7 @@ def test_a_command_gets_each_event_as_json_on_stdin(home: Home) -> None:
 
 
 def test_a_burst_is_one_notification_and_failures_notify(home: Home) -> None:
-    """Four prompts fail at once (their unit is stopped under them): the unit's own
+    """Four prompts fail at once (their unit's process is killed under them): the unit's own
     `[units.NAME.notify]` gets one notification for the four, saying why each
     failed; the global table, which another unit uses, is not sent that burst."""
     fleet, solo = home.path / "fleet.jsonl", home.path / "solo.jsonl"
@@ -161,7 +163,9 @@ def test_a_burst_is_one_notification_and_failures_notify(home: Home) -> None:
     sessions = [new_session(home, "fleet") for _ in range(4)]
     for sid in sessions:
         start_prompt(home, sid, " ".join(f"w{i}" for i in range(300)))
-    home.ok("unit", "down", "fleet")
+    # (Killed: `unit down` would cancel them first, and cancelled is not failed.)
+    for pid in unit_pids(home, "fleet"):
+        os.kill(pid, signal.SIGKILL)
     [burst] = received(fleet, 1)
     assert burst["count"] == 4 and burst["body"] == "4 failed"
     assert burst["title"] == "latis: 4 events"

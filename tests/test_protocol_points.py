@@ -103,6 +103,6 @@ async def test_a_lone_surrogate_is_not_json() -> None:
             error = await wire.recv()
             assert (error["type"], error["id"], error["code"]) == ("error", None, "bad_message")
         await wire.send_raw(
-            frame(b'{"type":"session.create","id":10,"options":{"k":"\\ud83d\\ude00"}}')
+            frame(b'{"type":"session.create","id":10,"options":{"ask":"\\ud83d\\ude00"}}')
         )
         assert (await wire.recv_for(10))["type"] == "ack"

@@ -397,6 +397,7 @@ class PromptEngine:
             rt = self.units.get(name)
             why = f"no connection to it for {bound:g} s"
             polls = 0
+            gone = None
             with trio.move_on_after(bound):
                 while self._detached(name):
                     pause = LOST_POLL[min(polls, len(LOST_POLL) - 1)]
@@ -413,7 +414,11 @@ class PromptEngine:
                         why = gone
                         break
                     await trio.sleep(pause)
-            if self._detached(name):
+            if gone is not None:
+                # Its process is gone: every prompt of it is lost, at once (those whose
+                # pump has not yet seen the connection end too: one burst, not several).
+                await self.unit_lost(name, why)
+            elif self._detached(name):
                 await self.unit_lost(name, why, detached_only=True)
         finally:
             self._watching.discard(name)
