@@ -430,9 +430,9 @@ def _on_session_resume(c: _Client, msg: SessionResume) -> None:
             raise
         if msg.prompt is None and (rt.client is None or rt.client.peer.closed):
             # To be prompted next: bring its unit back now, which resumes its sessions,
-            # so that one its agent could not resume is said here, not at the prompt.
-            with contextlib.suppress(LatisError, OSError):
-                await c.ctl.up(rt.name)
+            # so that one its agent could not resume is said here, not at the prompt
+            # (and a unit that cannot come back is said once, here, not twice).
+            await c.ctl.up(rt.name)
             if msg.session not in c.ctl.sessions:
                 raise RequestError(ErrorCode.UNKNOWN_SESSION.value,
                                    lost_with_unit(msg.session, rt.name))
