@@ -350,6 +350,13 @@ def test_ports_and_timeouts_of_the_real_transports(table: str, said: str) -> Non
     assert error_of(table).startswith(f"latis.toml:1: unit 'a': {said}")
 
 
+def test_a_toml_value_is_shown_as_toml(fakes: None) -> None:
+    """`true` in the file is `true` in the error, not Python's `True`."""
+    text = 'units.a.dial = { type = "unix", path = "/a" }\nunits.a.max_sessions = true'
+    assert error_of(text) == (
+        "latis.toml:2: unit 'a': max_sessions: expected a whole number above 0, got true")
+
+
 def test_missing_type(fakes: None) -> None:
     assert error_of(
         """\

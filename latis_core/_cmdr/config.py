@@ -505,12 +505,12 @@ def _unit(reader: _Reader, name: str, table: object) -> UnitConfig | None:
         beat = table.get(key)
         if beat is not None and (type(beat) not in (int, float) or beat < least):
             reader.error(name, at + (key,), f"expected seconds{' above 0' if least else ''}, "
-                         f"got {beat!r}")
+                         f"got {_shown(beat)}")
         beats[key] = float(beat) if isinstance(beat, (int, float)) else None
     max_sessions = table.get("max_sessions")
     if max_sessions is not None and (type(max_sessions) is not int or max_sessions < 1):
         reader.error(name, at + ("max_sessions",),
-                     f"expected a whole number above 0, got {max_sessions!r}")
+                     f"expected a whole number above 0, got {_shown(max_sessions)}")
     session_memory = table.get("session_memory")
     memory: int | None = None
     if session_memory is not None:
