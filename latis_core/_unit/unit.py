@@ -654,7 +654,8 @@ def _on_error(s: _Served, msg: Error) -> None:
         s.unit.retry_after = max(0.0, msg.retry_after)
         s.end()
         return
-    log.warning("cmdr reported %s: %s (request %r)", msg.code, msg.message, msg.id)
+    about = "" if msg.id is None else f" (request {msg.id!r})"  # (None: the connection's)
+    log.warning("cmdr reported %s: %s%s", msg.code, msg.message, about)
     if msg.code == ErrorCode.UNAUTHORIZED.value:
         # cmdr did not take our proof of identity (and closes): say so to
         # whoever dials (`latis-unit --connect` stops trying).
