@@ -336,6 +336,16 @@ class TestApi:
                 "message"]
             assert (await client.get("/api/v1/hello")).status_code == 200
 
+    async def test_the_dashboard_stopped_through_itself_answers_first(self, home: Path) -> None:
+        """`web.stop` asked of the dashboard it stops gets its answer (it was an empty
+        reply: the server stopped under it), then the dashboard is gone."""
+        async with dashboard() as (daemon, info), bearer(info) as client:
+            stopped = await client.post("/api/v1/call/web.stop")
+            assert (stopped.status_code, stopped.json()) == (200, {"stopped": True})
+            with trio.fail_after(10):
+                while daemon.web is not None:
+                    await trio.sleep(0.05)
+
     async def test_a_coordination_whose_client_goes_away_ends_cancelled(self, home: Path) -> None:
         """A coordination streamed over the API is cancelled when its client goes away,
         and stored as such (it stayed `running`); the daemon goes on."""

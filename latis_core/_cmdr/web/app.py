@@ -78,6 +78,8 @@ STATUS = {
 #: its JSON), in at most this many seconds.
 BODY_LIMIT = 16 * 1024 * 1024 + 64 * 1024
 BODY_TIMEOUT = 30.0
+#: Seconds between answering `web.stop` through the dashboard and stopping it.
+STOP_AFTER = 0.2
 #: An error's message is cut here (it may quote what was sent).
 MESSAGE_LIMIT = 2000
 #: Ids beyond this are no prompt's (SQLite's integers stop at 2**63).
@@ -354,6 +356,11 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
                 return _error(ErrorCode.BAD_MESSAGE.value, problem)
             if METHODS[method].streams and "text/event-stream" in request.headers.get("accept", ""):
                 return _sse(_streamed(method, params))
+            if method == Method.WEB_STOP:
+                # Asked of this server: it stops after this answer, not under it.
+                assert daemon.nursery is not None
+                daemon.nursery.start_soon(_stop_after_answer, params)
+                return _json({"stopped": True})
             seq = hub.seq
             result = await daemon.call(_caller(daemon), method, 0, params)
         except Exception as exc:
@@ -362,6 +369,13 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
             # The event the snapshot includes: a page applies only later ones.
             result = {**result, "seq": seq}
         return _json(result)
+
+    async def _stop_after_answer(params: dict[str, Any]) -> None:
+        await trio.sleep(STOP_AFTER)
+        try:
+            await daemon.call(_caller(daemon), Method.WEB_STOP, 0, params)
+        except Exception:  # (in the daemon's nursery: a failure must not end the daemon)
+            log.exception("the dashboard could not stop")
 
     async def _streamed(method: Method, params: dict[str, Any]) -> AsyncIterator[bytes]:
         # Unbounded: a method's progress is short, and none of it may be lost.
