@@ -69,10 +69,10 @@ def prompt(
         detach: send the prompt and return; it runs on.
         json_output: print one JSON object per event (NDJSON); the first names the session.
     """
+    passed = {"--new": new, "--session": session, "--unit": unit, "--file": file,
+              "TEXT": text != "-"}
     for given, other in (("--new", "--session"), ("--session", "--unit"), ("--file", "TEXT")):
-        values = {"--new": new, "--session": session, "--unit": unit, "--file": file,
-                  "TEXT": text != "-"}
-        if values[given] and values[other]:
+        if passed[given] and passed[other]:
             print(f"latis: {given} and {other} exclude each other", file=sys.stderr)
             return USAGE
     source = "stdin" if file is None or str(file) == "-" else str(file)

@@ -17,7 +17,7 @@ from cyclopts import App, Parameter
 from . import _complete
 from ._cmdr import ERROR, OK, USAGE
 from ._run import run_with_cmdr
-from ._status import _ago, _state
+from ._status import _ago, _state, config_names
 
 #: A session id argument, completed from the state file.
 _SessionName = Annotated[str, Parameter(completer=_complete.sessions)]
@@ -255,14 +255,7 @@ def list_sessions(
 
 def _unit_names(state: Any) -> set[str]:
     """The units config names and those the state knows (a typo is in neither)."""
-    from latis_core import config_unit_names, paths
-
-    names: set[str] = {"local"}
-    try:
-        names |= set(config_unit_names(os.environ.get("LATIS_CONFIG") or None,
-                                       paths().run_dir / "config-units.json"))
-    except Exception:  # noqa: BLE001 (a broken config is said by the commands that use it)
-        pass
+    names = {"local"} | (config_names() or set())
     if state is not None:  # (open: the caller's `with`)
         names |= {row[1] for row in state.unit_overview()}
     return names

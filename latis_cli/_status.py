@@ -26,13 +26,7 @@ def show_status(json_output: bool = False) -> int:
     overview: list[tuple[Any, ...]] = []
     sessions_of: dict[int, dict[str, str]] = {}
     attention: list[dict[str, Any]] = []
-    try:
-        from latis_core import config_unit_names, paths
-
-        named: set[str] | None = config_unit_names(
-            os.environ.get("LATIS_CONFIG") or None, paths().run_dir / "config-units.json")
-    except Exception:  # a broken config is reported by the commands that use it
-        named = None
+    named = config_names()
     state = _state()
     if state is not None:
         with state:
@@ -117,6 +111,17 @@ def _attention(state: State, unit: str, session: str, session_state: str) -> dic
         entry["question"] = {"id": f"{last.id}.{pending[0].number}",
                              "question": pending[0].question, "since": pending[0].asked_at}
     return entry
+
+
+def config_names() -> set[str] | None:
+    """The units the config names (cached beside it), or None if it does not read."""
+    try:
+        from latis_core import config_unit_names, paths
+
+        return set(config_unit_names(
+            os.environ.get("LATIS_CONFIG") or None, paths().run_dir / "config-units.json"))
+    except Exception:  # a broken config is reported by the commands that use it
+        return None
 
 
 def _state() -> State | None:

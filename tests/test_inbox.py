@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from hitl import (
     Lines,
@@ -26,6 +29,20 @@ from hitl import (
 )
 from test_cli import LATIS, Home
 from test_cli import home as home  # noqa: F401 (the fixture: a fresh LATIS_HOME)
+
+
+@contextmanager
+def watching_a_question(home: Home) -> Iterator[tuple[str, Lines, dict[str, Any]]]:
+    """`inbox watch --json` running, a session on the unit `asker` (it asks "Go?"), a
+    prompt sent there: the session, the watch, and the watch's first line (stopped after)."""
+    write_config(home, echo_unit("asker", ask="Go?"))
+    sid = new_session(home, "asker")
+    watch = Lines(home, "inbox", "watch", "--json")
+    try:
+        start_prompt(home, sid, "the plan")
+        yield sid, watch, json.loads(watch.line())
+    finally:
+        watch.stop()
 
 
 class TestAQuestionInTheInbox:
@@ -231,12 +248,7 @@ class TestTheInboxKeeps:
     def test_watch_follows_questions_and_answers(self, home: Home) -> None:
         """`inbox watch --json` prints a line when a question opens and when it is
         answered (by whom); Ctrl-C ends it with 130 and no traceback."""
-        write_config(home, echo_unit("asker", ask="Go?"))
-        sid = new_session(home, "asker")
-        watch = Lines(home, "inbox", "watch", "--json")
-        try:
-            start_prompt(home, sid, "the plan")
-            opened = json.loads(watch.line())
+        with watching_a_question(home) as (sid, watch, opened):
             assert opened["event"] == "open"
             assert (opened["item"]["session"], opened["item"]["question"]) == (sid, "Go?")
             home.ok("inbox", "answer", opened["item"]["id"], "sure")
@@ -249,27 +261,18 @@ class TestTheInboxKeeps:
             )
             watch.proc.send_signal(signal.SIGINT)
             code, _, err = watch.finish()
-        finally:
-            watch.stop()
         assert code == 130 and "Traceback" not in err
 
     def test_a_question_whose_prompt_ended_is_ended_not_open(self, home: Home) -> None:
         """Its session closed before an answer: `watch` says `ended` (not `open` again),
         `inbox --json --all`-like lists show it `ended`/`canceled`, `session show` does not
         offer an answer that would fail, and a new `watch` does not list it."""
-        write_config(home, echo_unit("asker", ask="Go?"))
-        sid = new_session(home, "asker")
-        watch = Lines(home, "inbox", "watch", "--json")
-        try:
-            start_prompt(home, sid, "the plan")
-            opened = json.loads(watch.line())
+        with watching_a_question(home) as (sid, watch, opened):
             home.ok("session", "destroy", sid)
             ended = json.loads(watch.line())
             assert ended["event"] == "ended"
             assert ended["item"]["id"] == opened["item"]["id"]
             assert (ended["item"]["state"], ended["item"]["a2a_state"]) == ("ended", "canceled")
-        finally:
-            watch.stop()
         shown = home.ok("session", "show", sid).stdout
         assert "? Go? -> (no answer: the prompt ended first)" in shown
         assert "latis inbox answer" not in shown

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["METHODS", "Method", "MethodSpec", "check_params"]
+__all__ = ["INT_BOUND", "METHODS", "Method", "MethodSpec", "check_params"]
 
 
 class Method(enum.StrEnum):
@@ -169,15 +169,15 @@ def check_params(method: Method, params: Mapping[str, Any]) -> str | None:
 #: What a parameter of each kind is called in an error.
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "an object"}
-#: The integers a parameter may be (SQLite's, with room to spare).
-_INT_BOUND = 2**62
+#: The integers a parameter (or an id in a path) may be: SQLite's, with room to spare.
+INT_BOUND = 2**62
 
 
 def _is(value: Any, kind: type) -> bool:
     """Whether `value` (from JSON) is a `kind`: JSON writes 30 for 30.0, so a number
     may be an integer; true is not a number."""
     if kind is float:
-        return type(value) in (int, float) and abs(value) < _INT_BOUND
+        return type(value) in (int, float) and abs(value) < INT_BOUND
     if kind is int:
-        return type(value) is int and abs(value) < _INT_BOUND
+        return type(value) is int and abs(value) < INT_BOUND
     return isinstance(value, kind)

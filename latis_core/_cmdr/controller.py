@@ -715,7 +715,7 @@ class Controller(HumanLoop, PromptEngine):
         """Disconnect from the unit and stop it (if it has a provisioner; a group's
         members stop with it)."""
         rt = self.unit(name)
-        await self._cancel_prompts_on([name, *(m.name for m in self._members_of(name))])
+        await self._cancel_prompts_on(name)
         await self._disconnect(rt)
         for member in self._members_of(name):
             await self._disconnect(member)
@@ -723,10 +723,11 @@ class Controller(HumanLoop, PromptEngine):
             with rt.hearing(progress or (lambda _: None)):
                 await rt.provisioner.stop()
 
-    async def _cancel_prompts_on(self, names: Sequence[str]) -> None:
-        """Cancel the prompts running on these units and wait, bounded, for their ends:
-        a unit taken down on purpose ends them `cancelled`, not `unit_lost` (whose
-        message says to bring the unit back)."""
+    async def _cancel_prompts_on(self, name: str) -> None:
+        """Cancel the prompts running on unit `name` (and its group's members) and wait,
+        bounded, for their ends: a unit taken down on purpose ends them `cancelled`,
+        not `unit_lost` (whose message says to bring the unit back)."""
+        names = {name, *(member.name for member in self._members_of(name))}
         running = [r for r in self.prompts.values() if r.unit in names and r.end is None]
         for record in running:
             await self.cancel(record.id)
@@ -750,7 +751,7 @@ class Controller(HumanLoop, PromptEngine):
         """
         rt = self.unit(name)
         _not_a_member(rt, "destroy")
-        await self._cancel_prompts_on([name, *(m.name for m in self._members_of(name))])
+        await self._cancel_prompts_on(name)
         with rt.hearing(progress or (lambda _: None)):
             await self._forget(rt)
         await self._drop_members(name)

@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from latis_core._cmdr.api import METHODS, Method, check_params
+from latis_core._cmdr.api import INT_BOUND, METHODS, Method, check_params
 from latis_core._cmdr.web.auth import check
 from latis_core._cmdr.web.events import Hub, sse
 from latis_core._errors import ErrorCode, LatisError, RequestError, error_code
@@ -82,8 +82,7 @@ BODY_TIMEOUT = 30.0
 STOP_AFTER = 0.2
 #: An error's message is cut here (it may quote what was sent).
 MESSAGE_LIMIT = 2000
-#: Ids beyond this are no prompt's (SQLite's integers stop at 2**63).
-_ID_BOUND = 2**62
+
 #: The page's files: name -> media type.
 FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -502,7 +501,7 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
 
     async def cancel(request: Request) -> Response:
         prompt_id = request.path_params["prompt"]
-        if prompt_id >= _ID_BOUND:
+        if prompt_id >= INT_BOUND:
             return _error(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
         if prompt_id not in ctl.prompts:
             row = await ctl.read(ctl.reads.get_prompt, prompt_id)
@@ -519,10 +518,10 @@ def create_app(daemon: Daemon, server: WebServer, hub: Hub) -> ASGIApp:
                 request.headers.get("last-event-id") or request.query_params.get("after", "-1")
             )
         except ValueError:
-            after = _ID_BOUND
-        if not -1 <= after < _ID_BOUND:
+            after = INT_BOUND
+        if not -1 <= after < INT_BOUND:
             return _error(ErrorCode.BAD_MESSAGE.value, "after: expected a chunk's seq")
-        if prompt_id >= _ID_BOUND:
+        if prompt_id >= INT_BOUND:
             return _error(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
         if prompt_id not in ctl.prompts and await ctl.read(ctl.reads.get_prompt, prompt_id) is None:
             return _error(ErrorCode.UNKNOWN_REQUEST.value, f"no prompt {prompt_id}")
