@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -525,3 +526,41 @@ class TestClosing:
                 assert (await unit.state()).state == "idle"
             nursery.cancel_scope.cancel()
 
+
+
+# ---- gathered writes (a read's replies to many followers on one connection) -------------
+
+
+async def test_writes_gathered_leave_together_in_order_one_write_per_link() -> None:
+    """Inside `gathered()` what is written to fd links waits, in order, and leaves
+    when the outermost one ends (a read that carries many prompts' chunks for
+    followers on one connection is one write to it, not one each); outside, a
+    write leaves at once. A link that fails in that write says so at its next."""
+    from latis_core._io.link import FdLink, gathered, open_link
+
+    a1, b1 = socket_stream_pair()
+    a2, b2 = socket_stream_pair()
+    async with trio.open_nursery() as nursery:
+        one, two = open_link(a1, nursery), open_link(a2, nursery)
+        assert isinstance(one, FdLink) and isinstance(two, FdLink)
+        with gathered():
+            one.write(b"one ")
+            two.write(b"x")
+            one.write(b"two")
+            with gathered():
+                one.write(b" three")
+            assert one.buffered == len(b"one two three")  # the inner one sent nothing
+            assert select.select([b1.socket.fileno()], [], [], 0)[0] == []  # nothing yet
+        assert (one.buffered, two.buffered) == (0, 0)
+        assert await b1.receive_some() == b"one two three"
+        assert await b2.receive_some() == b"x"
+        one.write(b"now")
+        assert one.buffered == 0
+        assert await b1.receive_some() == b"now"
+
+        await b2.aclose()
+        with gathered():
+            two.write(b"lost")  # (the peer is gone: EPIPE when it leaves)
+        with pytest.raises(trio.BrokenResourceError):
+            two.write(b"more")
+        nursery.cancel_scope.cancel()

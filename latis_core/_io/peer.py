@@ -52,7 +52,7 @@ from latis_core._errors import (
     RequestError,
 )
 from latis_core._io.heartbeat import Beat, Heartbeats
-from latis_core._io.link import HIGH_WATER, SPIN, Interrupted, Link, open_link
+from latis_core._io.link import HIGH_WATER, SPIN, Interrupted, Link, gathered, open_link
 from latis_core._io.server import HANDSHAKE_MAX_FRAME
 from latis_core._util import unwrap_group
 from latis_core._wire.auth import METHOD, is_challenge, new_challenge, prove, verify
@@ -479,6 +479,12 @@ class Peer:
                 sinks[w] = None
 
     def _run_sinks(self, sinks: dict[_Waiter, None]) -> None:
+        # What the takers write (a daemon's followers) leaves together, a write
+        # per connection for this whole read.
+        with gathered():
+            self._take_all(sinks)
+
+    def _take_all(self, sinks: dict[_Waiter, None]) -> None:
         for w in sinks:
             sink = w.sink
             # Only while its task waits for replies (parked, or leading this very
