@@ -4,8 +4,9 @@ together, and a write that fails undoes only its own changes (its caller hears i
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -205,3 +206,47 @@ async def test_many_agents_interleaved_writes_land_whole_one_statement_per_kind(
         assert state.get_session(f"a{n}").state == "closed"  # type: ignore[union-attr]
     writes = [s for s in statements if s.lstrip().split()[0] in ("INSERT", "UPDATE")]
     assert len(writes) <= 7, writes  # session, prompt, state, chunks, end, close (2)
+
+
+async def test_under_load_batches_come_at_most_one_an_interval(
+    state: StateDB, autojump_clock: Any
+) -> None:
+    """A stream of chunks 1 ms apart is stored in batches `INTERVAL` apart (a commit
+    writes every page it touches: fewer, larger batches cost the disk and the CPU
+    less), and no chunk waits longer than that; a chunk after a quiet spell waits
+    only `DELAY`."""
+    stored_at: dict[int, float] = {}
+
+    class Timed(_Record):
+        def stored(self, seq: int) -> None:
+            for done in range(self.stored_upto + 1, seq + 1):
+                stored_at[done] = trio.current_time()
+            super().stored(seq)
+
+    async def write_here(work: Callable[[], Any]) -> Any:
+        await trio.lowlevel.checkpoint()
+        return work()
+
+    writer = ChunkWriter(state, write_here)
+    pid = state.add_prompt("s1", "stream", 1)
+    record = Timed(pid)
+    put_at: dict[int, float] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        start = trio.current_time()
+        for seq in range(400):  # 0.4 s of chunks, 1 ms apart
+            put_at[seq] = trio.current_time()
+            writer.put(record, [(seq, "x", None, None)])  # type: ignore[arg-type]
+            await trio.sleep(0.001)
+        busy = trio.current_time() - start
+        await trio.sleep(1)  # quiet
+        put_at[400] = trio.current_time()
+        writer.put(record, [(400, "y", None, None)])  # type: ignore[arg-type]
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert writer.transactions <= busy / writer.interval + 2
+    assert writer.transactions < busy / writer.delay / 4  # not one each DELAY (80)
+    waits = [stored_at[seq] - put_at[seq] for seq in range(400)]
+    assert max(waits) <= writer.interval + 0.001
+    assert stored_at[400] - put_at[400] == pytest.approx(writer.delay)
+    assert [c.seq for c in state.chunks(pid)] == list(range(401))
