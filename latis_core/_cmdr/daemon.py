@@ -631,6 +631,8 @@ async def serve_daemon(
                         nursery.start_soon(ctl.reconnect_known)
                         nursery.start_soon(_stop_on_signal, signals, stop)
                         nursery.start_soon(_close_idle_sessions, daemon)
+                        if tune_gc:
+                            nursery.start_soon(_collect_when_quiet, ctl)
                         if config.web.enabled:
                             from latis_core._cmdr.web.server import serve_at_start
 
@@ -688,6 +690,37 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+#: Young objects (`gc.get_count()[0]`) past which a daemon with no prompt
+#: streaming collects them at once (`_collect_when_quiet`), ...
+QUIET_YOUNG = 5_000
+#: ... looking this often (seconds).
+QUIET_EVERY = 0.5
+
+
+async def _collect_when_quiet(ctl: Controller) -> None:
+    """Run the collector's young passes while no prompt streams, so that they
+    do not stop a stream later.
+
+    A young pass costs ~1 µs an object it finds alive: after 20,000 sessions
+    were opened, the first one stopped the daemon for 18-67 ms, in the middle
+    of the next burst of chunks (their p99, `gc.callbacks` measured). Done
+    while no session is busy, the same pass stops nobody. Only the young
+    generations (0 and 1): a full pass over thousands of connected units would
+    be a long stop even when quiet; the automatic one keeps its own rule (it
+    waits until a quarter of the old objects are new).
+    """
+    young, middle, _ = GC_THRESHOLDS
+    while True:
+        await trio.sleep(QUIET_EVERY)
+        if ctl.session_counts["busy"]:
+            continue
+        counts = gc.get_count()
+        if counts[1] >= middle - 1:  # the next young pass would take in generation 1
+            gc.collect(1)
+        elif counts[0] >= QUIET_YOUNG:
+            gc.collect(0)
 
 
 async def _stop_on_signal(signals: Any, stop: trio.Event) -> None:
