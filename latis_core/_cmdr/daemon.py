@@ -711,7 +711,7 @@ async def _collect_when_quiet(ctl: Controller) -> None:
     be a long stop even when quiet; the automatic one keeps its own rule (it
     waits until a quarter of the old objects are new).
     """
-    young, middle, _ = GC_THRESHOLDS
+    middle = GC_THRESHOLDS[1]
     while True:
         await trio.sleep(QUIET_EVERY)
         if ctl.session_counts["busy"]:
