@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import gc
 import os
 import shutil
 import signal
@@ -9,6 +11,7 @@ import stat
 import struct
 import subprocess
 import tempfile
+import types
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +24,14 @@ from latis_transports import open_unix
 import latis_core
 from latis_core import ErrorCode, RequestError
 from latis_core._cmdr.config import parse_config
-from latis_core._cmdr.daemon import Daemon, DaemonRunning, serve_daemon
+from latis_core._cmdr.daemon import (
+    QUIET_EVERY,
+    QUIET_YOUNG,
+    Daemon,
+    DaemonRunning,
+    _collect_when_quiet,
+    serve_daemon,
+)
 from latis_core._cmdr.state import StateDB
 from latis_core._os.paths import paths
 
@@ -426,12 +436,6 @@ async def test_the_daemon_collects_young_objects_while_no_prompt_streams(
     (18-67 ms once 20,000 sessions were opened): the daemon runs it while no
     session is busy, not in the middle of a stream; while one is, it leaves the
     collector to its own thresholds."""
-    import collections
-    import gc
-    import types
-
-    from latis_core._cmdr.daemon import QUIET_EVERY, QUIET_YOUNG, _collect_when_quiet
-
     ctl = types.SimpleNamespace(session_counts=collections.Counter(busy=1))
     gc.collect()
     gc.disable()  # (the test process's own thresholds would collect too)

@@ -16,6 +16,7 @@ from latis_transports import socket_stream_pair
 
 import latis_core
 from latis_core import ConnectError, ConnectionClosed, EchoAgent, ErrorCode, FrameDecoder
+from latis_core._io.link import FdLink, gathered, open_link
 
 Handler = Callable[["FakeUnit", dict[str, Any]], Awaitable[None]]
 
@@ -536,8 +537,6 @@ async def test_writes_gathered_leave_together_in_order_one_write_per_link() -> N
     when the outermost one ends (a read that carries many prompts' chunks for
     followers on one connection is one write to it, not one each); outside, a
     write leaves at once. A link that fails in that write says so at its next."""
-    from latis_core._io.link import FdLink, gathered, open_link
-
     a1, b1 = socket_stream_pair()
     a2, b2 = socket_stream_pair()
     async with trio.open_nursery() as nursery:

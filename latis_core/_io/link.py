@@ -275,15 +275,23 @@ class FdLink(Link):
             self._gathered = True
             gathering.append(self)
             return
+        sent = self._write_now(data)
+        if sent < len(data):
+            self.cork(memoryview(data)[sent:])
+
+    def _write_now(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what the fd takes now; how much (0 when it is full).
+
+        Raises:
+            trio.BrokenResourceError: the write failed (the link has failed).
+        """
         try:
-            sent = os.write(self._wfd, data)
+            return os.write(self._wfd, data)
         except BlockingIOError:
-            sent = 0
+            return 0
         except OSError as exc:
             self._fail(exc)
             raise trio.BrokenResourceError(f"write failed: {exc}") from exc
-        if sent < len(data):
-            self.cork(memoryview(data)[sent:])
 
     def _send_gathered(self) -> None:
         """Write what `gathered` queued, now; the rest goes to the flush task."""
@@ -292,12 +300,9 @@ class FdLink(Link):
         if self.error is not None or self._flushing or not out:
             return
         try:
-            sent = os.write(self._wfd, out)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._fail(exc)
-            return
+            sent = self._write_now(out)
+        except trio.BrokenResourceError:
+            return  # (failed: its next write or read says so)
         del out[:sent]
         if out:
             self._flushing = True
