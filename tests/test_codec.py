@@ -492,6 +492,12 @@ class TestNoSilentConversion:
             {"type": "response.chunk", "id": 1, "seq": 0, "kind": 1},
             {"type": "response.chunk", "id": 1, "seq": 0, "data": []},
             {"type": "response.chunk", "id": 1.0, "seq": 0},
+            # The plain chunk's own fast path: each field checked there too.
+            {"type": "response.chunk", "id": 1.0, "seq": 0, "text": "x"},
+            {"type": "response.chunk", "id": True, "seq": 0, "text": "x"},
+            {"type": "response.chunk", "id": None, "seq": 0, "text": "x"},
+            {"type": "response.chunk", "id": 1, "seq": False, "text": "x"},
+            {"type": "response.chunk", "id": 1, "seq": 0, "text": None},
             {"type": "hello", "protocol": "1"},
             {"type": "hello", "protocol": True},
             {"type": "hello", "max_frame": "1024"},

@@ -527,6 +527,38 @@ class TestClosing:
                 assert (await unit.state()).state == "idle"
             nursery.cancel_scope.cancel()
 
+    async def test_chunks_already_here_are_cancel_points_and_let_others_run(self) -> None:
+        """Reading chunks that have all arrived: in order, with every 64th a point
+        where other tasks run, and a cancel stops the reading at the next chunk."""
+        ours, theirs = socket_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(latis_core.serve_unit, theirs, EchoAgent(repeat=100))
+            async with latis_core.connect(ours) as unit:
+                session = await unit.create_session()
+                stream = session.prompt("a b c d e f g h i j")
+                first = await first_then_ready(stream, 700)
+                ticks = 0
+
+                async def tick() -> None:
+                    nonlocal ticks
+                    while True:
+                        ticks += 1
+                        await trio.lowlevel.checkpoint()
+
+                nursery.start_soon(tick)
+                await trio.lowlevel.checkpoint()
+                before = ticks
+                read = [await stream.__anext__() for _ in range(640)]
+                assert [c.seq for c in read] == list(range(first.seq + 1, 641))
+                assert ticks - before >= 640 // 64 - 1
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await stream.__anext__()
+                assert scope.cancelled_caught
+                assert stream.done
+                assert not unit.peer.conn.in_flight(stream.id)
+            nursery.cancel_scope.cancel()
+
 
 
 # ---- gathered writes (a read's replies to many followers on one connection) -------------

@@ -98,6 +98,37 @@ class TestResume:
                 assert stream.outcome == "complete"
             nursery.cancel_scope.cancel()
 
+    async def test_replay_keeps_every_chunk_as_it_was_sent(self) -> None:
+        """A replay from the middle gives the chunks after it as the agent sent them:
+        plain text, and chunks with a kind and data, each with its seq."""
+
+        class Mixed(Agent):
+            info = latis_core.AgentInfo("mixed", "1")
+
+            async def open_session(self, session_id, options):  # type: ignore[no-untyped-def]
+                return _MixedSession()
+
+        class _MixedSession(AgentSession):
+            async def prompt(self, text: str, reply: Reply) -> None:
+                await reply.send("plan: ")
+                await reply.send("", kind="tool_call", data={"name": "ls", "args": ["-l"]})
+                await reply.send("listed ")
+                await reply.send("step 1", kind="plan")
+                await reply.send("done")
+
+        async with latis_core.open_unit(Mixed()) as unit, trio.open_nursery() as nursery:
+            async with dial(unit, nursery) as client:
+                session = await client.create_session()
+                stream = session.prompt("go")
+                sent = [chunk async for chunk in stream]
+                assert [c.seq for c in sent] == [0, 1, 2, 3, 4]
+                for after in (None, 0, 2, 3):
+                    again = await session.reattach(stream.id, after=after)
+                    replayed = [chunk async for chunk in again]
+                    assert replayed == sent[0 if after is None else after + 1 :]
+                    assert again.outcome == "complete"
+            nursery.cancel_scope.cancel()
+
     async def test_reattach_unknown_prompt(self) -> None:
         """Reattaching a prompt the session never had fails with unknown_request."""
         async with latis_core.open_unit(EchoAgent()) as unit, trio.open_nursery() as nursery:

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import trio
-from trio.lowlevel import checkpoint
+from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from latis_core._errors import ConnectError, RemoteProtocolError
 from latis_core._io.peer import CANCEL_TIMEOUT, QUEUE_LIMIT, Peer, ReplyStream, open_peer
@@ -89,11 +89,19 @@ class PromptStream(ReplyStream):
 
     async def __anext__(self) -> ResponseChunk | InputRequest:
         while True:
-            try:
-                ev = await super().__anext__()
-            except StopAsyncIteration:
-                self._check_count()
-                raise
+            if self._quick():
+                try:
+                    await checkpoint_if_cancelled()
+                except trio.Cancelled:
+                    await self._cancel_and_wait()
+                    raise
+                ev = self._take_here()
+            else:
+                try:
+                    ev = await super().__anext__()
+                except StopAsyncIteration:
+                    self._check_count()
+                    raise
             if type(ev) is ResponseChunk:
                 if ev.seq != self._next_seq:
                     await self.aclose()

@@ -139,7 +139,9 @@ class _Run:
         #: The connection the chunks go to, or None while no controller is attached.
         self.sink: _Served | None = None
         self.seq = 0
-        self.log: deque[ResponseChunk] = deque()
+        #: The chunks kept for a resume, from seq `first_seq` on: a plain chunk
+        #: as its text, any other as its message.
+        self.log: deque[str | ResponseChunk] = deque()
         self.log_bytes = 0
         self.first_seq = 0
         self.scope = trio.CancelScope()
@@ -163,10 +165,18 @@ class _Run:
     ) -> None:
         if type(text) is not str:
             raise TypeError(f"a chunk's text must be a str, got {type(text).__name__}")
-        msg = ResponseChunk(self.id, self.seq, text, kind, data)
-        self.seq += 1
-        self.log.append(msg)
-        self.log_bytes += len(text) + _CHUNK_OVERHEAD if data is None else _cost(msg)
+        seq = self.seq
+        self.seq = seq + 1
+        # A plain chunk is kept as its text (its seq is its place in the log) and
+        # encoded without a message made: the most of what a unit does per chunk.
+        msg: ResponseChunk | None = None
+        if kind is None and data is None:
+            self.log.append(text)
+            self.log_bytes += len(text) + _CHUNK_OVERHEAD
+        else:
+            msg = ResponseChunk(self.id, seq, text, kind, data)
+            self.log.append(msg)
+            self.log_bytes += _cost(msg)
         sink = self.sink
         if sink is not None and (sink.closed or sink.conn.closed):
             # Its controller is gone (or its connection failed, as when our
@@ -174,8 +184,11 @@ class _Run:
             # keep everything for a resume.
             self.sink = sink = None
         if sink is not None:
+            conn = sink.conn
             try:
-                sink.link.cork(sink.conn.send(msg))
+                sink.link.cork(
+                    conn.send_chunk(self.id, seq, text) if msg is None else conn.send(msg)
+                )
             except trio.BrokenResourceError:
                 sink.closed = True
             if self.log_bytes > self.unit.replay_limit:
@@ -300,8 +313,11 @@ class _Run:
                     f"prompt {self.id!r} was reattached on another connection",
                 )
             )
-        for msg in itertools.islice(self.log, max(0, start - self.first_seq), None):
-            served.cork(msg)
+        skip = max(0, start - self.first_seq)
+        for seq, entry in enumerate(itertools.islice(self.log, skip, None), self.first_seq + skip):
+            if not isinstance(entry, ResponseChunk):
+                entry = ResponseChunk(self.id, seq, entry)
+            served.cork(entry)
         if self.final is not None:
             served.send(self.final)
             return None
@@ -315,10 +331,12 @@ class _Run:
         return None
 
 
-def _cost(msg: ResponseChunk) -> int:
-    size = len(msg.text) + _CHUNK_OVERHEAD
-    if msg.data is not None:
-        size += len(orjson.dumps(msg.data))
+def _cost(entry: str | ResponseChunk) -> int:
+    if isinstance(entry, str):
+        return len(entry) + _CHUNK_OVERHEAD
+    size = len(entry.text) + _CHUNK_OVERHEAD
+    if entry.data is not None:
+        size += len(orjson.dumps(entry.data))
     return size
 
 

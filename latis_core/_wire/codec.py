@@ -32,7 +32,7 @@ from latis_core._wire.messages import (
     ResponseChunk,
 )
 
-__all__ = ["converter", "decode", "encode", "encode_chunk"]
+__all__ = ["converter", "decode", "encode", "encode_chunk", "encode_text_chunk"]
 
 _NAMES = {
     str: "a string",
@@ -277,10 +277,15 @@ def encode(msg: Message) -> bytes:
 def encode_chunk(msg: ResponseChunk) -> bytes:
     """`encode` for the hottest message (what its registered hook does, inline)."""
     if msg.kind is None and msg.data is None:
-        return _dumps({"type": "response.chunk", "id": msg.id, "seq": msg.seq, "text": msg.text})
+        return encode_text_chunk(msg.id, msg.seq, msg.text)
     out: dict[str, Any] = {"type": "response.chunk"}
     out.update(_unstructure_chunk(msg))
     return _dumps(out, default=_jsonable)
+
+
+def encode_text_chunk(rid: RequestId, seq: int, text: str) -> bytes:
+    """`encode(ResponseChunk(rid, seq, text))`, without making the message."""
+    return _dumps({"type": "response.chunk", "id": rid, "seq": seq, "text": text})
 
 
 def decode(payload: bytes | bytearray | memoryview) -> Message:
@@ -298,6 +303,14 @@ def decode(payload: bytes | bytearray | memoryview) -> Message:
     if type(obj) is not dict:
         raise RemoteProtocolError(f"a message must be a JSON object, got {_kind(obj)}")
     name: Any = obj.get("type")
+    if name == "response.chunk" and len(obj) == 4:
+        # The hottest message, a plain chunk (type, id, seq, text), checked here;
+        # any other shape goes the general way, which names the fault.
+        id_ = obj.get("id")
+        seq = obj.get("seq")
+        text = obj.get("text")
+        if (type(id_) is int or type(id_) is str) and type(seq) is int and type(text) is str:
+            return ResponseChunk(id_, seq, text)
     try:
         cls, hook = _hooks[name]
     except (KeyError, TypeError):

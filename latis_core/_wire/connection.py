@@ -36,7 +36,7 @@ from latis_core._errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from latis_core._wire.codec import decode, encode, encode_chunk
+from latis_core._wire.codec import decode, encode, encode_chunk, encode_text_chunk
 from latis_core._wire.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from latis_core._wire.messages import (
     MESSAGE_TYPES,
@@ -486,6 +486,13 @@ class Connection:
         if self._failed:
             raise LocalProtocolError("the connection has failed; nothing more can be sent")
         return self._send(msg)
+
+    def send_chunk(self, rid: RequestId, seq: int, text: str) -> bytes:
+        """`send(ResponseChunk(rid, seq, text))`, without making the message when
+        the chunk may go (a unit's hot path: a chunk of a prompt in flight)."""
+        if not self._failed and self._hello_sent and self._received.get(rid) is PromptSend:
+            return encode_frame(encode_text_chunk(rid, seq, text), self.their_max_frame)
+        return self.send(ResponseChunk(rid, seq, text))
 
     def _send(self, msg: Any) -> bytes:
         cls = type(msg)

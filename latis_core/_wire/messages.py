@@ -1,4 +1,5 @@
-"""Every message of the protocol, one frozen attrs class per `type`.
+"""Every message of the protocol, one attrs class per `type` (frozen, but for
+`ResponseChunk`: see there).
 
 Each class names its wire `type` in `TYPE`. Field names are the JSON keys;
 a field that defaults to None (or an empty container) is left out on the wire
@@ -134,9 +135,16 @@ class PromptCancel:
     id: RequestId
 
 
-@attrs.frozen
+# Not frozen, unlike every other message: attrs' frozen `__init__` sets each
+# field through `object.__setattr__`, ~0.5 µs a chunk on Python 3.11 (a sixth of
+# what a client spends per chunk), where plain slots take ~0.2. Hashable as the
+# frozen ones are; latis never changes a chunk once made, and neither should you.
+@attrs.define(unsafe_hash=True)
 class ResponseChunk:
-    """One piece of a prompt's answer. `seq` counts 0, 1, 2, ... per prompt."""
+    """One piece of a prompt's answer. `seq` counts 0, 1, 2, ... per prompt.
+
+    Treat it as read-only, like every message (it is the one class that is not
+    frozen, for speed)."""
 
     TYPE: ClassVar[str] = "response.chunk"
     id: RequestId
