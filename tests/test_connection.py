@@ -483,6 +483,26 @@ class TestRequests:
         assert violation.id == 2
         assert pair.unit.requests_received == {1: Ping}
 
+    def test_next_events_stop_after_the_first_that_is_not_a_chunk(
+        self, pair: ConnectionPair
+    ) -> None:
+        """`next_events` gives the chunks that come first, then one event of another
+        kind, and decodes nothing after it: the request that event ends is still
+        in flight until its own end is taken (what a controller's reader checks)."""
+        pair.send(Role.CMDR, PromptSend(1, "s", "hi"), StateSubscribe(2))
+        replies = [ResponseChunk(1, 0, "a"), ResponseChunk(1, 1, "b"), StateUpdate(2, "idle"),
+                   ResponseCancelled(2), ResponseChunk(1, 2, "c"), ResponseComplete(1, 3)]
+        pair.cmdr.receive_data(b"".join(pair.unit.send(m) for m in replies))
+        assert pair.cmdr.next_events() == replies[:3]
+        assert pair.cmdr.in_flight(2)
+        assert pair.cmdr.next_events() == [ResponseCancelled(2)]
+        assert not pair.cmdr.in_flight(2)
+        assert pair.cmdr.next_event() == ResponseChunk(1, 2, "c")  # one by one, where it was
+        assert pair.cmdr.next_events() == [ResponseComplete(1, 3)]
+        assert pair.cmdr.next_events() == [NEED_DATA]
+        pair.cmdr.receive_data(b"")
+        assert pair.cmdr.next_events() == [CLOSED]
+
     @pytest.mark.parametrize("streamed", [PromptSend(1, "s", "hi"), StateSubscribe(1)], ids=repr)
     def test_prompt_cancel(self, pair: ConnectionPair, streamed: Message) -> None:
         """prompt.cancel reaches the unit and leaves the request open until its final reply."""

@@ -192,6 +192,18 @@ class TestOversized:
         with pytest.raises(RemoteProtocolError):
             decoder.next_frame()
 
+    def test_take_frames_takes_those_before(self) -> None:
+        """`take_frames` takes every whole frame at once, those before an oversized
+        one included; the refusal comes at the next `next_frame`."""
+        decoder = FrameDecoder(max_size=100)
+        decoder.feed(encode_frame(b"a") + encode_frame(b"b"))
+        assert decoder.next_frame() == b"a"
+        decoder.feed(encode_frame(b"c") + header(101) + b"zz")
+        assert decoder.take_frames() == [b"b", b"c"]
+        assert decoder.take_frames() == []
+        with pytest.raises(RemoteProtocolError):
+            decoder.next_frame()
+
     def test_after_partial_frame(self) -> None:
         """An oversized header that completes a buffered tail is still refused."""
         decoder = FrameDecoder(max_size=100)

@@ -21,7 +21,14 @@ import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from latis_core._errors import ConnectError, RemoteProtocolError
-from latis_core._io.peer import CANCEL_TIMEOUT, QUEUE_LIMIT, Peer, ReplyStream, open_peer
+from latis_core._io.peer import (
+    CANCEL_TIMEOUT,
+    NOT_HERE,
+    QUEUE_LIMIT,
+    Peer,
+    ReplyStream,
+    open_peer,
+)
 from latis_core._plugins.registry import dialer_from_url
 from latis_core._wire.auth import read_secret_file
 from latis_core._wire.frames import DEFAULT_MAX_FRAME
@@ -89,13 +96,13 @@ class PromptStream(ReplyStream):
 
     async def __anext__(self) -> ResponseChunk | InputRequest:
         while True:
-            if self._quick():
+            ev = self._next_here()
+            if ev is not NOT_HERE:
                 try:
                     await checkpoint_if_cancelled()
                 except trio.Cancelled:
                     await self._cancel_and_wait()
                     raise
-                ev = self._take_here()
             else:
                 try:
                     ev = await super().__anext__()

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import attrs
 import trio
@@ -66,6 +66,7 @@ from latis_core._wire.messages import (
     Pong,
     PromptCancel,
     RequestId,
+    ResponseChunk,
     Role,
 )
 
@@ -434,54 +435,58 @@ class Peer:
         conn.receive_data(data, trio.current_time())
         # Waiters with a sink, told once the whole read is decoded: a batch a call.
         sinks: dict[_Waiter, None] | None = None
+        ev: Any
         while True:
-            ev: Any = conn.next_event()
-            if ev is NEED_DATA:
-                if sinks:
-                    self._run_sinks(sinks)
-                return
-            if ev is CLOSED:
-                self._fail(ConnectionClosed(f"{self.label} closed the connection"))
-                return
-            cls = type(ev)
-            if cls is Violation:
-                self._on_violation(ev)
-                if self._error is not None:
+            for ev in conn.next_events():  # chunks, then one event of another kind
+                if ev is NEED_DATA:
+                    if sinks:
+                        self._run_sinks(sinks)
                     return
-                continue
-            if cls is Ping:
-                self._write(conn.send(Pong(ev.id)))
-                continue
-            rid = ev.id
-            w = waiters.get(rid)
-            if w is None:
-                if cls is Error:
-                    log.warning("error from %s: %s: %s", self.label, ev.code, ev.message)
-                    if ev.code in FATAL_CODES:
-                        # The other side closes after it: say why to whoever waits.
-                        self.closed_because = f"{ev.code}: {ev.message}"
-                        self._fail(
-                            ConnectionClosed(
-                                f"{self.label} closed the connection ({self.closed_because})"
-                            )
-                        )
+                if ev is CLOSED:
+                    self._fail(ConnectionClosed(f"{self.label} closed the connection"))
+                    return
+                cls = type(ev)
+                if cls is Violation:
+                    self._on_violation(ev)
+                    if self._error is not None:
                         return
-                continue  # a keep-alive pong, or a reply we stopped caring for
-            if not conn.in_flight(rid):
-                w.final = True
-                del waiters[rid]
-            if w.discard:
-                continue
-            w.events.append(ev)
-            if not w.over and len(w.events) > self.queue_limit:
-                w.over = True
-                self._over += 1
-            if w.sink is None:
-                self._wake(w)
-            elif sinks is None:
-                sinks = {w: None}
-            else:
-                sinks[w] = None
+                    continue
+                if cls is Ping:
+                    self._write(conn.send(Pong(ev.id)))
+                    continue
+                rid = ev.id
+                w = waiters.get(rid)
+                if w is None:
+                    if cls is Error:
+                        log.warning("error from %s: %s: %s", self.label, ev.code, ev.message)
+                        if ev.code in FATAL_CODES:
+                            # The other side closes after it: say why to whoever waits.
+                            self.closed_because = f"{ev.code}: {ev.message}"
+                            self._fail(
+                                ConnectionClosed(
+                                    f"{self.label} closed the connection ({self.closed_because})"
+                                )
+                            )
+                            return
+                    continue  # a keep-alive pong, or a reply we stopped caring for
+                # (A chunk is never a request's final reply: no lookup for it.)
+                if cls is not ResponseChunk and not conn.in_flight(rid):
+                    w.final = True
+                    del waiters[rid]
+                if w.discard:
+                    continue
+                events = w.events
+                events.append(ev)
+                if not w.over and len(events) > self.queue_limit:
+                    w.over = True
+                    self._over += 1
+                if w.sink is None:
+                    if w.task is not None or w.reading:  # (else nobody to wake: no call)
+                        self._wake(w)
+                elif sinks is None:
+                    sinks = {w: None}
+                else:
+                    sinks[w] = None
 
     def _run_sinks(self, sinks: dict[_Waiter, None]) -> None:
         # What the takers write (a daemon's followers) leaves together, a write
@@ -580,6 +585,10 @@ class Peer:
             pass
 
 
+#: `ReplyStream._next_here`: no reply to take at once.
+NOT_HERE: Final = object()
+
+
 class ReplyStream:
     """The replies to one streamed request, as an async iterator.
 
@@ -643,22 +652,18 @@ class ReplyStream:
             self._peer._unpause()
         return out
 
-    def _quick(self) -> bool:
-        """Whether the next reply is here, is not the final one, and may be
-        taken at a cancel point alone (not the 64th: a schedule point is due
-        then). Counts it: the caller then awaits `checkpoint_if_cancelled`
-        (with `_on_cancel` on `Cancelled`) and takes it with `_take_here`,
-        without the awaits of `__anext__` (per chunk, they cost more than the
-        rest)."""
+    def _next_here(self) -> Any:
+        """The next reply if it is here, is not the final one, and may be taken
+        at a cancel point alone (not every 64th: a schedule point is due then);
+        else `NOT_HERE`. The caller then awaits `checkpoint_if_cancelled` (and
+        `_cancel_and_wait` on `Cancelled`), without the awaits of `__anext__`:
+        per chunk, they cost more than the rest."""
         w = self._w
         count = self._count + 1
         if count & 63 and len(w.events) > w.final and self.final is None:
             self._count = count
-            return True
-        return False
-
-    def _take_here(self) -> Any:
-        return self._peer._pop(self._w)
+            return self._peer._pop(w)
+        return NOT_HERE
 
     def on_ready(self, sink: Callable[[], object] | None) -> None:
         """Have `sink` take replies as they arrive, in the task that reads them,

@@ -25,6 +25,8 @@ Rules this module keeps (all of them live here):
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
@@ -199,6 +201,9 @@ class Connection:
         self._decoder = FrameDecoder(
             max_frame if handshake_max_frame is None else min(max_frame, handshake_max_frame)
         )
+        #: Payloads `next_events` took from the decoder, and how many it decoded.
+        self._payloads: Sequence[bytes] = ()
+        self._at = 0
         self._sent: dict[RequestId, type[Any]] = {}
         self._received: dict[RequestId, type[Any]] = {}
         self._hello_sent = False
@@ -285,6 +290,10 @@ class Connection:
         """
         if self._closed:
             return CLOSED
+        at = self._at
+        if at < len(self._payloads):  # taken by `next_events`, not yet decoded
+            self._at = at + 1
+            return self._event(self._payloads[at])
         try:
             payload = self._decoder.next_frame()
         except RemoteProtocolError as exc:
@@ -299,6 +308,37 @@ class Connection:
                     ErrorCode.BAD_FRAME, "the stream ended in the middle of a frame", None
                 )
             return CLOSED
+        return self._event(payload)
+
+    def next_events(self) -> list[Any]:
+        """`next_event` until it returns something that is not a chunk, in one
+        call: the chunks that come first, then that event (NEED_DATA or CLOSED
+        once nothing else is left).
+
+        Decoding stops at that event, so what the caller does with it (a
+        request's end, say) is done before the frames after it are read, as
+        with `next_event`; call again for those.
+        """
+        out: list[Any] = []
+        if not self._closed:
+            payloads = self._payloads
+            at = self._at
+            if at == len(payloads):
+                payloads = self._payloads = self._decoder.take_frames()
+                at = 0
+            event = self._event
+            for payload in payloads if at == 0 else itertools.islice(payloads, at, None):
+                ev = event(payload)
+                out.append(ev)
+                if type(ev) is not ResponseChunk:
+                    self._at = at + len(out)
+                    return out
+            self._payloads = ()
+            self._at = 0
+        out.append(self.next_event())
+        return out
+
+    def _event(self, payload: bytes) -> Any:
         msg: Any
         try:
             msg = decode(payload)

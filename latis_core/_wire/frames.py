@@ -109,6 +109,17 @@ class FrameDecoder:
         if pos:
             del tail[:pos]
 
+    def take_frames(self) -> list[bytes]:
+        """Every whole payload not yet taken, in order (empty when none). A
+        refused frame is raised by the next `next_frame`, after these."""
+        frames = self._frames
+        head = self._head
+        if head == len(frames):
+            return []
+        self._frames = []
+        self._head = 0
+        return frames[head:] if head else frames
+
     def next_frame(self) -> bytes | None:
         """Return the next whole payload, or None until more bytes are fed.
 
