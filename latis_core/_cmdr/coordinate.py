@@ -467,11 +467,14 @@ class _Team:
                     chunks(run)
 
         try:
-            with trio.move_on_after(math.inf if limit is None else limit) as scope:
-                await pump()
-            if scope.cancelled_caught:
-                await self._stop(record.id)
-                outcome, error = "error", f"timed out after {limit:g} s"
+            if limit is None:
+                await pump()  # (no scope: one per agent's prompt is a cost of its own)
+            else:
+                with trio.move_on_after(limit) as scope:
+                    await pump()
+                if scope.cancelled_caught:
+                    await self._stop(record.id)
+                    outcome, error = "error", f"timed out after {limit:g} s"
         except (LatisError, LookupError, OSError) as exc:
             outcome, error = "error", error_code(exc)[1]
         # Only now: a prompt cancelled with the coordination stays listed for `stop_all`.

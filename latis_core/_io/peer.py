@@ -164,6 +164,8 @@ class Peer:
         self._leader: _Waiter | None = None
         self._reader_task: Task | None = None
         self._reader_scope: trio.CancelScope | None = None
+        #: A leader stopped the idle reader's read (`_lead`).
+        self._reader_stopped = False
         self._over = 0
         self._error: LatisError | None = None
         self._thread = threading.get_ident()
@@ -358,9 +360,11 @@ class Peer:
 
     async def _lead(self, w: _Waiter) -> None:
         self._leader = w
-        if self._reader_scope is not None:
-            # Synchronously unregisters the idle reader from the fd.
-            self._reader_scope.cancel()
+        if self._reader_task is None:
+            # The idle reader may be in a read: stopping it unregisters it from
+            # the fd at once (it goes back to waiting for the lead).
+            self._reader_stopped = True
+            self.link.interrupt()
         read = self.link.read
         try:
             while not w.events and self._error is None and not self._over:
@@ -402,32 +406,44 @@ class Peer:
 
     async def _idle_reader(self) -> None:
         read = self.link.read
-        try:
-            while self._error is None:
-                if self._leader is not None or self._over:
-                    self._reader_task = current_task()
+        # One scope for the reader's life, cancelled by `_fail`; a leader that takes
+        # over stops a read with the link's `interrupt` (a scope per read cost more
+        # than the rest of a read with a few replies in it: 100 agents at once).
+        with trio.CancelScope() as scope:
+            self._reader_scope = scope
+            try:
+                while self._error is None:
+                    if self._leader is not None or self._over:
+                        self._reader_task = current_task()
 
-                    def abort(_: Any) -> Abort:
-                        self._reader_task = None
-                        return Abort.SUCCEEDED
+                        def abort(_: Any) -> Abort:
+                            self._reader_task = None
+                            return Abort.SUCCEEDED
 
-                    await wait_task_rescheduled(abort)
-                    continue
-                with trio.CancelScope() as scope:
-                    self._reader_scope = scope
-                    data = await read()
-                self._reader_scope = None
-                if not scope.cancelled_caught:
+                        await wait_task_rescheduled(abort)
+                        continue
+                    self._reader_stopped = False
+                    try:
+                        data = await read()
+                    except Interrupted:
+                        continue
+                    except trio.ClosedResourceError:
+                        # On an fd, an interrupt wakes the read as a close does;
+                        # the link's own mark may be gone (the leader's read has
+                        # started), ours is not.
+                        if self._reader_stopped and self._error is None:
+                            continue
+                        raise
                     self._feed(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # What is queued cannot go out either: without this, `aclose` would wait
-            # `cancel_timeout` for a flush that never ends (a TLS handshake that failed
-            # in this read leaves trio's writer waiting for it), holding the
-            # listener's handshake slot all that while.
-            self.link._fail(exc)
-            self._fail(ConnectionClosed(f"connection to {self.label} broke: {exc}"), exc)
-        finally:
-            self._reader_scope = None
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # What is queued cannot go out either: without this, `aclose` would
+                # wait `cancel_timeout` for a flush that never ends (a TLS handshake
+                # that failed in this read leaves trio's writer waiting for it),
+                # holding the listener's handshake slot all that while.
+                self.link._fail(exc)
+                self._fail(ConnectionClosed(f"connection to {self.label} broke: {exc}"), exc)
+            finally:
+                self._reader_scope = None
 
     def _feed(self, data: bytes | bytearray | memoryview) -> None:
         conn = self.conn
