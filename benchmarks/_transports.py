@@ -21,6 +21,10 @@ import trio
 
 import latis_core
 
+#: The streamed prompt's words: one chunk each, echoed over and over (the echo
+#: agent's `repeat`), as in bench.py's `stream_latis`.
+STREAM_WORDS = [f"latency{i}" for i in range(10)]
+
 #: name -> (module, how its raw row is made, what it is)
 TRANSPORTS: dict[str, tuple[str, str]] = {
     "unix": ("_transport_sockets", "trio unix socket echo"),
@@ -75,15 +79,16 @@ async def _latis(
             t0 = time.perf_counter()
             await unit.ping()
             times.append(time.perf_counter() - t0)
-        session = await unit.create_session()
-        text = " ".join(f"w{i}" for i in range(words))
+        # As bench.py's `stream_latis` over stdio: ten words echoed `repeat` times.
+        repeat = max(1, words // len(STREAM_WORDS))
+        session = await unit.create_session(repeat=str(repeat))
         t0 = time.perf_counter()
         count = 0
-        async for _chunk in session.prompt(text):
+        async for _chunk in session.prompt(" ".join(STREAM_WORDS)):
             count += 1
         elapsed = time.perf_counter() - t0
-        assert count == words, (count, words)
-    return statistics.median(times) * 1e6, words / elapsed
+        assert count == repeat * len(STREAM_WORDS), (count, repeat)
+    return statistics.median(times) * 1e6, count / elapsed
 
 
 async def measure(

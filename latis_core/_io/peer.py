@@ -450,59 +450,80 @@ class Peer:
         waiters = self._waiters
         conn.receive_data(data, trio.current_time())
         # Waiters with a sink, told once the whole read is decoded: a batch a call.
-        sinks: dict[_Waiter, None] | None = None
-        ev: Any
+        sinks: dict[_Waiter, None] = {}
         while True:
-            for ev in conn.next_events():  # chunks, then one event of another kind
-                if ev is NEED_DATA:
-                    if sinks:
-                        self._run_sinks(sinks)
+            events = conn.next_events()
+            ev: Any = events.pop()  # the chunks come first, then one event of another kind
+            if events:
+                self._queue_chunks(events, sinks)
+            if ev is NEED_DATA:
+                if sinks:
+                    self._run_sinks(sinks)
+                return
+            if ev is CLOSED:
+                self._fail(ConnectionClosed(f"{self.label} closed the connection"))
+                return
+            cls = type(ev)
+            if cls is Violation:
+                self._on_violation(ev)
+                if self._error is not None:
                     return
-                if ev is CLOSED:
-                    self._fail(ConnectionClosed(f"{self.label} closed the connection"))
-                    return
-                cls = type(ev)
-                if cls is Violation:
-                    self._on_violation(ev)
-                    if self._error is not None:
-                        return
-                    continue
-                if cls is Ping:
-                    self._write(conn.send(Pong(ev.id)))
-                    continue
-                rid = ev.id
-                w = waiters.get(rid)
-                if w is None:
-                    if cls is Error:
-                        log.warning("error from %s: %s: %s", self.label, ev.code, ev.message)
-                        if ev.code in FATAL_CODES:
-                            # The other side closes after it: say why to whoever waits.
-                            self.closed_because = f"{ev.code}: {ev.message}"
-                            self._fail(
-                                ConnectionClosed(
-                                    f"{self.label} closed the connection ({self.closed_because})"
-                                )
+                continue
+            if cls is Ping:
+                self._write(conn.send(Pong(ev.id)))
+                continue
+            rid = ev.id
+            w = waiters.get(rid)
+            if w is None:
+                if cls is Error:
+                    log.warning("error from %s: %s: %s", self.label, ev.code, ev.message)
+                    if ev.code in FATAL_CODES:
+                        # The other side closes after it: say why to whoever waits.
+                        self.closed_because = f"{ev.code}: {ev.message}"
+                        self._fail(
+                            ConnectionClosed(
+                                f"{self.label} closed the connection ({self.closed_because})"
                             )
-                            return
-                    continue  # a keep-alive pong, or a reply we stopped caring for
-                # (A chunk is never a request's final reply: no lookup for it.)
-                if cls is not ResponseChunk and not conn.in_flight(rid):
-                    w.final = True
-                    del waiters[rid]
-                if w.discard:
+                        )
+                        return
+                continue  # a keep-alive pong, or a reply we stopped caring for
+            if cls is not ResponseChunk and not conn.in_flight(rid):
+                w.final = True
+                del waiters[rid]
+            if not w.discard:
+                w.events.append(ev)
+                self._queued(w, sinks)
+
+    def _queue_chunks(self, chunks: list[ResponseChunk], sinks: dict[_Waiter, None]) -> None:
+        """Queue a read's chunks to their waiters (a run of one prompt's chunks
+        looks its waiter up once), then tell each waiter once. (A chunk is never
+        a request's final reply: no in-flight lookup.)"""
+        waiters = self._waiters
+        told: dict[_Waiter, None] = {}
+        rid: Any = None
+        w: _Waiter | None = None
+        for chunk in chunks:
+            if chunk.id != rid or w is None:
+                rid = chunk.id
+                w = waiters.get(rid)
+                if w is None or w.discard:
+                    w = None
                     continue
-                events = w.events
-                events.append(ev)
-                if not w.over and len(events) > self.queue_limit:
-                    w.over = True
-                    self._over += 1
-                if w.sink is None:
-                    if w.task is not None or w.reading:  # (else nobody to wake: no call)
-                        self._wake(w)
-                elif sinks is None:
-                    sinks = {w: None}
-                else:
-                    sinks[w] = None
+                told[w] = None
+            w.events.append(chunk)
+        for w in told:
+            self._queued(w, sinks)
+
+    def _queued(self, w: _Waiter, sinks: dict[_Waiter, None]) -> None:
+        """w has replies queued: pause reading when it is over its limit; wake
+        its task, or mark its sink to run once the read is decoded."""
+        if not w.over and len(w.events) > self.queue_limit:
+            w.over = True
+            self._over += 1
+        if w.sink is not None:
+            sinks[w] = None
+        elif w.task is not None or w.reading:  # (else nobody to wake: no call)
+            self._wake(w)
 
     def _run_sinks(self, sinks: dict[_Waiter, None]) -> None:
         # What the takers write (a daemon's followers) leaves together, a write
