@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ from latis_transports import socket_stream_pair
 
 import latis_core
 from latis_core import ConnectError, ConnectionClosed, EchoAgent, ErrorCode, FrameDecoder
-from latis_core._io.link import FdLink, gathered, open_link
+from latis_core._io.link import FdLink, Interrupted, gathered, open_link
 
 Handler = Callable[["FakeUnit", dict[str, Any]], Awaitable[None]]
 
@@ -594,4 +595,30 @@ async def test_writes_gathered_leave_together_in_order_one_write_per_link() -> N
             two.write(b"lost")  # (the peer is gone: EPIPE when it leaves)
         with pytest.raises(trio.BrokenResourceError):
             two.write(b"more")
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_interrupt_stops_its_read_though_another_read_has_started() -> None:
+    """A read that `interrupt` stopped ends with `Interrupted`, not as if the fd
+    had closed, even when another task's read started before it woke (a leader
+    taking over the fd from the idle reader); that read gets the bytes."""
+    a, b = socket_stream_pair()
+    async with trio.open_nursery() as nursery:
+        link = open_link(a, nursery)
+        assert isinstance(link, FdLink)
+        ended: list[str] = []
+
+        async def idle() -> None:
+            try:
+                await link.read()
+            except Interrupted:
+                ended.append("interrupted")
+
+        nursery.start_soon(idle)
+        await trio.testing.wait_all_tasks_blocked()
+        link.interrupt()
+        os.write(b.socket.fileno(), b"x")  # (no checkpoint: the stopped read has not run)
+        assert bytes(await link.read()) == b"x"
+        await trio.testing.wait_all_tasks_blocked()
+        assert ended == ["interrupted"]
         nursery.cancel_scope.cancel()

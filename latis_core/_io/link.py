@@ -255,6 +255,9 @@ class FdLink(Link):
         self._pollable = True
         self._interrupted = False
         self._waiting: trio.lowlevel.Task | None = None
+        #: The task whose read in epoll an interrupt stopped: kept for that read,
+        #: whatever reads start after it (`_interrupted` is for the read now).
+        self._stopped: trio.lowlevel.Task | None = None
         self._reads = 0
         self._misses = 0
         #: Queued in the current `gathered`, to leave when it ends.
@@ -337,7 +340,9 @@ class FdLink(Link):
 
     def interrupt(self) -> None:
         self._interrupted = True
-        if self._waiting is not None:
+        waiting = self._waiting
+        if waiting is not None:
+            self._stopped = waiting
             trio.lowlevel.notify_closing(self._rfd)
 
     def read_nowait(self) -> bytes | bytearray | memoryview | None:
@@ -374,22 +379,30 @@ class FdLink(Link):
             if spin:
                 self._misses += 1
         rfd = self._rfd
+        me = trio.lowlevel.current_task()
+        if self._stopped is me:
+            self._stopped = None  # from a read of ours that ended before it came
         while True:
-            if self._interrupted:
+            # An interrupt may come while the read waits, or once epoll has woken
+            # it and before it runs: then another task (a leader) may have taken
+            # the bytes and be waiting on the fd itself, and its read has cleared
+            # `_interrupted`; `_stopped` still names this read.
+            if self._interrupted or self._stopped is me:
                 self._interrupted = False
+                self._stopped = None
                 raise Interrupted
             if self._pollable:
                 # Which task waits, not just whether one does: a read that
                 # ends late (a reader woken by epoll just as a leader took
                 # over) must not wipe out the mark of the read after it.
-                me = trio.lowlevel.current_task()
                 self._waiting = me
                 try:
                     await trio.lowlevel.wait_readable(rfd)
                 except trio.ClosedResourceError:
                     # notify_closing: our own interrupt, or the stream closing.
-                    if self._interrupted and self.error is None:
+                    if (self._interrupted or self._stopped is me) and self.error is None:
                         self._interrupted = False
+                        self._stopped = None
                         raise Interrupted from None
                     raise
                 except OSError as exc:
@@ -404,6 +417,8 @@ class FdLink(Link):
                 await cancel_shielded_checkpoint()
             data = read_nowait()
             if data is not None:
+                if self._stopped is me:
+                    self._stopped = None  # it came with the bytes: nothing to stop
                 return data
 
 

@@ -164,8 +164,6 @@ class Peer:
         self._leader: _Waiter | None = None
         self._reader_task: Task | None = None
         self._reader_scope: trio.CancelScope | None = None
-        #: A leader stopped the idle reader's read (`_lead`).
-        self._reader_stopped = False
         self._over = 0
         self._error: LatisError | None = None
         self._thread = threading.get_ident()
@@ -363,7 +361,6 @@ class Peer:
         if self._reader_task is None:
             # The idle reader may be in a read: stopping it unregisters it from
             # the fd at once (it goes back to waiting for the lead).
-            self._reader_stopped = True
             self.link.interrupt()
         read = self.link.read
         try:
@@ -422,18 +419,10 @@ class Peer:
 
                         await wait_task_rescheduled(abort)
                         continue
-                    self._reader_stopped = False
                     try:
                         data = await read()
                     except Interrupted:
-                        continue
-                    except trio.ClosedResourceError:
-                        # On an fd, an interrupt wakes the read as a close does;
-                        # the link's own mark may be gone (the leader's read has
-                        # started), ours is not.
-                        if self._reader_stopped and self._error is None:
-                            continue
-                        raise
+                        continue  # a leader took over the reading
                     self._feed(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 # What is queued cannot go out either: without this, `aclose` would
