@@ -119,19 +119,29 @@ class _EchoSession(AgentSession):
 
     async def prompt(self, text: str, reply: Reply) -> None:
         agent = self._agent
-        words = text.split() * agent.repeat
+        # Each word is a chunk with its space (the last without), made before
+        # the loop, and a repeat shares the words' strings: a long stream
+        # measures the unit, not this loop, in the memory of a list.
+        before: list[str] = []
         if self._remember:
-            before = (self._previous or "").split()
-            if before:
-                words = ["(you", "said:", *before[:-1], before[-1] + ")", *words]
+            said = (self._previous or "").split()
+            if said:
+                before = ["(you", "said:", *said[:-1], said[-1] + ")"]
             self._previous = text
         if agent.ask is not None:
             answer = await reply.ask(agent.ask)
-            words = answer.split() + words
-        last = len(words) - 1
+            before = answer.split() + before
+        spaced = [word + " " for word in text.split()]
+        chunks = [word + " " for word in before] + spaced * agent.repeat
+        if not chunks:
+            return
+        chunks[-1] = chunks[-1][:-1]
         delay = agent.delay
         send = reply.send
-        for i, word in enumerate(words):
-            if delay:
+        if delay:
+            for chunk in chunks:
                 await trio.sleep(delay)
-            await send(word if i == last else word + " ")
+                await send(chunk)
+        else:
+            for chunk in chunks:
+                await send(chunk)

@@ -310,6 +310,72 @@ class TestDestroy:
             nursery.cancel_scope.cancel()
 
 
+class Burst(Agent):
+    """Sends "first", waits (shielded) for the test's `go`, then sends "x" until
+    cancelled, counting the sends that returned; with `own_cancel`, inside a
+    cancel scope of its own, cancelled before the first of them."""
+
+    info = latis_core.AgentInfo("burst", "1")
+
+    def __init__(self, own_cancel: bool = False) -> None:
+        self.own_cancel = own_cancel
+        self.go = trio.Event()
+        self.sent = 0
+
+    async def open_session(self, session_id, options):  # type: ignore[no-untyped-def]
+        return _BurstSession(self)
+
+
+class _BurstSession(AgentSession):
+    def __init__(self, agent: Burst) -> None:
+        self.agent = agent
+
+    async def prompt(self, text: str, reply: Reply) -> None:
+        agent = self.agent
+        await reply.send("first")
+        with trio.CancelScope(shield=True):
+            await agent.go.wait()
+        with trio.CancelScope() as own:
+            if agent.own_cancel:
+                own.cancel()
+            for _ in range(1000):
+                await reply.send("x")
+                agent.sent += 1
+
+
+class TestSendCancels:
+    async def test_the_prompts_cancel_stops_the_next_send(self) -> None:
+        """Once the unit has the prompt's cancel, the agent's next `send` raises
+        Cancelled: no chunk after it is sent."""
+        agent = Burst()
+        async with latis_core.open_unit(agent) as unit, trio.open_nursery() as nursery:
+            async with dial(unit, nursery) as client:
+                session = await client.create_session()
+                stream = session.prompt("go")
+                assert (await stream.__anext__()).text == "first"
+                stream.cancel_nowait()
+                await trio.testing.wait_all_tasks_blocked()  # the unit has the cancel
+                agent.go.set()
+                rest = [c.text async for c in stream]
+                assert stream.outcome == "cancelled"
+                assert agent.sent == 0
+                assert rest == ["x"]  # the one send that raised had sent its chunk
+            nursery.cancel_scope.cancel()
+
+    async def test_another_cancel_stops_a_send_loop_within_64_sends(self) -> None:
+        """A cancel from elsewhere (here the agent's own scope) is seen at a
+        checkpoint, which `send` is at least every 64 calls: a loop of sends ends."""
+        agent = Burst(own_cancel=True)
+        agent.go.set()
+        async with latis_core.open_unit(agent) as unit, trio.open_nursery() as nursery:
+            async with dial(unit, nursery) as client:
+                session = await client.create_session()
+                chunks = [c async for c in session.prompt("go")]
+                assert 0 <= agent.sent < 64
+                assert len(chunks) == 1 + agent.sent + 1
+            nursery.cancel_scope.cancel()
+
+
 class SlowSend(trio.abc.HalfCloseableStream):
     """A stream whose writes take a while and are lost if cancelled (like TLS's)."""
 

@@ -156,18 +156,22 @@ class Link:
         """
         self.cork(data)
 
-    def cork(self, data: bytes | memoryview) -> None:
+    def cork(self, data: bytes | memoryview) -> int:
         """Queue `data`; the flush task sends it once the caller yields.
+
+        Returns the bytes now queued (`buffered`).
 
         Raises:
             trio.BrokenResourceError: the stream has failed.
         """
         if self.error is not None:
             raise trio.BrokenResourceError("the stream has failed") from self.error
-        self._out += data
+        out = self._out
+        out += data
         if not self._flushing:
             self._flushing = True
             self._start_flush()
+        return len(out)
 
     def _start_flush(self) -> None:
         self._nursery.start_soon(self._flush)

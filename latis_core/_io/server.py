@@ -68,7 +68,7 @@ class ServerConnection:
         """End the connection after the messages already sent (a refused peer)."""
         self.ending = True
 
-    def _put(self, msg: Message, put: Callable[[bytes], None]) -> None:
+    def _put(self, msg: Message, put: Callable[[bytes], object]) -> None:
         frame = self._frame(msg)
         if frame is not None:
             self._write(frame, put)
@@ -84,7 +84,7 @@ class ServerConnection:
             log.error("not sent: %s", exc)
             return None
 
-    def _write(self, data: bytes, put: Callable[[bytes], None]) -> None:
+    def _write(self, data: bytes, put: Callable[[bytes], object]) -> None:
         try:
             put(data)
         except trio.BrokenResourceError:
