@@ -114,6 +114,7 @@ if TYPE_CHECKING:
     from latis_core._unit.unit import serve_unit as serve_unit
     from latis_core._version import __version__ as __version__
     from latis_core._wire.auth import Enrollment as Enrollment
+    from latis_core._wire.codec import chunk_of as chunk_of
     from latis_core._wire.codec import decode as decode
     from latis_core._wire.codec import encode as encode
     from latis_core._wire.connection import CLOSED as CLOSED
@@ -172,6 +173,7 @@ __all__ = [
     "ConnectionClosed",
     "Controller",
     "DaemonConfig",
+    "chunk_of",
     "decode",
     "default_config",
     "Dialer",
@@ -320,6 +322,7 @@ _WHERE: dict[str, str] = {
     "PythonAgent": "latis_agents.python",
     "connect_local": "latis_core._unit.local",
     "unit_command": "latis_core._unit.local",
+    "chunk_of": "latis_core._wire.codec",
     "decode": "latis_core._wire.codec",
     "encode": "latis_core._wire.codec",
     "CLOSED": "latis_core._wire.connection",

@@ -35,6 +35,7 @@ from latis_core import (
     StateSubscribe,
     StateUpdate,
     Violation,
+    chunk_of,
     encode_frame,
 )
 
@@ -502,6 +503,23 @@ class TestRequests:
         assert pair.cmdr.next_events() == [NEED_DATA]
         pair.cmdr.receive_data(b"")
         assert pair.cmdr.next_events() == [CLOSED]
+
+    def test_lazy_chunks_are_the_same_chunks_once_made(self, pair: ConnectionPair) -> None:
+        """With `lazy`, the plain chunks of a prompt in flight come as their checked
+        objects, which `chunk_of` makes the very chunks `next_events` gives; a
+        chunk with a kind, and one of a request not in flight, come as usual."""
+        pair.send(Role.CMDR, PromptSend(1, "s", "hi"))
+        replies = [ResponseChunk(1, 0, "a"), ResponseChunk(1, 1, "", "plan", {"steps": [1]}),
+                   ResponseChunk(1, 2, "c \"quoted\" é"), ResponseComplete(1, 3)]
+        wire = b"".join(pair.unit.send(m) for m in replies)
+        stray = frame_of(ResponseChunk(9, 0, "x"))
+        pair.cmdr.receive_data(wire + stray)
+        events = pair.cmdr.next_events(lazy=True)
+        assert [type(e) for e in events] == [dict, ResponseChunk, dict, ResponseComplete]
+        assert [chunk_of(e) if type(e) is dict else e for e in events] == replies
+        (violation, need) = pair.cmdr.next_events(lazy=True), pair.cmdr.next_events(lazy=True)
+        assert type(violation[0]) is Violation and violation[0].id == 9
+        assert need == [NEED_DATA]
 
     @pytest.mark.parametrize("streamed", [PromptSend(1, "s", "hi"), StateSubscribe(1)], ids=repr)
     def test_prompt_cancel(self, pair: ConnectionPair, streamed: Message) -> None:

@@ -56,6 +56,7 @@ from latis_core._io.link import HIGH_WATER, SPIN, Interrupted, Link, gathered, o
 from latis_core._io.server import HANDSHAKE_MAX_FRAME
 from latis_core._util import unwrap_group
 from latis_core._wire.auth import METHOD, is_challenge, new_challenge, prove, verify
+from latis_core._wire.codec import chunk_of
 from latis_core._wire.connection import CLOSED, NEED_DATA, Connection, Violation
 from latis_core._wire.frames import DEFAULT_MAX_FRAME
 from latis_core._wire.messages import (
@@ -315,6 +316,8 @@ class Peer:
         if w.over and len(events) <= self.queue_limit // 2:
             w.over = False
             self._unpause()
+        if type(ev) is dict:  # a plain chunk, queued as its object (`_feed`)
+            return chunk_of(ev)
         if isinstance(ev, BaseException):
             raise ev
         return ev
@@ -441,7 +444,9 @@ class Peer:
         # Waiters with a sink, told once the whole read is decoded: a batch a call.
         sinks: dict[_Waiter, None] = {}
         while True:
-            events = conn.next_events()
+            # (Plain chunks as their objects: made messages when taken, so a
+            # read's thousand chunks in a queue are no work for the GC.)
+            events = conn.next_events(lazy=True)
             ev: Any = events.pop()  # the chunks come first, then one event of another kind
             if events:
                 self._queue_chunks(events, sinks)
@@ -483,17 +488,19 @@ class Peer:
                 w.events.append(ev)
                 self._queued(w, sinks)
 
-    def _queue_chunks(self, chunks: list[ResponseChunk], sinks: dict[_Waiter, None]) -> None:
-        """Queue a read's chunks to their waiters (a run of one prompt's chunks
-        looks its waiter up once), then tell each waiter once. (A chunk is never
-        a request's final reply: no in-flight lookup.)"""
+    def _queue_chunks(self, chunks: list[Any], sinks: dict[_Waiter, None]) -> None:
+        """Queue a read's chunks (plain ones as their objects) to their waiters
+        (a run of one prompt's chunks looks its waiter up once), then tell each
+        waiter once. (A chunk is never a request's final reply: no in-flight
+        lookup.)"""
         waiters = self._waiters
         told: dict[_Waiter, None] = {}
         rid: Any = None
         w: _Waiter | None = None
         for chunk in chunks:
-            if chunk.id != rid or w is None:
-                rid = chunk.id
+            cid = chunk["id"] if type(chunk) is dict else chunk.id
+            if cid != rid or w is None:
+                rid = cid
                 w = waiters.get(rid)
                 if w is None or w.discard:
                     w = None
@@ -671,8 +678,11 @@ class ReplyStream:
             return []
         keep = 1 if w.final else 0  # the final reply is left to `__anext__`
         out: list[Any] = []
-        while len(events) > keep and len(out) < limit and type(events[0]) is cls:
-            out.append(events.popleft())
+        # (A plain chunk waits as its object: a dict.)
+        queued = (dict, cls) if cls is ResponseChunk else (cls,)
+        while len(events) > keep and len(out) < limit and type(events[0]) in queued:
+            ev = events.popleft()
+            out.append(chunk_of(ev) if type(ev) is dict else ev)
         if out and w.over and len(events) <= self._peer.queue_limit // 2:
             w.over = False
             self._peer._unpause()
@@ -686,9 +696,18 @@ class ReplyStream:
         per chunk, they cost more than the rest."""
         w = self._w
         count = self._count + 1
-        if count & 63 and len(w.events) > w.final and self.final is None:
+        events = w.events
+        if count & 63 and len(events) > w.final and self.final is None:
             self._count = count
-            return self._peer._pop(w)
+            ev = events.popleft()  # (`_pop`, inline: a call less a chunk)
+            if w.over and len(events) <= self._peer.queue_limit // 2:
+                w.over = False
+                self._peer._unpause()
+            if type(ev) is dict:
+                return chunk_of(ev)
+            if isinstance(ev, BaseException):
+                raise ev
+            return ev
         return NOT_HERE
 
     def on_ready(self, sink: Callable[[], object] | None) -> None:

@@ -25,7 +25,6 @@ Rules this module keeps (all of them live here):
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -38,8 +37,16 @@ from latis_core._errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from latis_core._wire.codec import decode, encode, encode_chunk, encode_text_chunk
-from latis_core._wire.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from latis_core._wire.codec import (
+    chunk_of,
+    decode,
+    decode_chunks,
+    decode_object,
+    encode,
+    encode_chunk,
+    encode_text_chunk,
+)
+from latis_core._wire.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame, pack_header
 from latis_core._wire.messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -151,6 +158,8 @@ _REQUEST_NAMES: Final = frozenset(
     cls.TYPE for role in Role for cls in _REQUESTS[role]
 )
 _KNOWN_NAMES: Final = frozenset(MESSAGE_TYPES)
+#: No requests in flight (`next_events` before the other side's hello).
+_NONE: Final[dict[Any, Any]] = {}
 #: Seconds of silence before a keep-alive `ping`, by default, on every connection.
 HEARTBEAT = 15.0
 #: Seconds that ping waits for any byte before the connection counts as dead.
@@ -310,7 +319,7 @@ class Connection:
             return CLOSED
         return self._event(payload)
 
-    def next_events(self) -> list[Any]:
+    def next_events(self, *, lazy: bool = False) -> list[Any]:
         """`next_event` until it returns something that is not a chunk, in one
         call: the chunks that come first, then that event (NEED_DATA or CLOSED
         once nothing else is left).
@@ -318,30 +327,49 @@ class Connection:
         Decoding stops at that event, so what the caller does with it (a
         request's end, say) is done before the frames after it are read, as
         with `next_event`; call again for those.
+
+        With `lazy`, a plain chunk of a prompt in flight comes as its JSON
+        object, checked (`codec.decode_chunks`): make it a `ResponseChunk` with
+        `codec.chunk_of` when it is taken. A reader that queues a read's chunks
+        so spares the garbage collector (the dicts are not tracked).
         """
         out: list[Any] = []
-        if not self._closed:
-            payloads = self._payloads
-            at = self._at
-            if at == len(payloads):
-                payloads = self._payloads = self._decoder.take_frames()
-                at = 0
-            event = self._event
-            for payload in payloads if at == 0 else itertools.islice(payloads, at, None):
-                ev = event(payload)
-                out.append(ev)
-                if type(ev) is not ResponseChunk:
-                    self._at = at + len(out)
-                    return out
-            self._payloads = ()
-            self._at = 0
-        out.append(self.next_event())
-        return out
+        if self._closed or not self._decode_run(out):
+            out.append(self.next_event())
+        return out if lazy else [chunk_of(e) if type(e) is dict else e for e in out]
 
-    def _event(self, payload: bytes) -> Any:
+    def _decode_run(self, out: list[Any]) -> bool:
+        """Decode the frames at hand into `out` (plain chunks as their objects)
+        up to the first event that is not a chunk: True if one was met (it is
+        last in `out`), False if every frame at hand is decoded."""
+        payloads = self._payloads
+        at = self._at
+        if at == len(payloads):
+            payloads = self._payloads = self._decoder.take_frames()
+            at = 0
+        # Plain chunks of prompts in flight, in one call; anything else by
+        # `_event`, which checks it in full.
+        prompts = self._sent if self.their_hello is not None else _NONE
+        end = len(payloads)
+        while at < end:
+            at, obj = decode_chunks(payloads, at, out, prompts, PromptSend)
+            if at == end:
+                break
+            ev = self._event(payloads[at], obj)
+            at += 1
+            out.append(ev)
+            if type(ev) is not ResponseChunk:
+                self._at = at
+                return True
+        self._payloads = ()
+        self._at = 0
+        return False
+
+    def _event(self, payload: bytes, obj: Any = None) -> Any:
+        """The event for `payload` (`obj`: the payload parsed already, if not None)."""
         msg: Any
         try:
-            msg = decode(payload)
+            msg = decode(payload) if obj is None else decode_object(obj)
         except RemoteProtocolError as exc:
             rid: Any = exc.request_id
             kind = exc.message_type
@@ -531,7 +559,10 @@ class Connection:
         """`send(ResponseChunk(rid, seq, text))`, without making the message when
         the chunk may go (a unit's hot path: a chunk of a prompt in flight)."""
         if not self._failed and self._hello_sent and self._received.get(rid) is PromptSend:
-            return encode_frame(encode_text_chunk(rid, seq, text), self.their_max_frame)
+            payload = encode_text_chunk(rid, seq, text)
+            size = len(payload)
+            if size <= self.their_max_frame:
+                return pack_header(size) + payload  # (`encode_frame`, inline)
         return self.send(ResponseChunk(rid, seq, text))
 
     def _send(self, msg: Any) -> bytes:

@@ -12,7 +12,7 @@ import struct
 
 from latis_core._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
-__all__ = ["DEFAULT_MAX_FRAME", "HEADER_SIZE", "FrameDecoder", "encode_frame"]
+__all__ = ["DEFAULT_MAX_FRAME", "HEADER_SIZE", "FrameDecoder", "encode_frame", "pack_header"]
 
 #: The default limit on a frame's payload, in bytes (16 MiB).
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
@@ -20,7 +20,8 @@ DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 HEADER_SIZE = 4
 
 _HEADER = struct.Struct(">I")
-_pack_header = _HEADER.pack
+#: The length prefix of a payload of `size` bytes (no limit checked: see `encode_frame`).
+pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 
 
@@ -36,7 +37,7 @@ def encode_frame(payload: bytes, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
             f"a {size}-byte frame is over the limit of {max_size} bytes",
             ErrorCode.FRAME_TOO_LARGE,
         )
-    return _pack_header(size) + payload
+    return pack_header(size) + payload
 
 
 class FrameDecoder:
@@ -77,37 +78,41 @@ class FrameDecoder:
         """Add bytes received from the stream. Never raises."""
         if self._error is not None or not data:
             return
+        limit = self.max_size
         tail = self._tail
         if tail:
             tail += data
-            data = tail
-        frames = self._frames
-        limit = self.max_size
+            if len(tail) < 4:
+                return
+            (size,) = _unpack_header(tail, 0)
+            if size <= limit and len(tail) < 4 + size:
+                return  # a large frame, arriving in slices: not copied until whole
+            data = bytes(tail)
+            tail.clear()
+        else:
+            # One copy of what was read (the caller's buffer may be reused);
+            # each frame is then one slice of it.
+            data = bytes(data)
+        append = self._frames.append
         end_all = len(data)
         pos = 0
-        with memoryview(data) as view:
-            while end_all - pos >= 4:
-                (size,) = _unpack_header(view, pos)
-                if size > limit:
-                    self._error = RemoteProtocolError(
-                        f"frame of {size} bytes is over the limit of {limit} bytes",
-                        ErrorCode.FRAME_TOO_LARGE,
-                    )
-                    pos = end_all
-                    break
-                end = pos + 4 + size
-                if end > end_all:
-                    break
-                frames.append(view[pos + 4 : end].tobytes())
-                pos = end
-            if data is not tail:
-                # The caller's buffer may be reused: keep a copy of the partial frame.
-                if pos < end_all:
-                    tail += view[pos:]
+        while end_all - pos >= 4:
+            (size,) = _unpack_header(data, pos)
+            if size > limit:
+                self._error = RemoteProtocolError(
+                    f"frame of {size} bytes is over the limit of {limit} bytes",
+                    ErrorCode.FRAME_TOO_LARGE,
+                )
                 return
-        # A large frame arrives in many slices: trim in place, never copy it whole again.
-        if pos:
-            del tail[:pos]
+            start = pos + 4
+            end = start + size
+            if end > end_all:
+                break
+            append(data[start:end])
+            pos = end
+        if pos < end_all:
+            with memoryview(data) as view:
+                tail += view[pos:]
 
     def take_frames(self) -> list[bytes]:
         """Every whole payload not yet taken, in order (empty when none). A
