@@ -55,9 +55,10 @@ class Reply(Protocol):
     ) -> None:
         """Send one chunk: text, or with `kind` a typed chunk (a tool call, a plan, ...).
 
-        Waits when the controller reads slower than the agent writes. A
-        cancel point on every call; it lets other tasks run at least every
-        64 calls.
+        Waits when the controller reads slower than the agent writes. The
+        prompt's cancel (`prompt.cancel`, its session's end) raises
+        `trio.Cancelled` at the next call; every 64th call is a full
+        checkpoint (a cancel from elsewhere, other tasks' turn).
         """
         ...
 
