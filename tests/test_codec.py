@@ -31,9 +31,11 @@ from latis_core import (
     StateGet,
     StateSubscribe,
     StateUpdate,
+    chunk_of,
     decode,
     encode,
 )
+from latis_core._wire.codec import decode_chunks
 from latis_core._wire.messages import MESSAGE_TYPES
 
 #: Hand-written examples: each type at least once with its optional fields
@@ -515,6 +517,33 @@ class TestNoSilentConversion:
         with pytest.raises(RemoteProtocolError) as info:
             decode(orjson.dumps(obj))
         assert info.value.code is ErrorCode.BAD_MESSAGE
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"type": "response.chunk", "id": True, "seq": 2, "text": "x"},
+            {"type": "response.chunk", "id": 1.0, "seq": 2, "text": "x"},
+            {"type": "response.chunk", "id": "1", "seq": 2, "text": "x"},
+            {"type": "response.chunk", "id": 1, "seq": 2.0, "text": "x"},
+            {"type": "response.chunk", "id": 1, "seq": 2, "text": 7},
+            {"type": "response.chunk", "id": 9, "seq": 0, "text": "x"},
+            {"type": "response.chunk", "id": 1, "seq": 2, "text": "x", "kind": "plan"},
+        ],
+        ids=repr,
+    )
+    def test_a_run_of_chunks_stops_at_the_first_that_is_not_a_plain_chunk_in_flight(
+        self, bad: dict[str, Any]
+    ) -> None:
+        """`decode_chunks` takes the plain chunks of prompts in flight (as their
+        objects) and stops at anything else, even right after chunks of the same
+        prompt: an id equal to theirs but of another kind, a field of the wrong
+        kind, a prompt not in flight, a chunk with a kind."""
+        good = [{"type": "response.chunk", "id": 1, "seq": n, "text": "x"} for n in range(2)]
+        payloads = [orjson.dumps(o) for o in [*good, bad, *good]]
+        out: list[Any] = []
+        at, obj = decode_chunks(payloads, 0, out, {1: PromptSend}, PromptSend)
+        assert (at, obj, out) == (2, bad, good)
+        assert [chunk_of(o) for o in out] == [ResponseChunk(1, n, "x") for n in range(2)]
 
     def test_kinds_kept(self) -> None:
         """Integer and string ids stay what they were: 5 and "5" are different requests."""

@@ -16,7 +16,14 @@ import trio.testing
 from latis_transports import socket_stream_pair
 
 import latis_core
-from latis_core import ConnectError, ConnectionClosed, EchoAgent, ErrorCode, FrameDecoder
+from latis_core import (
+    ConnectError,
+    ConnectionClosed,
+    EchoAgent,
+    ErrorCode,
+    FrameDecoder,
+    ResponseChunk,
+)
 from latis_core._io.link import FdLink, Interrupted, gathered, open_link
 
 Handler = Callable[["FakeUnit", dict[str, Any]], Awaitable[None]]
@@ -551,6 +558,10 @@ class TestClosing:
                 before = ticks
                 read = [await stream.__anext__() for _ in range(640)]
                 assert [c.seq for c in read] == list(range(first.seq + 1, 641))
+                # Made from their objects as they are taken: the very chunks sent.
+                words = "a b c d e f g h i j".split()
+                assert read == [ResponseChunk(stream.id, c.seq, words[c.seq % 10] + " ")
+                                for c in read]
                 assert ticks - before >= 640 // 64 - 1
                 with trio.CancelScope() as scope:
                     scope.cancel()

@@ -620,6 +620,7 @@ class Peer:
 
 #: `ReplyStream._next_here`: no reply to take at once.
 NOT_HERE: Final = object()
+_new = object.__new__
 
 
 class ReplyStream:
@@ -703,8 +704,13 @@ class ReplyStream:
             if w.over and len(events) <= self._peer.queue_limit // 2:
                 w.over = False
                 self._peer._unpause()
-            if type(ev) is dict:
-                return chunk_of(ev)
+            if type(ev) is dict:  # (`chunk_of`, inline)
+                chunk = _new(ResponseChunk)
+                chunk.id = ev["id"]
+                chunk.seq = ev["seq"]
+                chunk.text = ev["text"]
+                chunk.kind = chunk.data = None
+                return chunk
             if isinstance(ev, BaseException):
                 raise ev
             return ev

@@ -273,6 +273,8 @@ _hooks["hello"] = (Hello, _hello_hook(converter.get_structure_hook(Hello)))
 _dumps = orjson.dumps
 _new = object.__new__
 _loads = orjson.loads
+#: No id at all (`decode_chunks` before its first chunk).
+_NONE: Any = object()
 
 
 def encode(msg: Message) -> bytes:
@@ -355,6 +357,10 @@ def decode_chunks(
     `decode_object`), else None (`decode` it to learn what is wrong).
     """
     loads = _loads
+    append = out.append
+    # The id last found in flight: a run of one prompt's chunks is looked up
+    # once (nothing in this call can end it: a chunk is never a final reply).
+    known: Any = _NONE
     for i in range(at, len(payloads)):
         try:
             obj = loads(payloads[i])
@@ -364,11 +370,12 @@ def decode_chunks(
             id_ = obj.get("id")
             if (
                 (type(id_) is int or type(id_) is str)
+                and (id_ == known or prompts.get(id_) is kind)
                 and type(obj.get("seq")) is int
                 and type(obj.get("text")) is str
-                and prompts.get(id_) is kind
             ):
-                out.append(obj)
+                known = id_
+                append(obj)
                 continue
         return i, obj
     return len(payloads), None
