@@ -511,14 +511,27 @@ class TestCancel:
         """A prompt cancelled while the server has not answered yet closes the connection too;
         the history records the question and an interrupted, empty answer."""
 
+        asked = trio.Event()
+
         async def slow(request: StubRequest, response: StubResponse) -> None:
+            asked.set()
             await trio.sleep(30)
 
         async with open_stub(slow) as stub, openai_unit(stub) as unit:
             session = await unit.session()
             stream = session.prompt("Take your time")
-            with trio.move_on_after(0.3):
-                await collect(stream)
+            # Cancelled once the server has the question (not after a fixed time:
+            # on a busy machine the unit's first request may take longer).
+            with trio.move_on_after(20) as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_when_asked() -> None:
+                        await asked.wait()
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_when_asked)
+                    await collect(stream)
+            assert asked.is_set()
             assert stream.outcome == "cancelled"
             with trio.fail_after(2):
                 await stub.requests[0].disconnected.wait()
