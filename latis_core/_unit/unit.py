@@ -205,8 +205,8 @@ class _Run:
             await self._attached.wait()
             return
         # The prompt's own cancel (`prompt.cancel`, its session's end) is seen
-        # on every call, with a look at its scope; any other, and other tasks'
-        # turn, every 64th call, at a checkpoint: trio's check per call was a
+        # on every call, by the run's flag; any other, and other tasks' turn,
+        # every 64th call, at a checkpoint: trio's check on every call was a
         # sixth of what a unit spent per chunk.
         sends = self._sends = self._sends + 1
         if sends & 63 and not self.cancelled:
