@@ -620,7 +620,6 @@ class Peer:
 
 #: `ReplyStream._next_here`: no reply to take at once.
 NOT_HERE: Final = object()
-_new = object.__new__
 
 
 class ReplyStream:
@@ -697,23 +696,9 @@ class ReplyStream:
         per chunk, they cost more than the rest."""
         w = self._w
         count = self._count + 1
-        events = w.events
-        if count & 63 and len(events) > w.final and self.final is None:
+        if count & 63 and len(w.events) > w.final and self.final is None:
             self._count = count
-            ev = events.popleft()  # (`_pop`, inline: a call less a chunk)
-            if w.over and len(events) <= self._peer.queue_limit // 2:
-                w.over = False
-                self._peer._unpause()
-            if type(ev) is dict:  # (`chunk_of`, inline)
-                chunk = _new(ResponseChunk)
-                chunk.id = ev["id"]
-                chunk.seq = ev["seq"]
-                chunk.text = ev["text"]
-                chunk.kind = chunk.data = None
-                return chunk
-            if isinstance(ev, BaseException):
-                raise ev
-            return ev
+            return self._peer._pop(w)
         return NOT_HERE
 
     def on_ready(self, sink: Callable[[], object] | None) -> None:
