@@ -194,6 +194,33 @@ class TestDailyFlow:
         assert seen_aside(home.json("status")) == seen_aside(home.json("--no-color", "status"))
         assert "What runs where" in home.ok("status", "--help").stdout
 
+    def test_prompt_text_alone_does_what_the_parsed_command_does(self, home: Home) -> None:
+        """`latis prompt TEXT` alone on the command line runs before the parser is built
+        (it is the command run most); with a global option first it goes through the
+        parser: the same answer on the same current session, the same refusals, and
+        options after `prompt` still work."""
+        home.add_slow_unit(delay="0")
+        sid = home.ok("session", "new", "--unit", "slow").stdout.strip()
+        fast, parsed = home.ok("prompt", "one two"), home.ok("--no-color", "prompt", "one two")
+        assert fast.stdout == parsed.stdout == "one two\n"
+        assert fast.stderr == parsed.stderr == ""
+        shown = home.json("session", "show", sid)
+        assert [p["answer"] for p in shown["prompts"]] == ["one two", "one two"]
+        for text in ("", "  "):
+            quick, slow = home.run("prompt", text), home.run("--no-color", "prompt", text)
+            assert quick.returncode == slow.returncode == 2  # usage
+            assert quick.stderr == slow.stderr == "latis: the prompt is empty; nothing was sent\n"
+        # ... and the short form is short: the parser's package is not even imported.
+        imports = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "latis_cli", "prompt", ""],
+            capture_output=True, text=True, env=home.env, cwd=home.path, timeout=60,
+        ).stderr
+        assert "latis_cli._answer" in imports and "cyclopts" not in imports
+        # Not the short form: the parser reads the options.
+        first = home.ok("prompt", "--json", "three").stdout.splitlines()[0]
+        assert json.loads(first) == {"type": "session", "session": sid}
+        assert "Send a prompt" in home.ok("prompt", "--help").stdout
+
     def test_ctrl_c_cancels_the_prompt_on_the_unit(self, home: Home) -> None:
         """SIGINT mid-stream cancels the prompt on the unit: it stops, the session is idle."""
         home.add_slow_unit(delay="0.1")
