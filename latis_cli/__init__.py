@@ -36,6 +36,7 @@ def main() -> None:
 
         text = args[1]
         guard(lambda: send_prompt(text))
-    from ._app import app
+    from ._app import app, load_commands
 
+    load_commands(args)
     guard(app.meta)

@@ -221,6 +221,28 @@ class TestDailyFlow:
         assert json.loads(first) == {"type": "session", "session": sid}
         assert "Send a prompt" in home.ok("prompt", "--help").stdout
 
+    def test_a_command_line_loads_only_its_command(self, home: Home) -> None:
+        """A command's module is imported when it runs: `latis session ls` loads no
+        other command's. Help on them all still gives each one's summary, with or
+        without global options first, and so does a word that is no command."""
+        run = ("import atexit, sys; atexit.register(lambda: print(*sorted(m for m in sys.modules"
+               " if m.startswith('latis_cli.')), file=sys.stderr)); sys.argv = ['latis', "
+               "'--no-color', 'session', 'ls']; from latis_cli import main; main()")
+        modules = subprocess.run(
+            [sys.executable, "-c", run], capture_output=True, text=True, env=home.env,
+            cwd=home.path, timeout=60,
+        ).stderr.split()
+        assert "latis_cli._sessions" in modules
+        assert "latis_cli._coordinate" not in modules and "latis_cli._units" not in modules
+        summaries = ("Follow a session's last prompt", "Stored coordinations", "The agents "
+                     "behind the units", "What runs where")
+        for args in (["--help"], ["--debug", "--config", "latis.toml", "-h"], ["help"]):
+            shown = home.ok(*args).stdout
+            assert all(summary in shown for summary in summaries), (args, shown)
+        assert "rotate" in home.ok("unit", "--help").stdout  # (`_enrollments`' commands)
+        wrong = home.run("sesion", "ls")
+        assert wrong.returncode == 2 and "session" in wrong.stderr + wrong.stdout
+
     def test_ctrl_c_cancels_the_prompt_on_the_unit(self, home: Home) -> None:
         """SIGINT mid-stream cancels the prompt on the unit: it stops, the session is idle."""
         home.add_slow_unit(delay="0.1")
