@@ -84,12 +84,11 @@ _COMMANDS = [
     ("_daemon:daemon", ["daemon"]),
     ("_image:image_app", ["image"]),
     ("_web:web", ["web"]),  # (the web server: imported by the daemon)
+    ("_completion:install_completion", ["--install-completion"]),
 ]
 for _path, _names in _COMMANDS:
     app.command(f"latis_cli.{_path}", name=_names)
 _NAMES = frozenset(name for _, names in _COMMANDS for name in names)
-
-app.register_install_completion_command()
 
 
 @app.command(name="help")

@@ -226,7 +226,8 @@ class TestDailyFlow:
         other command's. Help on them all still gives each one's summary, with or
         without global options first, and so does a word that is no command."""
         run = ("import atexit, sys; atexit.register(lambda: print(*sorted(m for m in sys.modules"
-               " if m.startswith('latis_cli.')), file=sys.stderr)); sys.argv = ['latis', "
+               " if m.startswith(('latis_cli.', 'cyclopts.completion'))), file=sys.stderr));"
+               " sys.argv = ['latis', "
                "'--no-color', 'session', 'ls']; from latis_cli import main; main()")
         modules = subprocess.run(
             [sys.executable, "-c", run], capture_output=True, text=True, env=home.env,
@@ -234,12 +235,20 @@ class TestDailyFlow:
         ).stderr.split()
         assert "latis_cli._sessions" in modules
         assert "latis_cli._coordinate" not in modules and "latis_cli._units" not in modules
+        assert "cyclopts.completion.install" not in modules
         summaries = ("Follow a session's last prompt", "Stored coordinations", "The agents "
                      "behind the units", "What runs where")
         for args in (["--help"], ["--debug", "--config", "latis.toml", "-h"], ["help"]):
             shown = home.ok(*args).stdout
             assert all(summary in shown for summary in summaries), (args, shown)
         assert "rotate" in home.ok("unit", "--help").stdout  # (`_enrollments`' commands)
+        script = home.path / "completion.bash"
+        subprocess.run(  # (it adds its loader to ~/.bashrc: this home's)
+            [*LATIS, "--install-completion", "--shell", "bash", "--output", str(script)],
+            env={**home.env, "HOME": str(home.path)}, cwd=home.path, capture_output=True,
+            timeout=60, check=True,
+        )
+        assert all(word in script.read_text() for word in ("coordination", "rotate", "attach"))
         wrong = home.run("sesion", "ls")
         assert wrong.returncode == 2 and "session" in wrong.stderr + wrong.stdout
 
