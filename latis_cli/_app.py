@@ -63,7 +63,8 @@ app = App(
     help_epilogue="Docs: README.md, docs/config.md, PROTOCOL.md.",
 )
 # Each command's module is imported when the command runs (or its help is
-# shown): a command line builds only the command it names (~25 ms less).
+# shown): a command line builds only the command it names (`latis session ls`:
+# ~187 -> ~125 ms).
 _COMMANDS = [
     ("_prompt:prompt", ["prompt"]),
     ("_prompt:attach", ["attach"]),
