@@ -425,6 +425,48 @@ class TestHub:
             assert sink not in script
 
 
+class TestConnections:
+    async def test_a_flood_of_silent_connections_is_bounded_and_closed(
+        self, home: Path
+    ) -> None:
+        """Forty connections from one address that never send a byte: the
+        dashboard holds at most its per-address bound of them open, serves a
+        browser from another address meanwhile, and closes the silent ones
+        within seconds (hypercorn's wait for a first request), so the slots
+        come back."""
+        config = CONFIG + "[web]\nmax_connections = 32\nmax_connections_per_host = 8\n"
+        async with dashboard(config) as (daemon, info):
+            flood = [await trio.open_tcp_stream("127.0.0.1", info["port"],
+                                                local_address="127.0.0.2")
+                     for _ in range(40)]
+
+            def seen() -> dict:
+                return dict(daemon.web.describe(started=True)["connections"])
+
+            with trio.fail_after(10):
+                while seen()["open"] + seen()["waiting"] < 40:
+                    await trio.sleep(0.02)
+            assert seen()["open"] == 8 and seen()["waiting"] == 32
+            async with bearer(info) as client:  # from 127.0.0.1: its own slots
+                assert (await client.get("/api/v1/hello")).status_code == 200
+            assert seen()["open"] <= 9
+            # Silent past hypercorn's 5 s for a first request: closed, the slots
+            # taken by those that waited, and those closed in turn.
+            with trio.fail_after(20):
+                while seen()["open"] or seen()["waiting"]:
+                    await trio.sleep(0.1)
+            closed = 0
+            for stream in flood:
+                with trio.move_on_after(1):
+                    try:
+                        closed += await stream.receive_some(1) == b""
+                    except trio.BrokenResourceError:
+                        closed += 1
+                await stream.aclose()
+            assert closed == 40
+            assert seen()["accepted"] >= 9
+
+
 class TestTls:
     async def test_a_non_loopback_address_needs_tls(self, home: Path) -> None:
         """Off loopback, the dashboard is refused without TLS (and says so); with it,
@@ -531,6 +573,9 @@ class TestConfig:
         text = str(caught.value)
         assert "<config>:2: web.port: expected a port number" in text
         assert "<config>:3: web.bind: unknown key" in text
+        with pytest.raises(ConfigError, match=r"<config>:2: web.max_connections_per_host: "
+                           "expected a whole number of connections, at least 1"):
+            parse_config("[web]\nmax_connections_per_host = 0\n")
         assert parse_config("").web.enabled is False
 
 

@@ -13,7 +13,8 @@ __all__ = ["DEFAULT_PORT", "WebConfig", "is_loopback", "parse_web"]
 
 #: The dashboard's port unless `[web] port` or `latis web --port` says otherwise.
 DEFAULT_PORT = 8340
-_KEYS = ("enabled", "host", "port", "tls", "names")
+_KEYS = ("enabled", "host", "port", "tls", "names", "max_connections",
+         "max_connections_per_host")
 
 
 @attrs.frozen
@@ -29,6 +30,10 @@ class WebConfig:
         names: the host names and addresses browsers use to reach the page
             (the certificate's names, and the only `Host` headers accepted
             besides loopback's).
+        max_connections: connections open at once at most; one past it waits
+            a few seconds for a slot, then is closed.
+        max_connections_per_host: the same, for one client address (loopback
+            is one address: every local browser and script shares it).
     """
 
     enabled: bool = False
@@ -36,6 +41,8 @@ class WebConfig:
     port: int = DEFAULT_PORT
     tls: bool = False
     names: tuple[str, ...] = ()
+    max_connections: int = 256
+    max_connections_per_host: int = 64
 
 
 def is_loopback(host: str) -> bool:
@@ -72,6 +79,11 @@ def parse_web(value: object) -> tuple[WebConfig, list[tuple[tuple[str, ...], str
         elif key == "port":
             if type(item) is not int or not 0 <= item <= 65535:
                 problems.append(((key,), "expected a port number from 0 to 65535"))
+            else:
+                fields[key] = item
+        elif key in ("max_connections", "max_connections_per_host"):
+            if type(item) is not int or item < 1:
+                problems.append(((key,), "expected a whole number of connections, at least 1"))
             else:
                 fields[key] = item
         elif type(item) is not list or any(type(n) is not str or not n for n in item):

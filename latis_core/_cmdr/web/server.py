@@ -25,7 +25,9 @@ import trio
 
 from latis_core._cmdr.web.auth import Keys, load_token, new_token
 from latis_core._cmdr.web.config import WebConfig, is_loopback
+from latis_core._cmdr.web.listener import serve_web, web_gate
 from latis_core._errors import ErrorCode, RequestError
+from latis_core._io.accept import ListenerStats
 from latis_core._util import leaves
 
 if TYPE_CHECKING:
@@ -63,6 +65,10 @@ class WebServer:
         self.hub: Hub | None = None
         self._scope = trio.CancelScope()
         self.done = trio.Event()
+        #: Connections: open at once in all and per address (`[web] max_connections`,
+        #: `max_connections_per_host`), and counted as accepted or refused.
+        self.gate = web_gate(settings.max_connections, settings.max_connections_per_host)
+        self.stats = ListenerStats()
 
     @property
     def names(self) -> list[str]:
@@ -100,7 +106,6 @@ class WebServer:
             RequestError: (bad_message) the address needs TLS, or cannot be listened on.
         """
         import hypercorn.config
-        import hypercorn.trio
 
         from latis_core._cmdr.web.app import create_app
         from latis_core._cmdr.web.events import Hub
@@ -128,14 +133,13 @@ class WebServer:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     try:
-                        binds = await nursery.start(
-                            functools.partial(hypercorn.trio.serve, app, config)
-                        )
-                    except* OSError as group:  # (hypercorn's nurseries wrap it, twice)
+                        ports = await nursery.start(functools.partial(
+                            serve_web, app, config, self.gate, self.stats))
+                    except* OSError as group:  # (found bare or in a group: trio's start)
                         failed = next(e for e in leaves(group) if isinstance(e, OSError))
                         nursery.cancel_scope.cancel()
                     else:
-                        port = int(binds[0].rsplit(":", 1)[1])
+                        port = ports[0]
                         scheme = "https" if settings.tls else "http"
                         self.keys = Keys(token, port, settings.tls, frozenset(self.names))
                         self.url = f"{scheme}://{self.names[0]}:{port}/"
@@ -179,6 +183,8 @@ class WebServer:
             "ca": self.ca,
             "started": started,
             "pid": os.getpid(),
+            "connections": {"open": self.gate.pending, "waiting": self.gate.waiting,
+                            **self.stats.as_dict()},
         }
 
 
