@@ -129,6 +129,15 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time `pid` has used (user and system, all its threads), in seconds."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -334,8 +343,8 @@ async def bare_fanout(units: list[latis_core.UnitClient]) -> None:
             nursery.start_soon(one, unit)
 
 
-async def daemon_rows(sizes: Sizes, units: UnitProcs) -> dict[str, Any]:
-    """Everything measured against the daemon and the unit processes."""
+async def daemon_rows(sizes: Sizes, units: UnitProcs, pid: int | None) -> dict[str, Any]:
+    """Everything measured against the daemon (process `pid`) and the unit processes."""
     out: dict[str, Any] = {}
     names = units.names
     async with AsyncExitStack() as stack:
@@ -368,14 +377,17 @@ async def daemon_rows(sizes: Sizes, units: UnitProcs) -> dict[str, Any]:
 
         straight = await gather(sizes.streams, lambda i: direct[i % len(direct)].create_session())
         through = held[: sizes.streams]
-        out["streams"] = {"direct": [], "daemon": []}
+        out["streams"] = {"direct": [], "daemon": [], "cpu_us": []}
         for r in range(sizes.rounds):
             log(
                 f"{sizes.streams} streams of {sizes.chunks} chunks, straight then through the "
                 f"daemon, round {r + 1}/{sizes.rounds}"
             )
             out["streams"]["direct"].append(await stream_p99(sizes, straight))
+            cpu0 = cpu_seconds(pid)
             out["streams"]["daemon"].append(await stream_p99(sizes, through))
+            chunks = sizes.streams * sizes.chunks
+            out["streams"]["cpu_us"].append((cpu_seconds(pid) - cpu0) / chunks * 1e6)
 
         log(f"fan-out to {len(names)} latis-unit processes, {sizes.fanout_rounds} rounds")
 
@@ -458,7 +470,7 @@ def fleet_section(sizes: Sizes, latis: list[str]) -> dict[str, Any]:
         home.write("latis.toml", units.config())
         home.__enter__()  # the daemon (over those units) and `local`; `close` ends them
         os.environ["LATIS_HOME"] = home.path
-        out = trio.run(daemon_rows, sizes, units)
+        out = trio.run(daemon_rows, sizes, units, home.daemon_pid())
         pid = home.daemon_pid()
         out["daemon_rss_kib"] = rss_kib(pid) if pid else None
         out["cli"] = cli_rows(sizes, home, latis)
@@ -716,6 +728,16 @@ def build_rows(sizes: Sizes, raw: dict[str, Any]) -> list[dict[str, Any]]:
         "<= 3x",
         daemon_p99 <= 3 * direct_p99,
     )
+    row(
+        "chunk_cpu",
+        "the daemon's CPU (all its threads, user and system) per chunk of those "
+        "streams (the ticks of /proc: ~10 ms each)",
+        None,
+        med(streams["cpu_us"]),
+        "us",
+        "-",
+        None,
+    )
     added = {}
     for key, held in (("added_small", fleet["held_small"]), ("added_big", fleet["held"])):
         d, c = med(fleet[key]["direct"]), med(fleet[key]["daemon"])
@@ -881,7 +903,8 @@ def render(sizes: Sizes, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str
     lines += [
         "",
         f"per-round values: streams p99 straight {fmt_list(fleet['streams']['direct'])}, "
-        f"through {fmt_list(fleet['streams']['daemon'])}; fan-out (procs) bare "
+        f"through {fmt_list(fleet['streams']['daemon'])}, the daemon's CPU per chunk "
+        f"{fmt_list(fleet['streams']['cpu_us'])} us; fan-out (procs) bare "
         f"{fmt_list(fleet['fanout_procs']['bare'])}, latis "
         f"{fmt_list(fleet['fanout_procs']['latis'])}",
         f"daemon RSS with {fleet['held']} sessions held: {fleet['daemon_rss_kib'] or 0} KiB",

@@ -26,7 +26,7 @@ def test_load_short_prints_every_target() -> None:
     (issue 13's targets; no number is checked here)."""
     table, doc = run_benchmark("load.py", "--short", timeout=590)
     rows = doc["rows"]
-    names = ["chunk_p99", "added_small", "added_big", "added_flat", "fanout_procs",
+    names = ["chunk_p99", "chunk_cpu", "added_small", "added_big", "added_flat", "fanout_procs",
              "fanout_inproc", "cli_prompt", "dialin_first", "dialin_back", "dialin_kib",
              "status_storm", "config_parse", "unit_add"]
     assert list(rows) == names
