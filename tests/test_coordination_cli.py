@@ -314,7 +314,10 @@ def test_max_hops_zero_routes_nothing(team: Team) -> None:
             ["-a", "a", "--strategy", "nosuch"],
             "unknown strategy 'nosuch' (known: lead, parallel, pipeline, roundtable)",
         ),
-        (["-a", "a,a", "--require", "3"], "require 3: there are 2 agents"),
+        (
+            ["-a", "a,a", "--require", "3"],
+            "require 3: the task has 2 agents (require 1 to 2, any or all)",
+        ),
         (
             ["-a", "a", "--rounds", "2"],
             "strategy parallel: no option 'rounds' (it takes merge_with)",

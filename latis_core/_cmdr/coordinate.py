@@ -197,7 +197,9 @@ def parse_require(require: str, agents: int) -> int:
     except ValueError:
         raise ValueError(f"require must be all, any or a number, not {require!r}") from None
     if not 1 <= needed <= agents:
-        raise ValueError(f"require {needed}: there are {agents} agents")
+        count = "1 agent" if agents == 1 else f"{agents} agents"
+        raise ValueError(f"require {needed}: the task has {count} (require 1 to {agents}, "
+                         "any or all)")
     return needed
 
 
