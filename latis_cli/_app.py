@@ -11,6 +11,8 @@ from cyclopts import App, Parameter
 
 from latis_core import __version__
 
+from ._cmdr import USAGE
+
 HELP = """A control plane for AI agents that run anywhere.
 
 Common commands:
@@ -138,6 +140,12 @@ def launcher(
     if debug:
         os.environ["LATIS_DEBUG"] = "1"
     if config is not None:
+        if not config.is_file():
+            # Said here, for every command: those that do not read the config
+            # (status, session ls) would otherwise go on as if it were not named.
+            why = "is not a file" if config.exists() else "does not exist"
+            print(f"latis: {config}: config file {why} (named by --config)", file=sys.stderr)
+            return USAGE
         os.environ["LATIS_CONFIG"] = str(config.resolve())
     if no_color:
         os.environ["NO_COLOR"] = "1"

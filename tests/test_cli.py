@@ -252,6 +252,19 @@ class TestDailyFlow:
         wrong = home.run("sesion", "ls")
         assert wrong.returncode == 2 and "session" in wrong.stderr + wrong.stdout
 
+    def test_a_config_that_is_not_there_is_refused_by_every_command(self, home: Home) -> None:
+        """`--config PATH` naming no file is a usage error (exit 2, the path said),
+        also for the commands that do not read the config (`status`, `session ls`:
+        they would otherwise answer as if it were not named)."""
+        for args in (["status"], ["session", "ls"], ["prompt", "hi"], ["unit", "add", "x"]):
+            result = home.run("--config", "nope.toml", *args)
+            assert result.returncode == 2, (args, result.stderr)
+            assert result.stderr == (
+                "latis: nope.toml: config file does not exist (named by --config)\n")
+        folder = home.run("--config", str(home.path), "status")
+        assert folder.returncode == 2 and "config file is not a file" in folder.stderr
+        assert not (home.path / "nope.toml").exists()
+
     def test_ctrl_c_cancels_the_prompt_on_the_unit(self, home: Home) -> None:
         """SIGINT mid-stream cancels the prompt on the unit: it stops, the session is idle."""
         home.add_slow_unit(delay="0.1")
