@@ -7,6 +7,7 @@ run from here without building the command line's parser (`latis_cli.main`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -170,7 +171,8 @@ async def _send(
             print(f"detached: latis attach {session.id}", file=sys.stderr)
         await cmdr.aclose()
         return OK
-    return await _stream(stream, as_json, session.id, cmdr.aclose)
+    return await _stream(stream, as_json, session.id, cmdr.aclose,
+                         prompt_id=functools.partial(_running_prompt, cmdr, session.id))
 
 
 async def _run_attach(
@@ -184,7 +186,8 @@ async def _run_attach(
     session = cmdr.session(session_id)
     with _where(session_id, info.get("unit")):
         stream = await session.reattach(last["id"], after=None if after < 0 else after)
-        return await _stream(stream, as_json, session_id, cmdr.aclose, key)
+        return await _stream(stream, as_json, session_id, cmdr.aclose, key,
+                             prompt_id=functools.partial(_constant, last["id"]))
 
 
 @contextmanager
@@ -209,17 +212,31 @@ def _where(session_id: str, unit: str | None) -> Iterator[None]:
 WAITING = ERROR
 
 
+async def _running_prompt(cmdr: latis_core.DaemonClient, session_id: str) -> int | None:
+    """The id of the prompt session `session_id` runs (its last), if it has one."""
+    info = await cmdr.session_get(session_id)
+    last = info.get("last_prompt") if info else None
+    return int(last["id"]) if last else None
+
+
+async def _constant(value: int) -> int:
+    return value
+
+
 async def _stream(
     stream: latis_core.PromptStream,
     as_json: bool,
     session_id: str,
     leave: Callable[[], Awaitable[None]],
     detach_key: bytes | None = None,
+    *,
+    prompt_id: Callable[[], Awaitable[int | None]],
 ) -> int:
     """Print a prompt's answer as it comes; Ctrl-C cancels it; questions are asked here.
 
     `leave` drops the connection so that the prompt runs on (detach key, or a
-    question stdin cannot answer).
+    question stdin cannot answer); `prompt_id` finds the prompt's id in cmdr
+    (for a question's inbox id: the daemon's stream does not carry it).
     """
     import trio
 
@@ -261,7 +278,9 @@ async def _stream(
             async def ask(request: Any, scope: trio.CancelScope) -> None:
                 nonlocal asking, left
                 with scope:
-                    answer = await _ask(request, as_json, session_id, keys)
+                    found = await prompt_id()  # (one call per question, not per chunk)
+                    item = None if found is None else f"{found}.{request.input}"
+                    answer = await _ask(request, as_json, session_id, keys, item)
                     if answer is None:
                         left = "waiting"
                         await leave()
@@ -335,15 +354,19 @@ def _chunk_json(event: Any) -> dict[str, Any]:
     return data
 
 
-async def _ask(request: Any, as_json: bool, session_id: str, keys: Any = None) -> str | None:
-    """The answer to the agent's question, or None when nobody here can give one."""
+async def _ask(
+    request: Any, as_json: bool, session_id: str, keys: Any = None, item: str | None = None
+) -> str | None:
+    """The answer to the agent's question, or None when nobody here can give one.
+    `item` is the question's id in the inbox (`PROMPT.NUMBER`), when known."""
     import trio
 
     question = request.question
     options = request.options
     if as_json:
-        print(json.dumps({"type": "input", "input": request.input, "question": question,
-                          "options": list(options), "session": session_id}), flush=True)
+        print(json.dumps({"type": "input", "input": request.input, "id": item,
+                          "question": question, "options": list(options),
+                          "session": session_id}), flush=True)
     hint = f" [{'/'.join(options)}]" if options else ""
     if keys is not None:
         typed: str = await keys.line(f"\n{question}{hint} ")
@@ -351,8 +374,10 @@ async def _ask(request: Any, as_json: bool, session_id: str, keys: Any = None) -
     if not sys.stdin.isatty():
         line: str = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
         if not line:
-            print(f"\nlatis: the agent asks {question!r}; it waits in the inbox "
-                  f"(`latis inbox` lists it with its id)", file=sys.stderr)
+            where = (f"`latis inbox answer {item} ANSWER` answers it" if item is not None
+                     else "`latis inbox` lists it with its id")
+            print(f"\nlatis: the agent asks {question!r}; it waits in the inbox ({where})",
+                  file=sys.stderr)
             return None
         return line.rstrip("\n")
     answer: str = await trio.to_thread.run_sync(

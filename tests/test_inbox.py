@@ -86,6 +86,28 @@ class TestAQuestionInTheInbox:
         )
         assert logged["answered_at"] >= logged["since"]
 
+    def test_a_script_that_cannot_answer_is_given_the_questions_inbox_id(
+        self, home: Home
+    ) -> None:
+        """`latis prompt --json` with nothing on stdin: the question's event carries
+        its inbox id (the prompt's id, a dot, its number), the CLI leaves (exit 1)
+        and the prompt waits; that id answers it from another command. Without
+        --json the message names the command that answers it."""
+        write_config(home, echo_unit("asker", ask="Which database?"))
+        sid = new_session(home, "asker")
+        left = home.run("prompt", "--json", "--session", sid, "migrate it")
+        assert left.returncode == 1, left.stderr
+        events = [json.loads(line) for line in left.stdout.splitlines()]
+        asked = next(event for event in events if event["type"] == "input")
+        assert events[-1] == {"type": "waiting", "session": sid}
+        [item] = open_items(home)
+        assert asked["id"] == item["id"] == f"{item['prompt']}.0"
+        home.ok("inbox", "answer", asked["id"], "staging")
+        assert wait_ended(home, sid)["state"] == "complete"
+        plain = home.run("prompt", "--session", sid, "again")
+        [item] = open_items(home)
+        assert f"`latis inbox answer {item['id']} ANSWER` answers it" in plain.stderr
+
     def test_permission_by_option_id_name_or_number(self, home: Home) -> None:
         """A permission request lists its options; it is answered by an option's id or
         its name (any case); anything else is refused, naming them, and the question
