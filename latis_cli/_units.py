@@ -104,6 +104,17 @@ def add(
     table: dict[str, Any] = {"agent": agent}
     if agent_options:
         table["agent_options"] = agent_options
+    if provisioner == "process":
+        # It runs here, with this machine's agents: one not installed would only
+        # show when the unit first starts (elsewhere, in an image or on another
+        # host, the agents are that side's to know).
+        from latis_core import agent_names
+
+        if agent not in (known := agent_names()):
+            print(f"latis: --agent {agent!r}: no such agent here, where a process unit "
+                  f"runs (agents: {', '.join(known)}; `latis agents available`)",
+                  file=sys.stderr)
+            return USAGE
     if provisioner is not None:
         prov: dict[str, Any] = {"type": provisioner, **prov_options}
         if image is not None:

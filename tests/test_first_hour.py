@@ -304,7 +304,7 @@ class TestDestroyThenUp:
     ) -> None:
         """Connecting to the same address again reuses its unit (no `tcp-2`, `tcp-3`, ...
         left FAILED); --name of a unit in config, or a bad name, is refused; a token file
-        that is not there is a usage error."""
+        that is not there is a usage error; so is an agent a process unit would not find."""
         for _ in range(3):
             failed(home, UNIT_UNREACHABLE, "connect", "tcp://127.0.0.1:1")
         assert [name for name in units(home) if name.startswith("tcp-")] == ["tcp-1"]
@@ -313,6 +313,11 @@ class TestDestroyThenUp:
         assert "unit 'demo' exists already (in config" in taken
         assert "unit 'nodial' needs a way to be reached: --provisioner TYPE" in failed(
             home, USAGE, "unit", "add", "nodial")
+        # A process unit runs here: an agent not installed here is refused at once.
+        assert "--agent 'claud': no such agent here, where a process unit runs (agents: " \
+            "acp, command, echo" in failed(
+                home, USAGE, "unit", "add", "typo", "--provisioner", "process", "--agent", "claud")
+        assert "typo" not in units(home)
         assert "bad unit name 'Bad_Name'" in failed(
             home, ERROR, "connect", "tcp://127.0.0.1:2", "--name", "Bad_Name")
         assert "no such file: /nonexistent (--token-file)" in failed(
