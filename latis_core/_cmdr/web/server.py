@@ -39,6 +39,8 @@ __all__ = ["WebServer", "serve_at_start", "start_web", "stop_web"]
 log = logging.getLogger("latis.web")
 #: Seconds a client has for its TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds a connection may go without a request (before its first, between two).
+IDLE_TIMEOUT = 5.0
 
 #: Host names every server answers for (besides its listen address and `names`).
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -117,9 +119,10 @@ class WebServer:
         config.accesslog = None
         config.errorlog = log
         config.include_server_header = False
-        config.graceful_timeout = 1.0
-        # A TLS handshake is before any proof: a client gets seconds, not a minute.
+        # A TLS handshake is before any proof: a client gets seconds, not a minute;
+        # so does a connection for its first request (and an idle one for its next).
         config.ssl_handshake_timeout = HANDSHAKE_TIMEOUT
+        config.keep_alive_timeout = IDLE_TIMEOUT
         if settings.tls:
             config.certfile, config.keyfile, self.ca = await trio.to_thread.run_sync(
                 self._tls_files
