@@ -278,7 +278,10 @@ async def _stream(
             async def ask(request: Any, scope: trio.CancelScope) -> None:
                 nonlocal asking, left
                 with scope:
-                    found = await prompt_id()  # (one call per question, not per chunk)
+                    try:
+                        found = await prompt_id()  # (one call per question, not per chunk)
+                    except latis_core.LatisError:
+                        found = None  # (the question is still asked; its id goes unsaid)
                     item = None if found is None else f"{found}.{request.input}"
                     answer = await _ask(request, as_json, session_id, keys, item)
                     if answer is None:

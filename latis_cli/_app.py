@@ -140,6 +140,7 @@ def launcher(
     if debug:
         os.environ["LATIS_DEBUG"] = "1"
     if config is not None:
+        config = config.expanduser()
         if not config.is_file():
             # Said here, for every command: those that do not read the config
             # (status, session ls) would otherwise go on as if it were not named.
