@@ -169,7 +169,10 @@ async def test_a_cut_mid_prompt_is_picked_up_complete_and_exactly_once(
                 ctl, record.id, 40, link.fault, nursery=nursery, down_for=DOWN_FOR.get(kind, 1.0)
             )
             late = await follow(ctl, record.id)
-            assert link.fault.connections == 2  # picked up on a new connection
+            # Picked up on a new connection. (At least: on a loaded machine a
+            # heartbeat of the new one, 1 s here, may be missed and cmdr redials
+            # once more; what must hold is each chunk once, in order, below.)
+            assert link.fault.connections >= 2
             seen.complete(WORDS)
             late.complete(WORDS)
             assert await stored(ctl, sid) == list(range(len(WORDS)))
@@ -267,7 +270,7 @@ async def test_a_stall_after_half_a_frame_is_found_and_picked_up(home: Path) -> 
                 elif kind == "end":
                     seen.end = event
             seen.complete(WORDS)
-            assert proxy.connections == 2
+            assert proxy.connections >= 2  # (a new connection; more if a heartbeat was late)
             assert await stored(ctl, sid) == list(range(len(WORDS)))
 
 
@@ -484,7 +487,7 @@ async def test_a_hundred_prompts_streaming_under_a_cut_all_complete_exactly_once
                     proxy.cut()
                     cut_short = sum(r.end is None for r in records)
                     nursery.start_soon(restore_after, proxy, 1.0)
-            assert proxy.connections == 2
+            assert proxy.connections >= 2  # (a new connection; more if a heartbeat was late)
             assert cut_short == 100  # the cut caught every one of them mid-stream
             for record in records:
                 results[record.id].complete(words)
