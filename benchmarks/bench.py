@@ -590,6 +590,13 @@ def _proc_cmdline(pid: int) -> bytes:
         return b""
 
 
+def process_cpu(pid: int) -> float:
+    """A process's own CPU time so far (user + system, all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _proc_cpu(pid: int) -> float:
     """CPU seconds of a process and its reaped children, from /proc/PID/stat."""
     try:

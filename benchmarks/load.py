@@ -54,7 +54,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # bench.py's isolated LATIS_HOME, minimal cyclopts app, and way to run `latis`.
-from bench import MINI_APP, LatisHome, compile_latis, latis_argv, log  # noqa: E402
+from bench import (  # noqa: E402
+    MINI_APP,
+    LatisHome,
+    compile_latis,
+    latis_argv,
+    log,
+    process_cpu,
+)
 from fleet_config import fleet_config  # noqa: E402  (tests/, on the path since bench)
 
 import latis_core  # noqa: E402
@@ -127,15 +134,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """CPU time `pid` has used (user and system, all its threads), in seconds."""
-    if pid is None:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -343,7 +341,7 @@ async def bare_fanout(units: list[latis_core.UnitClient]) -> None:
             nursery.start_soon(one, unit)
 
 
-async def daemon_rows(sizes: Sizes, units: UnitProcs, pid: int | None) -> dict[str, Any]:
+async def daemon_rows(sizes: Sizes, units: UnitProcs, pid: int) -> dict[str, Any]:
     """Everything measured against the daemon (process `pid`) and the unit processes."""
     out: dict[str, Any] = {}
     names = units.names
@@ -384,10 +382,10 @@ async def daemon_rows(sizes: Sizes, units: UnitProcs, pid: int | None) -> dict[s
                 f"daemon, round {r + 1}/{sizes.rounds}"
             )
             out["streams"]["direct"].append(await stream_p99(sizes, straight))
-            cpu0 = cpu_seconds(pid)
+            cpu0 = process_cpu(pid)
             out["streams"]["daemon"].append(await stream_p99(sizes, through))
             chunks = sizes.streams * sizes.chunks
-            out["streams"]["cpu_us"].append((cpu_seconds(pid) - cpu0) / chunks * 1e6)
+            out["streams"]["cpu_us"].append((process_cpu(pid) - cpu0) / chunks * 1e6)
 
         log(f"fan-out to {len(names)} latis-unit processes, {sizes.fanout_rounds} rounds")
 
@@ -470,9 +468,11 @@ def fleet_section(sizes: Sizes, latis: list[str]) -> dict[str, Any]:
         home.write("latis.toml", units.config())
         home.__enter__()  # the daemon (over those units) and `local`; `close` ends them
         os.environ["LATIS_HOME"] = home.path
-        out = trio.run(daemon_rows, sizes, units, home.daemon_pid())
         pid = home.daemon_pid()
-        out["daemon_rss_kib"] = rss_kib(pid) if pid else None
+        if pid is None:
+            raise RuntimeError("the daemon is not running")
+        out = trio.run(daemon_rows, sizes, units, pid)
+        out["daemon_rss_kib"] = rss_kib(pid)
         out["cli"] = cli_rows(sizes, home, latis)
         out["inproc"] = trio.run(inproc_rows, sizes, home.path)
         return out

@@ -50,6 +50,7 @@ import trio
 
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent / "tests"))
+from bench import process_cpu  # noqa: E402
 from web_helpers import LATIS, chromium, have_chromium, pids_under  # noqa: E402
 
 UNITS = 4
@@ -69,13 +70,6 @@ new MutationObserver((records) => {
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """A process's own CPU time so far (user + system), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def config() -> str:
@@ -137,9 +131,9 @@ class Run:
     async def measure(self, name: str, what: str) -> None:
         """cmdr's CPU over the window, per streaming session (in % of a core)."""
         await trio.sleep(self.args.warmup)
-        c0, t0 = cpu_seconds(self.pid), time.monotonic()
+        c0, t0 = process_cpu(self.pid), time.monotonic()
         await trio.sleep(self.args.window)
-        c1, t1 = cpu_seconds(self.pid), time.monotonic()
+        c1, t1 = process_cpu(self.pid), time.monotonic()
         share = 100 * (c1 - c0) / (t1 - t0)
         self.rows[name] = {
             "what": what,
