@@ -140,14 +140,17 @@ def launcher(
     if debug:
         os.environ["LATIS_DEBUG"] = "1"
     if config is not None:
-        config = config.expanduser()
-        if not config.is_file():
+        from latis_core import ConfigError, find_config
+
+        try:
+            found = find_config(config)
+        except ConfigError as exc:
             # Said here, for every command: those that do not read the config
             # (status, session ls) would otherwise go on as if it were not named.
-            why = "is not a file" if config.exists() else "does not exist"
-            print(f"latis: {config}: config file {why} (named by --config)", file=sys.stderr)
+            print(f"latis: {exc}", file=sys.stderr)
             return USAGE
-        os.environ["LATIS_CONFIG"] = str(config.resolve())
+        assert found is not None  # (a file named is found, or ConfigError says why not)
+        os.environ["LATIS_CONFIG"] = str(found.resolve())
     if no_color:
         os.environ["NO_COLOR"] = "1"
     result = app(tokens)
