@@ -138,10 +138,7 @@ class _EchoSession(AgentSession):
         chunks[-1] = chunks[-1][:-1]
         delay = agent.delay
         send = reply.send
-        if delay:
-            for chunk in chunks:
+        for chunk in chunks:
+            if delay:
                 await trio.sleep(delay)
-                await send(chunk)
-        else:
-            for chunk in chunks:
-                await send(chunk)
+            await send(chunk)
