@@ -187,7 +187,7 @@ async def _run_attach(
     with _where(session_id, info.get("unit")):
         stream = await session.reattach(last["id"], after=None if after < 0 else after)
         return await _stream(stream, as_json, session_id, cmdr.aclose, key,
-                             prompt_id=functools.partial(_constant, last["id"]))
+                             prompt_id=functools.partial(_running_prompt, cmdr, session_id))
 
 
 @contextmanager
@@ -217,10 +217,6 @@ async def _running_prompt(cmdr: latis_core.DaemonClient, session_id: str) -> int
     info = await cmdr.session_get(session_id)
     last = info.get("last_prompt") if info else None
     return int(last["id"]) if last else None
-
-
-async def _constant(value: int) -> int:
-    return value
 
 
 async def _stream(
