@@ -29,7 +29,7 @@ import trio
 from cli_home import Home, cli_home
 
 import latis_core
-from latis_core import ErrorCode, RequestError
+from latis_core import ErrorCode, RequestError, ResponseChunk
 from latis_core._cmdr.config import parse_config
 from latis_core._cmdr.prompts import PromptRecord
 from latis_core._cmdr.state import StateDB
@@ -107,7 +107,7 @@ async def test_one_batch_stores_what_several_prompts_have_pending(home: Home) ->
             while not writer.running:  # (trio runs new tasks in a random order)
                 await trio.lowlevel.checkpoint()
             for record in records:
-                writer.put(record, [(seq, f"c{seq} ", None, None) for seq in range(5)])
+                writer.put(record, [ResponseChunk(1, seq, f"c{seq} ") for seq in range(5)])
             assert writer.pending == 15
             # What the end of a prompt stores, queued behind the chunks.
             seen = await writer.call(lambda: [state.last_seq(r.id) for r in records])

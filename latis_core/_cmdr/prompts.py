@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from latis_core._cmdr.inbox import answer_question, check_answer, get_item
-from latis_core._cmdr.state import ChunkIn, PromptState, dumps_id
+from latis_core._cmdr.state import PromptState, dumps_id
 from latis_core._errors import ConnectionClosed, ErrorCode, LatisError, RequestError
 from latis_core._io.client import PromptStream, Session, UnitClient
 from latis_core._wire.messages import InputRequest, ResponseChunk
@@ -341,11 +341,10 @@ class PromptEngine:
             batch = batch[record.received + 1 - batch[0].seq:]
         if batch:
             record.received = batch[-1].seq
-        rows: list[ChunkIn] = [(ev.seq, ev.text, ev.kind, ev.data) for ev in batch]
         events = [("chunk", ev) for ev in batch]
         if published:
             events = published + events
-        self.writer.put(record, rows)
+        self.writer.put(record, batch)
         if held is None:
             record.publish(events)
         else:

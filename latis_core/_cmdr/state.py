@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from urllib.parse import quote
 
 from latis_core._cmdr.rows import (
@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Behind",
     "ChunkIn",
+    "ChunkLike",
     "ChunkRow",
     "ConnectionRow",
     "ConnectionState",
@@ -103,6 +104,19 @@ __all__ = [
 
 #: A chunk as `StateDB.add_chunks` takes it: (seq, text, kind, data).
 ChunkIn: TypeAlias = tuple[int, str, str | None, Mapping[str, Any] | None]
+
+
+class ChunkLike(Protocol):
+    """A chunk as `StateDB.add_chunk_batches` also takes it (the wire's `ResponseChunk`)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def kind(self) -> str | None: ...
+    @property
+    def data(self) -> Mapping[str, Any] | None: ...
 
 
 def _retire(
@@ -881,30 +895,31 @@ class StateDB:
                 values,
             )
 
-    def add_chunk_batches(self, batches: Sequence[tuple[int, Sequence[ChunkIn]]]) -> None:
+    def add_chunk_batches(
+        self, batches: Sequence[tuple[int, Sequence[ChunkIn | ChunkLike]]]
+    ) -> None:
         """Record chunks of several prompts' replies, all in one transaction.
 
-        `batches` are (prompt id, rows) as `add_chunks` takes them. Rows of a
-        prompt that no longer exists are dropped (its session was forgotten
-        meanwhile); a `seq` already recorded keeps its first copy.
+        `batches` are (prompt id, rows): each row (seq, text, kind, data) as
+        `add_chunks` takes them, or a chunk with those attributes (the wire's
+        `ResponseChunk`, as the chunk writer holds them). Rows of a prompt that
+        no longer exists are dropped (its session was forgotten meanwhile); a
+        `seq` already recorded keeps its first copy.
 
         The rows go to SQLite as one JSON array, in one statement: SQLite then
         inserts them all in one call, without handing Python's GIL back and
         forth once per row (a busy event loop made a worker thread wait for
-        it at every row).
+        it at every row). The array nests each prompt's rows under its id and
+        is written from the rows as they are, with no list of rows made first:
+        2,000 rows alive at once would set off Python's garbage collector
+        three times, in this thread, while the event loop waits for it.
         """
+        if not any(rows for _, rows in batches):
+            return
         import orjson
 
-        dumps = orjson.dumps
-        values = [
-            (prompt_id, seq, text, kind, None if data is None else dumps(data).decode())
-            for prompt_id, rows in batches
-            for seq, text, kind, data in rows
-        ]
-        if not values:
-            return
         with self._write() as db:
-            db.execute(_INSERT_CHUNKS, (dumps(values),))
+            db.execute(_INSERT_CHUNKS, (orjson.dumps(batches, default=_chunk_row),))
 
     def chunks(self, prompt_id: int, after: int = -1) -> list[ChunkRow]:
         """The prompt's chunks with `seq` > `after`, in order."""
@@ -1161,14 +1176,22 @@ _BEHIND = {
 }
 
 
-#: Every chunk of a JSON array of [prompt, seq, text, kind, data] (`add_chunk_batches`);
-#: `WHERE` keeps only known prompts (and parses: INSERT ... SELECT ... ON CONFLICT).
+#: Every chunk of a JSON array of [prompt, [[seq, text, kind, data], ...]]
+#: (`add_chunk_batches`); `WHERE` keeps only known prompts (and parses: INSERT
+#: ... SELECT ... ON CONFLICT). `->>` gives an object's JSON text, NULL for null.
 _INSERT_CHUNKS = (
     "INSERT INTO chunks (prompt, seq, text, kind, data)"
-    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4"
-    " FROM json_each(?) WHERE EXISTS (SELECT 1 FROM prompts WHERE id = value ->> 0)"
+    " SELECT p.value ->> 0, c.value ->> 0, c.value ->> 1, c.value ->> 2, c.value ->> 3"
+    " FROM json_each(?) p, json_each(p.value, '$[1]') c"
+    " WHERE EXISTS (SELECT 1 FROM prompts WHERE id = p.value ->> 0)"
     " ON CONFLICT (prompt, seq) DO NOTHING"
 )
+
+
+def _chunk_row(chunk: ChunkLike) -> ChunkIn:
+    """A chunk as the row JSON holds it (`orjson.dumps`'s `default`: one row at
+    a time, each gone once written; anything else is not JSON serializable)."""
+    return (chunk.seq, chunk.text, chunk.kind, chunk.data)
 
 
 def dumps_id(value: Any) -> str:

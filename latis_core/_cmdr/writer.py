@@ -38,10 +38,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from latis_core._cmdr.state import Behind, ChunkIn, StateDB
+from latis_core._cmdr.state import Behind, StateDB
 
 if TYPE_CHECKING:
     from latis_core._cmdr.prompts import PromptRecord
+    from latis_core._wire.messages import ResponseChunk
 
 __all__ = ["BATCH", "DELAY", "INTERVAL", "LIMIT", "RETRY_MAX", "ChunkWriter"]
 
@@ -84,7 +85,7 @@ class ChunkWriter:
         self._last = -math.inf
         self.batch = batch
         self.limit = limit
-        self._pending: dict[PromptRecord, list[ChunkIn]] = {}
+        self._pending: dict[PromptRecord, list[ResponseChunk]] = {}
         #: Writes behind: before the chunks (rows they need), after them (ends).
         self._before: list[Behind] = []
         self._after: list[Behind] = []
@@ -114,8 +115,9 @@ class ChunkWriter:
         """Rows handed over and not stored yet (the batch being written included)."""
         return self._count + self._writing
 
-    def put(self, record: PromptRecord, rows: list[ChunkIn]) -> None:
-        """Queue `rows` of `record` for the next batch (never waits)."""
+    def put(self, record: PromptRecord, rows: list[ResponseChunk]) -> None:
+        """Queue `rows` of `record` for the next batch (never waits). The chunks
+        themselves, as its followers were shown them: no row made for each."""
         if not rows:
             return
         queued = self._pending.get(record)
@@ -267,7 +269,7 @@ class ChunkWriter:
             self._stored = max(self._stored, queued)
             if failed is None:
                 for record, rows in taken.items():
-                    record.stored(rows[-1][0])
+                    record.stored(rows[-1].seq)
             for fn in then:
                 fn()
         written, self._written = self._written, trio.Event()
@@ -276,7 +278,7 @@ class ChunkWriter:
 
     def _work(
         self,
-        batches: list[tuple[int, list[ChunkIn]]],
+        batches: list[tuple[int, list[ResponseChunk]]],
         before: list[Behind],
         after: list[Behind],
         ops: list[tuple[Callable[[], Any], list[tuple[bool, Any]]]],
