@@ -1177,13 +1177,16 @@ _BEHIND = {
 
 
 #: Every chunk of a JSON array of [prompt, [[seq, text, kind, data], ...]]
-#: (`add_chunk_batches`); `WHERE` keeps only known prompts (and parses: INSERT
-#: ... SELECT ... ON CONFLICT). `->>` gives an object's JSON text, NULL for null.
+#: (`add_chunk_batches`), for the prompts that are there. Each prompt's id and
+#: rows are taken out once (MATERIALIZED: else SQLite parses a prompt's rows
+#: again for every row, 40% slower at 20 rows a prompt). `->>` gives an object's
+#: JSON text, NULL for null. (`WHERE true`: INSERT ... SELECT ... ON CONFLICT parses.)
 _INSERT_CHUNKS = (
-    "INSERT INTO chunks (prompt, seq, text, kind, data)"
-    " SELECT p.value ->> 0, c.value ->> 0, c.value ->> 1, c.value ->> 2, c.value ->> 3"
-    " FROM json_each(?) p, json_each(p.value, '$[1]') c"
-    " WHERE EXISTS (SELECT 1 FROM prompts WHERE id = p.value ->> 0)"
+    "WITH p(id, rows) AS MATERIALIZED (SELECT value ->> 0, value -> 1 FROM json_each(?)"
+    " WHERE EXISTS (SELECT 1 FROM prompts WHERE id = value ->> 0))"
+    " INSERT INTO chunks (prompt, seq, text, kind, data)"
+    " SELECT p.id, c.value ->> 0, c.value ->> 1, c.value ->> 2, c.value ->> 3"
+    " FROM p, json_each(p.rows) c WHERE true"
     " ON CONFLICT (prompt, seq) DO NOTHING"
 )
 
