@@ -568,13 +568,14 @@ class PromptEngine:
             new = record.events[index - record.first :]
             index += len(new)
             out = []
-            for kind, payload in new:
+            for event in new:  # (the record's own pairs: none made again)
+                kind, payload = event
                 if kind == "chunk":
                     if payload.seq > seq:
                         seq = payload.seq
-                        out.append(("chunk", payload))
+                        out.append(event)
                 else:
-                    out.append((kind, payload))
+                    out.append(event)
                     if kind == "end":
                         yield out
                         return
