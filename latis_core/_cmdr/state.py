@@ -107,7 +107,7 @@ ChunkIn: TypeAlias = tuple[int, str, str | None, Mapping[str, Any] | None]
 
 
 class ChunkLike(Protocol):
-    """A chunk as `StateDB.add_chunk_batches` also takes it (the wire's `ResponseChunk`)."""
+    """A chunk as `StateDB.add_chunk_batches` takes it (the wire's `ResponseChunk`)."""
 
     @property
     def seq(self) -> int: ...
@@ -895,31 +895,31 @@ class StateDB:
                 values,
             )
 
-    def add_chunk_batches(
-        self, batches: Sequence[tuple[int, Sequence[ChunkIn | ChunkLike]]]
-    ) -> None:
+    def add_chunk_batches(self, batches: Sequence[tuple[int, Sequence[ChunkLike]]]) -> None:
         """Record chunks of several prompts' replies, all in one transaction.
 
-        `batches` are (prompt id, rows): each row (seq, text, kind, data) as
-        `add_chunks` takes them, or a chunk with those attributes (the wire's
-        `ResponseChunk`, as the chunk writer holds them). Rows of a prompt that
-        no longer exists are dropped (its session was forgotten meanwhile); a
-        `seq` already recorded keeps its first copy.
+        `batches` are (prompt id, chunks): each chunk with `seq`, `text`, `kind`
+        and `data` (the wire's `ResponseChunk`, as the chunk writer holds them).
+        Chunks of a prompt that no longer exists are dropped (its session was
+        forgotten meanwhile); a `seq` already recorded keeps its first copy.
 
         The rows go to SQLite as one JSON array, in one statement: SQLite then
         inserts them all in one call, without handing Python's GIL back and
         forth once per row (a busy event loop made a worker thread wait for
-        it at every row). The array nests each prompt's rows under its id and
-        is written from the rows as they are, with no list of rows made first:
-        2,000 rows alive at once would set off Python's garbage collector
-        three times, in this thread, while the event loop waits for it.
+        it at every row).
         """
-        if not any(rows for _, rows in batches):
-            return
         import orjson
 
+        dumps = orjson.dumps
+        values = [
+            (prompt_id, c.seq, c.text, c.kind, None if c.data is None else dumps(c.data).decode())
+            for prompt_id, chunks in batches
+            for c in chunks
+        ]
+        if not values:
+            return
         with self._write() as db:
-            db.execute(_INSERT_CHUNKS, (orjson.dumps(batches, default=_chunk_row),))
+            db.execute(_INSERT_CHUNKS, (dumps(values),))
 
     def chunks(self, prompt_id: int, after: int = -1) -> list[ChunkRow]:
         """The prompt's chunks with `seq` > `after`, in order."""
@@ -1176,25 +1176,16 @@ _BEHIND = {
 }
 
 
-#: Every chunk of a JSON array of [prompt, [[seq, text, kind, data], ...]]
-#: (`add_chunk_batches`), for the prompts that are there. Each prompt's id and
-#: rows are taken out once (MATERIALIZED: else SQLite parses a prompt's rows
-#: again for every row, 40% slower at 20 rows a prompt). `->>` gives an object's
-#: JSON text, NULL for null. (`WHERE true`: INSERT ... SELECT ... ON CONFLICT parses.)
+#: Every chunk of a JSON array of [prompt, seq, text, kind, data] (`add_chunk_batches`);
+#: `WHERE` keeps only known prompts (and parses: INSERT ... SELECT ... ON CONFLICT).
+#: (Flat, not nested by prompt: a json_each per prompt costs more than the rows'
+#: tuples save when a batch holds a chunk or two of each of many prompts.)
 _INSERT_CHUNKS = (
-    "WITH p(id, rows) AS MATERIALIZED (SELECT value ->> 0, value -> 1 FROM json_each(?)"
-    " WHERE EXISTS (SELECT 1 FROM prompts WHERE id = value ->> 0))"
-    " INSERT INTO chunks (prompt, seq, text, kind, data)"
-    " SELECT p.id, c.value ->> 0, c.value ->> 1, c.value ->> 2, c.value ->> 3"
-    " FROM p, json_each(p.rows) c WHERE true"
+    "INSERT INTO chunks (prompt, seq, text, kind, data)"
+    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4"
+    " FROM json_each(?) WHERE EXISTS (SELECT 1 FROM prompts WHERE id = value ->> 0)"
     " ON CONFLICT (prompt, seq) DO NOTHING"
 )
-
-
-def _chunk_row(chunk: ChunkLike) -> ChunkIn:
-    """A chunk as the row JSON holds it (`orjson.dumps`'s `default`: one row at
-    a time, each gone once written; anything else is not JSON serializable)."""
-    return (chunk.seq, chunk.text, chunk.kind, chunk.data)
 
 
 def dumps_id(value: Any) -> str:
