@@ -14,6 +14,7 @@ import trio.testing
 
 from latis_core._cmdr.state import StateDB, StateError
 from latis_core._cmdr.writer import ChunkWriter
+from latis_core._wire.messages import ResponseChunk
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ async def test_writes_behind_land_in_order_with_the_chunks_that_need_them(
         writer.behind(("session", ("s2", "idle", 1.0, "u")))
         writer.behind(("prompt", (pid, "s2", "7", "hello", 2.0)))
         writer.behind(("state", ("busy", "s2")))
-        writer.put(record, [(0, "hel", None, None), (1, "lo", None, None)])  # type: ignore[arg-type]
+        writer.put(record, [ResponseChunk(1, 0, "hel"), ResponseChunk(1, 1, "lo")])  # type: ignore[arg-type]
         writer.behind(("end", ("complete", 3.0, 2, None, pid)))
         writer.behind(("state", ("idle", "s2")))
         writer.when_stored(lambda: after.append(state.get_prompt(pid) is not None))
@@ -192,7 +193,7 @@ async def test_many_agents_interleaved_writes_land_whole_one_statement_per_kind(
         for n, pid in enumerate(ids):
             writer.behind(("prompt", (pid, f"a{n}", str(n), "task", 2.0)))
             writer.behind(("state", ("busy", f"a{n}")))
-            writer.put(_Record(pid), [(0, f"answer {n}", None, None)])  # type: ignore[arg-type]
+            writer.put(_Record(pid), [ResponseChunk(1, 0, f"answer {n}")])  # type: ignore[arg-type]
         for n, pid in enumerate(ids):
             writer.behind(("end", ("complete", 3.0, 1, None, pid)))
             writer.behind(("close", (4.0, f"a{n}")))
@@ -236,12 +237,12 @@ async def test_under_load_batches_come_at_most_one_an_interval(
         start = trio.current_time()
         for seq in range(400):  # 0.4 s of chunks, 1 ms apart
             put_at[seq] = trio.current_time()
-            writer.put(record, [(seq, "x", None, None)])  # type: ignore[arg-type]
+            writer.put(record, [ResponseChunk(1, seq, "x")])  # type: ignore[arg-type]
             await trio.sleep(0.001)
         busy = trio.current_time() - start
         await trio.sleep(1)  # quiet
         put_at[400] = trio.current_time()
-        writer.put(record, [(400, "y", None, None)])  # type: ignore[arg-type]
+        writer.put(record, [ResponseChunk(1, 400, "y")])  # type: ignore[arg-type]
         await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     assert writer.transactions <= busy / writer.interval + 2
