@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from latis_core._io.peer import Peer as Peer
     from latis_core._io.peer import ReplyStream as ReplyStream
     from latis_core._io.peer import open_peer as open_peer
+    from latis_core._os.collector import tune_gc as tune_gc
     from latis_core._os.paths import Paths as Paths
     from latis_core._os.paths import paths as paths
     from latis_core._os.tls import CertificateAuthority as CertificateAuthority
@@ -277,6 +278,7 @@ __all__ = [
     "run_daemon",
     "provisioner_names",
     "transport_names",
+    "tune_gc",
     "plugin_problems",
     "load_provisioner",
     "__version__",
@@ -309,6 +311,7 @@ _WHERE: dict[str, str] = {
     "MemoryResources": "latis_core._plugins.provision",
     "Paths": "latis_core._os.paths",
     "paths": "latis_core._os.paths",
+    "tune_gc": "latis_core._os.collector",
     "Agent": "latis_core._plugins.agent",
     "AgentSession": "latis_core._plugins.agent",
     "Reply": "latis_core._plugins.agent",

@@ -10,6 +10,7 @@ import signal
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
 import types
 from collections.abc import AsyncIterator, Iterator
@@ -452,3 +453,18 @@ async def test_the_daemon_collects_young_objects_while_no_prompt_streams(
         assert len(held) == QUIET_YOUNG + 1000
     finally:
         gc.enable()
+
+
+def test_tune_gc_sets_the_collector_as_the_daemon_runs_it() -> None:
+    """`latis_core.tune_gc()` (the daemon's settings, public for a script that holds
+    a fleet): what exists is frozen, young passes come every 50,000 allocations.
+    In a process of its own: the test's collector is left as it is."""
+    code = (
+        "import gc, latis_core\n"
+        "before = gc.get_threshold()\n"
+        "latis_core.tune_gc()\n"
+        "print(before, gc.get_threshold(), gc.get_freeze_count() > 1000)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split("\n")[0]
+    assert out == "(700, 10, 10) (50000, 20, 10) True"

@@ -53,6 +53,7 @@ from latis_core._io.heartbeat import Heartbeats
 from latis_core._io.link import HIGH_WATER, Link
 from latis_core._io.server import ServerConnection, serve_stream
 from latis_core._io.unix import listen_unix
+from latis_core._os import collector
 from latis_core._os.paths import Paths, paths
 from latis_core._version import __version__
 from latis_core._wire.connection import Connection, Violation
@@ -606,7 +607,7 @@ async def serve_daemon(
     """Run the daemon until SIGTERM, SIGINT or `call daemon.stop`.
 
     Units that run by themselves keep running when it stops; their prompts too.
-    `tune_gc` (the daemon's own process, not a test's): see `_tune_gc`.
+    `tune_gc` (the daemon's own process, not a test's): see `latis_core.tune_gc`.
     """
     where = paths_ or paths()
     run_dir = where.private_run_dir()
@@ -620,7 +621,7 @@ async def serve_daemon(
                 stop = trio.Event()
                 daemon = Daemon(ctl, where, stop)
                 if tune_gc:
-                    _tune_gc()
+                    collector.tune_gc()
                 log.info("cmdr %s listening on %s (pid %d)", __version__, where.socket,
                          os.getpid())
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -671,27 +672,6 @@ async def _close_idle_sessions(daemon: Daemon) -> None:
                 log.warning("could not close idle session %s: %s", sid, exc)
 
 
-#: The daemon's collector thresholds (`gc.set_threshold`): young collections
-#: every 50,000 allocations, not 700 (see `_tune_gc`).
-GC_THRESHOLDS = (50_000, 20, 10)
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic collector out of the chunks' way (the daemon's process only).
-
-    With the defaults, a daemon streaming 10,000 chunks/s over 20,000 held
-    sessions ran a full collection every second or so, each stopping
-    everything for 15-40 ms (the chunk latency's p99). What was loaded to
-    start (modules, the config, the state's sessions) lives as long as the
-    daemon: frozen, no collection walks it again; and young collections come
-    less often (garbage is freed by reference counting; the collector is
-    for cycles, which are rare here).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 #: Young objects (`gc.get_count()[0]`) past which a daemon with no prompt
 #: streaming collects them at once (`_collect_when_quiet`), ...
 QUIET_YOUNG = 5_000
@@ -711,7 +691,7 @@ async def _collect_when_quiet(ctl: Controller) -> None:
     be a long stop even when quiet; the automatic one keeps its own rule (it
     waits until a quarter of the old objects are new).
     """
-    middle = GC_THRESHOLDS[1]
+    middle = collector.GC_THRESHOLDS[1]
     while True:
         await trio.sleep(QUIET_EVERY)
         if ctl.session_counts["busy"]:
