@@ -183,6 +183,9 @@ class _Iterator:
         self._done = False
         self._scope: trio.CancelScope | None = None
         self._fetched: trio.Event | None = None
+        #: Set (in the trio thread) by a Ctrl-C: a fetch that starts after it
+        #: takes nothing (see `_interrupt`).
+        self._interrupted = False
 
     def __iter__(self) -> Self:
         return self
@@ -202,6 +205,8 @@ class _Iterator:
         return self._buffer.pop()
 
     async def _fetch(self) -> tuple[list[Any], bool]:
+        if self._interrupted:
+            return [], True
         stream = self._stream
         items: list[Any] = []
         self._fetched = trio.Event()
@@ -220,7 +225,12 @@ class _Iterator:
     def _interrupt(self) -> None:
         # The call that was waiting is gone; cancel what it started (which
         # cancels the request on the other side) and wait until that is done.
+        # The Ctrl-C may have come after the fetch was handed to the trio
+        # thread and before it started there: then it must not start later,
+        # beside the close below, and take the request's end that the close
+        # waits for (the close then waited its whole bound, 5 s).
         def cancel() -> trio.Event | None:
+            self._interrupted = True
             if self._scope is not None:
                 self._scope.cancel()
             return self._fetched

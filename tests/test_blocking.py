@@ -7,11 +7,19 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from latis_core import ConnectError, ErrorCode, InputRequest, RequestError, blocking
+from latis_core import (
+    ConnectError,
+    ErrorCode,
+    InputRequest,
+    RequestError,
+    blocking,
+)
 
 
 def test_prompt_streams_without_async() -> None:
@@ -139,3 +147,57 @@ def test_ctrl_c_cancels_the_prompt() -> None:
         assert time.monotonic() - started < 5
         assert session.state() == "idle"
         assert unit.ping() > 0
+
+
+def test_a_ctrl_c_before_its_fetch_starts_still_cancels_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C that lands after the next fetch was handed to the trio thread and
+    before it started there (a fault injected: the fetch is held until the
+    interrupt has cancelled what it could). The fetch that starts late takes
+    nothing: the cancel gets the prompt's end from the unit, instead of the late
+    fetch taking it and the cancel waiting out its whole bound (CI once saw a
+    Ctrl-C take 5.5 s)."""
+    with blocking.connect_local(options={"delay": "0.1"}) as unit:
+        session = unit.create_session()
+        stream = session.prompt(" ".join(["word"] * 100))
+        assert next(stream).text == "word "
+        portal = stream._portal
+        # A bound far past what the test allows: waiting it out is the failure.
+        stream._stream._peer.cancel_timeout = 60.0
+        gate = portal.run_sync(trio.Event)
+        run, run_sync = portal.run, portal.run_sync
+        late: list[Any] = []
+        interrupted = False
+
+        def interrupted_run(afn: Any, *args: Any) -> Any:
+            nonlocal interrupted
+            if afn != stream._fetch or interrupted:
+                return run(afn, *args)
+
+            async def held() -> None:
+                await gate.wait()
+                late.append(await afn())
+
+            run_sync(portal._nursery.start_soon, held)  # handed over...
+            interrupted = True
+            raise KeyboardInterrupt  # ... and the Ctrl-C lands before it runs
+
+        def run_sync_then_start(fn: Any, *args: Any) -> Any:
+            result = run_sync(fn, *args)
+            if interrupted and not gate.is_set():
+                # The interrupt's first hop is done: the held fetch starts now,
+                # and waits for the prompt's next reply before the cancel does.
+                run_sync(gate.set)
+                run(trio.testing.wait_all_tasks_blocked)
+            return result
+
+        monkeypatch.setattr(portal, "run", interrupted_run)
+        monkeypatch.setattr(portal, "run_sync", run_sync_then_start)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            next(stream)
+        assert time.monotonic() - started < 30  # (not the 60 s bound)
+        assert stream.outcome == "cancelled"
+        assert session.state() == "idle"
+        assert late == [([], True)]  # the late fetch ran, and took nothing
