@@ -115,17 +115,18 @@ class ChunkWriter:
         """Rows handed over and not stored yet (the batch being written included)."""
         return self._count + self._writing
 
-    def put(self, record: PromptRecord, rows: list[ResponseChunk]) -> None:
-        """Queue `rows` of `record` for the next batch (never waits). The chunks
-        themselves, as its followers were shown them: no row made for each."""
-        if not rows:
+    def put(self, record: PromptRecord, chunks: list[ResponseChunk]) -> None:
+        """Queue `chunks` of `record` for the next batch (never waits): the chunks
+        themselves, as its followers were shown them (no row made for each; the
+        list is the writer's from now on)."""
+        if not chunks:
             return
         queued = self._pending.get(record)
         if queued is None:
-            self._pending[record] = rows
+            self._pending[record] = chunks
         else:
-            queued.extend(rows)
-        self._count += len(rows)
+            queued.extend(chunks)
+        self._count += len(chunks)
         self._wake.set()
         if self._count >= self.batch:
             self._urgent.set()
