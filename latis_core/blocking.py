@@ -12,8 +12,18 @@
 trio runs in a thread of its own (one per `with`), and every call here waits
 for its result there. So it works in a thread where an asyncio loop already
 runs, as in a notebook cell. Objects must be used from the thread that made
-them (not from inside an async function on that loop). Ctrl-C while a
-prompt streams cancels the prompt on the unit, then raises KeyboardInterrupt.
+them (not from inside an async function on that loop).
+
+Ctrl-C while a prompt streams cancels the prompt on the unit, then raises
+KeyboardInterrupt: at once when it lands while the stream waits for the agent.
+When it lands in your loop's own code (a slow loop body), the stream does not
+see it: hold the stream in a `with` block, which cancels the prompt as it ends
+(else the prompt runs on until the stream is garbage collected, and its session
+stays busy meanwhile):
+
+    with session.prompt("a long task") as stream:
+        for chunk in stream:
+            work_on(chunk)
 """
 
 from __future__ import annotations

@@ -149,6 +149,21 @@ def test_ctrl_c_cancels_the_prompt() -> None:
         assert unit.ping() > 0
 
 
+def test_a_ctrl_c_in_the_loop_body_cancels_the_prompt_as_its_with_block_ends() -> None:
+    """Where a Ctrl-C usually lands when the loop does work of its own: not in
+    the stream. The `with` block (the documented form) cancels the prompt on the
+    unit as the interrupt leaves it; the session is free for the next prompt."""
+    with blocking.connect_local(options={"delay": "0.05"}) as unit:
+        session = unit.create_session()
+        with pytest.raises(KeyboardInterrupt):
+            with session.prompt(" ".join(["word"] * 100)) as stream:
+                for _ in stream:
+                    raise KeyboardInterrupt  # (the signal, landing in the loop body)
+        assert stream.outcome == "cancelled"
+        assert session.state() == "idle"
+        assert session.prompt("again").text() == "again"
+
+
 def test_a_ctrl_c_before_its_fetch_starts_still_cancels_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
