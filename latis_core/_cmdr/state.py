@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote
 
 from latis_core._cmdr.rows import (
@@ -80,11 +80,11 @@ from latis_core._wire.enums import State as SessionState
 
 if TYPE_CHECKING:
     from latis_core._wire.auth import Enrollment
+    from latis_core._wire.messages import ResponseChunk
 
 __all__ = [
     "Behind",
     "ChunkIn",
-    "ChunkLike",
     "ChunkRow",
     "ConnectionRow",
     "ConnectionState",
@@ -104,19 +104,6 @@ __all__ = [
 
 #: A chunk as `StateDB.add_chunks` takes it: (seq, text, kind, data).
 ChunkIn: TypeAlias = tuple[int, str, str | None, Mapping[str, Any] | None]
-
-
-class ChunkLike(Protocol):
-    """A chunk as `StateDB.add_chunk_batches` takes it (the wire's `ResponseChunk`)."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def kind(self) -> str | None: ...
-    @property
-    def data(self) -> Mapping[str, Any] | None: ...
 
 
 def _retire(
@@ -895,11 +882,11 @@ class StateDB:
                 values,
             )
 
-    def add_chunk_batches(self, batches: Sequence[tuple[int, Sequence[ChunkLike]]]) -> None:
+    def add_chunk_batches(self, batches: Sequence[tuple[int, Sequence[ResponseChunk]]]) -> None:
         """Record chunks of several prompts' replies, all in one transaction.
 
-        `batches` are (prompt id, chunks): each chunk with `seq`, `text`, `kind`
-        and `data` (the wire's `ResponseChunk`, as the chunk writer holds them).
+        `batches` are (prompt id, chunks): the chunks as they came (the chunk
+        writer holds them so).
         Chunks of a prompt that no longer exists are dropped (its session was
         forgotten meanwhile); a `seq` already recorded keeps its first copy.
 
