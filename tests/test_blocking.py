@@ -13,13 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from latis_core import (
-    ConnectError,
-    ErrorCode,
-    InputRequest,
-    RequestError,
-    blocking,
-)
+from latis_core import ConnectError, ErrorCode, InputRequest, RequestError, blocking
 
 
 def test_prompt_streams_without_async() -> None:
