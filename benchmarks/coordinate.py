@@ -235,6 +235,9 @@ async def main(rounds: int) -> dict[str, dict[str, Any]]:
                 for who in order[r % 3 :] + order[: r % 3]:  # each goes first in turn
                     gc.collect()  # no collection of another row's garbage in this one
                     runs[who].append(await calls[who]())
+                    # What the row wrote behind is stored before the next starts:
+                    # its writer's batch must not run in another row's time.
+                    await ctl.flush()
         floor_done = [t[1] for t in runs["floor"]]
         for who, timings in runs.items():
             ratios = sorted(t[1] / f for t, f in zip(timings, floor_done, strict=True))

@@ -307,10 +307,10 @@ async def fanout(
     sizes: Sizes,
     bare: Callable[[], Awaitable[None]],
     latis: Callable[[], Awaitable[None]],
-    settled: Callable[[], bool] = lambda: True,
+    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, list[float]]:
     """One prompt to every unit, bare and through latis, interleaved: ms each. Each
-    run starts once `settled()` (and `SETTLE` seconds after the last)."""
+    run starts `SETTLE` seconds after the last, and once `settle()` returned."""
     out: dict[str, list[float]] = {"bare": [], "latis": []}
     await bare()
     await latis()  # warm-up
@@ -319,8 +319,8 @@ async def fanout(
             # Each run starts on a quiet fleet: a coordination's sessions close
             # after its answer, and that work must not land in the next run.
             await trio.sleep(SETTLE)
-            while not settled():  # noqa: ASYNC110 (polled between runs, off the clock)
-                await trio.sleep(0.005)
+            if settle is not None:
+                await settle()
             t0 = perf()
             await run()
             out[name].append((perf() - t0) * MS)
@@ -394,8 +394,13 @@ async def daemon_rows(sizes: Sizes, units: UnitProcs, pid: int) -> dict[str, Any
             if result.outcome != "complete":
                 raise RuntimeError(f"the coordination ended {result.outcome}: {result.error}")
 
+        async def settle() -> None:
+            # A read through the daemon waits for its writer to store what was
+            # written behind (the closes of the last run's sessions among it).
+            await cmdr.coordination_list(limit=1)
+
         out["fanout_procs"] = await fanout(
-            sizes, functools.partial(bare_fanout, direct), coordinated
+            sizes, functools.partial(bare_fanout, direct), coordinated, settle
         )
     return out
 
@@ -433,8 +438,14 @@ async def inproc_rows(sizes: Sizes, folder: str) -> dict[str, Any]:
             if result.outcome != "complete":
                 raise RuntimeError(f"the coordination ended {result.outcome}: {result.error}")
 
-        out = await fanout(sizes, functools.partial(bare_fanout, direct), coordinated,
-                           lambda: not ctl.sessions)
+        async def settle() -> None:
+            # Its sessions closed, and everything it wrote behind stored: the
+            # writer's next batch must not run in the next run's time.
+            while ctl.sessions:  # noqa: ASYNC110 (polled between runs, off the clock)
+                await trio.sleep(0.005)
+            await ctl.flush()
+
+        out = await fanout(sizes, functools.partial(bare_fanout, direct), coordinated, settle)
         nursery.cancel_scope.cancel()
     return out
 
