@@ -390,6 +390,35 @@ class TestSessions:
 # -- prompts, chunks, inputs --------------------------------------------------------
 
 
+class TestCoordinations:
+    def test_events_in_batches_and_sessions_tagged(
+        self, state: StateDB, clock: Clock, db_path: Path
+    ) -> None:
+        """Events stored in several writes come back numbered in order (a batch
+        written again keeps its first copy); the sessions a coordination opened
+        are tagged with it in one write."""
+        state.upsert_unit("u1", None, {})
+        for sid in ("s1", "s2", "s3"):
+            state.add_session(sid, "u1")
+        state.add_coordination("co-1", "the task", "parallel", {"require": "all"}, ["u1", "u1"])
+        first = [{"type": "started", "agent": "u1", "text": "é \" ,\n"},
+                 {"type": "prompt", "agent": "u1#2", "elapsed": 0.5}]
+        state.add_coordination_events("co-1", 0, first)
+        state.add_coordination_events("co-1", 2, [{"type": "reply", "text": "done"}])
+        state.add_coordination_events("co-1", 1, [{"type": "replayed"}])  # seq 1 kept
+        state.add_coordination_events("co-1", 3, [])
+        state.tag_sessions(["s1", "s2"], "co-1")
+        state.tag_sessions([], "co-1")
+        row = state.get_coordination("co-1")
+        assert row is not None
+        assert row.events == [*first, {"type": "reply", "text": "done"}]
+        assert (row.task, row.units, row.state) == ("the task", ["u1", "u1"], "running")
+        # (The tags have no reader of their own but usage's rollup: read the file.)
+        with sqlite3.connect(db_path) as db:
+            tagged = dict(db.execute("SELECT session, coordination FROM session_coordinations"))
+        assert tagged == {"s1": "co-1", "s2": "co-1"}
+
+
 class TestPrompts:
     def test_lifecycle(self, state: StateDB, clock: Clock) -> None:
         with_session(state)

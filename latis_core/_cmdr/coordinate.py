@@ -43,7 +43,6 @@ import attrs
 import trio
 
 from latis_core._cmdr.placement import never_fits, placed, resolve_agents
-from latis_core._cmdr.usage import tag_coordination
 from latis_core._errors import LatisError, StrategyFailed, error_code
 from latis_core._plugins.registry import load_placement, load_strategy
 
@@ -680,8 +679,8 @@ class _Record:
                 state.add_coordination(self.id, *row)
             if batch:
                 state.add_coordination_events(self.id, first, [e.to_dict() for e in batch])
-            for session in sessions:
-                tag_coordination(state, session, self.id)
+            if sessions:
+                state.tag_sessions(sessions, self.id)
             if end is not None:
                 state.end_coordination(self.id, end.outcome, end.final, end.error)
 

@@ -1046,12 +1046,29 @@ class StateDB:
     def add_coordination_events(
         self, id: str, first: int, events: Sequence[Mapping[str, Any]]
     ) -> None:
-        """Record events of a coordination, numbered from `first`, in one transaction."""
+        """Record events of a coordination, numbered from `first`, in one statement
+        (one JSON array, as chunks are: not a row at a time, each handing the GIL
+        back to a busy event loop)."""
+        rows = [_dumps(dict(e)) for e in events]
+        if not rows:
+            return
         with self._write() as db:
-            db.executemany(
+            db.execute(
                 "INSERT OR IGNORE INTO coordination_events (coordination, seq, event)"
-                " VALUES (?, ?, ?)",
-                [(id, first + i, _dumps(dict(e))) for i, e in enumerate(events)],
+                " SELECT ?, ? + key, value FROM json_each(?)",
+                (id, first, _dumps(rows)),
+            )
+
+    def tag_sessions(self, sessions: Sequence[str], coordination: str) -> None:
+        """Record that `sessions` were opened by coordination `coordination` (for
+        usage by coordination), in one statement."""
+        if not sessions:
+            return
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO session_coordinations (session, coordination)"
+                " SELECT value, ? FROM json_each(?)",
+                (coordination, _dumps(list(sessions))),
             )
 
     def end_coordination(

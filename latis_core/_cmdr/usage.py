@@ -26,7 +26,7 @@ import orjson
 
 from latis_core._cmdr.state import StateDB
 
-__all__ = ["GROUPS", "context_of", "normalize", "rollup", "session_context", "tag_coordination"]
+__all__ = ["GROUPS", "context_of", "normalize", "rollup", "session_context"]
 
 #: What `rollup` groups by.
 GROUPS = ("session", "unit", "agent", "coordination", "day")
@@ -89,15 +89,6 @@ def normalize(data: Mapping[str, Any] | None) -> dict[str, Any]:
     if "total_tokens" not in out and ("input_tokens" in out or "output_tokens" in out):
         out["total_tokens"] = out.get("input_tokens", 0.0) + out.get("output_tokens", 0.0)
     return out
-
-
-def tag_coordination(state: StateDB, session: str, coordination: str) -> None:
-    """Record that `session` was opened by coordination `coordination`."""
-    with state._write() as db:
-        db.execute(
-            "INSERT OR REPLACE INTO session_coordinations (session, coordination) VALUES (?, ?)",
-            (session, coordination),
-        )
 
 
 def _key(by: str, row: Mapping[str, Any]) -> str | None:
