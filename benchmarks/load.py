@@ -94,6 +94,8 @@ class Sizes:
         #: Fan-out rounds per side (interleaved); in-process units.
         self.fanout_rounds = 3 if short else 15
         self.inproc = 20 if short else 100
+        #: Idle client connections to the daemon, a session each (its memory per one).
+        self.clients = 50 if short else 2_000
         #: Whole-process rounds of the CLI row (after one warm-up round).
         self.cli_rounds = 3 if short else 20
         #: Units that dial in, and units per process.
@@ -402,7 +404,25 @@ async def daemon_rows(sizes: Sizes, units: UnitProcs, pid: int) -> dict[str, Any
         out["fanout_procs"] = await fanout(
             sizes, functools.partial(bare_fanout, direct), coordinated, settle
         )
+        out["clients"] = await client_memory(sizes, names, pid)
     return out
+
+
+async def client_memory(sizes: Sizes, names: list[str], pid: int) -> dict[str, Any]:
+    """The daemon's memory per idle client connection with one session: `sizes.clients`
+    connections opened (a session each, on the units in turn), then left idle."""
+    n = sizes.clients
+    log(f"daemon: {n} idle client connections, a session each")
+    before = rss_kib(pid)
+    async with AsyncExitStack() as stack:
+        # (One at a time, in this task: each holds a nursery, left in the task that
+        # entered it.)
+        clients = [await stack.enter_async_context(latis_core.open_daemon(autostart=False))
+                   for _ in range(n)]
+        await gather(n, lambda i: clients[i].create_session(unit=names[i % len(names)]))
+        await trio.sleep(1)  # idle: their first heartbeats come and go
+        after = rss_kib(pid)
+    return {"n": n, "before_kib": before, "after_kib": after}
 
 
 async def inproc_rows(sizes: Sizes, folder: str) -> dict[str, Any]:
@@ -795,6 +815,18 @@ def build_rows(sizes: Sizes, raw: dict[str, Any]) -> list[dict[str, Any]]:
         "ms",
         "<= 1.3x",
         med(fi["latis"]) <= 1.3 * med(fi["bare"]),
+    )
+    cl = fleet["clients"]
+    per_client = (cl["after_kib"] - cl["before_kib"]) / cl["n"]
+    row(
+        "client_kib",
+        f"cmdr memory per idle client connection with one session ({cl['n']} of them, "
+        "RSS growth)",
+        None,
+        per_client,
+        "KiB",
+        "<= 10 KiB",
+        per_client <= 10,
     )
     cli = fleet["cli"]
     row(
