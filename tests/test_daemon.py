@@ -342,16 +342,16 @@ class TestDaemon:
         on: the client gets the whole answer, once."""
         import latis_core._cmdr.daemon as daemon_module
 
-        real = daemon_module._messages
+        real = daemon_module._frames
         failures: list[int] = []
 
-        def failing_once(rid: Any, events: list[tuple[str, Any]]) -> Any:
+        def failing_once(client: Any, rid: Any, events: list[tuple[str, Any]]) -> Any:
             if not failures and any(kind == "chunk" for kind, _ in events):
                 failures.append(len(events))
                 raise RuntimeError("injected")
-            return real(rid, events)
+            return real(client, rid, events)
 
-        monkeypatch.setattr(daemon_module, "_messages", failing_once)
+        monkeypatch.setattr(daemon_module, "_frames", failing_once)
         async with daemon(home), client(home) as unit:
             session = await unit.create_session(unit="slow")
             with trio.fail_after(30):

@@ -734,7 +734,7 @@ class Controller(HumanLoop, PromptEngine):
         with trio.move_on_after(STOP_WAIT):
             for record in running:
                 while record.end is None:
-                    await record.changed.wait()
+                    await record.when_changed().wait()
 
     async def _disconnect(self, rt: UnitRuntime) -> None:
         rt._set_stop()

@@ -67,7 +67,6 @@ from latis_core._wire.messages import (
     Hello,
     InputReply,
     InputRequest,
-    Message,
     Ping,
     Pong,
     PromptCancel,
@@ -301,7 +300,7 @@ class _Client(ServerConnection):
             ended = False
             try:
                 if not self.closed:
-                    self.send_many(_messages(rid, events))
+                    self.send_frames(_frames(self, rid, events))
                     sent += len(events)
                     for kind, payload in events:
                         if kind == "chunk":
@@ -349,24 +348,33 @@ class _Client(ServerConnection):
             async for batch in batches:
                 if self.closed:
                     return
-                self.send_many(_messages(rid, batch))
+                self.send_frames(_frames(self, rid, batch))
                 if batch[-1][0] == "end":
                     return
                 if link.buffered > HIGH_WATER:
                     await link.wait_drained()
 
 
-def _messages(rid: RequestId, events: list[tuple[str, Any]]) -> list[Message]:
-    """A prompt's events as the messages a client gets for its request `rid`."""
-    out: list[Message] = []
+def _frames(
+    client: ServerConnection, rid: RequestId, events: list[tuple[str, Any]]
+) -> list[bytes]:
+    """A prompt's events as the frames a client gets for its request `rid` (a
+    plain chunk without making its message: the hot path)."""
+    out: list[bytes] = []
     for kind, payload in events:
         if kind == "chunk":
-            out.append(ResponseChunk(rid, payload.seq, payload.text, payload.kind, payload.data))
+            if payload.kind is None and payload.data is None:
+                frame = client.frame_chunk(rid, payload.seq, payload.text)
+            else:
+                frame = client.frame(
+                    ResponseChunk(rid, payload.seq, payload.text, payload.kind, payload.data))
         elif kind == "input":
-            out.append(InputRequest(rid, payload.input, payload.question, payload.options,
-                                    payload.kind, payload.data))
+            frame = client.frame(InputRequest(rid, payload.input, payload.question,
+                                              payload.options, payload.kind, payload.data))
         else:
-            out.append(_final(rid, payload))
+            frame = client.frame(_final(rid, payload))
+        if frame is not None:
+            out.append(frame)
     return out
 
 

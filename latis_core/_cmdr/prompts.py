@@ -74,7 +74,8 @@ class PromptRecord:
     resuming: bool = False
     #: Why its unit's connection is gone, until the prompt is picked up again.
     lost: str | None = None
-    changed: trio.Event = attrs.field(factory=trio.Event)
+    #: Set at the next publish or loss: made when a follower waits (`when_changed`).
+    changed: trio.Event | None = None
     #: Followers told of each publish as it happens (`listen`), None while none is.
     listeners: list[Callable[[list[tuple[str, Any]]], bool]] | None = None
 
@@ -106,10 +107,18 @@ class PromptRecord:
         if self.listeners and listener in self.listeners:
             self.listeners = [other for other in self.listeners if other is not listener]
 
+    def when_changed(self) -> trio.Event:
+        """An event set when it next publishes or is `lost`: what a follower waits on."""
+        if self.changed is None:
+            self.changed = trio.Event()
+        return self.changed
+
     def wake(self) -> None:
-        """Wake its followers (new events, or it was `lost`)."""
-        changed, self.changed = self.changed, trio.Event()
-        changed.set()
+        """Wake its followers (new events, or it was `lost`). With none waiting
+        (the daemon's clients listen instead), no event is made at all."""
+        changed, self.changed = self.changed, None
+        if changed is not None:
+            changed.set()
 
     def stored(self, seq: int) -> None:
         """Chunks up to `seq` are in state (the writer says so)."""
@@ -564,7 +573,7 @@ class PromptEngine:
                     yield out
                 continue
             fresh = False
-            changed = record.changed
+            changed = record.when_changed()
             new = record.events[index - record.first :]
             index += len(new)
             out = []

@@ -56,7 +56,10 @@ class ServerConnection:
 
     def send_many(self, msgs: list[Message]) -> None:
         """Write `msgs` now, in one write (after whatever is queued)."""
-        frames = [frame for msg in msgs if (frame := self._frame(msg)) is not None]
+        self.send_frames([frame for msg in msgs if (frame := self.frame(msg)) is not None])
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        """Write frames made by `frame` or `frame_chunk` now, in one write."""
         if frames:
             self._write(b"".join(frames), self.link.write)
 
@@ -69,17 +72,28 @@ class ServerConnection:
         self.ending = True
 
     def _put(self, msg: Message, put: Callable[[bytes], object]) -> None:
-        frame = self._frame(msg)
+        frame = self.frame(msg)
         if frame is not None:
             self._write(frame, put)
 
-    def _frame(self, msg: Message) -> bytes | None:
+    def frame(self, msg: Message) -> bytes | None:
         """`msg` encoded, or None when it cannot go (closed, or refused by the
         connection: logged)."""
         if self.closed:
             return None
         try:
             return self.conn.send(msg)
+        except LocalProtocolError as exc:
+            log.error("not sent: %s", exc)
+            return None
+
+    def frame_chunk(self, rid: Any, seq: int, text: str) -> bytes | None:
+        """`frame(ResponseChunk(rid, seq, text))` without making the message (a
+        follower forwards chunks by the thousand)."""
+        if self.closed:
+            return None
+        try:
+            return self.conn.send_chunk(rid, seq, text)
         except LocalProtocolError as exc:
             log.error("not sent: %s", exc)
             return None
