@@ -54,10 +54,6 @@ class ServerConnection:
         """Write `msg` now (after whatever is queued)."""
         self._put(msg, self.link.write)
 
-    def send_many(self, msgs: list[Message]) -> None:
-        """Write `msgs` now, in one write (after whatever is queued)."""
-        self.send_frames([frame for msg in msgs if (frame := self.frame(msg)) is not None])
-
     def send_frames(self, frames: list[bytes]) -> None:
         """Write frames made by `frame` or `frame_chunk` now, in one write."""
         if frames:
