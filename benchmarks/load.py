@@ -307,17 +307,17 @@ async def stream_p99(sizes: Sizes, sessions: list[latis_core.Session]) -> float:
 
 async def fanout(
     sizes: Sizes,
-    bare: Callable[[], Awaitable[None]],
-    latis: Callable[[], Awaitable[None]],
+    runs: dict[str, Callable[[], Awaitable[None]]],
     settle: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, list[float]]:
-    """One prompt to every unit, bare and through latis, interleaved: ms each. Each
-    run starts `SETTLE` seconds after the last, and once `settle()` returned."""
-    out: dict[str, list[float]] = {"bare": [], "latis": []}
-    await bare()
-    await latis()  # warm-up
+    """One prompt to every unit, each way in `runs` (bare, through latis...)
+    interleaved: ms each. Each run starts `SETTLE` seconds after the last, and
+    once `settle()` returned."""
+    out: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        await run()  # warm-up
     for _ in range(sizes.fanout_rounds):
-        for name, run in (("bare", bare), ("latis", latis)):
+        for name, run in runs.items():
             # Each run starts on a quiet fleet: a coordination's sessions close
             # after its answer, and that work must not land in the next run.
             await trio.sleep(SETTLE)
@@ -391,8 +391,12 @@ async def daemon_rows(sizes: Sizes, units: UnitProcs, pid: int) -> dict[str, Any
 
         log(f"fan-out to {len(names)} latis-unit processes, {sizes.fanout_rounds} rounds")
 
-        async def coordinated() -> None:
-            result = await cmdr.coordinate("hi", list(names), lambda event: None)
+        async def coordinated(live: bool = False) -> None:
+            # The result alone, as the plain loop has it (and as the in-process
+            # row asks the controller); `live`: its events streamed too, as
+            # `latis coordinate` shows them.
+            on_event = (lambda event: None) if live else None
+            result = await cmdr.coordinate("hi", list(names), on_event)
             if result.outcome != "complete":
                 raise RuntimeError(f"the coordination ended {result.outcome}: {result.error}")
 
@@ -402,7 +406,10 @@ async def daemon_rows(sizes: Sizes, units: UnitProcs, pid: int) -> dict[str, Any
             await cmdr.coordination_list(limit=1)
 
         out["fanout_procs"] = await fanout(
-            sizes, functools.partial(bare_fanout, direct), coordinated, settle
+            sizes,
+            {"bare": functools.partial(bare_fanout, direct), "latis": coordinated,
+             "live": functools.partial(coordinated, live=True)},
+            settle,
         )
         out["clients"] = await client_memory(sizes, names, pid)
     return out
@@ -465,7 +472,9 @@ async def inproc_rows(sizes: Sizes, folder: str) -> dict[str, Any]:
                 await trio.sleep(0.005)
             await ctl.flush()
 
-        out = await fanout(sizes, functools.partial(bare_fanout, direct), coordinated, settle)
+        out = await fanout(
+            sizes, {"bare": functools.partial(bare_fanout, direct), "latis": coordinated}, settle
+        )
         nursery.cancel_scope.cancel()
     return out
 
@@ -798,12 +807,23 @@ def build_rows(sizes: Sizes, raw: dict[str, Any]) -> list[dict[str, Any]]:
     row(
         "fanout_procs",
         f"fan-out of one prompt to {sizes.procs} latis-unit processes: plain "
-        "trio loop on the bare client API | a parallel coordination in the daemon",
+        "trio loop on the bare client API | a parallel coordination in the daemon, "
+        "its result alone",
         med(fp["bare"]),
         med(fp["latis"]),
         "ms",
         "<= 1.3x",
         med(fp["latis"]) <= 1.3 * med(fp["bare"]),
+    )
+    row(
+        "fanout_live",
+        "the same | the coordination with its events streamed to the caller as they come "
+        "(`latis coordinate`'s live view)",
+        med(fp["bare"]),
+        med(fp["live"]),
+        "ms",
+        "-",
+        None,
     )
     fi = fleet["inproc"]
     row(
@@ -949,7 +969,8 @@ def render(sizes: Sizes, rows: list[dict[str, Any]], raw: dict[str, Any]) -> str
         f"through {fmt_list(fleet['streams']['daemon'])}, the daemon's CPU per chunk "
         f"{fmt_list(fleet['streams']['cpu_us'])} us; fan-out (procs) bare "
         f"{fmt_list(fleet['fanout_procs']['bare'])}, latis "
-        f"{fmt_list(fleet['fanout_procs']['latis'])}",
+        f"{fmt_list(fleet['fanout_procs']['latis'])}, live "
+        f"{fmt_list(fleet['fanout_procs']['live'])}",
         f"daemon RSS with {fleet['held']} sessions held: {fleet['daemon_rss_kib'] or 0} KiB",
         f"dial-in restart: `latis daemon stop` took {d['stop_s']:.1f} s with {n} units "
         f"connected (until cmdr's process ended), `latis daemon start` {d['start_s']:.2f} s; "

@@ -27,8 +27,8 @@ def test_load_short_prints_every_target() -> None:
     table, doc = run_benchmark("load.py", "--short", timeout=590)
     rows = doc["rows"]
     names = ["chunk_p99", "chunk_cpu", "added_small", "added_big", "added_flat", "fanout_procs",
-             "fanout_inproc", "client_kib", "cli_prompt", "dialin_first", "dialin_back",
-             "dialin_kib", "status_storm", "config_parse", "unit_add"]
+             "fanout_live", "fanout_inproc", "client_kib", "cli_prompt", "dialin_first",
+             "dialin_back", "dialin_kib", "status_storm", "config_parse", "unit_add"]
     assert list(rows) == names
     for name in names:
         assert f"\n{name} " in table, f"row {name} missing from:\n{table}"

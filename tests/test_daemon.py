@@ -24,6 +24,7 @@ from latis_transports import open_unix
 
 import latis_core
 from latis_core import ErrorCode, RequestError
+from latis_core._cmdr.api import Method
 from latis_core._cmdr.config import parse_config
 from latis_core._cmdr.daemon import (
     QUIET_EVERY,
@@ -425,6 +426,23 @@ async def test_the_daemon_client_streams_a_coordination(home: Path) -> None:
         ended = (await cmdr.coordinate("ping pong", ["fast", "fast"], events.append)).agents
     assert [e.agent for e in ended] == ["fast", "fast#2"]
     assert {e.type for e in events} >= {"started", "chunk", "ended"}
+
+
+async def test_a_coordination_without_on_event_gets_no_events_but_stores_them(
+    home: Path,
+) -> None:
+    """A caller that wants the result alone (no `on_event`) is sent no event: the
+    daemon still stores them all, and `coordination.get` shows them."""
+    async with daemon(home), latis_core.open_daemon(autostart=False) as cmdr:
+        chunks: list[Any] = []
+        raw = await cmdr.call(Method.COORDINATE, lambda *chunk: chunks.append(chunk),
+                              task="ping", agents=["fast", "fast"], events=False)
+        assert raw["outcome"] == "complete" and chunks == []
+        result = await cmdr.coordinate("pong", ["fast"])
+        assert result.outcome == "complete"
+        assert [a.outcome for a in result.agents] == ["complete"]
+        stored = await cmdr.coordination_get(result.id)
+    assert {e["type"] for e in stored["events"]} >= {"started", "prompt", "ended", "final"}
 
 
 # ---- the collector -----------------------------------------------------------------------

@@ -126,9 +126,9 @@ METHODS: dict[Method, MethodSpec] = {
     Method.COORDINATE: MethodSpec(
         required=("task",),
         optional=("agents", "strategy", "options", "require", "timeout", "agent_timeout",
-                  "max_hops", "count", "source", "placement", "detach"),
+                  "max_hops", "count", "source", "placement", "detach", "events"),
         kinds={"agents": list, "options": dict, "timeout": float, "agent_timeout": float,
-               "max_hops": int, "count": int, "detach": bool},
+               "max_hops": int, "count": int, "detach": bool, "events": bool},
         streams=True,
     ),
     Method.COORDINATION_LIST: MethodSpec(optional=("limit",), kinds={"limit": int}),

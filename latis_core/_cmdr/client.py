@@ -308,14 +308,15 @@ class DaemonClient:
         self,
         task: str,
         agents: list[str],
-        on_event: Callable[[CoordinationEvent], None],
+        on_event: Callable[[CoordinationEvent], None] | None = None,
         settings: CoordinationSettings | None = None,
         detach: bool = False,
     ) -> Coordination:
         """Run a coordination in the daemon (see `Controller.coordinate`); `on_event`
-        sees each event as it comes; returns how it ended. With `detach`, it runs
-        on in the daemon: this returns its id at once (outcome "running"; follow
-        it with `coordination_follow`)."""
+        sees each event as it comes (without it, the daemon sends none: the events
+        are still stored); returns how it ended. With `detach`, it runs on in the
+        daemon: this returns its id at once (outcome "running"; follow it with
+        `coordination_follow`)."""
         from latis_core._cmdr.coordinate import (
             Coordination,
             CoordinationEvent,
@@ -325,7 +326,7 @@ class DaemonClient:
         settings = settings or CoordinationSettings()
 
         def chunk(kind: str | None, text: str, data: Any) -> None:
-            if kind == "event" and isinstance(data, dict):
+            if on_event is not None and kind == "event" and isinstance(data, dict):
                 on_event(CoordinationEvent.from_dict(data))
 
         result = await self.call(
@@ -336,7 +337,7 @@ class DaemonClient:
             else float(settings.agent_timeout),
             max_hops=settings.max_hops, count=settings.count or None, source=settings.source,
             placement=None if settings.placement == "capacity" else settings.placement,
-            detach=detach or None,
+            detach=detach or None, events=None if on_event is not None else False,
         )
         return Coordination.from_dict(result)
 

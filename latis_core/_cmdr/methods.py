@@ -294,12 +294,15 @@ async def _unit_connect(c: Caller, rid: RequestId, params: dict[str, Any]) -> di
 async def _coordinate(c: Caller, rid: RequestId, params: dict[str, Any]) -> dict[str, Any]:
     seq = 0
     detach = bool(params.get("detach"))
+    # `events: false`: the caller wants the result alone (a script's fan-out). The
+    # events are still stored, and streamed to whoever follows the coordination.
+    streamed = not detach and params.get("events") is not False
 
     def send(event: CoordinationEvent) -> None:
         nonlocal seq
         data = event.to_dict()
         running.add(data)
-        if not detach:
+        if streamed:
             c.cork(ResponseChunk(rid, seq, "", "event", data))
             seq += 1
 

@@ -375,13 +375,16 @@ class PromptEngine:
         )
         record.end = end
         record.stream = None
+        # Followers first (a daemon's client gets the end written to it here), the
+        # bookkeeping after: nothing runs between them, so a follower's next
+        # prompt still finds the session idle.
+        record.publish([*held, ("end", end)])
         # Written behind, after the prompt's last chunks (the same batch or a
         # later one): followers learn the end now, the disk within a batch.
         self.writer.behind(("end", (outcome.value, self.state.now(), end.get("chunks", 0),
                                     error, record.id)))
         self._set_session(record.session, "idle")  # (unless it closed meanwhile)
         self._on_prompt_end(record, end)  # the inbox's hook: notifications
-        record.publish([*held, ("end", end)])
         # Held until its end is stored: a follower that comes later reads it all there.
         self.writer.when_stored(functools.partial(self.prompts.pop, record.id, None))
 
